@@ -1,0 +1,11 @@
+"""metaopt: learned and ODE-integrator optimizers for PyTorch."""
+from importlib.metadata import PackageNotFoundError, version
+
+from . import optim, rules
+
+try:
+    __version__ = version("metaopt")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+source"
+
+__all__ = ["optim", "rules", "__version__"]

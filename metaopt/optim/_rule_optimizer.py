@@ -1,0 +1,128 @@
+"""torch.optim adapter for closure-driven rules: no update math lives here (DESIGN idea 1).
+
+``ClosureRuleOptimizer.step(closure)`` evaluates the closure at θ, builds a ``grad_fn`` that
+writes any point into the parameters and re-evaluates the closure there, calls the rule under
+``no_grad`` and copies the result back. Params whose grad is None are skipped, as in torch.optim.
+After the step ``p.grad`` holds the gradient at the starting point (the one the returned loss
+belongs to), whatever points the rule visited.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..rules.base import Rule
+
+
+def check_non_negative(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+
+
+def check_positive(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+
+
+class ClosureGradient:
+    """``grad_fn`` over live parameters: move them to a point, run the closure, take the grads.
+
+    The grads are taken over (``p.grad`` reset to None) instead of cloned, so a closure that zeroes
+    grads in place cannot overwrite a stage the rule still holds, at no copy cost.
+    """
+
+    def __init__(self, params: list[Tensor], closure: Callable[[], Tensor], start: list[Tensor],
+                 start_loss: Tensor, start_grads: list[Tensor]):
+        self.params, self.closure, self.start = params, closure, start
+        self.start_loss, self.start_grads = start_loss, start_grads
+        self.evaluations = 0
+
+    def __call__(self, points):
+        if points is self.start:
+            return self.start_loss, self.start_grads
+        torch._foreach_copy_(self.params, list(points))
+        with torch.enable_grad():
+            loss = self.closure()
+        self.evaluations += 1
+        grads = []
+        for p in self.params:
+            grads.append(p.grad if p.grad is not None else torch.zeros_like(p))
+            p.grad = None
+        return loss, grads
+
+
+class ClosureRuleOptimizer(torch.optim.Optimizer):
+    """Base class: subclasses set ``self.rule`` and may override ``hyper_from_group``."""
+
+    rule: Rule
+    #: group keys passed to the rule as per-tensor hyperparameters
+    hyper_keys: tuple[str, ...] = ("lr", "weight_decay")
+
+    def __init__(self, params, defaults: dict, rule: Rule):
+        check_non_negative("lr", defaults.get("lr"))
+        check_non_negative("weight_decay", defaults.get("weight_decay", 0.0))
+        super().__init__(params, defaults)
+        self.rule = rule
+        self.gradient_evaluations = 0
+
+    def _active_params(self) -> tuple[list[Tensor], dict[str, list]]:
+        params, hyper = [], {k: [] for k in self.hyper_keys}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                params.append(p)
+                for k in self.hyper_keys:
+                    hyper[k].append(group[k])
+        return params, hyper
+
+    def _load_rule_state(self, params: list[Tensor]) -> dict:
+        fresh = self.rule.init(params)
+        if not params or not self.state[params[0]]:
+            return fresh
+        state = {}
+        for key, value in fresh.items():
+            if isinstance(value, list):
+                state[key] = [self.state[p].get(key, v) for p, v in zip(params, value)]
+            else:
+                state[key] = self.state[params[0]].get(key, value)
+        return state
+
+    def _store_rule_state(self, params: list[Tensor], state: dict) -> None:
+        for i, p in enumerate(params):
+            self.state[p].update({k: (v[i] if isinstance(v, list) else v)
+                                  for k, v in state.items()})
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+        if closure is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() needs a closure that zeroes the grads, recomputes "
+                "the loss, calls backward() and returns the loss: it evaluates gradients at "
+                "points other than the current parameters")
+        with torch.enable_grad():
+            loss = closure()
+        self.gradient_evaluations += 1
+        params, hyper = self._active_params()
+        if not params:
+            return loss
+        start_grads = [p.grad for p in params]
+        for p in params:  # own the start gradients: a closure may zero p.grad in place
+            p.grad = None
+        # The rule sees a snapshot of θ: grad_fn moves the live tensors to the stage points.
+        start = torch._foreach_mul(params, 1.0)
+        grad_fn = ClosureGradient(params, closure, start, loss, start_grads)
+        new_params, state = self.rule.step(start, grad_fn, self._load_rule_state(params), hyper)
+        torch._foreach_copy_(params, list(new_params))
+        for p, g in zip(params, start_grads):
+            p.grad = g
+        self._store_rule_state(params, state)
+        self.gradient_evaluations += grad_fn.evaluations
+        return loss

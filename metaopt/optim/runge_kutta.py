@@ -1,0 +1,67 @@
+"""Runge–Kutta gradient-flow optimizers (seed: gradient-flow-rk-optimizers.md).
+
+Thin torch.optim adapters over ``metaopt.rules.RungeKuttaRule`` and
+``metaopt.rules.AdaptiveRungeKuttaRule``; the update math lives there.
+"""
+from __future__ import annotations
+
+from ..rules import AdaptiveRungeKuttaRule, RungeKuttaRule, get_tableau
+from ._rule_optimizer import ClosureRuleOptimizer, check_positive
+
+
+class RungeKutta(ClosureRuleOptimizer):
+    r"""One explicit Runge–Kutta step of dθ/dt = −∇L(θ) − wd·θ per ``step(closure)``.
+
+    ``method`` is any fixed tableau: ``euler`` (= SGD), ``midpoint``, ``heun``, ``ralston``,
+    ``heun3``, ``rk4`` (classic, the seed's formulas), ``rk4_38`` (3/8 rule). The step size is the
+    group's ``lr``; one step costs ``stages`` closure evaluations.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, method: str = "rk4", weight_decay: float = 0.0):
+        tableau = get_tableau(method)
+        if tableau.adaptive:
+            raise ValueError(f"method: {method!r} is an embedded pair; use AdaptiveRK for it")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay),
+                         RungeKuttaRule(method))
+        self.method = method
+
+
+class RK4(RungeKutta):
+    """Classic fourth-order Runge–Kutta: θ ← θ − lr/6 (k1 + 2k2 + 2k3 + k4)."""
+
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, method="rk4", weight_decay=weight_decay)
+
+
+class Ralston(RungeKutta):
+    """Ralston's RK2: k2 = ∇L(θ − 2lr/3 · k1), θ ← θ − lr/4 (k1 + 3k2)."""
+
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, method="ralston", weight_decay=weight_decay)
+
+
+class Heun(RungeKutta):
+    """Heun's RK2: k2 = ∇L(θ − lr·k1), θ ← θ − lr/2 (k1 + k2)."""
+
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, method="heun", weight_decay=weight_decay)
+
+
+class AdaptiveRK(ClosureRuleOptimizer):
+    """One accepted embedded-pair step (``bosh3`` or ``dopri5``) per ``step(closure)``.
+
+    The first step has size ``lr``; afterwards torchdiffeq's controller picks the step from the
+    error estimate and carries it (as a multiple of lr) across steps. Rejected attempts retry
+    within the same call, at most ``max_rejections`` times. ``state[p]`` records ``accepted``,
+    ``rejected`` and ``step_scale`` (the next step is ``step_scale · lr``).
+    """
+
+    def __init__(self, params, lr: float = 1e-2, method: str = "dopri5", rtol: float = 1e-3,
+                 atol: float = 1e-6, weight_decay: float = 0.0, max_rejections: int = 50):
+        check_positive("rtol", rtol)
+        check_positive("atol", atol)
+        if not isinstance(max_rejections, int) or max_rejections < 0:
+            raise ValueError(f"max_rejections: must be an int >= 0, got {max_rejections!r}")
+        rule = AdaptiveRungeKuttaRule(method, rtol=rtol, atol=atol, max_rejections=max_rejections)
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay), rule)
+        self.method = method

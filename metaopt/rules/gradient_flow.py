@@ -1,0 +1,51 @@
+"""Gradient flow dθ/dt = −∇L(θ) − wd·θ integrated by torchdiffeq over one step of length lr.
+
+Seed: hybrid-gd-ode-optimizer.md §2.2 ("continuous-time gradient flow") and §2.4 (adaptive
+time-stepping); gradient-flow-rk-optimizers.md (Proposition 1: on μ-strongly convex L the flow
+contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with ``torchdiffeq.odeint`` on the
+flattened parameters; the last accepted solver step (in units of lr) seeds the next call's
+``first_step``, so the controller's knowledge of the stiffness is carried across steps.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from torch import Tensor
+
+from .base import GradFn, State, TensorList, per_tensor, with_weight_decay
+from .ode_common import check_method, flatten, integrate_unit_interval, per_element, unflatten
+
+
+class GradientFlowRule:
+    """hyper: ``lr`` (flow time per step, shared or per tensor), ``weight_decay``.
+    state: ``first_step`` (solver step in units of lr, or None), ``accepted``, ``rejected``.
+    ``step_size`` (fixed-grid methods) is also in units of lr: 1.0 means one solver step.
+    """
+
+    def __init__(self, method: str = "dopri5", rtol: float = 1e-4, atol: float = 1e-6,
+                 step_size: float = 1.0):
+        self.method = check_method(method)
+        self.rtol, self.atol, self.step_size = rtol, atol, step_size
+
+    def init(self, params: Sequence[Tensor]) -> State:
+        return {"first_step": None, "accepted": 0, "rejected": 0}
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             hyper: Mapping) -> tuple[TensorList, State]:
+        n = len(params)
+        weight_decay = per_tensor(hyper.get("weight_decay", 0.0), n)
+        y0, shapes = flatten(params)
+        time_scale = per_element(per_tensor(hyper["lr"], n), params)
+
+        def field(s, y):
+            points = unflatten(y, shapes)
+            _, grads = grad_fn(points)
+            slope, _ = flatten(with_weight_decay(grads, points, weight_decay))
+            return -time_scale * slope
+
+        y1, stats = integrate_unit_interval(field, y0, self.method, self.rtol, self.atol,
+                                            state["first_step"], self.step_size)
+        first_step = stats.last_step if stats.last_step is not None else state["first_step"]
+        return unflatten(y1, shapes), {"first_step": first_step,
+                                       "accepted": state["accepted"] + stats.accepted,
+                                       "rejected": state["rejected"] + stats.rejected}
