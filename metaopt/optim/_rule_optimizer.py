@@ -70,6 +70,11 @@ class ClosureRuleOptimizer(torch.optim.Optimizer):
         self.rule = rule
         self.gradient_evaluations = 0
 
+    def __getstate__(self):
+        # torch.optim pickles only defaults/state/param_groups; the rule is part of the optimizer.
+        return {**super().__getstate__(), "rule": self.rule,
+                "gradient_evaluations": self.gradient_evaluations}
+
     def _active_params(self) -> tuple[list[Tensor], dict[str, list]]:
         params, hyper = [], {k: [] for k in self.hyper_keys}
         for group in self.param_groups:

@@ -5,11 +5,17 @@ time-stepping); gradient-flow-rk-optimizers.md (Proposition 1: on μ-strongly co
 contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with ``torchdiffeq.odeint`` on the
 flattened parameters; the last accepted solver step (in units of lr) seeds the next call's
 ``first_step``, so the controller's knowledge of the stiffness is carried across steps.
+
+The solver integrates the displacement z = θ − θ_n (z(0) = 0) rather than θ itself, so a tensor
+whose vector field vanishes stays bit-exactly where it is (torchdiffeq's dense-output
+interpolation would otherwise round it by an ulp); the relative tolerance then measures the error
+against the size of the update, which is scale-free in the parameters' magnitudes.
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from .base import GradFn, State, TensorList, per_tensor, with_weight_decay
@@ -34,18 +40,18 @@ class GradientFlowRule:
              hyper: Mapping) -> tuple[TensorList, State]:
         n = len(params)
         weight_decay = per_tensor(hyper.get("weight_decay", 0.0), n)
-        y0, shapes = flatten(params)
+        theta, shapes = flatten(params)
         time_scale = per_element(per_tensor(hyper["lr"], n), params)
 
-        def field(s, y):
-            points = unflatten(y, shapes)
+        def field(s, z):
+            points = unflatten(theta + z, shapes)
             _, grads = grad_fn(points)
             slope, _ = flatten(with_weight_decay(grads, points, weight_decay))
             return -time_scale * slope
 
-        y1, stats = integrate_unit_interval(field, y0, self.method, self.rtol, self.atol,
+        z1, stats = integrate_unit_interval(field, torch.zeros_like(theta), self.method, self.rtol, self.atol,
                                             state["first_step"], self.step_size)
         first_step = stats.last_step if stats.last_step is not None else state["first_step"]
-        return unflatten(y1, shapes), {"first_step": first_step,
+        return unflatten(theta + z1, shapes), {"first_step": first_step,
                                        "accepted": state["accepted"] + stats.accepted,
                                        "rejected": state["rejected"] + stats.rejected}

@@ -7,7 +7,9 @@ Candès (2014), ref. [1] of gradient-flow-rk-optimizers.md:
 
 Each step advances the clock t by lr; X, V and t live in the optimizer state. The friction 3/t
 is singular at t = 0, so the clock starts at ``t0`` > 0 with V = 0 (Su et al. start at rest).
-Per-tensor step sizes get per-tensor clocks, integrated jointly over s ∈ [0, 1].
+Per-tensor step sizes get per-tensor clocks, integrated jointly over s ∈ [0, 1]. As in
+``gradient_flow.py`` the solver state is the displacement X − X_n (with V), so a tensor at rest
+stays bit-exactly at rest.
 """
 from __future__ import annotations
 
@@ -47,17 +49,18 @@ class NesterovFlowRule:
         size = x0.numel()
 
         def field(s, y):
-            x, v = y[:size], y[size:]
-            points = unflatten(x, shapes)
+            z, v = y[:size], y[size:]
+            points = unflatten(x0 + z, shapes)
             _, grads = grad_fn(points)
             g, _ = flatten(with_weight_decay(grads, points, weight_decay))
-            t = clock_start + clock_rate * s.to(x.dtype)
+            t = clock_start + clock_rate * s.to(z.dtype)
             return torch.cat([clock_rate * v, clock_rate * (-(3.0 / t) * v - g)])
 
-        y1, stats = integrate_unit_interval(field, torch.cat([x0, v0]), self.method, self.rtol,
-                                            self.atol, state["first_step"], self.step_size)
+        y0 = torch.cat([torch.zeros_like(x0), v0])
+        y1, stats = integrate_unit_interval(field, y0, self.method, self.rtol, self.atol,
+                                            state["first_step"], self.step_size)
         first_step = stats.last_step if stats.last_step is not None else state["first_step"]
-        return unflatten(y1[:size], shapes), {
+        return unflatten(x0 + y1[:size], shapes), {
             "velocity": unflatten(y1[size:], shapes),
             "time": [t + float(lr) for t, lr in zip(state["time"], lrs)],
             "first_step": first_step,

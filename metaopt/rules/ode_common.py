@@ -43,8 +43,8 @@ def per_element(values: Sequence, like: Sequence[Tensor]) -> Tensor:
                       for v, t in zip(values, like)])
 
 
-class _CountingField:
-    """The vector field handed to odeint; records accepted steps through torchdiffeq callbacks."""
+class _Field:
+    """The vector field handed to odeint (fixed-grid solvers take no step callbacks)."""
 
     def __init__(self, field: Callable[[Tensor, Tensor], Tensor]):
         self.field = field
@@ -54,6 +54,10 @@ class _CountingField:
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         return self.field(t, y)
+
+
+class _CountingField(_Field):
+    """Records accepted and rejected steps of adaptive solvers through torchdiffeq callbacks."""
 
     def callback_accept_step(self, t0, y0, dt):
         self.accepted += 1
@@ -65,9 +69,9 @@ class _CountingField:
 
 def integrate_unit_interval(field: Callable[[Tensor, Tensor], Tensor], y0: Tensor, method: str,
                             rtol: float, atol: float, first_step: Optional[float],
-                            step_size: Optional[float]) -> tuple[Tensor, _CountingField]:
+                            step_size: Optional[float]) -> tuple[Tensor, _Field]:
     """y(1) for y' = field(s, y), y(0) = y0, with torchdiffeq; returns the end state and stats."""
-    counting = _CountingField(field)
+    counting = (_CountingField if method in ADAPTIVE_METHODS else _Field)(field)
     s = torch.tensor([0.0, 1.0], dtype=torch.float64, device=y0.device)
     options = {}
     if method in ADAPTIVE_METHODS and first_step is not None:

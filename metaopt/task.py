@@ -1,0 +1,281 @@
+"""The task protocol: what an optimizer is trained on and measured on.
+
+DESIGN.md key idea 3 ("tasks are plug-ins", after learned_optimization's TaskFamily/Task):
+
+* ``TaskFamily.sample(generator) -> Task`` draws one task (dimension, conditioning, data subset,
+  width, depth, activation, batch size, noise, ... are the family's business);
+* a ``Task`` gives initial parameters ``{name: tensor}`` (the same names as
+  ``dict(task.module().named_parameters())``), a functional loss ``loss(params, batch)`` that is
+  differentiable w.r.t. ``params`` (it runs the task's ``nn.Module`` through
+  ``torch.func.functional_call``, so meta-training unrolls may use ``create_graph=True``), batches
+  for training and testing, and a normaliser so that losses of different tasks can be averaged;
+* the same task is available as an ordinary ``nn.Module`` plus ``module_loss(module, batch)`` for
+  ``torch.optim`` loops (the evaluation harness uses this path).
+
+All randomness comes from explicit ``torch.Generator`` objects (CPU generators: numbers are drawn on
+the CPU and then moved, so a seed gives the same task on every device). Constructing modules never
+touches the global RNG: architectures are built on the ``meta`` device and then materialised.
+
+This module lives in ``metaopt`` so that the library never imports the ``tasks`` package; concrete
+families live in ``tasks/`` and depend on this file.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+Batch = Any  # a tuple of tensors, or None for deterministic objectives
+
+__all__ = [
+    "Batch",
+    "ModuleTask",
+    "Params",
+    "Task",
+    "TaskFamily",
+    "generator_from_seed",
+    "fan_in_uniform_init",
+    "sample_log_uniform",
+    "sample_int_log_uniform",
+    "sample_choice",
+]
+
+
+def generator_from_seed(seed: int) -> torch.Generator:
+    """A fresh CPU ``torch.Generator`` seeded with ``seed`` (the only way tasks draw randomness)."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def sample_log_uniform(generator: torch.Generator, low: float, high: float) -> float:
+    """``exp(U(log low, log high))``: scale parameters (condition numbers, widths) vary by decades."""
+    if not 0 < low <= high:
+        raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
+    u = torch.rand((), generator=generator, dtype=torch.float64).item()
+    return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+
+def sample_int_log_uniform(generator: torch.Generator, low: int, high: int) -> int:
+    """An integer in ``[low, high]``, log-uniform (rounded), e.g. a layer width in 8..128."""
+    return int(min(high, max(low, round(sample_log_uniform(generator, low, high)))))
+
+
+def sample_choice(generator: torch.Generator, options: tuple | list) -> Any:
+    """One element of ``options``, uniformly."""
+    if len(options) == 0:
+        raise ValueError("cannot choose from an empty list of options")
+    index = int(torch.randint(len(options), (), generator=generator).item())
+    return options[index]
+
+
+def fan_in_uniform_init(module: nn.Module, generator: torch.Generator) -> Params:
+    """Parameters for ``module`` drawn like PyTorch's default Linear/Conv init, from ``generator``.
+
+    Every ``weight`` of shape ``(out, in, *kernel)`` and its ``bias`` are drawn from
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = in * prod(kernel)``: this is what
+    ``kaiming_uniform_(a=sqrt(5))`` reduces to, so tasks train like stock PyTorch models, but the
+    draw is reproducible from the generator instead of the global RNG. Numbers are drawn in float64
+    on the CPU and cast, so the same seed gives the same initial point in every dtype/device.
+    """
+    params: Params = {}
+    for module_name, submodule in module.named_modules():
+        weight = getattr(submodule, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            continue
+        fan_in = weight[0].numel()
+        bound = 1.0 / math.sqrt(fan_in)
+        prefix = f"{module_name}." if module_name else ""
+        for leaf in ("weight", "bias"):
+            tensor = getattr(submodule, leaf, None)
+            if isinstance(tensor, nn.Parameter):
+                draw = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
+                params[prefix + leaf] = (2.0 * draw - 1.0) * bound
+    missing = {name for name, _ in module.named_parameters()} - set(params)
+    if missing:
+        raise ValueError(f"fan_in_uniform_init does not know how to initialise {sorted(missing)}")
+    return params
+
+
+class Task(ABC):
+    """One optimisation problem. Subclasses implement the abstract methods below.
+
+    Normalisation: ``normalized_loss(L) = (L - loss_offset) / loss_scale`` where ``loss_offset`` is
+    the known minimum value when there is one (else 0) and ``loss_scale > 0`` is a per-task or
+    per-family scale (by default the initial optimality gap on ``eval_batch("train")``). A normalised
+    loss of 1 means "no progress", 0 means "solved", so averages across tasks are meaningful.
+    """
+
+    name: str = "task"
+    #: known global minimisers, each a ``Params`` dict (empty when unknown or unbounded below)
+    minimizers: tuple[Params, ...] = ()
+    #: known global minimum value, or None
+    minimum_value: float | None = None
+    #: True for classification tasks, whose ``accuracy`` returns a number
+    is_classification: bool = False
+
+    def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self._loss_scale: float | None = None
+
+    # ----------------------------------------------------------------- abstract protocol
+    @abstractmethod
+    def init_params(self, generator: torch.Generator | None = None) -> Params:
+        """Initial parameters. ``generator=None`` gives the task's canonical initial point (fixed
+        when the task was sampled); a generator draws a fresh one (e.g. a new NN initialisation)."""
+
+    @abstractmethod
+    def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """Scalar loss at ``params`` on ``batch``; differentiable w.r.t. ``params``."""
+
+    @abstractmethod
+    def module(self, generator: torch.Generator | None = None) -> nn.Module:
+        """An ``nn.Module`` whose parameters equal ``init_params(generator)``."""
+
+    @abstractmethod
+    def module_loss(self, module: nn.Module, batch: Batch) -> Tensor:
+        """The same loss as ``loss``, computed through an ``nn.Module`` from ``module()``."""
+
+    @abstractmethod
+    def train_batch(self, generator: torch.Generator) -> Batch:
+        """A training minibatch (or gradient-noise draw) sampled with ``generator``."""
+
+    @abstractmethod
+    def eval_batch(self, split: str = "test") -> Batch:
+        """The deterministic full batch of ``split`` ("train" or "test") used for measurements."""
+
+    # ----------------------------------------------------------------- shared behaviour
+    def test_batch(self, generator: torch.Generator | None = None) -> Batch:
+        """A test batch: the full test set when ``generator`` is None. Tasks with a sampled test
+        distribution override this; the default ignores the generator's draw."""
+        return self.eval_batch("test")
+
+    def accuracy(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor | None:
+        """Fraction of correctly classified examples; None for non-classification tasks."""
+        return None
+
+    @property
+    def loss_offset(self) -> float:
+        return float(self.minimum_value) if self.minimum_value is not None else 0.0
+
+    @property
+    def loss_scale(self) -> float:
+        """Positive loss scale: the initial gap ``loss(init) - loss_offset`` on the train eval batch,
+        floored at 1e-12 so that a task started at its minimum does not divide by zero."""
+        if self._loss_scale is None:
+            with torch.no_grad():
+                initial = float(self.loss(self.init_params(), self.eval_batch("train")))
+            self._loss_scale = max(abs(initial - self.loss_offset), 1e-12)
+        return self._loss_scale
+
+    def normalized_loss(self, loss: float | Tensor) -> float | Tensor:
+        """``(loss - loss_offset) / loss_scale``."""
+        return (loss - self.loss_offset) / self.loss_scale
+
+    def _to(self, tensor: Tensor) -> Tensor:
+        """Move a CPU-drawn tensor to this task's device; floating tensors also to its dtype."""
+        if tensor.is_floating_point():
+            return tensor.to(device=self.device, dtype=self.dtype)
+        return tensor.to(device=self.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+    def describe(self) -> str:
+        """Short human-readable description of the sampled variation (used in result tables)."""
+        return self.name
+
+
+class _ModuleObjective(nn.Module):
+    """Wraps ``model`` so that ``forward(batch) == task.module_loss(model, batch)``; this lets
+    ``torch.func.functional_call`` substitute parameters in the *whole* loss, including penalty
+    terms that read weights directly (L2, L1), not only in ``model.forward``."""
+
+    def __init__(self, task: "ModuleTask", model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._task_ref = [task]  # a list, so the task is not registered as a submodule
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self._task_ref[0].module_loss(self.model, batch)
+
+
+class ModuleTask(Task):
+    """A task defined by an architecture (``build_module``) and ``module_loss``.
+
+    The functional loss is derived, not re-written: ``loss(params, batch)`` runs ``module_loss``
+    on a template module through ``torch.func.functional_call``, so the functional and module
+    paths are the same computation by construction and ``params`` carry gradients (and graphs).
+    """
+
+    @abstractmethod
+    def build_module(self) -> nn.Module:
+        """The architecture, with arbitrary parameter values. Called under ``torch.device("meta")``
+        so that constructing layers never consumes the global RNG."""
+
+    @abstractmethod
+    def init_params(self, generator: torch.Generator | None = None) -> Params:
+        ...
+
+    def _template(self) -> _ModuleObjective:
+        template = getattr(self, "_template_objective", None)
+        if template is None:
+            template = _ModuleObjective(self, self._materialize())
+            self._template_objective = template
+        return template
+
+    def _materialize(self) -> nn.Module:
+        with torch.device("meta"):
+            module = self.build_module()
+        return module.to_empty(device=self.device).to(self.dtype)
+
+    def module(self, generator: torch.Generator | None = None) -> nn.Module:
+        module = self._materialize()
+        params = self.init_params(generator)
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                parameter.copy_(params[name])
+        return module
+
+    def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        prefixed = {f"model.{name}": value for name, value in params.items()}
+        return torch.func.functional_call(self._template(), prefixed, (batch,), strict=True)
+
+    def parameter_shapes(self) -> dict[str, torch.Size]:
+        return {name: p.shape for name, p in self._template().model.named_parameters()}
+
+
+class TaskFamily(ABC):
+    """A distribution over tasks. ``sample(generator)`` must be a pure function of the generator's
+    state (same seed, same task), and different seeds should give different tasks."""
+
+    name: str = "family"
+
+    def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if isinstance(dtype, str):
+            resolved = getattr(torch, dtype, None)
+            if not isinstance(resolved, torch.dtype):
+                raise ValueError(f"unknown dtype {dtype!r}")
+            dtype = resolved
+        self.dtype = dtype if dtype is not None else torch.get_default_dtype()
+
+    @abstractmethod
+    def sample(self, generator: torch.Generator) -> Task:
+        """Draw one task."""
+
+    def sample_seed(self, seed: int) -> Task:
+        """``sample(generator_from_seed(seed))``."""
+        return self.sample(generator_from_seed(seed))
+
+    def _task_kwargs(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -1,0 +1,56 @@
+"""Every runtime optimizer of metaopt, registered once (like PyTorch's OptimizerInfo).
+
+The conformance suite in ``test_conformance.py`` runs the generic torch.optim properties over
+each spec. A new optimizer joins by appending an ``OptimizerSpec`` to ``SPECS``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import metaopt.optim as mo
+
+
+@dataclass
+class OptimizerSpec:
+    name: str
+    cls: Callable
+    #: constructor kwargs for a well-behaved run on the small (Wx + b)² problem
+    kwargs: dict[str, Any]
+    #: (invalid kwargs, argument name the ValueError must mention)
+    invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: True when step() must get a closure (integrators, probe steps)
+    needs_closure: bool = True
+    #: steps for the "goes the right direction" check
+    steps: int = 10
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_negative_lr = [({"lr": -1.0}, "lr"), ({"weight_decay": -0.1}, "weight_decay")]
+_tolerances = [({"rtol": 0.0}, "rtol"), ({"atol": -1.0}, "atol")]
+
+SPECS: list[OptimizerSpec] = [
+    OptimizerSpec("RK4", mo.RK4, {"lr": 0.02}, _negative_lr),
+    OptimizerSpec("Ralston", mo.Ralston, {"lr": 0.02}, _negative_lr),
+    OptimizerSpec("Heun", mo.Heun, {"lr": 0.02}, _negative_lr),
+    OptimizerSpec("RungeKutta-rk4_38", mo.RungeKutta, {"lr": 0.02, "method": "rk4_38"},
+                  _negative_lr + [({"method": "rk5_nonexistent"}, "method"),
+                                  ({"method": "dopri5"}, "method")]),
+    OptimizerSpec("RungeKutta-midpoint", mo.RungeKutta, {"lr": 0.02, "method": "midpoint"},
+                  _negative_lr),
+    OptimizerSpec("RungeKutta-euler", mo.RungeKutta,
+                  {"lr": 0.02, "method": "euler", "weight_decay": 1e-3}, _negative_lr),
+    OptimizerSpec("AdaptiveRK-dopri5", mo.AdaptiveRK, {"lr": 0.02, "method": "dopri5"},
+                  _negative_lr + _tolerances + [({"method": "rk4"}, "method"),
+                                                ({"max_rejections": -1}, "max_rejections")]),
+    OptimizerSpec("AdaptiveRK-bosh3", mo.AdaptiveRK,
+                  {"lr": 0.02, "method": "bosh3", "rtol": 1e-4}, _negative_lr + _tolerances),
+    OptimizerSpec("GradientFlow", mo.GradientFlow, {"lr": 0.05},
+                  _negative_lr + _tolerances + [({"method": "nope"}, "method")]),
+    OptimizerSpec("GradientFlow-rk4", mo.GradientFlow,
+                  {"lr": 0.05, "method": "rk4", "step_size": 0.5}, _negative_lr),
+    OptimizerSpec("NesterovFlow", mo.NesterovFlow, {"lr": 0.1},
+                  _negative_lr + _tolerances + [({"t0": 0.0}, "t0")]),
+]
