@@ -1,0 +1,101 @@
+"""Task families for metaopt, addressable by name (DESIGN.md key idea 3: tasks are plug-ins).
+
+    >>> import tasks, torch
+    >>> family = tasks.get("quadratic", dim=(2, 10), condition_number=(1, 100))
+    >>> task = family.sample(torch.Generator().manual_seed(0))
+
+``tasks.names()`` lists the registered families; ``tasks.get(name, **kwargs)`` builds one and
+raises ``ValueError`` naming an unknown family or keyword. ``tasks.get("mixture", components={...})``
+mixes several named families. ``tasks.register(name, factory)`` adds a plug-in family.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Mapping
+
+from metaopt.task import ModuleTask, Task, TaskFamily
+
+from .cnn import CNNDigitsFamily
+from .logistic import LogisticRegressionFamily
+from .mixture import MixtureFamily
+from .mlp import MLPFamily
+from .quadratic import QuadraticFamily, noisy_quadratic_family
+from .regression import LinearRegressionFamily
+from .test_functions import TEST_FUNCTIONS_2D, TestFunctionFamily
+from .test_functions_nd import NDTestFunctionFamily
+
+__all__ = ["Task", "TaskFamily", "ModuleTask", "get", "names", "register"]
+
+_REGISTRY: dict[str, Callable[..., TaskFamily]] = {}
+
+
+def register(name: str, factory: Callable[..., TaskFamily], *, overwrite: bool = False) -> None:
+    """Register ``factory(**kwargs) -> TaskFamily`` under ``name``."""
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"task family {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    """Sorted names of all registered task families."""
+    return sorted(_REGISTRY)
+
+
+def _check_kwargs(name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = {
+        key for key, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"task family {name!r} got unknown keyword argument(s) {unknown}; "
+            f"accepted: {sorted(accepted)}"
+        )
+
+
+def get(name: str, **kwargs: Any) -> TaskFamily:
+    """Build the family registered as ``name`` with ``kwargs``.
+
+    Raises ``ValueError`` naming the family if it is unknown, or the offending keyword if the
+    family does not accept it; a family's own validation errors (bad values) propagate as
+    ``ValueError`` with the family name prefixed.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task family {name!r}; known families: {', '.join(names())}")
+    factory = _REGISTRY[name]
+    _check_kwargs(name, factory, kwargs)
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"task family {name!r}: {error}") from error
+
+
+def _mixture(components: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float] | None = None,
+             device=None, dtype=None) -> MixtureFamily:
+    """``components`` maps family name -> kwargs; ``weights`` maps family name -> weight."""
+    families, family_weights = [], []
+    for component, component_kwargs in components.items():
+        extra = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        families.append(get(component, **{**extra, **dict(component_kwargs or {})}))
+        family_weights.append(1.0 if weights is None else float(weights.get(component, 0.0)))
+    return MixtureFamily(families, family_weights)
+
+
+for _function in TEST_FUNCTIONS_2D:
+    register(_function, functools.partial(TestFunctionFamily, _function))
+for _function in ("rosenbrock_nd", "rastrigin_nd"):
+    register(_function, functools.partial(NDTestFunctionFamily, _function))
+register("quadratic", QuadraticFamily)
+register("noisy_quadratic", noisy_quadratic_family)
+register("least_squares", functools.partial(LinearRegressionFamily, lasso=False))
+register("lasso", functools.partial(LinearRegressionFamily, lasso=True))
+register("logistic_regression", LogisticRegressionFamily)
+register("mlp", MLPFamily)
+register("cnn_digits", CNNDigitsFamily)
+register("mixture", _mixture)

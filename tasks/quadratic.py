@@ -1,0 +1,104 @@
+"""Quadratics with sampled dimension and condition number, and a noisy-gradient variant.
+
+    f(x) = 1/2 (x - x*)^T A (x - x*),   A = Q diag(lambda) Q^T,
+    lambda_i log-spaced in [1/kappa, 1]  (so lambda_max = 1 and cond(A) = kappa),
+
+``Q`` is a Haar-random orthogonal matrix (QR of a Gaussian matrix with the sign fix of Mezzadri
+2007), ``x* ~ N(0, I)``, ``x0 ~ N(0, I)``. Known minimiser ``x*``, minimum value 0; gradient descent
+is stable for ``lr < 2`` and the condition number sets its rate, which is what the optimizer seeds
+study on ill-conditioned problems (GDSearch journal, Entry 4).
+
+Noisy variant (stochastic gradients with a known exact loss): a training batch is ``z ~ N(0, I)``
+and the training loss is ``f(x) + sigma * z^T (x - x*)``, whose gradient is ``A(x - x*) + sigma z``
+(unbiased, covariance ``sigma^2 I``); the test batch is ``z = 0``, i.e. the exact ``f``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from metaopt.task import Batch, TaskFamily, sample_int_log_uniform, sample_log_uniform
+
+from .point import PointTask
+
+__all__ = ["QuadraticTask", "QuadraticFamily", "random_orthogonal"]
+
+
+def random_orthogonal(dim: int, generator: torch.Generator) -> Tensor:
+    """A Haar-distributed orthogonal matrix (float64): QR of a Gaussian matrix, columns multiplied
+    by ``sign(diag(R))`` so the distribution is uniform (Mezzadri 2007)."""
+    gaussian = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+
+
+class QuadraticTask(PointTask):
+    """``1/2 (x - x*)^T A (x - x*) [+ sigma z^T (x - x*)]``."""
+
+    def __init__(self, hessian: Tensor, minimizer: Tensor, initial_point: Tensor, *, noise_std: float = 0.0,
+                 condition_number: float = 1.0, name: str = "quadratic", device=None, dtype=None):
+        init_std = 3.0  # generator-drawn restarts come from the box [-3, 3]^d around the origin
+        super().__init__(initial_point, torch.tensor(-init_std), torch.tensor(init_std),
+                         name=name, device=device, dtype=dtype)
+        self.hessian = self._to(hessian)
+        self.x_star = self._to(minimizer)
+        self.noise_std = float(noise_std)
+        self.condition_number = float(condition_number)
+        self.minimizers = ({"x": self.x_star.clone()},)
+        self.minimum_value = 0.0
+
+    def objective(self, x: Tensor, batch: Batch) -> Tensor:
+        delta = x - self.x_star
+        value = 0.5 * delta @ (self.hessian @ delta)
+        if batch is not None:
+            value = value + self.noise_std * (batch @ delta)
+        return value
+
+    def train_batch(self, generator: torch.Generator) -> Batch:
+        if self.noise_std == 0.0:
+            return None
+        return self._to(torch.randn(self.dim, generator=generator, dtype=torch.float64))
+
+    def describe(self) -> str:
+        noise = f", sigma={self.noise_std:.2g}" if self.noise_std else ""
+        return f"{self.name}(dim={self.dim}, kappa={self.condition_number:.3g}{noise})"
+
+
+class QuadraticFamily(TaskFamily):
+    """Dimension log-uniform in ``dim``, condition number log-uniform in ``condition_number``;
+    ``noise_std`` (a range, log-uniform) > 0 gives the noisy-gradient variant."""
+
+    name = "quadratic"
+
+    def __init__(self, dim: tuple[int, int] = (2, 50), condition_number: tuple[float, float] = (1.0, 1e3),
+                 noise_std: tuple[float, float] | None = None, *, device=None, dtype=None):
+        super().__init__(device=device, dtype=dtype)
+        self.dim = (int(dim[0]), int(dim[1]))
+        self.condition_number = (float(condition_number[0]), float(condition_number[1]))
+        if self.condition_number[0] < 1.0:
+            raise ValueError(f"condition numbers are >= 1, got {condition_number}")
+        self.noise_std = None if noise_std is None else (float(noise_std[0]), float(noise_std[1]))
+        if self.noise_std is not None:
+            self.name = "noisy_quadratic"
+
+    def sample(self, generator: torch.Generator) -> QuadraticTask:
+        dim = sample_int_log_uniform(generator, *self.dim)
+        kappa = sample_log_uniform(generator, *self.condition_number)
+        eigenvalues = torch.logspace(-math.log10(kappa), 0.0, dim, dtype=torch.float64)
+        q = random_orthogonal(dim, generator)
+        hessian = (q * eigenvalues) @ q.T
+        hessian = 0.5 * (hessian + hessian.T)  # exact symmetry despite rounding
+        minimizer = torch.randn(dim, generator=generator, dtype=torch.float64)
+        initial = torch.randn(dim, generator=generator, dtype=torch.float64)
+        noise = 0.0 if self.noise_std is None else sample_log_uniform(generator, *self.noise_std)
+        return QuadraticTask(hessian, minimizer, initial, noise_std=noise, condition_number=kappa,
+                             name=self.name, **self._task_kwargs())
+
+
+def noisy_quadratic_family(dim: tuple[int, int] = (2, 50), condition_number: tuple[float, float] = (1.0, 1e3),
+                           noise_std: tuple[float, float] = (0.01, 1.0), *, device=None, dtype=None) -> QuadraticFamily:
+    """The noisy-gradient quadratic family (registered as ``noisy_quadratic``)."""
+    return QuadraticFamily(dim, condition_number, noise_std, device=device, dtype=dtype)

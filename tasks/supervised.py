@@ -1,0 +1,130 @@
+"""Shared machinery for data-driven tasks: minibatches from a fixed train/test split, a model built
+by the concrete family, and a penalised loss.
+
+A batch is a tuple ``(x, y)``. ``module_loss`` is ``data_loss(model(x), y) + penalty(model)``; the
+functional ``loss(params, batch)`` is derived from it by ``ModuleTask`` via ``functional_call``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaopt.task import Batch, ModuleTask, Params, fan_in_uniform_init, generator_from_seed
+
+from .data import SplitData, minibatch
+
+__all__ = ["SupervisedTask", "ClassificationTask", "weight_penalty"]
+
+
+def weight_penalty(model: nn.Module, l2: float = 0.0, l1: float = 0.0) -> Tensor | float:
+    """``(l2/2) * sum ||W||_2^2 + l1 * sum ||W||_1`` over parameters named ``*weight`` (biases are
+    not penalised, as in scikit-learn and the usual weight-decay convention)."""
+    total: Tensor | float = 0.0
+    if l2 == 0.0 and l1 == 0.0:
+        return total
+    for name, parameter in model.named_parameters():
+        if name.endswith("weight"):
+            if l2:
+                total = total + 0.5 * l2 * parameter.pow(2).sum()
+            if l1:
+                total = total + l1 * parameter.abs().sum()
+    return total
+
+
+class SupervisedTask(ModuleTask):
+    """A model trained on ``(x, y)`` pairs with minibatches of ``batch_size`` examples.
+
+    ``init_seed`` fixes the canonical initialisation: ``init_params()`` draws the default
+    fan-in-uniform init from ``generator_from_seed(init_seed)``.
+    """
+
+    def __init__(
+        self,
+        data: SplitData,
+        *,
+        batch_size: int,
+        init_seed: int,
+        l2: float = 0.0,
+        l1: float = 0.0,
+        name: str = "supervised",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(device=device, dtype=dtype)
+        self.name = name
+        self.num_features = data.num_features
+        self.num_classes = data.num_classes
+        self.batch_size = int(batch_size)
+        self.init_seed = int(init_seed)
+        self.l2 = float(l2)
+        self.l1 = float(l1)
+        self.x_train, self.x_test = self._to(data.x_train), self._to(data.x_test)
+        self.y_train, self.y_test = self._targets(data.y_train), self._targets(data.y_test)
+
+    def _targets(self, labels: Tensor) -> Tensor:
+        return self._to(labels)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @abstractmethod
+    def data_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Mean per-example loss."""
+
+    def module_loss(self, module: nn.Module, batch: Batch) -> Tensor:
+        x, y = batch
+        return self.data_loss(module(x), y) + weight_penalty(module, self.l2, self.l1)
+
+    def init_params(self, generator: torch.Generator | None = None) -> Params:
+        if generator is None:
+            generator = generator_from_seed(self.init_seed)
+        params = fan_in_uniform_init(self._template().model, generator)
+        return {name: self._to(value) for name, value in params.items()}
+
+    def train_batch(self, generator: torch.Generator) -> Batch:
+        index = minibatch(generator, self.num_train, self.batch_size).to(self.device)
+        return self.x_train[index], self.y_train[index]
+
+    def eval_batch(self, split: str = "test") -> Batch:
+        if split == "train":
+            return self.x_train, self.y_train
+        if split == "test":
+            return self.x_test, self.y_test
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+    def test_batch(self, generator: torch.Generator | None = None) -> Batch:
+        """The full test set, or a ``batch_size`` minibatch of it when a generator is given."""
+        if generator is None:
+            return self.eval_batch("test")
+        index = minibatch(generator, int(self.x_test.shape[0]), self.batch_size).to(self.device)
+        return self.x_test[index], self.y_test[index]
+
+
+class ClassificationTask(SupervisedTask):
+    """Softmax cross-entropy classification. Normaliser: ``loss_scale = log(num_classes)``, the
+    cross-entropy of the uniform prediction (a fixed per-family scale, so a normalised loss of 1 is
+    "knows nothing" regardless of the random initialisation)."""
+
+    is_classification = True
+
+    def data_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(prediction, target)
+
+    @property
+    def loss_scale(self) -> float:
+        return math.log(self.num_classes)
+
+    def accuracy(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        x, y = batch
+        logits = torch.func.functional_call(self._template().model, dict(params), (x,))
+        return (logits.argmax(dim=1) == y).to(self.dtype).mean()
+
+    def describe(self) -> str:
+        return f"{self.name}(n_train={self.num_train}, d={self.num_features}, C={self.num_classes})"
