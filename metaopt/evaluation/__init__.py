@@ -1,0 +1,22 @@
+"""Evaluation harness: optimizers x tasks x seeds -> per-run records and summary tables.
+
+* ``run_task`` / ``run_family`` / ``evaluate``: run optimizer factories (``params -> Optimizer``,
+  always driven through ``step(closure)``) and record losses, accuracy, steps-to-target, gradient
+  evaluations, time per step, memory and divergence (an outcome, never a crash).
+* ``make_optimizer`` / ``optimizer_names``: named torch.optim baselines, plus ``metaopt.optim``
+  classes by name.
+* ``tune_lr`` / ``log_grid``: learning-rate tuning on held-out seeds under a stated criterion.
+* ``RunResult`` / ``summarize`` / ``format_table``: results as rows and tables.
+"""
+
+from .harness import TARGET_KINDS, evaluate, run_family, run_task
+from .optimizers import BASELINES, OptimizerFactory, make_optimizer, optimizer_names, resolve_optimizer
+from .results import SUMMARY_COLUMNS, RunResult, format_table, summarize
+from .tuning import CRITERIA, HELD_OUT_TASK_SEED_OFFSET, TuningResult, log_grid, tune_lr
+
+__all__ = [
+    "BASELINES", "CRITERIA", "HELD_OUT_TASK_SEED_OFFSET", "OptimizerFactory", "RunResult",
+    "SUMMARY_COLUMNS", "TARGET_KINDS", "TuningResult", "evaluate", "format_table", "log_grid",
+    "make_optimizer", "optimizer_names", "resolve_optimizer", "run_family", "run_task", "summarize",
+    "tune_lr",
+]
