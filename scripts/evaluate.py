@@ -1,0 +1,244 @@
+"""Evaluate optimizers x task families x seeds from a YAML config; print a table, write CSV + JSON.
+
+    python scripts/evaluate.py --config configs/eval_baselines.yaml steps=300 seeds=[0,1,2]
+
+The config is typed by the dataclasses below (OmegaConf structured config): unknown keys and
+wrongly-typed values fail before any work, naming the key; so do unknown task families, task
+keywords, optimizer names and optimizer hyperparameters. Config stops here: the library functions
+(``tasks.get``, ``metaopt.evaluation.*``) receive plain arguments.
+
+Outputs in ``out_dir``: ``config.yaml`` (resolved), ``runs.csv`` (one row per run),
+``summary.csv`` (one row per optimizer x family), ``results.json`` (config, tuned learning rates,
+summary and every run with its curves). W&B logging when ``wandb.mode`` is ``online`` or
+``offline`` (default ``disabled``); ``WANDB_DIR`` is set to ``out_dir`` so nothing is written
+elsewhere, and offline mode never needs a login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run from a source checkout without installation
+    sys.path.insert(0, str(REPO_ROOT))
+
+import tasks  # noqa: E402
+from metaopt.evaluation import (  # noqa: E402
+    CRITERIA, SUMMARY_COLUMNS, TARGET_KINDS, RunResult, evaluate, format_table, log_grid,
+    make_optimizer, summarize, tune_lr,
+)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING  # a name from tasks.names()
+    label: Optional[str] = None  # display name in tables (default: name)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to tasks.get(name, **kwargs)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING  # baseline name, "metaopt.optim.<Name>" or "torch.optim.<Name>"
+    label: Optional[str] = None
+    hyperparameters: Dict[str, Any] = field(default_factory=dict)
+    tune_lr: bool = False  # replace lr by the best of the tuning grid, per task family
+
+
+@dataclass
+class TuningConfig:
+    lr_min: float = 1e-4
+    lr_max: float = 1.0
+    num_lrs: int = 9
+    criterion: str = "final_train_loss"  # one of metaopt.evaluation.CRITERIA
+    task_seeds: List[int] = field(default_factory=lambda: [10_000, 10_001])  # held out from evaluation
+    seeds: List[int] = field(default_factory=lambda: [0])
+    steps: Optional[int] = None  # default: the evaluation's steps
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # disabled | offline | online
+    project: str = "metaopt"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    tasks: List[TaskConfig] = field(default_factory=list)
+    optimizers: List[OptimizerConfig] = field(default_factory=list)
+    steps: int = 200
+    eval_every: int = 20
+    task_seeds: List[int] = field(default_factory=lambda: [0])
+    seeds: List[int] = field(default_factory=lambda: [0])
+    target: Optional[float] = 0.01
+    target_kind: str = "relative"  # absolute | relative (fraction of the initial optimality gap)
+    divergence_factor: float = 1e6
+    init: str = "canonical"  # canonical | seed
+    track_memory: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+    out_dir: str = "results/eval"
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any work was done."""
+
+
+def load_config(config_path: str | None, overrides: List[str]) -> EvalConfig:
+    """Schema <- YAML <- ``key=value`` overrides; any unknown key or bad type raises ConfigError."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    try:
+        merged = OmegaConf.structured(EvalConfig)
+        if config_path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(config_path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+        OmegaConf.to_container(merged, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"invalid config key {key!r}: {error}") from error
+    except OSError as error:
+        raise ConfigError(f"cannot read config {config_path!r}: {error}") from error
+    return merged
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+def build(cfg: EvalConfig):
+    """Families and optimizer factories from the config, all validated before any run."""
+    _check_choice("target_kind", cfg.target_kind, TARGET_KINDS)
+    _check_choice("init", cfg.init, ("canonical", "seed"))
+    _check_choice("wandb.mode", cfg.wandb.mode, ("disabled", "offline", "online"))
+    _check_choice("tuning.criterion", cfg.tuning.criterion, CRITERIA)
+    if not cfg.tasks or not cfg.optimizers:
+        raise ConfigError("the config needs at least one entry in `tasks` and one in `optimizers`")
+    families, optimizers = {}, {}
+    for index, spec in enumerate(cfg.tasks):
+        label = spec.label or spec.name
+        if label in families:
+            raise ConfigError(f"tasks.{index}: duplicate task label {label!r}; set `label`")
+        kwargs = OmegaConf.to_container(spec.kwargs, resolve=True)
+        try:
+            families[label] = tasks.get(spec.name, device=cfg.device, dtype=cfg.dtype, **kwargs)
+        except ValueError as error:
+            raise ConfigError(f"tasks.{index}: {error}") from error
+    for index, spec in enumerate(cfg.optimizers):
+        label = spec.label or spec.name
+        if label in optimizers:
+            raise ConfigError(f"optimizers.{index}: duplicate optimizer label {label!r}; set `label`")
+        hyperparameters = OmegaConf.to_container(spec.hyperparameters, resolve=True)
+        try:
+            optimizers[label] = (make_optimizer(spec.name, label=label, **hyperparameters), spec.tune_lr)
+        except ValueError as error:
+            raise ConfigError(f"optimizers.{index}: {error}") from error
+    return families, optimizers
+
+
+def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+    columns: List[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _init_wandb(cfg: EvalConfig, out_dir: Path):
+    if cfg.wandb.mode == "disabled":
+        return None
+    os.environ["WANDB_DIR"] = str(out_dir)
+    import wandb
+
+    return wandb.init(mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                      name=cfg.wandb.run_name, tags=list(cfg.wandb.tags), dir=str(out_dir),
+                      config=OmegaConf.to_container(cfg, resolve=True), job_type="evaluate")
+
+
+def main(argv: List[str] | None = None) -> List[RunResult]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file typed by EvalConfig")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    families, optimizers = build(cfg)
+
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    wandb_run = _init_wandb(cfg, out_dir)
+    run_kwargs = dict(eval_every=cfg.eval_every, target=cfg.target, target_kind=cfg.target_kind,
+                      divergence_factor=cfg.divergence_factor, init=cfg.init)
+    lr_grid = log_grid(cfg.tuning.lr_min, cfg.tuning.lr_max, cfg.tuning.num_lrs)
+
+    results: List[RunResult] = []
+    tuned: List[Dict[str, Any]] = []
+    for family_label, family in families.items():
+        for optimizer_label, (factory, should_tune) in optimizers.items():
+            if should_tune:
+                tuning = tune_lr(factory, family, cfg.tuning.steps or cfg.steps, lrs=lr_grid,
+                                 criterion=cfg.tuning.criterion, task_seeds=list(cfg.tuning.task_seeds),
+                                 seeds=list(cfg.tuning.seeds), **run_kwargs)
+                factory = factory.with_hyperparameters(lr=tuning.best_lr)
+                tuned.append({"family": family_label, **tuning.to_dict()})
+                print(f"tuned {optimizer_label} on {family_label}: lr={tuning.best_lr:.3g} "
+                      f"({tuning.criterion}={tuning.best_score:.4g})", flush=True)
+            results += evaluate({family_label: family}, {optimizer_label: factory}, cfg.steps,
+                                task_seeds=list(cfg.task_seeds), seeds=list(cfg.seeds),
+                                track_memory=cfg.track_memory, **run_kwargs)
+
+    summary = summarize(results)
+    print(format_table(summary, SUMMARY_COLUMNS))
+    _write_csv(out_dir / "runs.csv", [r.to_row() for r in results])
+    _write_csv(out_dir / "summary.csv", summary)
+    payload = {"config": OmegaConf.to_container(cfg, resolve=True), "tuning": tuned,
+               "summary": summary, "runs": [r.to_dict() for r in results]}
+    # strict JSON: NaN / inf (diverged runs, empty statistics) become null
+    (out_dir / "results.json").write_text(json.dumps(_nan_to_none(payload), indent=1, default=str, allow_nan=False))
+    if wandb_run is not None:
+        import wandb
+
+        wandb_run.log({"summary": wandb.Table(columns=list(summary[0]), data=[list(r.values()) for r in summary])})
+        for row in summary:
+            for key in ("final_norm_loss_median", "diverged", "test_acc_mean", "ms_per_step"):
+                wandb_run.summary[f"{row['optimizer']}/{row['family']}/{key}"] = row[key]
+        wandb_run.finish()
+    print(f"wrote {out_dir}/runs.csv, summary.csv, results.json", flush=True)
+    return results
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
