@@ -33,12 +33,14 @@ class ClosureGradient:
     """``grad_fn`` over live parameters: move them to a point, run the closure, take the grads.
 
     The grads are taken over (``p.grad`` reset to None) instead of cloned, so a closure that zeroes
-    grads in place cannot overwrite a stage the rule still holds, at no copy cost.
+    grads in place cannot overwrite a stage the rule still holds, at no copy cost. Calling it on
+    ``start`` (the snapshot of θ the rule was given) returns the already evaluated first gradient.
     """
 
-    def __init__(self, params: list[Tensor], closure: Callable[[], Tensor], start: list[Tensor],
+    def __init__(self, params: list[Tensor], closure: Callable[[], Tensor],
                  start_loss: Tensor, start_grads: list[Tensor]):
-        self.params, self.closure, self.start = params, closure, start
+        self.params, self.closure = params, closure
+        self.start: Optional[list[Tensor]] = None
         self.start_loss, self.start_grads = start_loss, start_grads
         self.evaluations = 0
 
@@ -46,6 +48,10 @@ class ClosureGradient:
         if points is self.start:
             return self.start_loss, self.start_grads
         torch._foreach_copy_(self.params, list(points))
+        return self.at_params()
+
+    def at_params(self) -> tuple[Tensor, list[Tensor]]:
+        """Evaluate the closure wherever the live parameters are now."""
         with torch.enable_grad():
             loss = self.closure()
         self.evaluations += 1
@@ -121,13 +127,27 @@ class ClosureRuleOptimizer(torch.optim.Optimizer):
         start_grads = [p.grad for p in params]
         for p in params:  # own the start gradients: a closure may zero p.grad in place
             p.grad = None
-        # The rule sees a snapshot of θ: grad_fn moves the live tensors to the stage points.
-        start = torch._foreach_mul(params, 1.0)
-        grad_fn = ClosureGradient(params, closure, start, loss, start_grads)
-        new_params, state = self.rule.step(start, grad_fn, self._load_rule_state(params), hyper)
-        torch._foreach_copy_(params, list(new_params))
+        grad_fn = ClosureGradient(params, closure, loss, start_grads)
+        try:
+            state = self._update(params, hyper, grad_fn)
+        except BaseException:
+            # A failed step (e.g. every adaptive attempt rejected) must not leave θ at a stage.
+            if grad_fn.start is not None:
+                torch._foreach_copy_(params, grad_fn.start)
+            for p, g in zip(params, start_grads):
+                p.grad = g
+            raise
         for p, g in zip(params, start_grads):
             p.grad = g
         self._store_rule_state(params, state)
         self.gradient_evaluations += grad_fn.evaluations
         return loss
+
+    def _update(self, params: list[Tensor], hyper: dict, grad_fn: ClosureGradient) -> dict:
+        """Run the pure rule and copy its result into the live parameters; returns rule state."""
+        # The rule sees a snapshot of θ: grad_fn moves the live tensors to the stage points.
+        grad_fn.start = torch._foreach_mul(params, 1.0)
+        new_params, state = self.rule.step(grad_fn.start, grad_fn, self._load_rule_state(params),
+                                           hyper)
+        torch._foreach_copy_(params, list(new_params))
+        return state

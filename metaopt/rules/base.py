@@ -80,3 +80,12 @@ def with_weight_decay(grads: Sequence[Tensor], params: Sequence[Tensor],
         return list(grads)
     return [g if (not isinstance(w, Tensor) and w == 0.0) else g + w * p
             for g, p, w in zip(grads, params, weight_decay)]
+
+
+def axpy_(ys: Sequence[Tensor], xs: Sequence[Tensor], alphas: Sequence[Scalar]) -> None:
+    """In place ``y += alpha * x`` per tensor (runtime fast paths only: mutates ``ys``)."""
+    if is_uniform(alphas):
+        torch._foreach_add_(list(ys), list(xs), alpha=float(alphas[0]))
+    else:
+        for y, x, a in zip(ys, xs, alphas):
+            y.add_(x, alpha=float(a))

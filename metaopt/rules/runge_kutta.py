@@ -17,7 +17,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .base import GradFn, State, StepSize, TensorList, add_scaled, per_tensor, with_weight_decay
+from .base import (GradFn, State, StepSize, TensorList, add_scaled, axpy_, per_tensor,
+                   with_weight_decay)
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -82,3 +83,47 @@ class RungeKuttaRule:
         slope_fn = gradient_slope(grad_fn, per_tensor(hyper.get("weight_decay", 0.0), n))
         result = explicit_rk_step(params, slope_fn, self.tableau, per_tensor(hyper["lr"], n))
         return result.params, state
+
+    def step_(self, params: list[Tensor], evaluate, first: tuple[Tensor, TensorList],
+              hyper: Mapping, workspace: tuple[TensorList, TensorList]) -> None:
+        """In-place twin of ``step`` for the runtime optimizer (``no_grad``; mutates ``params``).
+
+        ``evaluate()`` returns (loss, grads) at wherever ``params`` currently are, grads owned by
+        the caller; ``first`` is that pair at θ. ``workspace`` = (θ snapshot, Σ b_i k_i) buffers
+        reused across steps, so a step allocates nothing beyond the closure's own gradients, and
+        a slope is dropped as soon as no later stage reads it. Same math as ``step``, summed in a
+        different order (``tests/rules/test_runge_kutta.py`` holds them equal in float64).
+        """
+        tableau, n = self.tableau, len(params)
+        neg_h = [-h for h in per_tensor(hyper["lr"], n)]
+        weight_decay = per_tensor(hyper.get("weight_decay", 0.0), n)
+        theta, weighted_sum = workspace
+        torch._foreach_copy_(theta, params)
+        torch._foreach_zero_(weighted_sum)
+        last_use = {j: max([i for i in range(j + 1, tableau.stages) if tableau.a[i][j] != 0.0],
+                           default=0) for j in range(tableau.stages)}
+        slopes: dict[int, TensorList] = {}
+        grads = None
+        for i in range(tableau.stages):
+            if i > 0:
+                # Release the last slope before the closure runs, so backward can reuse its memory.
+                grads = None
+                torch._foreach_copy_(params, theta)
+                for j, a_ij in enumerate(tableau.a[i]):
+                    if a_ij != 0.0:
+                        axpy_(params, slopes[j], [a_ij * h for h in neg_h])
+                        if last_use[j] == i:
+                            del slopes[j]
+            _, grads = first if i == 0 else evaluate()
+            if i > 0:  # stage slopes are fresh tensors owned here: decay them in place
+                for g, p, wd in zip(grads, params, weight_decay):
+                    if wd != 0.0:
+                        g.add_(p, alpha=wd)
+            else:
+                grads = with_weight_decay(grads, params, weight_decay)
+            if tableau.b[i] != 0.0:
+                torch._foreach_add_(weighted_sum, grads, alpha=tableau.b[i])
+            if last_use[i] > i:
+                slopes[i] = grads
+        torch._foreach_copy_(params, theta)
+        axpy_(params, weighted_sum, neg_h)
