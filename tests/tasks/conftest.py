@@ -1,0 +1,30 @@
+"""Small, fast configurations of every registered family (used by the generic family tests)."""
+
+import pytest
+
+import tasks
+
+# kwargs that keep each family small so the whole suite stays fast
+FAST_KWARGS = {
+    "quadratic": {"dim": (2, 8)},
+    "noisy_quadratic": {"dim": (2, 8)},
+    "least_squares": {"num_features": (3, 8), "num_train": (30, 60)},
+    "lasso": {"num_features": (3, 8), "num_train": (30, 60)},
+    "logistic_regression": {"datasets": ("digits", "wine", "breast_cancer", "synthetic")},
+    "mlp": {"datasets": ("digits", "synthetic"), "width": (8, 16)},
+    "cnn_digits": {"channels": (2, 4)},
+    "rosenbrock_nd": {"dim": (2, 6)},
+    "rastrigin_nd": {"dim": (2, 6)},
+    "mixture": {"components": {"quadratic": {"dim": (2, 4)}, "rosenbrock": {}, "mlp": {"width": (8, 8)}}},
+}
+
+FAMILY_NAMES = tasks.names()
+
+
+def fast_family(name, **extra):
+    return tasks.get(name, **{**FAST_KWARGS.get(name, {}), **extra})
+
+
+@pytest.fixture(params=FAMILY_NAMES)
+def family_name(request):
+    return request.param
