@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a source checkout without install
     sys.path.insert(0, str(REPO_ROOT))
 
 import tasks  # noqa: E402
+import torch  # noqa: E402
 from metaopt.evaluation import (  # noqa: E402
     CRITERIA, SUMMARY_COLUMNS, TARGET_KINDS, RunResult, evaluate, format_table, log_grid,
     make_optimizer, summarize, tune_lr,
@@ -89,6 +90,7 @@ class EvalConfig:
     init: str = "canonical"  # canonical | seed
     track_memory: bool = True
     device: str = "cpu"
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (tiny tasks run best with 1)
     dtype: str = "float32"
     out_dir: str = "results/eval"
     tuning: TuningConfig = field(default_factory=TuningConfig)
@@ -181,6 +183,8 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     families, optimizers = build(cfg)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

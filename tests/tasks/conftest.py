@@ -1,6 +1,7 @@
 """Small, fast configurations of every registered family (used by the generic family tests)."""
 
 import pytest
+import torch
 
 import tasks
 
@@ -25,6 +26,11 @@ def fast_family(name, **extra):
     return tasks.get(name, **{**FAST_KWARGS.get(name, {}), **extra})
 
 
-@pytest.fixture(params=FAMILY_NAMES)
-def family_name(request):
-    return request.param
+@pytest.fixture(autouse=True)
+def single_intra_op_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (and contention on a loaded
+    2-core machine). Restored afterwards so other test directories are unaffected."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
