@@ -1,0 +1,6 @@
+"""Controllers: small nn.Modules mapping optimisation features to hyperparameters (DESIGN idea 2)."""
+from .garo import (NUM_SIGNAL_FEATURES, SIGNAL_FEATURES, BoundController, ControllerOutput,
+                   GAROController, inverse_softplus)
+
+__all__ = ["GAROController", "ControllerOutput", "BoundController", "SIGNAL_FEATURES",
+           "NUM_SIGNAL_FEATURES", "inverse_softplus"]

@@ -1,0 +1,225 @@
+"""``GARO`` / ``GlobalAdaptiveSGD``: the runtime optimizer of the GARO controller.
+
+Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``. A thin torch.optim adapter
+over ``metaopt.rules.GARORule`` (DESIGN idea 1: the update math lives there); the controller
+weights are given to it, not owned by it (DESIGN idea 2)::
+
+    opt = GlobalAdaptiveSGD(model.parameters())      # untrained controller: SGD, lr 0.01
+    loss.backward(); opt.step()                      # a closure is optional
+    opt.hyperparams                                  # latest lr_t, momentum_t, weight_decay_t
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from ..controllers.garo import GAROController
+from ..rules.garo import GARORule, tensor_norms
+from ._rule_optimizer import check_non_negative
+
+GRANULARITIES = ("global", "group", "tensor")
+HyperparamHook = Callable[["GARO", dict[str, Any]], None]
+
+
+class GARO(torch.optim.Optimizer):
+    r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
+
+    For tensor ``θ_i`` in a group with multipliers ``lr``, ``weight_decay`` (direction ``"sgd"``)::
+
+        b_i ← mom_t·b_i + (g_i + weight_decay·wd_t·θ_i);     θ_i ← θ_i − lr·lr_t·b_i
+
+    (``"adam"``: ``g_i`` is replaced by the RMS-normalised ``g_i/(√v̂_i + eps)`` and the decay is
+    decoupled; see ``metaopt.rules.garo``.) ``lr`` therefore *multiplies* the controller's rate:
+    the default 1.0 keeps lr_t as emitted, an LR scheduler scales it, a group with ``lr=0`` is
+    frozen, and ``weight_decay=0`` exempts a group (e.g. biases, norms) from decay.
+
+    Args:
+        params: tensors or param-group dicts.
+        lr: multiplier of lr_t (>= 0).
+        weight_decay: multiplier of wd_t (>= 0).
+        controller: a ``GAROController`` (default: the untrained one, which behaves like SGD with
+            lr 0.01, momentum 0, weight decay 1e-8). It is moved to the parameters' device.
+        direction: ``"sgd"`` (the seed) or ``"adam"``.
+        granularity: ``"global"`` (one hidden state, the seed), ``"group"`` (one per param group:
+            the seed's layer-wise recurrence when each layer is a group) or ``"tensor"``.
+        beta2, eps: second-moment decay and guard of the ``"adam"`` direction.
+
+    A step whose gradient (or closure loss) is not finite is skipped: parameters, buffers and
+    the controller's hidden state stay as they were, ``skipped_steps`` counts it and a
+    ``RuntimeWarning`` says so. (A finite gradient so large that its norm overflows counts too.)
+    ``state_dict()`` carries the controller weights and its recurrent state, so a resumed run
+    continues bit-exactly; it loads with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, params, lr: float = 1.0, weight_decay: float = 1.0, *,
+                 controller: Optional[GAROController] = None, direction: str = "sgd",
+                 granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8):
+        check_non_negative("lr", lr)
+        check_non_negative("weight_decay", weight_decay)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity: must be one of {GRANULARITIES}, got {granularity!r}")
+        rule = GARORule(direction=direction, beta2=beta2, eps=eps)  # validates the rest
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+        self.rule, self.granularity = rule, granularity
+        device = self.param_groups[0]["params"][0].device
+        self.controller = (controller if controller is not None else GAROController()).to(device)
+        self.garo_state = rule.init_global(self.controller, self._num_segments(), device)
+        self.skipped_steps = 0
+        self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
+
+    # -- configuration ---------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """The optimizer options a checkpoint needs to rebuild this optimizer."""
+        return dict(direction=self.rule.direction, granularity=self.granularity,
+                    beta2=self.rule.beta2, eps=self.rule.eps)
+
+    def _num_segments(self) -> int:
+        if self.granularity == "global":
+            return 1
+        if self.granularity == "group":
+            return len(self.param_groups)
+        return sum(len(g["params"]) for g in self.param_groups)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "garo_state"):  # a late group gets fresh recurrent rows of its own
+            missing = self._num_segments() - self.garo_state["hidden"].shape[0]
+            if missing > 0:
+                fresh = self.rule.init_global(self.controller, missing,
+                                              self.garo_state["hidden"].device)
+                for key, value in self.garo_state.items():
+                    if value.dim() >= 1:
+                        self.garo_state[key] = torch.cat([value, fresh[key]])
+
+    # -- hyperparameter reporting ------------------------------------------------------------------
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        """The latest ``lr_t, momentum_t, weight_decay_t`` (floats; lists for several segments).
+
+        ``lr`` is the controller's lr_t, before the group multiplier. None before the first step.
+        """
+        if int(self.garo_state["step"]) == 0:
+            return {"lr": None, "momentum": None, "weight_decay": None}
+        out = {}
+        for key in ("lr", "momentum", "weight_decay"):
+            values = self.garo_state[key].tolist()
+            out[key] = values[0] if self.granularity == "global" else values
+        return out
+
+    def register_hyperparam_hook(self, hook: HyperparamHook) -> RemovableHandle:
+        """Call ``hook(optimizer, {"step", "lr", "momentum", "weight_decay"})`` after each step.
+
+        The values are the (S,) tensors of this step, left on the device: a hook that logs every
+        step decides itself whether to pay a host sync (``.tolist()``).
+        """
+        handle = RemovableHandle(self._hyperparam_hooks)
+        self._hyperparam_hooks[handle.id] = hook
+        return handle
+
+    # -- the step ----------------------------------------------------------------------------------
+    def _active(self):
+        params, grads, lr, wd, ids = [], [], [], [], []
+        tensor_index = 0
+        for group_index, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                segment = {"global": 0, "group": group_index,
+                           "tensor": tensor_index}[self.granularity]
+                tensor_index += 1
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("GARO does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+                lr.append(group["lr"])
+                wd.append(group["weight_decay"])
+                ids.append(segment)
+        return params, grads, lr, wd, ids
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+        """One GARO step from ``p.grad``; with a closure, its loss also feeds the controller."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, grads, lr, wd, ids = self._active()
+        if not params:
+            return loss
+        loss_tensor = None
+        if loss is not None:
+            loss_tensor = (loss.detach() if isinstance(loss, Tensor)
+                           else torch.tensor(float(loss))).to(params[0].device).reshape(())
+        grad_norms = tensor_norms(grads)
+        finite = torch.isfinite(torch.stack(grad_norms)).all()
+        if loss_tensor is not None:
+            finite = finite & torch.isfinite(loss_tensor)
+        if not bool(finite):  # the one host sync per step: a bad gradient never reaches the GRU
+            self.skipped_steps += 1
+            warnings.warn(f"GARO: non-finite gradient or loss, step skipped "
+                          f"({self.skipped_steps} so far); parameters and hidden state unchanged",
+                          RuntimeWarning, stacklevel=2)
+            return loss
+        keys = self.rule.per_tensor_keys
+        state = dict(self.garo_state)
+        for key in keys:
+            state[key] = [self.state[p][key] if key in self.state[p]
+                          else self.rule.init_tensor_state(p)[key] for p in params]
+        new_params, new_state = self.rule.apply(
+            params, grads, state, {"controller": self.controller, "lr": lr, "weight_decay": wd,
+                                   "segment_ids": ids},
+            loss=loss_tensor, grad_norms=grad_norms)
+        torch._foreach_copy_(params, new_params)
+        for i, p in enumerate(params):
+            for key in keys:
+                self.state[p][key] = new_state[key][i]
+        self.garo_state = {k: v for k, v in new_state.items() if k not in keys}
+        if self._hyperparam_hooks:
+            report = {"step": self.garo_state["step"], "lr": self.garo_state["lr"],
+                      "momentum": self.garo_state["momentum"],
+                      "weight_decay": self.garo_state["weight_decay"]}
+            for hook in list(self._hyperparam_hooks.values()):
+                hook(self, report)
+        return loss
+
+    # -- persistence -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict plus ``"garo"``: controller weights, recurrent state, counters."""
+        out = super().state_dict()
+        out["garo"] = {"controller": {k: v.clone() for k, v in
+                                      self.controller.state_dict().items()},
+                       "state": {k: v.clone() for k, v in self.garo_state.items()},
+                       "skipped_steps": self.skipped_steps}
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        garo = state_dict.pop("garo", None)
+        if garo is None:
+            raise KeyError("state_dict: missing the 'garo' entry (controller + hidden state)")
+        expected = self.garo_state["hidden"].shape
+        if tuple(garo["state"]["hidden"].shape) != tuple(expected):
+            raise ValueError(f"state_dict: hidden state of shape "
+                             f"{tuple(garo['state']['hidden'].shape)} does not fit this "
+                             f"optimizer's {tuple(expected)} (granularity / groups differ)")
+        super().load_state_dict(state_dict)
+        self.controller.load_state_dict(garo["controller"])
+        device = self.garo_state["hidden"].device
+        self.garo_state = {k: v.to(device) for k, v in garo["state"].items()}
+        self.skipped_steps = int(garo["skipped_steps"])
+
+    def __getstate__(self):
+        # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.
+        return {**super().__getstate__(), "rule": self.rule, "granularity": self.granularity,
+                "controller": self.controller, "garo_state": self.garo_state,
+                "skipped_steps": self.skipped_steps,
+                "_hyperparam_hooks": self._hyperparam_hooks}
+
+
+GlobalAdaptiveSGD = GARO

@@ -1,0 +1,248 @@
+"""GARO's update math, written once for the runtime optimizer, higher, and meta-training unrolls.
+
+Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md`` ("h_t = RNN(grad_t, h_{t-1}),
+θ_{t+1} = θ_t − f(h_t)·update_t"). One step, for tensors ``i`` in segment ``s(i)`` (segment 0
+only for the seed's global controller; one per group or tensor for the layer-wise variant):
+
+1. features of segment ``s`` (see ``metaopt.controllers.garo.SIGNAL_FEATURES``)::
+
+       log ‖g‖_s,  Δ log ‖g‖_s,  symlog L,  Δ symlog L,  log(‖Δθ_{t-1}‖_s / ‖θ_{t-1}‖_s)
+
+   with ``‖·‖_s`` the 2-norm over all tensors of the segment and ``symlog L = sign(L)·log1p|L|``;
+2. ``lr_t, mom_t, wd_t, h_t = controller(features, h_{t-1})`` (one value per segment);
+3. with ``a_i = lr_i·lr_t`` (``lr_i`` the group's lr multiplier), ``μ = mom_t`` and
+   ``λ_i = wd_i·wd_t`` (``wd_i`` the group's weight-decay multiplier):
+
+   * ``direction="sgd"`` (the seed's momentum SGD, coupled L2 decay as in ``torch.optim.SGD``)::
+
+         b_i ← μ b_i + (g_i + λ_i θ_i);      θ_i ← θ_i − a_i b_i
+
+   * ``direction="adam"`` (Adam's second-moment normalisation, decoupled decay as in AdamW)::
+
+         v_i ← β₂ v_i + (1−β₂) g_i²;   u_i = g_i / (√(v_i / (1−β₂^{t+1})) + ε)
+         b_i ← μ b_i + u_i;             θ_i ← θ_i − a_i (b_i + λ_i θ_i)
+
+With the controller frozen at constants (lr, μ, λ) the first is exactly
+``torch.optim.SGD(lr, momentum=μ, weight_decay=λ)`` and, for μ = 0, the second is
+``torch.optim.AdamW(lr, betas=(0, β₂), eps=ε, weight_decay=λ)``; the tests use both as oracles.
+
+Nothing here mutates its inputs and every operation is differentiable, so a meta-trainer can call
+``step`` with a ``create_graph=True`` ``grad_fn`` and backpropagate into the controller weights.
+By default the controller's *inputs* are detached (``feature_gradients=False``): the meta-gradient
+reaches the weights through the emitted hyperparameters but not through ∂(features)/∂θ, the
+approximation of Andrychowicz et al. (2016) that avoids second derivatives of the gradient norm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..controllers.garo import NUM_SIGNAL_FEATURES
+from .base import GradFn, State, TensorList, per_tensor
+
+DIRECTIONS = ("sgd", "adam")
+_TINY = 1e-12  # keeps log-norms finite at zero gradients / parameters
+
+
+def symlog(x: Tensor) -> Tensor:
+    """sign(x)·log1p|x|: a log scale that accepts the negative losses of likelihood objectives."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def tensor_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Per-tensor 2-norms: one fused foreach kernel when no graph is needed, else plain ops.
+
+    (``torch._foreach_norm`` has no double-backward, so the differentiable path takes the loop.)
+    """
+    if not tensors:
+        return []
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return [torch.linalg.vector_norm(t) for t in tensors]
+    return list(torch._foreach_norm(list(tensors)))
+
+
+def segment_norms(norms: Sequence[Tensor], segment_ids: Optional[Tensor],
+                  num_segments: int) -> Tensor:
+    """(S,) 2-norms of each segment from per-tensor norms: sqrt(Σ_{i∈s} ‖x_i‖²)."""
+    squares = torch.stack(list(norms)).square()
+    if num_segments == 1:
+        return squares.sum().sqrt().unsqueeze(0)
+    total = squares.new_zeros(num_segments).index_add(0, segment_ids, squares)
+    return total.sqrt()
+
+
+@dataclass(frozen=True)
+class GARORule:
+    """The GARO step as a pure function of (params, grads, state, controller).
+
+    Args:
+        direction: ``"sgd"`` (momentum SGD, the seed) or ``"adam"`` (RMS-normalised gradient).
+        beta2, eps: the second-moment decay and denominator guard of the ``"adam"`` direction.
+        feature_gradients: keep the graph from the parameters into the controller's features
+            (default False: features are detached, see the module docstring).
+
+    ``hyper`` keys for ``step``/``apply``:
+        ``controller`` (required): a ``GAROController`` or ``BoundController``;
+        ``lr``, ``weight_decay``: per-tensor multipliers of lr_t and wd_t (float or tensor,
+        default 1.0); ``segment_ids``: per-tensor segment index (default all 0).
+    """
+
+    direction: str = "sgd"
+    beta2: float = 0.999
+    eps: float = 1e-8
+    feature_gradients: bool = False
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction: must be one of {DIRECTIONS}, got {self.direction!r}")
+        if not 0.0 <= self.beta2 < 1.0:
+            raise ValueError(f"beta2: must lie in [0, 1), got {self.beta2!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps: must be > 0, got {self.eps!r}")
+
+    @property
+    def per_tensor_keys(self) -> tuple[str, ...]:
+        """State entries that are lists with one tensor per parameter (the rest are global)."""
+        return ("momentum_buffer", "exp_avg_sq") if self.direction == "adam" \
+            else ("momentum_buffer",)
+
+    def init_global(self, controller, num_segments: int = 1, device=None) -> State:
+        """The per-run recurrent state: controller state, feature memories, step count."""
+        state = dict(controller.initial_state(num_segments, device))
+        ref = state["hidden"]
+        zeros = ref.new_zeros(num_segments)
+        state.update(step=torch.zeros((), dtype=torch.int64, device=ref.device),
+                     prev_log_grad_norm=zeros, prev_symlog_loss=zeros.clone(),
+                     loss_seen=ref.new_zeros(()), prev_update_ratio=zeros.clone(),
+                     lr=zeros.clone(), momentum=zeros.clone(), weight_decay=zeros.clone())
+        return state
+
+    def init_tensor_state(self, param: Tensor) -> dict[str, Tensor]:
+        """The state of one parameter tensor (zero buffers)."""
+        return {k: torch.zeros_like(param, memory_format=torch.preserve_format)
+                for k in self.per_tensor_keys}
+
+    def init(self, params: Sequence[Tensor], controller, num_segments: int = 1) -> State:
+        """Full state: ``init_global`` plus per-tensor lists under ``per_tensor_keys``."""
+        device = params[0].device if params else None
+        state = self.init_global(controller, num_segments, device)
+        for key in self.per_tensor_keys:
+            state[key] = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                          for p in params]
+        return state
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+        """The ``Rule`` interface: evaluate ``grad_fn`` at ``params``, then ``apply``."""
+        loss, grads = grad_fn(params)
+        return self.apply(params, grads, state, hyper, loss=loss)
+
+    def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
+              hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
+              grad_norms: Optional[Sequence[Tensor]] = None) -> tuple[TensorList, State]:
+        """One GARO step from given gradients (``loss`` optional; ``grad_norms`` if known)."""
+        params, grads = list(params), list(grads)
+        n = len(params)
+        if n == 0:
+            raise ValueError("params: GARORule.apply needs at least one tensor")
+        controller = hyper["controller"]
+        hidden = state["hidden"]
+        num_segments = hidden.shape[0]
+        ids = list(hyper.get("segment_ids") or [0] * n)
+        if len(ids) != n:
+            raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
+        ids_t = None if num_segments == 1 else torch.tensor(ids, device=hidden.device)
+        lr_mult = per_tensor(hyper.get("lr", 1.0), n)
+        wd_mult = per_tensor(hyper.get("weight_decay", 1.0), n)
+        step = state["step"]
+
+        # --- 1. features (per segment) -------------------------------------------------------
+        if grad_norms is None:
+            grad_norms = tensor_norms(grads)
+        param_norms = tensor_norms(params)
+        gnorm = segment_norms(grad_norms, ids_t, num_segments)
+        pnorm = segment_norms(param_norms, ids_t, num_segments)
+        if not self.feature_gradients:
+            gnorm, pnorm = gnorm.detach(), pnorm.detach()
+        ctrl_dtype = hidden.dtype
+        log_gnorm = torch.log(gnorm.to(ctrl_dtype) + _TINY)
+        started = (step > 0).to(ctrl_dtype).expand(num_segments)
+        ones = torch.ones_like(log_gnorm)
+        if loss is not None:
+            loss_value = loss if self.feature_gradients else loss.detach()
+            sym = symlog(loss_value.to(ctrl_dtype)).expand(num_segments)
+            has_loss, had_loss = ones, state["loss_seen"].expand(num_segments)
+        else:
+            sym = state["prev_symlog_loss"]
+            has_loss, had_loss = torch.zeros_like(ones), torch.zeros_like(ones)
+        signal = torch.stack([log_gnorm, log_gnorm - state["prev_log_grad_norm"], sym,
+                              sym - state["prev_symlog_loss"],
+                              torch.log(state["prev_update_ratio"] + _TINY)], dim=1)
+        valid = torch.stack([ones, started, has_loss, has_loss * had_loss, started], dim=1)
+        assert signal.shape[1] == NUM_SIGNAL_FEATURES
+
+        # --- 2. controller ---------------------------------------------------------------------
+        out = controller(signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
+
+        # --- 3. update -------------------------------------------------------------------------
+        def pick(values: Tensor, i: int) -> Tensor:
+            return values[ids[i]].to(params[i].dtype)
+
+        new_params, new_state = [], {k: [] for k in self.per_tensor_keys}
+        directions, step_sizes = [], []
+        bias_correction2 = None
+        if self.direction == "adam":
+            bias_correction2 = 1 - self.beta2 ** (step + 1).to(params[0].dtype)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            lr_i = pick(out.lr, i) * lr_mult[i]
+            mom_i = pick(out.momentum, i)
+            wd_i = pick(out.weight_decay, i) * wd_mult[i]
+            buf = state["momentum_buffer"][i]
+            if self.direction == "sgd":
+                buf = torch.addcmul(torch.addcmul(g, p, wd_i), buf, mom_i)
+                direction = buf
+            else:
+                v = state["exp_avg_sq"][i] * self.beta2 + (1 - self.beta2) * g * g
+                new_state["exp_avg_sq"].append(v)
+                u = g / ((v / bias_correction2).sqrt() + self.eps)
+                buf = torch.addcmul(u, buf, mom_i)
+                direction = torch.addcmul(buf, p, wd_i)
+            new_state["momentum_buffer"].append(buf)
+            new_params.append(torch.addcmul(p, direction, lr_i, value=-1))
+            directions.append(direction)
+            step_sizes.append(lr_i.abs())
+        # ‖Δθ_i‖ = |a_i|·‖direction_i‖, read by the next step's update-ratio feature
+        step_norms = [a * d for a, d in zip(step_sizes, tensor_norms(directions))]
+        update_norm = segment_norms(step_norms, ids_t, num_segments)
+        if not self.feature_gradients:
+            update_norm = update_norm.detach()
+
+        # --- 4. new state; segments without tensors this step keep theirs ---------------------
+        if num_segments == 1:
+            active = torch.ones(1, dtype=torch.bool, device=hidden.device)
+        else:
+            active = torch.zeros(num_segments, dtype=torch.bool, device=hidden.device)
+            active[ids_t] = True
+
+        def keep(new: Tensor, old: Tensor) -> Tensor:
+            mask = active.view(-1, *([1] * (new.dim() - 1)))
+            return torch.where(mask, new, old)
+
+        ratio = (update_norm.to(ctrl_dtype) / (pnorm.to(ctrl_dtype) + _TINY))
+        result = dict(state)
+        result.update(new_state)
+        result.update(
+            step=step + 1,
+            hidden=keep(out.hidden, hidden),
+            feature_mean=keep(out.feature_mean, state["feature_mean"]),
+            feature_var=keep(out.feature_var, state["feature_var"]),
+            prev_log_grad_norm=keep(log_gnorm, state["prev_log_grad_norm"]),
+            prev_symlog_loss=keep(sym, state["prev_symlog_loss"]),
+            loss_seen=torch.maximum(state["loss_seen"], has_loss.max()),
+            prev_update_ratio=keep(ratio, state["prev_update_ratio"]),
+            lr=keep(out.lr, state["lr"]), momentum=keep(out.momentum, state["momentum"]),
+            weight_decay=keep(out.weight_decay, state["weight_decay"]))
+        return new_params, result
