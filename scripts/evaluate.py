@@ -110,13 +110,24 @@ def load_config(config_path: str | None, overrides: List[str]) -> EvalConfig:
         merged = OmegaConf.structured(EvalConfig)
         if config_path is not None:
             merged = OmegaConf.merge(merged, OmegaConf.load(config_path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
-        OmegaConf.to_container(merged, throw_on_missing=True)
-    except OmegaConfBaseException as error:
+    except (OmegaConfBaseException, TypeError) as error:
         key = getattr(error, "full_key", None)
-        raise ConfigError(f"invalid config key {key!r}: {error}") from error
+        raise ConfigError(f"invalid config key {key!r} in {config_path}: {error}") from error
     except OSError as error:
         raise ConfigError(f"cannot read config {config_path!r}: {error}") from error
+    for override in overrides:  # one at a time, so an error names the override's key
+        key, text = override.split("=", 1)
+        try:
+            # parse the value as YAML (lists, dicts, numbers), then update in place: unlike a dict
+            # merge this addresses list elements (``tasks.0.name=...``) and keeps struct checks
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
+            OmegaConf.update(merged, key, value, merge=True)
+        except (OmegaConfBaseException, TypeError, ValueError) as error:
+            raise ConfigError(f"invalid override {key!r}: {error}") from error
+    try:
+        OmegaConf.to_container(merged, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"missing value for {getattr(error, 'full_key', None)!r}: {error}") from error
     return merged
 
 
