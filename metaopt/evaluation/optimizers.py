@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -111,5 +111,3 @@ def make_optimizer(name: str, label: str | None = None, **hyperparameters: Any) 
     _check_hyperparameters(name, cls, hyperparameters)
     return OptimizerFactory(name, cls, {**defaults, **hyperparameters}, label or name)
 
-
-OptimizerFactoryLike = Callable[[Iterable[Any]], torch.optim.Optimizer]
