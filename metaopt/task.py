@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,11 +39,11 @@ __all__ = [
     "Params",
     "Task",
     "TaskFamily",
-    "generator_from_seed",
     "fan_in_uniform_init",
-    "sample_log_uniform",
-    "sample_int_log_uniform",
+    "generator_from_seed",
     "sample_choice",
+    "sample_int_log_uniform",
+    "sample_log_uniform",
 ]
 
 
@@ -197,7 +198,7 @@ class _ModuleObjective(nn.Module):
     ``torch.func.functional_call`` substitute parameters in the *whole* loss, including penalty
     terms that read weights directly (L2, L1), not only in ``model.forward``."""
 
-    def __init__(self, task: "ModuleTask", model: nn.Module):
+    def __init__(self, task: ModuleTask, model: nn.Module):
         super().__init__()
         self.model = model
         self._task_ref = [task]  # a list, so the task is not registered as a submodule

@@ -33,11 +33,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run from a source checkout without installation
     sys.path.insert(0, str(REPO_ROOT))
 
-import tasks  # noqa: E402
-import torch  # noqa: E402
-from metaopt.evaluation import (  # noqa: E402
-    CRITERIA, SUMMARY_COLUMNS, TARGET_KINDS, RunResult, evaluate, format_table, log_grid,
-    make_optimizer, summarize, tune_lr,
+import torch
+
+import tasks
+from metaopt.evaluation import (
+    CRITERIA,
+    SUMMARY_COLUMNS,
+    TARGET_KINDS,
+    RunResult,
+    evaluate,
+    format_table,
+    log_grid,
+    make_optimizer,
+    summarize,
+    tune_lr,
 )
 
 

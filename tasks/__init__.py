@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from metaopt.task import ModuleTask, Task, TaskFamily
 
@@ -26,7 +27,7 @@ from .regression import LinearRegressionFamily
 from .test_functions import TEST_FUNCTIONS_2D, TestFunctionFamily
 from .test_functions_nd import NDTestFunctionFamily
 
-__all__ = ["Task", "TaskFamily", "ModuleTask", "get", "names", "register"]
+__all__ = ["ModuleTask", "Task", "TaskFamily", "get", "names", "register"]
 
 _REGISTRY: dict[str, Callable[..., TaskFamily]] = {}
 

@@ -9,7 +9,7 @@ training subset.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from .data import load_real, split_and_standardize
 from .mlp import ACTIVATIONS
 from .supervised import ClassificationTask
 
-__all__ = ["CNNTask", "CNNDigitsFamily"]
+__all__ = ["CNNDigitsFamily", "CNNTask"]
 
 IMAGE_SIDE = 8  # load_digits images are 8x8
 

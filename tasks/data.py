@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SplitData", "REAL_DATASETS", "load_real", "make_blobs", "split_and_standardize", "minibatch"]
+__all__ = ["REAL_DATASETS", "SplitData", "load_real", "make_blobs", "minibatch", "split_and_standardize"]
 
 REAL_DATASETS = ("digits", "breast_cancer", "wine")
 
@@ -36,7 +36,7 @@ class SplitData:
         return int(self.x_train.shape[1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_real_arrays(name: str) -> tuple[Tensor, Tensor]:
     try:
         from sklearn import datasets

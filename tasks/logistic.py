@@ -10,7 +10,7 @@ This equals scikit-learn's ``LogisticRegression(C=1/(l2 * n))`` objective divide
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from metaopt.task import TaskFamily, sample_choice, sample_log_uniform
 from .data import REAL_DATASETS, load_real, make_blobs, split_and_standardize
 from .supervised import ClassificationTask
 
-__all__ = ["LogisticRegressionTask", "LogisticRegressionFamily"]
+__all__ = ["LogisticRegressionFamily", "LogisticRegressionTask"]
 
 
 class LogisticRegressionTask(ClassificationTask):

@@ -3,7 +3,7 @@ mix (e.g. quadratics + test functions + small MLPs), learned_optimization style.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -8,7 +8,7 @@ The family samples width log-uniformly in 8..128, depth in 1..3, the activation 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from metaopt.task import TaskFamily, sample_choice, sample_int_log_uniform
 from .data import REAL_DATASETS, load_real, make_blobs, split_and_standardize
 from .supervised import ClassificationTask
 
-__all__ = ["ACTIVATIONS", "MLPTask", "MLPFamily"]
+__all__ = ["ACTIVATIONS", "MLPFamily", "MLPTask"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 

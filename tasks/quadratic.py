@@ -24,7 +24,7 @@ from metaopt.task import Batch, TaskFamily, sample_int_log_uniform, sample_log_u
 
 from .point import PointTask
 
-__all__ = ["QuadraticTask", "QuadraticFamily", "random_orthogonal"]
+__all__ = ["QuadraticFamily", "QuadraticTask", "random_orthogonal"]
 
 
 def random_orthogonal(dim: int, generator: torch.Generator) -> Tensor:

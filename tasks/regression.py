@@ -23,7 +23,7 @@ from metaopt.task import TaskFamily, sample_choice, sample_int_log_uniform, samp
 from .data import SplitData
 from .supervised import SupervisedTask
 
-__all__ = ["LinearRegressionTask", "LinearRegressionFamily"]
+__all__ = ["LinearRegressionFamily", "LinearRegressionTask"]
 
 
 class LinearRegressionTask(SupervisedTask):

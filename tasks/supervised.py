@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from metaopt.task import Batch, ModuleTask, Params, fan_in_uniform_init, generat
 
 from .data import SplitData, minibatch
 
-__all__ = ["SupervisedTask", "ClassificationTask", "weight_penalty"]
+__all__ = ["ClassificationTask", "SupervisedTask", "weight_penalty"]
 
 
 def weight_penalty(model: nn.Module, l2: float = 0.0, l1: float = 0.0) -> Tensor | float:

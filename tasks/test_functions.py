@@ -10,8 +10,8 @@ given to float64 precision (refined by Newton's method; gradients there are < 1e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from metaopt.task import Batch, TaskFamily
 
 from .point import PointTask
 
-__all__ = ["TestFunction", "TEST_FUNCTIONS_2D", "TestFunctionTask", "TestFunctionFamily"]
+__all__ = ["TEST_FUNCTIONS_2D", "TestFunction", "TestFunctionFamily", "TestFunctionTask"]
 
 
 def rosenbrock(v: Tensor) -> Tensor:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from metaopt.task import TaskFamily, sample_int_log_uniform
 
 from .test_functions import TestFunctionTask, rastrigin
 
-__all__ = ["rosenbrock_nd", "NDTestFunctionFamily"]
+__all__ = ["NDTestFunctionFamily", "rosenbrock_nd"]
 
 
 def rosenbrock_nd(v: Tensor) -> Tensor:

@@ -10,13 +10,33 @@
 """
 
 from .harness import TARGET_KINDS, evaluate, run_family, run_task
-from .optimizers import BASELINES, OptimizerFactory, make_optimizer, optimizer_names, resolve_optimizer
+from .optimizers import (
+    BASELINES,
+    OptimizerFactory,
+    make_optimizer,
+    optimizer_names,
+    resolve_optimizer,
+)
 from .results import SUMMARY_COLUMNS, RunResult, format_table, summarize
 from .tuning import CRITERIA, HELD_OUT_TASK_SEED_OFFSET, TuningResult, log_grid, tune_lr
 
 __all__ = [
-    "BASELINES", "CRITERIA", "HELD_OUT_TASK_SEED_OFFSET", "OptimizerFactory", "RunResult",
-    "SUMMARY_COLUMNS", "TARGET_KINDS", "TuningResult", "evaluate", "format_table", "log_grid",
-    "make_optimizer", "optimizer_names", "resolve_optimizer", "run_family", "run_task", "summarize",
+    "BASELINES",
+    "CRITERIA",
+    "HELD_OUT_TASK_SEED_OFFSET",
+    "SUMMARY_COLUMNS",
+    "TARGET_KINDS",
+    "OptimizerFactory",
+    "RunResult",
+    "TuningResult",
+    "evaluate",
+    "format_table",
+    "log_grid",
+    "make_optimizer",
+    "optimizer_names",
+    "resolve_optimizer",
+    "run_family",
+    "run_task",
+    "summarize",
     "tune_lr",
 ]

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import time
 import tracemalloc
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ from metaopt.task import Task, TaskFamily, generator_from_seed
 
 from .results import RunResult
 
-__all__ = ["run_task", "run_family", "evaluate", "TARGET_KINDS"]
+__all__ = ["TARGET_KINDS", "evaluate", "run_family", "run_task"]
 
 TARGET_KINDS = ("absolute", "relative")
 DIVERGENCE_EXCEPTIONS = (OverflowError, RuntimeError, FloatingPointError)

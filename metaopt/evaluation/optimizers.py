@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -87,7 +88,7 @@ class OptimizerFactory:
     def __call__(self, params: Iterable[Any]) -> torch.optim.Optimizer:
         return self.cls(params, **self.hyperparameters)
 
-    def with_hyperparameters(self, label: str | None = None, **overrides: Any) -> "OptimizerFactory":
+    def with_hyperparameters(self, label: str | None = None, **overrides: Any) -> OptimizerFactory:
         """A copy with some hyperparameters replaced (e.g. ``lr`` during tuning)."""
         _check_hyperparameters(self.name, self.cls, overrides)
         return OptimizerFactory(self.name, self.cls, {**self.hyperparameters, **overrides},

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-__all__ = ["RunResult", "summarize", "format_table", "SUMMARY_COLUMNS"]
+__all__ = ["SUMMARY_COLUMNS", "RunResult", "format_table", "summarize"]
 
 _CURVE_FIELDS = ("train_losses", "eval_steps", "eval_train_losses", "eval_test_losses", "eval_test_accuracies")
 

@@ -16,8 +16,9 @@ is scanned in increasing order and only a strictly better score replaces the inc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

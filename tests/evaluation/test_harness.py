@@ -8,7 +8,14 @@ import pytest
 import torch
 
 import tasks
-from metaopt.evaluation import make_optimizer, run_family, run_task, summarize, format_table, evaluate
+from metaopt.evaluation import (
+    evaluate,
+    format_table,
+    make_optimizer,
+    run_family,
+    run_task,
+    summarize,
+)
 
 F64 = torch.float64
 
