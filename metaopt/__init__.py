@@ -2,10 +2,11 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import optim, rules
+from .checkpoint import list_pretrained, load_optimizer
 
 try:
     __version__ = version("metaopt")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
-__all__ = ["optim", "rules", "__version__"]
+__all__ = ["optim", "rules", "__version__", "load_optimizer", "list_pretrained"]

@@ -1,0 +1,207 @@
+"""Self-describing controller checkpoints (DESIGN idea 5) and ``load_optimizer``.
+
+A checkpoint is one safetensors file. Its tensors are the controller's ``state_dict()`` (GRU and
+head weights, and the feature-statistics buffers ``init_feature_mean`` / ``init_feature_var``);
+its string metadata says everything needed to rebuild the runtime optimizer from the file alone:
+
+=====================  =====================================================================
+``format``             ``"metaopt.garo"``
+``format_version``     ``"1"`` (files of any other version are refused)
+``metaopt_version``    the package version that wrote it
+``controller_class``   ``"GAROController"``
+``controller_config``  JSON: ``GAROController`` constructor arguments
+``optimizer_config``   JSON: ``GARO`` options (direction, granularity, beta2, eps)
+``created_at``         ISO-8601 UTC time of writing
+``git_commit``         the metaopt source commit, when it is a git checkout (else "")
+``training``           JSON: whatever provenance the caller passes (steps, tasks, meta-loss…)
+=====================  =====================================================================
+
+Loading never executes code: safetensors holds raw tensors and JSON, and this module refuses
+pickles and ``torch.save`` archives outright instead of handing them to ``pickle``.
+Writes are atomic: a temporary file in the target directory, fsync'ed, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as _safetensors_bytes
+
+from .controllers.garo import GAROController
+
+FORMAT = "metaopt.garo"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable metaopt checkpoint (the message says why)."""
+
+
+@dataclass
+class Checkpoint:
+    controller: GAROController
+    optimizer_config: dict[str, Any]
+    metadata: dict[str, str]
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def _metaopt_version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _git_commit() -> str:
+    """The commit of the metaopt source tree, or "" when it is not a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def save_checkpoint(path: PathLike, controller: GAROController,
+                    optimizer_config: Optional[dict[str, Any]] = None,
+                    training: Optional[dict[str, Any]] = None) -> Path:
+    """Write ``controller`` (+ optimizer options and provenance) to ``path`` atomically.
+
+    ``optimizer_config`` is typically ``GARO(...).config``; ``training`` is free JSON provenance.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in controller.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "metaopt_version": _metaopt_version(),
+        "controller_class": type(controller).__name__,
+        "controller_config": json.dumps(controller.config, sort_keys=True),
+        "optimizer_config": json.dumps(optimizer_config or {}, sort_keys=True),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "training": json.dumps(training or {}, sort_keys=True),
+    }
+    payload = _safetensors_bytes(tensors, metadata=metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _check_safetensors_framing(path: Path) -> None:
+    """Refuse pickles, torch.save zips, truncated and garbage files before parsing anything."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    header_len = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
+    if len(head) < 9 or head[8:9] != b"{" or header_len > _MAX_HEADER:
+        # (a safetensors file is <u64 header length><JSON header>; byte 8 is always "{")
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise CheckpointError(
+                f"{path}: looks like a pickle / torch.save file; metaopt never unpickles "
+                "checkpoints (unpickling can execute arbitrary code). Export controllers with "
+                "metaopt.checkpoint.save_checkpoint (safetensors).")
+        if size < 10:
+            raise CheckpointError(f"{path}: {size} bytes is too short for a safetensors file "
+                                  "(truncated or not a checkpoint)")
+        raise CheckpointError(f"{path}: not a safetensors file (bad header)")
+    if 8 + header_len > size:
+        raise CheckpointError(f"{path}: truncated (header says {header_len} bytes, the file has "
+                              f"{size - 8})")
+
+
+def _json_field(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(metadata.get(key, "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: metadata {key!r} must be a JSON object")
+    return value
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``; refuse anything else with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    _check_safetensors_framing(path)
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a metaopt GARO checkpoint "
+                              f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path}: unknown format_version {metadata.get('format_version')!r}; this metaopt "
+            f"({_metaopt_version()}) reads version {FORMAT_VERSION}")
+    if metadata.get("controller_class") != GAROController.__name__:
+        raise CheckpointError(f"{path}: unknown controller_class "
+                              f"{metadata.get('controller_class')!r}")
+    config = _json_field(metadata, "controller_config", path)
+    try:
+        controller = GAROController(**config)
+        controller.load_state_dict(tensors, strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: controller does not match its config ({exc})") from None
+    return Checkpoint(controller=controller.to(map_location),
+                      optimizer_config=_json_field(metadata, "optimizer_config", path),
+                      metadata=metadata, training=_json_field(metadata, "training", path))
+
+
+def _pretrained_dir() -> Path:
+    return Path(str(resources.files("metaopt.pretrained")))
+
+
+def list_pretrained() -> list[str]:
+    """Names of the checkpoints shipped in ``metaopt/pretrained`` (for ``load_optimizer``)."""
+    return sorted(p.name[: -len(SUFFIX)] for p in _pretrained_dir().glob(f"*{SUFFIX}"))
+
+
+def resolve(name_or_path: PathLike) -> Path:
+    """An existing file path as given, else the shipped checkpoint of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = list_pretrained()
+    if str(name_or_path) in shipped:
+        return _pretrained_dir() / f"{name_or_path}{SUFFIX}"
+    raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped checkpoint "
+                            f"of that name (shipped: {shipped or 'none yet'})")
+
+
+def load_optimizer(name_or_path: PathLike, params, **overrides):
+    """Rebuild the runtime ``GARO`` optimizer from a checkpoint file or shipped name.
+
+    ``overrides`` replace the stored optimizer options or add group defaults (``lr``,
+    ``weight_decay``, ``direction``, ``granularity``, …).
+    """
+    from .optim.garo import GARO
+    ckpt = load_checkpoint(resolve(name_or_path))
+    return GARO(params, controller=ckpt.controller, **{**ckpt.optimizer_config, **overrides})
