@@ -67,3 +67,29 @@ def flat_field(loss, like):
         _, grads = grad_fn(unpack(y, shapes, "*"))
         return -pack(grads, "*")[0]
     return field, shapes
+
+
+def closure_over(opt, loss, live):
+    """The standard closure: zero the grads, evaluate ``loss(live)``, backward, return it."""
+    def closure():
+        opt.zero_grad()
+        value = loss(live)
+        value.backward()
+        return value
+    return closure
+
+
+def optimizer_trajectory(cls, loss, params, steps, **kwargs):
+    """Run ``cls`` on copies of ``params``; returns the iterates after each step and the opt."""
+    live = [p.clone().requires_grad_() for p in params]
+    opt = cls(live, **kwargs)
+    closure = closure_over(opt, loss, live)
+    trajectory = []
+    for _ in range(steps):
+        opt.step(closure)
+        trajectory.append([p.detach().clone() for p in live])
+    return trajectory, opt
+
+
+def max_error(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a, b))

@@ -8,30 +8,14 @@ from torchdiffeq import odeint
 
 import metaopt.optim as mo
 
-from .objectives import flat_field, grad_fn_for, objectives
+from .objectives import flat_field, max_error, objectives, optimizer_trajectory
 
 OBJECTIVES = objectives()
 STEPS = 6
 
 
 def run(cls, loss, params, steps, **kwargs):
-    live = [p.clone().requires_grad_() for p in params]
-    opt = cls(live, **kwargs)
-
-    def closure():
-        opt.zero_grad()
-        value = loss(live)
-        value.backward()
-        return value
-    trajectory = []
-    for _ in range(steps):
-        opt.step(closure)
-        trajectory.append([p.detach().clone() for p in live])
-    return trajectory, opt
-
-
-def max_error(a, b):
-    return max((x - y).abs().max().item() for x, y in zip(a, b))
+    return optimizer_trajectory(cls, loss, params, steps, **kwargs)
 
 
 @pytest.mark.parametrize("name,loss,params,lr", OBJECTIVES, ids=[o[0] for o in OBJECTIVES])

@@ -11,7 +11,8 @@ from torchdiffeq import odeint
 import metaopt.optim as mo
 from metaopt.rules import RungeKuttaRule, get_tableau
 
-from .objectives import flat_field, grad_fn_for, objectives
+from .objectives import (closure_over, flat_field, grad_fn_for, max_error, objectives,
+                         optimizer_trajectory)
 
 #: our tableau name → torchdiffeq's fixed-grid method with the same tableau
 SHARED_WITH_TORCHDIFFEQ = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2",
@@ -30,23 +31,7 @@ def run_rule(method, loss, params, lr, steps, weight_decay=0.0):
 
 
 def run_optimizer(cls, loss, params, lr, steps, **kwargs):
-    live = [p.clone().requires_grad_() for p in params]
-    opt = cls(live, lr=lr, **kwargs)
-
-    def closure():
-        opt.zero_grad()
-        value = loss(live)
-        value.backward()
-        return value
-    trajectory = []
-    for _ in range(steps):
-        opt.step(closure)
-        trajectory.append([p.detach().clone() for p in live])
-    return trajectory
-
-
-def max_error(a, b):
-    return max((x - y).abs().max().item() for x, y in zip(a, b))
+    return optimizer_trajectory(cls, loss, params, steps, lr=lr, **kwargs)[0]
 
 
 @pytest.mark.parametrize("name,loss,params,lr", OBJECTIVES, ids=[o[0] for o in OBJECTIVES])
@@ -166,22 +151,13 @@ def test_order_on_tanh_mlp_against_tight_dopri5(method):
 def test_in_place_runtime_path_equals_pure_rule(method):
     """The benchmark-driven in-place path against the pure rule, with decay and two lrs."""
     _, loss, params, _ = OBJECTIVES[2]
-    lrs = [0.2, 0.2, 0.05, 0.05]
-    wds = [1e-2, 0.0, 1e-2, 0.0]
+    lrs, wds = [0.2, 0.2, 0.05, 0.05], [1e-2, 1e-2, 0.0, 0.0]
     rule, grad_fn = RungeKuttaRule(method), grad_fn_for(loss)
     pure = [p.clone() for p in params]
     live = [p.clone().requires_grad_() for p in params]
-    opt = mo.RungeKutta([{"params": live[:2], "lr": 0.2}, {"params": live[2:], "lr": 0.05}],
-                        method=method)
-    for group, wd in zip(opt.param_groups, (1e-2, 1e-2)):
-        group["weight_decay"] = wd
-    wds = [1e-2, 1e-2, 1e-2, 1e-2]
-
-    def closure():
-        opt.zero_grad()
-        value = loss(live)
-        value.backward()
-        return value
+    opt = mo.RungeKutta([{"params": live[:2], "lr": 0.2, "weight_decay": 1e-2},
+                         {"params": live[2:], "lr": 0.05}], method=method)
+    closure = closure_over(opt, loss, live)
     for _ in range(STEPS):
         pure, _ = rule.step(pure, grad_fn, {}, {"lr": lrs, "weight_decay": wds})
         opt.step(closure)

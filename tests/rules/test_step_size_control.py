@@ -10,7 +10,7 @@ import metaopt.optim as mo
 from metaopt.rules import AdaptiveRungeKuttaRule, StepRejectedError
 from metaopt.rules.step_size_control import step_factor
 
-from .objectives import flat_field, grad_fn_for, objectives
+from .objectives import closure_over, flat_field, grad_fn_for, objectives
 
 OBJECTIVES = [o for o in objectives() if o[0] in ("rosenbrock", "tanh_mlp")]
 STEPS = 12
@@ -67,12 +67,7 @@ def test_runtime_optimizer_follows_the_rule():
     state, points = rule.init(params), params
     live = [p.clone().requires_grad_() for p in params]
     opt = mo.AdaptiveRK(live, lr=lr, method="dopri5", rtol=1e-5, atol=1e-8)
-
-    def closure():
-        opt.zero_grad()
-        value = loss(live)
-        value.backward()
-        return value
+    closure = closure_over(opt, loss, live)
     for _ in range(STEPS):
         points, state = rule.step(points, grad_fn, state, {"lr": lr})
         opt.step(closure)
