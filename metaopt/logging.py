@@ -1,0 +1,171 @@
+"""One logger interface for every run: JSONL always, Weights & Biases when enabled, or nothing.
+
+    logger = make_logger(out_dir, wandb_mode="offline", config=cfg_dict)
+    logger.log({"meta_loss": 0.3, "meta_grad_norm": 1.2}, step=10)
+    logger.log_series("hyperparameters", {"lr_t": [...], "momentum_t": [...]}, step=10)
+    logger.log_artifact("runs/x/optimizer.safetensors", name="garo", type="model")
+    logger.close()
+
+``JSONLLogger`` appends one JSON object per ``log`` call (``{"step": …, **metrics}``; NaN/inf
+are written as null) and flushes it, so a crashed run keeps every record written before the
+crash. ``WandbLogger`` sends the same metrics to W&B, series as line plots and files as
+artifacts; ``mode="offline"`` never needs a login or the network. ``MultiLogger`` fans out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # 0-d tensors / numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+class Logger:
+    """The interface; this base class is also the null logger (every call is a no-op)."""
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Scalar metrics at outer step ``step``."""
+
+    def log_series(self, name: str, series: Mapping[str, Sequence[float]], step: int) -> None:
+        """Curves sharing an x axis 0..n−1 (e.g. lr_t along an inner run), drawn as a line plot."""
+
+    def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
+        """A file produced by the run (e.g. the exported checkpoint)."""
+
+    def close(self) -> None:
+        """Flush and finish."""
+
+
+NullLogger = Logger
+
+
+class JSONLLogger(Logger):
+    """Appends ``{"step": step, **metrics}`` lines to ``path``; series as ``{"series": name, …}``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(_json_safe(dict(record)), allow_nan=False) + "\n")
+        self._file.flush()
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        self._write({"step": int(step), **metrics})
+
+    def log_series(self, name: str, series: Mapping[str, Sequence[float]], step: int) -> None:
+        self._write({"step": int(step), "series": name,
+                     **{k: list(map(float, v)) for k, v in series.items()}})
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
+    """Drop records with ``step > max_step`` (a resumed run rewrites what followed its checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if int(record.get("step", 0)) <= max_step:
+            kept.append(line)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class WandbLogger(Logger):
+    """A W&B run. ``mode`` is ``"offline"`` (default: written under ``directory``, synced later
+    with ``wandb sync``) or ``"online"``. ``run_id`` makes a resumed training run continue the
+    same W&B run."""
+
+    def __init__(self, directory: str | os.PathLike, *, mode: str = "offline",
+                 project: str = "metaopt", entity: Optional[str] = None,
+                 name: Optional[str] = None, tags: Sequence[str] = (),
+                 config: Optional[Mapping[str, Any]] = None, run_id: Optional[str] = None):
+        import wandb
+        if mode not in ("offline", "online"):
+            raise ValueError(f"mode: must be 'offline' or 'online', got {mode!r}")
+        self._wandb = wandb
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(dir=str(directory), mode=mode, project=project, entity=entity,
+                              name=name, tags=list(tags), config=dict(config or {}),
+                              id=run_id, resume="allow" if run_id else None, reinit=True)
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        values = {k: v for k, v in _json_safe(dict(metrics)).items() if v is not None}
+        self.run.log(values, step=int(step))
+
+    def log_series(self, name: str, series: Mapping[str, Sequence[float]], step: int) -> None:
+        keys = list(series)
+        ys = [list(map(float, series[k])) for k in keys]
+        xs = list(range(max(len(y) for y in ys))) if ys else []
+        plot = self._wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=name, xname="inner step")
+        self.run.log({name: plot}, step=int(step))
+
+    def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
+        artifact = self._wandb.Artifact(name, type=type)
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MultiLogger(Logger):
+    """Sends every call to each of ``loggers``."""
+
+    def __init__(self, loggers: Sequence[Logger]):
+        self.loggers = list(loggers)
+
+    def log(self, metrics, step):
+        for logger in self.loggers:
+            logger.log(metrics, step)
+
+    def log_series(self, name, series, step):
+        for logger in self.loggers:
+            logger.log_series(name, series, step)
+
+    def log_artifact(self, path, name, type):
+        for logger in self.loggers:
+            logger.log_artifact(path, name, type)
+
+    def close(self):
+        for logger in self.loggers:
+            logger.close()
+
+
+def make_logger(out_dir: str | os.PathLike, *, wandb_mode: str = "offline",
+                project: str = "metaopt", entity: Optional[str] = None,
+                name: Optional[str] = None, tags: Sequence[str] = (),
+                config: Optional[Mapping[str, Any]] = None,
+                run_id: Optional[str] = None, jsonl_name: str = "metrics.jsonl") -> Logger:
+    """``out_dir/metrics.jsonl`` always, plus W&B under ``out_dir`` unless ``wandb_mode="disabled"``."""
+    if wandb_mode not in WANDB_MODES:
+        raise ValueError(f"wandb_mode: must be one of {WANDB_MODES}, got {wandb_mode!r}")
+    loggers: list[Logger] = [JSONLLogger(Path(out_dir) / jsonl_name)]
+    if wandb_mode != "disabled":
+        loggers.append(WandbLogger(out_dir, mode=wandb_mode, project=project, entity=entity,
+                                   name=name, tags=tags, config=config, run_id=run_id))
+    return MultiLogger(loggers)

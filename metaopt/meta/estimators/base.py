@@ -1,0 +1,46 @@
+"""The gradient-estimator interface: one meta-gradient per meta-step, whatever the controller.
+
+An estimator sees only a pool of inner runs (``metaopt.meta.inner_runs.InnerRunPool``) and the
+meta-parameters ``φ`` as a ``{name: tensor}`` dict, so the same estimators serve the GARO GRU and
+the GD/ODE switching policy (a discrete choice: its relaxed form through BPTT, its exact form
+through ES). It returns plain tensors, so a distributed trainer can all-reduce them.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..inner_runs import InnerRunPool
+
+
+@dataclass
+class MetaGradient:
+    """``grads[name] ≈ ∂ meta-loss / ∂φ[name]``; ``loss`` the meta-loss of the advanced segment
+    (mean over the runs that did not diverge, NaN if all did); ``resets`` the runs reset."""
+
+    loss: float
+    grads: dict[str, Tensor]
+    resets: int
+    live_runs: int
+    traces: dict[str, float] = field(default_factory=dict)
+
+
+def mean_live_loss(losses: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
+    """Mean of the segment losses of runs that did not diverge (None if none survived)."""
+    live = [loss for loss in losses if loss is not None]
+    return torch.stack(live).mean() if live else None
+
+
+class GradientEstimator(ABC):
+    """``estimate(pool, φ, generator) -> MetaGradient``; advances the pool by one truncation."""
+
+    name: str = "estimator"
+
+    @abstractmethod
+    def estimate(self, pool: InnerRunPool, weights: Mapping[str, Tensor],
+                 generator: torch.Generator) -> MetaGradient:
+        ...

@@ -1,0 +1,140 @@
+"""A meta-batch of inner runs advanced one truncation at a time (truncated unrolls).
+
+``InnerRunPool`` holds ``num_runs`` inner optimisations, each on a task sampled from a family,
+with a total horizon ``N`` from a truncation schedule. A meta-step
+
+1. ``refresh``: replaces every finished (``step ≥ N``) or reset run by a new task, new ``N``;
+2. ``segment(φ, ...)``: unrolls every run for ``min(truncation_length, N − step)`` steps.
+   With ``advance=True`` the runs keep the new parameters and rule state *detached* (the
+   truncation: the graph, hence memory, never spans more than one segment); with
+   ``advance=False`` the runs stay where they were (evolution-strategies probes of ``φ ± σε``).
+
+A segment that diverges (``metaopt.meta.unroll``) yields no loss; when advancing, its run is reset
+and counted in ``resets``. Everything random comes from the generator given to ``refresh`` and
+from per-run batch seeds, so ``state_dict`` / ``load_state_dict`` resume bit-exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from ..rules.base import State, TensorList
+from ..task import Task, TaskFamily
+from .learned import LearnedRule, detach_state
+from .meta_losses import MetaLoss
+from .truncation import segment_length
+from .unroll import initial_run, unroll_segment
+
+# Training tasks use seeds below this; held-out validation seeds are chosen at or above it.
+TRAIN_TASK_SEED_LIMIT = 2 ** 30
+
+
+@dataclass
+class InnerRun:
+    task_seed: int
+    horizon: int
+    batch_seed: int
+    step: int
+    names: list[str]
+    params: TensorList
+    state: State
+    task: Task
+
+
+@dataclass
+class SegmentBatch:
+    """Per-run segment losses (None where the run diverged) and the runs' emitted hyperparameters."""
+
+    losses: list[Optional[Tensor]]
+    resets: int
+    traces: dict[str, float]
+
+
+class InnerRunPool:
+    """``num_runs`` truncated inner runs over ``family`` (see the module docstring)."""
+
+    def __init__(self, learned: LearnedRule, family: TaskFamily, num_runs: int,
+                 truncation_length: int, horizon, meta_loss: MetaLoss, *,
+                 second_order: bool = True):
+        if num_runs < 1:
+            raise ValueError(f"num_runs: must be >= 1, got {num_runs!r}")
+        if truncation_length < 1:
+            raise ValueError(f"truncation_length: must be >= 1, got {truncation_length!r}")
+        self.learned, self.family, self.horizon = learned, family, horizon
+        self.truncation_length, self.meta_loss = truncation_length, meta_loss
+        self.second_order = second_order
+        self.runs: list[Optional[InnerRun]] = [None] * num_runs
+        self._tasks: dict[int, Task] = {}
+
+    def _task(self, seed: int) -> Task:
+        if seed not in self._tasks:
+            self._tasks[seed] = self.family.sample_seed(seed)
+        return self._tasks[seed]
+
+    def _new_run(self, weights: Mapping[str, Tensor], generator: torch.Generator) -> InnerRun:
+        task_seed = int(torch.randint(TRAIN_TASK_SEED_LIMIT, (), generator=generator))
+        batch_seed = int(torch.randint(2 ** 62, (), generator=generator))
+        horizon = self.horizon.sample(generator)
+        task = self._task(task_seed)
+        names, params, state = initial_run(self.learned, weights, task)
+        return InnerRun(task_seed, horizon, batch_seed, 0, names, params, state, task)
+
+    def refresh(self, weights: Mapping[str, Tensor], generator: torch.Generator) -> int:
+        """Start new runs in empty or finished slots; returns how many were started."""
+        started = 0
+        for i, run in enumerate(self.runs):
+            if run is None or run.step >= run.horizon:
+                self.runs[i] = self._new_run(weights, generator)
+                started += 1
+        live = {run.task_seed for run in self.runs if run is not None}
+        self._tasks = {s: t for s, t in self._tasks.items() if s in live}
+        return started
+
+    def segment(self, weights: Mapping[str, Tensor], *, differentiable: bool,
+                advance: bool) -> SegmentBatch:
+        """One truncation of every run at meta-parameters ``weights``."""
+        losses, resets, emitted = [], 0, {}
+        for i, run in enumerate(self.runs):
+            if run is None:
+                raise RuntimeError("InnerRunPool.segment: call refresh() first")
+            length = segment_length(self.truncation_length, run.step, run.horizon)
+            result = unroll_segment(
+                self.learned, weights, run.task, run.names, run.params, run.state, length,
+                self.meta_loss, batch_seed=run.batch_seed, inner_step=run.step,
+                differentiable=differentiable, second_order=self.second_order)
+            losses.append(result.loss)
+            if not advance:
+                continue
+            if result.diverged:
+                self.runs[i] = None  # reset: the next refresh() starts a new task here
+                resets += 1
+                continue
+            run.params, run.state = detach_state(result.params), detach_state(result.state)
+            run.step += length
+            for key, value in self.learned.trace(run.state).items():
+                emitted.setdefault(key, []).append(float(value))
+        traces = {key: sum(values) / len(values) for key, values in emitted.items()}
+        return SegmentBatch(losses, resets, traces)
+
+    # -- persistence (weights_only-loadable: ints, lists and tensors) -------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"runs": [None if r is None else
+                         {"task_seed": r.task_seed, "horizon": r.horizon,
+                          "batch_seed": r.batch_seed, "step": r.step, "names": list(r.names),
+                          "params": [p.clone() for p in r.params],
+                          "state": detach_state(r.state)}
+                         for r in self.runs]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = list(state["runs"])
+        if len(saved) != len(self.runs):
+            raise ValueError(f"state: {len(saved)} runs saved, this pool has {len(self.runs)}")
+        self._tasks = {}
+        self.runs = [None if r is None else
+                     InnerRun(int(r["task_seed"]), int(r["horizon"]), int(r["batch_seed"]),
+                              int(r["step"]), list(r["names"]), list(r["params"]),
+                              dict(r["state"]), self._task(int(r["task_seed"])))
+                     for r in saved]

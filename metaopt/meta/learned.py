@@ -1,0 +1,91 @@
+"""Learned rules: a pure update rule bound to meta-parameters ``φ`` the meta-trainer owns.
+
+DESIGN idea 2 (learned_optimization's ``theta`` / ``opt_fn`` split): the controller's weights are
+data. A ``LearnedRule`` exposes the three operations the engine needs, for any controller type
+(the GARO GRU today, the GD/ODE switching policy next), so unrolls and gradient estimators never
+look inside a controller::
+
+    φ      = learned.meta_parameters()                 # {name: tensor}, what the outer loop trains
+    state  = learned.init(params, φ)
+    params, state = learned.step(params, grad_fn, state, φ)
+
+``step`` calls the SAME rule code as the runtime optimizer (``metaopt.rules.garo.GARORule``), with
+the controller evaluated at ``φ`` by ``torch.func.functional_call`` (``BoundController``), so a
+gradient w.r.t. ``φ`` flows through the emitted hyperparameters into the whole unroll, and an
+estimator may evaluate the unroll at a perturbed ``φ + σε`` without touching the module.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..controllers.garo import BoundController, GAROController
+from ..rules.base import GradFn, State, TensorList
+from ..rules.garo import GARORule
+
+
+class LearnedRule(Protocol):
+    module: nn.Module
+
+    def meta_parameters(self) -> dict[str, Tensor]: ...
+
+    def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor]) -> State: ...
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             weights: Mapping[str, Tensor]) -> tuple[TensorList, State]: ...
+
+    def trace(self, state: State) -> dict[str, Tensor]: ...
+
+
+class GAROLearnedRule:
+    """``GARORule`` driven by a ``GAROController`` evaluated at meta-parameters ``φ``.
+
+    Args:
+        controller: the module whose ``named_parameters()`` are ``φ`` (its buffers, e.g. the
+            stored feature statistics, are read from the module).
+        rule: the pure GARO step (direction, β₂, ε, ``feature_gradients``).
+    """
+
+    def __init__(self, controller: GAROController, rule: GARORule):
+        self.module, self.rule = controller, rule
+
+    def meta_parameters(self) -> dict[str, Tensor]:
+        return dict(self.module.named_parameters())
+
+    def _bound(self, weights: Mapping[str, Tensor]) -> BoundController:
+        return BoundController(self.module, dict(weights))
+
+    def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor]) -> State:
+        return self.rule.init(list(params), self._bound(weights))
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
+        return self.rule.step(params, grad_fn, state, {"controller": self._bound(weights)})
+
+    def trace(self, state: State) -> dict[str, Tensor]:
+        """The hyperparameters emitted by the last step: ``lr_t``, ``momentum_t``, ``wd_t``."""
+        return {key: state[key][0].detach() for key in ("lr", "momentum", "weight_decay")}
+
+
+def detach_state(value):
+    """A copy of a (nested dict / list of) tensor state with every tensor detached.
+
+    Between truncations the inner parameters and optimizer state keep their values but drop the
+    graph, so memory is bounded by one segment and the meta-gradient is truncated there.
+    """
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: detach_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(detach_state(v) for v in value)
+    return value
+
+
+def perturbed(weights: Mapping[str, Tensor], noise: Mapping[str, Tensor],
+              scale: float) -> dict[str, Tensor]:
+    """``φ + scale·ε`` name by name, without a graph (evolution-strategies probes)."""
+    with torch.no_grad():
+        return {k: w.detach() + scale * noise[k] for k, w in weights.items()}

@@ -1,0 +1,138 @@
+"""The outer loop: Adam on the controller's weights from an estimator's meta-gradients.
+
+One ``MetaTrainer.step``::
+
+    pool.refresh(φ, generator)                      # new tasks where runs finished or were reset
+    ĝ = estimator.estimate(pool, φ, generator)      # advances every run one truncation
+    ĝ ← all_reduce_mean(ĝ)                          # under torch.distributed (torchrun)
+    ĝ ← ĝ · min(1, clip_norm / ‖ĝ‖)                 # meta-gradient clipping
+    φ ← Adam(φ, ĝ)                                  # skipped if ‖ĝ‖ is not finite
+
+Each process of a distributed run draws its own tasks (its generator is seeded with
+``seed + 1_000_003·rank``) and all ranks apply the same averaged update, so their controllers stay
+identical. ``state_dict`` holds everything a bit-exact resume needs: controller weights, Adam
+state, the generator's state, the in-flight inner runs and the counters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from .estimators import GradientEstimator
+from .inner_runs import InnerRunPool
+from .learned import LearnedRule
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside ``torch.distributed``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_reduce_mean(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Average every tensor over the processes of the default group (identity when alone)."""
+    _, world = distributed_world()
+    if world == 1:
+        return dict(tensors)
+    names = list(tensors)
+    flat = torch.cat([tensors[n].reshape(-1) for n in names])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    out, offset = {}, 0
+    for n in names:
+        size = tensors[n].numel()
+        out[n] = flat[offset:offset + size].view_as(tensors[n])
+        offset += size
+    return out
+
+
+class MetaTrainer:
+    """Meta-trains ``learned.module`` on ``pool`` with ``estimator`` (see module docstring).
+
+    Args:
+        learned: the learned rule whose ``module`` parameters are trained.
+        pool: the truncated inner runs.
+        estimator: a ``GradientEstimator``.
+        outer_lr: Adam's learning rate on ``φ``.
+        clip_norm: the meta-gradient's global 2-norm is clipped to this (``inf``: no clipping).
+        seed: seeds the trainer's generator (tasks, horizons, batch seeds, ES noise).
+    """
+
+    def __init__(self, learned: LearnedRule, pool: InnerRunPool, estimator: GradientEstimator,
+                 *, outer_lr: float = 1e-3, clip_norm: float = 1.0, seed: int = 0,
+                 betas: tuple[float, float] = (0.9, 0.999)):
+        if not outer_lr > 0:
+            raise ValueError(f"outer_lr: must be > 0, got {outer_lr!r}")
+        if not clip_norm > 0:
+            raise ValueError(f"clip_norm: must be > 0, got {clip_norm!r}")
+        self.learned, self.pool, self.estimator = learned, pool, estimator
+        self.clip_norm = float(clip_norm)
+        rank, _ = distributed_world()
+        self.generator = torch.Generator().manual_seed(int(seed) + 1_000_003 * rank)
+        self.optimizer = torch.optim.Adam(learned.module.parameters(), lr=outer_lr, betas=betas)
+        self.step_count, self.resets, self.skipped_updates = 0, 0, 0
+
+    def step(self) -> dict[str, Any]:
+        """One meta-iteration; returns its metrics (floats and ints)."""
+        weights = self.learned.meta_parameters()
+        started = self.pool.refresh(weights, self.generator)
+        estimate = self.estimator.estimate(self.pool, weights, self.generator)
+        grads = all_reduce_mean(estimate.grads)
+        params = dict(self.learned.module.named_parameters())
+        for name, p in params.items():
+            p.grad = grads[name].detach().clone().to(p.dtype)
+        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), self.clip_norm)
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+        else:  # a non-finite meta-gradient never reaches φ or Adam's moments
+            self.skipped_updates += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.resets += estimate.resets
+        metrics = {"step": self.step_count, "meta_loss": estimate.loss,
+                   "meta_grad_norm": float(norm) if finite else math.inf,
+                   "resets": self.resets, "skipped_updates": self.skipped_updates,
+                   "live_runs": estimate.live_runs, "new_runs": started}
+        metrics.update({f"{k}_t": v for k, v in estimate.traces.items()})
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_count, "resets": self.resets,
+                "skipped_updates": self.skipped_updates,
+                "controller": {k: v.clone() for k, v in self.learned.module.state_dict().items()},
+                "outer_optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.learned.module.load_state_dict(state["controller"])
+        self.optimizer.load_state_dict(state["outer_optimizer"])
+        self.generator.set_state(state["generator"])
+        self.pool.load_state_dict(state["pool"])
+        self.step_count = int(state["step"])
+        self.resets, self.skipped_updates = int(state["resets"]), int(state["skipped_updates"])
+
+
+def save_training_state(state: Mapping[str, Any], path, extra: Optional[Mapping] = None) -> None:
+    """``torch.save`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
+    import os
+    import tempfile
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        torch.save({**state, **(extra or {})}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_training_state(path) -> dict[str, Any]:
+    """The saved state, loaded with ``weights_only=True`` (tensors, ints, strings, lists, dicts)."""
+    return torch.load(path, weights_only=True, map_location="cpu")

@@ -1,0 +1,195 @@
+"""Typed configuration of ``scripts/meta_train.py`` (OmegaConf structured config).
+
+YAML <- ``key=value`` overrides are merged into these dataclasses; an unknown key or a value of
+the wrong type raises ``ConfigError`` naming the key, before any work. Values with a fixed set of
+choices are checked by ``check`` with the same guarantee. Config stops here: the script turns it
+into plain constructor arguments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class TaskConfig:
+    name: str = "quadratic"  # a name from tasks.names()
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # tasks.get(name, **kwargs)
+
+
+@dataclass
+class ControllerConfig:
+    hidden_size: int = 16
+    num_step_frequencies: int = 3
+    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (DESIGN idea 6)
+    init_momentum: float = 0.0
+    init_weight_decay: float = 1.0e-8
+    direction: str = "sgd"  # sgd | adam
+    feature_gradients: bool = False  # differentiate through the controller's input features
+
+
+@dataclass
+class UnrollConfig:
+    num_tasks: int = 4  # inner runs per meta-batch
+    truncation_length: int = 20  # inner steps per meta-step (truncated BPTT / ES)
+    schedule: str = "log_uniform"  # constant | log_uniform: total inner horizon of each run
+    horizon: int = 100  # constant schedule
+    min_horizon: int = 50  # log_uniform schedule
+    max_horizon: int = 200
+    second_order: bool = True  # backpropagate through the inner gradient (create_graph)
+
+
+@dataclass
+class MetaLossConfig:
+    kind: str = "mean"  # mean | final | log
+    split: str = "train"  # train | test
+    log_eps: float = 1.0e-6
+    divergence_threshold: float = 1000.0  # normalised loss beyond this resets the inner run
+
+
+@dataclass
+class EstimatorConfig:
+    name: str = "bptt"  # bptt | es
+    num_pairs: int = 8  # es: antithetic pairs per meta-step
+    sigma: float = 0.01  # es: perturbation scale
+
+
+@dataclass
+class OuterConfig:
+    lr: float = 3.0e-3  # Adam on the controller weights
+    clip_norm: float = 1.0  # meta-gradient global-norm clipping
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 50  # outer steps between held-out validations (and at the start and end)
+    num_tasks: int = 8  # held-out task seeds 2**30 + i (training draws below 2**30)
+    horizon: int = 100  # untruncated inner steps per held-out task
+    kind: str = "mean"
+    split: str = "test"
+
+
+@dataclass
+class BaselineConfig:
+    name: str = "adam"  # a metaopt.evaluation optimizer name
+    hyperparameters: Dict[str, Any] = field(default_factory=dict)
+    tune_lr: bool = True  # lr tuned on the training distribution's tasks, never the held-out ones
+
+
+@dataclass
+class EvaluationConfig:
+    enabled: bool = True  # the final table: learned vs untrained GARO vs baselines (harness)
+    steps: int = 100
+    num_tasks: int = 8  # the held-out validation seeds
+    tuning_steps: int = 100
+    tuning_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
+    baselines: List[BaselineConfig] = field(default_factory=lambda: [
+        BaselineConfig("adam"), BaselineConfig("sgd_momentum", {"momentum": 0.9})])
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # disabled | offline | online
+    project: str = "metaopt"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MetaTrainConfig:
+    out_dir: str = "runs/garo"
+    seed: int = 0
+    steps: int = 200  # total outer iterations; raise it and re-run to train further
+    device: str = "cpu"
+    dtype: str = "float32"
+    checkpoint_every: int = 50
+    num_threads: int = 0  # torch.set_num_threads when > 0
+    progress: bool = True
+    task: TaskConfig = field(default_factory=TaskConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    unroll: UnrollConfig = field(default_factory=UnrollConfig)
+    meta_loss: MetaLossConfig = field(default_factory=MetaLossConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+# Keys that may change between a run and its resumption (everything else must match).
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "num_threads", "progress", "validation",
+                     "evaluation", "wandb", "out_dir")
+
+CHOICES = {
+    "controller.direction": ("sgd", "adam"),
+    "unroll.schedule": ("constant", "log_uniform"),
+    "meta_loss.kind": ("mean", "final", "log"),
+    "meta_loss.split": ("train", "test"),
+    "validation.kind": ("mean", "final", "log"),
+    "validation.split": ("train", "test"),
+    "estimator.name": ("bptt", "es"),
+    "wandb.mode": ("disabled", "offline", "online"),
+    "dtype": ("float32", "float64"),
+}
+POSITIVE = ("steps", "checkpoint_every", "unroll.num_tasks", "unroll.truncation_length",
+            "unroll.horizon", "unroll.min_horizon", "unroll.max_horizon", "validation.every",
+            "validation.num_tasks", "validation.horizon", "estimator.num_pairs", "outer.lr",
+            "outer.clip_norm", "estimator.sigma", "evaluation.steps", "evaluation.num_tasks")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any work was done (the message names the key)."""
+
+
+def load_config(config_path: Optional[str], overrides: List[str]) -> MetaTrainConfig:
+    """Schema <- YAML <- overrides, each merged on its own so an error names its key."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    merged = OmegaConf.structured(MetaTrainConfig)
+    layers = [] if config_path is None else [(config_path, None)]
+    layers += [(None, o) for o in overrides]
+    for path, override in layers:
+        try:
+            layer = OmegaConf.load(path) if path is not None else OmegaConf.from_dotlist([override])
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None) or (override or "").split("=")[0]
+            source = f"override {override!r}" if override else f"config {path!r}"
+            raise ConfigError(f"invalid config key {key!r} ({source}): {error}") from error
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path!r}: {error}") from error
+    check(merged)
+    return merged
+
+
+def check(cfg: MetaTrainConfig) -> None:
+    """Choices and positivity, named by key."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"invalid config key {key!r}: must be one of {list(choices)}, "
+                              f"got {value!r}")
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if not value > 0:
+            raise ConfigError(f"invalid config key {key!r}: must be > 0, got {value!r}")
+    if cfg.unroll.min_horizon > cfg.unroll.max_horizon:
+        raise ConfigError("invalid config key 'unroll.min_horizon': exceeds unroll.max_horizon")
+
+
+def training_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """Dotted keys whose values differ, ignoring ``RESUMABLE_CHANGES``."""
+    def flatten(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if (prefix + k) in RESUMABLE_CHANGES:
+                continue
+            out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
