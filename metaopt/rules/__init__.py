@@ -1,12 +1,17 @@
 """Pure update rules shared by the runtime optimizers and the differentiable unrolls."""
 from .base import GradFn, Rule, State
 from .garo import GARORule
+from .curvature import CurvatureProbe, probe_curvature, spectral_gap, spectral_radius
+from .dcao import DCAORule, dcao_schedule
 from .gradient_flow import GradientFlowRule
 from .nesterov_flow import NesterovFlowRule
 from .runge_kutta import RungeKuttaRule, RungeKuttaStep, explicit_rk_step
 from .step_size_control import AdaptiveRungeKuttaRule, StepRejectedError, error_ratio
+from .lanczos import LanczosResult
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = ["GradFn", "Rule", "State", "TABLEAUS", "ButcherTableau", "get_tableau",
            "RungeKuttaRule", "RungeKuttaStep", "explicit_rk_step", "AdaptiveRungeKuttaRule",
            "StepRejectedError", "error_ratio", "GradientFlowRule", "NesterovFlowRule", "GARORule"]
+__all__ += ["CurvatureProbe", "probe_curvature", "spectral_radius", "spectral_gap", "DCAORule",
+            "dcao_schedule", "LanczosResult"]

@@ -69,4 +69,15 @@ SPECS += [
                   {"lr": 10.0, "granularity": "tensor", "direction": "adam"}, _garo_invalid,
                   needs_closure=False),
 ]
-
+# DCAO: probe_every=3 so the 10+10 resume and deepcopy tests cross probe steps.
+_dcao_invalid = _negative_lr + [({"momentum": 1.0}, "momentum"), ({"probe_every": 0}, "probe_every"),
+                                ({"k": 0}, "k"), ({"lanczos_iters": 2}, "lanczos_iters"),
+                                ({"alpha": -1.0}, "alpha"), ({"schedule": "nope"}, "schedule"),
+                                ({"stability_factor": 0.0}, "stability_factor")]
+SPECS += [
+    OptimizerSpec("DCAO", mo.DCAO, {"lr": 0.02, "momentum": 0.5, "probe_every": 3, "k": 3,
+                                    "lanczos_iters": 6, "weight_decay": 1e-3}, _dcao_invalid),
+    OptimizerSpec("DCAO-eos", mo.DCAO, {"lr": 1.0, "momentum": 0.5, "probe_every": 3, "k": 3,
+                                        "lanczos_iters": 6, "schedule": "edge_of_stability"},
+                  _dcao_invalid),
+]
