@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHMARKS = {
     "dcao": "benchmarks.dcao",
+    "garo": "benchmarks.garo",
     "rk": "benchmarks.rk",
 }
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from ..controllers.garo import GAROController
-from ..rules.garo import GARORule, tensor_norms
+from ..rules.garo import GARORule
 from ._rule_optimizer import check_non_negative
 
 GRANULARITIES = ("global", "group", "tensor")
@@ -156,29 +156,22 @@ class GARO(torch.optim.Optimizer):
         if loss is not None:
             loss_tensor = (loss.detach() if isinstance(loss, Tensor)
                            else torch.tensor(float(loss))).to(params[0].device).reshape(())
-        grad_norms = tensor_norms(grads)
-        finite = torch.isfinite(torch.stack(grad_norms)).all()
-        if loss_tensor is not None:
-            finite = finite & torch.isfinite(loss_tensor)
-        if not bool(finite):  # the one host sync per step: a bad gradient never reaches the GRU
+        keys = self.rule.per_tensor_keys
+        state = dict(self.garo_state)
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(self.rule.init_tensor_state(p))
+        for key in keys:
+            state[key] = [self.state[p][key] for p in params]
+        new_state = self.rule.apply_(
+            params, grads, state, {"controller": self.controller, "lr": lr, "weight_decay": wd,
+                                   "segment_ids": ids}, loss=loss_tensor)
+        if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self.skipped_steps += 1
             warnings.warn(f"GARO: non-finite gradient or loss, step skipped "
                           f"({self.skipped_steps} so far); parameters and hidden state unchanged",
                           RuntimeWarning, stacklevel=2)
             return loss
-        keys = self.rule.per_tensor_keys
-        state = dict(self.garo_state)
-        for key in keys:
-            state[key] = [self.state[p][key] if key in self.state[p]
-                          else self.rule.init_tensor_state(p)[key] for p in params]
-        new_params, new_state = self.rule.apply(
-            params, grads, state, {"controller": self.controller, "lr": lr, "weight_decay": wd,
-                                   "segment_ids": ids},
-            loss=loss_tensor, grad_norms=grad_norms)
-        torch._foreach_copy_(params, new_params)
-        for i, p in enumerate(params):
-            for key in keys:
-                self.state[p][key] = new_state[key][i]
         self.garo_state = {k: v for k, v in new_state.items() if k not in keys}
         if self._hyperparam_hooks:
             report = {"step": self.garo_state["step"], "lr": self.garo_state["lr"],

@@ -143,51 +143,13 @@ class GARORule:
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
               hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
               grad_norms: Optional[Sequence[Tensor]] = None) -> tuple[TensorList, State]:
-        """One GARO step from given gradients (``loss`` optional; ``grad_norms`` if known)."""
-        params, grads = list(params), list(grads)
-        n = len(params)
-        if n == 0:
-            raise ValueError("params: GARORule.apply needs at least one tensor")
-        controller = hyper["controller"]
-        hidden = state["hidden"]
-        num_segments = hidden.shape[0]
-        ids = list(hyper.get("segment_ids") or [0] * n)
-        if len(ids) != n:
-            raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
-        ids_t = None if num_segments == 1 else torch.tensor(ids, device=hidden.device)
-        lr_mult = per_tensor(hyper.get("lr", 1.0), n)
-        wd_mult = per_tensor(hyper.get("weight_decay", 1.0), n)
-        step = state["step"]
+        """One GARO step from given gradients (``loss`` optional; ``grad_norms`` if known).
 
-        # --- 1. features (per segment) -------------------------------------------------------
-        if grad_norms is None:
-            grad_norms = tensor_norms(grads)
-        param_norms = tensor_norms(params)
-        gnorm = segment_norms(grad_norms, ids_t, num_segments)
-        pnorm = segment_norms(param_norms, ids_t, num_segments)
-        if not self.feature_gradients:
-            gnorm, pnorm = gnorm.detach(), pnorm.detach()
-        ctrl_dtype = hidden.dtype
-        log_gnorm = torch.log(gnorm.to(ctrl_dtype) + _TINY)
-        started = (step > 0).to(ctrl_dtype).expand(num_segments)
-        ones = torch.ones_like(log_gnorm)
-        if loss is not None:
-            loss_value = loss if self.feature_gradients else loss.detach()
-            sym = symlog(loss_value.to(ctrl_dtype)).expand(num_segments)
-            has_loss, had_loss = ones, state["loss_seen"].expand(num_segments)
-        else:
-            sym = state["prev_symlog_loss"]
-            has_loss, had_loss = torch.zeros_like(ones), torch.zeros_like(ones)
-        signal = torch.stack([log_gnorm, log_gnorm - state["prev_log_grad_norm"], sym,
-                              sym - state["prev_symlog_loss"],
-                              torch.log(state["prev_update_ratio"] + _TINY)], dim=1)
-        valid = torch.stack([ones, started, has_loss, has_loss * had_loss, started], dim=1)
-        assert signal.shape[1] == NUM_SIGNAL_FEATURES
+        Pure and differentiable: the path of meta-training unrolls and of higher.
+        """
+        ctx = self._control(params, grads, state, hyper, loss, grad_norms)
+        params, grads, out, ids = ctx["params"], ctx["grads"], ctx["out"], ctx["ids"]
 
-        # --- 2. controller ---------------------------------------------------------------------
-        out = controller(signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
-
-        # --- 3. update -------------------------------------------------------------------------
         def pick(values: Tensor, i: int) -> Tensor:
             return values[ids[i]].to(params[i].dtype)
 
@@ -195,11 +157,11 @@ class GARORule:
         directions, step_sizes = [], []
         bias_correction2 = None
         if self.direction == "adam":
-            bias_correction2 = 1 - self.beta2 ** (step + 1).to(params[0].dtype)
+            bias_correction2 = 1 - self.beta2 ** (state["step"] + 1).to(params[0].dtype)
         for i, (p, g) in enumerate(zip(params, grads)):
-            lr_i = pick(out.lr, i) * lr_mult[i]
+            lr_i = pick(out.lr, i) * ctx["lr_mult"][i]
             mom_i = pick(out.momentum, i)
-            wd_i = pick(out.weight_decay, i) * wd_mult[i]
+            wd_i = pick(out.weight_decay, i) * ctx["wd_mult"][i]
             buf = state["momentum_buffer"][i]
             if self.direction == "sgd":
                 buf = torch.addcmul(torch.addcmul(g, p, wd_i), buf, mom_i)
@@ -216,33 +178,150 @@ class GARORule:
             step_sizes.append(lr_i.abs())
         # ‖Δθ_i‖ = |a_i|·‖direction_i‖, read by the next step's update-ratio feature
         step_norms = [a * d for a, d in zip(step_sizes, tensor_norms(directions))]
+        result = self._finish(ctx, state, step_norms)
+        result.update(new_state)
+        return new_params, result
+
+    @torch.no_grad()
+    def apply_(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
+               hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
+               grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[State]:
+        """The runtime fast path: ``apply`` computed in place with fused foreach kernels.
+
+        Mutates ``params`` and the per-tensor buffers in ``state``; returns the new state, or
+        None — touching nothing — when a gradient (or the loss) is not finite. Those values never
+        reach the controller: its inputs are zeroed on such a step and its output discarded.
+        The controller's outputs come to the host once per step (with the finiteness flag and
+        the step count) so the updates run as foreach ops with Python scalars, tensors grouped
+        by equal (lr, momentum, weight decay). ``tests/rules/test_garo.py`` proves in float64
+        that this path equals ``apply``.
+        """
+        params, grads = list(params), list(grads)
+        if grad_norms is None:
+            grad_norms = tensor_norms(grads)
+        finite = torch.isfinite(torch.stack(list(grad_norms))).all()
+        if loss is not None:
+            finite = finite & torch.isfinite(loss).all()
+        ctx = self._control(params, grads, state, hyper, loss, grad_norms, finite=finite)
+        out, ids = ctx["out"], ctx["ids"]
+        host = torch.cat([finite.to(out.lr.dtype).view(1), state["step"].to(out.lr.dtype).view(1),
+                          out.lr, out.momentum, out.weight_decay]).tolist()  # the one sync
+        if not host[0]:
+            return None
+        S = out.lr.shape[0]
+        step = int(host[1])
+        lrs, moms, wds = host[2:2 + S], host[2 + S:2 + 2 * S], host[2 + 2 * S:2 + 3 * S]
+        buckets: dict[tuple, list[int]] = {}
+        for i in range(len(params)):
+            key = (lrs[ids[i]] * float(ctx["lr_mult"][i]), moms[ids[i]],
+                   wds[ids[i]] * float(ctx["wd_mult"][i]))
+            buckets.setdefault(key, []).append(i)
+        step_norms: list[Optional[Tensor]] = [None] * len(params)
+        bias_correction2 = 1 - self.beta2 ** (step + 1)
+        for (lr, mom, wd), index in buckets.items():
+            ps = [params[i] for i in index]
+            gs = [grads[i] for i in index]
+            bufs = [state["momentum_buffer"][i] for i in index]
+            if self.direction == "sgd":
+                # b ← g + μ·b in one pass (out= may alias an elementwise input), then + λ·θ
+                for g, b in zip(gs, bufs):
+                    torch.add(g, b, alpha=mom, out=b)
+                if wd != 0.0:
+                    torch._foreach_add_(bufs, ps, alpha=wd)
+                directions = bufs
+            else:
+                vs = [state["exp_avg_sq"][i] for i in index]
+                torch._foreach_mul_(vs, self.beta2)
+                torch._foreach_addcmul_(vs, gs, gs, value=1 - self.beta2)
+                denom = torch._foreach_div(vs, bias_correction2)
+                torch._foreach_sqrt_(denom)
+                torch._foreach_add_(denom, self.eps)
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_addcdiv_(bufs, gs, denom)
+                directions = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
+            torch._foreach_add_(ps, directions, alpha=-lr)
+            for i, norm in zip(index, torch._foreach_norm(directions)):
+                step_norms[i] = norm * abs(lr)
+        result = self._finish(ctx, state, step_norms)
+        for key in self.per_tensor_keys:
+            result[key] = state[key]
+        return result
+
+    # -- shared by both paths ----------------------------------------------------------------------
+    def _control(self, params, grads, state, hyper, loss, grad_norms, finite=None) -> dict:
+        """Features and the controller step (steps 1–2 of the module docstring)."""
+        params, grads = list(params), list(grads)
+        n = len(params)
+        if n == 0:
+            raise ValueError("params: GARORule.apply needs at least one tensor")
+        controller = hyper["controller"]
+        hidden = state["hidden"]
+        num_segments = hidden.shape[0]
+        ids = list(hyper.get("segment_ids") or [0] * n)
+        if len(ids) != n:
+            raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
+        ids_t = None if num_segments == 1 else torch.tensor(ids, device=hidden.device)
+        step = state["step"]
+
+        if grad_norms is None:
+            grad_norms = tensor_norms(grads)
+        gnorm = segment_norms(grad_norms, ids_t, num_segments)
+        pnorm = segment_norms(tensor_norms(params), ids_t, num_segments)
+        if not self.feature_gradients:
+            gnorm, pnorm = gnorm.detach(), pnorm.detach()
+        ctrl_dtype = hidden.dtype
+        log_gnorm = torch.log(gnorm.to(ctrl_dtype) + _TINY)
+        started = (step > 0).to(ctrl_dtype).expand(num_segments)
+        ones = torch.ones_like(log_gnorm)
+        if loss is not None:
+            loss_value = loss if self.feature_gradients else loss.detach()
+            sym = symlog(loss_value.reshape(()).to(ctrl_dtype)).expand(num_segments)
+            has_loss, had_loss = ones, state["loss_seen"].expand(num_segments)
+        else:
+            sym = state["prev_symlog_loss"]
+            has_loss, had_loss = torch.zeros_like(ones), torch.zeros_like(ones)
+        signal = torch.stack([log_gnorm, log_gnorm - state["prev_log_grad_norm"], sym,
+                              sym - state["prev_symlog_loss"],
+                              torch.log(state["prev_update_ratio"] + _TINY)], dim=1)
+        valid = torch.stack([ones, started, has_loss, has_loss * had_loss, started], dim=1)
+        if finite is not None:  # a non-finite gradient must not reach the GRU, even discarded
+            signal = torch.where(finite, signal, torch.zeros_like(signal))
+        out = controller(signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
+        return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
+                    lr_mult=per_tensor(hyper.get("lr", 1.0), n),
+                    wd_mult=per_tensor(hyper.get("weight_decay", 1.0), n),
+                    log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm)
+
+    def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
+        """The new global state (step 4); segments without tensors this step keep theirs."""
+        out, ids_t, hidden = ctx["out"], ctx["ids_t"], state["hidden"]
+        num_segments = hidden.shape[0]
         update_norm = segment_norms(step_norms, ids_t, num_segments)
         if not self.feature_gradients:
             update_norm = update_norm.detach()
-
-        # --- 4. new state; segments without tensors this step keep theirs ---------------------
-        if num_segments == 1:
-            active = torch.ones(1, dtype=torch.bool, device=hidden.device)
-        else:
+        active = None
+        if num_segments > 1:
             active = torch.zeros(num_segments, dtype=torch.bool, device=hidden.device)
             active[ids_t] = True
 
         def keep(new: Tensor, old: Tensor) -> Tensor:
+            if num_segments == 1:  # the one segment is always active
+                return new
             mask = active.view(-1, *([1] * (new.dim() - 1)))
             return torch.where(mask, new, old)
 
-        ratio = (update_norm.to(ctrl_dtype) / (pnorm.to(ctrl_dtype) + _TINY))
+        ctrl_dtype = hidden.dtype
+        ratio = update_norm.to(ctrl_dtype) / (ctx["pnorm"].to(ctrl_dtype) + _TINY)
         result = dict(state)
-        result.update(new_state)
         result.update(
-            step=step + 1,
+            step=state["step"] + 1,
             hidden=keep(out.hidden, hidden),
             feature_mean=keep(out.feature_mean, state["feature_mean"]),
             feature_var=keep(out.feature_var, state["feature_var"]),
-            prev_log_grad_norm=keep(log_gnorm, state["prev_log_grad_norm"]),
-            prev_symlog_loss=keep(sym, state["prev_symlog_loss"]),
-            loss_seen=torch.maximum(state["loss_seen"], has_loss.max()),
+            prev_log_grad_norm=keep(ctx["log_gnorm"], state["prev_log_grad_norm"]),
+            prev_symlog_loss=keep(ctx["sym"], state["prev_symlog_loss"]),
+            loss_seen=torch.maximum(state["loss_seen"], ctx["has_loss"].max()),
             prev_update_ratio=keep(ratio, state["prev_update_ratio"]),
             lr=keep(out.lr, state["lr"]), momentum=keep(out.momentum, state["momentum"]),
             weight_decay=keep(out.weight_decay, state["weight_decay"]))
-        return new_params, result
+        return result
