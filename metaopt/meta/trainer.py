@@ -7,6 +7,7 @@ One ``MetaTrainer.step``::
     ĝ ← all_reduce_mean(ĝ)                          # under torch.distributed (torchrun)
     ĝ ← ĝ · min(1, clip_norm / ‖ĝ‖)                 # meta-gradient clipping
     φ ← Adam(φ, ĝ)                                  # skipped if ‖ĝ‖ is not finite
+                                                    # or every inner run diverged
 
 Each process of a distributed run draws its own tasks (its generator is seeded with
 ``seed + 1_000_003·rank``) and all ranks apply the same averaged update, so their controllers stay
@@ -87,9 +88,9 @@ class MetaTrainer:
             p.grad = grads[name].detach().clone().to(p.dtype)
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), self.clip_norm)
         finite = bool(torch.isfinite(norm))
-        if finite:
+        if finite and estimate.live_runs > 0:
             self.optimizer.step()
-        else:  # a non-finite meta-gradient never reaches φ or Adam's moments
+        else:  # a non-finite meta-gradient (or one from no surviving run) never reaches φ or Adam
             self.skipped_updates += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
