@@ -67,9 +67,9 @@ def tensor_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
 def segment_norms(norms: Sequence[Tensor], segment_ids: Optional[Tensor],
                   num_segments: int) -> Tensor:
     """(S,) 2-norms of each segment from per-tensor norms: sqrt(Σ_{i∈s} ‖x_i‖²)."""
-    squares = torch.stack(list(norms)).square()
     if num_segments == 1:
-        return squares.sum().sqrt().unsqueeze(0)
+        return torch.linalg.vector_norm(torch.stack(list(norms))).reshape(1)
+    squares = torch.stack(list(norms)).square()
     total = squares.new_zeros(num_segments).index_add(0, segment_ids, squares)
     return total.sqrt()
 
@@ -197,12 +197,16 @@ class GARORule:
         that this path equals ``apply``.
         """
         params, grads = list(params), list(grads)
-        if grad_norms is None:
-            grad_norms = tensor_norms(grads)
+        if grad_norms is None:  # one fused call for both feature norms
+            norms = tensor_norms(grads + params)
+            grad_norms, param_norms = norms[:len(grads)], norms[len(grads):]
+        else:
+            param_norms = tensor_norms(params)
         finite = torch.isfinite(torch.stack(list(grad_norms))).all()
         if loss is not None:
             finite = finite & torch.isfinite(loss).all()
-        ctx = self._control(params, grads, state, hyper, loss, grad_norms, finite=finite)
+        ctx = self._control(params, grads, state, hyper, loss, grad_norms, finite=finite,
+                            param_norms=param_norms)
         out, ids = ctx["out"], ctx["ids"]
         host = torch.cat([finite.to(out.lr.dtype).view(1), state["step"].to(out.lr.dtype).view(1),
                           out.lr, out.momentum, out.weight_decay]).tolist()  # the one sync
@@ -248,7 +252,8 @@ class GARORule:
         return result
 
     # -- shared by both paths ----------------------------------------------------------------------
-    def _control(self, params, grads, state, hyper, loss, grad_norms, finite=None) -> dict:
+    def _control(self, params, grads, state, hyper, loss, grad_norms, finite=None,
+                 param_norms=None) -> dict:
         """Features and the controller step (steps 1–2 of the module docstring)."""
         params, grads = list(params), list(grads)
         n = len(params)
@@ -266,7 +271,9 @@ class GARORule:
         if grad_norms is None:
             grad_norms = tensor_norms(grads)
         gnorm = segment_norms(grad_norms, ids_t, num_segments)
-        pnorm = segment_norms(tensor_norms(params), ids_t, num_segments)
+        if param_norms is None:
+            param_norms = tensor_norms(params)
+        pnorm = segment_norms(param_norms, ids_t, num_segments)
         if not self.feature_gradients:
             gnorm, pnorm = gnorm.detach(), pnorm.detach()
         ctrl_dtype = hidden.dtype
