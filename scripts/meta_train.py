@@ -105,7 +105,8 @@ def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROContr
                 f"{spec.name}(lr={tuned.best_lr:.3g})"
         optimizers[label] = factory
     results = evaluate({family.name: family}, optimizers, e.steps,
-                       task_seeds=held_out_seeds(e.num_tasks), track_memory=False)
+                       task_seeds=held_out_seeds(e.num_tasks), track_memory=False,
+                       target=e.target, target_kind="relative")
     return summarize(results)
 
 

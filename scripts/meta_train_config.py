@@ -84,6 +84,7 @@ class EvaluationConfig:
     enabled: bool = True  # the final table: learned vs untrained GARO vs baselines (harness)
     steps: int = 100
     num_tasks: int = 8  # the held-out validation seeds
+    target: float = 0.01  # steps to reach this fraction of the initial optimality gap
     tuning_steps: int = 100
     tuning_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
     baselines: List[BaselineConfig] = field(default_factory=lambda: [
