@@ -155,3 +155,21 @@ def test_layerwise_granularity_gives_each_group_its_own_hyperparameters():
 
 def test_hyperparams_before_first_step_are_none():
     assert GARO([torch.zeros(2, requires_grad=True)]).hyperparams["lr"] is None
+
+
+def test_segments_without_gradients_keep_their_recurrent_state():
+    params, loss_fn = regression(dtype=torch.float32)
+    live = [p.clone().requires_grad_() for p in params]
+    opt = GARO(live, controller=awake_controller(torch.float32), granularity="tensor")
+    for _ in range(2):
+        opt.step(_closure(opt, live, loss_fn))
+    frozen = {k: v[1].clone() for k, v in opt.garo_state.items() if v.dim() >= 1}
+    for _ in range(2):
+        opt.zero_grad()
+        loss_fn(live).backward()
+        live[1].grad = None  # segment 1 (the bias) sits these steps out
+        opt.step()
+    for key, value in frozen.items():
+        assert torch.equal(opt.garo_state[key][1], value), key
+    assert not torch.equal(opt.garo_state["hidden"][0], opt.garo_state["hidden"][1])
+    assert int(opt.garo_state["step"]) == 4
