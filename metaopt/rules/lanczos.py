@@ -22,6 +22,7 @@ Vectors are lists of tensors shaped like the parameters; randomness comes from a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -111,6 +112,12 @@ def lanczos(hvp: Callable[[Sequence[Tensor]], TensorList], like: Sequence[Tensor
         w = _orthogonalise(w, basis[:j + 1])
         beta = float(w.norm())
         alphas.append(float(alpha))
+        if not (math.isfinite(alphas[-1]) and math.isfinite(beta)):
+            # A non-finite HVP (diverged iterate): report NaN curvature instead of failing in eigh.
+            nan = torch.full((k,), math.nan, dtype=torch.float64)
+            return LanczosResult(eigenvalues=nan, residuals=nan.clone(), ritz_values=nan.clone(),
+                                 eigenvectors=[[torch.zeros_like(t) for t in like]] * k,
+                                 iterations=j + 1, converged=False)
         t_norm = max(t_norm, abs(alphas[-1]) + beta + (betas[-1] if betas else 0.0))
 
         T = torch.diag(torch.tensor(alphas, dtype=torch.float64))

@@ -121,3 +121,9 @@ def test_float32_lists_and_generator_determinism():
 def test_invalid_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         lanczos(matrix_hvp(torch.eye(3)), [torch.zeros(3)], **kwargs)
+
+
+def test_non_finite_operator_reports_nan_instead_of_failing():
+    bad = torch.full((4, 4), float("nan"), dtype=torch.float64)
+    result = lanczos(matrix_hvp(bad), [torch.zeros(4, dtype=torch.float64)], k=2, max_iters=4)
+    assert torch.isnan(result.eigenvalues).all() and not result.converged
