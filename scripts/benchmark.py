@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 BENCHMARKS = {
     "dcao": "benchmarks.dcao",
     "garo": "benchmarks.garo",
+    "meta": "benchmarks.meta",
     "rk": "benchmarks.rk",
 }
 
