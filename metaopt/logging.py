@@ -3,6 +3,7 @@
     logger = make_logger(out_dir, wandb_mode="offline", config=cfg_dict)
     logger.log({"meta_loss": 0.3, "meta_grad_norm": 1.2}, step=10)
     logger.log_series("hyperparameters", {"lr_t": [...], "momentum_t": [...]}, step=10)
+    logger.log_table("evaluation", [{"optimizer": "adam", "loss": 0.1}, ...], step=10)
     logger.log_artifact("runs/x/optimizer.safetensors", name="garo", type="model")
     logger.close()
 
@@ -43,6 +44,9 @@ class Logger:
     def log_series(self, name: str, series: Mapping[str, Sequence[float]], step: int) -> None:
         """Curves sharing an x axis 0..n−1 (e.g. lr_t along an inner run), drawn as a line plot."""
 
+    def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        """Rows with the same keys (e.g. an evaluation summary)."""
+
     def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
         """A file produced by the run (e.g. the exported checkpoint)."""
 
@@ -71,6 +75,9 @@ class JSONLLogger(Logger):
     def log_series(self, name: str, series: Mapping[str, Sequence[float]], step: int) -> None:
         self._write({"step": int(step), "series": name,
                      **{k: list(map(float, v)) for k, v in series.items()}})
+
+    def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        self._write({"step": int(step), "table": name, "rows": [dict(r) for r in rows]})
 
     def close(self) -> None:
         if not self._file.closed:
@@ -124,6 +131,13 @@ class WandbLogger(Logger):
         plot = self._wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=name, xname="inner step")
         self.run.log({name: plot}, step=int(step))
 
+    def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        if not rows:
+            return
+        columns = list(rows[0])
+        data = [[_json_safe(row.get(c)) for c in columns] for row in rows]
+        self.run.log({name: self._wandb.Table(columns=columns, data=data)}, step=int(step))
+
     def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
         artifact = self._wandb.Artifact(name, type=type)
         artifact.add_file(str(path))
@@ -146,6 +160,10 @@ class MultiLogger(Logger):
     def log_series(self, name, series, step):
         for logger in self.loggers:
             logger.log_series(name, series, step)
+
+    def log_table(self, name, rows, step):
+        for logger in self.loggers:
+            logger.log_table(name, rows, step)
 
     def log_artifact(self, path, name, type):
         for logger in self.loggers:

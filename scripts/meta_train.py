@@ -192,6 +192,7 @@ def main(argv: Optional[List[str]] = None) -> dict[str, Any]:
     if cfg.evaluation.enabled:
         summary = evaluation_table(cfg, learned, family, untrained)
         print(format_table(summary, [c for c in EVAL_COLUMNS if c in SUMMARY_COLUMNS]))
+        logger.log_table("evaluation", summary, trainer.step_count)
         for row in summary:
             logger.log({f"eval/{row['optimizer']}/final_norm_loss_median":
                         row["final_norm_loss_median"]}, trainer.step_count)

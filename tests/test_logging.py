@@ -39,11 +39,15 @@ def test_wandb_offline_run_is_hermetic(tmp_path):
     logger.log({"meta_loss": 0.25, "bad": math.nan}, step=1)
     logger.log_series("hyperparameters", {"lr_t": [0.01, 0.02, 0.03],
                                           "momentum_t": [0.0, 0.1, 0.2]}, step=1)
+    logger.log_table("evaluation", [{"optimizer": "adam", "loss": 0.1},
+                                    {"optimizer": "sgd", "loss": math.nan}], step=1)
     logger.log_artifact(artifact, name="garo-test", type="model")
     logger.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*testrun01"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["meta_loss"] == 0.25
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["meta_loss"] == 0.25
+    assert lines[-1]["rows"][1] == {"optimizer": "sgd", "loss": None}
 
 
 def test_disabled_wandb_writes_only_jsonl(tmp_path):

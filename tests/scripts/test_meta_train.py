@@ -76,6 +76,8 @@ def test_run_directory_and_exported_optimizer(script, tmp_path):
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("series") == "hyperparameters" and len(r["lr_t"]) == 8 for r in records)
     assert any("meta_grad_norm" in r for r in records)
+    table = [r for r in records if r.get("table") == "evaluation"]
+    assert len(table) == 1 and {row["optimizer"] for row in table[0]["rows"]} == labels
 
 
 @pytest.mark.parametrize("override,key", [
