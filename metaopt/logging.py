@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 WANDB_MODES = ("disabled", "offline", "online")
 
@@ -63,7 +64,7 @@ class JSONLLogger(Logger):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run)
 
     def _write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(_json_safe(dict(record)), allow_nan=False) + "\n")
@@ -108,9 +109,9 @@ class WandbLogger(Logger):
     same W&B run."""
 
     def __init__(self, directory: str | os.PathLike, *, mode: str = "offline",
-                 project: str = "metaopt", entity: Optional[str] = None,
-                 name: Optional[str] = None, tags: Sequence[str] = (),
-                 config: Optional[Mapping[str, Any]] = None, run_id: Optional[str] = None):
+                 project: str = "metaopt", entity: str | None = None,
+                 name: str | None = None, tags: Sequence[str] = (),
+                 config: Mapping[str, Any] | None = None, run_id: str | None = None):
         import wandb
         if mode not in ("offline", "online"):
             raise ValueError(f"mode: must be 'offline' or 'online', got {mode!r}")
@@ -175,10 +176,10 @@ class MultiLogger(Logger):
 
 
 def make_logger(out_dir: str | os.PathLike, *, wandb_mode: str = "offline",
-                project: str = "metaopt", entity: Optional[str] = None,
-                name: Optional[str] = None, tags: Sequence[str] = (),
-                config: Optional[Mapping[str, Any]] = None,
-                run_id: Optional[str] = None, jsonl_name: str = "metrics.jsonl") -> Logger:
+                project: str = "metaopt", entity: str | None = None,
+                name: str | None = None, tags: Sequence[str] = (),
+                config: Mapping[str, Any] | None = None,
+                run_id: str | None = None, jsonl_name: str = "metrics.jsonl") -> Logger:
     """``out_dir/metrics.jsonl`` always, plus W&B under ``out_dir`` unless ``wandb_mode="disabled"``."""
     if wandb_mode not in WANDB_MODES:
         raise ValueError(f"wandb_mode: must be one of {WANDB_MODES}, got {wandb_mode!r}")

@@ -18,29 +18,44 @@ import hashlib
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 for _path in (REPO_ROOT, Path(__file__).resolve().parent):
     if str(_path) not in sys.path:  # run from a source checkout without installation
         sys.path.insert(0, str(_path))
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
+from meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
+from omegaconf import OmegaConf
+from tqdm import tqdm
 
-import tasks  # noqa: E402
-from meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences  # noqa: E402
-from metaopt.checkpoint import save_checkpoint  # noqa: E402
-from metaopt.controllers.garo import GAROController  # noqa: E402
-from metaopt.evaluation import (SUMMARY_COLUMNS, evaluate, format_table, make_optimizer,  # noqa: E402
-                                summarize, tune_lr)
-from metaopt.logging import make_logger, truncate_jsonl  # noqa: E402
-from metaopt.meta import (GAROLearnedRule, InnerRunPool, MetaLoss, MetaTrainer,  # noqa: E402
-                          held_out_seeds, load_training_state, make_estimator, make_horizon,
-                          save_training_state, validate)
-from metaopt.optim.garo import GARO  # noqa: E402
-from metaopt.rules.garo import GARORule  # noqa: E402
+import tasks
+from metaopt.checkpoint import save_checkpoint
+from metaopt.controllers.garo import GAROController
+from metaopt.evaluation import (
+    SUMMARY_COLUMNS,
+    evaluate,
+    format_table,
+    make_optimizer,
+    summarize,
+    tune_lr,
+)
+from metaopt.logging import make_logger, truncate_jsonl
+from metaopt.meta import (
+    GAROLearnedRule,
+    InnerRunPool,
+    MetaLoss,
+    MetaTrainer,
+    held_out_seeds,
+    load_training_state,
+    make_estimator,
+    make_horizon,
+    save_training_state,
+    validate,
+)
+from metaopt.optim.garo import GARO
+from metaopt.rules.garo import GARORule
 
 STATE_FILE, EXPORT_FILE = "state.pt", "optimizer.safetensors"
 EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "final_test_loss_mean",
@@ -110,7 +125,7 @@ def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROContr
     return summarize(results)
 
 
-def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path) -> Optional[dict]:
+def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path) -> dict | None:
     """Check a resumed run's config, write ``config.yaml``; return the saved state (or None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     current = OmegaConf.to_container(cfg, resolve=True)
@@ -127,7 +142,7 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path) -> Optional[dict]:
     return state
 
 
-def main(argv: Optional[List[str]] = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")

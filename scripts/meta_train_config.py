@@ -8,7 +8,7 @@ into plain constructor arguments.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 @dataclass
 class TaskConfig:
     name: str = "quadratic"  # a name from tasks.names()
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # tasks.get(name, **kwargs)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # tasks.get(name, **kwargs)
 
 
 @dataclass
@@ -75,7 +75,7 @@ class ValidationConfig:
 @dataclass
 class BaselineConfig:
     name: str = "adam"  # a metaopt.evaluation optimizer name
-    hyperparameters: Dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
     tune_lr: bool = True  # lr tuned on the training distribution's tasks, never the held-out ones
 
 
@@ -86,8 +86,8 @@ class EvaluationConfig:
     num_tasks: int = 8  # the held-out validation seeds
     target: float = 0.01  # steps to reach this fraction of the initial optimality gap
     tuning_steps: int = 100
-    tuning_lrs: List[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
-    baselines: List[BaselineConfig] = field(default_factory=lambda: [
+    tuning_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
+    baselines: list[BaselineConfig] = field(default_factory=lambda: [
         BaselineConfig("adam"), BaselineConfig("sgd_momentum", {"momentum": 0.9})])
 
 
@@ -95,9 +95,9 @@ class EvaluationConfig:
 class WandbConfig:
     mode: str = "offline"  # disabled | offline | online
     project: str = "metaopt"
-    entity: Optional[str] = None
-    run_name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    entity: str | None = None
+    run_name: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,7 +146,7 @@ class ConfigError(ValueError):
     """A configuration problem found before any work was done (the message names the key)."""
 
 
-def load_config(config_path: Optional[str], overrides: List[str]) -> MetaTrainConfig:
+def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfig:
     """Schema <- YAML <- overrides, each merged on its own so an error names its key."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -183,7 +183,7 @@ def check(cfg: MetaTrainConfig) -> None:
         raise ConfigError("invalid config key 'unroll.min_horizon': exceeds unroll.max_horizon")
 
 
-def training_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+def training_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, ignoring ``RESUMABLE_CHANGES``."""
     def flatten(d, prefix=""):
         out = {}

@@ -7,15 +7,31 @@
 * ``trainer``: ``MetaTrainer`` (Adam on the controller, clipping, all-reduce, resumable state);
 * ``validation``: held-out meta-loss of a controller.
 """
-from .estimators import (ESTIMATORS, AntitheticES, GradientEstimator, MetaGradient,
-                         TruncatedBPTT, make_estimator)
+from .estimators import (
+                         ESTIMATORS,
+                         AntitheticES,
+                         GradientEstimator,
+                         MetaGradient,
+                         TruncatedBPTT,
+                         make_estimator,
+)
 from .inner_runs import TRAIN_TASK_SEED_LIMIT, InnerRunPool
 from .learned import GAROLearnedRule, LearnedRule, detach_state
 from .meta_losses import META_LOSS_KINDS, SPLITS, MetaLoss
-from .trainer import (MetaTrainer, all_reduce_mean, distributed_world, load_training_state,
-                      save_training_state)
-from .truncation import (TRUNCATION_SCHEDULES, ConstantHorizon, LogUniformHorizon, make_horizon,
-                         segment_length)
+from .trainer import (
+                         MetaTrainer,
+                         all_reduce_mean,
+                         distributed_world,
+                         load_training_state,
+                         save_training_state,
+)
+from .truncation import (
+                         TRUNCATION_SCHEDULES,
+                         ConstantHorizon,
+                         LogUniformHorizon,
+                         make_horizon,
+                         segment_length,
+)
 from .unroll import SegmentResult, batch_generator, unroll_segment
 from .validation import held_out_seeds, validate
 

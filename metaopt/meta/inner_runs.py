@@ -15,8 +15,9 @@ from per-run batch seeds, so ``state_dict`` / ``load_state_dict`` resume bit-exa
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +49,7 @@ class InnerRun:
 class SegmentBatch:
     """Per-run segment losses (None where the run diverged) and the runs' emitted hyperparameters."""
 
-    losses: list[Optional[Tensor]]
+    losses: list[Tensor | None]
     resets: int
     traces: dict[str, float]
 
@@ -66,7 +67,7 @@ class InnerRunPool:
         self.learned, self.family, self.horizon = learned, family, horizon
         self.truncation_length, self.meta_loss = truncation_length, meta_loss
         self.second_order = second_order
-        self.runs: list[Optional[InnerRun]] = [None] * num_runs
+        self.runs: list[InnerRun | None] = [None] * num_runs
         self._tasks: dict[int, Task] = {}
 
     def _task(self, seed: int) -> Task:

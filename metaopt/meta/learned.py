@@ -16,7 +16,8 @@ estimator may evaluate the unroll at a perturbed ``φ + σε`` without touching 
 """
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn

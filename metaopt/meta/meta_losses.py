@@ -17,8 +17,8 @@ resets it and leaves it out of the meta-loss, so one bad task never produces a n
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -17,7 +17,8 @@ state, the generator's state, the in-flight inner runs and the counters.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -118,7 +119,7 @@ class MetaTrainer:
         self.resets, self.skipped_updates = int(state["resets"]), int(state["skipped_updates"])
 
 
-def save_training_state(state: Mapping[str, Any], path, extra: Optional[Mapping] = None) -> None:
+def save_training_state(state: Mapping[str, Any], path, extra: Mapping | None = None) -> None:
     """``torch.save`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
     import os
     import tempfile

@@ -22,8 +22,8 @@ resets the run), and nothing computed after the bad value is kept.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -43,7 +43,7 @@ class SegmentResult:
     hyperparameters per step (only with ``record_trace``).
     """
 
-    loss: Optional[Tensor]
+    loss: Tensor | None
     terms: list[Tensor]
     params: TensorList
     state: State
@@ -133,7 +133,7 @@ def _floats(traces: dict[str, list[Tensor]]) -> dict[str, list[float]]:
 
 
 def initial_run(learned: LearnedRule, weights: Mapping[str, Tensor], task: Task,
-                generator: Optional[torch.Generator] = None) -> tuple[list[str], TensorList, State]:
+                generator: torch.Generator | None = None) -> tuple[list[str], TensorList, State]:
     """Names, initial parameters (canonical when ``generator`` is None) and detached rule state."""
     init = task.init_params(generator)
     names = list(init)

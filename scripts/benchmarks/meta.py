@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from metaopt.controllers.garo import GAROController
-from metaopt.meta import (GAROLearnedRule, InnerRunPool, MetaLoss, TruncatedBPTT,
-                          make_horizon)
+from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, TruncatedBPTT, make_horizon
 from metaopt.rules.garo import GARORule
 from metaopt.task import ModuleTask
 
@@ -125,7 +124,7 @@ def _time(args, sizes, batch_size) -> dict:
     rounds = max(3, args.rounds // 4)
     times = time_side_by_side({"meta": meta_iteration, "adam": adam_20}, rounds=rounds,
                               warmup=1, device=args.device)
-    return {"benchmark": f"time: meta-iteration T=20 vs 20 Adam steps",
+    return {"benchmark": "time: meta-iteration T=20 vs 20 Adam steps",
             "model": f"mlp{sizes} bs{batch_size}",
             "params": sum(v.numel() for v in task._init.values()),
             "meta_ms": 1e3 * times["meta"], "adam20_ms": 1e3 * times["adam"],

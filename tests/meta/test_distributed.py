@@ -15,8 +15,14 @@ def _worker(rank, world, init_file, out_dir):
                             world_size=world)
     try:
         from metaopt.controllers.garo import GAROController
-        from metaopt.meta import (GAROLearnedRule, InnerRunPool, MetaLoss, MetaTrainer,
-                                  TruncatedBPTT, make_horizon)
+        from metaopt.meta import (
+            GAROLearnedRule,
+            InnerRunPool,
+            MetaLoss,
+            MetaTrainer,
+            TruncatedBPTT,
+            make_horizon,
+        )
         from metaopt.rules.garo import GARORule
         from tests.meta.helpers import quadratic_family
 

@@ -6,8 +6,16 @@ import math
 import torch
 
 from metaopt.controllers.garo import GAROController
-from metaopt.meta import (GAROLearnedRule, InnerRunPool, MetaLoss, MetaTrainer, TruncatedBPTT,
-                          held_out_seeds, make_horizon, validate)
+from metaopt.meta import (
+    GAROLearnedRule,
+    InnerRunPool,
+    MetaLoss,
+    MetaTrainer,
+    TruncatedBPTT,
+    held_out_seeds,
+    make_horizon,
+    validate,
+)
 from metaopt.rules.garo import GARORule
 from metaopt.task import TaskFamily
 from tasks.quadratic import QuadraticTask
@@ -91,7 +99,7 @@ def test_state_dict_round_trip_continues_bit_exactly():
     learned_a, a = _trainer(family, seed=3)
     for _ in range(5):
         a.step()
-    learned_b, b = _trainer(family, seed=3)
+    _, b = _trainer(family, seed=3)
     for _ in range(3):
         b.step()
     state = b.state_dict()

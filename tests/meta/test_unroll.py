@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from metaopt.controllers.garo import GAROController
-from metaopt.meta import (ConstantHorizon, GAROLearnedRule, LogUniformHorizon, MetaLoss,
-                          TruncatedBPTT, segment_length, unroll_segment)
+from metaopt.meta import (
+    ConstantHorizon,
+    GAROLearnedRule,
+    LogUniformHorizon,
+    MetaLoss,
+    TruncatedBPTT,
+    segment_length,
+    unroll_segment,
+)
 from metaopt.meta.unroll import initial_run
 from metaopt.rules.garo import GARORule
 

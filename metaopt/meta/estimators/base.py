@@ -8,8 +8,8 @@ through ES). It returns plain tensors, so a distributed trainer can all-reduce t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ class MetaGradient:
     traces: dict[str, float] = field(default_factory=dict)
 
 
-def mean_live_loss(losses: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
+def mean_live_loss(losses: Sequence[Tensor | None]) -> Tensor | None:
     """Mean of the segment losses of runs that did not diverge (None if none survived)."""
     live = [loss for loss in losses if loss is not None]
     return torch.stack(live).mean() if live else None

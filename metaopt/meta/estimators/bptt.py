@@ -10,7 +10,7 @@ segment contribute nothing (no graph through a NaN), and are reset by the pool.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor

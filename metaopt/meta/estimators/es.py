@@ -15,7 +15,7 @@ one truncation at ``φ`` itself (the reported meta-loss).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -52,8 +52,8 @@ class AntitheticES(GradientEstimator):
             if not diffs:
                 continue
             coefficient = torch.stack(diffs).mean() / (2 * self.sigma * self.num_pairs)
-            for k in grads:
-                grads[k] += coefficient.to(grads[k].dtype) * noise[k]
+            for k, grad in grads.items():
+                grad += coefficient.to(grad.dtype) * noise[k]
         with torch.no_grad():
             segment = pool.segment(base, differentiable=False, advance=True)
         loss = mean_live_loss(segment.losses)
