@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,12 +42,13 @@ from metaopt.evaluation import (
     summarize,
     tune_lr,
 )
-from metaopt.logging import make_logger, truncate_jsonl
+from metaopt.logging import Logger, make_logger, truncate_jsonl
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
     MetaLoss,
     MetaTrainer,
+    distributed_world,
     held_out_seeds,
     load_training_state,
     make_estimator,
@@ -62,11 +64,25 @@ EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "fina
                 "reached_target", "steps_to_target_median", "ms_per_step")
 
 
-def build(cfg: MetaTrainConfig):
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group: gloo on CPU, nccl on CUDA,
+    one GPU per process. Returns ``(rank, world_size, device)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    rank, world = distributed_world()
+    return rank, world, device
+
+
+def build(cfg: MetaTrainConfig, device: str | None = None):
     """Family, controller, learned rule and trainer from the config (plain arguments below)."""
     kwargs = OmegaConf.to_container(cfg.task.kwargs, resolve=True)
+    device = device or cfg.device
     try:
-        family = tasks.get(cfg.task.name, device=cfg.device, dtype=cfg.dtype, **kwargs)
+        family = tasks.get(cfg.task.name, device=device, dtype=cfg.dtype, **kwargs)
     except ValueError as error:
         raise ConfigError(f"invalid config key 'task': {error}") from error
     c = cfg.controller
@@ -74,7 +90,7 @@ def build(cfg: MetaTrainConfig):
         hidden_size=c.hidden_size, num_step_frequencies=c.num_step_frequencies,
         init_lr=c.init_lr, init_momentum=c.init_momentum, init_weight_decay=c.init_weight_decay,
         generator=torch.Generator().manual_seed(cfg.seed),
-    ).to(device=cfg.device, dtype=getattr(torch, cfg.dtype))
+    ).to(device=device, dtype=getattr(torch, cfg.dtype))
     rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients)
     learned = GAROLearnedRule(controller, rule)
     u, m = cfg.unroll, cfg.meta_loss
@@ -125,20 +141,34 @@ def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROContr
     return summarize(results)
 
 
-def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path) -> dict | None:
+def state_file(rank: int) -> str:
+    """Rank 0's resumable state is ``state.pt``; under torchrun rank r > 0 keeps its own tasks and
+    generator in ``state.rank<r>.pt``."""
+    return STATE_FILE if rank == 0 else f"state.rank{rank}.pt"
+
+
+def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0,
+                    world: int = 1) -> dict | None:
     """Check a resumed run's config, write ``config.yaml``; return the saved state (or None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     current = OmegaConf.to_container(cfg, resolve=True)
     state = None
-    if (out_dir / STATE_FILE).exists():
+    if (out_dir / state_file(rank)).exists():
         saved = OmegaConf.to_container(OmegaConf.load(out_dir / "config.yaml"), resolve=True)
         differ = training_differences(saved, current)
         if differ:
             raise ConfigError(f"{out_dir} holds a run with a different config ({', '.join(differ)}"
                               f" differ); use another out_dir or the same settings to resume")
-        state = load_training_state(out_dir / STATE_FILE)
-        truncate_jsonl(out_dir / "metrics.jsonl", int(state["step"]))
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        state = load_training_state(out_dir / state_file(rank))
+        if int(state.get("world_size", 1)) != world:
+            raise ConfigError(f"{out_dir} was trained with {state.get('world_size', 1)} "
+                              f"processes; resume it with the same number (got {world})")
+    if world > 1:  # every rank has read the old config.yaml before rank 0 replaces it
+        torch.distributed.barrier()
+    if rank == 0:
+        if state is not None:
+            truncate_jsonl(out_dir / "metrics.jsonl", int(state["step"]))
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return state
 
 
@@ -150,27 +180,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config(args.config, args.overrides)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    family, learned, trainer = build(cfg)
+    rank, world, device = init_distributed(cfg.device)
+    try:
+        return train(cfg, rank, world, device)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str, Any]:
+    """Meta-train, checkpoint, export and evaluate (rank 0 alone logs, exports and evaluates)."""
+    family, learned, trainer = build(cfg, device)
     untrained = copy.deepcopy(learned.module)
     out_dir = Path(cfg.out_dir)
-    state = prepare_run_dir(cfg, out_dir)
+    state = prepare_run_dir(cfg, out_dir, rank, world)
     if state is not None:
         trainer.load_state_dict(state)
     run_id = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:12]
-    logger = make_logger(out_dir, wandb_mode=cfg.wandb.mode, project=cfg.wandb.project,
-                         entity=cfg.wandb.entity, name=cfg.wandb.run_name, tags=cfg.wandb.tags,
-                         config=OmegaConf.to_container(cfg, resolve=True), run_id=run_id)
+    logger = Logger() if rank > 0 else make_logger(
+        out_dir, wandb_mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+        name=cfg.wandb.run_name, tags=cfg.wandb.tags,
+        config=OmegaConf.to_container(cfg, resolve=True), run_id=run_id)
     started = time.perf_counter()
-    before = run_validation(cfg, learned, family, dict(untrained.named_parameters()))
-    if trainer.step_count == 0:
+    before = run_validation(cfg, learned, family, dict(untrained.named_parameters())) \
+        if rank == 0 else None
+    if rank == 0 and trainer.step_count == 0:
         logger.log({"val/meta_loss": before["meta_loss"], "val/diverged": before["diverged"]}, 0)
         logger.log_series("hyperparameters_untrained", _named(before["traces"]), 0)
 
     def checkpoint():
-        save_training_state(trainer.state_dict(), out_dir / STATE_FILE)
+        save_training_state(trainer.state_dict(), out_dir / state_file(rank),
+                            extra={"world_size": world})
 
     bar = tqdm(total=cfg.steps, initial=min(trainer.step_count, cfg.steps), desc="meta-train",
-               disable=not cfg.progress, dynamic_ncols=True)
+               disable=not cfg.progress or rank > 0, dynamic_ncols=True)
     while trainer.step_count < cfg.steps:
         metrics = trainer.step()
         step = trainer.step_count
@@ -178,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4g}",
                         lr_t=f"{metrics.get('lr_t', float('nan')):.3g}")
         bar.update(1)
-        if step % cfg.validation.every == 0 or step == cfg.steps:
+        if rank == 0 and (step % cfg.validation.every == 0 or step == cfg.steps):
             val = run_validation(cfg, learned, family)
             logger.log({"val/meta_loss": val["meta_loss"], "val/diverged": val["diverged"],
                         "val/final_normalized_loss": val["final_normalized_loss"]}, step)
@@ -187,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             checkpoint()
     bar.close()
     checkpoint()
+    if rank > 0:  # the controllers are identical on every rank: rank 0 reports for all
+        return {"trainer": trainer, "out_dir": out_dir}
     after = run_validation(cfg, learned, family)
     export = save_checkpoint(
         out_dir / EXPORT_FILE, learned.module,

@@ -106,3 +106,24 @@ def test_cli_exit_code_and_message(tmp_path):
                            f"out_dir={tmp_path}", "unroll.nonsense=3"],
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unroll.nonsense" in proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_resume_and_agree(tmp_path):
+    """torchrun --nproc_per_node 2: each rank keeps its own state file; controllers agree."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed next to the interpreter")
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPT), "--config",
+               str(ROOT / "configs" / "garo_quadratic.yaml"), f"out_dir={tmp_path}", *TINY]
+    for steps in (2, 4):  # the second call resumes both ranks
+        proc = subprocess.run([*command, f"steps={steps}"], check=False, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "state.rank1.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4 and a["world_size"] == 2
+    assert [r["task_seed"] for r in a["pool"]["runs"] if r] != \
+        [r["task_seed"] for r in b["pool"]["runs"] if r]
+    for name, value in a["controller"].items():
+        assert torch.equal(value, b["controller"][name]), name
