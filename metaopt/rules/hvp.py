@@ -80,6 +80,19 @@ def functional_hvp(loss_fn: Callable[[TensorList], Tensor], params: Sequence[Ten
     return gradient_hvp(grads, leaves)
 
 
+def dense_hessian(loss_fn: Callable[[TensorList], Tensor], params: Sequence[Tensor]) -> Tensor:
+    """The full (N × N) Hessian of ``loss_fn`` at ``params`` by ``torch.func.hessian``.
+
+    Forward-over-reverse on the flattened parameters: for small models only (analysis, and the
+    independent oracle the Lanczos tests compare against).
+    """
+    sizes = [p.numel() for p in params]
+
+    def flat_loss(flat):
+        return loss_fn([c.view(p.shape) for c, p in zip(torch.split(flat, sizes), params)])
+    return torch.func.hessian(flat_loss)(torch.cat([p.reshape(-1) for p in params]))
+
+
 def matrix_hvp(matrix: Tensor) -> HessianVectorProduct:
     """HVP of an explicit symmetric matrix acting on a one-tensor list (tests and analysis)."""
     return HessianVectorProduct(lambda vectors: [matrix @ vectors[0]])

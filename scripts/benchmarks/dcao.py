@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import metaopt.optim as mo
-from metaopt.rules.hvp import CreateGraphBackward, functional_hvp, gradient_hvp
+from metaopt.rules.hvp import CreateGraphBackward, dense_hessian, functional_hvp, gradient_hvp
 from metaopt.rules.lanczos import lanczos
 
 from .common import batch, make_closure, mlp_1m, time_side_by_side
@@ -35,17 +35,10 @@ def small_mlp_problem(seed: int = 0):
     return params, loss_fn
 
 
-def full_hessian(loss_fn, params) -> torch.Tensor:
-    sizes = [p.numel() for p in params]
-
-    def flat_loss(flat):
-        return loss_fn([c.view(p.shape) for c, p in zip(torch.split(flat, sizes), params)])
-    return torch.func.hessian(flat_loss)(torch.cat([p.reshape(-1) for p in params]))
-
 
 def accuracy_rows(seed: int) -> list[dict]:
     params, loss_fn = small_mlp_problem(seed)
-    exact = torch.linalg.eigvalsh(full_hessian(loss_fn, params))
+    exact = torch.linalg.eigvalsh(dense_hessian(loss_fn, params))
     top = exact[torch.argsort(exact.abs(), descending=True)][:5]
     rows = []
     for budget in (10, 20, 30, 40):

@@ -11,6 +11,8 @@ from torch import nn
 import metaopt.optim as mo
 from metaopt.rules.dcao import DCAORule, dcao_schedule
 
+from .test_conformance import closure_for
+
 
 def quadratic(eigenvalues, seed=0, dtype=torch.float64):
     """L(θ) = ½ θᵀAθ, A = Q diag(eigenvalues) Qᵀ, split over two parameter tensors."""
@@ -26,14 +28,6 @@ def quadratic(eigenvalues, seed=0, dtype=torch.float64):
         return 0.5 * x @ a @ x
     return params, loss_fn
 
-
-def closure_for(opt, loss_fn):
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-    return closure
 
 
 def test_schedule_formulas():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metaopt.rules.hvp import dense_hessian
+
 
 def small_mlp(seed: int = 0, hidden: int = 48):
     """12 → hidden → 6 tanh MLP with cross-entropy on 64 random points (918 params at hidden=48)."""
@@ -21,11 +23,7 @@ def small_mlp(seed: int = 0, hidden: int = 48):
 
 def full_hessian(loss_fn, params) -> torch.Tensor:
     """Dense Hessian by ``torch.func.hessian`` (forward-over-reverse Jacobian of the gradient)."""
-    sizes = [p.numel() for p in params]
-
-    def flat_loss(flat):
-        return loss_fn([c.view(p.shape) for c, p in zip(torch.split(flat, sizes), params)])
-    return torch.func.hessian(flat_loss)(torch.cat([p.reshape(-1) for p in params]))
+    return dense_hessian(loss_fn, params)
 
 
 def top_by_magnitude(eigenvalues: torch.Tensor, k: int) -> torch.Tensor:
