@@ -1,9 +1,8 @@
 """Runtime optimizers: ``torch.optim.Optimizer`` subclasses over the rules in ``metaopt.rules``."""
-from .garo import GARO, GlobalAdaptiveSGD
 from .dcao import DCAO
+from .garo import GARO, GlobalAdaptiveSGD
 from .ode_flow import GradientFlow, NesterovFlow
 from .runge_kutta import RK4, AdaptiveRK, Heun, Ralston, RungeKutta
 
 __all__ = ["RK4", "Ralston", "Heun", "RungeKutta", "AdaptiveRK", "GradientFlow", "NesterovFlow",
-           "GARO", "GlobalAdaptiveSGD"]
-__all__ += ["DCAO"]
+           "GARO", "GlobalAdaptiveSGD", "DCAO"]
