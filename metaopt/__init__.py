@@ -2,7 +2,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import optim, rules
-from . import interop  # registers GARO with higher.register_optim
+from . import interop  # noqa: F401  (registers GARO with higher.register_optim)
 from .checkpoint import list_pretrained, load_optimizer
 
 try:

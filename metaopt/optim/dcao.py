@@ -6,7 +6,6 @@ step are ``metaopt.rules.dcao``, the probe is ``metaopt.rules.curvature`` (Lancz
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Optional
 
 import torch

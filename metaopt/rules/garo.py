@@ -40,7 +40,6 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..controllers.garo import NUM_SIGNAL_FEATURES
 from .base import GradFn, State, TensorList, per_tensor
 
 DIRECTIONS = ("sgd", "adam")
