@@ -89,3 +89,16 @@ def axpy_(ys: Sequence[Tensor], xs: Sequence[Tensor], alphas: Sequence[Scalar]) 
     else:
         for y, x, a in zip(ys, xs, alphas):
             y.add_(x, alpha=float(a))
+
+
+def add_into(out: Sequence[Tensor], base: Sequence[Tensor], xs: Sequence[Tensor],
+             alphas: Sequence[Scalar]) -> None:
+    """``out = base + alpha * x`` per tensor in one pass (``out=``; runtime fast paths only)."""
+    for o, b, x, a in zip(out, base, xs, alphas):
+        torch.add(b, x, alpha=float(a), out=o)
+
+
+def scale_into(out: Sequence[Tensor], xs: Sequence[Tensor], factor: float) -> None:
+    """``out = factor * x`` per tensor in one pass (``out=``; runtime fast paths only)."""
+    for o, x in zip(out, xs):
+        torch.mul(x, factor, out=o)

@@ -17,8 +17,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .base import (GradFn, State, StepSize, TensorList, add_scaled, axpy_, per_tensor,
-                   with_weight_decay)
+from .base import (GradFn, State, StepSize, TensorList, add_into, add_scaled, axpy_,
+                   per_tensor, scale_into, with_weight_decay)
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -99,21 +99,26 @@ class RungeKuttaRule:
         weight_decay = per_tensor(hyper.get("weight_decay", 0.0), n)
         theta, weighted_sum = workspace
         torch._foreach_copy_(theta, params)
-        torch._foreach_zero_(weighted_sum)
         last_use = {j: max([i for i in range(j + 1, tableau.stages) if tableau.a[i][j] != 0.0],
                            default=0) for j in range(tableau.stages)}
         slopes: dict[int, TensorList] = {}
+        summed = False
         grads = None
         for i in range(tableau.stages):
             if i > 0:
                 # Release the last slope before the closure runs, so backward can reuse its memory.
                 grads = None
-                torch._foreach_copy_(params, theta)
-                for j, a_ij in enumerate(tableau.a[i]):
-                    if a_ij != 0.0:
-                        axpy_(params, slopes[j], [a_ij * h for h in neg_h])
-                        if last_use[j] == i:
-                            del slopes[j]
+                terms = [(j, a_ij) for j, a_ij in enumerate(tableau.a[i]) if a_ij != 0.0]
+                for t, (j, a_ij) in enumerate(terms):
+                    scale = [a_ij * h for h in neg_h]
+                    if t == 0 and i > 1:  # θ + a·k straight into the live tensors: one pass
+                        add_into(params, theta, slopes[j], scale)
+                    else:  # (at stage 1 the live tensors still hold θ)
+                        axpy_(params, slopes[j], scale)
+                    if last_use[j] == i:
+                        del slopes[j]
+                if not terms and i > 1:
+                    torch._foreach_copy_(params, theta)
             _, grads = first if i == 0 else evaluate()
             if i > 0:  # stage slopes are fresh tensors owned here: decay them in place
                 for g, p, wd in zip(grads, params, weight_decay):
@@ -122,8 +127,11 @@ class RungeKuttaRule:
             else:
                 grads = with_weight_decay(grads, params, weight_decay)
             if tableau.b[i] != 0.0:
-                torch._foreach_add_(weighted_sum, grads, alpha=tableau.b[i])
+                if summed:
+                    torch._foreach_add_(weighted_sum, grads, alpha=tableau.b[i])
+                else:
+                    scale_into(weighted_sum, grads, tableau.b[i])
+                    summed = True
             if last_use[i] > i:
                 slopes[i] = grads
-        torch._foreach_copy_(params, theta)
-        axpy_(params, weighted_sum, neg_h)
+        add_into(params, theta, weighted_sum, neg_h)
