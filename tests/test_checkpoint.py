@@ -15,6 +15,7 @@ from metaopt.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint
 from metaopt.controllers import GAROController
 from metaopt.optim import GARO
 from tests.rules.garo_helpers import awake_controller, regression
+from tests.rules.objectives import closure_over
 
 
 def trained_like_controller():
@@ -26,12 +27,8 @@ def trained_like_controller():
 
 
 def train(opt, live, loss_fn, steps=5):
+    closure = closure_over(opt, loss_fn, live)
     for _ in range(steps):
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(live)
-            loss.backward()
-            return loss
         opt.step(closure)
 
 

@@ -9,6 +9,7 @@ from metaopt.optim import GARO
 from metaopt.rules import GARORule
 
 from .garo_helpers import awake_controller, constant_controller, regression
+from .objectives import closure_over
 
 
 def functional_grad_fn(loss_fn, create_graph=False):
@@ -21,13 +22,9 @@ def functional_grad_fn(loss_fn, create_graph=False):
 def run_runtime(params, loss_fn, controller, steps, **kwargs):
     live = [p.clone().requires_grad_() for p in params]
     opt = GARO(live, controller=controller, **kwargs)
+    closure = closure_over(opt, loss_fn, live)
     trajectory = []
     for _ in range(steps):
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn(live)
-            loss.backward()
-            return loss
         opt.step(closure)
         trajectory.append([p.detach().clone() for p in live])
     return trajectory, opt
