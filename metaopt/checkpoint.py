@@ -27,7 +27,6 @@ import json
 import os
 import struct
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as _safetensors_bytes
 
+from .atomic import atomic_write
 from .controllers.garo import GAROController
 
 FORMAT = "metaopt.garo"
@@ -95,19 +95,7 @@ def save_checkpoint(path: PathLike, controller: GAROController,
         "training": json.dumps(training or {}, sort_keys=True),
     }
     payload = _safetensors_bytes(tensors, metadata=metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(payload))
 
 
 def _check_safetensors_framing(path: Path) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
+
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -98,9 +100,7 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
             continue
         if int(record.get("step", 0)) <= max_step:
             kept.append(line)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
 
 
 class WandbLogger(Logger):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write
 from .estimators import GradientEstimator
 from .inner_runs import InnerRunPool
 from .learned import LearnedRule
@@ -121,18 +122,7 @@ class MetaTrainer:
 
 def save_training_state(state: Mapping[str, Any], path, extra: Mapping | None = None) -> None:
     """``torch.save`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
-    import os
-    import tempfile
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        torch.save({**state, **(extra or {})}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: torch.save({**state, **(extra or {})}, f))
 
 
 def load_training_state(path) -> dict[str, Any]:

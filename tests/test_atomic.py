@@ -1,0 +1,33 @@
+"""Atomic writes keep the old file on failure and give new files ordinary permissions."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from metaopt.atomic import atomic_write
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporaries(tmp_path):
+    target = tmp_path / "state.bin"
+    target.write_bytes(b"old")
+
+    def half_then_crash(f):
+        f.write(b"new, but only ha")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, half_then_crash)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_new_file_gets_umask_permissions_not_mkstemps_0600(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "sub" / "ckpt.safetensors", lambda f: f.write(b"x"))
+    finally:
+        os.umask(umask)
+    assert path.read_bytes() == b"x"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
