@@ -95,9 +95,9 @@ class ClosureRuleOptimizer(torch.optim.Optimizer):
         return params, hyper
 
     def _load_rule_state(self, params: list[Tensor]) -> dict:
+        """Per-tensor entries from each param's own state (fresh where it has none yet); scalar
+        entries are shared by the whole optimizer and kept current on every param."""
         fresh = self.rule.init(params)
-        if not params or not self.state[params[0]]:
-            return fresh
         state = {}
         for key, value in fresh.items():
             if isinstance(value, list):
@@ -108,8 +108,20 @@ class ClosureRuleOptimizer(torch.optim.Optimizer):
 
     def _store_rule_state(self, params: list[Tensor], state: dict) -> None:
         for i, p in enumerate(params):
-            self.state[p].update({k: (v[i] if isinstance(v, list) else v)
-                                  for k, v in state.items()})
+            self.state[p].update({k: v[i] for k, v in state.items() if isinstance(v, list)})
+        # Scalars (step scale, counters) go to every param, so whichever param is active next
+        # step — even one that sat this step out — reads the current value.
+        shared = {k: v for k, v in state.items() if not isinstance(v, list)}
+        if shared:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self.state[p].update(shared)
+
+    def add_param_group(self, param_group: dict) -> None:
+        for key in ("lr", "weight_decay"):
+            if key in param_group:
+                check_non_negative(key, param_group[key])
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None):

@@ -69,15 +69,19 @@ class AdaptiveRK(ClosureRuleOptimizer):
     The first step has size ``lr``; afterwards torchdiffeq's controller picks the step from the
     error estimate and carries it (as a multiple of lr) across steps. Rejected attempts retry
     within the same call, at most ``max_rejections`` times. ``state[p]`` records ``accepted``,
-    ``rejected`` and ``step_scale`` (the next step is ``step_scale · lr``).
+    ``rejected`` and ``step_scale`` (the next step is ``step_scale · lr``, at most
+    ``max_step_scale · lr``).
     """
 
     def __init__(self, params, lr: float = 1e-2, method: str = "dopri5", rtol: float = 1e-3,
-                 atol: float = 1e-6, weight_decay: float = 0.0, max_rejections: int = 50):
+                 atol: float = 1e-6, weight_decay: float = 0.0, max_rejections: int = 50,
+                 max_step_scale: float = 1e3):
         check_positive("rtol", rtol)
         check_positive("atol", atol)
+        check_positive("max_step_scale", max_step_scale)
         if not isinstance(max_rejections, int) or max_rejections < 0:
             raise ValueError(f"max_rejections: must be an int >= 0, got {max_rejections!r}")
-        rule = AdaptiveRungeKuttaRule(method, rtol=rtol, atol=atol, max_rejections=max_rejections)
+        rule = AdaptiveRungeKuttaRule(method, rtol=rtol, atol=atol, max_rejections=max_rejections,
+                                      max_step_scale=max_step_scale)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay), rule)
         self.method = method

@@ -9,6 +9,9 @@ accept/reject counts match ``torchdiffeq.odeint(method=..., options={"first_step
 
 The step is carried across optimizer steps as ``step_scale = h / lr``, so a learning-rate
 scheduler still scales the integration step, and a constant lr reproduces torchdiffeq exactly.
+Unlike an ODE solve, an optimizer has no end time, so ``step_scale`` is capped
+(``max_step_scale``): at a stationary point or with lr = 0 the error estimate is 0 and the
+controller would otherwise grow the step ×10 per call until it overflows.
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ class AdaptiveRungeKuttaRule:
 
     def __init__(self, method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-6,
                  safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2,
-                 max_rejections: int = 50):
+                 max_rejections: int = 50, max_step_scale: float = 1e3):
         self.tableau = get_tableau(method)
         if not self.tableau.adaptive:
             raise ValueError(f"method: {method!r} has no embedded error estimate; "
@@ -67,6 +70,7 @@ class AdaptiveRungeKuttaRule:
         self.rtol, self.atol = rtol, atol
         self.safety, self.ifactor, self.dfactor = safety, ifactor, dfactor
         self.max_rejections = max_rejections
+        self.max_step_scale = max_step_scale
 
     def init(self, params: Sequence[Tensor]) -> State:
         return {"step_scale": 1.0, "accepted": 0, "rejected": 0, "time": 0.0}
@@ -85,7 +89,7 @@ class AdaptiveRungeKuttaRule:
             factor = step_factor(ratio, self.tableau.order, self.safety, self.ifactor,
                                  self.dfactor)
             if ratio <= 1.0:
-                return result.params, {"step_scale": scale * factor,
+                return result.params, {"step_scale": min(scale * factor, self.max_step_scale),
                                        "accepted": state["accepted"] + 1, "rejected": rejected,
                                        "time": state["time"] + scale * float(lrs[0])}
             rejected += 1
