@@ -168,7 +168,7 @@ class GARO(torch.optim.Optimizer):
                                    "segment_ids": ids}, loss=loss_tensor)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self.skipped_steps += 1
-            warnings.warn(f"GARO: non-finite gradient or loss, step skipped "
+            warnings.warn(f"GARO: non-finite gradient, loss or controller output, step skipped "
                           f"({self.skipped_steps} so far); parameters and hidden state unchanged",
                           RuntimeWarning, stacklevel=2)
             return loss

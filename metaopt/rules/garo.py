@@ -34,6 +34,7 @@ approximation of Andrychowicz et al. (2016) that avoids second derivatives of th
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -212,7 +213,9 @@ class GARORule:
         out, ids = ctx["out"], ctx["ids"]
         host = torch.cat([finite.to(out.lr.dtype).view(1), state["step"].to(out.lr.dtype).view(1),
                           out.lr, out.momentum, out.weight_decay]).tolist()  # the one sync
-        if not host[0]:
+        # Skip on a bad gradient or loss, and equally when the controller itself emits a
+        # non-finite lr/momentum/decay (e.g. corrupted weights): parameters must never go NaN.
+        if not host[0] or not all(math.isfinite(v) for v in host[2:]):
             return None
         S = out.lr.shape[0]
         step = int(host[1])

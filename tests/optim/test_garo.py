@@ -120,6 +120,21 @@ def test_non_finite_gradient_is_skipped_counted_and_warned():
     assert opt.state_dict()["garo"]["skipped_steps"] == 3
 
 
+def test_non_finite_controller_output_is_skipped_not_applied():
+    """Corrupted controller weights (a NaN lr head) must not turn the parameters into NaN."""
+    params, loss_fn = regression(dtype=torch.float32)
+    live = [p.clone().requires_grad_() for p in params]
+    controller = awake_controller(torch.float32)
+    with torch.no_grad():
+        controller.head_lr.bias.fill_(float("nan"))
+    opt = GARO(live, controller=controller)
+    before = [p.detach().clone() for p in live]
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step(_closure(opt, live, loss_fn))
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(p, b) for p, b in zip(live, before))
+
+
 def test_hyperparam_hook_reports_every_step_and_can_be_removed():
     params, loss_fn = regression(dtype=torch.float32)
     live = [p.clone().requires_grad_() for p in params]
