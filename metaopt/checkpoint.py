@@ -42,6 +42,9 @@ from .controllers.garo import GAROController
 FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
+#: the ``GARO`` constructor options a checkpoint may store
+OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay", "direction", "granularity", "beta2",
+                                   "eps"})
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 PathLike = Union[str, os.PathLike]
@@ -153,13 +156,29 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"{path}: unknown controller_class "
                               f"{metadata.get('controller_class')!r}")
     config = _json_field(metadata, "controller_config", path)
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values in {bad}")
     try:
+        # Shapes are checked on a meta-device twin first: a tiny file whose config asks for a
+        # huge network is refused before anything the size of that network is allocated.
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in GAROController(**config).state_dict().items()}
+        stored = {k: tuple(v.shape) for k, v in tensors.items()}
+        if expected != stored:
+            mismatched = sorted(k for k in expected.keys() | stored.keys()
+                                if expected.get(k) != stored.get(k))
+            raise ValueError(f"tensor shapes differ from the config's for {mismatched}")
         controller = GAROController(**config)
         controller.load_state_dict(tensors, strict=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: controller does not match its config ({exc})") from None
-    return Checkpoint(controller=controller.to(map_location),
-                      optimizer_config=_json_field(metadata, "optimizer_config", path),
+    optimizer_config = _json_field(metadata, "optimizer_config", path)
+    unknown = sorted(set(optimizer_config) - OPTIMIZER_CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown optimizer_config keys {unknown}; expected a "
+                              f"subset of {sorted(OPTIMIZER_CONFIG_KEYS)}")
+    return Checkpoint(controller=controller.to(map_location), optimizer_config=optimizer_config,
                       metadata=metadata, training=_json_field(metadata, "training", path))
 
 
@@ -191,5 +210,11 @@ def load_optimizer(name_or_path: PathLike, params, **overrides):
     ``weight_decay``, ``direction``, ``granularity``, …).
     """
     from .optim.garo import GARO
-    ckpt = load_checkpoint(resolve(name_or_path))
-    return GARO(params, controller=ckpt.controller, **{**ckpt.optimizer_config, **overrides})
+    path = resolve(name_or_path)
+    ckpt = load_checkpoint(path)
+    options = {**ckpt.optimizer_config, **overrides}
+    try:
+        return GARO(params, controller=ckpt.controller, **options)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build GARO with options {options} "
+                              f"(stored optimizer_config plus overrides): {exc}") from None

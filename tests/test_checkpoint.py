@@ -154,3 +154,38 @@ def test_unknown_format_version_and_foreign_files_are_refused(tmp_path):
         load_checkpoint(bad_config)
     header_len = struct.unpack("<Q", good.read_bytes()[:8])[0]
     assert header_len > 0
+
+
+def test_config_asking_for_a_huge_network_is_refused_before_allocating_it(tmp_path):
+    import resource
+    import time
+    good = save_checkpoint(tmp_path / "good.safetensors", GAROController())
+    huge = _rewrite_metadata(good, tmp_path / "huge.safetensors",
+                             controller_config=json.dumps({"hidden_size": 20_000}))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="shapes differ"):
+        load_checkpoint(huge)
+    assert time.perf_counter() - start < 5.0  # building it for real takes ~40 s and ~5 GB
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 500_000  # KiB
+
+
+def test_non_finite_weights_and_unknown_optimizer_options_are_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    good = save_checkpoint(tmp_path / "good.safetensors", GAROController())
+    with safe_open(str(good), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["head_lr.bias"] = torch.full_like(tensors["head_lr.bias"], float("nan"))
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_checkpoint(tmp_path / "nan.safetensors")
+    foreign_option = _rewrite_metadata(good, tmp_path / "opt.safetensors",
+                                       optimizer_config=json.dumps({"foo": 1}))
+    with pytest.raises(CheckpointError, match="foo"):
+        load_checkpoint(foreign_option)
+    bad_value = _rewrite_metadata(good, tmp_path / "beta.safetensors",
+                                  optimizer_config=json.dumps({"beta2": None}))
+    with pytest.raises(CheckpointError, match="beta2"):
+        metaopt.load_optimizer(bad_value, [torch.zeros(2, requires_grad=True)])
