@@ -146,8 +146,9 @@ class DCAO(torch.optim.Optimizer):
     def _probe(self, closure) -> Tensor:
         if self.model is None:
             # One closure call serves both the probe (graph kept) and the update (same gradient).
-            with torch.enable_grad(), CreateGraphBackward():
+            with torch.enable_grad(), CreateGraphBackward() as mode:
                 loss = closure()
+            _require_backward(mode)
             params = self._active()
             if params:
                 self._measure(params, [p.grad for p in params])
@@ -159,8 +160,9 @@ class DCAO(torch.optim.Optimizer):
         train_grads = {p: p.grad for p in self._active()}
         device = next(iter(train_grads)).device if train_grads else torch.device("cpu")
         with clean_probe(self.model, device):
-            with torch.enable_grad(), CreateGraphBackward():
+            with torch.enable_grad(), CreateGraphBackward() as mode:
                 closure()
+            _require_backward(mode)
             # HVPs inside the context: the graph saved the eval-mode buffers it must not see change
             params = [p for p in self._active() if p in train_grads]
             if params:
@@ -246,3 +248,12 @@ class DCAO(torch.optim.Optimizer):
                 **{name: curvature[name].to(torch.float64) for name in _PROBE_TENSORS},
                 top_eigenvector=vectors, hvp_count=int(curvature["hvp_count"]),
                 converged=bool(curvature["converged"]), step=int(curvature["step"]))
+
+
+def _require_backward(mode: CreateGraphBackward) -> None:
+    """Without ``loss.backward()`` the probe sees no graph: every HVP would be 0, ρ = 0."""
+    if mode.backward_calls == 0:
+        raise RuntimeError(
+            "DCAO probe: the closure never called loss.backward(); the probe needs it to keep "
+            "the gradient's graph (gradients from torch.autograd.grad / autograd.backward or "
+            "assigned to p.grad are invisible to it)")

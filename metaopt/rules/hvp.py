@@ -107,9 +107,14 @@ class CreateGraphBackward(TorchFunctionMode):
     PyTorch warns about (that warning is silenced here for exactly this reason).
     """
 
+    def __init__(self):
+        super().__init__()
+        self.backward_calls = 0  # 0 after the closure: its gradients bypassed Tensor.backward
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if func is torch.Tensor.backward:
+            self.backward_calls += 1
             kwargs["create_graph"] = True
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*create_graph=True.*reference cycle")

@@ -178,3 +178,18 @@ def test_state_dict_keeps_probe_and_rng_and_loads_weights_only():
     twin = copy.deepcopy(opt)
     assert twin.history == opt.history and twin.steps_taken == 3
     assert torch.equal(twin.last_curvature.spectral_radius, opt.last_curvature.spectral_radius)
+
+
+def test_probe_refuses_a_closure_whose_gradients_carry_no_graph():
+    """Gradients assigned from torch.autograd.grad bypass the probe: a clear error, not ρ = 0."""
+    w = torch.tensor([1.0, 1.0, 1.0], requires_grad=True)
+    a = torch.tensor([100.0, 1.0, 1.0])
+    opt = mo.DCAO([w], lr=1e-3)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (a * w * w).sum()
+        (w.grad,) = torch.autograd.grad(loss, [w])
+        return loss
+    with pytest.raises(RuntimeError, match="loss.backward"):
+        opt.step(closure)
