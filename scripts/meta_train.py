@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import tasks
+from metaopt.atomic import atomic_write
 from metaopt.checkpoint import save_checkpoint
 from metaopt.controllers.garo import GAROController
 from metaopt.evaluation import (
@@ -86,15 +87,30 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
     except ValueError as error:
         raise ConfigError(f"invalid config key 'task': {error}") from error
     c = cfg.controller
-    controller = GAROController(
-        hidden_size=c.hidden_size, num_step_frequencies=c.num_step_frequencies,
-        init_lr=c.init_lr, init_momentum=c.init_momentum, init_weight_decay=c.init_weight_decay,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    ).to(device=device, dtype=getattr(torch, cfg.dtype))
-    rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients)
+    # Library constructors validate their own arguments; their ValueErrors name the argument,
+    # and the section is added here so the message names the full config key.
+    try:
+        controller = GAROController(
+            hidden_size=c.hidden_size, num_step_frequencies=c.num_step_frequencies,
+            init_lr=c.init_lr, init_momentum=c.init_momentum,
+            init_weight_decay=c.init_weight_decay,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        ).to(device=device, dtype=getattr(torch, cfg.dtype))
+        rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients)
+    except ValueError as error:
+        raise ConfigError(f"invalid config key 'controller': {error}") from error
     learned = GAROLearnedRule(controller, rule)
     u, m = cfg.unroll, cfg.meta_loss
-    meta_loss = MetaLoss(m.kind, m.split, m.log_eps, m.divergence_threshold)
+    try:
+        meta_loss = MetaLoss(m.kind, m.split, m.log_eps, m.divergence_threshold)
+    except ValueError as error:
+        raise ConfigError(f"invalid config key 'meta_loss': {error}") from error
+    for i, spec in enumerate(cfg.evaluation.baselines):  # fail now, not after training
+        try:
+            make_optimizer(spec.name, **OmegaConf.to_container(spec.hyperparameters))
+        except ValueError as error:
+            raise ConfigError(f"invalid config key 'evaluation.baselines[{i}]': {error}") \
+                from error
     horizon = make_horizon(u.schedule, u.horizon, u.min_horizon, u.max_horizon)
     pool = InnerRunPool(learned, family, u.num_tasks, u.truncation_length, horizon, meta_loss,
                         second_order=u.second_order)
@@ -168,7 +184,8 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0,
     if rank == 0:
         if state is not None:
             truncate_jsonl(out_dir / "metrics.jsonl", int(state["step"]))
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        yaml = OmegaConf.to_yaml(cfg).encode("utf-8")
+        atomic_write(out_dir / "config.yaml", lambda f: f.write(yaml))
     return state
 
 

@@ -139,7 +139,8 @@ CHOICES = {
 POSITIVE = ("steps", "checkpoint_every", "unroll.num_tasks", "unroll.truncation_length",
             "unroll.horizon", "unroll.min_horizon", "unroll.max_horizon", "validation.every",
             "validation.num_tasks", "validation.horizon", "estimator.num_pairs", "outer.lr",
-            "outer.clip_norm", "estimator.sigma", "evaluation.steps", "evaluation.num_tasks")
+            "outer.clip_norm", "estimator.sigma", "evaluation.steps", "evaluation.num_tasks",
+            "evaluation.tuning_steps")
 
 
 class ConfigError(ValueError):

@@ -87,6 +87,11 @@ def test_run_directory_and_exported_optimizer(script, tmp_path):
     ("outer.lr=fast", "outer.lr"),
     ("meta_loss.kind=median", "meta_loss.kind"),
     ("unroll.num_tasks=0", "unroll.num_tasks"),
+    ("controller.hidden_size=0", "controller"),
+    ("controller.init_momentum=1.0", "controller"),
+    ("meta_loss.divergence_threshold=-1", "meta_loss"),
+    ("evaluation.tuning_steps=0", "evaluation.tuning_steps"),
+    ("evaluation.baselines=[{name: nosuchopt}]", "evaluation.baselines"),
 ])
 def test_config_errors_name_the_key(script, tmp_path, override, key):
     with pytest.raises(script.ConfigError, match=key.replace(".", r"\.")):
