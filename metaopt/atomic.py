@@ -14,10 +14,22 @@ from typing import BinaryIO, Callable, Union
 PathLike = Union[str, os.PathLike]
 
 
-def _default_mode() -> int:
-    umask = os.umask(0)
+def _read_umask() -> int:
+    # os.umask can only be read by setting it, which races with other threads; read it once,
+    # at import, and prefer the kernel's report where there is one.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+_DEFAULT_MODE = 0o666 & ~_read_umask()
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -30,7 +42,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, _DEFAULT_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,7 +1,6 @@
 """Atomic writes keep the old file on failure and give new files ordinary permissions."""
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
@@ -23,11 +22,10 @@ def test_failed_write_leaves_the_old_file_and_no_temporaries(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
 
 
-def test_new_file_gets_umask_permissions_not_mkstemps_0600(tmp_path):
-    umask = os.umask(0o022)
-    try:
-        path = atomic_write(tmp_path / "sub" / "ckpt.safetensors", lambda f: f.write(b"x"))
-    finally:
-        os.umask(umask)
+def test_new_file_gets_the_permissions_of_a_plain_open_not_mkstemps_0600(tmp_path):
+    path = atomic_write(tmp_path / "sub" / "ckpt.safetensors", lambda f: f.write(b"x"))
+    with open(tmp_path / "plain", "wb") as f:
+        f.write(b"x")
     assert path.read_bytes() == b"x"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) != 0o600

@@ -134,8 +134,23 @@ class InnerRunPool:
         if len(saved) != len(self.runs):
             raise ValueError(f"state: {len(saved)} runs saved, this pool has {len(self.runs)}")
         self._tasks = {}
-        self.runs = [None if r is None else
-                     InnerRun(int(r["task_seed"]), int(r["horizon"]), int(r["batch_seed"]),
-                              int(r["step"]), list(r["names"]), list(r["params"]),
-                              dict(r["state"]), self._task(int(r["task_seed"])))
-                     for r in saved]
+        self.runs = [None if r is None else self._restore(r) for r in saved]
+
+    def _restore(self, saved: Mapping[str, Any]) -> InnerRun:
+        # Training state is loaded on the CPU; the run continues on its task's device.
+        task = self._task(int(saved["task_seed"]))
+        return InnerRun(int(saved["task_seed"]), int(saved["horizon"]), int(saved["batch_seed"]),
+                        int(saved["step"]), list(saved["names"]),
+                        _to_device(list(saved["params"]), task.device),
+                        _to_device(dict(saved["state"]), task.device), task)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
