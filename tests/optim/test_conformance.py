@@ -150,16 +150,28 @@ def test_deepcopy_steps_identically(spec):
 
 @spec_params
 def test_step_lr_scheduler(spec):
-    params, loss_fn = make_problem()
-    opt = spec.cls(params, **spec.kwargs)
-    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-    initial = loss_fn().item()
-    closure = closure_for(opt, loss_fn)
-    for _ in range(6):
-        opt.step(closure)
-        scheduler.step()
+    """StepLR equals the same schedule written into param_groups by hand, step for step
+    (``test_lambda_lr_scheduler_zero_freezes_params`` shows group["lr"] is really read: an
+    edge-of-stability DCAO may legitimately ignore a larger lr when its 2/ρ cap binds)."""
+    def run_with(schedule):
+        params, loss_fn = make_problem()
+        opt = spec.cls(params, **spec.kwargs)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5) \
+            if schedule == "step_lr" else None
+        closure = closure_for(opt, loss_fn)
+        for k in range(6):
+            if schedule == "by_hand":
+                for group in opt.param_groups:
+                    group["lr"] = spec.kwargs["lr"] * 0.5 ** (k // 2)
+            opt.step(closure)
+            if scheduler is not None:
+                scheduler.step()
+        return params, opt
+
+    scheduled, opt = run_with("step_lr")
     assert opt.param_groups[0]["lr"] == pytest.approx(spec.kwargs["lr"] * 0.125)
-    assert loss_fn().item() < initial
+    by_hand, _ = run_with("by_hand")
+    assert all(torch.equal(a, b) for a, b in zip(scheduled, by_hand))
 
 
 @spec_params
