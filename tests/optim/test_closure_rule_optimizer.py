@@ -6,14 +6,8 @@ import torch
 
 import metaopt.optim as mo
 
+from .test_conformance import closure_for
 
-def closure_for(opt, loss_fn):
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-    return closure
 
 
 def test_a_param_joining_late_keeps_the_others_state():
