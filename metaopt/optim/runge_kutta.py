@@ -26,19 +26,22 @@ class RungeKutta(ClosureRuleOptimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay),
                          RungeKuttaRule(method))
         self.method = method
-        self._workspace: tuple[list, list] = ([], [])
 
     def _update(self, params, hyper, grad_fn):
         # The benchmark asks for the in-place path: no per-step allocations beyond the closure's.
-        theta, weighted_sum = getattr(self, "_workspace", ([], []))  # scratch: not pickled
+        theta = getattr(self, "_workspace", ([],))[0]  # scratch: not pickled
         if len(theta) != len(params) or any(t.shape != p.shape or t.dtype != p.dtype or
                                              t.device != p.device
                                              for t, p in zip(theta, params)):
-            self._workspace = ([torch.empty_like(p) for p in params],
-                               [torch.empty_like(p) for p in params])
+            self._workspace = tuple([torch.empty_like(p) for p in params] for _ in range(3))
         grad_fn.start = self._workspace[0]  # the θ snapshot, restored if the step fails
-        self.rule.step_(params, grad_fn.at_params, (grad_fn.start_loss, grad_fn.start_grads),
-                        hyper, self._workspace)
+        try:
+            self.rule.step_(params, grad_fn.at_params, (grad_fn.start_loss, grad_fn.start_grads),
+                            hyper, self._workspace)
+        except BaseException:
+            if any(g is None for g in grad_fn.start_grads):
+                grad_fn.start_grads[:] = [g.clone() for g in self._workspace[2]]
+            raise
         return {}
 
 

@@ -59,3 +59,37 @@ def test_invalid_group_hyperparameters_are_refused(cls):
     opt = cls([weight], lr=0.1)
     with pytest.raises(ValueError, match="weight_decay"):
         opt.add_param_group({"params": [bias], "weight_decay": -1.0})
+
+
+@pytest.mark.parametrize("cls", [mo.RK4, mo.Heun, mo.AdaptiveRK, mo.GradientFlow])
+def test_after_a_step_grad_is_the_gradient_at_the_starting_point(cls):
+    weight = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    loss_fn = lambda: (weight ** 4).sum() + weight.prod()
+    opt = cls([weight], lr=0.05)
+    closure = closure_for(opt, loss_fn)
+    for _ in range(3):
+        start = weight.detach().clone().requires_grad_()
+        (expected,) = torch.autograd.grad((start ** 4).sum() + start.prod(), [start])
+        opt.step(closure)
+        assert not torch.equal(weight.detach(), start.detach())
+        assert torch.equal(weight.grad, expected)
+
+
+def test_a_closure_failing_mid_step_leaves_params_and_grad_at_the_start():
+    weight = torch.tensor([1.0, -2.0], requires_grad=True)
+    opt = mo.RK4([weight], lr=0.1)
+    calls = 0
+
+    def closure():
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("data loader died")
+        opt.zero_grad()
+        loss = (weight ** 2).sum()
+        loss.backward()
+        return loss
+    with pytest.raises(RuntimeError, match="data loader"):
+        opt.step(closure)
+    assert torch.equal(weight.detach(), torch.tensor([1.0, -2.0]))
+    assert torch.equal(weight.grad, torch.tensor([2.0, -4.0]))
