@@ -63,7 +63,8 @@ class ClosureGradient:
 
 
 class ClosureRuleOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses set ``self.rule`` and may override ``hyper_from_group``."""
+    """Base class: a subclass passes its rule; ``_update`` may be overridden by a faster in-place
+    path (then a float64 test must hold it equal to the pure rule)."""
 
     rule: Rule
     #: group keys passed to the rule as per-tensor hyperparameters
