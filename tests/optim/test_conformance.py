@@ -29,6 +29,14 @@ def make_problem(contiguous: bool = True, dtype=torch.float32):
     return [weight, bias], lambda: (weight @ x + bias).pow(2).sum()
 
 
+def weights_only_round_trip(obj):
+    """``obj`` through ``torch.save`` and ``torch.load(weights_only=True)``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 def closure_for(opt, loss_fn):
     def closure():
         opt.zero_grad()
@@ -117,10 +125,8 @@ def test_state_dict_round_trip_resumes_bit_exactly(spec):
     first, first_loss = make_problem()
     opt = spec.cls(first, **spec.kwargs)
     run(opt, first_loss, 10)
-    buffer = io.BytesIO()
-    torch.save({"optimizer": opt.state_dict(), "params": [p.detach() for p in first]}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = weights_only_round_trip({"optimizer": opt.state_dict(),
+                                     "params": [p.detach() for p in first]})
 
     resumed, resumed_loss = make_problem()
     with torch.no_grad():

@@ -1,7 +1,6 @@
 """metaopt.optim.GARO beyond the generic conformance suite (which runs it via specs.py)."""
 from __future__ import annotations
 
-import io
 import warnings
 
 import pytest
@@ -10,6 +9,9 @@ from torch import nn
 
 from metaopt.optim import GARO, GlobalAdaptiveSGD
 from tests.rules.garo_helpers import awake_controller, regression
+from tests.rules.objectives import closure_over
+
+from .test_conformance import weights_only_round_trip
 
 
 def test_seed_usage_snippet_verbatim():
@@ -46,14 +48,6 @@ def test_first_step_of_untrained_optimizer_is_sgd_with_lr_001():
         torch.testing.assert_close(p.detach(), e)
 
 
-def _closure(opt, live, loss_fn):
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn(live)
-        loss.backward()
-        return loss
-    return closure
-
 
 @pytest.mark.parametrize("granularity", ["global", "group"])
 def test_awake_controller_resumes_bit_exactly_with_hidden_state(granularity):
@@ -67,14 +61,12 @@ def test_awake_controller_resumes_bit_exactly_with_hidden_state(granularity):
 
     straight, opt_straight = fresh()
     for _ in range(20):
-        opt_straight.step(_closure(opt_straight, straight, loss_fn))
+        opt_straight.step(closure_over(opt_straight, loss_fn, straight))
     first, opt = fresh()
     for _ in range(10):
-        opt.step(_closure(opt, first, loss_fn))
-    buffer = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in first]}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+        opt.step(closure_over(opt, loss_fn, first))
+    saved = weights_only_round_trip({"opt": opt.state_dict(),
+                                     "params": [p.detach() for p in first]})
     resumed, opt2 = fresh()
     with torch.no_grad():
         for p, q in zip(resumed, saved["params"]):
@@ -83,7 +75,7 @@ def test_awake_controller_resumes_bit_exactly_with_hidden_state(granularity):
     opt2.controller.reset_parameters(torch.Generator().manual_seed(99))
     opt2.load_state_dict(saved["opt"])
     for _ in range(10):
-        opt2.step(_closure(opt2, resumed, loss_fn))
+        opt2.step(closure_over(opt2, loss_fn, resumed))
     for a, b in zip(straight, resumed):
         assert torch.equal(a, b)
     assert torch.equal(opt_straight.garo_state["hidden"], opt2.garo_state["hidden"])
@@ -94,7 +86,7 @@ def test_non_finite_gradient_is_skipped_counted_and_warned():
     live = [p.clone().requires_grad_() for p in params]
     opt = GARO(live, controller=awake_controller(torch.float32))
     for _ in range(3):
-        opt.step(_closure(opt, live, loss_fn))
+        opt.step(closure_over(opt, loss_fn, live))
     before = [p.detach().clone() for p in live]
     hidden, step = opt.garo_state["hidden"].clone(), int(opt.garo_state["step"])
     buffers = [opt.state[p]["momentum_buffer"].clone() for p in live]
@@ -104,7 +96,7 @@ def test_non_finite_gradient_is_skipped_counted_and_warned():
         live[1].grad[0] = bad
         with pytest.warns(RuntimeWarning, match="non-finite"):
             opt.step()
-    finite_grad = _closure(opt, live, loss_fn)
+    finite_grad = closure_over(opt, loss_fn, live)
     with pytest.warns(RuntimeWarning, match="non-finite"):  # a finite grad but a NaN loss
         opt.step(lambda: finite_grad() * float("nan"))
     assert opt.skipped_steps == 3
@@ -114,7 +106,7 @@ def test_non_finite_gradient_is_skipped_counted_and_warned():
     assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in zip(live, buffers))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        opt.step(_closure(opt, live, loss_fn))  # training continues normally afterwards
+        opt.step(closure_over(opt, loss_fn, live))  # training continues normally afterwards
     assert all(torch.isfinite(p).all() for p in live)
     assert torch.isfinite(opt.garo_state["hidden"]).all()
     assert opt.state_dict()["garo"]["skipped_steps"] == 3
@@ -130,7 +122,7 @@ def test_non_finite_controller_output_is_skipped_not_applied():
     opt = GARO(live, controller=controller)
     before = [p.detach().clone() for p in live]
     with pytest.warns(RuntimeWarning, match="non-finite"):
-        opt.step(_closure(opt, live, loss_fn))
+        opt.step(closure_over(opt, loss_fn, live))
     assert opt.skipped_steps == 1
     assert all(torch.equal(p, b) for p, b in zip(live, before))
 
@@ -144,12 +136,12 @@ def test_hyperparam_hook_reports_every_step_and_can_be_removed():
         lambda o, h: trace.append({k: (v.tolist() if k != "step" else int(v))
                                    for k, v in h.items()}))
     for _ in range(4):
-        opt.step(_closure(opt, live, loss_fn))
+        opt.step(closure_over(opt, loss_fn, live))
     assert [t["step"] for t in trace] == [1, 2, 3, 4]
     assert len({t["lr"][0] for t in trace}) == 4  # the awake controller varies lr_t
     assert opt.hyperparams["lr"] == pytest.approx(trace[-1]["lr"][0])
     handle.remove()
-    opt.step(_closure(opt, live, loss_fn))
+    opt.step(closure_over(opt, loss_fn, live))
     assert len(trace) == 4
 
 
@@ -159,7 +151,7 @@ def test_layerwise_granularity_gives_each_group_its_own_hyperparameters():
     opt = GARO([{"params": live[:2]}, {"params": live[2:]}],
                controller=awake_controller(torch.float32), granularity="group")
     for _ in range(3):
-        opt.step(_closure(opt, live, loss_fn))
+        opt.step(closure_over(opt, loss_fn, live))
     lrs = opt.hyperparams["lr"]
     assert len(lrs) == 2 and lrs[0] != lrs[1]
     extra = torch.zeros(3, requires_grad=True)
@@ -177,7 +169,7 @@ def test_segments_without_gradients_keep_their_recurrent_state():
     live = [p.clone().requires_grad_() for p in params]
     opt = GARO(live, controller=awake_controller(torch.float32), granularity="tensor")
     for _ in range(2):
-        opt.step(_closure(opt, live, loss_fn))
+        opt.step(closure_over(opt, loss_fn, live))
     frozen = {k: v[1].clone() for k, v in opt.garo_state.items() if v.dim() >= 1}
     for _ in range(2):
         opt.zero_grad()
