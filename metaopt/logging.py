@@ -5,6 +5,7 @@
     logger.log_series("hyperparameters", {"lr_t": [...], "momentum_t": [...]}, step=10)
     logger.log_table("evaluation", [{"optimizer": "adam", "loss": 0.1}, ...], step=10)
     logger.log_artifact("runs/x/optimizer.safetensors", name="garo", type="model")
+    logger.log_image("basins", "runs/x/basins.png", step=0)
     logger.close()
 
 ``JSONLLogger`` appends one JSON object per ``log`` call (``{"step": …, **metrics}``; NaN/inf
@@ -53,6 +54,9 @@ class Logger:
     def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
         """A file produced by the run (e.g. the exported checkpoint)."""
 
+    def log_image(self, name: str, path: str | os.PathLike, step: int) -> None:
+        """An image file (e.g. a study's PNG plot) shown under ``name``."""
+
     def close(self) -> None:
         """Flush and finish."""
 
@@ -81,6 +85,9 @@ class JSONLLogger(Logger):
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
         self._write({"step": int(step), "table": name, "rows": [dict(r) for r in rows]})
+
+    def log_image(self, name: str, path: str | os.PathLike, step: int) -> None:
+        self._write({"step": int(step), "image": name, "path": str(path)})
 
     def close(self) -> None:
         if not self._file.closed:
@@ -144,6 +151,9 @@ class WandbLogger(Logger):
         artifact.add_file(str(path))
         self.run.log_artifact(artifact)
 
+    def log_image(self, name: str, path: str | os.PathLike, step: int) -> None:
+        self.run.log({name: self._wandb.Image(str(path))}, step=int(step))
+
     def close(self) -> None:
         self.run.finish()
 
@@ -169,6 +179,10 @@ class MultiLogger(Logger):
     def log_artifact(self, path, name, type):
         for logger in self.loggers:
             logger.log_artifact(path, name, type)
+
+    def log_image(self, name, path, step):
+        for logger in self.loggers:
+            logger.log_image(name, path, step)
 
     def close(self):
         for logger in self.loggers:
