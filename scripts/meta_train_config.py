@@ -154,7 +154,6 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     merged = OmegaConf.structured(MetaTrainConfig)
     layers = [] if config_path is None else [(config_path, None)]
-    layers += [(None, o) for o in overrides]
     for path, override in layers:
         try:
             layer = OmegaConf.load(path) if path is not None else OmegaConf.from_dotlist([override])
@@ -165,6 +164,10 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
             raise ConfigError(f"invalid config key {key!r} ({source}): {error}") from error
         except OSError as error:
             raise ConfigError(f"cannot read config {path!r}: {error}") from error
+    # Overrides: config groups (task=mlp replaces the section), stale task.kwargs cleared on a
+    # family change, key={}/null clears a free-form dict; see scripts/config_groups.py.
+    from config_groups import apply_overrides  # scripts/ is on sys.path, like this module
+    merged = apply_overrides(merged, overrides, MetaTrainConfig, ConfigError)
     check(merged)
     return merged
 
