@@ -68,7 +68,7 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_list_names_every_study(capsys):
     assert gdsearch.main(["--list"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert [line.split()[0] for line in lines] == list(STUDIES)
 
 
@@ -111,4 +111,4 @@ def test_script_runs_as_a_command():
     result = subprocess.run([sys.executable, str(SCRIPT), "--list"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert [line.split()[0] for line in result.stdout.splitlines()] == list(STUDIES)
+    assert [line.split()[0] for line in result.stdout.splitlines() if line] == list(STUDIES)
