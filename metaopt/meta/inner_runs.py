@@ -10,13 +10,16 @@ with a total horizon ``N`` from a truncation schedule. A meta-step
    ``advance=False`` the runs stay where they were (evolution-strategies probes of ``φ ± σε``).
 
 A segment that diverges (``metaopt.meta.unroll``) yields no loss; when advancing, its run is reset
-and counted in ``resets``. Everything random comes from the generator given to ``refresh`` and
-from per-run batch seeds, so ``state_dict`` / ``load_state_dict`` resume bit-exactly.
+and counted in ``resets``. With ``advance=False`` a segment may start each run from a given
+``(params, state)`` instead of the stored one (``starts``: the persistent particles of PES), and
+returns where each run ended (``SegmentBatch.ends``); ``run_keys()`` identifies each run's task so
+an estimator notices a slot was given a new task. Everything random comes from the generator given
+to ``refresh`` and from per-run batch seeds, so ``state_dict`` / ``load_state_dict`` resume bit-exactly.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,11 +50,16 @@ class InnerRun:
 
 @dataclass
 class SegmentBatch:
-    """Per-run segment losses (None where the run diverged) and the runs' emitted hyperparameters."""
+    """Per-run segment losses (None where the run diverged) and the runs' emitted hyperparameters.
+
+    ``ends`` (filled only when ``advance=False``): per run, the detached ``(params, state)`` at the
+    end of the segment, None where the run diverged.
+    """
 
     losses: list[Tensor | None]
     resets: int
     traces: dict[str, float]
+    ends: list[tuple[TensorList, State] | None] = field(default_factory=list)
 
 
 class InnerRunPool:
@@ -94,20 +102,40 @@ class InnerRunPool:
         self._tasks = {s: t for s, t in self._tasks.items() if s in live}
         return started
 
-    def segment(self, weights: Mapping[str, Tensor], *, differentiable: bool,
-                advance: bool) -> SegmentBatch:
-        """One truncation of every run at meta-parameters ``weights``."""
-        losses, resets, emitted = [], 0, {}
+    def run_keys(self) -> list[tuple[int, int, int] | None]:
+        """Per run ``(task_seed, batch_seed, horizon)`` (None for an empty slot): a run's identity,
+        which changes whenever ``refresh`` gives the slot a new task."""
+        return [None if r is None else (r.task_seed, r.batch_seed, r.horizon) for r in self.runs]
+
+    def segment(self, weights: Mapping[str, Tensor], *, differentiable: bool, advance: bool,
+                starts: Sequence[tuple[TensorList, State] | None] | None = None) -> SegmentBatch:
+        """One truncation of every run at meta-parameters ``weights``.
+
+        ``starts`` (only with ``advance=False``): per run a ``(params, state)`` to start from
+        instead of the run's stored one (None: the stored one). The segment's length, batches and
+        inner-step count are the run's own, so a particle started from the run stays in step.
+        """
+        if starts is not None:
+            if advance:
+                raise ValueError("starts: only with advance=False (the runs keep their own state)")
+            if len(starts) != len(self.runs):
+                raise ValueError(f"starts: {len(starts)} given, this pool has {len(self.runs)} runs")
+        losses, ends, resets, emitted = [], [], 0, {}
         for i, run in enumerate(self.runs):
             if run is None:
                 raise RuntimeError("InnerRunPool.segment: call refresh() first")
+            params, state = run.params, run.state
+            if starts is not None and starts[i] is not None:
+                params, state = starts[i]
             length = segment_length(self.truncation_length, run.step, run.horizon)
             result = unroll_segment(
-                self.learned, weights, run.task, run.names, run.params, run.state, length,
+                self.learned, weights, run.task, run.names, params, state, length,
                 self.meta_loss, batch_seed=run.batch_seed, inner_step=run.step,
                 differentiable=differentiable, second_order=self.second_order)
             losses.append(result.loss)
             if not advance:
+                ends.append(None if result.diverged else
+                            (detach_state(list(result.params)), detach_state(result.state)))
                 continue
             if result.diverged:
                 self.runs[i] = None  # reset: the next refresh() starts a new task here
@@ -118,7 +146,7 @@ class InnerRunPool:
             for key, value in self.learned.trace(run.state).items():
                 emitted.setdefault(key, []).append(float(value))
         traces = {key: sum(values) / len(values) for key, values in emitted.items()}
-        return SegmentBatch(losses, resets, traces)
+        return SegmentBatch(losses, resets, traces, ends)
 
     # -- persistence (weights_only-loadable: ints, lists and tensors) -------------------------------
     def state_dict(self) -> dict[str, Any]:
