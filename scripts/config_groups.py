@@ -131,7 +131,7 @@ def _comments(cls: type) -> dict[str, str]:
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
-    return str(tp).replace("typing.", "")
+    return re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(tp).replace("typing.", ""))
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -154,8 +154,6 @@ def _lines(cls: type, prefix: str = "") -> list[str]:
             out += _lines(tp, f"{prefix}{f.name}.")
             continue
         default = _default(f)
-        if isinstance(default, list) and default and isinstance(default[0], dict):
-            default = f"[{len(default)} entries]"
         comment = f"  # {comments[f.name]}" if f.name in comments else ""
         out.append(f"  {prefix}{f.name}: {_type_name(tp)} = {default!r}{comment}")
     return out

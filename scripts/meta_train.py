@@ -190,7 +190,10 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from config_groups import describe_keys  # --help lists every key, type and default
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog=describe_keys(MetaTrainConfig),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
