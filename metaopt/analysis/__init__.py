@@ -1,0 +1,15 @@
+"""GDSearch analysis instruments (issue 11): pure functions that return data (tensors, dataclasses).
+
+Trajectories on 2-D test functions, Hessian spectra (Lanczos top-k, Hutchinson trace, stochastic
+Lanczos quadrature density), saddle escape, loss landscapes, basins of attraction, sensitivity,
+convergence and anomaly detection. Plots live in ``scripts/studies``.
+
+Each instrument module lists its public names in its own ``__all__``; this package re-exports them
+(one import line per module, so engineers adding instruments touch one line each).
+"""
+from . import hessian
+from .hessian import *  # noqa: F401,F403
+
+__all__ = [
+    *hessian.__all__,
+]
