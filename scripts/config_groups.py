@@ -105,7 +105,7 @@ def apply_overrides(merged: DictConfig, overrides: list[str], schema: type,
                     OmegaConf.update(merged, key, value, merge=True)
                 continue
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={text}"]))
-        except OmegaConfBaseException as exc:
+        except (OmegaConfBaseException, TypeError) as exc:  # TypeError: key=[] on a dict
             name = getattr(exc, "full_key", None) or key
             raise error(f"invalid config key {name!r} (override {override!r}): {exc}") from exc
     return merged

@@ -7,10 +7,14 @@ into plain constructor arguments.
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from config_checks import check_values, one_line, schema_int_keys
+from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -132,19 +136,35 @@ CHOICES = {
     "meta_loss.split": ("train", "test"),
     "validation.kind": ("mean", "final", "log"),
     "validation.split": ("train", "test"),
-    "estimator.name": ("bptt", "es"),
+    "estimator.name": ("bptt", "es", "pes"),
     "wandb.mode": ("disabled", "offline", "online"),
     "dtype": ("float32", "float64"),
 }
-POSITIVE = ("steps", "checkpoint_every", "unroll.num_tasks", "unroll.truncation_length",
+POSITIVE = ("controller.init_lr", "meta_loss.log_eps", "meta_loss.divergence_threshold",
+            "steps", "checkpoint_every", "unroll.num_tasks", "unroll.truncation_length",
             "unroll.horizon", "unroll.min_horizon", "unroll.max_horizon", "validation.every",
             "validation.num_tasks", "validation.horizon", "estimator.num_pairs", "outer.lr",
             "outer.clip_norm", "estimator.sigma", "evaluation.steps", "evaluation.num_tasks",
             "evaluation.tuning_steps")
 
 
+# Closed/open bounds a type cannot express: (low, high, low_open, high_open). Every float of
+# the config must also be finite and every schema int >= 0 (config_checks.check_values).
+RANGES = {
+    "seed": (0, 2**63 - 1, False, False),  # torch.Generator.manual_seed's range
+    "controller.hidden_size": (1, 1024, False, False),  # a GRU of 1024 units is already huge
+    "controller.init_momentum": (0.0, 1.0, False, True),
+    "controller.init_weight_decay": (0.0, math.inf, False, True),
+    "evaluation.target": (0.0, 1.0, True, True),  # a fraction of the initial optimality gap
+}
+POSITIVE_LISTS = ("evaluation.tuning_lrs",)  # the lr grid of tuned baselines
+
+
 class ConfigError(ValueError):
-    """A configuration problem found before any work was done (the message names the key)."""
+    """A configuration problem found before any work was done (one line; names the key)."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfig:
@@ -157,13 +177,22 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
     for path, override in layers:
         try:
             layer = OmegaConf.load(path) if path is not None else OmegaConf.from_dotlist([override])
+            if isinstance(layer, ListConfig):
+                raise ConfigError(f"config {path!r}: the top level must be a mapping of keys, "
+                                  "got a list")
             merged = OmegaConf.merge(merged, layer)
+        except ConfigError:
+            raise
         except OmegaConfBaseException as error:
             key = getattr(error, "full_key", None) or (override or "").split("=")[0]
             source = f"override {override!r}" if override else f"config {path!r}"
             raise ConfigError(f"invalid config key {key!r} ({source}): {error}") from error
         except OSError as error:
             raise ConfigError(f"cannot read config {path!r}: {error}") from error
+        except yaml.YAMLError as error:  # duplicate keys, !!python tags, syntax errors
+            raise ConfigError(f"config {path!r} is not valid YAML: {error}") from error
+        except (TypeError, ValueError) as error:  # e.g. a top-level list
+            raise ConfigError(f"config {path!r}: {error}") from error
     # Overrides: config groups (task=mlp replaces the section), stale task.kwargs cleared on a
     # family change, key={}/null clears a free-form dict; see scripts/config_groups.py.
     from config_groups import apply_overrides  # scripts/ is on sys.path, like this module
@@ -185,6 +214,30 @@ def check(cfg: MetaTrainConfig) -> None:
             raise ConfigError(f"invalid config key {key!r}: must be > 0, got {value!r}")
     if cfg.unroll.min_horizon > cfg.unroll.max_horizon:
         raise ConfigError("invalid config key 'unroll.min_horizon': exceeds unroll.max_horizon")
+    check_values(cfg, ConfigError, schema_ints=schema_int_keys(MetaTrainConfig),
+                 positive=POSITIVE, ranges=RANGES, positive_lists=POSITIVE_LISTS)
+    check_device(cfg.device)
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise ConfigError(f"invalid config key 'out_dir': {cfg.out_dir!r} exists and is not a "
+                          "directory")
+
+
+def check_device(device: str) -> None:
+    """A device string torch parses and this machine has."""
+    import torch
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise ConfigError(f"invalid config key 'device': {device!r} is not a torch device "
+                          f"({error})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"invalid config key 'device': {device!r} but CUDA is not available")
+    if parsed.type == "cuda" and parsed.index is not None \
+            and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"invalid config key 'device': {device!r} but this machine has "
+                          f"{torch.cuda.device_count()} CUDA devices")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"invalid config key 'device': {device!r} but MPS is not available")
 
 
 def training_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
