@@ -9,7 +9,12 @@ Each instrument module lists its public names in its own ``__all__``; this packa
 """
 from . import hessian
 from .hessian import *  # noqa: F401,F403
+from . import anomalies, convergence
+from .anomalies import *  # noqa: F401,F403
+from .convergence import *  # noqa: F401,F403
 
 __all__ = [
     *hessian.__all__,
+    *anomalies.__all__,
+    *convergence.__all__,
 ]
