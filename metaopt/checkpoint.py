@@ -192,15 +192,27 @@ def list_pretrained() -> list[str]:
 
 
 def resolve(name_or_path: PathLike) -> Path:
-    """An existing file path as given, else the shipped checkpoint of that name."""
+    """An existing file path as given, a ``save_pretrained`` directory's checkpoint file, the
+    shipped checkpoint of that name, or (with ``huggingface_hub``) a Hub repo id's download."""
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():  # Hub-style directory (metaopt.hub): config.json + model.safetensors
+        from .hub import checkpoint_file
+        return checkpoint_file(path)
     shipped = list_pretrained()
     if str(name_or_path) in shipped:
         return _pretrained_dir() / f"{name_or_path}{SUFFIX}"
+    from .hub import download, is_repo_id
+    if is_repo_id(name_or_path) and _hub_available():
+        return download(str(name_or_path))
     raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped checkpoint "
                             f"of that name (shipped: {shipped or 'none yet'})")
+
+
+def _hub_available() -> bool:
+    from importlib.util import find_spec
+    return find_spec("huggingface_hub") is not None
 
 
 def load_optimizer(name_or_path: PathLike, params, **overrides):

@@ -1,0 +1,220 @@
+"""Hugging Face Hub-style checkpoint directories (the layout of ``PyTorchModelHubMixin``).
+
+The learned-optimizer community shares controllers as Hub repos (Celo, PyLO load them with
+``PyTorchModelHubMixin.from_pretrained``). ``save_pretrained`` writes that layout::
+
+    <dir>/config.json         what rebuilds the optimizer: controller / optimizer class and config
+    <dir>/model.safetensors   the metaopt checkpoint itself (tensors + self-describing metadata)
+    <dir>/README.md           a model card: training mixture, compute, measured table, usage
+
+``model.safetensors`` *is* a ``metaopt.checkpoint`` file, so a directory converts back and forth
+losslessly (a file is copied byte for byte) and ``metaopt.load_optimizer(dir, params)`` reads it.
+``config.json`` repeats the metadata for tools that read only JSON; on loading the two must
+agree, so an edited ``config.json`` cannot silently disagree with the weights.
+
+``from_pretrained(dir_or_repo_id)`` loads a local directory offline; any other ``owner/name``
+is downloaded from the Hub with ``huggingface_hub.snapshot_download`` (the optional extra:
+``pip install "metaopt[hub]"``), then loaded the same way. Nothing here touches the network
+unless given a repo id that is not a local directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from .atomic import atomic_write
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve, save_checkpoint
+
+__all__ = ["CONFIG_FILE", "MODEL_FILE", "CARD_FILE", "checkpoint_file", "describe_checkpoint",
+           "download", "from_pretrained", "is_repo_id", "model_card", "save_pretrained"]
+
+CONFIG_FILE, MODEL_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+#: metadata keys mirrored in config.json (JSON-valued ones decoded)
+_JSON_KEYS = ("controller_config", "optimizer_config", "training")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+#: a name ending like a file is a missing local file, never a repo id to download
+_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".json", ".yaml", ".yml")
+PathLike = Union[str, os.PathLike]
+
+
+def _config_from_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    config = {k: v for k, v in metadata.items() if k not in _JSON_KEYS}
+    config.setdefault("optimizer_class", "GARO")
+    for key in _JSON_KEYS:
+        config[key] = json.loads(metadata.get(key, "{}"))
+    return dict(sorted(config.items()))
+
+
+def save_pretrained(source: Any, save_directory: PathLike, *,
+                    training: dict[str, Any] | None = None) -> Path:
+    """Write ``source`` as a Hub-style directory; return the directory.
+
+    ``source``: a checkpoint file path or shipped name (copied byte for byte: lossless), a
+    ``Checkpoint``, or a runtime optimizer with a ``controller`` (``GARO``; ``training`` is then
+    its provenance).
+    """
+    directory = Path(save_directory)
+    if isinstance(source, (str, os.PathLike)):
+        path = resolve(source)
+        load_checkpoint(path)  # refuse anything that is not a valid checkpoint
+        payload = path.read_bytes()
+        atomic_write(directory / MODEL_FILE, lambda f: f.write(payload))
+    elif isinstance(source, Checkpoint):
+        save_checkpoint(directory / MODEL_FILE, source.controller, source.optimizer_config,
+                        training=training if training is not None else source.training)
+    elif hasattr(source, "controller") and hasattr(source, "config"):
+        save_checkpoint(directory / MODEL_FILE, source.controller, dict(source.config),
+                        training=training)
+    else:
+        raise TypeError("save_pretrained: source must be a checkpoint path or name, a Checkpoint "
+                        f"or an optimizer with a controller, got {type(source).__name__}")
+    ckpt = load_checkpoint(directory / MODEL_FILE)
+    config = json.dumps(_config_from_metadata(ckpt.metadata), indent=2).encode() + b"\n"
+    atomic_write(directory / CONFIG_FILE, lambda f: f.write(config))
+    card = model_card(ckpt, name=directory.name).encode()
+    atomic_write(directory / CARD_FILE, lambda f: f.write(card))
+    return directory
+
+
+def checkpoint_file(directory: PathLike) -> Path:
+    """The checkpoint file of a ``save_pretrained`` directory, after checking ``config.json``
+    agrees with the file's metadata (``CheckpointError`` if not)."""
+    directory = Path(directory)
+    model, config_path = directory / MODEL_FILE, directory / CONFIG_FILE
+    if not model.is_file():
+        raise CheckpointError(f"{directory}: not a save_pretrained directory (no {MODEL_FILE})")
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+        stored = _config_from_metadata(load_checkpoint(model).metadata)
+        differ = sorted(k for k in ("controller_class", "controller_config", "optimizer_class",
+                                    "optimizer_config", "format", "format_version")
+                        if config.get(k) != stored.get(k))
+        if differ:
+            raise CheckpointError(f"{config_path} disagrees with {MODEL_FILE} on {differ}")
+    return model
+
+
+def is_repo_id(name: PathLike) -> bool:
+    """``owner/name`` that is not an existing local path."""
+    text = os.fspath(name)
+    return bool(_REPO_ID.match(text)) and not text.lower().endswith(_FILE_SUFFIXES) \
+        and not Path(text).exists()
+
+
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """Fetch a Hub repo's checkpoint files (needs ``huggingface_hub`` and a network)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ImportError(f"loading the Hub repo {repo_id!r} needs huggingface_hub: "
+                          'pip install "metaopt[hub]" (local directories need nothing)') from None
+    local = snapshot_download(repo_id, revision=revision,
+                              allow_patterns=[CONFIG_FILE, MODEL_FILE, CARD_FILE])
+    return checkpoint_file(local)
+
+
+def from_pretrained(dir_or_repo_id: PathLike, map_location: Union[str, torch.device] = "cpu",
+                    revision: str | None = None) -> Checkpoint:
+    """A ``Checkpoint`` from a local ``save_pretrained`` directory, or a Hub repo id."""
+    path = Path(dir_or_repo_id)
+    if path.is_dir():
+        return load_checkpoint(checkpoint_file(path), map_location)
+    if is_repo_id(dir_or_repo_id):
+        return load_checkpoint(download(os.fspath(dir_or_repo_id), revision), map_location)
+    raise FileNotFoundError(f"{os.fspath(dir_or_repo_id)!r} is neither a local directory nor a "
+                            "Hub repo id (owner/name)")
+
+
+# ----------------------------------------------------------------------------- model card
+def _mixture(training: dict[str, Any]) -> str:
+    for key in ("mixture", "task_config", "tasks"):
+        if key in training:
+            return "```json\n" + json.dumps(training[key], indent=1, sort_keys=True) + "\n```"
+    if "task" in training:
+        return f"Task family `{training['task']}` (see the training config for its keyword " \
+               "arguments)."
+    return "Not recorded in the checkpoint's provenance."
+
+
+def _compute(training: dict[str, Any], metadata: dict[str, str]) -> list[str]:
+    rows = [("meta-training steps", training.get("steps")),
+            ("estimator", training.get("estimator")), ("meta-loss", training.get("meta_loss")),
+            ("seed", training.get("seed")),
+            ("wall-clock seconds", training.get("seconds", training.get("train_seconds"))),
+            ("hardware", training.get("hardware", training.get("compute"))),
+            ("metaopt version", metadata.get("metaopt_version")),
+            ("source commit", metadata.get("git_commit") or None),
+            ("written", metadata.get("created_at"))]
+    return [f"| {k} | {v} |" for k, v in rows if v not in (None, "")]
+
+
+def _measured(training: dict[str, Any]) -> list[str]:
+    lines = []
+    held = training.get("held_out_meta_loss")
+    if isinstance(held, dict) and held:
+        lines += ["| held-out meta-loss | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
+                  for k, v in held.items()]
+    table = training.get("benchmark") or training.get("table")
+    if isinstance(table, list) and table and isinstance(table[0], dict):
+        columns = list(table[0])
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in table]
+    return lines or ["No measurements recorded in the checkpoint's provenance."]
+
+
+def model_card(ckpt: Checkpoint, name: str = "metaopt-optimizer") -> str:
+    """The README.md of a Hub-style directory, from the checkpoint's metadata and provenance."""
+    meta, training = ckpt.metadata, ckpt.training
+    optimizer_class = meta.get("optimizer_class", "GARO")
+    controller = json.loads(meta.get("controller_config", "{}"))
+    lines = ["---", "library_name: metaopt", "license: mit",
+             "tags: [pytorch, learned-optimizer, metaopt, model_hub_mixin]", "---", "",
+             f"# {name}", "", describe(meta, training), "",
+             f"A learned `{optimizer_class}` optimizer for PyTorch "
+             f"(controller `{meta.get('controller_class')}`: "
+             + ", ".join(f"{k}={v}" for k, v in sorted(controller.items())) + ").", "",
+             "## Training mixture", "", _mixture(training), "",
+             "## Compute", "", "| | |", "|---|---|", *_compute(training, meta), "",
+             "## Measured", "", *_measured(training), "",
+             "## Usage", "", "```python", "import metaopt",
+             f'opt = metaopt.load_optimizer("{name}", model.parameters())  # this directory',
+             "# or metaopt.hub.from_pretrained(\"owner/repo\") with metaopt[hub] installed",
+             "```", ""]
+    return "\n".join(lines)
+
+
+def describe(metadata: dict[str, str], training: dict[str, Any]) -> str:
+    """One line: the stored ``description`` if any, else a summary of the provenance."""
+    if metadata.get("description"):
+        return metadata["description"]
+    if training.get("description"):
+        return str(training["description"])
+    parts = [metadata.get("optimizer_class", "GARO")]
+    controller = json.loads(metadata.get("controller_config", "{}"))
+    if "hidden_size" in controller:
+        parts.append(f"(hidden {controller['hidden_size']})")
+    if "task" in training:
+        parts.append(f"meta-trained on {training['task']}")
+    if "steps" in training:
+        parts.append(f"for {training['steps']} steps")
+    if "estimator" in training:
+        parts.append(f"({training['estimator']})")
+    held = training.get("held_out_meta_loss")
+    if isinstance(held, dict) and {"untrained", "trained"} <= set(held):
+        parts.append(f"; held-out meta-loss {held['untrained']:.3g} -> {held['trained']:.3g}")
+    return " ".join(parts).replace(" ;", ";")
+
+
+def describe_checkpoint(name_or_path: PathLike) -> str:
+    """One-line description of a shipped checkpoint, file or directory (for ``metaopt list``)."""
+    ckpt = load_checkpoint(resolve(name_or_path))
+    return describe(ckpt.metadata, ckpt.training)
