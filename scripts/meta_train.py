@@ -16,6 +16,7 @@ import argparse
 import copy
 import hashlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ for _path in (REPO_ROOT, Path(__file__).resolve().parent):
     if str(_path) not in sys.path:  # run from a source checkout without installation
         sys.path.insert(0, str(_path))
 
+import run_dir
 import torch
 from meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
 from omegaconf import OmegaConf
@@ -43,7 +45,7 @@ from metaopt.evaluation import (
     summarize,
     tune_lr,
 )
-from metaopt.logging import Logger, make_logger, truncate_jsonl
+from metaopt.logging import Logger, make_logger
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
@@ -57,6 +59,7 @@ from metaopt.meta import (
     save_training_state,
     validate,
 )
+from metaopt.meta.training_state import TrainingStateError
 from metaopt.optim.garo import GARO
 from metaopt.rules.garo import GARORule
 
@@ -68,14 +71,27 @@ EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "fina
 def init_distributed(device: str) -> tuple[int, int, str]:
     """Under torchrun (``WORLD_SIZE`` > 1) join the process group: gloo on CPU, nccl on CUDA,
     one GPU per process. Returns ``(rank, world_size, device)``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+    world_size, local_rank = _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    if world_size > 1 and not torch.distributed.is_initialized():
         cuda = torch.device(device).type == "cuda"
         if cuda:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     rank, world = distributed_world()
     return rank, world, device
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"environment variable {name}={text!r}: must be an int >= 0 (set by "
+                          "torchrun)")
+    return value
 
 
 def build(cfg: MetaTrainConfig, device: str | None = None):
@@ -163,30 +179,59 @@ def state_file(rank: int) -> str:
     return STATE_FILE if rank == 0 else f"state.rank{rank}.pt"
 
 
-def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0,
-                    world: int = 1) -> dict | None:
-    """Check a resumed run's config, write ``config.yaml``; return the saved state (or None)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    state = None
-    if (out_dir / state_file(rank)).exists():
-        saved = OmegaConf.to_container(OmegaConf.load(out_dir / "config.yaml"), resolve=True)
-        differ = training_differences(saved, current)
-        if differ:
-            raise ConfigError(f"{out_dir} holds a run with a different config ({', '.join(differ)}"
-                              f" differ); use another out_dir or the same settings to resume")
-        state = load_training_state(out_dir / state_file(rank))
-        if int(state.get("world_size", 1)) != world:
-            raise ConfigError(f"{out_dir} was trained with {state.get('world_size', 1)} "
-                              f"processes; resume it with the same number (got {world})")
+def read_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: int = 1,
+                 trainer: MetaTrainer | None = None) -> dict | None:
+    """A resumed run's saved state, validated without writing anything (None for a new run):
+    the saved config must be readable and match, the state file readable, of a known version,
+    complete and finite, and (given ``trainer``) loadable into it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"invalid config key 'out_dir': {str(out_dir)!r} is not a directory")
+    path = out_dir / state_file(rank)
+    if not path.exists():
+        return None
+    saved = run_dir.read_config(out_dir / "config.yaml")
+    differ = training_differences(saved, OmegaConf.to_container(cfg, resolve=True))
+    if differ:
+        raise ConfigError(f"{out_dir} holds a run with a different config ({', '.join(differ)}"
+                          f" differ); use another out_dir or the same settings to resume")
+    state = load_training_state(path)
+    if int(state.get("world_size", 1)) != world:
+        raise ConfigError(f"{out_dir} was trained with {state.get('world_size', 1)} "
+                          f"processes; resume it with the same number (got {world})")
+    if trainer is not None:
+        try:
+            trainer.load_state_dict(state)
+        except Exception as error:  # noqa: BLE001 (a state from other code: shapes, pool…)
+            raise TrainingStateError(f"{path}: does not fit this run's trainer "
+                                     f"({type(error).__name__}: {error})") from None
+    return state
+
+
+def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: int = 1,
+                    trainer: MetaTrainer | None = None) -> dict | None:
+    """Validate a resume (``read_run_dir``, nothing written), then lock ``out_dir`` (rank 0),
+    remove stale temp files, cut ``metrics.jsonl`` back to the checkpoint and write
+    ``config.yaml``; return the saved state (or None)."""
+    if rank == 0 and out_dir.is_dir():
+        run_dir.lock(out_dir)  # before reading: another process may be training into it
+    state = read_run_dir(cfg, out_dir, rank, world, trainer)
     if world > 1:  # every rank has read the old config.yaml before rank 0 replaces it
         torch.distributed.barrier()
     if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.lock(out_dir)
+        run_dir.remove_stale_temp_files(out_dir)
         if state is not None:
-            truncate_jsonl(out_dir / "metrics.jsonl", int(state["step"]))
+            run_dir.cut_metrics(out_dir / "metrics.jsonl", int(state["step"]), _is_final_record)
         yaml = OmegaConf.to_yaml(cfg).encode("utf-8")
         atomic_write(out_dir / "config.yaml", lambda f: f.write(yaml))
     return state
+
+
+def _is_final_record(record: dict) -> bool:
+    """Records written once when a run finishes (rewritten by a re-run, so dropped on resume)."""
+    return "table" in record or any(k.startswith(("eval/", "held_out_meta_loss"))
+                                    for k in record)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -195,15 +240,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      epilog=describe_keys(MetaTrainConfig),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config (and a resumed run's files) and exit; "
+                             "writes nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if args.check:
+        _, _, trainer = build(cfg, cfg.device)
+        state = read_run_dir(cfg, Path(cfg.out_dir), trainer=trainer)
+        print(f"config OK ({'resumes step ' + str(state['step']) if state else 'new run'})")
+        return {"config": cfg, "state": state}
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     rank, world, device = init_distributed(cfg.device)
     try:
         return train(cfg, rank, world, device)
     finally:
+        run_dir.release_all()
         if world > 1:
             torch.distributed.destroy_process_group()
 
@@ -213,9 +267,7 @@ def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str,
     family, learned, trainer = build(cfg, device)
     untrained = copy.deepcopy(learned.module)
     out_dir = Path(cfg.out_dir)
-    state = prepare_run_dir(cfg, out_dir, rank, world)
-    if state is not None:
-        trainer.load_state_dict(state)
+    prepare_run_dir(cfg, out_dir, rank, world, trainer)
     run_id = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:12]
     logger = Logger() if rank > 0 else make_logger(
         out_dir, wandb_mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
@@ -234,7 +286,42 @@ def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str,
 
     bar = tqdm(total=cfg.steps, initial=min(trainer.step_count, cfg.steps), desc="meta-train",
                disable=not cfg.progress or rank > 0, dynamic_ncols=True)
+    stop = run_dir.GracefulStop()
+    try:
+        with stop:
+            _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, rank, world)
+    except BaseException:
+        bar.close()
+        logger.close()
+        raise
+    bar.close()
+    checkpoint()
+    if trainer.step_count > 0 and trainer.skipped_updates >= trainer.step_count:
+        # Exporting now would ship the untrained controller as if it had been trained.
+        logger.close()
+        raise TrainingFailed(
+            f"all {trainer.step_count} meta-updates were skipped (non-finite meta-gradients, "
+            f"non-finite updates or every inner run diverged); {out_dir / EXPORT_FILE} not "
+            f"written, {out_dir / state_file(rank)} kept for inspection")
+    if rank > 0:  # the controllers are identical on every rank: rank 0 reports for all
+        return {"trainer": trainer, "out_dir": out_dir}
+    return _finish(cfg, trainer, learned, family, untrained, logger, before, started, out_dir,
+                   run_id)
+
+
+class TrainingFailed(RuntimeError):
+    """Training produced nothing worth exporting (the message says why)."""
+
+
+def _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, rank, world):
     while trainer.step_count < cfg.steps:
+        if _stop_requested(stop, world):
+            checkpoint()
+            name = signal.Signals(stop.signum or signal.SIGTERM).name
+            raise run_dir.Interrupted(
+                f"{name}: stopped at meta-step {trainer.step_count}, checkpoint saved to "
+                f"{Path(cfg.out_dir) / state_file(rank)}; re-run the same command to resume",
+                stop.signum or signal.SIGTERM)
         metrics = trainer.step()
         step = trainer.step_count
         logger.log(metrics, step)
@@ -248,10 +335,21 @@ def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str,
             logger.log_series("hyperparameters", _named(val["traces"]), step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
-    bar.close()
-    checkpoint()
-    if rank > 0:  # the controllers are identical on every rank: rank 0 reports for all
-        return {"trainer": trainer, "out_dir": out_dir}
+
+
+def _stop_requested(stop: run_dir.GracefulStop, world: int) -> bool:
+    """Every rank stops at the same meta-step (a rank alone would hang in the all-reduce)."""
+    flag = stop.signum is not None
+    if world > 1:
+        agreed = torch.tensor([stop.signum or 0])
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+        stop.signum = int(agreed) or None
+        flag = stop.signum is not None
+    return flag
+
+
+def _finish(cfg, trainer, learned, family, untrained, logger, before, started, out_dir, run_id):
+    """Rank 0: held-out validation, export, evaluation table, final log records."""
     after = run_validation(cfg, learned, family)
     export = save_checkpoint(
         out_dir / EXPORT_FILE, learned.module,
@@ -294,3 +392,12 @@ if __name__ == "__main__":
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         raise SystemExit(2)
+    except (run_dir.RunDirError, TrainingStateError) as error:
+        print(f"run directory error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    except TrainingFailed as error:
+        print(f"training failed: {error}", file=sys.stderr)
+        raise SystemExit(3)
+    except run_dir.Interrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        raise SystemExit(128 + error.signum)

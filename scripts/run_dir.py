@@ -1,0 +1,142 @@
+"""Run-directory hygiene for ``scripts/meta_train.py``: lock, stale temp files, metrics cut-back,
+saved-config reading and graceful interrupts.
+
+* ``lock(out_dir)``: an exclusive ``fcntl.flock`` on the directory itself (no lock file is
+  created, so a refused run leaves the directory untouched). A second process training into the
+  same ``out_dir`` fails at once with ``RunDirError`` instead of interleaving writes. The lock is
+  released by ``release_all()`` or when the process exits (the kernel drops it with the fd).
+* ``remove_stale_temp_files``: ``.<name>.*.tmp`` files are what ``metaopt.atomic.atomic_write``
+  leaves when a process is killed mid-write; only the lock holder removes them.
+* ``cut_metrics``: a resume drops the records logged after its checkpoint, and the final records
+  (evaluation table, held-out summary) of the checkpoint's step, which the run writes again when
+  it finishes, so re-running a finished run does not duplicate them.
+* ``GracefulStop``: SIGINT/SIGTERM set a flag; the script finishes the running meta-step, saves a
+  checkpoint and exits non-zero with one line. A second signal stops at once (the last
+  checkpoint stays valid: every write is atomic).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from metaopt.atomic import atomic_write
+
+__all__ = ["GracefulStop", "Interrupted", "RunDirError", "cut_metrics", "lock", "read_config",
+           "release_all", "remove_stale_temp_files"]
+
+_TEMP = re.compile(r"^\..+\.[^.]+\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
+_LOCKS: dict[Path, int] = {}
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (the message names the file)."""
+
+
+class Interrupted(RuntimeError):
+    """Training stopped by a signal after saving a checkpoint (``signum`` says which)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def lock(out_dir: Path) -> None:
+    """Hold an exclusive lock on ``out_dir`` (idempotent within this process)."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir in _LOCKS:
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirError(f"{out_dir}: another process is training into this out_dir (it holds "
+                          "the directory's lock); wait for it or use another out_dir") from None
+    _LOCKS[out_dir] = fd
+
+
+def release_all() -> None:
+    for fd in _LOCKS.values():
+        os.close(fd)  # closing the fd releases the flock
+    _LOCKS.clear()
+
+
+def remove_stale_temp_files(out_dir: Path) -> list[str]:
+    """Delete leftovers of killed atomic writes; returns their names."""
+    removed = []
+    for path in Path(out_dir).iterdir():
+        if path.is_file() and _TEMP.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's saved ``config.yaml`` as a plain dict; ``RunDirError`` naming it otherwise."""
+    try:
+        loaded = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: missing; the run directory holds a training state but not "
+                          "its config, so the resume cannot be checked") from None
+    except (OSError, yaml.YAMLError, OmegaConfBaseException, ValueError, TypeError) as error:
+        message = " ".join(str(error).split())
+        raise RunDirError(f"{path}: unreadable saved config ({type(error).__name__}: "
+                          f"{message})") from None
+    if not isinstance(loaded, DictConfig):
+        raise RunDirError(f"{path}: the saved config must be a mapping of keys")
+    return OmegaConf.to_container(loaded, resolve=True)
+
+
+def cut_metrics(path: Path, step: int, is_final: Callable[[dict], bool]) -> None:
+    """Keep records with ``step`` < the checkpoint's, and its own step's non-final ones."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            record_step = int(record.get("step", 0))
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            continue  # a line cut short by a crash
+        if record_step < step or (record_step == step and not is_final(record)):
+            kept.append(line)
+    atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
+
+
+class GracefulStop:
+    """Context: SIGINT/SIGTERM set ``signum`` (the first one); a second signal raises
+    ``Interrupted`` at once. Installed only in the main thread (Python's rule for handlers)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise Interrupted(f"second {signal.Signals(signum).name}: stopped without saving "
+                              "(the last checkpoint is intact)", signum)
+        self.signum = signum
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
