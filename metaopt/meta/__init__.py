@@ -3,7 +3,7 @@
 * ``unroll``: one inner segment on functional parameters through the shared rule code;
 * ``inner_runs``: a meta-batch of truncated inner runs with resets on divergence;
 * ``truncation``: horizon schedules; ``meta_losses``: how segments are scored;
-* ``estimators``: truncated BPTT and antithetic ES behind ``GradientEstimator``;
+* ``estimators``: truncated BPTT, antithetic ES and persistent ES behind ``GradientEstimator``;
 * ``trainer``: ``MetaTrainer`` (Adam on the controller, clipping, all-reduce, resumable state);
 * ``validation``: held-out meta-loss of a controller.
 """
@@ -12,6 +12,7 @@ from .estimators import (
                          AntitheticES,
                          GradientEstimator,
                          MetaGradient,
+                         PersistentES,
                          TruncatedBPTT,
                          make_estimator,
 )
@@ -38,7 +39,7 @@ from .validation import held_out_seeds, validate
 __all__ = [
     "ESTIMATORS", "META_LOSS_KINDS", "SPLITS", "TRAIN_TASK_SEED_LIMIT", "TRUNCATION_SCHEDULES",
     "AntitheticES", "ConstantHorizon", "GAROLearnedRule", "GradientEstimator", "InnerRunPool",
-    "LearnedRule", "LogUniformHorizon", "MetaGradient", "MetaLoss", "MetaTrainer",
+    "LearnedRule", "LogUniformHorizon", "MetaGradient", "MetaLoss", "MetaTrainer", "PersistentES",
     "SegmentResult", "TruncatedBPTT", "all_reduce_mean", "batch_generator", "detach_state",
     "distributed_world", "held_out_seeds", "load_training_state", "make_estimator",
     "make_horizon", "save_training_state", "segment_length", "unroll_segment", "validate",

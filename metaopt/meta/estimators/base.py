@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,3 +45,10 @@ class GradientEstimator(ABC):
     def estimate(self, pool: InnerRunPool, weights: Mapping[str, Tensor],
                  generator: torch.Generator) -> MetaGradient:
         ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a bit-exact resume needs beyond the pool and the generator (PES: its particles)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``; stateless estimators have nothing to restore."""
