@@ -12,7 +12,8 @@ One ``MetaTrainer.step``::
 Each process of a distributed run draws its own tasks (its generator is seeded with
 ``seed + 1_000_003·rank``) and all ranks apply the same averaged update, so their controllers stay
 identical. ``state_dict`` holds everything a bit-exact resume needs: controller weights, Adam
-state, the generator's state, the in-flight inner runs and the counters.
+state, the generator's state, the in-flight inner runs, the estimator's own state (PES particles)
+and the counters.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_write
 from .estimators import GradientEstimator
 from .inner_runs import InnerRunPool
 from .learned import LearnedRule
+from .training_state import load_training_state, save_training_state  # noqa: F401 (re-export)
 
 
 def distributed_world() -> tuple[int, int]:
@@ -91,7 +92,7 @@ class MetaTrainer:
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), self.clip_norm)
         finite = bool(torch.isfinite(norm))
         if finite and estimate.live_runs > 0:
-            self.optimizer.step()
+            self._guarded_update(params)
         else:  # a non-finite meta-gradient (or one from no surviving run) never reaches φ or Adam
             self.skipped_updates += 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -104,27 +105,35 @@ class MetaTrainer:
         metrics.update({f"{k}_t": v for k, v in estimate.traces.items()})
         return metrics
 
+    def _guarded_update(self, params: Mapping[str, Tensor]) -> None:
+        """Adam's step, undone (weights and Adam state) and counted as skipped when it leaves a
+        non-finite weight: a finite gradient can still overflow (a huge lr, a corrupted state)."""
+        before = {name: p.detach().clone() for name, p in params.items()}
+        state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
+                 for p, s in self.optimizer.state.items()}
+        self.optimizer.step()
+        if all(bool(torch.isfinite(p).all()) for p in params.values()):
+            return
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(before[name])
+        self.optimizer.state.clear()
+        self.optimizer.state.update(state)
+        self.skipped_updates += 1
+
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step_count, "resets": self.resets,
                 "skipped_updates": self.skipped_updates,
                 "controller": {k: v.clone() for k, v in self.learned.module.state_dict().items()},
                 "outer_optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "pool": self.pool.state_dict()}
+                "generator": self.generator.get_state(), "pool": self.pool.state_dict(),
+                "estimator": self.estimator.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.learned.module.load_state_dict(state["controller"])
         self.optimizer.load_state_dict(state["outer_optimizer"])
         self.generator.set_state(state["generator"])
         self.pool.load_state_dict(state["pool"])
+        self.estimator.load_state_dict(state.get("estimator", {}))  # absent in older states
         self.step_count = int(state["step"])
         self.resets, self.skipped_updates = int(state["resets"]), int(state["skipped_updates"])
-
-
-def save_training_state(state: Mapping[str, Any], path, extra: Mapping | None = None) -> None:
-    """``torch.save`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
-    atomic_write(path, lambda f: torch.save({**state, **(extra or {})}, f))
-
-
-def load_training_state(path) -> dict[str, Any]:
-    """The saved state, loaded with ``weights_only=True`` (tensors, ints, strings, lists, dicts)."""
-    return torch.load(path, weights_only=True, map_location="cpu")
