@@ -2,7 +2,10 @@
 
 The payload goes to a temporary file in the target's folder (same filesystem, so the final
 ``os.replace`` is atomic), is flushed and fsync'ed, gets the permissions a plain ``open`` would
-have given (``mkstemp`` creates 0600), and then replaces the target.
+have given (``mkstemp`` creates 0600), and then replaces the target. The folder is fsync'ed after
+the replace, so the new directory entry itself survives a power loss (POSIX makes the rename
+durable only then). A process killed mid-write leaves a ``.<name>.<random>.tmp`` file behind;
+``scripts/run_dir.py`` removes those when a run starts.
 """
 from __future__ import annotations
 
@@ -32,6 +35,21 @@ def _read_umask() -> int:
 _DEFAULT_MODE = 0o666 & ~_read_umask()
 
 
+def fsync_directory(folder: PathLike) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where folders cannot be
+    opened or synced (Windows, some network filesystems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary binary file, then move it onto ``path`` atomically."""
     path = Path(path)
@@ -44,6 +62,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, _DEFAULT_MODE)
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import struct
 import subprocess
@@ -46,6 +47,9 @@ SUFFIX = ".safetensors"
 OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay", "direction", "granularity", "beta2",
                                    "eps"})
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+#: the largest stored base ``lr`` accepted: the runtime step is lr·lr_t/lr₀, which overflows long
+#: before lr = 1e308, and no optimizer's base rate is anywhere near 1e6
+MAX_LR = 1e6
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,6 +90,11 @@ def save_checkpoint(path: PathLike, controller: GAROController,
     """
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in controller.state_dict().items()}
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # load_checkpoint would refuse the file: never write it
+        raise CheckpointError(f"{path}: refusing to write a checkpoint with non-finite values in "
+                              f"{bad}")
+    _check_optimizer_options(optimizer_config or {}, path)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -133,6 +142,23 @@ def _json_field(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any
     return value
 
 
+def _check_optimizer_options(options: dict[str, Any], path: Path) -> None:
+    """Stored GARO options must be values GARO can step with (finite; lr bounded by ``MAX_LR``)."""
+    bounds = {"lr": (0.0, MAX_LR, False), "weight_decay": (0.0, math.inf, False),
+              "eps": (0.0, math.inf, True), "beta2": (0.0, 1.0, None)}
+    for key, (low, high, low_open) in bounds.items():
+        if key not in options:
+            continue
+        value = options[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and math.isfinite(value) and (value > low if low_open else value >= low) \
+            and (value < high if low_open is None else value <= high)
+        if not ok:
+            raise CheckpointError(f"{path}: optimizer_config {key!r} = {value!r} is out of range "
+                                  f"(finite, {'>' if low_open else '>='} {low:g}, "
+                                  f"{'<' if low_open is None else '<='} {high:g})")
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; refuse anything else with a clear error."""
     path = Path(path)
@@ -159,6 +185,9 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise CheckpointError(f"{path}: non-finite values in {bad}")
+    negative = [k for k, t in tensors.items() if k.endswith("_var") and bool((t < 0).any())]
+    if negative:  # variances normalise the controller's features by their square root
+        raise CheckpointError(f"{path}: negative variances in {negative}")
     try:
         # Shapes are checked on a meta-device twin first: a tiny file whose config asks for a
         # huge network is refused before anything the size of that network is allocated.
@@ -178,6 +207,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if unknown:
         raise CheckpointError(f"{path}: unknown optimizer_config keys {unknown}; expected a "
                               f"subset of {sorted(OPTIMIZER_CONFIG_KEYS)}")
+    _check_optimizer_options(optimizer_config, path)
     return Checkpoint(controller=controller.to(map_location), optimizer_config=optimizer_config,
                       metadata=metadata, training=_json_field(metadata, "training", path))
 
