@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHMARKS = {
+    "basins": "benchmarks.basins",
     "dcao": "benchmarks.dcao",
     "garo": "benchmarks.garo",
     "meta": "benchmarks.meta",

@@ -7,7 +7,9 @@ convergence and anomaly detection. Plots live in ``scripts/studies``.
 Each instrument module lists its public names in its own ``__all__``; this package re-exports them
 (one import line per module, so engineers adding instruments touch one line each).
 """
-from . import hessian
+from . import basins, batched, hessian
+from .basins import *  # noqa: F401,F403
+from .batched import *  # noqa: F401,F403
 from .hessian import *  # noqa: F401,F403
 from . import anomalies, convergence
 from .anomalies import *  # noqa: F401,F403
@@ -15,6 +17,8 @@ from .convergence import *  # noqa: F401,F403
 
 __all__ = [
     *hessian.__all__,
+    *batched.__all__,
+    *basins.__all__,
     *anomalies.__all__,
     *convergence.__all__,
 ]
