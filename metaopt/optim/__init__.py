@@ -1,8 +1,9 @@
 """Runtime optimizers: ``torch.optim.Optimizer`` subclasses over the rules in ``metaopt.rules``."""
 from .dcao import DCAO
 from .garo import GARO, GlobalAdaptiveSGD
+from .hybrid import HybridGDODE
 from .ode_flow import GradientFlow, NesterovFlow
 from .runge_kutta import RK4, AdaptiveRK, Heun, Ralston, RungeKutta
 
 __all__ = ["RK4", "Ralston", "Heun", "RungeKutta", "AdaptiveRK", "GradientFlow", "NesterovFlow",
-           "GARO", "GlobalAdaptiveSGD", "DCAO"]
+           "GARO", "GlobalAdaptiveSGD", "DCAO", "HybridGDODE"]

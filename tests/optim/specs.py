@@ -55,18 +55,19 @@ SPECS: list[OptimizerSpec] = [
                   _negative_lr + _tolerances + [({"t0": 0.0}, "t0")]),
 ]
 
-# GARO: ``lr`` multiplies the untrained controller's lr_t = 0.01, so lr=5 is SGD with lr 0.05.
+# GARO: ``lr`` is the base rate the controller scales by lr_t / init_lr; untrained, lr=0.05 is
+# SGD with lr 0.05.
 _garo_invalid = _negative_lr + [({"direction": "nope"}, "direction"),
                                 ({"granularity": "layer"}, "granularity"),
                                 ({"beta2": 1.5}, "beta2"), ({"eps": 0.0}, "eps")]
 SPECS += [
-    OptimizerSpec("GARO", mo.GARO, {"lr": 5.0}, _garo_invalid, needs_closure=False),
-    OptimizerSpec("GARO-adam", mo.GARO, {"lr": 10.0, "direction": "adam"}, _garo_invalid,
+    OptimizerSpec("GARO", mo.GARO, {"lr": 0.05}, _garo_invalid, needs_closure=False),
+    OptimizerSpec("GARO-adam", mo.GARO, {"lr": 0.1, "direction": "adam"}, _garo_invalid,
                   needs_closure=False),
-    OptimizerSpec("GARO-group", mo.GARO, {"lr": 5.0, "granularity": "group"}, _garo_invalid,
+    OptimizerSpec("GARO-group", mo.GARO, {"lr": 0.05, "granularity": "group"}, _garo_invalid,
                   needs_closure=False),
     OptimizerSpec("GARO-tensor-adam", mo.GARO,
-                  {"lr": 10.0, "granularity": "tensor", "direction": "adam"}, _garo_invalid,
+                  {"lr": 0.1, "granularity": "tensor", "direction": "adam"}, _garo_invalid,
                   needs_closure=False),
 ]
 # DCAO: probe_every=3 so the 10+10 resume and deepcopy tests cross probe steps.
@@ -80,4 +81,24 @@ SPECS += [
     OptimizerSpec("DCAO-eos", mo.DCAO, {"lr": 1.0, "momentum": 0.5, "probe_every": 3, "k": 3,
                                         "lanczos_iters": 6, "schedule": "edge_of_stability"},
                   _dcao_invalid),
+]
+# HybridGDODE: grad_threshold=0.5 / min_dwell=2 make the heuristic switch GD -> ODE within the
+# first 10 steps on (Wx + b)², so the 10+10 resume and deepcopy tests cross a switch
+# (tests/optim/test_hybrid.py asserts that it does).
+_hybrid_invalid = _negative_lr + [({"gd": "nope"}, "gd"), ({"ode": "nope"}, "ode"),
+                                  ({"policy": "nope"}, "policy"), ({"momentum": 1.0}, "momentum"),
+                                  ({"min_dwell": 0}, "min_dwell"), ({"hysteresis": 0.5}, "hysteresis"),
+                                  ({"criteria": ("nope",)}, "criteria"), ({"ode_scale": -1.0}, "ode_scale")]
+HYBRID_SWITCHING = {"lr": 0.01, "momentum": 0.5, "grad_threshold": 0.5, "min_dwell": 2,
+                    "criteria": ("gradient",)}
+SPECS += [
+    OptimizerSpec("HybridGDODE", mo.HybridGDODE, HYBRID_SWITCHING, _hybrid_invalid),
+    OptimizerSpec("HybridGDODE-adam-nesterov", mo.HybridGDODE,
+                  {**HYBRID_SWITCHING, "gd": "adam", "lr": 0.05, "ode": "nesterov_flow",
+                   "ode_scale": 0.2, "weight_decay": 1e-3}, _hybrid_invalid),
+    OptimizerSpec("HybridGDODE-rmsprop-dopri5", mo.HybridGDODE,
+                  {**HYBRID_SWITCHING, "gd": "rmsprop", "lr": 0.01, "ode": "dopri5"},
+                  _hybrid_invalid),
+    OptimizerSpec("HybridGDODE-gd-only", mo.HybridGDODE, {"lr": 0.01, "policy": "gd"},
+                  _hybrid_invalid, needs_closure=False),
 ]

@@ -1,0 +1,375 @@
+"""The hybrid GD–ODE step: switching criteria and the mode-switch update (seed:
+hybrid-gd-ode-optimizer.md §2.3 "Switching Mechanism", §3.2 "GD for rapid initial convergence,
+ODE for fine-tuning and complex landscapes").
+
+Every step evaluates ``(L_t, g_t)`` at θ_t once, then
+
+1. **features** (detached, ``FEATURES``), from quantities the step has anyway::
+
+       r_t = log(‖g_t‖ / ‖g_0‖)                              gradient magnitude
+       κ_t = ‖g_t − g_{t−1}‖ / ‖θ_t − θ_{t−1}‖                secant curvature (or |λ_max| of a
+                                                             Lanczos probe every k steps)
+       s_t = log(lr·κ_t)                                     stability: GD diverges along a
+                                                             direction with lr·λ > 2
+       π_t = (L_{t−W} − L_t) / (|L_{t−W}| + |L_t|)           relative progress over W steps
+       m_{t−1}, log(1 + dwell)                               current mode and time spent in it
+
+2. **gate** ``p_t = P(ODE step)``: a ``HeuristicSwitch`` (0/1, hysteresis), a learned policy
+   (``metaopt.controllers.switching``; sigmoid), or a constant. A hard decision may only change
+   the mode after ``min_dwell`` steps in it (no chattering).
+3. **update**: the GD module always *observes* the step — its statistics (momentum, Adam/RMSprop
+   moments, GARO's hidden state) absorb g_t whatever the mode, so they are current when GD resumes.
+   The ODE module (an RK / adaptive RK / torchdiffeq flow rule) runs when chosen (or always, in
+   the relaxed and branchless forms), reusing g_t as its first stage::
+
+       θ_{t+1} = θ_gd + p_t·(θ_ode − θ_gd)           (relaxed: p ∈ (0, 1); hard: a selection)
+
+   After a GD step the ODE's velocity (Nesterov flow) is handed the motion actually taken,
+   V = (θ_{t+1} − θ_t)/h, and its clock advances by the ODE step h, so an ODE step after a switch
+   continues the trajectory with its inertia; adaptive step sizes carry over unchanged.
+4. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first)``; with a soft
+   gate this is the expected count, differentiable, so a meta-loss can charge it.
+
+``batched=True`` treats the leading dimension of every tensor as independent runs (the study's
+grid of starts): norms, losses, gates and modes become per-run ``(R,)`` and the update is
+branchless. Everything is pure: inputs are never mutated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .base import GradFn, State, TensorList, per_tensor
+from .lanczos import lanczos
+
+FEATURES = ("log_grad_ratio", "log_stability", "progress", "mode", "log_dwell")
+NUM_FEATURES = len(FEATURES)
+CRITERIA = ("gradient", "curvature", "stagnation")
+_TINY = 1e-30
+_LOG_CLIP = 30.0
+
+
+def run_norms(tensors: Sequence[Tensor], batched: bool = False) -> Tensor:
+    """2-norm over all tensors (``()``), or per run over the leading dimension (``(R,)``)."""
+    if batched:
+        return torch.stack([t.reshape(t.shape[0], -1).square().sum(1) for t in tensors]
+                           ).sum(0).sqrt()
+    return torch.stack([t.square().sum() for t in tensors]).sum().sqrt()
+
+
+def secant_curvature(grads: Sequence[Tensor], prev_grads: Sequence[Tensor],
+                     displacement_norm: Tensor, batched: bool = False) -> Tensor:
+    """κ = ‖g_t − g_{t−1}‖ / ‖θ_t − θ_{t−1}‖ (0 where the iterate did not move)."""
+    diff = run_norms([g - q for g, q in zip(grads, prev_grads)], batched)
+    moved = displacement_norm > 0
+    return torch.where(moved, diff / torch.where(moved, displacement_norm,
+                                                 torch.ones_like(displacement_norm)),
+                       torch.zeros_like(diff))
+
+
+def lanczos_curvature(grad_fn: GradFn, params: Sequence[Tensor], grads: Sequence[Tensor],
+                      iters: int, generator: torch.Generator) -> Tensor:
+    """|λ_max| of the Hessian by ``metaopt.rules.lanczos`` on finite-difference HVPs
+    Hv ≈ (∇L(θ + εv) − ∇L(θ))/ε (one gradient evaluation each, so any closure works)."""
+    with torch.no_grad():
+        theta = [p.detach() for p in params]
+        scale = 1.0 + float(run_norms(theta))
+        eps = math.sqrt(torch.finfo(theta[0].dtype).eps) * scale
+
+        def hvp(vectors):
+            _, shifted = grad_fn([p + eps * v for p, v in zip(theta, vectors)])
+            return [(s.detach() - g.detach()) / eps for s, g in zip(shifted, grads)]
+        result = lanczos(hvp, theta, k=1, max_iters=iters, tol=1e-2, generator=generator)
+    return result.eigenvalues[0].abs().to(theta[0].dtype)
+
+
+def relative_progress(losses: Tensor, seen: int) -> Tensor:
+    """(L_{t−W} − L_t)/(|L_{t−W}| + |L_t|) ∈ [−1, 1] over the window ``losses`` (oldest first);
+    1 (progressing) until the window is full or when no loss is known."""
+    newest, oldest = losses[-1], losses[0]
+    value = (oldest - newest) / (oldest.abs() + newest.abs() + _TINY)
+    if seen < losses.shape[0]:
+        return torch.ones_like(value)
+    return torch.where(torch.isfinite(value), value, torch.ones_like(value))
+
+
+def switch_features(log_grad_ratio: Tensor, log_stability: Tensor, progress: Tensor,
+                    mode: Tensor, dwell: Tensor) -> Tensor:
+    """Stack the ``FEATURES`` (last dimension), logs clipped to ±30."""
+    return torch.stack([log_grad_ratio.clamp(-_LOG_CLIP, _LOG_CLIP),
+                        log_stability.clamp(-_LOG_CLIP, _LOG_CLIP), progress.clamp(-1, 1),
+                        mode, torch.log1p(dwell)], dim=-1)
+
+
+@dataclass(frozen=True)
+class HeuristicSwitch:
+    """Seed §2.3's three criteria, each usable alone or combined (``criteria``), with hysteresis.
+
+    From GD, go to ODE when any enabled criterion fires::
+
+        gradient:   ‖g‖/‖g_0‖ < grad_threshold           (small gradient: near a minimum)
+        curvature:  lr·κ > curvature_threshold           (GD unstable: highly curved region)
+        stagnation: progress over the window < stagnation_threshold
+
+    From ODE, go back to GD when every enabled gradient/curvature criterion has cleared its
+    threshold widened by ``hysteresis`` (‖g‖/‖g_0‖ > h·τ_g, lr·κ < τ_κ/h), or the ODE stagnates.
+    Defaults were measured on the study's functions (``scripts/hybrid_study.py --sweep``).
+    """
+
+    criteria: tuple[str, ...] = CRITERIA
+    grad_threshold: float = 1e-2
+    curvature_threshold: float = 2.0
+    stagnation_threshold: float = 1e-3
+    hysteresis: float = 2.0
+    hard: bool = True
+
+    def __post_init__(self):
+        unknown = set(self.criteria) - set(CRITERIA)
+        if unknown or not self.criteria:
+            raise ValueError(f"criteria: choose a non-empty subset of {CRITERIA}, "
+                             f"got {self.criteria!r}")
+        for name in ("grad_threshold", "curvature_threshold", "stagnation_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+        if not (isinstance(self.hysteresis, (int, float)) and math.isfinite(self.hysteresis)
+                and self.hysteresis >= 1):
+            raise ValueError(f"hysteresis: must be a finite number >= 1, got {self.hysteresis!r}")
+
+    def gate(self, features: Tensor) -> Tensor:
+        """The desired mode (1 = ODE) from ``FEATURES`` (last dimension)."""
+        r, s, progress, mode = (features[..., i] for i in range(4))
+        log_tg, log_tk = math.log(self.grad_threshold), math.log(self.curvature_threshold)
+        log_h = math.log(self.hysteresis)
+        false = torch.zeros_like(r, dtype=torch.bool)
+        enter, clear, leave = false, ~false, false
+        any_clear = False
+        if "gradient" in self.criteria:
+            enter = enter | (r < log_tg)
+            clear, any_clear = clear & (r > log_tg + log_h), True
+        if "curvature" in self.criteria:
+            enter = enter | (s > log_tk)
+            clear, any_clear = clear & (s < log_tk - log_h), True
+        if "stagnation" in self.criteria:
+            stagnating = progress < self.stagnation_threshold
+            enter, leave = enter | stagnating, leave | stagnating
+        if any_clear:
+            leave = leave | clear
+        return torch.where(mode > 0.5, ~leave, enter).to(features.dtype)
+
+
+@dataclass(frozen=True)
+class ConstantSwitch:
+    """Always GD (``p = 0``) or always ODE (``p = 1``): the study's single-module baselines."""
+
+    p: float
+    hard: bool = True
+
+    def gate(self, features: Tensor) -> Tensor:
+        return torch.full_like(features[..., 0], float(self.p))
+
+
+def _expand(scalar: Tensor, like: Tensor, batched: bool) -> Tensor:
+    return scalar.reshape(-1, *([1] * (like.dim() - 1))) if batched else scalar
+
+
+def blend(gd: Sequence[Tensor], ode: Sequence[Tensor], gate: Tensor, hard: bool,
+          batched: bool = False) -> TensorList:
+    """θ_gd + p·(θ_ode − θ_gd); with a hard gate, an exact selection."""
+    out = []
+    for a, b in zip(gd, ode):
+        p = _expand(gate, a, batched).to(a.dtype)
+        out.append(torch.where(p > 0.5, b, a) if hard else a + p * (b - a))
+    return out
+
+
+def _safe_div(d: Tensor, h) -> Tensor:
+    """d / h, and 0 where h == 0 (a frozen group has no velocity)."""
+    if isinstance(h, Tensor):
+        return torch.where(h > 0, d / torch.where(h > 0, h, torch.ones_like(h)), d * 0)
+    return d / h if h != 0 else d * 0
+
+
+def gd_handoff(ode_state: State, displacement: Sequence[Tensor], ode_lrs: Sequence) -> State:
+    """The ODE module's state after a GD step: velocity = Δθ/h, clock + h (module docstring)."""
+    out = dict(ode_state)
+    if "velocity" in out:
+        out["velocity"] = [_safe_div(d, h) for d, h in zip(displacement, ode_lrs)]
+    if isinstance(out.get("time"), list):
+        out["time"] = [t + float(h) for t, h in zip(out["time"], ode_lrs)]
+    return out
+
+
+class _Counted:
+    """``grad_fn`` that returns the cached first evaluation at θ and counts the others."""
+
+    def __init__(self, grad_fn: GradFn, params: Sequence[Tensor], first):
+        self.grad_fn, self.params, self.first, self.count = grad_fn, params, first, 0
+
+    def __call__(self, points):
+        if points is self.params:
+            return self.first
+        self.count += 1
+        return self.grad_fn(points)
+
+
+@dataclass(frozen=True)
+class HybridRule:
+    """Composes a GD rule (``apply(params, grads, state, hyper, loss)``: ``SGDRule``,
+    ``AdamRule``, ``RMSpropRule``, ``GARORule``) and an ODE rule (``step``: ``RungeKuttaRule``,
+    ``AdaptiveRungeKuttaRule``, ``GradientFlowRule``, ``NesterovFlowRule``).
+
+    Args: ``min_dwell`` (steps before a hard decision may switch), ``window`` (W of the
+    stagnation criterion), ``curvature`` (``"secant"`` or ``"lanczos"``), ``probe_every`` and
+    ``probe_iters`` (the Lanczos probe), ``batched`` (leading dim = runs), ``branchless``
+    (evaluate both modules and select; implied by ``batched``), ``ode_cfl`` (> 0: the ODE step
+    is capped at h ≤ ode_cfl/κ, the explicit integrator's stability limit along the curvature κ
+    — seed §2.4's adaptive step size, for free from the criterion's estimate; 0: off).
+
+    hyper: ``gd`` (the GD rule's hyper), ``ode`` (``lr`` = h and ``weight_decay``), ``policy``
+    (``.gate(features) -> p`` and ``.hard``), ``stability_lr`` (the lr of the stability feature),
+    optional ``gd_rule`` (a GD rule bound per step, e.g. GARO with controller weights) and
+    ``generator`` (Lanczos start vectors).
+    """
+
+    gd: Any
+    ode: Any
+    min_dwell: int = 1
+    window: int = 10
+    curvature: str = "secant"
+    probe_every: int = 10
+    probe_iters: int = 5
+    batched: bool = False
+    branchless: bool = False
+    ode_cfl: float = 0.0
+
+    def __post_init__(self):
+        for name in ("min_dwell", "window", "probe_every", "probe_iters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+        if not (isinstance(self.ode_cfl, (int, float)) and math.isfinite(self.ode_cfl)
+                and self.ode_cfl >= 0):
+            raise ValueError(f"ode_cfl: must be a finite number >= 0, got {self.ode_cfl!r}")
+        if self.curvature not in ("secant", "lanczos"):
+            raise ValueError(f"curvature: must be 'secant' or 'lanczos', got {self.curvature!r}")
+        if self.batched and self.curvature == "lanczos":
+            raise ValueError("curvature: the Lanczos probe is not available for batched runs")
+
+    def init(self, params: Sequence[Tensor], gd_state: Optional[State] = None) -> State:
+        ref = params[0]
+        shape = (ref.shape[0],) if self.batched else ()
+        zeros = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+        # dwell starts at min_dwell: the first decision is free (an ODE-only policy steps ODE).
+        return {"gd": self.gd.init(params) if gd_state is None else gd_state,
+                "ode": self.ode.init(params), "step": 0, "mode": zeros,
+                "dwell": zeros + self.min_dwell,
+                "gate": zeros.clone(), "evaluations": zeros.clone(),
+                "prev_grads": [torch.zeros_like(p) for p in params],
+                "displacement_norm": zeros.clone(), "grad_norm0": zeros.clone(),
+                "curvature": zeros.clone(), "losses": zeros.expand(self.window, *shape).clone(),
+                "features": torch.zeros(*shape, NUM_FEATURES, dtype=ref.dtype,
+                                        device=ref.device)}
+
+    def features(self, params, grads, loss, state, hyper, grad_fn) -> tuple[Tensor, dict]:
+        """``FEATURES`` at this step and the memories they update (all detached)."""
+        with torch.no_grad():
+            grads = [g.detach() for g in grads]
+            gnorm = run_norms(grads, self.batched)
+            first = state["step"] == 0
+            norm0 = gnorm if first else state["grad_norm0"]
+            ratio = torch.log(gnorm + _TINY) - torch.log(norm0 + _TINY)
+            probes = 0
+            if self.curvature == "secant":
+                kappa = secant_curvature(grads, state["prev_grads"], state["displacement_norm"],
+                                         self.batched)
+            elif state["step"] % self.probe_every == 0:
+                counted = _Counted(grad_fn, None, None)
+                kappa = lanczos_curvature(counted, params, grads, self.probe_iters,
+                                          hyper.get("generator") or torch.Generator()
+                                          .manual_seed(state["step"]))
+                probes = counted.count
+            else:
+                kappa = state["curvature"]
+            lr = hyper.get("stability_lr", 0.0)
+            lr = lr.detach() if isinstance(lr, Tensor) else lr
+            stability = torch.log(kappa * lr + _TINY)
+            losses = state["losses"]
+            seen = min(state["step"], self.window)
+            if loss is not None:
+                value = loss.detach().to(losses.dtype).reshape(losses.shape[1:])
+                losses = torch.cat([losses[1:], value.unsqueeze(0)])
+                seen += 1
+            progress = relative_progress(losses, seen if loss is not None else 0)
+            feats = switch_features(ratio, stability, progress, state["mode"], state["dwell"])
+        return feats, {"grad_norm0": norm0, "curvature": kappa, "losses": losses,
+                       "prev_grads": grads, "probes": probes}
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+        params = params if isinstance(params, list) else list(params)  # keep identity: the
+        loss, grads = grad_fn(params)  # runtime's grad_fn recognises θ and returns its cache
+        feats, memory = self.features(params, grads, loss, state, hyper, grad_fn)
+        policy = hyper["policy"]
+        hard = bool(policy.hard)
+        gate = policy.gate(feats)
+        # A hard decision keeps the mode until min_dwell steps were spent in it.
+        locked = (state["dwell"] < self.min_dwell).to(gate.dtype)
+        if hard:
+            gate = (gate > 0.5).to(feats.dtype)
+        gate = locked * state["mode"] + (1 - locked) * gate
+        gd_rule = hyper.get("gd_rule", self.gd)
+        gd_params, gd_state = gd_rule.apply(params, grads, state["gd"], hyper["gd"], loss)
+        ode_hyper = dict(hyper["ode"])
+        ode_lrs = per_tensor(ode_hyper["lr"], len(params))
+        if self.ode_cfl > 0:
+            kappa = memory["curvature"]
+            limit = self.ode_cfl / torch.where(kappa > 0, kappa, torch.full_like(kappa, _TINY))
+            ode_lrs = [_expand(torch.minimum(torch.as_tensor(h, dtype=p.dtype, device=p.device),
+                                             limit), p, self.batched)
+                       for h, p in zip(ode_lrs, params)]
+            ode_hyper["lr"] = ode_lrs
+        counted = _Counted(grad_fn, params, (loss, grads))
+        branch = self.branchless or self.batched or not hard
+        if branch or bool(gate > 0.5):
+            ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
+        else:
+            ode_params, ode_state = None, None
+        if branch:
+            new_params = blend(gd_params, ode_params, gate, hard, self.batched)
+            handed = gd_handoff(ode_state, [a - p for a, p in zip(gd_params, params)], ode_lrs)
+            if "velocity" in ode_state:
+                ode_state = dict(ode_state, velocity=blend(handed["velocity"],
+                                                           ode_state["velocity"], gate, hard,
+                                                           self.batched))
+        elif ode_params is not None:
+            new_params = ode_params
+        else:
+            new_params = gd_params
+            ode_state = gd_handoff(state["ode"], [a - p for a, p in zip(gd_params, params)],
+                                   ode_lrs)
+        with torch.no_grad():
+            mode = (gate.detach() > 0.5).to(feats.dtype)
+            same = (mode == state["mode"]).to(feats.dtype)
+            dwell = same * state["dwell"] + 1
+            moved = run_norms([(a - p).detach() for a, p in zip(new_params, params)],
+                              self.batched)
+        evaluations = state["evaluations"] + 1 + memory["probes"] + gate * counted.count
+        return new_params, {
+            "gd": gd_state, "ode": ode_state, "step": state["step"] + 1, "mode": mode,
+            "dwell": dwell, "gate": gate, "evaluations": evaluations,
+            "prev_grads": memory["prev_grads"], "displacement_norm": moved,
+            "grad_norm0": memory["grad_norm0"], "curvature": memory["curvature"],
+            "losses": memory["losses"], "features": feats}
+
+
+def trace(state: State) -> dict[str, Tensor]:
+    """The per-step record: mode, gate probability, criterion values, gradient evaluations."""
+    f = state["features"].detach()
+    return {"mode": state["mode"], "gate": state["gate"].detach(),
+            "log_grad_ratio": f[..., 0], "log_stability": f[..., 1], "progress": f[..., 2],
+            "curvature": state["curvature"], "evaluations": state["evaluations"].detach()}
