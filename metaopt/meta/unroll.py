@@ -75,8 +75,11 @@ def make_grad_fn(task: Task, names: Sequence[str], batch, *, differentiable: boo
             points = [p.detach().requires_grad_() for p in points]
         with torch.enable_grad():
             loss = task.loss(dict(zip(names, points)), batch)
+            # First-order BPTT keeps the loss's graph (the meta-loss reads it) while the gradient
+            # enters the update as a constant: the graph must survive this grad call.
             grads = torch.autograd.grad(loss, points,
-                                        create_graph=differentiable and second_order)
+                                        create_graph=differentiable and second_order,
+                                        retain_graph=differentiable)
         if not differentiable:
             loss = loss.detach()
         squares = torch.stack([g.detach().square().sum() for g in grads]).sum()
@@ -94,6 +97,7 @@ def unroll_segment(learned: LearnedRule, weights: Mapping[str, Tensor], task: Ta
     if length < 1:
         raise ValueError(f"length: a segment needs >= 1 step, got {length!r}")
     generator = batch_generator(batch_seed, inner_step)
+    start_state = state
     params, terms = list(params), []
     traces: dict[str, list[Tensor]] = {}
     take_every = meta_loss.needs_every_term
@@ -124,7 +128,11 @@ def unroll_segment(learned: LearnedRule, weights: Mapping[str, Tensor], task: Ta
             terms.append(task.normalized_loss(final))
             if bool(meta_loss.is_divergent(terms[-1].detach())):
                 return SegmentResult(None, terms, params, state, length, True, _floats(traces))
-    return SegmentResult(meta_loss.combine(terms), terms, params, state, length, False,
+    combined = meta_loss.combine(terms)
+    penalty = getattr(learned, "segment_penalty", None)
+    if penalty is not None:  # a rule's own charge, e.g. the hybrid's gradient evaluations
+        combined = combined + penalty(start_state, state, length)
+    return SegmentResult(combined, terms, params, state, length, False,
                          _floats(traces))
 
 
@@ -133,11 +141,14 @@ def _floats(traces: dict[str, list[Tensor]]) -> dict[str, list[float]]:
 
 
 def initial_run(learned: LearnedRule, weights: Mapping[str, Tensor], task: Task,
-                generator: torch.Generator | None = None) -> tuple[list[str], TensorList, State]:
-    """Names, initial parameters (canonical when ``generator`` is None) and detached rule state."""
+                generator: torch.Generator | None = None, horizon: int | None = None,
+                ) -> tuple[list[str], TensorList, State]:
+    """Names, initial parameters (canonical when ``generator`` is None) and detached rule state
+    of a run of ``horizon`` total steps (the controller's progress input)."""
     init = task.init_params(generator)
     names = list(init)
     params = [init[n].detach() for n in names]
     with torch.no_grad():
-        state = learned.init(params, {k: v.detach() for k, v in weights.items()})
+        state = learned.init(params, {k: v.detach() for k, v in weights.items()},
+                             horizon=horizon)
     return names, params, state
