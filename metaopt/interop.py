@@ -31,7 +31,7 @@ class DifferentiableGARO(higher.optim.DifferentiableOptimizer):
     def __init__(self, other: GARO, reference_params, *args: Any, **kwargs: Any) -> None:
         super().__init__(other, reference_params, *args, **kwargs)
         self.rule, self.controller = other.rule, other.controller
-        self.granularity = other.granularity
+        self.granularity, self.base_lr = other.granularity, other.base_lr
         self.garo_state = {k: v.clone() for k, v in other.garo_state.items()}
         self._loss = None
 
@@ -55,7 +55,7 @@ class DifferentiableGARO(higher.optim.DifferentiableOptimizer):
                     continue
                 params.append(p)
                 grads.append(g)
-                lr.append(group["lr"])
+                lr.append(group["lr"] / self.base_lr)  # the base rate, as in GARO
                 wd.append(group["weight_decay"])
                 ids.append(segment)
                 where.append((group_idx, p_idx))

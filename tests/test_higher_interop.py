@@ -33,7 +33,8 @@ def test_higher_meta_gradient_equals_functional_meta_gradient(direction, granula
     model, (x, y), (xv, yv) = problem()
     controller = awake_controller()
     layers = list(model.parameters())
-    opt = GARO([{"params": layers[:2]}, {"params": layers[2:], "lr": 0.7}],
+    # lr is the base rate: the second group's 0.7·init_lr is the rule's multiplier 0.7
+    opt = GARO([{"params": layers[:2]}, {"params": layers[2:], "lr": 0.7 * controller.init_lr}],
                controller=controller, direction=direction, granularity=granularity)
     targets = list(controller.parameters()) + layers
 

@@ -25,6 +25,12 @@ state (``feature_mean``, ``feature_var``) that start from the buffers ``init_fea
 ``init_feature_var``; those buffers are saved in checkpoints, so a meta-trainer can store the
 statistics it saw and a deployed optimizer starts from them.
 
+``features="relative"`` (the general checkpoint's choice, issue 9) feeds the same five signals
+measured relative to the run's start — ``log ‖g_t‖ − log ‖g_0‖`` and ``symlog(L_t / |L_0|)`` — so a
+loss multiplied by any ``c > 0`` gives the controller identical inputs, and adds the training
+progress ``(min(t/T, 1), [T known])`` (VeLO's ``num_training_steps`` input) next to the step
+embedding, un-normalised, so the controller can learn to anneal.
+
 The module is pure: ``forward`` reads only its arguments, weights and buffers, and returns the new
 recurrent state instead of keeping it, so ``torch.func.functional_call`` can swap its weights
 (DESIGN idea 2: the weights are data, the optimizer is built from them).
@@ -41,6 +47,11 @@ from torch import Tensor, nn
 SIGNAL_FEATURES = ("log_grad_norm", "delta_log_grad_norm", "symlog_loss", "delta_symlog_loss",
                    "log_update_ratio")
 NUM_SIGNAL_FEATURES = len(SIGNAL_FEATURES)
+#: ``"seed"``: the seed's raw features; ``"relative"``: the same five features made invariant to
+#: the loss's scale (gradient norm and loss relative to their first values), plus the training
+#: progress ``t/T`` as an un-normalised input (see ``metaopt.rules.garo``).
+FEATURE_SETS = ("seed", "relative")
+NUM_PROGRESS_INPUTS = 2  # [min(t/T, 1), 1 if T is known]
 
 
 def inverse_softplus(y: float) -> float:
@@ -69,6 +80,8 @@ class GAROController(nn.Module):
         init_lr, init_momentum, init_weight_decay: the constant outputs of the untrained controller.
         feature_decay: EMA decay ``β`` of the running feature statistics.
         feature_clip: normalised features are clipped to ``±feature_clip``.
+        features: ``"seed"`` (raw features, the seed) or ``"relative"`` (loss-scale invariant
+            features plus training progress; module docstring).
         generator: the source of the GRU's initial weights (default: a fresh one seeded with 0,
             so two untrained controllers are identical).
     """
@@ -76,31 +89,36 @@ class GAROController(nn.Module):
     def __init__(self, hidden_size: int = 32, num_step_frequencies: int = 3,
                  init_lr: float = 0.01, init_momentum: float = 0.0,
                  init_weight_decay: float = 1e-8, feature_decay: float = 0.99,
-                 feature_clip: float = 5.0, generator: Optional[torch.Generator] = None):
+                 feature_clip: float = 5.0, features: str = "seed",
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size: must be an int >= 1, got {hidden_size!r}")
         if not isinstance(num_step_frequencies, int) or num_step_frequencies < 0:
             raise ValueError(f"num_step_frequencies: must be an int >= 0, "
                              f"got {num_step_frequencies!r}")
-        if not init_lr > 0:
-            raise ValueError(f"init_lr: must be > 0, got {init_lr!r}")
+        if not 0 < init_lr < math.inf:
+            raise ValueError(f"init_lr: must be finite and > 0, got {init_lr!r}")
         if not -1 < init_momentum < 1:
             raise ValueError(f"init_momentum: must lie in (-1, 1), got {init_momentum!r}")
-        if not init_weight_decay > 0:
+        if not 0 < init_weight_decay < math.inf:
             raise ValueError(f"init_weight_decay: must be > 0 (softplus never reaches 0), "
                              f"got {init_weight_decay!r}")
         if not 0 <= feature_decay < 1:
             raise ValueError(f"feature_decay: must lie in [0, 1), got {feature_decay!r}")
-        if not feature_clip > 0:
-            raise ValueError(f"feature_clip: must be > 0, got {feature_clip!r}")
+        if not feature_clip > 0 or not math.isfinite(feature_clip):
+            raise ValueError(f"feature_clip: must be finite and > 0, got {feature_clip!r}")
+        if features not in FEATURE_SETS:
+            raise ValueError(f"features: must be one of {FEATURE_SETS}, got {features!r}")
         self.hidden_size = hidden_size
         self.num_step_frequencies = num_step_frequencies
         self.init_lr, self.init_momentum = float(init_lr), float(init_momentum)
         self.init_weight_decay = float(init_weight_decay)
         self.feature_decay, self.feature_clip = float(feature_decay), float(feature_clip)
-        # input = normalised signals, their validity mask, the step embedding
-        self.input_size = 2 * NUM_SIGNAL_FEATURES + 2 * num_step_frequencies
+        self.features = features
+        # input = normalised signals, their validity mask, the step embedding (, the progress)
+        self.input_size = 2 * NUM_SIGNAL_FEATURES + 2 * num_step_frequencies \
+            + (NUM_PROGRESS_INPUTS if features == "relative" else 0)
         self.cell = nn.GRUCell(self.input_size, hidden_size)
         self.head_lr = nn.Linear(hidden_size, 1)
         self.head_momentum = nn.Linear(hidden_size, 1)
@@ -132,7 +150,7 @@ class GAROController(nn.Module):
         return dict(hidden_size=self.hidden_size, num_step_frequencies=self.num_step_frequencies,
                     init_lr=self.init_lr, init_momentum=self.init_momentum,
                     init_weight_decay=self.init_weight_decay, feature_decay=self.feature_decay,
-                    feature_clip=self.feature_clip)
+                    feature_clip=self.feature_clip, features=self.features)
 
     def initial_state(self, num_segments: int = 1, device=None) -> dict[str, Tensor]:
         """Recurrent state before step 0: ``h = 0`` and the stored feature statistics."""
@@ -153,7 +171,8 @@ class GAROController(nn.Module):
         return emb.expand(num_segments, -1)
 
     def forward(self, signal: Tensor, valid: Tensor, step: Tensor, hidden: Tensor,
-                feature_mean: Tensor, feature_var: Tensor) -> ControllerOutput:
+                feature_mean: Tensor, feature_var: Tensor,
+                progress: Optional[Tensor] = None) -> ControllerOutput:
         """One recurrent step.
 
         Args:
@@ -163,6 +182,8 @@ class GAROController(nn.Module):
                 statistics nor reach the GRU (they enter as 0, flagged by the mask).
             step: scalar tensor, the number of steps taken before this one.
             hidden, feature_mean, feature_var: the previous recurrent state.
+            progress: (S, NUM_PROGRESS_INPUTS) ``[min(t/T, 1), T known]``; required (and only
+                read) with ``features="relative"``.
         """
         dtype = self.head_lr.weight.dtype
         signal, valid = signal.to(dtype), valid.to(dtype)
@@ -175,7 +196,12 @@ class GAROController(nn.Module):
         new_var = torch.where(mask, beta * (feature_var + (1 - beta) * delta * delta), feature_var)
         z = (x - new_mean) * torch.rsqrt(new_var + 1e-8)
         z = torch.where(mask, z.clamp(-self.feature_clip, self.feature_clip), torch.zeros_like(z))
-        inputs = torch.cat([z, valid, self.step_embedding(step, signal.shape[0])], dim=1)
+        parts = [z, valid, self.step_embedding(step, signal.shape[0])]
+        if self.features == "relative":
+            if progress is None:
+                raise ValueError("progress: required by a controller with features='relative'")
+            parts.append(progress.to(dtype))
+        inputs = torch.cat(parts, dim=1)
         h = self.cell(inputs, hidden)
         return ControllerOutput(
             lr=F.softplus(self.head_lr(h)).squeeze(1),
@@ -197,6 +223,14 @@ class BoundController:
 
     def __call__(self, *args) -> ControllerOutput:
         return torch.func.functional_call(self.module, self.weights, args)
+
+    @property
+    def features(self) -> str:
+        return self.module.features
+
+    @property
+    def init_lr(self) -> float:
+        return self.module.init_lr
 
     def initial_state(self, num_segments: int = 1, device=None) -> dict[str, Tensor]:
         state = self.module.initial_state(num_segments, device)

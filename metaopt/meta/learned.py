@@ -32,7 +32,8 @@ class LearnedRule(Protocol):
 
     def meta_parameters(self) -> dict[str, Tensor]: ...
 
-    def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor]) -> State: ...
+    def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor],
+             horizon: int | None = None) -> State: ...
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]: ...
@@ -58,8 +59,10 @@ class GAROLearnedRule:
     def _bound(self, weights: Mapping[str, Tensor]) -> BoundController:
         return BoundController(self.module, dict(weights))
 
-    def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor]) -> State:
-        return self.rule.init(list(params), self._bound(weights))
+    def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor],
+             horizon: int | None = None) -> State:
+        """The rule state of a new run; ``horizon`` (its total steps) feeds the progress input."""
+        return self.rule.init(list(params), self._bound(weights), horizon=horizon)
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:

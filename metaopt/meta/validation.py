@@ -37,7 +37,7 @@ def validate(learned: LearnedRule, weights: Mapping[str, Tensor], family: TaskFa
     scores, finals, diverged, traces = [], [], 0, {}
     for index, seed in enumerate(task_seeds):
         task = family.sample_seed(seed)
-        names, params, state = initial_run(learned, weights, task)
+        names, params, state = initial_run(learned, weights, task, horizon=horizon)
         result = unroll_segment(learned, weights, task, names, params, state, horizon,
                                 meta_loss, batch_seed=seed, differentiable=False,
                                 record_trace=(index == 0))

@@ -29,18 +29,21 @@ HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 class GARO(torch.optim.Optimizer):
     r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
 
-    For tensor ``θ_i`` in a group with multipliers ``lr``, ``weight_decay`` (direction ``"sgd"``)::
+    For tensor ``θ_i`` in a group with base rate ``lr`` and decay multiplier ``weight_decay``
+    (direction ``"sgd"``), with ``lr₀ = controller.init_lr`` the rate of the untrained controller::
 
-        b_i ← mom_t·b_i + (g_i + weight_decay·wd_t·θ_i);     θ_i ← θ_i − lr·lr_t·b_i
+        b_i ← mom_t·b_i + (g_i + weight_decay·wd_t·θ_i);     θ_i ← θ_i − lr·(lr_t / lr₀)·b_i
 
     (``"adam"``: ``g_i`` is replaced by the RMS-normalised ``g_i/(√v̂_i + eps)`` and the decay is
-    decoupled; see ``metaopt.rules.garo``.) ``lr`` therefore *multiplies* the controller's rate:
-    the default 1.0 keeps lr_t as emitted, an LR scheduler scales it, a group with ``lr=0`` is
-    frozen, and ``weight_decay=0`` exempts a group (e.g. biases, norms) from decay.
+    decoupled; see ``metaopt.rules.garo``.) ``lr`` is the *base learning rate* that the controller
+    scales by ``lr_t / lr₀``: by default ``lr = lr₀``, so steps are ``lr_t`` as emitted (the seed's
+    behaviour); ``GARO(params, lr=1e-3)`` with an untrained controller is exactly
+    ``SGD(lr=1e-3)``; an LR scheduler scales the base rate; a group with ``lr=0`` is frozen, and
+    ``weight_decay=0`` exempts a group (e.g. biases, norms) from decay.
 
     Args:
         params: tensors or param-group dicts.
-        lr: multiplier of lr_t (>= 0).
+        lr: base learning rate (>= 0; default: the controller's ``init_lr``).
         weight_decay: multiplier of wd_t (>= 0).
         controller: a ``GAROController`` (default: the untrained one, which behaves like SGD with
             lr 0.01, momentum 0, weight decay 1e-8). It is moved to the parameters' device.
@@ -48,28 +51,45 @@ class GARO(torch.optim.Optimizer):
         granularity: ``"global"`` (one hidden state, the seed), ``"group"`` (one per param group:
             the seed's layer-wise recurrence when each layer is a group) or ``"tensor"``.
         beta2, eps: second-moment decay and guard of the ``"adam"`` direction.
+        num_training_steps: the planned length of training ``T``; a controller with relative
+            features reads the progress ``min(t/T, 1)`` (VeLO's input) and can anneal. ``None``:
+            progress unknown (the controller sees it flagged as missing).
+        max_consecutive_skips: after this many non-finite steps in a row the run has diverged
+            for good (every later gradient is non-finite too): ``step`` raises
+            ``FloatingPointError`` instead of skipping forever.
 
-    A step whose gradient (or closure loss) is not finite is skipped: parameters, buffers and
+    The loss feeds the controller's loss features: pass ``step(closure)`` or, in a loop that has
+    already called ``loss.backward()``, ``step(loss=loss)``; learned controllers are meta-trained
+    with it. A step whose gradient (or loss) is not finite is skipped: parameters, buffers and
     the controller's hidden state stay as they were, ``skipped_steps`` counts it and a
     ``RuntimeWarning`` says so. (A finite gradient so large that its norm overflows counts too.)
     ``state_dict()`` carries the controller weights and its recurrent state, so a resumed run
     continues bit-exactly; it loads with ``torch.load(weights_only=True)``.
     """
 
-    def __init__(self, params, lr: float = 1.0, weight_decay: float = 1.0, *,
+    def __init__(self, params, lr: Optional[float] = None, weight_decay: float = 1.0, *,
                  controller: Optional[GAROController] = None, direction: str = "sgd",
-                 granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8):
+                 granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8,
+                 num_training_steps: Optional[int] = None, max_consecutive_skips: int = 20):
+        controller = controller if controller is not None else GAROController()
+        lr = controller.init_lr if lr is None else lr
         check_non_negative("lr", lr)
         check_non_negative("weight_decay", weight_decay)
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity: must be one of {GRANULARITIES}, got {granularity!r}")
+        if not (isinstance(max_consecutive_skips, int) and max_consecutive_skips >= 1):
+            raise ValueError(f"max_consecutive_skips: must be an int >= 1, "
+                             f"got {max_consecutive_skips!r}")
         rule = GARORule(direction=direction, beta2=beta2, eps=eps)  # validates the rest
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
         self.rule, self.granularity = rule, granularity
         device = self.param_groups[0]["params"][0].device
-        self.controller = (controller if controller is not None else GAROController()).to(device)
-        self.garo_state = rule.init_global(self.controller, self._num_segments(), device)
-        self.skipped_steps = 0
+        self.controller = controller.to(device)
+        self.num_training_steps = num_training_steps
+        self.garo_state = rule.init_global(self.controller, self._num_segments(), device,
+                                           num_training_steps)  # validates num_training_steps
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped_steps, self.consecutive_skips = 0, 0
         self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
 
     # -- configuration ---------------------------------------------------------------------------
@@ -78,6 +98,11 @@ class GARO(torch.optim.Optimizer):
         """The optimizer options a checkpoint needs to rebuild this optimizer."""
         return dict(direction=self.rule.direction, granularity=self.granularity,
                     beta2=self.rule.beta2, eps=self.rule.eps)
+
+    @property
+    def base_lr(self) -> float:
+        """``lr₀``: the controller's untrained rate, the unit of the group ``lr`` (class doc)."""
+        return self.controller.init_lr
 
     def _num_segments(self) -> int:
         if self.granularity == "global":
@@ -92,7 +117,8 @@ class GARO(torch.optim.Optimizer):
             missing = self._num_segments() - self.garo_state["hidden"].shape[0]
             if missing > 0:
                 fresh = self.rule.init_global(self.controller, missing,
-                                              self.garo_state["hidden"].device)
+                                              self.garo_state["hidden"].device,
+                                              self.num_training_steps)
                 for key, value in self.garo_state.items():
                     if value.dim() >= 1:
                         self.garo_state[key] = torch.cat([value, fresh[key]])
@@ -137,16 +163,18 @@ class GARO(torch.optim.Optimizer):
                     raise RuntimeError("GARO does not support sparse gradients")
                 params.append(p)
                 grads.append(p.grad)
-                lr.append(group["lr"])
+                lr.append(group["lr"] / self.base_lr)
                 wd.append(group["weight_decay"])
                 ids.append(segment)
         return params, grads, lr, wd, ids
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None):
-        """One GARO step from ``p.grad``; with a closure, its loss also feeds the controller."""
-        loss = None
+    def step(self, closure: Optional[Callable[[], Tensor]] = None, *, loss=None):
+        """One GARO step from ``p.grad``; the loss (from ``closure`` or given as ``loss``, after
+        ``loss.backward()``) also feeds the controller."""
         if closure is not None:
+            if loss is not None:
+                raise ValueError("step: pass a closure or a loss, not both")
             with torch.enable_grad():
                 loss = closure()
         params, grads, lr, wd, ids = self._active()
@@ -168,10 +196,17 @@ class GARO(torch.optim.Optimizer):
                                    "segment_ids": ids}, loss=loss_tensor)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= self.max_consecutive_skips:
+                raise FloatingPointError(
+                    f"GARO: {self.consecutive_skips} consecutive steps with a non-finite "
+                    f"gradient, loss or controller output: the run has diverged (lower lr, or "
+                    f"check the model/loss); parameters are those of the last finite step")
             warnings.warn(f"GARO: non-finite gradient, loss or controller output, step skipped "
                           f"({self.skipped_steps} so far); parameters and hidden state unchanged",
                           RuntimeWarning, stacklevel=2)
             return loss
+        self.consecutive_skips = 0
         self.garo_state = {k: v for k, v in new_state.items() if k not in keys}
         if self._hyperparam_hooks:
             report = {"step": self.garo_state["step"], "lr": self.garo_state["lr"],
@@ -188,7 +223,8 @@ class GARO(torch.optim.Optimizer):
         out["garo"] = {"controller": {k: v.clone() for k, v in
                                       self.controller.state_dict().items()},
                        "state": {k: v.clone() for k, v in self.garo_state.items()},
-                       "skipped_steps": self.skipped_steps}
+                       "skipped_steps": self.skipped_steps,
+                       "consecutive_skips": self.consecutive_skips}
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -206,12 +242,16 @@ class GARO(torch.optim.Optimizer):
         device = self.garo_state["hidden"].device
         self.garo_state = {k: v.to(device) for k, v in garo["state"].items()}
         self.skipped_steps = int(garo["skipped_steps"])
+        self.consecutive_skips = int(garo.get("consecutive_skips", 0))
 
     def __getstate__(self):
         # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.
         return {**super().__getstate__(), "rule": self.rule, "granularity": self.granularity,
                 "controller": self.controller, "garo_state": self.garo_state,
                 "skipped_steps": self.skipped_steps,
+                "consecutive_skips": self.consecutive_skips,
+                "max_consecutive_skips": self.max_consecutive_skips,
+                "num_training_steps": self.num_training_steps,
                 "_hyperparam_hooks": self._hyperparam_hooks}
 
 

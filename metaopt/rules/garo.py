@@ -8,7 +8,11 @@ only for the seed's global controller; one per group or tensor for the layer-wis
 
        log ‖g‖_s,  Δ log ‖g‖_s,  symlog L,  Δ symlog L,  log(‖Δθ_{t-1}‖_s / ‖θ_{t-1}‖_s)
 
-   with ``‖·‖_s`` the 2-norm over all tensors of the segment and ``symlog L = sign(L)·log1p|L|``;
+   with ``‖·‖_s`` the 2-norm over all tensors of the segment and ``symlog L = sign(L)·log1p|L|``.
+   A controller with ``features="relative"`` reads them relative to the run's first step,
+   ``log ‖g‖_s − log ‖g_0‖_s`` and ``symlog(L / |L_0|)`` (the rest are already ratios), so that a
+   loss ``c·L`` (any ``c > 0``) gives the same inputs; it also reads the training progress
+   ``[min(t/T, 1), 1]`` when the run's horizon ``T`` is known (``[0, 0]`` otherwise);
 2. ``lr_t, mom_t, wd_t, h_t = controller(features, h_{t-1})`` (one value per segment);
 3. with ``a_i = lr_i·lr_t`` (``lr_i`` the group's lr multiplier), ``μ = mom_t`` and
    ``λ_i = wd_i·wd_t`` (``wd_i`` the group's weight-decay multiplier):
@@ -21,6 +25,12 @@ only for the seed's global controller; one per group or tensor for the layer-wis
 
          v_i ← β₂ v_i + (1−β₂) g_i²;   u_i = g_i / (√(v_i / (1−β₂^{t+1})) + ε)
          b_i ← μ b_i + u_i;             θ_i ← θ_i − a_i (b_i + λ_i θ_i)
+
+With ``direction="adam"`` and relative features the whole step is invariant to the loss's scale
+up to ``ε`` (``u_i`` is homogeneous of degree 0 in ``g``): a documented near-equivalence, exact
+when ``ε ≪ √v̂``. The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates whose
+gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
+otherwise the meta-gradient there is ``0·∞ = NaN``.
 
 With the controller frozen at constants (lr, μ, λ) the first is exactly
 ``torch.optim.SGD(lr, momentum=μ, weight_decay=λ)`` and, for μ = 0, the second is
@@ -45,6 +55,14 @@ from .base import GradFn, State, TensorList, per_tensor
 
 DIRECTIONS = ("sgd", "adam")
 _TINY = 1e-12  # keeps log-norms finite at zero gradients / parameters
+_TINY_LOSS = 1e-30  # |L_0| guard of the relative loss feature (a loss of exactly 0)
+
+
+def safe_sqrt(x: Tensor) -> Tensor:
+    """√x for x ≥ 0 whose derivative at 0 is 0 instead of ∞ (the double-``where`` trick)."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(),
+                       torch.zeros_like(x))
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -75,6 +93,10 @@ def segment_norms(norms: Sequence[Tensor], segment_ids: Optional[Tensor],
     squares = torch.stack(list(norms)).square()
     total = squares.new_zeros(num_segments).index_add(0, segment_ids, squares)
     return total.sqrt()
+
+
+def _relative(controller) -> bool:
+    return getattr(controller, "features", "seed") == "relative"
 
 
 @dataclass(frozen=True)
@@ -112,8 +134,15 @@ class GARORule:
         return ("momentum_buffer", "exp_avg_sq") if self.direction == "adam" \
             else ("momentum_buffer",)
 
-    def init_global(self, controller, num_segments: int = 1, device=None) -> State:
-        """The per-run recurrent state: controller state, feature memories, step count."""
+    def init_global(self, controller, num_segments: int = 1, device=None,
+                    horizon: Optional[int] = None) -> State:
+        """The per-run recurrent state: controller state, feature memories, step count.
+
+        ``horizon``: the run's total number of steps ``T`` when known (the progress input of
+        relative-feature controllers); stored as a float, 0 meaning unknown.
+        """
+        if horizon is not None and not (isinstance(horizon, int) and horizon >= 1):
+            raise ValueError(f"horizon: must be an int >= 1 or None, got {horizon!r}")
         state = dict(controller.initial_state(num_segments, device))
         ref = state["hidden"]
         zeros = ref.new_zeros(num_segments)
@@ -121,6 +150,9 @@ class GARORule:
                      prev_log_grad_norm=zeros, prev_symlog_loss=zeros.clone(),
                      loss_seen=ref.new_zeros(()), prev_update_ratio=zeros.clone(),
                      lr=zeros.clone(), momentum=zeros.clone(), weight_decay=zeros.clone())
+        if _relative(controller):
+            state.update(ref_log_grad_norm=zeros.clone(), ref_loss=ref.new_ones(()),
+                         horizon=ref.new_tensor(float(horizon or 0)))
         return state
 
     def init_tensor_state(self, param: Tensor) -> dict[str, Tensor]:
@@ -128,10 +160,11 @@ class GARORule:
         return {k: torch.zeros_like(param, memory_format=torch.preserve_format)
                 for k in self.per_tensor_keys}
 
-    def init(self, params: Sequence[Tensor], controller, num_segments: int = 1) -> State:
+    def init(self, params: Sequence[Tensor], controller, num_segments: int = 1,
+             horizon: Optional[int] = None) -> State:
         """Full state: ``init_global`` plus per-tensor lists under ``per_tensor_keys``."""
         device = params[0].device if params else None
-        state = self.init_global(controller, num_segments, device)
+        state = self.init_global(controller, num_segments, device, horizon)
         for key in self.per_tensor_keys:
             state[key] = [torch.zeros_like(p, memory_format=torch.preserve_format)
                           for p in params]
@@ -172,7 +205,7 @@ class GARORule:
             else:
                 v = state["exp_avg_sq"][i] * self.beta2 + (1 - self.beta2) * g * g
                 new_state["exp_avg_sq"].append(v)
-                u = g / ((v / bias_correction2).sqrt() + self.eps)
+                u = g / (safe_sqrt(v / bias_correction2) + self.eps)
                 buf = torch.addcmul(u, buf, mom_i)
                 direction = torch.addcmul(buf, p, wd_i)
             new_state["momentum_buffer"].append(buf)
@@ -282,27 +315,45 @@ class GARORule:
         if not self.feature_gradients:
             gnorm, pnorm = gnorm.detach(), pnorm.detach()
         ctrl_dtype = hidden.dtype
+        relative = _relative(controller)
         log_gnorm = torch.log(gnorm.to(ctrl_dtype) + _TINY)
         started = (step > 0).to(ctrl_dtype).expand(num_segments)
         ones = torch.ones_like(log_gnorm)
+        extra = {}
+        grad_feature = log_gnorm
+        if relative:  # log ‖g‖ − log ‖g_0‖: the first step sets the reference
+            extra["ref_log_grad_norm"] = torch.where(started > 0, state["ref_log_grad_norm"],
+                                                     log_gnorm)
+            grad_feature = log_gnorm - extra["ref_log_grad_norm"]
         if loss is not None:
-            loss_value = loss if self.feature_gradients else loss.detach()
-            sym = symlog(loss_value.reshape(()).to(ctrl_dtype)).expand(num_segments)
+            loss_value = (loss if self.feature_gradients else loss.detach()).reshape(())
+            loss_value = loss_value.to(ctrl_dtype)
+            if relative:  # symlog(L / |L_0|): the first loss seen sets the reference
+                extra["ref_loss"] = torch.where(state["loss_seen"] > 0, state["ref_loss"],
+                                                loss_value.detach().abs() + _TINY_LOSS)
+                loss_value = loss_value / extra["ref_loss"]
+            sym = symlog(loss_value).expand(num_segments)
             has_loss, had_loss = ones, state["loss_seen"].expand(num_segments)
         else:
             sym = state["prev_symlog_loss"]
             has_loss, had_loss = torch.zeros_like(ones), torch.zeros_like(ones)
-        signal = torch.stack([log_gnorm, log_gnorm - state["prev_log_grad_norm"], sym,
+        signal = torch.stack([grad_feature, log_gnorm - state["prev_log_grad_norm"], sym,
                               sym - state["prev_symlog_loss"],
                               torch.log(state["prev_update_ratio"] + _TINY)], dim=1)
         valid = torch.stack([ones, started, has_loss, has_loss * had_loss, started], dim=1)
         if finite is not None:  # a non-finite gradient must not reach the GRU, even discarded
             signal = torch.where(finite, signal, torch.zeros_like(signal))
-        out = controller(signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
+        args = (signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
+        if relative:
+            horizon = state["horizon"]
+            known = (horizon > 0).to(ctrl_dtype)
+            fraction = (step.to(ctrl_dtype) / horizon.clamp_min(1)).clamp(max=1) * known
+            args += (torch.stack([fraction, known]).expand(num_segments, 2),)
+        out = controller(*args)
         return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
                     lr_mult=per_tensor(hyper.get("lr", 1.0), n),
                     wd_mult=per_tensor(hyper.get("weight_decay", 1.0), n),
-                    log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm)
+                    log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra)
 
     def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
         """The new global state (step 4); segments without tensors this step keep theirs."""
@@ -336,4 +387,6 @@ class GARORule:
             prev_update_ratio=keep(ratio, state["prev_update_ratio"]),
             lr=keep(out.lr, state["lr"]), momentum=keep(out.momentum, state["momentum"]),
             weight_decay=keep(out.weight_decay, state["weight_decay"]))
+        for key, value in ctx["extra"].items():  # the relative features' references
+            result[key] = keep(value, state[key]) if value.dim() else value
         return result
