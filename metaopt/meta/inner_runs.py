@@ -88,7 +88,7 @@ class InnerRunPool:
         batch_seed = int(torch.randint(2 ** 62, (), generator=generator))
         horizon = self.horizon.sample(generator)
         task = self._task(task_seed)
-        names, params, state = initial_run(self.learned, weights, task)
+        names, params, state = initial_run(self.learned, weights, task, horizon=horizon)
         return InnerRun(task_seed, horizon, batch_seed, 0, names, params, state, task)
 
     def refresh(self, weights: Mapping[str, Tensor], generator: torch.Generator) -> int:
