@@ -33,6 +33,7 @@ class ControllerConfig:
     init_weight_decay: float = 1.0e-8
     direction: str = "sgd"  # sgd | adam
     feature_gradients: bool = False  # differentiate through the controller's input features
+    features: str = "seed"  # seed | relative (loss-scale invariant + training progress)
 
 
 @dataclass
@@ -131,6 +132,7 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "num_threads", "progress", "va
 
 CHOICES = {
     "controller.direction": ("sgd", "adam"),
+    "controller.features": ("seed", "relative"),
     "unroll.schedule": ("constant", "log_uniform"),
     "meta_loss.kind": ("mean", "final", "log"),
     "meta_loss.split": ("train", "test"),
