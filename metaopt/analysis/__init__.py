@@ -11,6 +11,8 @@ from . import basins, batched, hessian
 from .basins import *  # noqa: F401,F403
 from .batched import *  # noqa: F401,F403
 from .hessian import *  # noqa: F401,F403
+from . import trajectories
+from .trajectories import *  # noqa: F401,F403
 from . import anomalies, convergence
 from .anomalies import *  # noqa: F401,F403
 from .convergence import *  # noqa: F401,F403
@@ -19,6 +21,7 @@ __all__ = [
     *hessian.__all__,
     *batched.__all__,
     *basins.__all__,
+    *trajectories.__all__,
     *anomalies.__all__,
     *convergence.__all__,
 ]
