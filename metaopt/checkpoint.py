@@ -8,7 +8,8 @@ its string metadata says everything needed to rebuild the runtime optimizer from
 ``format``             ``"metaopt.garo"``
 ``format_version``     ``"1"`` (files of any other version are refused)
 ``metaopt_version``    the package version that wrote it
-``controller_class``   ``"GAROController"``
+``controller_class``   ``"GAROController"`` or ``"SwitchingPolicy"`` (``CONTROLLER_CLASSES``)
+``optimizer_class``    ``"GARO"`` (the default when absent) or ``"HybridGDODE"``
 ``controller_config``  JSON: ``GAROController`` constructor arguments
 ``optimizer_config``   JSON: ``GARO`` options (direction, granularity, beta2, eps)
 ``created_at``         ISO-8601 UTC time of writing
@@ -39,6 +40,7 @@ from safetensors.torch import save as _safetensors_bytes
 
 from .atomic import atomic_write
 from .controllers.garo import GAROController
+from .controllers.switching import SwitchingPolicy
 
 FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
@@ -46,6 +48,10 @@ SUFFIX = ".safetensors"
 #: the ``GARO`` constructor options a checkpoint may store
 OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay", "direction", "granularity", "beta2",
                                    "eps"})
+#: ``controller_class`` metadata -> module class (files without ``optimizer_class`` are GARO's)
+CONTROLLER_CLASSES = {"GAROController": GAROController, "SwitchingPolicy": SwitchingPolicy}
+#: ``optimizer_class`` metadata -> the controller class it takes
+OPTIMIZER_CLASSES = {"GARO": "GAROController", "HybridGDODE": "SwitchingPolicy"}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 #: the largest stored base ``lr`` accepted: the runtime step is lr·lr_t/lr₀, which overflows long
 #: before lr = 1e308, and no optimizer's base rate is anywhere near 1e6
@@ -60,7 +66,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    controller: GAROController
+    controller: torch.nn.Module  # a CONTROLLER_CLASSES instance
     optimizer_config: dict[str, Any]
     metadata: dict[str, str]
     training: dict[str, Any] = field(default_factory=dict)
@@ -81,9 +87,10 @@ def _git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def save_checkpoint(path: PathLike, controller: GAROController,
+def save_checkpoint(path: PathLike, controller: torch.nn.Module,
                     optimizer_config: Optional[dict[str, Any]] = None,
-                    training: Optional[dict[str, Any]] = None) -> Path:
+                    training: Optional[dict[str, Any]] = None,
+                    optimizer_class: str = "GARO") -> Path:
     """Write ``controller`` (+ optimizer options and provenance) to ``path`` atomically.
 
     ``optimizer_config`` is typically ``GARO(...).config``; ``training`` is free JSON provenance.
@@ -94,12 +101,17 @@ def save_checkpoint(path: PathLike, controller: GAROController,
     if bad:  # load_checkpoint would refuse the file: never write it
         raise CheckpointError(f"{path}: refusing to write a checkpoint with non-finite values in "
                               f"{bad}")
-    _check_optimizer_options(optimizer_config or {}, path)
+    if OPTIMIZER_CLASSES.get(optimizer_class) != type(controller).__name__:
+        raise CheckpointError(f"{path}: optimizer_class {optimizer_class!r} does not take a "
+                              f"{type(controller).__name__} (known: {OPTIMIZER_CLASSES})")
+    if optimizer_class == "GARO":
+        _check_optimizer_options(optimizer_config or {}, path)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "metaopt_version": _metaopt_version(),
         "controller_class": type(controller).__name__,
+        "optimizer_class": optimizer_class,
         "controller_config": json.dumps(controller.config, sort_keys=True),
         "optimizer_config": json.dumps(optimizer_config or {}, sort_keys=True),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -178,9 +190,14 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(
             f"{path}: unknown format_version {metadata.get('format_version')!r}; this metaopt "
             f"({_metaopt_version()}) reads version {FORMAT_VERSION}")
-    if metadata.get("controller_class") != GAROController.__name__:
+    optimizer_class = metadata.get("optimizer_class", "GARO")  # files before the registry: GARO
+    if optimizer_class not in OPTIMIZER_CLASSES:
+        raise CheckpointError(f"{path}: unknown optimizer_class {optimizer_class!r} "
+                              f"(known: {sorted(OPTIMIZER_CLASSES)})")
+    if metadata.get("controller_class") != OPTIMIZER_CLASSES[optimizer_class]:
         raise CheckpointError(f"{path}: unknown controller_class "
-                              f"{metadata.get('controller_class')!r}")
+                              f"{metadata.get('controller_class')!r} for {optimizer_class}")
+    controller_cls = CONTROLLER_CLASSES[OPTIMIZER_CLASSES[optimizer_class]]
     config = _json_field(metadata, "controller_config", path)
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
@@ -192,17 +209,21 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         # Shapes are checked on a meta-device twin first: a tiny file whose config asks for a
         # huge network is refused before anything the size of that network is allocated.
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in GAROController(**config).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in controller_cls(**config).state_dict().items()}
         stored = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != stored:
             mismatched = sorted(k for k in expected.keys() | stored.keys()
                                 if expected.get(k) != stored.get(k))
             raise ValueError(f"tensor shapes differ from the config's for {mismatched}")
-        controller = GAROController(**config)
+        controller = controller_cls(**config)
         controller.load_state_dict(tensors, strict=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: controller does not match its config ({exc})") from None
     optimizer_config = _json_field(metadata, "optimizer_config", path)
+    if optimizer_class != "GARO":  # HybridGDODE validates its own options when rebuilt
+        return Checkpoint(controller=controller.to(map_location),
+                          optimizer_config=optimizer_config, metadata=metadata,
+                          training=_json_field(metadata, "training", path))
     unknown = sorted(set(optimizer_config) - OPTIMIZER_CONFIG_KEYS)
     if unknown:
         raise CheckpointError(f"{path}: unknown optimizer_config keys {unknown}; expected a "
@@ -246,17 +267,22 @@ def _hub_available() -> bool:
 
 
 def load_optimizer(name_or_path: PathLike, params, **overrides):
-    """Rebuild the runtime ``GARO`` optimizer from a checkpoint file or shipped name.
+    """Rebuild the runtime optimizer (``GARO``, or ``HybridGDODE`` when the metadata's
+    ``optimizer_class`` says so) from a checkpoint file or shipped name.
 
     ``overrides`` replace the stored optimizer options or add group defaults (``lr``,
     ``weight_decay``, ``direction``, ``granularity``, …).
     """
     from .optim.garo import GARO
+    from .optim.hybrid import HybridGDODE
     path = resolve(name_or_path)
     ckpt = load_checkpoint(path)
     options = {**ckpt.optimizer_config, **overrides}
+    name = ckpt.metadata.get("optimizer_class", "GARO")
     try:
+        if name == "HybridGDODE":  # the learned switching policy inside a hybrid optimizer
+            return HybridGDODE(params, policy=ckpt.controller, **options)
         return GARO(params, controller=ckpt.controller, **options)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot build GARO with options {options} "
+        raise CheckpointError(f"{path}: cannot build {name} with options {options} "
                               f"(stored optimizer_config plus overrides): {exc}") from None
