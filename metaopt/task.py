@@ -22,9 +22,10 @@ families live in ``tasks/`` and depend on this file.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "ModuleTask",
     "Params",
     "Task",
+    "TaskBatch",
     "TaskFamily",
     "fan_in_uniform_init",
     "generator_from_seed",
@@ -191,6 +193,87 @@ class Task(ABC):
     def describe(self) -> str:
         """Short human-readable description of the sampled variation (used in result tables)."""
         return self.name
+
+    # ----------------------------------------------------------------- vectorised meta-batches
+    def batch_key(self) -> Hashable | None:
+        """How a family opts in to vectorised meta-training (``metaopt.meta.vectorised``).
+
+        Tasks whose keys are equal (and not None) can be advanced as one program: ``stack`` puts
+        them in a ``TaskBatch``. The default, None, means "this task is unrolled on its own" (the
+        loop engine). The key must capture everything the loss depends on besides the parameters
+        and the batch data (architecture, batch size, penalties, dtype, device).
+        """
+        return None
+
+    @classmethod
+    def stack(cls, tasks: Sequence[Task]) -> TaskBatch:
+        """A ``TaskBatch`` of ``tasks`` (all with this task's ``batch_key``)."""
+        raise NotImplementedError(f"{cls.__name__} has no batched form (batch_key() is None)")
+
+
+class TaskBatch(ABC):
+    """``B`` tasks with equal ``batch_key`` advanced as one program over a leading task dimension.
+
+    Parameters are stacked ``{name: (B, *shape)}`` by ``stack_values`` (a family whose tasks differ
+    in shape pads them; it then documents why the padding is exact) and split back by
+    ``unstack_values``. ``loss(params, batch)`` returns the ``(B,)`` vector of the tasks' losses,
+    ``L_b = tasks[b].loss(params_b, batch_b)``, differentiable w.r.t. ``params`` (task ``b``'s loss
+    depends on row ``b`` only, so ``∂ Σ_b L_b / ∂ params`` is every task's own gradient).
+    ``train_batch(generators)`` draws task ``b``'s batch from ``generators[b]`` with exactly the
+    draws of ``tasks[b].train_batch`` (None: a placeholder batch, no draw), so a vectorised run
+    sees the same minibatch stream as the loop. ``select(rows)`` keeps a subset of the tasks.
+    Subclasses list their stacked per-task tensors in ``stacked_attributes``.
+    """
+
+    stacked_attributes: tuple[str, ...] = ()
+
+    def __init__(self, tasks: Sequence[Task]):
+        self.tasks = list(tasks)
+        if not self.tasks:
+            raise ValueError("tasks: a TaskBatch needs at least one task")
+        first = self.tasks[0]
+        self.device, self.dtype = first.device, first.dtype
+        self.loss_offset = torch.tensor([t.loss_offset for t in self.tasks], dtype=torch.float64,
+                                        device=self.device)
+        self.loss_scale = torch.tensor([t.loss_scale for t in self.tasks], dtype=torch.float64,
+                                       device=self.device)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @abstractmethod
+    def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """``(B,)`` losses; ``params[name]`` has shape ``(B, *stacked shape)``."""
+
+    @abstractmethod
+    def train_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
+        """The stacked training batches (``generators[b]`` None: a placeholder, nothing drawn)."""
+
+    def test_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
+        """The stacked ``tasks[b].test_batch(generators[b])``; by default the train batch form of
+        tasks whose test batch draws nothing (override for sampled test sets)."""
+        return self.train_batch([None] * len(self.tasks))
+
+    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
+        """Stack per-task tensors shaped like parameter ``name`` (and its per-parameter state)."""
+        return torch.stack(list(values))
+
+    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
+        """The inverse of ``stack_values``: one tensor per task."""
+        return list(value.unbind(0))
+
+    def normalized_loss(self, losses: Tensor) -> Tensor:
+        """``(L_b − offset_b) / scale_b`` for every task (``Task.normalized_loss`` row-wise)."""
+        return (losses - self.loss_offset.to(losses.dtype)) / self.loss_scale.to(losses.dtype)
+
+    def select(self, rows: Sequence[int]) -> TaskBatch:
+        """The batch of ``tasks[r] for r in rows`` (stacked tensors indexed, padding kept)."""
+        out = copy.copy(self)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        out.tasks = [self.tasks[r] for r in rows]
+        for name in ("loss_offset", "loss_scale", *self.stacked_attributes):
+            setattr(out, name, getattr(self, name).index_select(0, index))
+        return out
 
 
 class _ModuleObjective(nn.Module):

@@ -43,6 +43,10 @@ class MLPTask(ClassificationTask):
         layers.append(nn.Linear(fan_in, self.num_classes))
         return nn.Sequential(*layers)
 
+    def batch_key(self):
+        """MLPs of one architecture (width, depth, activation), penalty and batch size stack."""
+        return self._supervised_batch_key("mlp", self.width, self.depth, self.activation)
+
     def describe(self) -> str:
         return (
             f"{self.name}(width={self.width}, depth={self.depth}, act={self.activation}, "

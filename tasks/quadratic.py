@@ -16,15 +16,17 @@ and the training loss is ``f(x) + sigma * z^T (x - x*)``, whose gradient is ``A(
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from metaopt.task import Batch, TaskFamily, sample_int_log_uniform, sample_log_uniform
+from metaopt.task import Batch, TaskBatch, TaskFamily, sample_int_log_uniform, sample_log_uniform
 
 from .point import PointTask
 
-__all__ = ["QuadraticFamily", "QuadraticTask", "random_orthogonal"]
+__all__ = ["QuadraticBatch", "QuadraticFamily", "QuadraticTask", "random_orthogonal"]
 
 
 def random_orthogonal(dim: int, generator: torch.Generator) -> Tensor:
@@ -65,6 +67,64 @@ class QuadraticTask(PointTask):
     def describe(self) -> str:
         noise = f", sigma={self.noise_std:.2g}" if self.noise_std else ""
         return f"{self.name}(dim={self.dim}, kappa={self.condition_number:.3g}{noise})"
+
+    def batch_key(self):
+        # Every quadratic, noisy or not, of any dimension, joins one zero-padded batch.
+        return ("quadratic", self.device, self.dtype)
+
+    @classmethod
+    def stack(cls, tasks: Sequence[QuadraticTask]) -> QuadraticBatch:
+        return QuadraticBatch(tasks)
+
+
+class QuadraticBatch(TaskBatch):
+    """``B`` quadratics (plain and noisy, any dimensions) zero-padded to the largest ``D``::
+
+        L_b(x) = 1/2 (x − x*_b)^T A_b (x − x*_b) + σ_b z_b^T (x − x*_b)
+
+    with ``A_b``, ``x*_b``, ``z_b`` and the parameter (and every per-parameter state tensor)
+    zero in the padded coordinates ``d_b..D−1``. There the gradient is exactly 0 and the loss
+    gets no term, so a rule that maps a coordinate with ``θ = g = state = 0`` to 0 and reads the
+    parameters only through sums (norms, dot products) — GARO — keeps the padding at 0 and
+    computes the same step as on the ``d_b``-dimensional task (up to the summation order).
+    Deterministic tasks (``σ_b = 0``) draw no noise: their ``z_b`` is 0, as their batch is None.
+    """
+
+    stacked_attributes = ("hessian", "x_star", "noise_std")
+
+    def __init__(self, tasks: Sequence[QuadraticTask]):
+        super().__init__(tasks)
+        self.dims = [t.dim for t in self.tasks]
+        self.width = max(self.dims)
+        self.hessian = torch.stack([F.pad(t.hessian, (0, self.width - t.dim) * 2)
+                                    for t in self.tasks])
+        self.x_star = self.stack_values("x", [t.x_star for t in self.tasks])
+        self.noise_std = torch.tensor([t.noise_std for t in self.tasks], dtype=self.dtype,
+                                      device=self.device)
+
+    def select(self, rows):
+        out = super().select(rows)
+        out.dims = [t.dim for t in out.tasks]
+        return out
+
+    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
+        return torch.stack([F.pad(v, (0, self.width - v.shape[0])) for v in values])
+
+    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
+        return [row[:dim] for row, dim in zip(value.unbind(0), self.dims)]
+
+    def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        delta = params["x"] - self.x_star
+        curvature = torch.bmm(self.hessian, delta.unsqueeze(-1)).squeeze(-1)
+        value = 0.5 * (delta * curvature).sum(-1)
+        return value + self.noise_std * (batch * delta).sum(-1)
+
+    def train_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
+        noise = torch.zeros(len(self.tasks), self.width, dtype=torch.float64)
+        for row, task, generator in zip(noise, self.tasks, generators):
+            if generator is not None and task.noise_std != 0.0:  # QuadraticTask.train_batch
+                row[:task.dim] = torch.randn(task.dim, generator=generator, dtype=torch.float64)
+        return noise.to(device=self.device, dtype=self.dtype)
 
 
 class QuadraticFamily(TaskFamily):

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaopt.task import Batch, ModuleTask, Params, fan_in_uniform_init, generator_from_seed
+from metaopt.task import (
+    Batch,
+    ModuleTask,
+    Params,
+    TaskBatch,
+    fan_in_uniform_init,
+    generator_from_seed,
+)
 
 from .data import SplitData, minibatch
 
-__all__ = ["ClassificationTask", "SupervisedTask", "weight_penalty"]
+__all__ = ["ClassificationTask", "SupervisedBatch", "SupervisedTask", "weight_penalty"]
 
 
 def weight_penalty(model: nn.Module, l2: float = 0.0, l1: float = 0.0) -> Tensor | float:
@@ -105,6 +112,66 @@ class SupervisedTask(ModuleTask):
             return self.eval_batch("test")
         index = minibatch(generator, int(self.x_test.shape[0]), self.batch_size).to(self.device)
         return self.x_test[index], self.y_test[index]
+
+
+    def _supervised_batch_key(self, *architecture):
+        """A ``batch_key`` for subclasses that opt in: the loss is ``module_loss`` of the same
+        architecture (``architecture`` names it), penalties and minibatch sizes; only the data
+        and the parameters differ between tasks of one key."""
+        num_test = int(self.x_test.shape[0])
+        return (type(self), architecture, self.num_features, self.num_classes, self.l2, self.l1,
+                min(self.batch_size, self.num_train), min(self.batch_size, num_test),
+                self.device, self.dtype)
+
+    @classmethod
+    def stack(cls, tasks: Sequence[SupervisedTask]) -> SupervisedBatch:
+        return SupervisedBatch(tasks)
+
+
+class SupervisedBatch(TaskBatch):
+    """Supervised tasks of one architecture, batched by ``torch.func.vmap`` of the first task's
+    functional loss (tasks of one ``batch_key`` differ only in data and parameters).
+
+    The tasks' train (test) sets are stacked, padded to the longest; task ``b``'s minibatch rows
+    are drawn from its own generator with ``minibatch`` exactly as ``SupervisedTask.train_batch``
+    does (only indices below its own set size), then gathered in one indexing op.
+    """
+
+    stacked_attributes = ("x_train", "y_train", "x_test", "y_test")
+
+    def __init__(self, tasks: Sequence[SupervisedTask]):
+        super().__init__(tasks)
+        self.x_train, self.y_train = self._pad([(t.x_train, t.y_train) for t in self.tasks])
+        self.x_test, self.y_test = self._pad([(t.x_test, t.y_test) for t in self.tasks])
+        self._loss = torch.func.vmap(self.tasks[0].loss)
+
+    @staticmethod
+    def _pad(pairs):
+        rows = max(int(x.shape[0]) for x, _ in pairs)
+        xs = torch.stack([torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
+                          for x, _ in pairs])
+        ys = torch.stack([torch.cat([y, y.new_zeros(rows - y.shape[0], *y.shape[1:])])
+                          for _, y in pairs])
+        return xs, ys
+
+    def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        return self._loss(dict(params), batch)
+
+    def _gather(self, x: Tensor, y: Tensor, sizes: Sequence[int],
+                generators: Sequence[torch.Generator | None]) -> Batch:
+        size = min(self.tasks[0].batch_size, min(sizes))
+        index = torch.stack([torch.arange(size) if g is None else minibatch(g, n, size)
+                             for n, g in zip(sizes, generators)]).to(self.device)
+        rows = torch.arange(len(self.tasks), device=self.device).unsqueeze(1)
+        return x[rows, index], y[rows, index]
+
+    def train_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
+        return self._gather(self.x_train, self.y_train, [t.num_train for t in self.tasks],
+                            generators)
+
+    def test_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
+        return self._gather(self.x_test, self.y_test,
+                            [int(t.x_test.shape[0]) for t in self.tasks], generators)
 
 
 class ClassificationTask(SupervisedTask):
