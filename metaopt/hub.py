@@ -216,5 +216,15 @@ def describe(metadata: dict[str, str], training: dict[str, Any]) -> str:
 
 def describe_checkpoint(name_or_path: PathLike) -> str:
     """One-line description of a shipped checkpoint, file or directory (for ``metaopt list``)."""
-    ckpt = load_checkpoint(resolve(name_or_path))
-    return describe(ckpt.metadata, ckpt.training)
+    from safetensors import safe_open
+
+    from .checkpoint import _check_safetensors_framing
+    path = resolve(name_or_path)
+    _check_safetensors_framing(path)  # metadata only: no controller is built for a listing
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    try:
+        training = json.loads(metadata.get("training", "{}"))
+    except json.JSONDecodeError:
+        training = {}
+    return describe(metadata, training if isinstance(training, dict) else {})

@@ -1,0 +1,91 @@
+"""The metaopt command: subcommands dispatch to the scripts' main(argv); list / tasks report the
+registries (checked against the registries themselves and the factories' signatures)."""
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import metaopt
+import tasks
+from metaopt import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["unroll.num_tasks=2", "unroll.truncation_length=3", "unroll.schedule=constant",
+        "unroll.horizon=6", "controller.hidden_size=4", "validation.every=1",
+        "validation.num_tasks=1", "validation.horizon=4", "evaluation.enabled=false",
+        "wandb.mode=disabled", "progress=false", "steps=1"]
+
+
+def test_python_dash_m_lists_optimizers_pretrained_and_families():
+    out = subprocess.run([sys.executable, "-m", "metaopt", "list"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    for name in metaopt.list_optimizers() + tasks.names():
+        assert f"  {name} " in out
+    assert "pretrained checkpoints" in out and "meta-trained on" in out
+
+
+def test_tasks_prints_every_keyword_default_from_the_signature(capsys):
+    assert cli.main(["tasks", "mlp", "quadratic"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mlp", "quadratic"):
+        factory = tasks._REGISTRY[name]
+        for key, p in inspect.signature(factory).parameters.items():
+            if key not in ("device", "dtype"):
+                assert f"    {key} = {p.default!r}" in out
+    assert cli.main(["tasks", "nope"]) == 2
+
+
+def test_list_sections_and_errors(capsys):
+    assert cli.main(["list", "pretrained"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in metaopt.list_pretrained()) and "rk4" not in out
+    assert cli.main(["list", "nonsense"]) == 2
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main([]) == 2 and cli.main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+
+
+def test_train_help_lists_the_config_keys(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: metaopt train")
+    assert "task.kwargs: dict[str, Any] = {}" in out and "controller=adam|sgd" in out
+
+
+def test_train_switches_family_in_one_override(tmp_path, capsys):
+    """issue 14's report: `--config configs/garo.yaml task.name=mlp` failed on stale kwargs."""
+    code = cli.main(["train", "--config", str(ROOT / "configs" / "garo.yaml"), "task.name=mlp",
+                     "task.kwargs.width=[4,8]", "task.kwargs.depth=[1,1]",
+                     f"out_dir={tmp_path}", *TINY])
+    assert code == 0
+    assert (tmp_path / "optimizer.safetensors").is_file()
+    assert "name: mlp" in (tmp_path / "config.yaml").read_text()
+    assert "components" not in (tmp_path / "config.yaml").read_text()
+
+
+def test_config_errors_exit_2_and_name_the_key(tmp_path, capsys):
+    code = cli.main(["train", "--config", str(ROOT / "configs" / "garo.yaml"),
+                     "task=no_such", f"out_dir={tmp_path}"])
+    assert code == 2 and "invalid config group 'task'" in capsys.readouterr().err
+
+
+def test_missing_script_is_explained(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("METAOPT_SCRIPTS", str(tmp_path))
+    assert cli.scripts_dir() == tmp_path
+    assert cli.main(["analyze", "--list"]) == 2
+    err = capsys.readouterr().err
+    assert "gdsearch.py not found" in err and "pip install -e ." in err
+
+
+def test_scripts_are_found_beside_the_package(monkeypatch):
+    monkeypatch.delenv("METAOPT_SCRIPTS", raising=False)
+    assert cli.scripts_dir() == ROOT / "scripts"
+    for filename, _ in cli.SCRIPTS.values():
+        if filename != "gdsearch.py":  # the analysis studies are optional
+            assert (cli.scripts_dir() / filename).is_file()
