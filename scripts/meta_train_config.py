@@ -45,6 +45,8 @@ class UnrollConfig:
     min_horizon: int = 50  # log_uniform schedule
     max_horizon: int = 200
     second_order: bool = True  # backpropagate through the inner gradient (create_graph)
+    engine: str = "loop"  # loop | vectorised (same-shape runs as one vmapped program, issue 12)
+    compile: bool = False  # vectorised: torch.compile the batched rule step (measured: no gain on CPU)
 
 
 @dataclass
@@ -127,13 +129,15 @@ class MetaTrainConfig:
 
 
 # Keys that may change between a run and its resumption (everything else must match).
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "num_threads", "progress", "validation",
+RESUMABLE_CHANGES = ("unroll.engine", "unroll.compile",  # same numbers, same state format
+                     "steps", "checkpoint_every", "num_threads", "progress", "validation",
                      "evaluation", "wandb", "out_dir")
 
 CHOICES = {
     "controller.direction": ("sgd", "adam"),
     "controller.features": ("seed", "relative"),
     "unroll.schedule": ("constant", "log_uniform"),
+    "unroll.engine": ("loop", "vectorised"),
     "meta_loss.kind": ("mean", "final", "log"),
     "meta_loss.split": ("train", "test"),
     "validation.kind": ("mean", "final", "log"),
