@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import os
 import signal
@@ -60,6 +61,7 @@ from metaopt.meta import (
     validate,
 )
 from metaopt.meta.training_state import TrainingStateError
+from metaopt.meta.vectorised import VectorisedPool
 from metaopt.optim.garo import GARO
 from metaopt.rules.garo import GARORule
 
@@ -128,8 +130,10 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
             raise ConfigError(f"invalid config key 'evaluation.baselines[{i}]': {error}") \
                 from error
     horizon = make_horizon(u.schedule, u.horizon, u.min_horizon, u.max_horizon)
-    pool = InnerRunPool(learned, family, u.num_tasks, u.truncation_length, horizon, meta_loss,
-                        second_order=u.second_order)
+    engine = {"vectorised": functools.partial(VectorisedPool, compile=u.compile)}.get(
+        u.engine, InnerRunPool)  # same runs and numbers; vectorised: one program per task shape
+    pool = engine(learned, family, u.num_tasks, u.truncation_length, horizon, meta_loss,
+                  second_order=u.second_order)
     estimator = make_estimator(cfg.estimator.name, cfg.estimator.num_pairs, cfg.estimator.sigma)
     trainer = MetaTrainer(learned, pool, estimator, outer_lr=cfg.outer.lr,
                           clip_norm=cfg.outer.clip_norm, seed=cfg.seed)
