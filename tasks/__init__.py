@@ -6,7 +6,8 @@
 
 ``tasks.names()`` lists the registered families; ``tasks.get(name, **kwargs)`` builds one and
 raises ``ValueError`` naming an unknown family or keyword. ``tasks.get("mixture", components={...})``
-mixes several named families. ``tasks.register(name, factory)`` adds a plug-in family.
+mixes several named families; ``tasks.get("augmented", family={"name": ..., "kwargs": {...}},
+loss_scale=[lo, hi], param_scale=[lo, hi])`` rescales each sampled task's loss and parameters. ``tasks.register(name, factory)`` adds a plug-in family.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from metaopt.task import ModuleTask, Task, TaskFamily
 
+from .augment import AugmentedFamily
 from .cnn import CNNDigitsFamily
 from .logistic import LogisticRegressionFamily
 from .mixture import MixtureFamily
@@ -88,6 +90,24 @@ def _mixture(components: Mapping[str, Mapping[str, Any]], weights: Mapping[str, 
     return MixtureFamily(families, family_weights)
 
 
+def _augmented(family: str | Mapping[str, Any], loss_scale=None, param_scale=None, device=None,
+               dtype=None) -> AugmentedFamily:
+    """``family``: a family name, or ``{"name": ..., "kwargs": {...}}``; the scale ranges are
+    ``[low, high]`` pairs (log-uniform), None for no rescaling of that kind."""
+    if isinstance(family, str):
+        name, family_kwargs = family, {}
+    elif isinstance(family, Mapping):
+        unknown = sorted(set(family) - {"name", "kwargs"})
+        if unknown or "name" not in family:
+            raise ValueError(f"family: needs 'name' and optional 'kwargs', got keys {sorted(family)}")
+        name, family_kwargs = family["name"], dict(family.get("kwargs") or {})
+    else:
+        raise ValueError(  # noqa: TRY004 (tasks.get reports bad arguments as ValueError)
+            f"family: a name or {{'name': ..., 'kwargs': ...}}, got {family!r}")
+    extra = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    return AugmentedFamily(get(name, **{**extra, **family_kwargs}), loss_scale, param_scale)
+
+
 for _function in TEST_FUNCTIONS_2D:
     register(_function, functools.partial(TestFunctionFamily, _function))
 for _function in ("rosenbrock_nd", "rastrigin_nd"):
@@ -100,3 +120,4 @@ register("logistic_regression", LogisticRegressionFamily)
 register("mlp", MLPFamily)
 register("cnn_digits", CNNDigitsFamily)
 register("mixture", _mixture)
+register("augmented", _augmented)

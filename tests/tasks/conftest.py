@@ -16,6 +16,8 @@ FAST_KWARGS = {
     "cnn_digits": {"channels": (2, 4)},
     "rosenbrock_nd": {"dim": (2, 6)},
     "rastrigin_nd": {"dim": (2, 6)},
+    "augmented": {"family": {"name": "mlp", "kwargs": {"datasets": ("digits",), "width": (8, 16)}},
+                  "loss_scale": (0.01, 100.0), "param_scale": (0.1, 10.0)},
     "mixture": {"components": {"quadratic": {"dim": (2, 4)}, "rosenbrock": {}, "mlp": {"width": (8, 8)}}},
 }
 
