@@ -2,6 +2,7 @@
 
 * ``unroll``: one inner segment on functional parameters through the shared rule code;
 * ``inner_runs``: a meta-batch of truncated inner runs with resets on divergence;
+* ``vectorised``: the same pool with same-shape runs advanced as one vmapped program;
 * ``truncation``: horizon schedules; ``meta_losses``: how segments are scored;
 * ``estimators``: truncated BPTT, antithetic ES and persistent ES behind ``GradientEstimator``;
 * ``trainer``: ``MetaTrainer`` (Adam on the controller, clipping, all-reduce, resumable state);
@@ -35,12 +36,13 @@ from .truncation import (
 )
 from .unroll import SegmentResult, batch_generator, unroll_segment
 from .validation import held_out_seeds, validate
+from .vectorised import VectorisedPool
 
 __all__ = [
     "ESTIMATORS", "META_LOSS_KINDS", "SPLITS", "TRAIN_TASK_SEED_LIMIT", "TRUNCATION_SCHEDULES",
     "AntitheticES", "ConstantHorizon", "GAROLearnedRule", "GradientEstimator", "InnerRunPool",
     "LearnedRule", "LogUniformHorizon", "MetaGradient", "MetaLoss", "MetaTrainer", "PersistentES",
-    "SegmentResult", "TruncatedBPTT", "all_reduce_mean", "batch_generator", "detach_state",
+    "SegmentResult", "TruncatedBPTT", "VectorisedPool", "all_reduce_mean", "batch_generator", "detach_state",
     "distributed_world", "held_out_seeds", "load_training_state", "make_estimator",
     "make_horizon", "save_training_state", "segment_length", "unroll_segment", "validate",
 ]
