@@ -28,6 +28,7 @@ for _path in (REPO_ROOT, Path(__file__).resolve().parent):
     if str(_path) not in sys.path:  # run from a source checkout without installation
         sys.path.insert(0, str(_path))
 
+import hybrid_train
 import run_dir
 import torch
 from meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
@@ -117,7 +118,14 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
         rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients)
     except ValueError as error:
         raise ConfigError(f"invalid config key 'controller': {error}") from error
-    learned = GAROLearnedRule(controller, rule)
+    if c.kind == "garo":
+        learned = GAROLearnedRule(controller, rule)
+    else:  # the GD/ODE switching policy, alone or with GARO (scripts/hybrid_train.py)
+        try:
+            learned = hybrid_train.build_learned(cfg, controller, rule, device,
+                                                 getattr(torch, cfg.dtype))
+        except ValueError as error:
+            raise ConfigError(f"invalid config key 'hybrid': {error}") from error
     u, m = cfg.unroll, cfg.meta_loss
     try:
         meta_loss = MetaLoss(m.kind, m.split, m.log_eps, m.divergence_threshold)
@@ -162,7 +170,9 @@ def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROContr
     optimizers = {"garo_learned": garo_factory(learned.module, cfg.controller.direction,
                                                "garo_learned"),
                   "garo_untrained": garo_factory(untrained, cfg.controller.direction,
-                                                 "garo_untrained")}
+                                                 "garo_untrained")} \
+        if cfg.controller.kind == "garo" else \
+        hybrid_train.evaluation_factories(cfg, learned, untrained)
     for spec in e.baselines:
         factory = make_optimizer(spec.name, **OmegaConf.to_container(spec.hyperparameters))
         label = spec.name
@@ -355,14 +365,18 @@ def _stop_requested(stop: run_dir.GracefulStop, world: int) -> bool:
 def _finish(cfg, trainer, learned, family, untrained, logger, before, started, out_dir, run_id):
     """Rank 0: held-out validation, export, evaluation table, final log records."""
     after = run_validation(cfg, learned, family)
-    export = save_checkpoint(
-        out_dir / EXPORT_FILE, learned.module,
-        optimizer_config={"direction": cfg.controller.direction, "granularity": "global"},
-        training={"steps": trainer.step_count, "task": cfg.task.name, "seed": cfg.seed,
-                  "meta_loss": f"{cfg.meta_loss.kind}/{cfg.meta_loss.split}",
-                  "estimator": cfg.estimator.name,
-                  "held_out_meta_loss": {"untrained": before["meta_loss"],
-                                         "trained": after["meta_loss"]}})
+    training = {"steps": trainer.step_count, "task": cfg.task.name, "seed": cfg.seed,
+                "meta_loss": f"{cfg.meta_loss.kind}/{cfg.meta_loss.split}",
+                "estimator": cfg.estimator.name,
+                "held_out_meta_loss": {"untrained": before["meta_loss"],
+                                       "trained": after["meta_loss"]}}
+    if cfg.controller.kind == "garo":
+        export = save_checkpoint(
+            out_dir / EXPORT_FILE, learned.module,
+            optimizer_config={"direction": cfg.controller.direction, "granularity": "global"},
+            training=training)
+    else:  # a HybridGDODE checkpoint around the trained switching policy
+        export = hybrid_train.export(cfg, learned, out_dir / EXPORT_FILE, training)
     logger.log_artifact(export, name=f"garo-{run_id}", type="model")
     train_seconds = time.perf_counter() - started
     print(f"held-out meta-loss ({cfg.validation.kind}/{cfg.validation.split}, "

@@ -26,6 +26,7 @@ class TaskConfig:
 
 @dataclass
 class ControllerConfig:
+    kind: str = "garo"  # garo | hybrid (switching policy) | hybrid_garo (policy + GARO jointly)
     hidden_size: int = 16
     num_step_frequencies: int = 3
     init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (DESIGN idea 6)
@@ -34,6 +35,25 @@ class ControllerConfig:
     direction: str = "sgd"  # sgd | adam
     feature_gradients: bool = False  # differentiate through the controller's input features
     features: str = "seed"  # seed | relative (loss-scale invariant + training progress)
+
+
+@dataclass
+class HybridConfig:
+    """The hybrid GD-ODE optimizer trained by controller.kind=hybrid|hybrid_garo
+    (scripts/hybrid_train.py builds it; metaopt.rules.hybrid documents each key)."""
+    gd: str = "sgd"  # sgd | adam | rmsprop (hybrid_garo: GARO's controller.direction instead)
+    lr: float = 0.05  # the GD module's lr (hybrid); the ODE step is ode_lr
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    ode: str = "rk4"  # a fixed tableau, bosh3/dopri5, gradient_flow, nesterov_flow
+    ode_lr: float = 0.05
+    ode_cfl: float = 1.0  # ODE step capped at ode_cfl / curvature (0: off)
+    min_dwell: int = 1  # hard decisions (ES / runtime): steps before the mode may change
+    window: int = 10  # stagnation window
+    policy_hidden: int = 16
+    init_ode_probability: float = 0.05  # the untrained policy: (almost) plain GD
+    relaxed: str = "auto"  # auto (bptt: blend by the gate; es/pes: hard) | true | false
+    compute_cost: float = 0.0  # meta-loss charge per extra gradient evaluation per step
 
 
 @dataclass
@@ -119,6 +139,7 @@ class MetaTrainConfig:
     progress: bool = True
     task: TaskConfig = field(default_factory=TaskConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
     unroll: UnrollConfig = field(default_factory=UnrollConfig)
     meta_loss: MetaLossConfig = field(default_factory=MetaLossConfig)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
@@ -134,6 +155,11 @@ RESUMABLE_CHANGES = ("unroll.engine", "unroll.compile",  # same numbers, same st
                      "evaluation", "wandb", "out_dir")
 
 CHOICES = {
+    "controller.kind": ("garo", "hybrid", "hybrid_garo"),
+    "hybrid.gd": ("sgd", "adam", "rmsprop"),
+    "hybrid.ode": ("bosh3", "dopri5", "euler", "heun", "heun2", "heun3", "midpoint", "ralston",
+                   "rk4", "rk4_38", "gradient_flow", "nesterov_flow"),
+    "hybrid.relaxed": ("auto", "true", "false"),
     "controller.direction": ("sgd", "adam"),
     "controller.features": ("seed", "relative"),
     "unroll.schedule": ("constant", "log_uniform"),
@@ -151,7 +177,8 @@ POSITIVE = ("controller.init_lr", "meta_loss.log_eps", "meta_loss.divergence_thr
             "unroll.horizon", "unroll.min_horizon", "unroll.max_horizon", "validation.every",
             "validation.num_tasks", "validation.horizon", "estimator.num_pairs", "outer.lr",
             "outer.clip_norm", "estimator.sigma", "evaluation.steps", "evaluation.num_tasks",
-            "evaluation.tuning_steps")
+            "evaluation.tuning_steps", "hybrid.lr", "hybrid.ode_lr", "hybrid.min_dwell",
+            "hybrid.window", "hybrid.policy_hidden")
 
 
 # Closed/open bounds a type cannot express: (low, high, low_open, high_open). Every float of
@@ -162,6 +189,11 @@ RANGES = {
     "controller.init_momentum": (0.0, 1.0, False, True),
     "controller.init_weight_decay": (0.0, math.inf, False, True),
     "evaluation.target": (0.0, 1.0, True, True),  # a fraction of the initial optimality gap
+    "hybrid.momentum": (0.0, 1.0, False, True),
+    "hybrid.init_ode_probability": (0.0, 1.0, True, True),
+    "hybrid.weight_decay": (0.0, math.inf, False, True),
+    "hybrid.ode_cfl": (0.0, math.inf, False, True),
+    "hybrid.compute_cost": (0.0, math.inf, False, True),
 }
 POSITIVE_LISTS = ("evaluation.tuning_lrs",)  # the lr grid of tuned baselines
 

@@ -1,0 +1,89 @@
+"""Meta-training glue for the hybrid GD-ODE optimizer (``controller.kind=hybrid|hybrid_garo``).
+
+``scripts/meta_train.py`` calls ``build_learned`` instead of building a ``GAROLearnedRule``,
+``export`` instead of the GARO export, and ``evaluation_factories`` for its final table. Config
+objects stop here: the library gets plain arguments.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from metaopt.checkpoint import save_checkpoint
+from metaopt.controllers.switching import SwitchingPolicy
+from metaopt.meta.hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
+from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule
+from metaopt.rules.hybrid import HybridRule
+
+
+def relaxed(cfg) -> bool:
+    """Blend by the gate for BPTT (differentiable), hard decisions for ES/PES (module docstring of
+    ``metaopt.meta.hybrid_learned``), unless ``hybrid.relaxed`` says otherwise."""
+    if cfg.hybrid.relaxed == "auto":
+        return cfg.estimator.name == "bptt"
+    return cfg.hybrid.relaxed == "true"
+
+
+def build_learned(cfg, garo_controller, garo_rule, device, dtype):
+    """The learned rule of ``controller.kind`` (``hybrid`` or ``hybrid_garo``)."""
+    h = cfg.hybrid
+    policy = SwitchingPolicy(hidden_size=h.policy_hidden,
+                             init_ode_probability=h.init_ode_probability,
+                             generator=torch.Generator().manual_seed(cfg.seed + 1)
+                             ).to(device=device, dtype=dtype)
+    rule = HybridRule(make_gd_rule(h.gd), make_ode_rule(h.ode), min_dwell=h.min_dwell,
+                      window=h.window, ode_cfl=h.ode_cfl)
+    if cfg.controller.kind == "hybrid_garo":
+        return HybridGAROLearnedRule(policy, garo_controller, garo_rule, rule, h.ode_lr,
+                                     relaxed=relaxed(cfg), compute_cost=h.compute_cost)
+    return HybridLearnedRule(policy, rule, {"lr": h.lr, "momentum": h.momentum,
+                                            "weight_decay": h.weight_decay}, h.ode_lr,
+                             relaxed=relaxed(cfg), compute_cost=h.compute_cost)
+
+
+def optimizer_options(cfg) -> dict:
+    """``HybridGDODE`` options that reproduce the trained setting at runtime."""
+    h = cfg.hybrid
+    return {"lr": h.lr, "gd": h.gd, "momentum": h.momentum, "weight_decay": h.weight_decay,
+            "ode": h.ode, "ode_scale": h.ode_lr / h.lr, "ode_cfl": h.ode_cfl,
+            "min_dwell": h.min_dwell, "window": h.window}
+
+
+def policy_module(learned) -> SwitchingPolicy:
+    return learned.module["policy"] if cfg_kind(learned) == "hybrid_garo" else learned.module
+
+
+def cfg_kind(learned) -> str:
+    return "hybrid_garo" if isinstance(learned, HybridGAROLearnedRule) else "hybrid"
+
+
+def export(cfg, learned, path: Path, training: dict) -> Path:
+    """The trained policy as a ``HybridGDODE`` checkpoint (``metaopt.load_optimizer``).
+
+    For ``hybrid_garo`` the policy is exported with the fixed GD module of ``hybrid.*``; the
+    jointly trained GARO controller stays in the training state (``state.pt``).
+    """
+    return save_checkpoint(path, policy_module(learned), optimizer_options(cfg),
+                           {**training, "kind": cfg.controller.kind}, optimizer_class="HybridGDODE")
+
+
+def evaluation_factories(cfg, learned, untrained) -> dict:
+    """Learned policy vs the heuristic vs GD only vs ODE only, all with the same modules."""
+    options = optimizer_options(cfg)
+    untrained_policy = untrained["policy"] if cfg_kind(learned) == "hybrid_garo" else untrained
+    variants = {"hybrid_learned": {"policy": policy_module(learned)},
+                "hybrid_untrained": {"policy": untrained_policy},
+                "hybrid_heuristic": {"policy": "heuristic"},
+                "gd_only": {"policy": "gd"}, "ode_only": {"policy": "ode"}}
+    out = {}
+    for label, extra in variants.items():
+        def factory(params, extra=extra):
+            kwargs = {**options, **extra}
+            if isinstance(kwargs["policy"], SwitchingPolicy):
+                kwargs["policy"] = copy.deepcopy(kwargs["policy"])
+            return HybridGDODE(params, **kwargs)
+        factory.label = label
+        out[label] = factory
+    return out
