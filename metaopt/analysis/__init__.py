@@ -11,7 +11,8 @@ from . import basins, batched, hessian
 from .basins import *  # noqa: F401,F403
 from .batched import *  # noqa: F401,F403
 from .hessian import *  # noqa: F401,F403
-from . import trajectories
+from . import saddles, trajectories
+from .saddles import *  # noqa: F401,F403
 from .trajectories import *  # noqa: F401,F403
 from . import anomalies, convergence
 from .anomalies import *  # noqa: F401,F403
@@ -22,6 +23,7 @@ __all__ = [
     *batched.__all__,
     *basins.__all__,
     *trajectories.__all__,
+    *saddles.__all__,
     *anomalies.__all__,
     *convergence.__all__,
 ]

@@ -91,3 +91,9 @@ def test_noise_is_reproducible_and_needs_a_generator():
 def test_bad_optimizer_is_named(name, options, key):
     with pytest.raises(ValueError, match=key):
         BatchedOptimizer(name, options)
+
+
+def test_columnwise_fast_path_only_for_coordinate_functions():
+    from metaopt.analysis.batched import _columnwise_ok
+    assert _columnwise_ok(himmelblau, 2) and _columnwise_ok(six_hump_camel, 2)
+    assert not _columnwise_ok(rastrigin, 2)  # sums over v: must go through vmap
