@@ -1,0 +1,67 @@
+"""``TaskBatch`` (vectorised meta-batches): the stacked loss, gradient and batch streams equal
+each task's own ``loss`` / ``train_batch`` / ``test_batch`` (the oracle), float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tasks
+from metaopt.task import generator_from_seed
+
+DT = torch.float64
+
+
+def _check_rows(family, seeds, split):
+    group = [family.sample_seed(s) for s in seeds]
+    keys = {t.batch_key() for t in group}
+    assert len(keys) == 1 and None not in keys
+    batch = type(group[0]).stack(group)
+    names = list(group[0].init_params())
+    inits = [t.init_params(generator_from_seed(10 + i)) for i, t in enumerate(group)]
+    stacked = {n: batch.stack_values(n, [p[n] for p in inits]).requires_grad_() for n in names}
+    draw = batch.train_batch if split == "train" else batch.test_batch
+    losses = batch.loss(stacked, draw([generator_from_seed(s) for s in seeds]))
+    grads = torch.autograd.grad(losses.sum(), list(stacked.values()))
+    for b, (task, seed) in enumerate(zip(group, seeds)):
+        params = {n: v.clone().requires_grad_() for n, v in inits[b].items()}
+        generator = generator_from_seed(seed)
+        data = task.train_batch(generator) if split == "train" else task.test_batch(generator)
+        loss = task.loss(params, data)
+        expected = torch.autograd.grad(loss, list(params.values()))
+        torch.testing.assert_close(losses[b], loss, rtol=1e-13, atol=0)
+        torch.testing.assert_close(batch.normalized_loss(losses)[b], task.normalized_loss(loss),
+                                   rtol=1e-13, atol=0)
+        for n, g, e in zip(names, grads, expected):
+            torch.testing.assert_close(batch.unstack_values(n, g)[b], e, rtol=1e-12, atol=1e-15)
+    return batch, grads
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_quadratics_of_any_dimension_and_noise_stack_exactly(split):
+    family = tasks.get("mixture", dtype=DT, components={
+        "quadratic": {"dim": (2, 9)}, "noisy_quadratic": {"dim": (2, 9), "noise_std": (0.1, 1.0)}})
+    batch, grads = _check_rows(family, range(8), split)
+    assert len({t.dim for t in batch.tasks}) > 1 and len({t.noise_std > 0 for t in batch.tasks}) == 2
+    padding = torch.arange(batch.width) >= torch.tensor(batch.dims).unsqueeze(1)
+    assert torch.all(grads[0][padding] == 0)  # padded coordinates get exactly zero gradient
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_mlps_of_one_architecture_stack_exactly(split):
+    family = tasks.get("mlp", datasets=("synthetic",), width=(6, 6), depth=(2, 2),
+                       activations=("gelu",), batch_sizes=(16,), synthetic_examples=80,
+                       dtype=DT)
+    batch, _ = _check_rows(family, range(4), split)
+    assert len({t.num_train for t in batch.tasks}) > 1  # different data subsets, padded sets
+
+
+def test_keys_separate_architectures():
+    family = tasks.get("mlp", datasets=("synthetic",), width=(4, 32), dtype=DT)
+    group = [family.sample_seed(s) for s in range(6)]
+    keys = [t.batch_key() for t in group]
+    for a, ka in zip(group, keys):
+        for b, kb in zip(group, keys):
+            same = (a.width, a.depth, a.activation, a.batch_size) == \
+                   (b.width, b.depth, b.activation, b.batch_size)
+            assert (ka == kb) == same
+    assert tasks.get("rosenbrock").sample_seed(0).batch_key() is None
