@@ -39,7 +39,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-__all__ = ["create_optimizer", "list_optimizers", "optimizer_description", "param_groups"]
+__all__ = ["NamedOptimizerFactory", "create_optimizer", "list_optimizers", "optimizer_description",
+           "param_groups"]
 
 KINDS = ("metaopt", "torch", "pretrained")
 #: metaopt classes whose ``weight_decay`` multiplies a learned wd_t (default 1.0), not a rate
@@ -187,3 +188,24 @@ def create_optimizer(model_or_params: Union[nn.Module, Iterable[Any]],
         return target(params, **options)
     except TypeError as exc:
         raise ValueError(f"optimizer {display!r} ({target.__name__}): {exc}") from None
+
+
+class NamedOptimizerFactory:
+    """``factory(params) = create_optimizer(params, name, **hyperparameters)``: the evaluation
+    harness's factory protocol (``label``, ``hyperparameters``, ``with_hyperparameters``) for any
+    name or checkpoint path ``create_optimizer`` accepts. Built once on a probe tensor at
+    construction, so an unknown name, a bad file or a bad keyword fails before any run."""
+
+    def __init__(self, name: Union[str, os.PathLike], label: str | None = None,
+                 **hyperparameters: Any):
+        self.name, self.hyperparameters = os.fspath(name), dict(hyperparameters)
+        self.label = label or self.name
+        self([torch.zeros(2, requires_grad=True)])
+
+    def __call__(self, params: Iterable[Any]) -> torch.optim.Optimizer:
+        return create_optimizer(params, self.name, **self.hyperparameters)
+
+    def with_hyperparameters(self, label: str | None = None,
+                             **overrides: Any) -> NamedOptimizerFactory:
+        return NamedOptimizerFactory(self.name, label if label is not None else self.label,
+                                     **{**self.hyperparameters, **overrides})

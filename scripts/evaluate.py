@@ -9,7 +9,12 @@ keywords, optimizer names and optimizer hyperparameters. Config stops here: the 
 
 Outputs in ``out_dir``: ``config.yaml`` (resolved), ``runs.csv`` (one row per run),
 ``summary.csv`` (one row per optimizer x family), ``results.json`` (config, tuned learning rates,
-summary and every run with its curves). W&B logging when ``wandb.mode`` is ``online`` or
+summary, every run with its curves, and the controllers' per-step traces), and with ``plots``
+``plots/loss_<family>.png`` (median optimality gap per optimizer, log scale) and
+``plots/traces_<family>.png`` (GARO's lr_t / momentum_t / wd_t, DCAO's curvature and schedule, a
+hybrid's mode). An optimizer ``name`` is a baseline name, any ``metaopt.create_optimizer`` name
+(``metaopt list``), a shipped checkpoint (``garo_quadratics``) or a checkpoint file / directory
+path. W&B logging when ``wandb.mode`` is ``online`` or
 ``offline`` (default ``disabled``); ``WANDB_DIR`` is set to ``out_dir`` so nothing is written
 elsewhere, and offline mode never needs a login.
 """
@@ -30,8 +35,9 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run from a source checkout without installation
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:  # run from a source checkout without installation
+        sys.path.insert(0, str(_path))
 
 import torch
 
@@ -48,6 +54,9 @@ from metaopt.evaluation import (
     summarize,
     tune_lr,
 )
+from metaopt.checkpoint import CheckpointError
+from metaopt.evaluation.traces import TracingFactory
+from metaopt.factory import NamedOptimizerFactory
 
 
 @dataclass
@@ -59,7 +68,7 @@ class TaskConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = MISSING  # baseline name, "metaopt.optim.<Name>" or "torch.optim.<Name>"
+    name: str = MISSING  # baseline, create_optimizer name, pretrained name or checkpoint path
     label: Optional[str] = None
     hyperparameters: Dict[str, Any] = field(default_factory=dict)
     tune_lr: bool = False  # replace lr by the best of the tuning grid, per task family
@@ -102,6 +111,8 @@ class EvalConfig:
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (tiny tasks run best with 1)
     dtype: str = "float32"
     out_dir: str = "results/eval"
+    plots: bool = True  # PNG loss curves and controller traces in out_dir/plots (matplotlib)
+    traces: bool = True  # record controllers' per-step decisions (adds µs to their ms_per_step)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -170,8 +181,12 @@ def build(cfg: EvalConfig):
         hyperparameters = OmegaConf.to_container(spec.hyperparameters, resolve=True)
         try:
             optimizers[label] = (make_optimizer(spec.name, label=label, **hyperparameters), spec.tune_lr)
-        except ValueError as error:
-            raise ConfigError(f"optimizers.{index}: {error}") from error
+        except ValueError:
+            try:  # any create_optimizer name, a shipped checkpoint or a checkpoint path
+                optimizers[label] = (NamedOptimizerFactory(spec.name, label=label, **hyperparameters),
+                                     spec.tune_lr)
+            except (ValueError, FileNotFoundError, CheckpointError) as error:
+                raise ConfigError(f"optimizers.{index}: {error}") from error
     return families, optimizers
 
 
@@ -216,6 +231,7 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
 
     results: List[RunResult] = []
     tuned: List[Dict[str, Any]] = []
+    traces: List[Dict[str, Any]] = []
     for family_label, family in families.items():
         for optimizer_label, (factory, should_tune) in optimizers.items():
             if should_tune:
@@ -226,16 +242,25 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
                 tuned.append({"family": family_label, **tuning.to_dict()})
                 print(f"tuned {optimizer_label} on {family_label}: lr={tuning.best_lr:.3g} "
                       f"({tuning.criterion}={tuning.best_score:.4g})", flush=True)
+            if cfg.traces:
+                factory = TracingFactory(factory)
+
+            def keep_trace(result: RunResult, factory=factory) -> None:
+                if cfg.traces and factory.traces and factory.traces[-1]:
+                    traces.append({"optimizer": result.optimizer, "family": result.family,
+                                   "task_seed": result.task_seed, "seed": result.seed,
+                                   "trace": factory.traces[-1]})
             results += evaluate({family_label: family}, {optimizer_label: factory}, cfg.steps,
                                 task_seeds=list(cfg.task_seeds), seeds=list(cfg.seeds),
-                                track_memory=cfg.track_memory, **run_kwargs)
+                                track_memory=cfg.track_memory, on_result=keep_trace, **run_kwargs)
 
     summary = summarize(results)
     print(format_table(summary, SUMMARY_COLUMNS))
     _write_csv(out_dir / "runs.csv", [r.to_row() for r in results])
     _write_csv(out_dir / "summary.csv", summary)
     payload = {"config": OmegaConf.to_container(cfg, resolve=True), "tuning": tuned,
-               "summary": summary, "runs": [r.to_dict() for r in results]}
+               "summary": summary, "runs": [r.to_dict() for r in results], "traces": traces}
+    pngs = write_plots(cfg, families, payload["runs"], traces, out_dir) if cfg.plots else []
     # strict JSON: NaN / inf (diverged runs, empty statistics) become null
     (out_dir / "results.json").write_text(json.dumps(_nan_to_none(payload), indent=1, default=str, allow_nan=False))
     if wandb_run is not None:
@@ -245,9 +270,25 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
         for row in summary:
             for key in ("final_norm_loss_median", "diverged", "test_acc_mean", "ms_per_step"):
                 wandb_run.summary[f"{row['optimizer']}/{row['family']}/{key}"] = row[key]
+        import plots
+
+        plots.log_wandb_charts(wandb_run, payload["runs"], traces, pngs)
         wandb_run.finish()
     print(f"wrote {out_dir}/runs.csv, summary.csv, results.json", flush=True)
     return results
+
+
+def write_plots(cfg: EvalConfig, families, runs, traces, out_dir: Path) -> List[Path]:
+    """PNG loss curves (log scale, optimality gap) and controller traces; see scripts/plots.py."""
+    import plots
+
+    offsets = {(label, seed): float(family.sample_seed(seed).loss_offset)
+               for label, family in families.items() for seed in cfg.task_seeds}
+    written = plots.loss_curves(runs, offsets, out_dir / "plots")
+    written += plots.trace_curves(traces, out_dir / "plots")
+    if written:
+        print(f"wrote {len(written)} plots to {out_dir / 'plots'}", flush=True)
+    return written
 
 
 def _nan_to_none(value: Any) -> Any:

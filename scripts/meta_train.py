@@ -394,6 +394,10 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                         row["final_norm_loss_median"]}, trainer.step_count)
     logger.log({"held_out_meta_loss_untrained": before["meta_loss"],
                 "held_out_meta_loss_trained": after["meta_loss"]}, trainer.step_count)
+    from plots import meta_training_curve  # scripts/plots.py; None without matplotlib
+    curve = meta_training_curve(out_dir / "metrics.jsonl", out_dir / "meta_training.png")
+    if curve is not None:
+        logger.log_image("meta_training", curve, trainer.step_count)
     logger.close()
     print(f"wrote {out_dir}/{EXPORT_FILE}, {STATE_FILE}, config.yaml, metrics.jsonl", flush=True)
     return {"before": before["meta_loss"], "after": after["meta_loss"], "summary": summary,

@@ -7,6 +7,7 @@
   classes by name.
 * ``tune_lr`` / ``log_grid``: learning-rate tuning on held-out seeds under a stated criterion.
 * ``RunResult`` / ``summarize`` / ``format_table``: results as rows and tables.
+* ``TracingFactory`` / ``optimizer_trace``: per-step controller decisions (lr_t, curvature, mode).
 """
 
 from .harness import TARGET_KINDS, evaluate, run_family, run_task
@@ -18,6 +19,7 @@ from .optimizers import (
     resolve_optimizer,
 )
 from .results import SUMMARY_COLUMNS, RunResult, format_table, summarize
+from .traces import TracingFactory, optimizer_trace
 from .tuning import CRITERIA, HELD_OUT_TASK_SEED_OFFSET, TuningResult, log_grid, tune_lr
 
 __all__ = [
@@ -28,12 +30,14 @@ __all__ = [
     "TARGET_KINDS",
     "OptimizerFactory",
     "RunResult",
+    "TracingFactory",
     "TuningResult",
     "evaluate",
     "format_table",
     "log_grid",
     "make_optimizer",
     "optimizer_names",
+    "optimizer_trace",
     "resolve_optimizer",
     "run_family",
     "run_task",
