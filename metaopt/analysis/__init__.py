@@ -11,7 +11,8 @@ from . import basins, batched, hessian
 from .basins import *  # noqa: F401,F403
 from .batched import *  # noqa: F401,F403
 from .hessian import *  # noqa: F401,F403
-from . import saddles, trajectories
+from . import landscape, saddles, trajectories
+from .landscape import *  # noqa: F401,F403
 from .saddles import *  # noqa: F401,F403
 from .trajectories import *  # noqa: F401,F403
 from . import anomalies, convergence
@@ -24,6 +25,7 @@ __all__ = [
     *basins.__all__,
     *trajectories.__all__,
     *saddles.__all__,
+    *landscape.__all__,
     *anomalies.__all__,
     *convergence.__all__,
 ]
