@@ -15,9 +15,10 @@ from . import landscape, saddles, trajectories
 from .landscape import *  # noqa: F401,F403
 from .saddles import *  # noqa: F401,F403
 from .trajectories import *  # noqa: F401,F403
-from . import anomalies, convergence
+from . import anomalies, convergence, divergence
 from .anomalies import *  # noqa: F401,F403
 from .convergence import *  # noqa: F401,F403
+from .divergence import *  # noqa: F401,F403
 
 __all__ = [
     *hessian.__all__,
@@ -28,4 +29,5 @@ __all__ = [
     *landscape.__all__,
     *anomalies.__all__,
     *convergence.__all__,
+    *divergence.__all__,
 ]
