@@ -148,6 +148,10 @@ class InnerRunPool:
         traces = {key: sum(values) / len(values) for key, values in emitted.items()}
         return SegmentBatch(losses, resets, traces, ends)
 
+    def live_states(self) -> list[State]:
+        """The rule states of the runs that have taken at least one step."""
+        return [run.state for run in self.runs if run is not None and run.step > 0]
+
     # -- persistence (weights_only-loadable: ints, lists and tensors) -------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"runs": [None if r is None else

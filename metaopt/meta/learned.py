@@ -72,6 +72,21 @@ class GAROLearnedRule:
         """The hyperparameters emitted by the last step: ``lr_t``, ``momentum_t``, ``wd_t``."""
         return {key: state[key][0].detach() for key in ("lr", "momentum", "weight_decay")}
 
+    def feature_statistics(self, states: Sequence[State]) -> dict[str, Tensor]:
+        """Sums over ``states`` of the runs' running feature mean / variance, and their count.
+
+        ``MetaTrainer`` averages them (across processes too) into the controller's
+        ``init_feature_mean`` / ``init_feature_var`` buffers, so a new run — in meta-training and
+        after export — starts its feature normalisation from what meta-training saw, not 0 / 1.
+        """
+        ref = self.module.init_feature_mean
+        if not states:
+            return {"count": ref.new_zeros(()), "init_feature_mean": torch.zeros_like(ref),
+                    "init_feature_var": torch.zeros_like(ref)}
+        return {"count": ref.new_tensor(float(len(states))),
+                "init_feature_mean": sum(s["feature_mean"].detach().mean(0) for s in states),
+                "init_feature_var": sum(s["feature_var"].detach().mean(0) for s in states)}
+
 
 def detach_state(value):
     """A copy of a (nested dict / list of) tensor state with every tensor detached.

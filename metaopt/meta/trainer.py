@@ -64,11 +64,13 @@ class MetaTrainer:
         outer_lr: Adam's learning rate on ``φ``.
         clip_norm: the meta-gradient's global 2-norm is clipped to this (``inf``: no clipping).
         seed: seeds the trainer's generator (tasks, horizons, batch seeds, ES noise).
+        statistics_decay: per-step EMA decay of the feature statistics written into the
+            controller's initial-statistics buffers (``_absorb_feature_statistics``).
     """
 
     def __init__(self, learned: LearnedRule, pool: InnerRunPool, estimator: GradientEstimator,
                  *, outer_lr: float = 1e-3, clip_norm: float = 1.0, seed: int = 0,
-                 betas: tuple[float, float] = (0.9, 0.999)):
+                 betas: tuple[float, float] = (0.9, 0.999), statistics_decay: float = 0.99):
         if not outer_lr > 0:
             raise ValueError(f"outer_lr: must be > 0, got {outer_lr!r}")
         if not clip_norm > 0:
@@ -78,6 +80,7 @@ class MetaTrainer:
         rank, _ = distributed_world()
         self.generator = torch.Generator().manual_seed(int(seed) + 1_000_003 * rank)
         self.optimizer = torch.optim.Adam(learned.module.parameters(), lr=outer_lr, betas=betas)
+        self.statistics_decay = float(statistics_decay)
         self.step_count, self.resets, self.skipped_updates = 0, 0, 0
 
     def step(self) -> dict[str, Any]:
@@ -96,6 +99,7 @@ class MetaTrainer:
         else:  # a non-finite meta-gradient (or one from no surviving run) never reaches φ or Adam
             self.skipped_updates += 1
         self.optimizer.zero_grad(set_to_none=True)
+        self._absorb_feature_statistics()
         self.step_count += 1
         self.resets += estimate.resets
         metrics = {"step": self.step_count, "meta_loss": estimate.loss,
@@ -104,6 +108,24 @@ class MetaTrainer:
                    "live_runs": estimate.live_runs, "new_runs": started}
         metrics.update({f"{k}_t": v for k, v in estimate.traces.items()})
         return metrics
+
+    @torch.no_grad()
+    def _absorb_feature_statistics(self) -> None:
+        """EMA (decay ``statistics_decay``) of the live runs' feature statistics into the
+        controller's initial-statistics buffers (``LearnedRule.feature_statistics``)."""
+        collect = getattr(self.learned, "feature_statistics", None)
+        live = getattr(self.pool, "live_states", None)
+        if collect is None or live is None:
+            return
+        sums = all_reduce_mean(collect(live()))
+        count = float(sums.pop("count"))
+        if count == 0:
+            return
+        buffers = dict(self.learned.module.named_buffers())
+        for name, total in sums.items():
+            mean = total / count
+            if bool(torch.isfinite(mean).all()):
+                buffers[name].lerp_(mean.to(buffers[name]), 1 - self.statistics_decay)
 
     def _guarded_update(self, params: Mapping[str, Tensor]) -> None:
         """Adam's step, undone (weights and Adam state) and counted as skipped when it leaves a

@@ -26,9 +26,10 @@ only for the seed's global controller; one per group or tensor for the layer-wis
          v_i ← β₂ v_i + (1−β₂) g_i²;   u_i = g_i / (√(v_i / (1−β₂^{t+1})) + ε)
          b_i ← μ b_i + u_i;             θ_i ← θ_i − a_i (b_i + λ_i θ_i)
 
-With ``direction="adam"`` and relative features the whole step is invariant to the loss's scale
-up to ``ε`` (``u_i`` is homogeneous of degree 0 in ``g``): a documented near-equivalence, exact
-when ``ε ≪ √v̂``. The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates whose
+With ``direction="adam"`` and relative features the guard is relative too, ``ε·‖g_0‖_s`` (the
+segment's first gradient norm), so ``u_i`` is homogeneous of degree 0 in ``g`` and the whole step
+is invariant to the loss's scale up to rounding (a fixed ``ε`` breaks it where ``|g_i| ≲ ε``, e.g.
+a loss scaled by 0.01). The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates whose
 gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
 otherwise the meta-gradient there is ``0·∞ = NaN``.
 
@@ -205,7 +206,7 @@ class GARORule:
             else:
                 v = state["exp_avg_sq"][i] * self.beta2 + (1 - self.beta2) * g * g
                 new_state["exp_avg_sq"].append(v)
-                u = g / (safe_sqrt(v / bias_correction2) + self.eps)
+                u = g / (safe_sqrt(v / bias_correction2) + self.eps * pick(ctx["eps_scale"], i))
                 buf = torch.addcmul(u, buf, mom_i)
                 direction = torch.addcmul(buf, p, wd_i)
             new_state["momentum_buffer"].append(buf)
@@ -245,7 +246,8 @@ class GARORule:
                             param_norms=param_norms)
         out, ids = ctx["out"], ctx["ids"]
         host = torch.cat([finite.to(out.lr.dtype).view(1), state["step"].to(out.lr.dtype).view(1),
-                          out.lr, out.momentum, out.weight_decay]).tolist()  # the one sync
+                          out.lr, out.momentum, out.weight_decay,
+                          ctx["eps_scale"].to(out.lr.dtype)]).tolist()  # the one sync
         # Skip on a bad gradient or loss, and equally when the controller itself emits a
         # non-finite lr/momentum/decay (e.g. corrupted weights): parameters must never go NaN.
         if not host[0] or not all(math.isfinite(v) for v in host[2:]):
@@ -253,14 +255,15 @@ class GARORule:
         S = out.lr.shape[0]
         step = int(host[1])
         lrs, moms, wds = host[2:2 + S], host[2 + S:2 + 2 * S], host[2 + 2 * S:2 + 3 * S]
+        eps_scales = host[2 + 3 * S:]
         buckets: dict[tuple, list[int]] = {}
         for i in range(len(params)):
             key = (lrs[ids[i]] * float(ctx["lr_mult"][i]), moms[ids[i]],
-                   wds[ids[i]] * float(ctx["wd_mult"][i]))
+                   wds[ids[i]] * float(ctx["wd_mult"][i]), self.eps * eps_scales[ids[i]])
             buckets.setdefault(key, []).append(i)
         step_norms: list[Optional[Tensor]] = [None] * len(params)
         bias_correction2 = 1 - self.beta2 ** (step + 1)
-        for (lr, mom, wd), index in buckets.items():
+        for (lr, mom, wd, eps), index in buckets.items():
             ps = [params[i] for i in index]
             gs = [grads[i] for i in index]
             bufs = [state["momentum_buffer"][i] for i in index]
@@ -277,7 +280,7 @@ class GARORule:
                 torch._foreach_addcmul_(vs, gs, gs, value=1 - self.beta2)
                 denom = torch._foreach_div(vs, bias_correction2)
                 torch._foreach_sqrt_(denom)
-                torch._foreach_add_(denom, self.eps)
+                torch._foreach_add_(denom, eps)
                 torch._foreach_mul_(bufs, mom)
                 torch._foreach_addcdiv_(bufs, gs, denom)
                 directions = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
@@ -350,10 +353,13 @@ class GARORule:
             fraction = (step.to(ctrl_dtype) / horizon.clamp_min(1)).clamp(max=1) * known
             args += (torch.stack([fraction, known]).expand(num_segments, 2),)
         out = controller(*args)
+        # ε relative to the first gradient norm keeps the adam direction scale-free (module doc)
+        eps_scale = extra["ref_log_grad_norm"].exp() if relative else torch.ones_like(log_gnorm)
         return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
                     lr_mult=per_tensor(hyper.get("lr", 1.0), n),
                     wd_mult=per_tensor(hyper.get("weight_decay", 1.0), n),
-                    log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra)
+                    log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra,
+                    eps_scale=eps_scale.detach())
 
     def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
         """The new global state (step 4); segments without tensors this step keep theirs."""

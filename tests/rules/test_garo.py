@@ -127,22 +127,56 @@ def test_adam_direction_with_momentum_matches_a_hand_loop():
         torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
 
 
-def test_meta_gradient_to_controller_weights_matches_finite_differences():
+def test_relative_features_runtime_equals_functional_path_float64():
+    params, loss_fn = regression()
+    controller = awake_controller(features="relative")
+    runtime, opt = run_runtime(params, loss_fn, controller, 20, direction="adam")
+    functional, state = run_functional(params, loss_fn, controller, 20, "adam")
+    error = max((a - b).abs().max().item() for ra, fa in zip(runtime, functional)
+                for a, b in zip(ra, fa))
+    assert error < 1e-12, error
+    torch.testing.assert_close(opt.garo_state["ref_log_grad_norm"], state["ref_log_grad_norm"])
+
+
+def test_adam_meta_gradient_is_finite_where_a_coordinate_never_had_a_gradient():
+    # √v at v = 0 has an infinite derivative: 0·∞ = NaN used to poison every meta-update of an
+    # MLP on digits (always-zero pixels). The forward value is unchanged by the guard.
+    params, loss_fn = regression()
+    params = params + [torch.zeros(3, dtype=torch.float64)]  # never reached by the loss
+    controller = awake_controller()
+    weights = {k: v.detach().clone().requires_grad_() for k, v in controller.named_parameters()}
+    bound = BoundController(controller, weights)
+    rule = GARORule(direction="adam")
+    ps = [p.clone().requires_grad_() for p in params]
+    state = rule.init(ps, bound)
+
+    def grad_fn(points):
+        loss = loss_fn(points[:3]) + 0.0 * points[3].sum()
+        return loss, list(torch.autograd.grad(loss, points, create_graph=True))
+    for _ in range(3):
+        ps, state = rule.step(ps, grad_fn, state, {"controller": bound})
+    grads = torch.autograd.grad(loss_fn(ps[:3]), list(weights.values()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(ps[3], params[3])
+
+
+@pytest.mark.parametrize("features,direction", [("seed", "sgd"), ("relative", "adam")])
+def test_meta_gradient_to_controller_weights_matches_finite_differences(features, direction):
     """d(loss after a 4-step unroll)/d(controller weights), by autograd vs central differences.
 
     Exact only with ``feature_gradients=True``: finite differences also see how the weights move
     the features; the default detaches them (Andrychowicz et al. 2016), tested just below.
     """
     params, loss_fn = regression()
-    controller = awake_controller(scale=0.2)
-    rule = GARORule(feature_gradients=True)
+    controller = awake_controller(scale=0.2, features=features)
+    rule = GARORule(feature_gradients=True, direction=direction)
     names = ["head_lr.weight", "head_momentum.bias", "cell.weight_hh"]
     weights = {k: v.detach().clone() for k, v in controller.named_parameters()}
 
     def unrolled_loss(w):
         bound = BoundController(controller, {**weights, **w})
         ps = [p.clone().requires_grad_() for p in params]
-        state = rule.init(ps, bound)
+        state = rule.init(ps, bound, horizon=6)
         for _ in range(4):
             ps, state = rule.step(ps, functional_grad_fn(loss_fn, create_graph=True), state,
                                   {"controller": bound})
