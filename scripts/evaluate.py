@@ -51,6 +51,7 @@ from metaopt.evaluation import (
     format_table,
     log_grid,
     make_optimizer,
+    resolve_optimizer,
     summarize,
     tune_lr,
 )
@@ -180,14 +181,23 @@ def build(cfg: EvalConfig):
             raise ConfigError(f"optimizers.{index}: duplicate optimizer label {label!r}; set `label`")
         hyperparameters = OmegaConf.to_container(spec.hyperparameters, resolve=True)
         try:
-            optimizers[label] = (make_optimizer(spec.name, label=label, **hyperparameters), spec.tune_lr)
-        except ValueError:
-            try:  # any create_optimizer name, a shipped checkpoint or a checkpoint path
-                optimizers[label] = (NamedOptimizerFactory(spec.name, label=label, **hyperparameters),
-                                     spec.tune_lr)
-            except (ValueError, FileNotFoundError, CheckpointError) as error:
-                raise ConfigError(f"optimizers.{index}: {error}") from error
+            if _is_baseline(spec.name):
+                factory = make_optimizer(spec.name, label=label, **hyperparameters)
+            else:  # any create_optimizer name, a shipped checkpoint or a checkpoint path
+                factory = NamedOptimizerFactory(spec.name, label=label, **hyperparameters)
+        except (ValueError, FileNotFoundError, CheckpointError) as error:
+            raise ConfigError(f"optimizers.{index}: {error}") from error
+        optimizers[label] = (factory, spec.tune_lr)
     return families, optimizers
+
+
+def _is_baseline(name: str) -> bool:
+    """A name of the harness's registry (baselines with their defaults, metaopt/torch classes)."""
+    try:
+        resolve_optimizer(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:

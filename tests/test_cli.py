@@ -65,6 +65,7 @@ def test_train_switches_family_in_one_override(tmp_path, capsys):
                      f"out_dir={tmp_path}", *TINY])
     assert code == 0
     assert (tmp_path / "optimizer.safetensors").is_file()
+    assert (tmp_path / "meta_training.png").read_bytes()[:4] == b"\x89PNG"  # the curve
     assert "name: mlp" in (tmp_path / "config.yaml").read_text()
     assert "components" not in (tmp_path / "config.yaml").read_text()
 
