@@ -98,13 +98,25 @@ def _env_int(name: str, default: int) -> int:
 
 
 def build(cfg: MetaTrainConfig, device: str | None = None):
-    """Family, controller, learned rule and trainer from the config (plain arguments below)."""
+    """Validation family, learned rule and trainer from the config (plain arguments below).
+
+    The training family lives in the trainer's pool; the returned family is the one validation
+    and the final table use (``validation.task``, else the training family's held-out seeds).
+    """
     kwargs = OmegaConf.to_container(cfg.task.kwargs, resolve=True)
     device = device or cfg.device
     try:
         family = tasks.get(cfg.task.name, device=device, dtype=cfg.dtype, **kwargs)
     except ValueError as error:
         raise ConfigError(f"invalid config key 'task': {error}") from error
+    held_out = family
+    if cfg.validation.task:  # families never seen in training (issue 9: held-out validation)
+        try:
+            held_out = tasks.get(cfg.validation.task, device=device, dtype=cfg.dtype,
+                                 **OmegaConf.to_container(cfg.validation.task_kwargs,
+                                                          resolve=True))
+        except ValueError as error:
+            raise ConfigError(f"invalid config key 'validation.task': {error}") from error
     c = cfg.controller
     # Library constructors validate their own arguments; their ValueErrors name the argument,
     # and the section is added here so the message names the full config key.
@@ -145,7 +157,7 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
     estimator = make_estimator(cfg.estimator.name, cfg.estimator.num_pairs, cfg.estimator.sigma)
     trainer = MetaTrainer(learned, pool, estimator, outer_lr=cfg.outer.lr,
                           clip_norm=cfg.outer.clip_norm, seed=cfg.seed)
-    return family, learned, trainer
+    return held_out, learned, trainer
 
 
 def run_validation(cfg: MetaTrainConfig, learned, family, weights=None) -> dict:

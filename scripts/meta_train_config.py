@@ -97,6 +97,10 @@ class ValidationConfig:
     horizon: int = 100  # untruncated inner steps per held-out task
     kind: str = "mean"
     split: str = "test"
+    # held-out validation and the final table on another family (tasks.get(task, **task_kwargs));
+    # "" = the training family's held-out seeds
+    task: str = ""
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
