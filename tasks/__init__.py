@@ -20,12 +20,15 @@ from typing import Any
 from metaopt.task import ModuleTask, Task, TaskFamily
 
 from .augment import AugmentedFamily
+from .autoencoder import AutoencoderDigitsFamily
+from .char_mlp import CharMLPFamily
 from .cnn import CNNDigitsFamily
 from .logistic import LogisticRegressionFamily
 from .mixture import MixtureFamily
 from .mlp import MLPFamily
 from .quadratic import QuadraticFamily, noisy_quadratic_family
 from .regression import LinearRegressionFamily
+from .sequence import SequenceFamily
 from .test_functions import TEST_FUNCTIONS_2D, TestFunctionFamily
 from .test_functions_nd import NDTestFunctionFamily
 
@@ -121,3 +124,7 @@ register("mlp", MLPFamily)
 register("cnn_digits", CNNDigitsFamily)
 register("mixture", _mixture)
 register("augmented", _augmented)
+register("sequence", SequenceFamily)
+# held out of the meta-training mixtures: the learned-vs-tuned benchmark's families (issue 9)
+register("char_mlp", CharMLPFamily)
+register("autoencoder_digits", AutoencoderDigitsFamily)

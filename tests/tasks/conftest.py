@@ -18,6 +18,9 @@ FAST_KWARGS = {
     "rastrigin_nd": {"dim": (2, 6)},
     "augmented": {"family": {"name": "mlp", "kwargs": {"datasets": ("digits",), "width": (8, 16)}},
                   "loss_scale": (0.01, 100.0), "param_scale": (0.1, 10.0)},
+    "sequence": {"length": (6, 8), "hidden": (4, 8), "num_train": 64, "num_test": 32},
+    "char_mlp": {"hidden": 16, "eval_windows": 256},
+    "autoencoder_digits": {"hidden": (8, 16), "bottleneck": (2, 4)},
     "mixture": {"components": {"quadratic": {"dim": (2, 4)}, "rosenbrock": {}, "mlp": {"width": (8, 8)}}},
 }
 

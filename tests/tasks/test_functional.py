@@ -29,7 +29,8 @@ def test_functional_gradient_matches_module_gradient(name):
         assert torch.allclose(parameter.grad, grad, rtol=1e-10, atol=1e-12), name_
 
 
-@pytest.mark.parametrize("name", ["quadratic", "rosenbrock", "mlp", "logistic_regression", "cnn_digits"])
+@pytest.mark.parametrize("name", ["quadratic", "rosenbrock", "mlp", "logistic_regression", "cnn_digits",
+                                  "augmented", "sequence", "char_mlp", "autoencoder_digits"])
 def test_second_order_gradient_through_an_unrolled_step(name):
     """The meta-gradient of F(theta) = L(theta - lr * grad L(theta)) w.r.t. theta (which needs
     create_graph=True: it contains the Hessian) matches a central finite difference of F."""
