@@ -15,10 +15,11 @@ from . import landscape, saddles, trajectories
 from .landscape import *  # noqa: F401,F403
 from .saddles import *  # noqa: F401,F403
 from .trajectories import *  # noqa: F401,F403
-from . import anomalies, convergence, divergence
+from . import anomalies, convergence, divergence, sensitivity
 from .anomalies import *  # noqa: F401,F403
 from .convergence import *  # noqa: F401,F403
 from .divergence import *  # noqa: F401,F403
+from .sensitivity import *  # noqa: F401,F403
 
 __all__ = [
     *hessian.__all__,
@@ -30,4 +31,5 @@ __all__ = [
     *anomalies.__all__,
     *convergence.__all__,
     *divergence.__all__,
+    *sensitivity.__all__,
 ]
