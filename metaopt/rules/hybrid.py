@@ -36,6 +36,7 @@ branchless. Everything is pure: inputs are never mutated.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -228,7 +229,9 @@ class HybridRule:
     ``probe_iters`` (the Lanczos probe), ``batched`` (leading dim = runs), ``branchless``
     (evaluate both modules and select; implied by ``batched``), ``ode_cfl`` (> 0: the ODE step
     is capped at h ≤ ode_cfl/κ, the explicit integrator's stability limit along the curvature κ
-    — seed §2.4's adaptive step size, for free from the criterion's estimate; 0: off).
+    — seed §2.4's adaptive step size, for free from the criterion's estimate; 0: off),
+    ``feature_gradients`` (keep the graph from θ into the features; default False: features are
+    detached, Andrychowicz et al.'s approximation, as GARO's).
 
     hyper: ``gd`` (the GD rule's hyper), ``ode`` (``lr`` = h and ``weight_decay``), ``policy``
     (``.gate(features) -> p`` and ``.hard``), ``stability_lr`` (the lr of the stability feature),
@@ -246,6 +249,7 @@ class HybridRule:
     batched: bool = False
     branchless: bool = False
     ode_cfl: float = 0.0
+    feature_gradients: bool = False
 
     def __post_init__(self):
         for name in ("min_dwell", "window", "probe_every", "probe_iters"):
@@ -276,9 +280,11 @@ class HybridRule:
                                         device=ref.device)}
 
     def features(self, params, grads, loss, state, hyper, grad_fn) -> tuple[Tensor, dict]:
-        """``FEATURES`` at this step and the memories they update (all detached)."""
-        with torch.no_grad():
-            grads = [g.detach() for g in grads]
+        """``FEATURES`` at this step and the memories they update (detached unless
+        ``feature_gradients``)."""
+        keep = self.feature_gradients
+        with contextlib.nullcontext() if keep else torch.no_grad():
+            grads = list(grads) if keep else [g.detach() for g in grads]
             gnorm = run_norms(grads, self.batched)
             first = state["step"] == 0
             norm0 = gnorm if first else state["grad_norm0"]
@@ -301,7 +307,8 @@ class HybridRule:
             losses = state["losses"]
             seen = min(state["step"], self.window)
             if loss is not None:
-                value = loss.detach().to(losses.dtype).reshape(losses.shape[1:])
+                value = (loss if keep else loss.detach()).to(losses.dtype) \
+                    .reshape(losses.shape[1:])
                 losses = torch.cat([losses[1:], value.unsqueeze(0)])
                 seen += 1
             progress = relative_progress(losses, seen if loss is not None else 0)
@@ -356,8 +363,8 @@ class HybridRule:
             mode = (gate.detach() > 0.5).to(feats.dtype)
             same = (mode == state["mode"]).to(feats.dtype)
             dwell = same * state["dwell"] + 1
-            moved = run_norms([(a - p).detach() for a, p in zip(new_params, params)],
-                              self.batched)
+        with contextlib.nullcontext() if self.feature_gradients else torch.no_grad():
+            moved = run_norms([a - p for a, p in zip(new_params, params)], self.batched)
         evaluations = state["evaluations"] + 1 + memory["probes"] + gate * counted.count
         return new_params, {
             "gd": gd_state, "ode": ode_state, "step": state["step"] + 1, "mode": mode,
