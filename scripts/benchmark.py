@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 BENCHMARKS = {
     "basins": "benchmarks.basins",
     "dcao": "benchmarks.dcao",
+    "dcao_stall": "benchmarks.dcao_stall",
     "garo": "benchmarks.garo",
     "meta": "benchmarks.meta",
     "rk": "benchmarks.rk",

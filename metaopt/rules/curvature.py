@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .base import TensorList
 from .hvp import HessianVectorProduct, hutchinson_trace
-from .lanczos import lanczos
+from .lanczos import DEFAULT_TOL, lanczos
 
 
 def spectral_radius(eigenvalues: Tensor) -> Tensor:
@@ -70,11 +70,14 @@ class CurvatureProbe:
 
 
 def probe_curvature(hvp: Callable[[Sequence[Tensor]], TensorList], like: Sequence[Tensor],
-                    k: int = 5, max_iters: int = 20, tol: float = 1e-3,
+                    k: int = 5, max_iters: int = 20, tol: float = DEFAULT_TOL,
                     generator: Optional[torch.Generator] = None,
                     init: Optional[Sequence[Tensor]] = None, trace_samples: int = 0,
                     step: int = 0) -> CurvatureProbe:
-    """One curvature probe: Lanczos top-k eigenpairs, ρ, γ, λ_1 − λ_2 (and tr(H) if asked)."""
+    """One curvature probe: Lanczos top-k eigenpairs, ρ, γ, λ_1 − λ_2 (and tr(H) if asked).
+
+    At most ``max_iters`` HVPs; Lanczos stops earlier once every top-k Ritz residual is
+    ≤ ``tol·max|θ|`` (``lanczos.DEFAULT_TOL`` = 1e-6 unless given)."""
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     result = lanczos(hvp, like, k=k, max_iters=max_iters, tol=tol, generator=generator,
                      init=init)

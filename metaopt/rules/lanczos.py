@@ -31,6 +31,11 @@ from torch import Tensor
 
 from .base import TensorList
 
+#: default stopping tolerance (Ritz residuals ≤ tol·max|θ|): tight enough that 40 HVPs give the
+#: top 5 to ≤ 1e-6 relative on a 918-parameter MLP with a 1.4 % gap between λ_4 and λ_5 (1e-3
+#: stopped after ~32 HVPs with errors of 2–4e-6). A cap on work is ``max_iters``'s job.
+DEFAULT_TOL = 1e-6
+
 
 @dataclass
 class LanczosResult:
@@ -71,7 +76,7 @@ def _random_unit(n: int, generator: torch.Generator, dtype, device, basis: Tenso
 
 
 def lanczos(hvp: Callable[[Sequence[Tensor]], TensorList], like: Sequence[Tensor], k: int = 5,
-            max_iters: int = 20, tol: float = 1e-4, generator: Optional[torch.Generator] = None,
+            max_iters: int = 20, tol: float = DEFAULT_TOL, generator: Optional[torch.Generator] = None,
             init: Optional[Sequence[Tensor]] = None) -> LanczosResult:
     """Top-``k`` eigenpairs (by |λ|) of the operator ``hvp`` over vectors shaped like ``like``.
 

@@ -193,3 +193,62 @@ def test_probe_refuses_a_closure_whose_gradients_carry_no_graph():
         return loss
     with pytest.raises(RuntimeError, match="loss.backward"):
         opt.step(closure)
+
+
+# ------------------------------------------------------------------ issue 13: unusual input
+def test_complex_parameters_are_a_clear_error():
+    z = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    with pytest.raises(ValueError, match="complex"):
+        mo.DCAO([z])
+    opt = mo.DCAO([torch.zeros(2, requires_grad=True)])
+    with pytest.raises(ValueError, match="complex"):
+        opt.add_param_group({"params": [z]})
+
+
+def _rosenbrock_run(steps, **kwargs):
+    v = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = mo.DCAO([v], **kwargs)
+
+    def closure():
+        opt.zero_grad()
+        loss = (1 - v[0]) ** 2 + 100 * (v[1] - v[0] ** 2) ** 2
+        loss.backward()
+        return loss
+    for _ in range(steps):
+        opt.step(closure)
+    x, y = v.detach()
+    return float((1 - x) ** 2 + 100 * (y - x ** 2) ** 2), opt
+
+
+def test_stall_guard_unfreezes_rosenbrock_and_its_floor_matches_the_exact_hessian():
+    # Rosenbrock at (-1.5, 2): analytic Hessian [[1200x²-400y+2, -400x], [-400x, 200]].
+    x, y = -1.5, 2.0
+    hessian = torch.tensor([[1200 * x * x - 400 * y + 2, -400 * x], [-400 * x, 200.0]],
+                           dtype=torch.float64)
+    rho = float(torch.linalg.eigvalsh(hessian).abs().max())
+    assert rho == pytest.approx(2092.25, rel=1e-4)
+    frozen, seed_opt = _rosenbrock_run(300, stall_ratio=0.0)
+    _, first = _rosenbrock_run(1)  # η right after the first probe, default guard
+    assert first.effective_hyperparameters(first.param_groups[0])[0] == \
+        pytest.approx(min(0.01 * 0.01, 0.9 * 2 / rho), rel=1e-9)
+    assert seed_opt.effective_hyperparameters(seed_opt.param_groups[0])[0] == \
+        pytest.approx(0.01 * torch.exp(torch.tensor(-0.01 * rho, dtype=torch.float64)).item(),
+                      rel=1e-6)
+    guarded, opt = _rosenbrock_run(300)
+    assert frozen > 12.49  # the seed's schedule alone: η ≈ 8e-12, the loss does not move
+    assert guarded < 8.0   # measured 5.78 after 300 steps (5e-4 after 20,000)
+    assert len(seed_opt.history) == 1  # next probe only at step 1000
+    assert len(opt.history) == 30 and opt.stalled()  # re-probed every 10 steps while stalled
+
+
+def test_stall_guard_is_inert_in_ordinary_regimes():
+    # ρ = 40 ≪ 460: the guarded and the seed schedule give bit-identical trajectories.
+    runs = []
+    for ratio in (0.0, 0.01):
+        params, loss_fn = quadratic([40.0, 10.0, 3.0, 1.0])
+        opt = mo.DCAO(params, lr=0.01, probe_every=7, k=2, lanczos_iters=4, stall_ratio=ratio)
+        for _ in range(20):
+            opt.step(closure_for(opt, loss_fn))
+        assert not opt.stalled()
+        runs.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
