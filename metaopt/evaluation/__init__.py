@@ -5,7 +5,10 @@
   evaluations, time per step, memory and divergence (an outcome, never a crash).
 * ``make_optimizer`` / ``optimizer_names``: named torch.optim baselines, plus ``metaopt.optim``
   classes by name.
-* ``tune_lr`` / ``log_grid``: learning-rate tuning on held-out seeds under a stated criterion.
+* ``tune_lr`` / ``log_grid``: learning-rate tuning on held-out seeds under a stated criterion;
+  ``tune_lr_interior`` widens the grid until the best lr is interior.
+* ``speedup``: steps a reference needs to reach a candidate's final loss / the candidate's steps.
+* ``CosineAdam`` (``"adam_cosine"``): the cosine-decay Adam baseline.
 * ``RunResult`` / ``summarize`` / ``format_table``: results as rows and tables.
 * ``TracingFactory`` / ``optimizer_trace``: per-step controller decisions (lr_t, curvature, mode).
 """
@@ -20,11 +23,22 @@ from .optimizers import (
 )
 from .results import SUMMARY_COLUMNS, RunResult, format_table, summarize
 from .traces import TracingFactory, optimizer_trace
-from .tuning import CRITERIA, HELD_OUT_TASK_SEED_OFFSET, TuningResult, log_grid, tune_lr
+from .schedules import CosineAdam
+from .speedup import Speedup, speedup, steps_to_reach
+from .tuning import (
+    CRITERIA,
+    HELD_OUT_TASK_SEED_OFFSET,
+    TuningResult,
+    log_grid,
+    tune_lr,
+    tune_lr_interior,
+)
 
 __all__ = [
     "BASELINES",
     "CRITERIA",
+    "CosineAdam",
+    "Speedup",
     "HELD_OUT_TASK_SEED_OFFSET",
     "SUMMARY_COLUMNS",
     "TARGET_KINDS",
@@ -41,6 +55,9 @@ __all__ = [
     "resolve_optimizer",
     "run_family",
     "run_task",
+    "speedup",
+    "steps_to_reach",
     "summarize",
     "tune_lr",
+    "tune_lr_interior",
 ]

@@ -8,6 +8,7 @@ Baselines from ``torch.optim`` (with their usual defaults):
     adam          Adam(lr=1e-3)
     adamw         AdamW(lr=1e-3, weight_decay=1e-2)
     rmsprop       RMSprop(lr=1e-3)
+    adam_cosine   Adam(lr=1e-3) with a cosine decay over ``total_steps`` (``schedules.CosineAdam``)
 
 Any other name is resolved lazily: ``"metaopt.optim.RK4"`` or plain ``"RK4"`` looks the class up
 with ``getattr(metaopt.optim, "RK4")`` at call time (so the registry works before, and keeps
@@ -24,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .schedules import CosineAdam
+
 __all__ = ["BASELINES", "OptimizerFactory", "make_optimizer", "optimizer_names", "resolve_optimizer"]
 
 BASELINES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
@@ -33,6 +36,7 @@ BASELINES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "adam": (torch.optim.Adam, {"lr": 1e-3}),
     "adamw": (torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 1e-2}),
     "rmsprop": (torch.optim.RMSprop, {"lr": 1e-3}),
+    "adam_cosine": (CosineAdam, {"lr": 1e-3, "total_steps": 1000}),
 }
 
 

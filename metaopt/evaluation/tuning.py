@@ -28,7 +28,8 @@ from .harness import run_task
 from .optimizers import OptimizerFactory
 from .results import RunResult
 
-__all__ = ["CRITERIA", "HELD_OUT_TASK_SEED_OFFSET", "TuningResult", "log_grid", "tune_lr"]
+__all__ = ["CRITERIA", "HELD_OUT_TASK_SEED_OFFSET", "TuningResult", "log_grid", "tune_lr",
+           "tune_lr_interior"]
 
 CRITERIA = ("final_train_loss", "final_test_loss", "mean_train_loss")
 HELD_OUT_TASK_SEED_OFFSET = 10_000
@@ -111,3 +112,49 @@ def tune_lr(
         if scores[lr] < best_score:
             best_lr, best_score = lr, scores[lr]
     return TuningResult(factory.label, criterion, best_lr, best_score, scores, tuple(task_seeds), tuple(seeds))
+
+
+def tune_lr_interior(
+    factory: OptimizerFactory,
+    family: TaskFamily,
+    steps: int,
+    *,
+    low: float = 1e-4,
+    high: float = 1.0,
+    per_decade: int = 2,
+    limits: tuple[float, float] = (1e-8, 1e3),
+    **tune_kwargs: Any,
+) -> TuningResult:
+    """``tune_lr`` on a log grid (``per_decade`` points per decade) widened one decade at a time
+    on the side where the best learning rate sits, until the best is interior (a grid point with
+    a worse neighbour on each side) or the grid reaches ``limits``.
+
+    A baseline whose best lr is the edge of its grid is not tuned: the protocol of VeLO / Celo
+    asks for an interior optimum. The result's ``scores`` hold every grid point tried.
+    """
+    if not (0 < limits[0] <= low <= high <= limits[1]) or per_decade < 1:
+        raise ValueError(f"need 0 < limits[0] <= low <= high <= limits[1] and per_decade >= 1, "
+                         f"got low={low}, high={high}, limits={limits}, per_decade={per_decade}")
+
+    def grid(a: float, b: float) -> list[float]:
+        return log_grid(a, b, max(2, round(per_decade * math.log10(b / a)) + 1))
+
+    scores: dict[float, float] = {}
+    result = None
+    todo = grid(low, high)
+    while todo:
+        result = tune_lr(factory, family, steps, lrs=todo, **tune_kwargs)
+        scores.update(result.scores)
+        lrs = sorted(scores)
+        best = min(lrs, key=lambda lr: (scores[lr], lr))
+        if math.isinf(scores[best]):  # everything diverged: look lower
+            best = lrs[0]
+        index = lrs.index(best)
+        todo = []
+        if index == 0 and lrs[0] / 10 >= limits[0] * (1 - 1e-9):
+            todo = grid(lrs[0] / 10, lrs[0])[:-1]
+        elif index == len(lrs) - 1 and lrs[-1] * 10 <= limits[1] * (1 + 1e-9):
+            todo = grid(lrs[-1], lrs[-1] * 10)[1:]
+    best = min(sorted(scores), key=lambda lr: (scores[lr], lr))
+    return TuningResult(factory.label, result.criterion, best, scores[best], dict(sorted(scores.items())),
+                        result.task_seeds, result.seeds)
