@@ -18,12 +18,14 @@ from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule
 from metaopt.rules.hybrid import HybridRule
 
 
-def relaxed(cfg) -> bool:
-    """Blend by the gate for BPTT (differentiable), hard decisions for ES/PES (module docstring of
-    ``metaopt.meta.hybrid_learned``), unless ``hybrid.relaxed`` says otherwise."""
-    if cfg.hybrid.relaxed == "auto":
-        return cfg.estimator.name == "bptt"
-    return cfg.hybrid.relaxed == "true"
+def gate_kind(cfg) -> str:
+    """``hybrid.gate``; ``auto``: straight-through for BPTT (differentiable, and the unroll is the
+    runtime's hard trajectory), hard decisions for ES/PES (see ``metaopt.meta.hybrid_learned``)."""
+    if cfg.hybrid.gate == "auto":
+        return "straight_through" if cfg.estimator.name == "bptt" else "hard"
+    if cfg.hybrid.gate != "hard" and cfg.estimator.name != "bptt":
+        return "hard"  # gradient-free estimators gain nothing from a relaxation
+    return cfg.hybrid.gate
 
 
 def build_learned(cfg, garo_controller, garo_rule, device, dtype):
@@ -35,12 +37,12 @@ def build_learned(cfg, garo_controller, garo_rule, device, dtype):
                              ).to(device=device, dtype=dtype)
     rule = HybridRule(make_gd_rule(h.gd), make_ode_rule(h.ode), min_dwell=h.min_dwell,
                       window=h.window, ode_cfl=h.ode_cfl)
+    gate = dict(relaxed=gate_kind(cfg) != "hard", compute_cost=h.compute_cost,
+                straight_through=gate_kind(cfg) == "straight_through")
     if cfg.controller.kind == "hybrid_garo":
-        return HybridGAROLearnedRule(policy, garo_controller, garo_rule, rule, h.ode_lr,
-                                     relaxed=relaxed(cfg), compute_cost=h.compute_cost)
+        return HybridGAROLearnedRule(policy, garo_controller, garo_rule, rule, h.ode_lr, **gate)
     return HybridLearnedRule(policy, rule, {"lr": h.lr, "momentum": h.momentum,
-                                            "weight_decay": h.weight_decay}, h.ode_lr,
-                             relaxed=relaxed(cfg), compute_cost=h.compute_cost)
+                                            "weight_decay": h.weight_decay}, h.ode_lr, **gate)
 
 
 def optimizer_options(cfg) -> dict:

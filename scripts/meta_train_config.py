@@ -52,7 +52,8 @@ class HybridConfig:
     window: int = 10  # stagnation window
     policy_hidden: int = 16
     init_ode_probability: float = 0.05  # the untrained policy: (almost) plain GD
-    relaxed: str = "auto"  # auto (bptt: blend by the gate; es/pes: hard) | true | false
+    gate: str = "auto"  # relaxed (blend by p) | straight_through (hard forward, dp backward) |
+    # hard (ES/PES only) | auto (bptt: straight_through, es/pes: hard)
     compute_cost: float = 0.0  # meta-loss charge per extra gradient evaluation per step
 
 
@@ -163,7 +164,7 @@ CHOICES = {
     "hybrid.gd": ("sgd", "adam", "rmsprop"),
     "hybrid.ode": ("bosh3", "dopri5", "euler", "heun", "heun2", "heun3", "midpoint", "ralston",
                    "rk4", "rk4_38", "gradient_flow", "nesterov_flow"),
-    "hybrid.relaxed": ("auto", "true", "false"),
+    "hybrid.gate": ("auto", "relaxed", "straight_through", "hard"),
     "controller.direction": ("sgd", "adam"),
     "controller.features": ("seed", "relative"),
     "unroll.schedule": ("constant", "log_uniform"),

@@ -84,12 +84,16 @@ class SwitchingPolicy(nn.Module):
 class PolicyGate:
     """A policy evaluated at weights ``weights`` (``functional_call``) behind the rule's gate API.
 
-    ``hard=True``: the runtime decision p > 0.5; ``hard=False``: the relaxed gate p itself.
+    ``hard=True``: the runtime decision p > 0.5; ``hard=False``: the relaxed gate p itself;
+    ``straight_through=True`` (with ``hard=False``): the forward value is the hard decision
+    1[p > 0.5] — the unroll is the runtime trajectory — while the backward pass differentiates
+    p (Bengio et al. 2013's straight-through estimator).
     """
 
     def __init__(self, module: SwitchingPolicy, weights: Optional[dict[str, Tensor]] = None,
-                 hard: bool = True):
+                 hard: bool = True, straight_through: bool = False):
         self.module, self.weights, self.hard = module, weights, hard
+        self.straight_through = straight_through
 
     def gate(self, features: Tensor) -> Tensor:
         if self.weights is None:

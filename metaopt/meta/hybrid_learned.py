@@ -12,6 +12,8 @@ Both rules run ``metaopt.rules.hybrid.HybridRule``, the same code as ``HybridGDO
 
 **Relaxation** (``relaxed=True``, for truncated BPTT): the unroll blends the two updates by the
 gate, θ ← θ_gd + p·(θ_ode − θ_gd), so ∂meta-loss/∂φ exists; both modules run every step.
+**Straight-through** (``straight_through=True``, BPTT): the forward pass takes the hard decision
+(the unroll *is* the runtime trajectory), the backward pass differentiates p as if blended.
 **Hard decisions** (``relaxed=False``, for ES): ODE iff p > 0.5, only the chosen module runs —
 exactly the runtime optimizer. ``scripts/meta_train.py`` picks relaxed for ``bptt`` and hard for
 ``es``; the choice between them is measured in the closing note of issue 10.
@@ -52,18 +54,21 @@ class HybridLearnedRule:
     """
 
     def __init__(self, policy: SwitchingPolicy, rule: HybridRule, gd_hyper: Mapping[str, Any],
-                 ode_lr: float, *, relaxed: bool = True, compute_cost: float = 0.0):
+                 ode_lr: float, *, relaxed: bool = True, compute_cost: float = 0.0,
+                 straight_through: bool = False):
         if not compute_cost >= 0:
             raise ValueError(f"compute_cost: must be >= 0, got {compute_cost!r}")
         self.module, self.rule = policy, rule
         self.gd_hyper, self.ode_lr = dict(gd_hyper), float(ode_lr)
         self.relaxed, self.compute_cost = bool(relaxed), float(compute_cost)
+        self.straight_through = bool(straight_through) and self.relaxed
 
     def meta_parameters(self) -> dict[str, Tensor]:
         return dict(self.module.named_parameters())
 
     def _gate(self, weights: Mapping[str, Tensor]) -> PolicyGate:
-        return PolicyGate(self.module, dict(weights), hard=not self.relaxed)
+        return PolicyGate(self.module, dict(weights), hard=not self.relaxed,
+                          straight_through=self.straight_through)
 
     def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor],
              horizon: Optional[int] = None) -> State:
@@ -97,9 +102,10 @@ class HybridGAROLearnedRule(HybridLearnedRule):
 
     def __init__(self, policy: SwitchingPolicy, controller: GAROController, garo: GARORule,
                  rule: HybridRule, ode_lr: float, *, relaxed: bool = True,
-                 compute_cost: float = 0.0):
+                 compute_cost: float = 0.0, straight_through: bool = False):
         super().__init__(policy, rule, {"lr": 1.0, "weight_decay": 1.0}, ode_lr,
-                         relaxed=relaxed, compute_cost=compute_cost)
+                         relaxed=relaxed, compute_cost=compute_cost,
+                         straight_through=straight_through)
         self.module = nn.ModuleDict({"policy": policy, "garo": controller})
         self.garo = garo
 
@@ -123,7 +129,8 @@ class HybridGAROLearnedRule(HybridLearnedRule):
                                                    self.module["garo"].init_lr))
         hyper = {"gd": {"controller": controller}, "gd_rule": self.garo,
                  "ode": {"lr": self.ode_lr},
-                 "policy": PolicyGate(self.module["policy"], policy, hard=not self.relaxed),
+                 "policy": PolicyGate(self.module["policy"], policy, hard=not self.relaxed,
+                                      straight_through=self.straight_through),
                  "stability_lr": stability_lr}
         return self.rule.step(list(params), grad_fn, state, hyper)
 

@@ -328,6 +328,8 @@ class HybridRule:
         locked = (state["dwell"] < self.min_dwell).to(gate.dtype)
         if hard:
             gate = (gate > 0.5).to(feats.dtype)
+        elif getattr(policy, "straight_through", False):  # hard forward, gradient through p
+            gate = (gate.detach() > 0.5).to(gate.dtype) + gate - gate.detach()
         gate = locked * state["mode"] + (1 - locked) * gate
         gd_rule = hyper.get("gd_rule", self.gd)
         gd_params, gd_state = gd_rule.apply(params, grads, state["gd"], hyper["gd"], loss)
