@@ -23,6 +23,7 @@ BENCHMARKS = {
     "dcao_stall": "benchmarks.dcao_stall",
     "garo": "benchmarks.garo",
     "meta": "benchmarks.meta",
+    "meta_mixture": "benchmarks.meta_mixture",
     "rk": "benchmarks.rk",
 }
 
