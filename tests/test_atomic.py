@@ -29,3 +29,26 @@ def test_new_file_gets_the_permissions_of_a_plain_open_not_mkstemps_0600(tmp_pat
     assert path.read_bytes() == b"x"
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
     assert stat.S_IMODE(path.stat().st_mode) != 0o600
+
+
+def test_folder_is_fsynced_after_the_replace(tmp_path, monkeypatch):
+    # POSIX makes a rename durable only once its directory is synced (issue 13, item 6).
+    import os
+
+    import metaopt.atomic as atomic
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"]
+    assert events[-1][1] == os.path.realpath(tmp_path)
