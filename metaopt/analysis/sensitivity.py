@@ -30,7 +30,10 @@ Run = Callable[[float], Sequence[float] | Tensor]
 def function_run(function: Callable[[Tensor], Tensor], start: Sequence[float] | Tensor,
                  make_optimizer: Callable[..., torch.optim.Optimizer], steps: int) -> Run:
     """``run(lr)``: ``make_optimizer([x], lr=lr)`` for ``steps`` steps on ``function`` from
-    ``start`` (float64); losses f(x_0..x_steps), padded with inf after an overflow."""
+    ``start`` (float64); losses f(x_0..x_steps), inf from an overflow on.
+
+    L_t is the loss ``step(closure)`` returns (torch.optim convention: the closure's value at the
+    point before the step), so each step costs the optimizer's own evaluations and no more."""
     x0 = torch.as_tensor(start, dtype=torch.float64).detach().clone()
 
     def run(lr: float) -> Tensor:
@@ -43,14 +46,15 @@ def function_run(function: Callable[[Tensor], Tensor], start: Sequence[float] | 
             loss = function(x)
             loss.backward()
             return loss
-        for t in range(steps + 1):
-            with torch.no_grad():
-                value = function(x)
-            if not torch.isfinite(value):
-                break
-            losses[t] = value
-            if t < steps:
-                optimizer.step(closure)
+        for t in range(steps):
+            loss = optimizer.step(closure)
+            if not torch.isfinite(loss):
+                return losses
+            losses[t] = loss.detach()
+        with torch.no_grad():
+            final = function(x)
+        if torch.isfinite(final):
+            losses[steps] = final
         return losses
     return run
 
