@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: setup quickstart test test-slow bench clean
+.PHONY: setup quickstart test test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -31,5 +31,15 @@ test-slow: setup
 bench: setup
 	$(PY) scripts/benchmark.py
 
+# The documentation site (mkdocs.yml, docs/): the `docs` extra, then a strict build into site/
+# (any warning, e.g. a broken link or an unparsable docstring, fails it).
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: setup $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs wandb .pytest_cache
+	rm -rf $(VENV) runs wandb .pytest_cache site
