@@ -22,6 +22,7 @@ BENCHMARKS = {
     "dcao": "benchmarks.dcao",
     "dcao_stall": "benchmarks.dcao_stall",
     "garo": "benchmarks.garo",
+    "learned": "benchmarks.learned",
     "meta": "benchmarks.meta",
     "meta_mixture": "benchmarks.meta_mixture",
     "rk": "benchmarks.rk",
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a YAML config for benchmarks that take one (learned)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
