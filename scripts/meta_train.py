@@ -9,6 +9,14 @@ default). Re-running the same command resumes from ``state.pt``; a larger ``step
 At the end it prints the held-out meta-loss of the untrained and the trained controller and an
 evaluation table (harness) of the learned optimizer vs the untrained one vs tuned baselines.
 The typed config is ``scripts/meta_train_config.py``.
+
+Reliability (``scripts/run_dir.py``): the whole config is validated first (every float finite,
+ranges, choices; ``--check`` stops there and also validates a resume, writing nothing). A resume
+is checked (saved config, ``state.pt`` version/keys/finite weights, loadable) before anything in
+``out_dir`` is touched; ``out_dir`` is locked against a second process. SIGINT/SIGTERM finish the
+running meta-step, save ``state.pt`` and exit 128+signal; a run whose meta-updates were all
+skipped exits 3 without writing ``optimizer.safetensors``; bad input exits 2; every error is one
+line naming its key or file.
 """
 from __future__ import annotations
 
@@ -420,18 +428,26 @@ def _named(traces: dict) -> dict:
     return {f"{k}_t": v for k, v in traces.items()}
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` with one-line errors and exit codes: 2 bad config / run directory / state file,
+    3 training produced nothing to export, 128 + signal number when interrupted (checkpoint
+    saved)."""
     try:
-        main()
+        main(argv)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+        return 2
     except (run_dir.RunDirError, TrainingStateError) as error:
         print(f"run directory error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+        return 2
     except TrainingFailed as error:
         print(f"training failed: {error}", file=sys.stderr)
-        raise SystemExit(3)
+        return 3
     except run_dir.Interrupted as error:
         print(f"interrupted: {error}", file=sys.stderr)
-        raise SystemExit(128 + error.signum)
+        return 128 + error.signum
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
