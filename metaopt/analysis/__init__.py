@@ -15,11 +15,12 @@ from . import landscape, saddles, trajectories
 from .landscape import *  # noqa: F401,F403
 from .saddles import *  # noqa: F401,F403
 from .trajectories import *  # noqa: F401,F403
-from . import anomalies, convergence, divergence, sensitivity
+from . import anomalies, convergence, divergence, sensitivity, training_stats
 from .anomalies import *  # noqa: F401,F403
 from .convergence import *  # noqa: F401,F403
 from .divergence import *  # noqa: F401,F403
 from .sensitivity import *  # noqa: F401,F403
+from .training_stats import *  # noqa: F401,F403
 
 __all__ = [
     *hessian.__all__,
@@ -32,4 +33,5 @@ __all__ = [
     *convergence.__all__,
     *divergence.__all__,
     *sensitivity.__all__,
+    *training_stats.__all__,
 ]
