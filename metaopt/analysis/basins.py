@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from .batched import BatchedOptimizer, run_batched
+from .hessian import function_hessian
 
-__all__ = ["DIVERGED", "UNCONVERGED", "BasinMap", "basin_map", "classify_points", "grid_starts"]
+__all__ = ["DIVERGED", "UNCONVERGED", "BasinMap", "basin_map", "classify_points", "find_minima",
+           "grid_starts"]
 
 UNCONVERGED = -1
 DIVERGED = -2
@@ -45,6 +47,34 @@ def classify_points(points: Tensor, minimizers: Tensor, tolerance: float) -> Ten
     nearest = distance.min(dim=1)
     labels = torch.where(nearest.values <= tolerance, nearest.indices, UNCONVERGED)
     return torch.where(torch.isfinite(points).all(dim=1), labels, DIVERGED)
+
+
+def find_minima(function: Callable[[Tensor], Tensor], bounds: Sequence[float], *,
+                known: Sequence[Sequence[float]] = (), resolution: int = 20, steps: int = 2000,
+                lr: float = 1e-2, grad_tol: float = 1e-9, merge: float = 1e-4,
+                dtype=torch.float64) -> list[tuple[float, ...]]:
+    """``known`` minimisers followed by the other local minima found inside ``bounds``.
+
+    Gradient descent (step ``lr``) from an R×R grid, then Newton polishing x ← x − H⁻¹∇f with the
+    exact Hessian; a candidate is kept when ‖∇f‖ < ``grad_tol`` and H is positive definite (so
+    saddles and maxima are not minima), and merged with any minimum within ``merge``.
+    """
+    _, _, starts = grid_starts(bounds, resolution, dtype)
+    run = run_batched(function, starts, BatchedOptimizer("sgd", {"lr": lr}), steps)
+    x = run.final[torch.isfinite(run.final).all(dim=1)]
+    grad = torch.func.vmap(torch.func.grad(function))
+    for _ in range(20):
+        step = torch.linalg.solve(function_hessian(function, x), grad(x).unsqueeze(-1)).squeeze(-1)
+        x = x - step.nan_to_num(nan=0.0)
+    definite = torch.linalg.eigvalsh(function_hessian(function, x))[:, 0] > 0
+    inside = ((x[:, 0] >= bounds[0]) & (x[:, 0] <= bounds[1])
+              & (x[:, 1] >= bounds[2]) & (x[:, 1] <= bounds[3]))
+    good = x[definite & inside & (grad(x).norm(dim=1) < grad_tol)]
+    found = [tuple(float(v) for v in m) for m in known]
+    for candidate in good.tolist():
+        if all(sum((a - b) ** 2 for a, b in zip(candidate, m)) ** 0.5 > merge for m in found):
+            found.append(tuple(candidate))
+    return found
 
 
 @dataclass

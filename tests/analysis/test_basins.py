@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from metaopt.analysis.basins import (DIVERGED, UNCONVERGED, basin_map, classify_points,
-                                     grid_starts)
+                                     find_minima, grid_starts)
 from metaopt.analysis.batched import BatchedOptimizer
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
@@ -88,3 +88,19 @@ def test_map_labels_equal_single_torch_optim_runs(himmelblau_map):
         assert int(classify_points(x.detach()[None], mins, 1e-3)) == int(labels[k])
         torch.testing.assert_close(x.detach(), himmelblau_map.final["adam"].reshape(-1, 2)[k],
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_find_minima_adds_exactly_the_local_minima():
+    lo, hi = HIMMELBLAU.init_box
+    assert find_minima(HIMMELBLAU.function, (lo, hi, lo, hi), known=HIMMELBLAU.minimizers,
+                       resolution=8, steps=500) == list(HIMMELBLAU.minimizers)
+    lo, hi = CAMEL.init_box
+    found = find_minima(CAMEL.function, (lo, hi, lo, hi), known=CAMEL.minimizers, resolution=10,
+                        steps=800)
+    assert found[:2] == list(CAMEL.minimizers) and len(found) == 6
+    points = torch.tensor(found[2:], dtype=torch.float64)
+    values = sorted(torch.func.vmap(CAMEL.function)(points).tolist())
+    # the camel's local minima come in point-symmetric pairs: f = −0.21546 and 2.10425
+    assert values == pytest.approx([-0.2154638, -0.2154638, 2.1042503, 2.1042503], abs=1e-6)
+    grads = torch.func.vmap(torch.func.grad(CAMEL.function))(points)
+    assert grads.abs().max() < 1e-9
