@@ -27,7 +27,7 @@ from metaopt.task import Task
 
 from .hessian import spectrum_top
 
-__all__ = ["Phase", "TrainingRecord", "layer_groups", "layer_norms", "sharpness",
+__all__ = ["Phase", "TrainingRecord", "layer_groups", "layer_norms", "task_sharpness",
            "train_with_stats"]
 
 
@@ -52,7 +52,7 @@ def layer_norms(tensors: Mapping[str, Tensor], groups: Mapping[str, Sequence[str
                         for names in groups.values()])
 
 
-def sharpness(task: Task, params: Mapping[str, Tensor], batch, *, max_iters: int = 30,
+def task_sharpness(task: Task, params: Mapping[str, Tensor], batch, *, max_iters: int = 30,
               tol: float = 1e-4, generator: torch.Generator | None = None) -> float:
     """λ_max (largest algebraic eigenvalue) of ∇² task.loss(·, batch) at ``params``."""
     names = list(params)
@@ -132,7 +132,7 @@ def train_with_stats(task: Task, phases: Sequence[Phase], *, generator: torch.Ge
     if eval_steps[-1] != step:
         record_eval(step)
     params = {n: p.detach().clone() for n, p in named.items()}
-    lam = (sharpness(task, params, task.eval_batch("train"), max_iters=sharpness_iters,
+    lam = (task_sharpness(task, params, task.eval_batch("train"), max_iters=sharpness_iters,
                      generator=torch.Generator().manual_seed(0))
            if measure_sharpness else None)
     empty = torch.zeros(0, len(groups), dtype=torch.float64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tasks
-from metaopt.analysis.training_stats import Phase, layer_groups, sharpness, train_with_stats
+from metaopt.analysis.training_stats import Phase, layer_groups, task_sharpness, train_with_stats
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_sharpness_is_the_dense_hessian_top_eigenvalue(task):
         return task.loss(out, batch)
     dense = torch.autograd.functional.hessian(flat_loss, flat0)
     expected = float(torch.linalg.eigvalsh(dense)[-1])
-    measured = sharpness(task, params, batch, max_iters=len(flat0), tol=1e-10,
+    measured = task_sharpness(task, params, batch, max_iters=len(flat0), tol=1e-10,
                          generator=torch.Generator().manual_seed(0))
     assert measured == pytest.approx(expected, rel=1e-6)
     record = train_with_stats(task, [Phase("sgd", _sgd(0.1), 0)],
