@@ -264,8 +264,8 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
 
 def _is_final_record(record: dict) -> bool:
     """Records written once when a run finishes (rewritten by a re-run, so dropped on resume)."""
-    return "table" in record or any(k.startswith(("eval/", "held_out_meta_loss"))
-                                    for k in record)
+    return "table" in record or "image" in record or \
+        any(k.startswith(("eval/", "held_out_meta_loss")) for k in record)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
