@@ -237,9 +237,26 @@ def _pretrained_dir() -> Path:
     return Path(str(resources.files("metaopt.pretrained")))
 
 
-def list_pretrained() -> list[str]:
-    """Names of the checkpoints shipped in ``metaopt/pretrained`` (for ``load_optimizer``)."""
-    return sorted(p.name[: -len(SUFFIX)] for p in _pretrained_dir().glob(f"*{SUFFIX}"))
+def list_pretrained(describe: bool = False) -> list[str] | dict[str, str]:
+    """Names of the checkpoints shipped in ``metaopt/pretrained`` (for ``load_optimizer``);
+    with ``describe=True`` a ``{name: one-line description}`` dict (``describe_checkpoint``)."""
+    names = sorted(p.name[: -len(SUFFIX)] for p in _pretrained_dir().glob(f"*{SUFFIX}"))
+    if not describe:
+        return names
+    return {name: describe_checkpoint(_pretrained_dir() / f"{name}{SUFFIX}") for name in names}
+
+
+def describe_checkpoint(path: PathLike) -> str:
+    """One line about a checkpoint: its provenance's ``description`` when it has one, else what
+    the metadata says (optimizer, controller options, training task and steps)."""
+    ckpt = load_checkpoint(resolve(path))
+    if ckpt.training.get("description"):
+        return str(ckpt.training["description"])
+    config = json.loads(ckpt.metadata.get("controller_config", "{}"))
+    options = ", ".join(f"{k}={v}" for k, v in sorted(ckpt.optimizer_config.items()))
+    trained = ", ".join(f"{k} {ckpt.training[k]}" for k in ("task", "steps") if k in ckpt.training)
+    return (f"{ckpt.metadata.get('optimizer_class', 'GARO')} ({options}; features "
+            f"{config.get('features', 'seed')}) meta-trained on {trained or 'unknown tasks'}")
 
 
 def resolve(name_or_path: PathLike) -> Path:

@@ -42,3 +42,11 @@ def test_shipped_checkpoint_beats_the_untrained_controller_on_held_out_quadratic
         untrained = final_loss(task, lambda ps: GARO(ps))
         wins += learned < 0.5 * untrained
     assert wins >= 4
+
+
+def test_list_pretrained_describes_every_checkpoint_in_one_line():
+    described = metaopt.list_pretrained(describe=True)
+    assert sorted(described) == metaopt.list_pretrained()
+    for name, line in described.items():
+        assert line and "\n" not in line, name
+    assert "quadratic" in described["garo_quadratics"] or "mixture" in described["garo_quadratics"]
