@@ -24,6 +24,7 @@ BENCHMARKS = {
     "garo": "benchmarks.garo",
     "learned": "benchmarks.learned",
     "meta": "benchmarks.meta",
+    "meta_throughput": "benchmarks.meta_throughput",  # the engines alone (part of meta)
     "meta_mixture": "benchmarks.meta_mixture",
     "rk": "benchmarks.rk",
 }
