@@ -34,7 +34,7 @@ import inspect
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,7 +95,7 @@ def list_optimizers(kind: str | None = None) -> list[str]:
 
 def optimizer_description(name: str) -> str:
     """A one-line description: the class docstring's first line, or the checkpoint's summary."""
-    display, kind, target = _lookup(name)
+    _, kind, target = _lookup(name)
     if kind == "pretrained":
         from .hub import describe_checkpoint
         return describe_checkpoint(target)
@@ -103,7 +103,7 @@ def optimizer_description(name: str) -> str:
     return doc.splitlines()[0] if doc else target.__name__
 
 
-def _is_path(name: Union[str, os.PathLike]) -> bool:
+def _is_path(name: str | os.PathLike) -> bool:
     text = os.fspath(name)
     return isinstance(name, os.PathLike) or os.sep in text or "/" in text \
         or text.endswith(".safetensors") or Path(text).exists()
@@ -130,7 +130,7 @@ def _lookup(name: str) -> tuple[str, str, Any]:
                      f"{len(known)}; a checkpoint path must exist)")
 
 
-def param_groups(model_or_params: Union[nn.Module, Iterable[Any]], weight_decay: float,
+def param_groups(model_or_params: nn.Module | Iterable[Any], weight_decay: float,
                  filter_bias_and_norm: bool = True) -> list[dict[str, Any]] | list[Any]:
     """The parameter list the optimizer receives (see the module doc for the no-decay rule)."""
     if isinstance(model_or_params, nn.Module):
@@ -152,8 +152,8 @@ def param_groups(model_or_params: Union[nn.Module, Iterable[Any]], weight_decay:
     return [g for g in groups if g["params"]]
 
 
-def create_optimizer(model_or_params: Union[nn.Module, Iterable[Any]],
-                     name: Union[str, os.PathLike], lr: float | None = None,
+def create_optimizer(model_or_params: nn.Module | Iterable[Any],
+                     name: str | os.PathLike, lr: float | None = None,
                      weight_decay: float = 0.0, filter_bias_and_norm: bool = True,
                      **kwargs: Any) -> torch.optim.Optimizer:
     """Build the optimizer called ``name`` (or the checkpoint at that path) for
@@ -196,7 +196,7 @@ class NamedOptimizerFactory:
     name or checkpoint path ``create_optimizer`` accepts. Built once on a probe tensor at
     construction, so an unknown name, a bad file or a bad keyword fails before any run."""
 
-    def __init__(self, name: Union[str, os.PathLike], label: str | None = None,
+    def __init__(self, name: str | os.PathLike, label: str | None = None,
                  **hyperparameters: Any):
         self.name, self.hyperparameters = os.fspath(name), dict(hyperparameters)
         self.label = label or self.name

@@ -30,8 +30,18 @@ import torch
 from .atomic import atomic_write
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve, save_checkpoint
 
-__all__ = ["CONFIG_FILE", "MODEL_FILE", "CARD_FILE", "checkpoint_file", "describe_checkpoint",
-           "download", "from_pretrained", "is_repo_id", "model_card", "save_pretrained"]
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "checkpoint_file",
+    "describe_checkpoint",
+    "download",
+    "from_pretrained",
+    "is_repo_id",
+    "model_card",
+    "save_pretrained",
+]
 
 CONFIG_FILE, MODEL_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 #: metadata keys mirrored in config.json (JSON-valued ones decoded)
@@ -39,7 +49,7 @@ _JSON_KEYS = ("controller_config", "optimizer_config", "training")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 #: a name ending like a file is a missing local file, never a repo id to download
 _FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".json", ".yaml", ".yml")
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, os.PathLike]  # noqa: UP007 (a runtime alias, as in checkpoint.py)
 
 
 def _config_from_metadata(metadata: dict[str, str]) -> dict[str, Any]:
@@ -121,7 +131,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     return checkpoint_file(local)
 
 
-def from_pretrained(dir_or_repo_id: PathLike, map_location: Union[str, torch.device] = "cpu",
+def from_pretrained(dir_or_repo_id: PathLike, map_location: str | torch.device = "cpu",
                     revision: str | None = None) -> Checkpoint:
     """A ``Checkpoint`` from a local ``save_pretrained`` directory, or a Hub repo id."""
     path = Path(dir_or_repo_id)

@@ -26,8 +26,9 @@ import dataclasses
 import inspect
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -167,6 +168,6 @@ def describe_keys(schema: type, config_dir: Path = CONFIG_DIR) -> str:
     for group in groups(schema, config_dir):
         lines.append(f"  {group}=" + "|".join(group_options(group, config_dir)))
     lines += ["  (task=<any registered family> also works: `metaopt tasks` lists them)", "",
-              "task.name=X changing the family clears task.kwargs; key={} or key=null clears a "
-              "free-form dict."]
+              ("task.name=X changing the family clears task.kwargs; key={} or key=null clears a "
+               "free-form dict.")]
     return "\n".join(lines)

@@ -177,7 +177,7 @@ def meta_training_curve(metrics_jsonl: str | Path, path: str | Path) -> Path | N
     return path
 
 
-def log_wandb_charts(wandb_run, runs, traces, pngs: List[Path]) -> None:
+def log_wandb_charts(wandb_run, runs, traces, pngs: list[Path]) -> None:
     """W&B: the PNGs as images, and native line charts of every run's loss curve and trace."""
     import wandb
 

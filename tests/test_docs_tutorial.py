@@ -44,7 +44,7 @@ def test_tutorial_runs_as_written(tmp_path, monkeypatch, capsys):
             if language == "yaml" and title:
                 (tmp_path / title.group(1)).write_text(code)
             elif language == "python":
-                exec(compile(code, f"{DOC.name}[block {ran}]", "exec"), namespace)
+                exec(compile(code, f"{DOC.name}[block {ran}]", "exec"), namespace)  # noqa: S102 (running the docs is the test)
                 ran += 1
         assert ran >= 5 and calls == ["train", "evaluate"]
         assert (tmp_path / "runs" / "sine" / "optimizer.safetensors").is_file()
@@ -54,7 +54,7 @@ def test_tutorial_runs_as_written(tmp_path, monkeypatch, capsys):
         out = capsys.readouterr().out
         assert "learned" in out and "adam_tuned" in out and "final loss" in out
         # the plain loop trained: the loss went down from the task's initial loss
-        task, model = namespace["task"], namespace["model"]
+        task = namespace["task"]
         x, y = namespace["x"], namespace["y"]
         initial = task.loss(task.init_params(), (x, y))
         assert namespace["loss"].item() < initial.item()
@@ -69,7 +69,7 @@ def test_the_tutorial_family_is_a_proper_family():
     namespace: dict = {}
     registry = dict(tasks._REGISTRY)
     try:
-        exec(compile(_blocks()[0][2], "tutorial[0]", "exec"), namespace)
+        exec(compile(_blocks()[0][2], "tutorial[0]", "exec"), namespace)  # noqa: S102 (running the docs is the test)
         family = tasks.get("sine")
         a, b = family.sample_seed(3), family.sample_seed(3)
         assert torch.equal(a.y, b.y) and a.width == b.width
@@ -93,7 +93,7 @@ def test_docs_site_builds_strictly(tmp_path):
     import sys
     root = DOC.parents[1]
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
-                             str(tmp_path / "site")], cwd=root, capture_output=True, text=True,
+                             str(tmp_path / "site")], check=False, cwd=root, capture_output=True, text=True,
                             env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "tutorial" / "index.html").is_file()

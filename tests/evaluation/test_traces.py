@@ -78,8 +78,8 @@ def test_evaluate_checkpoints_by_name_and_path_with_plots(tmp_path):
         f"out_dir={tmp_path / 'out'}", "steps=8", "eval_every=4", "task_seeds=[0]",
         "track_memory=false",
         "tasks=[{name: quadratic, kwargs: {dim: [2, 3]}}]",
-        f"optimizers=[{{name: {PRETRAINED}}}, {{name: '{resolve(PRETRAINED)}', label: file}}, "
-        f"{{name: '{directory}', label: hub}}, {{name: adamw, hyperparameters: {{lr: 0.01}}}}]"])
+        (f"optimizers=[{{name: {PRETRAINED}}}, {{name: '{resolve(PRETRAINED)}', label: file}}, "
+         f"{{name: '{directory}', label: hub}}, {{name: adamw, hyperparameters: {{lr: 0.01}}}}]")])
     by_label = {r.optimizer: r for r in results}
     assert by_label[PRETRAINED].train_losses == by_label["file"].train_losses \
         == by_label["hub"].train_losses  # one checkpoint, three ways to name it
