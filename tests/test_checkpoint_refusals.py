@@ -49,7 +49,7 @@ def test_negative_feature_variance_is_refused(good, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
     with safe_open(str(good), "pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     tensors["init_feature_var"] = -tensors["init_feature_var"]
     path = tmp_path / "negvar.safetensors"
     save_file(tensors, str(path), metadata=meta)

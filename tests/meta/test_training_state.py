@@ -21,7 +21,7 @@ from .test_trainer import _trainer
 
 @pytest.fixture(scope="module")
 def trained():
-    learned, trainer = _trainer(quadratic_family(dtype=torch.float32, dim=(2, 4)))
+    _, trainer = _trainer(quadratic_family(dtype=torch.float32, dim=(2, 4)))
     trainer.step()
     return trainer
 
