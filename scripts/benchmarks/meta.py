@@ -1,4 +1,8 @@
-"""Meta-training costs (issue 6): time of a meta-iteration, memory of truncated unrolls.
+"""Meta-training costs: throughput of the two engines (issue 12), time of a meta-iteration and
+memory of truncated unrolls (issue 6).
+
+0. ``throughput``: inner steps per second of meta-training, loop vs vectorised engine, 4/32/128
+   tasks per meta-batch, and the peak memory of each (``benchmarks.meta_throughput``).
 
 1. ``time``: one meta-iteration = a differentiable unroll of T = 20 GARO steps (second order:
    inner gradients with ``create_graph``) + the meta-backward, vs 20 plain ``torch.optim.Adam``
@@ -25,6 +29,7 @@ from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, TruncatedBPTT,
 from metaopt.rules.garo import GARORule
 from metaopt.task import ModuleTask
 
+from . import meta_throughput
 from .common import mlp_1m, time_side_by_side
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -168,6 +173,6 @@ def run(args) -> list[dict]:
     short["target"] = long["target"] = "2000/200 within 10%"
     for row in rows:
         row.setdefault("method", "median wall time, side by side")
-    return [{k: row.get(k, "") for k in ("benchmark", "model", "params", "method", "meta_ms",
-                                          "adam20_ms", "peak_MiB", "ratio", "target")}
-            for row in rows + [short, long]]
+    rows = meta_throughput.run(args) + rows + [short, long]
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k, "") for k in keys} for row in rows]
