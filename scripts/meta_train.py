@@ -105,6 +105,14 @@ def _env_int(name: str, default: int) -> int:
     return value
 
 
+def _key_error(section: str, error: Exception, names) -> ConfigError:
+    """A library error as a ConfigError naming ``section.<argument>`` when its message starts
+    with one of ``names`` (library ValueErrors read "argument: why"), else ``section``."""
+    head = str(error).split(":", 1)[0].strip()
+    key = f"{section}.{head}" if head in list(names) else section
+    return ConfigError(f"invalid config key {key!r}: {error}")
+
+
 def build(cfg: MetaTrainConfig, device: str | None = None):
     """Validation family, learned rule and trainer from the config (plain arguments below).
 
@@ -115,16 +123,17 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
     device = device or cfg.device
     try:
         family = tasks.get(cfg.task.name, device=device, dtype=cfg.dtype, **kwargs)
-    except ValueError as error:
-        raise ConfigError(f"invalid config key 'task': {error}") from error
+    except (TypeError, ValueError) as error:  # TypeError: an unknown keyword
+        section = "task.name" if cfg.task.name not in tasks.names() else "task.kwargs"
+        raise _key_error(section, error, kwargs) from error
     held_out = family
     if cfg.validation.task:  # families never seen in training (issue 9: held-out validation)
         try:
             held_out = tasks.get(cfg.validation.task, device=device, dtype=cfg.dtype,
                                  **OmegaConf.to_container(cfg.validation.task_kwargs,
                                                           resolve=True))
-        except ValueError as error:
-            raise ConfigError(f"invalid config key 'validation.task': {error}") from error
+        except (TypeError, ValueError) as error:
+            raise _key_error("validation.task", error, ()) from error
     c = cfg.controller
     # Library constructors validate their own arguments; their ValueErrors name the argument,
     # and the section is added here so the message names the full config key.
@@ -137,7 +146,7 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
         ).to(device=device, dtype=getattr(torch, cfg.dtype))
         rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients)
     except ValueError as error:
-        raise ConfigError(f"invalid config key 'controller': {error}") from error
+        raise _key_error("controller", error, c) from error
     if c.kind == "garo":
         learned = GAROLearnedRule(controller, rule)
     else:  # the GD/ODE switching policy, alone or with GARO (scripts/hybrid_train.py)
@@ -145,18 +154,18 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
             learned = hybrid_train.build_learned(cfg, controller, rule, device,
                                                  getattr(torch, cfg.dtype))
         except ValueError as error:
-            raise ConfigError(f"invalid config key 'hybrid': {error}") from error
+            raise _key_error("hybrid", error, cfg.hybrid) from error
     u, m = cfg.unroll, cfg.meta_loss
     try:
         meta_loss = MetaLoss(m.kind, m.split, m.log_eps, m.divergence_threshold)
     except ValueError as error:
-        raise ConfigError(f"invalid config key 'meta_loss': {error}") from error
+        raise _key_error("meta_loss", error, m) from error
     for i, spec in enumerate(cfg.evaluation.baselines):  # fail now, not after training
         try:
             make_optimizer(spec.name, **OmegaConf.to_container(spec.hyperparameters))
-        except ValueError as error:
-            raise ConfigError(f"invalid config key 'evaluation.baselines[{i}]': {error}") \
-                from error
+        except (TypeError, ValueError) as error:
+            raise _key_error(f"evaluation.baselines[{i}].hyperparameters", error,
+                             spec.hyperparameters) from error
     horizon = make_horizon(u.schedule, u.horizon, u.min_horizon, u.max_horizon)
     engine = {"vectorised": functools.partial(VectorisedPool, compile=u.compile)}.get(
         u.engine, InnerRunPool)  # same runs and numbers; vectorised: one program per task shape
