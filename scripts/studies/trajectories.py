@@ -75,6 +75,7 @@ def _contour(ax, f, runs, minimizers, box):
     ax.set_ylim(lo[1], hi[1])
     ax.set_xlabel("x")
     ax.set_ylabel("y")
+    ax.legend(fontsize="small", loc="best")
 
 
 def _valley_alignment(f, traj, n: int) -> float:
@@ -136,6 +137,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xlabel("step")
         ax.set_ylabel("f(x) − f*")
+        ax.legend(fontsize="small")
     save_figure(out_dir / "loss_vs_step.png", loss_plot, title="optimality gap", logger=logger)
 
     sections = [("Setup", f"`{cfg.function}`, {len(cfg.starts)} start(s), {cfg.steps} steps, "
@@ -158,6 +160,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             ax1.set_yscale("log")
             ax1.set_xlabel("step")
             ax1.set_ylabel("effective learning rate lr/(√v̂+ε)")
+            ax1.legend(fontsize="small")
             ax2.plot(steps, t.step_lengths.numpy(), label=f"{label} step length")
             ax2.plot(np.arange(0, t.path.shape[0]), curvature.condition_number.numpy(),
                      label="κ(H) at x_t")
@@ -165,6 +168,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             ax2.set_yscale("log")
             ax2.set_xlabel("step")
             ax2.set_ylabel("‖x_{t+1} − x_t‖ and κ(H)")
+            ax2.legend(fontsize="small")
         save_figure(out_dir / "adam_effective_lr.png", adam_plot, ncols=2,
                     title=f"{label} from {cfg.starts[0]}: per-coordinate effective lr", logger=logger)
         # How far above the stability limit 2/λ_max Adam's per-coordinate rate rises ("shooting").
