@@ -6,7 +6,9 @@
   segments when the granularity is per group or per tensor);
 * ``last_curvature`` + ``effective_hyperparameters`` (``DCAO``): the probe's ``spectral_radius``
   and ``spectral_gap`` and the scheduled ``lr_t``, ``momentum_t``, ``wd_t`` of the first group;
-* ``mode`` (a hybrid optimizer that switches between regimes): recorded as given.
+* ``mode`` (``HybridGDODE``, which switches between a GD and an ODE regime): recorded as given
+  ("gd" / "ode"), with the numbers of its ``last_trace`` (gate, switching criteria, gradient
+  evaluations).
 
 ``TracingFactory`` wraps a harness factory: every optimizer it builds gets a
 ``register_step_post_hook`` that appends ``optimizer_trace`` to a fresh trace, one per run, in
@@ -34,7 +36,8 @@ def _scalar(value: Any) -> float | None:
 
 def traceable(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` exposes anything ``optimizer_trace`` reads."""
-    return any(hasattr(optimizer, name) for name in ("hyperparams", "last_curvature", "mode"))
+    return any(hasattr(optimizer, name)
+               for name in ("hyperparams", "last_curvature", "mode", "last_trace"))
 
 
 def optimizer_trace(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -56,6 +59,10 @@ def optimizer_trace(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     mode = getattr(optimizer, "mode", None)
     if mode is not None:
         out["mode"] = mode if isinstance(mode, str) else _scalar(mode)
+    last = getattr(optimizer, "last_trace", None)  # HybridGDODE: gate, criteria, evaluations
+    if isinstance(last, dict):
+        out.update({k: float(v) for k, v in last.items()
+                    if k not in out and isinstance(v, (int, float))})
     return out
 
 

@@ -53,6 +53,23 @@ def test_dcao_trace_is_its_probe_and_schedule():
     assert trace["lr_t"] == pytest.approx(0.1 * torch.exp(torch.tensor(-0.6)).item(), rel=1e-5)
 
 
+def test_hybrid_trace_records_its_mode_as_read_by_hand():
+    settings = {"lr": 0.01, "momentum": 0.5, "grad_threshold": 0.8, "min_dwell": 2,
+                "criteria": ("gradient",)}  # on this problem: GD, then ODE from step 3
+    traced = TracingFactory(NamedOptimizerFactory("hybrid_gdode", **settings))
+    x1 = torch.ones(3, requires_grad=True)
+    _quadratic_steps(traced([x1]), x1, 8)
+    x2 = torch.ones(3, requires_grad=True)
+    opt = metaopt.optim.HybridGDODE([x2], **settings)
+    modes = []
+    for _ in range(8):
+        _quadratic_steps(opt, x2, 1)
+        modes.append(opt.mode)
+    assert traced.traces[0]["mode"] == modes
+    assert set(modes) == {"gd", "ode"}  # the run crossed a switch, so the trace shows one
+    assert len(traced.traces[0]["gradient_evaluations"]) == 8
+
+
 def test_untraceable_optimizer_gets_empty_traces_and_factory_protocol_holds():
     traced = TracingFactory(make_optimizer("adam", lr=0.1))
     x = torch.ones(3, requires_grad=True)
