@@ -22,6 +22,7 @@ BENCHMARKS = {
     "dcao": "benchmarks.dcao",
     "dcao_stall": "benchmarks.dcao_stall",
     "garo": "benchmarks.garo",
+    "hybrid": "benchmarks.hybrid",
     "learned": "benchmarks.learned",
     "meta": "benchmarks.meta",
     "meta_throughput": "benchmarks.meta_throughput",  # the engines alone (part of meta)

@@ -243,7 +243,9 @@ class HybridGDODE(torch.optim.Optimizer):
         lists, shared = _split(new_state)
         for key, values in lists.items():
             for p, v in zip(params, values):
-                self.state[p][key] = v
+                # θ's gradient is handed back in p.grad; a closure may zero it in place, so the
+                # secant's memory keeps its own copy.
+                self.state[p][key] = v.clone() if v is p.grad else v
         self.hybrid_state = shared
         if self.record_trace:
             self.history.append(self.last_trace)

@@ -149,3 +149,20 @@ def test_shipped_hybrid_general_loads():
     for _ in range(20):
         opt.step(closure)
     assert loss_fn().item() < initial
+
+
+def test_closure_zeroing_grads_in_place_does_not_corrupt_the_secant():
+    def trajectory(set_to_none):
+        params, loss_fn = make_problem(dtype=D)
+        opt = mo.HybridGDODE(params, **HYBRID_SWITCHING)
+
+        def closure():
+            opt.zero_grad(set_to_none=set_to_none)
+            loss = loss_fn()
+            loss.backward()
+            return loss
+        for _ in range(12):
+            opt.step(closure)
+        return params
+    for a, b in zip(trajectory(True), trajectory(False)):
+        assert torch.equal(a, b)

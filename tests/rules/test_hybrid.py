@@ -195,3 +195,14 @@ def test_batched_runs_equal_separate_runs():
         torch.testing.assert_close(xb[i], x, rtol=1e-12, atol=1e-14)
         modes.append([int(s["mode"]) for s in states])
     assert any(1 in m for m in modes) and any(0 in m for m in modes)
+
+
+def test_difference_norm_identity_path_is_exact_enough():
+    from metaopt.rules.hybrid import difference_norm, run_norms
+    g = torch.Generator().manual_seed(9)
+    a = [torch.randn(30, 4, generator=g, dtype=D), torch.randn(7, generator=g, dtype=D)]
+    for scale in (1.0, 1e-1, 1e-4):  # the last one takes the exact (cancellation-free) path
+        b = [x + scale * torch.randn(x.shape, generator=g, dtype=D) for x in a]
+        exact = run_norms([x - y for x, y in zip(a, b)])
+        fast = difference_norm(a, b, run_norms(a), run_norms(b))
+        torch.testing.assert_close(fast, exact, rtol=1e-9, atol=0)
