@@ -15,8 +15,9 @@ from . import landscape, saddles, trajectories
 from .landscape import *  # noqa: F401,F403
 from .saddles import *  # noqa: F401,F403
 from .trajectories import *  # noqa: F401,F403
-from . import anomalies, convergence, divergence, sensitivity, training_stats
+from . import anomalies, budget, convergence, divergence, sensitivity, training_stats
 from .anomalies import *  # noqa: F401,F403
+from .budget import *  # noqa: F401,F403
 from .convergence import *  # noqa: F401,F403
 from .divergence import *  # noqa: F401,F403
 from .sensitivity import *  # noqa: F401,F403
@@ -30,6 +31,7 @@ __all__ = [
     *saddles.__all__,
     *landscape.__all__,
     *anomalies.__all__,
+    *budget.__all__,
     *convergence.__all__,
     *divergence.__all__,
     *sensitivity.__all__,
