@@ -97,7 +97,7 @@ def optimizer_description(name: str) -> str:
     """A one-line description: the class docstring's first line, or the checkpoint's summary."""
     _, kind, target = _lookup(name)
     if kind == "pretrained":
-        from .hub import describe_checkpoint
+        from .checkpoint import describe_checkpoint
         return describe_checkpoint(target)
     doc = inspect.getdoc(target) or ""
     return doc.splitlines()[0] if doc else target.__name__

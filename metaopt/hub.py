@@ -28,14 +28,20 @@ from typing import Any, Union
 import torch
 
 from .atomic import atomic_write
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    describe_checkpoint,
+    load_checkpoint,
+    resolve,
+    save_checkpoint,
+)
 
 __all__ = [
     "CARD_FILE",
     "CONFIG_FILE",
     "MODEL_FILE",
     "checkpoint_file",
-    "describe_checkpoint",
     "download",
     "from_pretrained",
     "is_repo_id",
@@ -76,17 +82,19 @@ def save_pretrained(source: Any, save_directory: PathLike, *,
         atomic_write(directory / MODEL_FILE, lambda f: f.write(payload))
     elif isinstance(source, Checkpoint):
         save_checkpoint(directory / MODEL_FILE, source.controller, source.optimizer_config,
-                        training=training if training is not None else source.training)
-    elif hasattr(source, "controller") and hasattr(source, "config"):
+                        training=training if training is not None else source.training,
+                        optimizer_class=source.metadata.get("optimizer_class", "GARO"))
+    elif hasattr(source, "controller") and hasattr(source, "config"):  # a GARO optimizer
         save_checkpoint(directory / MODEL_FILE, source.controller, dict(source.config),
-                        training=training)
+                        training=training, optimizer_class="GARO")
     else:
         raise TypeError("save_pretrained: source must be a checkpoint path or name, a Checkpoint "
                         f"or an optimizer with a controller, got {type(source).__name__}")
     ckpt = load_checkpoint(directory / MODEL_FILE)
     config = json.dumps(_config_from_metadata(ckpt.metadata), indent=2).encode() + b"\n"
     atomic_write(directory / CONFIG_FILE, lambda f: f.write(config))
-    card = model_card(ckpt, name=directory.name).encode()
+    card = model_card(ckpt, name=directory.name,
+                      description=describe_checkpoint(directory / MODEL_FILE)).encode()
     atomic_write(directory / CARD_FILE, lambda f: f.write(card))
     return directory
 
@@ -181,14 +189,15 @@ def _measured(training: dict[str, Any]) -> list[str]:
     return lines or ["No measurements recorded in the checkpoint's provenance."]
 
 
-def model_card(ckpt: Checkpoint, name: str = "metaopt-optimizer") -> str:
-    """The README.md of a Hub-style directory, from the checkpoint's metadata and provenance."""
+def model_card(ckpt: Checkpoint, name: str = "metaopt-optimizer", description: str = "") -> str:
+    """The README.md of a Hub-style directory, from the checkpoint's metadata and provenance
+    (``description``: the one line of ``metaopt.checkpoint.describe_checkpoint``)."""
     meta, training = ckpt.metadata, ckpt.training
     optimizer_class = meta.get("optimizer_class", "GARO")
     controller = json.loads(meta.get("controller_config", "{}"))
     lines = ["---", "library_name: metaopt", "license: mit",
              "tags: [pytorch, learned-optimizer, metaopt, model_hub_mixin]", "---", "",
-             f"# {name}", "", describe(meta, training), "",
+             f"# {name}", "", description, "",
              f"A learned `{optimizer_class}` optimizer for PyTorch "
              f"(controller `{meta.get('controller_class')}`: "
              + ", ".join(f"{k}={v}" for k, v in sorted(controller.items())) + ").", "",
@@ -200,41 +209,3 @@ def model_card(ckpt: Checkpoint, name: str = "metaopt-optimizer") -> str:
              "# or metaopt.hub.from_pretrained(\"owner/repo\") with metaopt[hub] installed",
              "```", ""]
     return "\n".join(lines)
-
-
-def describe(metadata: dict[str, str], training: dict[str, Any]) -> str:
-    """One line: the stored ``description`` if any, else a summary of the provenance."""
-    if metadata.get("description"):
-        return metadata["description"]
-    if training.get("description"):
-        return str(training["description"])
-    parts = [metadata.get("optimizer_class", "GARO")]
-    controller = json.loads(metadata.get("controller_config", "{}"))
-    if "hidden_size" in controller:
-        parts.append(f"(hidden {controller['hidden_size']})")
-    if "task" in training:
-        parts.append(f"meta-trained on {training['task']}")
-    if "steps" in training:
-        parts.append(f"for {training['steps']} steps")
-    if "estimator" in training:
-        parts.append(f"({training['estimator']})")
-    held = training.get("held_out_meta_loss")
-    if isinstance(held, dict) and {"untrained", "trained"} <= set(held):
-        parts.append(f"; held-out meta-loss {held['untrained']:.3g} -> {held['trained']:.3g}")
-    return " ".join(parts).replace(" ;", ";")
-
-
-def describe_checkpoint(name_or_path: PathLike) -> str:
-    """One-line description of a shipped checkpoint, file or directory (for ``metaopt list``)."""
-    from safetensors import safe_open
-
-    from .checkpoint import _check_safetensors_framing
-    path = resolve(name_or_path)
-    _check_safetensors_framing(path)  # metadata only: no controller is built for a listing
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-    try:
-        training = json.loads(metadata.get("training", "{}"))
-    except json.JSONDecodeError:
-        training = {}
-    return describe(metadata, training if isinstance(training, dict) else {})

@@ -73,7 +73,8 @@ def test_save_pretrained_from_an_optimizer(tmp_path):
     a, b = opt.controller.state_dict(), loaded.controller.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.optimizer_config["direction"] == "adam" and loaded.training["task"] == "mine"
-    assert "meta-trained on mine" in (directory / CARD_FILE).read_text()
+    card = (directory / CARD_FILE).read_text()
+    assert metaopt.checkpoint.describe_checkpoint(directory) in card and "mine" in card
 
 
 def test_tampered_config_and_missing_model_are_refused(tmp_path):
