@@ -120,11 +120,16 @@ class QuadraticBatch(TaskBatch):
         return value + self.noise_std * (batch * delta).sum(-1)
 
     def train_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
-        noise = torch.zeros(len(self.tasks), self.width, dtype=torch.float64)
-        for row, task, generator in zip(noise, self.tasks, generators):
-            if generator is not None and task.noise_std != 0.0:  # QuadraticTask.train_batch
-                row[:task.dim] = torch.randn(task.dim, generator=generator, dtype=torch.float64)
-        return noise.to(device=self.device, dtype=self.dtype)
+        # QuadraticTask.train_batch per task (noisy ones draw z ~ N(0, I_d)), scattered at once
+        draws, slots = [], []
+        for row, (task, generator) in enumerate(zip(self.tasks, generators)):
+            if generator is not None and task.noise_std != 0.0:
+                draws.append(torch.randn(task.dim, generator=generator, dtype=torch.float64))
+                slots.extend(range(row * self.width, row * self.width + task.dim))
+        noise = torch.zeros(len(self.tasks) * self.width, dtype=torch.float64)
+        if draws:
+            noise[slots] = torch.cat(draws)
+        return noise.view(len(self.tasks), self.width).to(device=self.device, dtype=self.dtype)
 
 
 class QuadraticFamily(TaskFamily):

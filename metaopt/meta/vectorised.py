@@ -109,16 +109,48 @@ def _take(tree, index: Tensor):
     return type(tree)(_take(v, index) for v in tree)
 
 
+def _flatten(tree, leaves: list):
+    """Tensors of a dict/list/tuple tree appended to ``leaves``; returns the tree's structure.
+    (vmap over a flat tuple: torch's generic pytree handling costs more than the rule's ops.)"""
+    if isinstance(tree, Tensor):
+        leaves.append(tree)
+        return None
+    if isinstance(tree, dict):
+        return dict, [(k, _flatten(v, leaves)) for k, v in tree.items()]
+    return type(tree), [_flatten(v, leaves) for v in tree]
+
+
+def _unflatten(spec, leaves):
+    if spec is None:
+        return next(leaves)
+    kind, children = spec
+    if kind is dict:
+        return {k: _unflatten(c, leaves) for k, c in children}
+    return kind(_unflatten(c, leaves) for c in children)
+
+
 def batched_step(learned, weights: Mapping[str, Tensor]) -> Callable:
     """``(θ, L, g, s) -> (θ', s')`` for stacked runs: ``learned.step`` under ``torch.func.vmap``."""
-    def one(params, loss, grads, state):
+    def one(spec, leaves):
+        params, loss, grads, state = _unflatten(spec, iter(leaves))
+
         def grad_fn(points):
             if len(points) != len(params) or any(p is not q for p, q in zip(points, params)):
                 raise RuntimeError("vectorised engine: the rule evaluated grad_fn away from the "
                                    "current parameters; use unroll.engine=loop for it")
             return loss, list(grads)
-        return learned.step(list(params), grad_fn, state, weights)
-    return torch.func.vmap(one)
+        out: list = []
+        out_spec[0] = _flatten(learned.step(list(params), grad_fn, state, weights), out)
+        return tuple(out)
+
+    out_spec = [None]
+
+    def step(params, loss, grads, state):
+        leaves: list = []
+        spec = _flatten((list(params), loss, list(grads), state), leaves)
+        out = torch.func.vmap(lambda *xs: one(spec, xs))(*leaves)
+        return _unflatten(out_spec[0], iter(out))
+    return step
 
 
 # -- one group of runs through one segment ----------------------------------------------------------
