@@ -68,7 +68,7 @@ def run_both(estimators, kind, split, lr_bias, steps=3, family=None):
             pool.refresh(weights, generator)
             results.append(estimator.estimate(pool, weights, generator))
         out.append(results)
-        assert [r.run_keys() for r in (loop, vectorised)][0] == vectorised.run_keys()
+        assert loop.run_keys() == vectorised.run_keys()
         for a, b in zip(loop.runs, vectorised.runs):
             assert (a is None) == (b is None)
             if a is not None:
