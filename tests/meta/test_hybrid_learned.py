@@ -131,3 +131,20 @@ def test_joint_garo_meta_gradient_reaches_both_controllers():
                    for k, g in grads.items() if k.startswith(prefix)), prefix
     trace = learned.trace(initial_run(learned, weights, family().sample_seed(3))[2])
     assert {"mode", "gate", "evaluations", "lr", "momentum"} <= set(trace)
+
+
+def test_straight_through_takes_hard_steps_and_passes_the_gate_gradient():
+    task = family().sample_seed(4)
+    st = learned_rule(p0=0.45)
+    st.straight_through = True
+    hard = learned_rule(relaxed=False, p0=0.45)
+    weights = st.meta_parameters()
+    names, params, state = initial_run(st, weights, task)
+    result = unroll_segment(st, weights, task, names, params, state, 6, MetaLoss("mean"),
+                            batch_seed=0)
+    with torch.no_grad():
+        reference = unroll_segment(hard, weights, task, names, params, state, 6,
+                                   MetaLoss("mean"), batch_seed=0)
+    torch.testing.assert_close(result.loss.detach(), reference.loss, rtol=1e-12, atol=1e-14)
+    grads = torch.autograd.grad(result.loss, list(weights.values()), allow_unused=True)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
