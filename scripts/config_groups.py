@@ -155,19 +155,28 @@ def _lines(cls: type, prefix: str = "") -> list[str]:
             out += _lines(tp, f"{prefix}{f.name}.")
             continue
         default = _default(f)
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
+            out.append(f"  {prefix}{f.name}: list of {args[0].__name__} = {default!r}")
+            out += _lines(args[0], f"{prefix}{f.name}.<i>.")  # the fields of each element
+            continue
         comment = f"  # {comments[f.name]}" if f.name in comments else ""
         out.append(f"  {prefix}{f.name}: {_type_name(tp)} = {default!r}{comment}")
     return out
 
 
-def describe_keys(schema: type, config_dir: Path = CONFIG_DIR) -> str:
+def describe_keys(schema: type, config_dir: Path = CONFIG_DIR, *,
+                  override_rules: bool = True) -> str:
     """The ``--help`` epilog: every config key with its type, default and comment, and the
-    groups with their options."""
-    lines = ["config keys (key=value overrides; type = default):", *_lines(schema), "",
-             "config groups (group=option replaces the whole section):"]
-    for group in groups(schema, config_dir):
-        lines.append(f"  {group}=" + "|".join(group_options(group, config_dir)))
-    lines += ["  (task=<any registered family> also works: `metaopt tasks` lists them)", "",
-              ("task.name=X changing the family clears task.kwargs; key={} or key=null clears a "
-               "free-form dict.")]
+    groups with their options (``override_rules``: the script applies ``apply_overrides``)."""
+    lines = ["config keys (key=value overrides; type = default):", *_lines(schema)]
+    names = groups(schema, config_dir)
+    if names:
+        lines += ["", "config groups (group=option replaces the whole section):"]
+        lines += [f"  {group}=" + "|".join(group_options(group, config_dir)) for group in names]
+    if "task" in names:
+        lines += ["  (task=<any registered family> also works: `metaopt tasks` lists them)", "",
+                  "task.name=X changing the family clears task.kwargs."]
+    if override_rules:
+        lines.append("key={} or key=null clears a free-form dict; key={...} replaces it.")
     return "\n".join(lines)

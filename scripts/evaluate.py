@@ -222,7 +222,10 @@ def _init_wandb(cfg: EvalConfig, out_dir: Path):
 
 
 def main(argv: List[str] | None = None) -> List[RunResult]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from config_groups import describe_keys  # --help lists every key, type and default
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog=describe_keys(EvalConfig, override_rules=False),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by EvalConfig")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
