@@ -13,8 +13,16 @@ Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in 
   seed controller (``step(loss=loss)``), against ``torch.optim.Adam(foreach=True)``; SGD-momentum
   for reference. There GARO's cost is its fixed per-step cost (controller + features), not the
   parameter traffic.
+
+Each row is timed twice, interleaved both times: wall clock (``step_ms``, ``ratio``) and, on the
+CPU, this process's CPU time (``cpu_ms``, ``cpu_ratio``). On a machine shared with other jobs
+the wall-clock median of a longer step is inflated by preemption far more than a shorter one's
+(a 4 ms step spans scheduler slices, a 1 ms step mostly does not), so ``cpu_ratio`` is the
+number to read there; on an idle machine the two agree.
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -53,6 +61,21 @@ def _step(model, opt, loss_fn, data, pass_loss: bool):
     return train_step
 
 
+def _timed_rows(candidates, args, rounds: int, warmup: int, baseline: str, **fields):
+    """Rows of wall-clock and CPU-time medians (interleaved) with ratios to ``baseline``."""
+    wall = time_side_by_side(candidates, rounds=rounds, warmup=warmup, device=args.device)
+    cpu_device = torch.device(args.device).type == "cpu"
+    cpu = time_side_by_side(candidates, rounds=rounds, warmup=0, device=args.device,
+                            clock=time.process_time) if cpu_device else None
+    rows = []
+    for name, t in wall.items():
+        rows.append({**fields, "optimizer": name, "baseline": baseline, "step_ms": 1e3 * t,
+                     "ratio": t / wall[baseline],
+                     "cpu_ms": 1e3 * cpu[name] if cpu else float("nan"),
+                     "cpu_ratio": cpu[name] / cpu[baseline] if cpu else float("nan")})
+    return rows
+
+
 def _small_rows(args) -> list[dict]:
     horizon = 10_000
     builders = {
@@ -72,12 +95,8 @@ def _small_rows(args) -> list[dict]:
             model = make_module()
             n_params = sum(p.numel() for p in model.parameters())
             candidates[name] = _step(model, build(model.parameters()), loss_fn, data, pass_loss)
-        times = time_side_by_side(candidates, rounds=args.rounds * SMALL_ROUNDS_FACTOR,
-                                  warmup=20, device=args.device)
-        base = times["adam_foreach"]
-        rows += [{"model": model_name, "optimizer": name, "params": n_params,
-                  "step_ms": 1e3 * t, "baseline": "adam_foreach", "baseline_ms": 1e3 * base,
-                  "ratio": t / base} for name, t in times.items()]
+        rows += _timed_rows(candidates, args, args.rounds * SMALL_ROUNDS_FACTOR, 20,
+                            "adam_foreach", model=model_name, params=n_params)
     return rows
 
 
@@ -102,11 +121,8 @@ def _mlp_1m_rows(args) -> list[dict]:
             c()  # zero_grad, forward, backward
             o.step()
         candidates[name] = train_step
-    times = time_side_by_side(candidates, rounds=args.rounds, device=args.device)
-    base = times["sgd_momentum_foreach"]
-    return [{"model": "mlp_1m", "optimizer": name, "params": n_params, "step_ms": 1e3 * t,
-             "baseline": "sgd_momentum_foreach", "baseline_ms": 1e3 * base, "ratio": t / base}
-            for name, t in times.items()]
+    return _timed_rows(candidates, args, args.rounds, 3, "sgd_momentum_foreach",
+                       model="mlp_1m", params=n_params)
 
 
 def run(args) -> list[dict]:
