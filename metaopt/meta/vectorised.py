@@ -15,8 +15,9 @@ the divergence test and the batch streams are those of ``unroll.unroll_segment``
 the meta-gradient equals the loop's up to summation order (``tests/meta/test_vectorised.py``).
 A run that diverges leaves the batch at the step it diverged (one host sync per group step, where
 the loop has one per run step) and gives no loss; its slice of the earlier batched steps gets a
-zero cotangent. Groups of one run, tasks without a ``batch_key`` (one notice per task type) and
-groups whose rule state cannot be stacked take the loop.
+zero cotangent. Groups of one run, tasks without a ``batch_key`` (one notice per task type),
+groups whose rule state cannot be stacked, and every run once the rule fails under vmap (e.g. it
+reads a tensor on the host; one notice, ``VectorisedPool.fallback``) take the loop.
 
 The learned rule is called through ``torch.func.vmap`` generically; its ``grad_fn`` returns the
 precomputed ``(L_b, g_b)`` and must only be evaluated at the current parameters (GARO's is).
@@ -284,6 +285,7 @@ class VectorisedPool(InnerRunPool):
         super().__init__(*args, **kwargs)
         self.compile = bool(compile)
         self._noticed: set[str] = set()
+        self.fallback: str | None = None  # why the rule took the loop, once it could not vmap
 
     def _groups(self, indices: Sequence[int]) -> tuple[list[list[int]], list[int]]:
         """Runs grouped by ``batch_key`` (first-seen order) and the runs left to the loop."""
@@ -325,10 +327,18 @@ class VectorisedPool(InnerRunPool):
         losses: list = [None] * count
         finals: list = [None] * count  # (params, state) at the segment's end, None if diverged
         groups, alone = self._groups(range(count))
-        step = self._step_fn(weights) if groups else None
-        for group in groups:
-            if not self._group(group, begin, weights, differentiable, step, losses, finals):
-                alone += group
+        if self.fallback is not None:
+            groups, alone = [], list(range(count))
+        try:
+            step = self._step_fn(weights) if groups else None
+            for group in groups:
+                if not self._group(group, begin, weights, differentiable, step, losses, finals):
+                    alone += group
+        except RuntimeError as error:  # the rule cannot run under vmap (a host sync, ...)
+            self.fallback = f"{type(self.learned).__name__}: {str(error).splitlines()[0]}"
+            log.warning("vectorised engine: the rule does not vectorise (%s); every run takes "
+                        "the loop", self.fallback)
+            losses, finals, alone = [None] * count, [None] * count, list(range(count))
         for i in sorted(alone):
             run = self.runs[i]
             result = unroll_segment(

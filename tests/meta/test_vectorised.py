@@ -68,6 +68,7 @@ def run_both(estimators, kind, split, lr_bias, steps=3, family=None):
             pool.refresh(weights, generator)
             results.append(estimator.estimate(pool, weights, generator))
         out.append(results)
+        assert vectorised.fallback is None
         assert loop.run_keys() == vectorised.run_keys()
         for a, b in zip(loop.runs, vectorised.runs):
             assert (a is None) == (b is None)
@@ -165,3 +166,37 @@ def test_probes_leave_the_runs_and_return_their_ends():
             torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-13)
     with pytest.raises(ValueError, match="starts"):
         vectorised.segment(weights, differentiable=False, advance=True, starts=b.ends)
+
+
+class _HostSyncRule:
+    """GARO that reads the loss on the host each step: it cannot run under vmap."""
+
+    def __init__(self, inner):
+        self.inner, self.module = inner, inner.module
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, params, grad_fn, state, weights):
+        def reading(points):
+            loss, grads = grad_fn(points)
+            float(loss.detach())  # a host sync: vmap refuses it
+            return loss, grads
+        return self.inner.step(params, reading, state, weights)
+
+
+def test_a_rule_that_does_not_vmap_takes_the_loop_with_one_notice(caplog):
+    learned = _HostSyncRule(rule(-2.0))
+    weights = learned.meta_parameters()
+    loop, vectorised = pools(learned, mixture())
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)]
+    with caplog.at_level(logging.WARNING, logger="metaopt.meta.vectorised"):
+        for _ in range(2):
+            results = []
+            for pool, generator in zip((loop, vectorised), generators):
+                pool.refresh(weights, generator)
+                results.append(TruncatedBPTT().estimate(pool, weights, generator))
+            a, b = results
+            assert all(torch.equal(a.grads[k], b.grads[k]) for k in a.grads)
+    assert vectorised.fallback is not None and "_HostSyncRule" in vectorised.fallback
+    assert len(caplog.records) == 1
