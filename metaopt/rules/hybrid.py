@@ -289,7 +289,7 @@ class HybridRule:
         return {"gd": self.gd.init(params) if gd_state is None else gd_state,
                 "ode": self.ode.init(params), "step": 0, "mode": zeros,
                 "dwell": zeros + self.min_dwell,
-                "gate": zeros.clone(), "evaluations": zeros.clone(),
+                "gate": zeros.clone(), "probability": zeros.clone(), "evaluations": zeros.clone(),
                 "prev_grads": [torch.zeros_like(p) for p in params],
                 "displacement_norm": zeros.clone(), "grad_norm0": zeros.clone(),
                 "prev_grad_norm": zeros.clone(),
@@ -343,6 +343,7 @@ class HybridRule:
         policy = hyper["policy"]
         hard = bool(policy.hard)
         gate = policy.gate(feats)
+        probability = gate.detach() if isinstance(gate, Tensor) else torch.as_tensor(gate)
         # A hard decision keeps the mode until min_dwell steps were spent in it.
         locked = (state["dwell"] < self.min_dwell).to(gate.dtype)
         if hard:
@@ -389,7 +390,8 @@ class HybridRule:
         evaluations = state["evaluations"] + 1 + memory["probes"] + gate * counted.count
         return new_params, {
             "gd": gd_state, "ode": ode_state, "step": state["step"] + 1, "mode": mode,
-            "dwell": dwell, "gate": gate, "evaluations": evaluations,
+            "dwell": dwell, "gate": gate, "probability": probability.to(feats.dtype),
+            "evaluations": evaluations,
             "prev_grads": memory["prev_grads"], "displacement_norm": moved,
             "grad_norm0": memory["grad_norm0"], "curvature": memory["curvature"],
             "prev_grad_norm": memory["prev_grad_norm"],
@@ -397,8 +399,10 @@ class HybridRule:
 
 
 def trace(state: State) -> dict[str, Tensor]:
-    """The per-step record: mode, gate probability, criterion values, gradient evaluations."""
+    """The per-step record: mode, applied gate, the policy's P(ODE), criterion values,
+    gradient evaluations so far."""
     f = state["features"].detach()
     return {"mode": state["mode"], "gate": state["gate"].detach(),
+            "probability": state["probability"],
             "log_grad_ratio": f[..., 0], "log_stability": f[..., 1], "progress": f[..., 2],
             "curvature": state["curvature"], "evaluations": state["evaluations"].detach()}
