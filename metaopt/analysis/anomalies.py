@@ -7,9 +7,11 @@ Three kinds, each found by a rule that is exact on curves built to have them:
   and stays above it until the end. Its *onset* is the last step at which the loss set a new
   running best before that crossing — the point from which it only got worse (entry 4's
   "unbounded velocity accumulation" starts there).
-* **spike**: L_t > ``spike_factor`` × (median of the previous ``window`` finite losses), for a
-  stretch of consecutive steps after which the loss comes back under that bar (a loss that never
-  comes back is a divergence, not a spike).
+* **spike**: on the gap g_t = L_t − L* (L* = ``minimum``), log g_t exceeds the median of the
+  previous ``window`` log-gaps by more than max(log ``spike_factor``, ``spike_z``·1.4826·MAD):
+  at least ×spike_factor *and* well outside the recent noise (minibatch losses near zero jump by
+  large factors all the time), for a stretch of consecutive steps after which the loss comes back
+  under that bar (a loss that never comes back is a divergence, not a spike).
 * **stall**: a plateau (``convergence.detect_plateaus``) whose level is still far from where the
   run ends up — level − best ≥ ``stall_gap`` · (|best − L*| + floor), best = the run's best
   loss — or above ``target`` when one is given. A plateau at the final level is convergence.
@@ -64,28 +66,36 @@ def _divergence(values: torch.Tensor, factor: float, floor: float) -> Anomaly | 
                    f"{kind} at step {crossing}, growing since step {onset}")
 
 
-def _spikes(values: torch.Tensor, stop: int, factor: float, window: int) -> list[Anomaly]:
+def _spikes(gaps: torch.Tensor, stop: int, factor: float, z: float, window: int) -> list[Anomaly]:
     spikes: list[Anomaly] = []
-    t, data = 1, values.tolist()
+    t, data = 1, gaps.tolist()
     while t < stop:
-        history = [v for v in data[max(0, t - window):t] if math.isfinite(v)]
-        if not history:
+        history = torch.tensor([v for v in data[max(0, t - window):t] if math.isfinite(v) and v > 0],
+                               dtype=torch.float64)
+        if history.numel() < 2:
             t += 1
             continue
-        bar = factor * float(torch.tensor(history).median())
-        if bar > 0 and data[t] > bar:
+        logs = history.log()
+        centre = float(logs.median())
+        mad = float((logs - centre).abs().median())
+        # log-space bar: at least ×factor, and z robust standard deviations of the recent noise
+        bar = max(math.log(factor), z * 1.4826 * mad)
+
+        def high(v):
+            return math.isfinite(v) and v > 0 and math.log(v) - centre > bar
+        if high(data[t]):
             start = t
-            while t + 1 < stop and data[t + 1] > bar:
+            while t + 1 < stop and high(data[t + 1]):
                 t += 1
             if t + 1 < stop:  # it came back under the bar: a spike, not the divergence
                 peak = max(data[start:t + 1])
                 spikes.append(Anomaly("spike", start, t, peak,
-                                      f"{peak / (bar / factor):.3g} x the running median"))
+                                      f"{peak / math.exp(centre):.3g} x the running median"))
         t += 1
     return spikes
 
 
-def detect_anomalies(losses, *, spike_factor: float = 3.0, window: int = 20,
+def detect_anomalies(losses, *, spike_factor: float = 3.0, spike_z: float = 3.0, window: int = 20,
                      divergence_factor: float = 10.0, stall_window: int = 50,
                      stall_tol: float = 1e-3, stall_gap: float = 0.5,
                      target: float | None = None, minimum: float = 0.0,
@@ -101,7 +111,7 @@ def detect_anomalies(losses, *, spike_factor: float = 3.0, window: int = 20,
         return []
     divergence = _divergence(values, divergence_factor, floor)
     stop = divergence.end if divergence is not None else values.numel()
-    found = _spikes(values, stop, spike_factor, window)
+    found = _spikes(values - minimum, stop, spike_factor, spike_z, window)
     if divergence is not None:
         found.append(divergence)
     healthy = values[:stop]

@@ -91,3 +91,14 @@ def test_metrics_jsonl_round_trip(tmp_path):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="spike_factor"):
         detect_anomalies([1.0, 2.0], spike_factor=1.0)
+
+
+def test_heavy_minibatch_noise_is_not_a_spike_but_a_real_jump_is():
+    """Log-uniform noise of ±1.5 nats (×4.5 either way, like minibatch losses near zero) never
+    leaves the MAD bar (3 · 1.4826 · 0.75 ≈ 3.3 nats); a ×1000 jump does."""
+    g = torch.Generator().manual_seed(4)
+    noise = (3 * torch.rand(400, generator=g, dtype=torch.float64) - 1.5).exp()
+    curve = 0.02 * noise
+    assert detect_anomalies(curve) == []
+    curve[250] *= 1000
+    assert [(a.kind, a.start, a.end) for a in detect_anomalies(curve)] == [("spike", 250, 250)]
