@@ -279,8 +279,9 @@ def _is_final_record(record: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from config_groups import describe_keys  # --help lists every key, type and default
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog=describe_keys(MetaTrainConfig),
+    wants_help = {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
+                                     epilog=describe_keys(MetaTrainConfig) if wants_help else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
     parser.add_argument("--check", action="store_true",
