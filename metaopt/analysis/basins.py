@@ -10,8 +10,8 @@ momentum or adaptive method's map departs from it measures how much its dynamics
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -103,7 +103,7 @@ def basin_map(function: Callable[[Tensor], Tensor], minimizers: Sequence[Sequenc
               optimizers: Mapping[str, BatchedOptimizer], *, bounds: Sequence[float],
               resolution: int = 100, steps: int = 1000, tolerance: float = 1e-2,
               dtype=torch.float64, device=None, noise_std: float = 0.0,
-              generator: Optional[torch.Generator] = None) -> BasinMap:
+              generator: torch.Generator | None = None) -> BasinMap:
     """Run every optimizer from every start of an R×R grid (batched) and label the end points."""
     if not minimizers:
         raise ValueError("minimizers: need at least one known minimiser to label basins")
@@ -111,7 +111,7 @@ def basin_map(function: Callable[[Tensor], Tensor], minimizers: Sequence[Sequenc
         raise ValueError(f"tolerance: must be > 0, got {tolerance!r}")
     xs, ys, starts = grid_starts(bounds, resolution, dtype, device)
     mins = torch.tensor(minimizers, dtype=dtype, device=device)
-    near = lambda x: torch.cdist(x.nan_to_num(nan=torch.inf), mins).min(dim=1).values <= tolerance  # noqa: E731
+    near = lambda x: torch.cdist(x.nan_to_num(nan=torch.inf), mins).min(dim=1).values <= tolerance
     labels, arrival, final = {}, {}, {}
     for name, optimizer in optimizers.items():
         run = run_batched(function, starts, optimizer, steps, noise_std=noise_std,

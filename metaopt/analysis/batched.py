@@ -24,8 +24,8 @@ explicit generator, to every gradient evaluation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -196,12 +196,12 @@ class BatchedRun:
     final_loss: Tensor            # (N,) f at the final points (NaN/inf where diverged)
     diverged_at: Tensor           # (N,) int64 first step with a non-finite point, −1 if never
     events: dict[str, Tensor]     # name -> (N,) int64 first step (0 = start) the event held, −1
-    path: Optional[Tensor]        # (T+1, N, d) when ``record=True``
+    path: Tensor | None        # (T+1, N, d) when ``record=True``
 
 
 def run_batched(function: Callable[[Tensor], Tensor], starts: Tensor, optimizer: BatchedOptimizer,
-                steps: int, *, noise_std: float = 0.0, generator: Optional[torch.Generator] = None,
-                events: Optional[Mapping[str, Callable[[Tensor], Tensor]]] = None,
+                steps: int, *, noise_std: float = 0.0, generator: torch.Generator | None = None,
+                events: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
                 record: bool = False) -> BatchedRun:
     """Run ``optimizer`` from every row of ``starts`` (N, d) for ``steps`` steps, all at once.
 

@@ -20,13 +20,18 @@ For 2-D test functions the 2×2 Hessian is exact (``torch.func.hessian``, vmappe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from metaopt.rules.hvp import HessianVectorProduct, functional_hvp, hutchinson_trace, rademacher_like
+from metaopt.rules.hvp import (
+    HessianVectorProduct,
+    functional_hvp,
+    hutchinson_trace,
+    rademacher_like,
+)
 from metaopt.rules.lanczos import flatten, lanczos
 
 __all__ = ["HessianExtremes", "PathCurvature", "SnapshotSpectrum", "SpectralDensity",
@@ -76,7 +81,7 @@ class HessianExtremes:
 
 
 def spectrum_extremes(f: LossFn, params: Sequence[Tensor], *, max_iters: int = 100,
-                      tol: float = 1e-8, generator: Optional[torch.Generator] = None
+                      tol: float = 1e-8, generator: torch.Generator | None = None
                       ) -> HessianExtremes:
     """λ_max and λ_min of ∇²f at ``params`` (functional form; see ``hessian_extremes``)."""
     hvp = functional_hvp(f, params)
@@ -88,7 +93,7 @@ def spectrum_extremes(f: LossFn, params: Sequence[Tensor], *, max_iters: int = 1
 
 def spectrum_top(f: LossFn, params: Sequence[Tensor], k: int = 1, *, which: str = "magnitude",
                  max_iters: int = 100, tol: float = 1e-8,
-                 generator: Optional[torch.Generator] = None) -> Tensor:
+                 generator: torch.Generator | None = None) -> Tensor:
     """k eigenvalues of ∇²f at ``params`` (functional form; see ``hessian_eigenvalues``)."""
     if which not in ("magnitude", "largest", "smallest"):
         raise ValueError(f"which: expected 'magnitude', 'largest' or 'smallest', got {which!r}")
@@ -104,7 +109,7 @@ def spectrum_top(f: LossFn, params: Sequence[Tensor], k: int = 1, *, which: str 
 
 def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batch: Sequence, k: int = 1, *,
                         which: str = "magnitude", max_iters: int = 100, tol: float = 1e-8,
-                        generator: Optional[torch.Generator] = None) -> Tensor:
+                        generator: torch.Generator | None = None) -> Tensor:
     """Top-``k`` Hessian eigenvalues (float64) of ``loss_fn(model(x), y)`` by Lanczos.
 
     ``which="magnitude"``: largest |λ| first (PyHessian's "top eigenvalues"); ``"largest"`` /
@@ -117,7 +122,7 @@ def hessian_eigenvalues(model: nn.Module, loss_fn: Callable, batch: Sequence, k:
 
 def hessian_extremes(model: nn.Module, loss_fn: Callable, batch: Sequence, *,
                      max_iters: int = 100, tol: float = 1e-8,
-                     generator: Optional[torch.Generator] = None) -> HessianExtremes:
+                     generator: torch.Generator | None = None) -> HessianExtremes:
     """λ_max, λ_min, the saddle indicator and (when positive definite) the condition number."""
     f, params = module_loss(model, loss_fn, batch)
     return spectrum_extremes(f, params, max_iters=max_iters, tol=tol, generator=generator)
@@ -131,7 +136,7 @@ class TraceEstimate:
 
 
 def spectrum_trace(f: LossFn, params: Sequence[Tensor], samples: int = 100,
-                   generator: Optional[torch.Generator] = None) -> TraceEstimate:
+                   generator: torch.Generator | None = None) -> TraceEstimate:
     """Hutchinson trace of ∇²f at ``params`` with its standard error (functional form)."""
     if not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples: must be an int >= 2 (for a standard error), got {samples!r}")
@@ -143,7 +148,7 @@ def spectrum_trace(f: LossFn, params: Sequence[Tensor], samples: int = 100,
 
 
 def hessian_trace(model: nn.Module, loss_fn: Callable, batch: Sequence, samples: int = 100,
-                  generator: Optional[torch.Generator] = None) -> TraceEstimate:
+                  generator: torch.Generator | None = None) -> TraceEstimate:
     """tr ∇²L by Hutchinson's estimator over ``samples`` Rademacher probes from ``generator``."""
     f, params = module_loss(model, loss_fn, batch)
     return spectrum_trace(f, params, samples, generator)
@@ -159,7 +164,7 @@ class SpectralDensity:
 
 def spectrum_density(f: LossFn, params: Sequence[Tensor], *, iters: int = 50, runs: int = 5,
                      bins: int = 1000, sigma_squared: float = 1e-5, overhead: float = 0.01,
-                     generator: Optional[torch.Generator] = None) -> SpectralDensity:
+                     generator: torch.Generator | None = None) -> SpectralDensity:
     """Stochastic Lanczos quadrature density of ∇²f at ``params`` (functional form)."""
     for key, value in (("iters", iters), ("runs", runs), ("bins", bins)):
         if not isinstance(value, int) or value < (2 if key == "bins" else 1):
@@ -193,7 +198,7 @@ def spectrum_density(f: LossFn, params: Sequence[Tensor], *, iters: int = 50, ru
 
 def hessian_density(model: nn.Module, loss_fn: Callable, batch: Sequence, *, iters: int = 50,
                     runs: int = 5, bins: int = 1000, sigma_squared: float = 1e-5,
-                    overhead: float = 0.01, generator: Optional[torch.Generator] = None
+                    overhead: float = 0.01, generator: torch.Generator | None = None
                     ) -> SpectralDensity:
     """Eigenvalue density of ∇²L by stochastic Lanczos quadrature (``runs`` × ``iters`` HVPs)."""
     f, params = module_loss(model, loss_fn, batch)
@@ -236,13 +241,13 @@ def curvature_along_path(function: Callable[[Tensor], Tensor], path: Tensor) -> 
 class SnapshotSpectrum:
     top: Tensor                       # (k,) eigenvalues by magnitude
     extremes: HessianExtremes
-    trace: Optional[TraceEstimate]
+    trace: TraceEstimate | None
 
 
 def hessian_along_trajectory(model: nn.Module, loss_fn: Callable, batch: Sequence,
                              snapshots: Sequence[Sequence[Tensor]], k: int = 1, *,
                              trace_samples: int = 0, max_iters: int = 100, tol: float = 1e-8,
-                             generator: Optional[torch.Generator] = None
+                             generator: torch.Generator | None = None
                              ) -> list[SnapshotSpectrum]:
     """Top-k eigenvalues, extremes (saddle indicator) and optionally the trace at each snapshot
     (a list of parameter tensors in ``model.named_parameters()`` order); the model is not changed."""

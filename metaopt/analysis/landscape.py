@@ -19,8 +19,8 @@ All functions take a functional loss ``f(params: list[Tensor]) -> scalar`` (for 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -73,7 +73,7 @@ def random_plane(params: Sequence[Tensor], generator: torch.Generator, *,
     if filter_normalize:
         return (filter_normalized_direction(params, generator, ignore_1d),
                 filter_normalized_direction(params, generator, ignore_1d))
-    draw = lambda: [torch.randn(p.shape, generator=generator, dtype=p.dtype,  # noqa: E731
+    draw = lambda: [torch.randn(p.shape, generator=generator, dtype=p.dtype,
                                 device=generator.device).to(p.device) for p in params]
     return draw(), draw()
 
@@ -135,7 +135,7 @@ class Sharpness:
 
 
 def sharpness(f: LossFn, params: Sequence[Tensor], epsilon: float = 1e-2, *, samples: int = 100,
-              relative: bool = False, generator: Optional[torch.Generator] = None,
+              relative: bool = False, generator: torch.Generator | None = None,
               max_iters: int = 100) -> Sharpness:
     """Sharpness of ``f`` at ``params``: λ_max and the loss increase over an ε-sphere."""
     if not (epsilon > 0 and epsilon < float("inf")):

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -41,7 +41,7 @@ def time_near_saddles(function: Callable[[Tensor], Tensor], path: Tensor, grad_t
     return int(near_saddle(function, path, grad_tol).sum())
 
 
-def escape_step(path: Tensor, center: Sequence[float], radius: float) -> Optional[int]:
+def escape_step(path: Tensor, center: Sequence[float], radius: float) -> int | None:
     """First index t with ‖x_t − center‖ > ``radius``; None if the path never leaves the ball."""
     if not radius > 0:
         raise ValueError(f"radius: must be > 0, got {radius!r}")
@@ -71,7 +71,7 @@ def noise_escape_experiment(function: Callable[[Tensor], Tensor], saddle: Sequen
                             optimizers: Mapping[str, BatchedOptimizer], sigmas: Sequence[float],
                             *, repeats: int = 256, steps: int = 500, radius: float = 1.0,
                             offset: Sequence[float] = (0.0, 0.0),
-                            generator: Optional[torch.Generator] = None,
+                            generator: torch.Generator | None = None,
                             dtype: torch.dtype = torch.float64) -> list[NoiseEscape]:
     """Escape steps of every (optimizer, σ) from ``saddle + offset`` under gradient noise σ."""
     if not isinstance(repeats, int) or repeats < 1:
@@ -81,7 +81,7 @@ def noise_escape_experiment(function: Callable[[Tensor], Tensor], saddle: Sequen
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     center = torch.as_tensor(saddle, dtype=dtype)
     start = (center + torch.as_tensor(offset, dtype=dtype)).expand(repeats, -1)
-    outside = lambda x: (x - center).norm(dim=1).nan_to_num(nan=math.inf) > radius  # noqa: E731
+    outside = lambda x: (x - center).norm(dim=1).nan_to_num(nan=math.inf) > radius
     results = []
     for name, optimizer in optimizers.items():
         for sigma in sigmas:

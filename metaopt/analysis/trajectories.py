@@ -17,8 +17,8 @@ coordinate moves by ≈ lr whatever the gradient's size, which is the "shot" of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ __all__ = ["Trajectory", "adam_effective_lr", "make_optimizer", "optimizer_facto
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
-def resolve_function(function: Union[str, Callable[[Tensor], Tensor]]):
+def resolve_function(function: str | Callable[[Tensor], Tensor]):
     """``(f, minimizers)`` from a registered 2-D test-function name (``tasks.get(name).spec``) or
     a callable (then no known minimisers)."""
     if callable(function):
@@ -81,8 +81,8 @@ class Trajectory:
     path: Tensor                     # (T+1, d) points x_0 … x_T (T < steps if it diverged)
     losses: Tensor                   # (T+1,) f(x_t)
     gradients: Tensor                # (T+1, d) ∇f(x_t)
-    effective_lr: Optional[Tensor]   # (T, d) Adam's η_t per coordinate (None for others)
-    diverged_at: Optional[int]       # first step whose point was non-finite / beyond the bound
+    effective_lr: Tensor | None   # (T, d) Adam's η_t per coordinate (None for others)
+    diverged_at: int | None       # first step whose point was non-finite / beyond the bound
 
     @property
     def step_lengths(self) -> Tensor:
@@ -95,7 +95,7 @@ class Trajectory:
         return torch.cdist(self.path, mins).min(dim=1).values
 
 
-def run_trajectory(function: Union[str, Callable[[Tensor], Tensor]], start: Sequence[float],
+def run_trajectory(function: str | Callable[[Tensor], Tensor], start: Sequence[float],
                    factory: OptimizerFactory, steps: int, *, name: str = "",
                    dtype: torch.dtype = torch.float64, divergence: float = 1e12) -> Trajectory:
     """Run one optimizer from ``start`` for ``steps`` steps of ``opt.step(closure)``."""
@@ -131,7 +131,7 @@ def run_trajectory(function: Union[str, Callable[[Tensor], Tensor]], start: Sequ
                       torch.stack(rates) if is_adam and rates else None, diverged_at)
 
 
-def run_trajectories(function: Union[str, Callable[[Tensor], Tensor]],
+def run_trajectories(function: str | Callable[[Tensor], Tensor],
                      optimizers: Mapping[str, OptimizerFactory], starts: Sequence[Sequence[float]],
                      steps: int, **kwargs) -> dict[str, list[Trajectory]]:
     """Every optimizer from every start: ``{name: [trajectory per start]}``."""

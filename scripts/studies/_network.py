@@ -7,7 +7,7 @@ form ``metaopt.analysis`` instruments take.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

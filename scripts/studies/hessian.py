@@ -8,11 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from metaopt.analysis.hessian import (curvature_along_path, spectrum_density, spectrum_extremes,
-                                      spectrum_top, spectrum_trace)
+from metaopt.analysis.hessian import (
+    curvature_along_path,
+    spectrum_density,
+    spectrum_extremes,
+    spectrum_top,
+    spectrum_trace,
+)
 from metaopt.analysis.trajectories import resolve_function, run_trajectories
 from metaopt.rules.hvp import dense_hessian
 

@@ -11,8 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaopt.analysis.landscape import (interpolate, loss_plane, pca_plane, project_onto_plane,
-                                        random_plane, sharpness)
+from metaopt.analysis.landscape import (
+    interpolate,
+    loss_plane,
+    pca_plane,
+    project_onto_plane,
+    random_plane,
+    sharpness,
+)
 
 from ._network import digits_mlp, functional, train
 from ._optimizers import OptimizerEntry, check_entries, factories

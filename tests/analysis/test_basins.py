@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaopt.analysis.basins import (DIVERGED, UNCONVERGED, basin_map, classify_points,
-                                     find_minima, grid_starts)
+from metaopt.analysis.basins import (
+    DIVERGED,
+    UNCONVERGED,
+    basin_map,
+    classify_points,
+    find_minima,
+    grid_starts,
+)
 from metaopt.analysis.batched import BatchedOptimizer
 from tasks.test_functions import TEST_FUNCTIONS_2D
 

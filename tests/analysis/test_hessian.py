@@ -7,9 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from metaopt.analysis import (condition_number, curvature_along_path, function_hessian,
-                              hessian_along_trajectory, hessian_density, hessian_eigenvalues,
-                              hessian_extremes, hessian_trace)
+from metaopt.analysis import (
+    condition_number,
+    curvature_along_path,
+    function_hessian,
+    hessian_along_trajectory,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_extremes,
+    hessian_trace,
+)
 from metaopt.rules.hvp import rademacher_like
 from tasks.test_functions import himmelblau, rosenbrock, saddle
 

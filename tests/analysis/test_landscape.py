@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from metaopt.analysis.hessian import module_loss
-from metaopt.analysis.landscape import (filter_normalized_direction, interpolate, loss_plane,
-                                        pca_plane, project_onto_plane, random_plane, sharpness)
+from metaopt.analysis.landscape import (
+    filter_normalized_direction,
+    interpolate,
+    loss_plane,
+    pca_plane,
+    project_onto_plane,
+    random_plane,
+    sharpness,
+)
 
 from .helpers import dense, tiny_mlp
 

@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from metaopt.analysis.batched import BatchedOptimizer
-from metaopt.analysis.saddles import (escape_step, near_saddle, noise_escape_experiment,
-                                      time_near_saddles)
+from metaopt.analysis.saddles import (
+    escape_step,
+    near_saddle,
+    noise_escape_experiment,
+    time_near_saddles,
+)
 from metaopt.analysis.trajectories import optimizer_factory, run_trajectory
 from tasks.test_functions import himmelblau, saddle
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaopt.analysis.trajectories import (adam_effective_lr, make_optimizer, optimizer_factory,
-                                           run_trajectories, run_trajectory)
+from metaopt.analysis.trajectories import (
+    adam_effective_lr,
+    make_optimizer,
+    optimizer_factory,
+    run_trajectories,
+    run_trajectory,
+)
 from tasks.test_functions import rosenbrock
 
 
