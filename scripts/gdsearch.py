@@ -29,12 +29,12 @@ for _path in (REPO_ROOT, Path(__file__).resolve().parent):
     if str(_path) not in sys.path:  # run from a source checkout without installation
         sys.path.insert(0, str(_path))
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from studies import discover
 
-from metaopt.logging import WANDB_MODES, make_logger  # noqa: E402
-from studies import discover  # noqa: E402
+from metaopt.logging import WANDB_MODES, make_logger
 
 CONFIG_DIR = REPO_ROOT / "configs" / "gdsearch"
 

@@ -81,7 +81,7 @@ def _spikes(gaps: torch.Tensor, stop: int, factor: float, z: float, window: int)
         # log-space bar: at least ×factor, and z robust standard deviations of the recent noise
         bar = max(math.log(factor), z * 1.4826 * mad)
 
-        def high(v):
+        def high(v, centre=centre, bar=bar):
             return math.isfinite(v) and v > 0 and math.log(v) - centre > bar
         if high(data[t]):
             start = t

@@ -15,9 +15,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from metaopt.logging import Logger  # noqa: E402
+from metaopt.logging import Logger
 
 
 def _cell(value: Any) -> Any:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from studies.common import markdown_table, save_figure, write_csv, write_report
 
 import tasks
 from metaopt.analysis.anomalies import detect_anomalies_jsonl, load_metric
@@ -25,6 +24,7 @@ from metaopt.analysis.convergence import analyze_convergence
 from metaopt.analysis.sensitivity import function_run
 from metaopt.evaluation import make_optimizer
 from metaopt.logging import JSONLLogger
+from studies.common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
 NAME = "convergence"
@@ -123,9 +123,9 @@ def _mlp_losses(cfg: Config, spec: RunSpec) -> list[float]:
 def run(cfg: Config, out_dir: Path, logger) -> dict:
     log_dir = out_dir / "logs"
     log_dir.mkdir(exist_ok=True)
-    detect = dict(spike_factor=cfg.spike_factor, window=cfg.window,
-                  divergence_factor=cfg.divergence_factor, stall_window=cfg.stall_window,
-                  stall_tol=cfg.stall_tol, stall_gap=cfg.stall_gap)
+    detect = {"spike_factor": cfg.spike_factor, "window": cfg.window,
+              "divergence_factor": cfg.divergence_factor, "stall_window": cfg.stall_window,
+              "stall_tol": cfg.stall_tol, "stall_gap": cfg.stall_gap}
     anomaly_rows, convergence_rows, traces = [], [], {}
     for spec in cfg.runs:
         if spec.problem == MLP:

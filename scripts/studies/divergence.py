@@ -8,14 +8,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studies.common import markdown_table, save_figure, write_csv, write_report
-
 from metaopt.analysis.divergence import (
     divergence_anatomy,
     heavy_ball_grid,
     heavy_ball_max_stable_lr,
     rule_of_thumb_lr,
 )
+from studies.common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
 NAME = "divergence"

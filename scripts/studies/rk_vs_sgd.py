@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from studies.common import markdown_table, save_figure, write_csv, write_report
 
 import tasks
 from metaopt.analysis.budget import train_for_budget
 from metaopt.evaluation import make_optimizer
+from studies.common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "rk_vs_sgd"
 DESCRIPTION = ("Seed-004 table: Heun/Ralston vs SGD on logistic regression and a CNN (digits), "

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studies.common import markdown_table, save_figure, write_csv, write_report
-
 from metaopt.analysis.sensitivity import best_lr, function_run, lr_sensitivity
 from metaopt.evaluation import make_optimizer
+from studies.common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
 NAME = "sensitivity"
