@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metaopt.task import Batch, Params, Task, TaskFamily, sample_log_uniform
+from metaopt.task import Batch, Params, Task, TaskBatch, TaskFamily, sample_log_uniform
 
-__all__ = ["AugmentedFamily", "AugmentedTask", "check_scale_range"]
+__all__ = ["AugmentedBatch", "AugmentedFamily", "AugmentedTask", "check_scale_range"]
 
 
 def check_scale_range(key: str, value: Sequence[float] | None) -> tuple[float, float]:
@@ -113,10 +113,57 @@ class AugmentedTask(Task):
     def loss_scale(self) -> float:
         return self.c * self.base.loss_scale
 
+    # -- vectorised meta-batches: augmented tasks batch wherever their base tasks do -------------
+    def batch_key(self):
+        key = self.base.batch_key()
+        return None if key is None else ("augmented", key)
+
+    @classmethod
+    def stack(cls, tasks: Sequence[AugmentedTask]) -> AugmentedBatch:
+        return AugmentedBatch(tasks)
+
     def describe(self) -> str:
         scales = sorted(self.scales.values())
         return (f"augmented({self.base.describe()}, c={self.c:.3g}, "
                 f"s=[{scales[0]:.3g}..{scales[-1]:.3g}])")
+
+
+class AugmentedBatch(TaskBatch):
+    """``L'_b(θ'_b) = c_b · L_b(s_b ⊙ θ'_b)`` over the base tasks' own ``TaskBatch`` (same padding,
+    batches and stacking); the normaliser rows are the augmented tasks' (scaled by ``c_b``)."""
+
+    stacked_attributes = ("c",)
+
+    def __init__(self, tasks: Sequence[AugmentedTask]):
+        super().__init__(tasks)
+        bases = [t.base for t in self.tasks]
+        self.base = type(bases[0]).stack(bases)
+        self.c = torch.tensor([t.c for t in self.tasks], dtype=self.dtype, device=self.device)
+        self.scales = {name: torch.tensor([t.scales[name] for t in self.tasks], dtype=self.dtype,
+                                          device=self.device) for name in self.tasks[0].scales}
+
+    def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        scaled = {k: self.scales[k].view(-1, *[1] * (v.dim() - 1)) * v for k, v in params.items()}
+        return self.c * self.base.loss(scaled, batch)
+
+    def train_batch(self, generators):
+        return self.base.train_batch(generators)
+
+    def test_batch(self, generators):
+        return self.base.test_batch(generators)
+
+    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
+        return self.base.stack_values(name, values)
+
+    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
+        return self.base.unstack_values(name, value)
+
+    def select(self, rows: Sequence[int]) -> AugmentedBatch:
+        out = super().select(rows)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        out.base = self.base.select(rows)
+        out.scales = {k: v.index_select(0, index) for k, v in self.scales.items()}
+        return out
 
 
 class AugmentedFamily(TaskFamily):

@@ -38,7 +38,7 @@ def test_quadratic_gradient_hessian_and_minimiser_against_the_closed_form():
     assert grad_min.abs().max() < 1e-10 and task.minimum_value == 0.0
     # normalised losses are those of the base task at θ = s θ'
     assert task.loss_scale == pytest.approx(c * base.loss_scale, rel=1e-14)
-    assert float(task.normalized_loss(loss)) == pytest.approx(
+    assert float(task.normalized_loss(loss.detach())) == pytest.approx(
         float(base.normalized_loss(base.loss({"x": s * theta.detach()}, None))), rel=1e-13)
     assert torch.allclose(task.init_params()["x"], base.init_params()["x"] / s, rtol=1e-15)
 
@@ -90,7 +90,7 @@ def test_sgd_trajectories_map_onto_each_other():
     for (name, p), q in zip(module.named_parameters(), base_module.parameters()):
         assert torch.allclose(task.scales[name] * p.detach(), q.detach(), rtol=1e-10, atol=1e-12)
     batch = task.eval_batch("train")
-    assert float(task.normalized_loss(task.module_loss(module, batch))) == pytest.approx(
+    assert float(task.normalized_loss(task.module_loss(module, batch).detach())) == pytest.approx(
         float(task.base.normalized_loss(task.base.module_loss(base_module, batch))), rel=1e-10)
 
 
@@ -115,3 +115,52 @@ def test_family_samples_scales_in_range_and_validates():
     assert task.is_classification and task.init_params()["weight"].dtype == F64
     x, y = task.eval_batch("test")
     assert 0.0 <= float(task.accuracy(task.init_params(), (x, y))) <= 1.0
+
+
+def _augmented_mixture():
+    return tasks.get("augmented", loss_scale=[0.01, 100], param_scale=[0.5, 2], dtype=F64, family={
+        "name": "mixture", "kwargs": {"components": {
+            "quadratic": {"dim": [3, 6]},
+            "mlp": {"datasets": ["synthetic"], "width": [5, 5], "depth": [1, 1],
+                    "activations": ["tanh"], "batch_sizes": [8], "synthetic_examples": 64,
+                    "synthetic_features": 4, "synthetic_classes": 3}}}})
+
+
+def test_batched_losses_equal_each_tasks_loss():
+    family = _augmented_mixture()
+    group = [t for t in (family.sample_seed(s) for s in range(30)) if t.base.name == "quadratic"][:4]
+    assert len({t.batch_key() for t in group}) == 1 and len({t.c for t in group}) == 4
+    batch = type(group[0]).stack(group)
+    params = [t.init_params(generator_from_seed(i)) for i, t in enumerate(group)]
+    stacked = {"x": batch.stack_values("x", [p["x"] for p in params])}
+    losses = batch.loss(stacked, batch.train_batch([None] * 4))
+    expected = torch.stack([t.loss(p, None) for t, p in zip(group, params)])
+    assert torch.allclose(losses, expected, rtol=1e-13)
+    assert torch.allclose(batch.normalized_loss(losses),
+                          torch.stack([t.normalized_loss(v) for t, v in zip(group, expected)]),
+                          rtol=1e-13)
+    sub = batch.select([2, 0])
+    assert torch.allclose(sub.loss({"x": stacked["x"][[2, 0]]}, sub.train_batch([None, None])),
+                          expected[[2, 0]], rtol=1e-13)
+
+
+def test_vectorised_meta_gradient_equals_the_loop_on_augmented_tasks():
+    from metaopt.meta import InnerRunPool, MetaLoss, TruncatedBPTT, VectorisedPool, make_horizon
+    from tests.meta.helpers import learned_rule
+
+    learned = learned_rule(hidden_size=4)
+    weights = learned.meta_parameters()
+    family = _augmented_mixture()
+    pools = [cls(learned, family, 6, 4, make_horizon("log_uniform", min_length=2, max_length=10),
+                 MetaLoss("mean", "train")) for cls in (InnerRunPool, VectorisedPool)]
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)]
+    for _ in range(2):
+        grads = []
+        for pool, generator in zip(pools, generators):
+            pool.refresh(weights, generator)
+            grads.append(TruncatedBPTT().estimate(pool, weights, generator).grads)
+        assert pools[1].fallback is None
+        keys = [r.task.batch_key() for r in pools[1].runs if r is not None]
+        assert None not in keys and max(keys.count(k) for k in keys) >= 2  # a stacked group
+        scale = max(float(g.abs().max()) for g in grads[0].values())
+        assert max(float((grads[0][k] - grads[1][k]).abs().max()) for k in grads[0]) <= 1e-12 * scale
