@@ -56,6 +56,7 @@ class Config:
     trace_samples: int = 50
     density_iters: int = 60
     density_runs: int = 3
+    density_sigma_squared: float = 1e-4  # Gaussian broadening variance (× spectrum width if > 1)
     dense_check: bool = True      # compare Lanczos with eigvalsh of the dense Hessian at the end
 
     def __post_init__(self):
@@ -63,6 +64,8 @@ class Config:
                     "top_k", "lanczos_iters", "density_iters", "density_runs"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.density_sigma_squared > 0:
+            raise ValueError(f"density_sigma_squared: must be > 0, got {self.density_sigma_squared}")
         if self.trace_samples < 2:
             raise ValueError(f"trace_samples: must be >= 2, got {self.trace_samples}")
         if not self.lr > 0 or not 0 <= self.momentum < 1:
@@ -127,7 +130,8 @@ def _network(cfg, out_dir, logger):
                      "trace": trace.mean, "trace_std_error": trace.std_error})
     write_csv(out_dir / "network_spectrum.csv", rows)
     densities = {label: spectrum_density(f, snapshots[index][1], iters=cfg.density_iters,
-                                         runs=cfg.density_runs, generator=generator)
+                                         runs=cfg.density_runs, generator=generator,
+                                         sigma_squared=cfg.density_sigma_squared)
                  for label, index in (("init", 0), ("final", -1))}
     write_csv(out_dir / "density.csv", [{"snapshot": label, "eigenvalue": float(x), "density": float(y)}
                                         for label, d in densities.items()
@@ -148,6 +152,8 @@ def _network(cfg, out_dir, logger):
         for label, d in densities.items():
             ax2.plot(d.grid.numpy(), d.density.clamp_min(1e-12).numpy(), label=f"{label} (SLQ)")
         ax2.set_yscale("log")
+        top = max(float(d.density.max()) for d in densities.values())
+        ax2.set_ylim(top * 1e-6, top * 2)
         ax2.set_xlabel("eigenvalue")
         ax2.set_ylabel("spectral density")
         ax2.legend(fontsize="small")
