@@ -55,3 +55,20 @@ def test_disabled_wandb_writes_only_jsonl(tmp_path):
     logger.log({"a": 1}, 0)
     logger.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_log_image_reaches_jsonl_and_the_offline_wandb_run(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "plot.png")
+    plt.close(fig)
+    logger = make_logger(tmp_path / "run", wandb_mode="offline", run_id="imagerun01")
+    logger.log_image("plot", tmp_path / "plot.png", step=3)
+    logger.close()
+    (record,) = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record == {"step": 3, "image": "plot", "path": str(tmp_path / "plot.png")}
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*imagerun01")
+    assert list(run.rglob("plot_*.png"))  # the image was copied into the W&B run's media
