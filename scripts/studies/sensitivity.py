@@ -120,7 +120,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             ax.set_yscale("log")
             ax.set_xlabel("lr change from the tuned lr (%)")
             ax.set_ylabel(f"final loss after {cfg.steps} steps")
-            ax.set_title(name)
+            ax.set_title(f"{name} (gaps = overflow)")
             ax.legend(fontsize="small")
     save_figure(out_dir / "sensitivity.png", draw, ncols=len(functions), logger=logger)
 
