@@ -114,9 +114,10 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         for ax, name in zip(axes, functions):
             for spec in cfg.optimizers:
                 pts = [r for r in rows if r["function"] == name and r["optimizer"] == spec.label]
+                tuned = pts[0]["lr"] / (1 + pts[0]["relative"])
                 ax.plot([100 * r["relative"] for r in pts],
                         [r["final_loss"] if math.isfinite(r["final_loss"]) else math.nan
-                         for r in pts], "o-", label=f"{spec.label} (lr*={pts[0]['lr'] / (1 + pts[0]['relative']):.3g})")
+                         for r in pts], "o-", label=f"{spec.label} (lr*={tuned:.3g})")
             ax.set_yscale("log")
             ax.set_xlabel("lr change from the tuned lr (%)")
             ax.set_ylabel(f"final loss after {cfg.steps} steps")
