@@ -2,7 +2,8 @@
 
 * ``unroll``: one inner segment on functional parameters through the shared rule code;
 * ``inner_runs``: a meta-batch of truncated inner runs with resets on divergence;
-* ``vectorised``: the same pool with same-shape runs advanced as one vmapped program;
+* ``vectorised``: the same pool with same-shape runs advanced as one vmapped program
+  (``batched_unroll``: one segment of stacked runs);
 * ``truncation``: horizon schedules; ``meta_losses``: how segments are scored;
 * ``estimators``: truncated BPTT, antithetic ES and persistent ES behind ``GradientEstimator``;
 * ``trainer``: ``MetaTrainer`` (Adam on the controller, clipping, all-reduce, resumable state);

@@ -9,10 +9,11 @@ checkpoint resumes bit-exactly under either engine) whose ``segment`` groups the
     g = ∂ Σ_b L_b / ∂θ                           every run's own gradient (tasks are independent)
     θ', s' = vmap(learned.step)(θ, (L, g), s, φ)  the SAME rule code, one program for B runs
 
-so dispatch costs are paid once per group step instead of once per run step. The meta-loss
-terms, the truncation (``min(T, N − step)`` per run: runs that finish early leave the batch),
-the divergence test and the batch streams are those of ``unroll.unroll_segment``, run for run:
-the meta-gradient equals the loop's up to summation order (``tests/meta/test_vectorised.py``).
+(``metaopt.meta.batched_unroll``), so dispatch costs are paid once per group step instead of once
+per run step. The meta-loss terms, the truncation (``min(T, N − step)`` per run: runs that finish
+early leave the batch), the divergence test and the batch streams are those of
+``unroll.unroll_segment``, run for run: the meta-gradient equals the loop's up to summation order
+(``tests/meta/test_vectorised.py``).
 A run that diverges leaves the batch at the step it diverged (one host sync per group step, where
 the loop has one per run step) and gives no loss; its slice of the earlier batched steps gets a
 zero cotangent. Groups of one run, tasks without a ``batch_key`` (one notice per task type),
@@ -27,14 +28,14 @@ registers its decomposition (PyTorch's own GRU-cell formula) for vmap, at import
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..rules.base import State, TensorList
-from ..task import TaskBatch
+from .batched_unroll import batched_step, stack_tree, unroll_group, unstack_tree
 from .inner_runs import InnerRunPool, SegmentBatch
 from .learned import detach_state
 from .truncation import segment_length
@@ -55,217 +56,6 @@ def _gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 if not torch._C._dispatch_has_kernel_for_dispatch_key("aten::gru_cell", "FuncTorchBatched"):
     _VMAP_LIBRARY = torch.library.Library("aten", "IMPL", "FuncTorchBatched")
     _VMAP_LIBRARY.impl(torch.ops.aten.gru_cell.default, _gru_cell)
-
-
-# -- stacking run states along a leading run dimension ----------------------------------------------
-def _is_param_list(values: Sequence, shapes: Sequence[Sequence[torch.Size]]) -> bool:
-    """A state entry with one tensor per parameter, shaped like it, in every run."""
-    return all(isinstance(v, (list, tuple)) and len(v) == len(s) and
-               all(isinstance(t, Tensor) and t.shape == p for t, p in zip(v, s))
-               for v, s in zip(values, shapes))
-
-
-def stack_tree(values: Sequence, batch: TaskBatch, names: Sequence[str],
-               shapes: Sequence[Sequence[torch.Size]]):
-    """Per-run pytrees of tensors -> one pytree of ``(B, ...)`` tensors (per-parameter entries
-    through ``batch.stack_values``, which may pad)."""
-    first = values[0]
-    if isinstance(first, Tensor):
-        return torch.stack(list(values))
-    if isinstance(first, dict):
-        return {k: stack_tree([v[k] for v in values], batch, names, shapes) for k in first}
-    if isinstance(first, (list, tuple)):
-        if _is_param_list(values, shapes):
-            return type(first)(batch.stack_values(names[j], [v[j] for v in values])
-                               for j in range(len(first)))
-        return type(first)(stack_tree([v[j] for v in values], batch, names, shapes)
-                           for j in range(len(first)))
-    raise TypeError(f"vectorised engine: cannot stack a rule-state entry of type {type(first)}")
-
-
-def unstack_tree(value, batch: TaskBatch, names: Sequence[str], params: Sequence[Tensor]) -> list:
-    """The inverse of ``stack_tree``: one pytree per run."""
-    count = len(batch)
-    if isinstance(value, Tensor):
-        return list(value.unbind(0))
-    if isinstance(value, dict):
-        parts = {k: unstack_tree(v, batch, names, params) for k, v in value.items()}
-        return [{k: parts[k][b] for k in value} for b in range(count)]
-    if isinstance(value, (list, tuple)):
-        if len(value) == len(params) and all(isinstance(t, Tensor) and t.shape == p.shape
-                                             for t, p in zip(value, params)):
-            parts = [batch.unstack_values(n, t) for n, t in zip(names, value)]
-        else:
-            parts = [unstack_tree(v, batch, names, params) for v in value]
-        return [type(value)(part[b] for part in parts) for b in range(count)]
-    raise TypeError(f"vectorised engine: cannot unstack a rule-state entry of type {type(value)}")
-
-
-def _take(tree, index: Tensor):
-    """Rows ``index`` of every tensor of a pytree."""
-    if isinstance(tree, Tensor):
-        return tree.index_select(0, index)
-    if isinstance(tree, dict):
-        return {k: _take(v, index) for k, v in tree.items()}
-    return type(tree)(_take(v, index) for v in tree)
-
-
-def _flatten(tree, leaves: list):
-    """Tensors of a dict/list/tuple tree appended to ``leaves``; returns the tree's structure.
-    (vmap over a flat tuple: torch's generic pytree handling costs more than the rule's ops.)"""
-    if isinstance(tree, Tensor):
-        leaves.append(tree)
-        return None
-    if isinstance(tree, dict):
-        return dict, [(k, _flatten(v, leaves)) for k, v in tree.items()]
-    return type(tree), [_flatten(v, leaves) for v in tree]
-
-
-def _unflatten(spec, leaves):
-    if spec is None:
-        return next(leaves)
-    kind, children = spec
-    if kind is dict:
-        return {k: _unflatten(c, leaves) for k, c in children}
-    return kind(_unflatten(c, leaves) for c in children)
-
-
-def batched_step(learned, weights: Mapping[str, Tensor]) -> Callable:
-    """``(θ, L, g, s) -> (θ', s')`` for stacked runs: ``learned.step`` under ``torch.func.vmap``."""
-    def one(spec, leaves):
-        params, loss, grads, state = _unflatten(spec, iter(leaves))
-
-        def grad_fn(points):
-            if len(points) != len(params) or any(p is not q for p, q in zip(points, params)):
-                raise RuntimeError("vectorised engine: the rule evaluated grad_fn away from the "
-                                   "current parameters; use unroll.engine=loop for it")
-            return loss, list(grads)
-        out: list = []
-        out_spec[0] = _flatten(learned.step(list(params), grad_fn, state, weights), out)
-        return tuple(out)
-
-    out_spec = [None]
-
-    def step(params, loss, grads, state):
-        leaves: list = []
-        spec = _flatten((list(params), loss, list(grads), state), leaves)
-        out = torch.func.vmap(lambda *xs: one(spec, xs))(*leaves)
-        return _unflatten(out_spec[0], iter(out))
-    return step
-
-
-# -- one group of runs through one segment ----------------------------------------------------------
-def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], params: TensorList,
-                 state: State, lengths: Sequence[int], generators: Sequence[torch.Generator],
-                 meta_loss, *, differentiable: bool, second_order: bool,
-                 step: Callable | None = None):
-    """``unroll_segment`` for ``B`` stacked runs (module docstring).
-
-    Returns ``(losses, ends)``: per run the combined meta-loss (None where diverged), and the
-    ``(runs, params, state)`` chunks, stacked, in which the surviving runs ended the segment.
-    """
-    step = step or batched_step(learned, weights)
-    count, train = len(batch), meta_loss.split == "train"
-    every = meta_loss.needs_every_term
-    rows, sub = list(range(count)), batch                 # the runs still in the batch
-    alive, ends = [True] * count, []
-    terms = [0] * count                                   # terms taken per run
-    total = None                                          # (B,) running sum of (log-)terms
-
-    def add(values: Tensor, at: list[int], taken: list[bool]):
-        # A run whose term is not taken, or not finite (it diverged: it gives no loss), adds an
-        # exact 0 through a double `where`, so no NaN reaches the backward pass.
-        nonlocal total
-        ok = torch.tensor(taken, device=values.device) & torch.isfinite(values.detach())
-        values = torch.where(ok, values, torch.ones_like(values))
-        if meta_loss.kind == "log":
-            values = torch.log(values.clamp_min(0.0) + meta_loss.log_eps)
-        values = torch.where(ok, values, torch.zeros_like(values))
-        if at != list(range(count)):
-            index = torch.tensor(at, device=values.device)
-            values = values.new_zeros(count).index_add(0, index, values)
-        total = values if total is None else total + values
-        for b, t in zip(at, taken):
-            terms[b] += t
-
-    with torch.set_grad_enabled(differentiable):
-        for k in range(max(lengths) + 1):
-            if not rows:
-                break
-            device = params[0].device
-            stepping = [k < lengths[b] for b in rows]     # else: the final train term only
-            points = [p if differentiable and p.requires_grad else p.detach().requires_grad_()
-                      for p in params]
-            with torch.enable_grad():
-                loss = sub.loss(dict(zip(names, points)),
-                                sub.train_batch([generators[b] for b in rows]))
-                grads = None
-                if any(stepping):
-                    grads = torch.autograd.grad(loss.sum(), points, retain_graph=differentiable,
-                                                create_graph=differentiable and second_order)
-            if not differentiable:
-                loss = loss.detach()
-            normalized = sub.normalized_loss(loss)
-            bad = meta_loss.is_divergent(normalized.detach())
-            if train:  # a run's k-th loss is its term (k ≥ 1); at k = length the final one
-                add(normalized, rows, [(every and 0 < k < lengths[b]) or k == lengths[b]
-                                       for b in rows])
-            new = None
-            if grads is not None:
-                squares = sum(g.detach().square().flatten(1).sum(1) for g in grads)
-                finite = torch.isfinite(loss.detach()) & torch.isfinite(squares)
-                bad = bad | (torch.tensor(stepping, device=device) & ~finite)
-                # a non-finite run is dropped below; finite stand-ins keep its backward finite
-                loss_in = torch.where(finite, loss, torch.ones_like(loss))
-                grads_in = [torch.where(finite.view(-1, *[1] * (g.dim() - 1)), g,
-                                        torch.ones_like(g)) for g in grads]
-                inner = [i for i, s in enumerate(stepping) if s]
-                if len(inner) == len(rows):
-                    new = step(list(params), loss_in, grads_in, state)
-                else:  # train split: runs at their final term do not step
-                    at = torch.tensor(inner, device=device)
-                    new = step(_take(list(params), at), _take(loss_in, at),
-                               _take(grads_in, at), _take(state, at))
-                if not train:  # every run in the batch steps: held-out terms at θ_{k+1}
-                    wanted = [every or k == lengths[b] - 1 for b in rows]
-                    test = sub.test_batch([generators[b] if w else None
-                                           for b, w in zip(rows, wanted)])
-                    term = sub.normalized_loss(sub.loss(dict(zip(names, new[0])), test))
-                    add(term, rows, wanted)
-                    bad = bad | (torch.tensor(wanted, device=device)
-                                 & meta_loss.is_divergent(term.detach()))
-            flags = bad.tolist()  # the one host sync of a group step
-            inner_of = {i: j for j, i in enumerate(i for i, s in enumerate(stepping) if s)}
-            keep, finished = [], []
-            for i, b in enumerate(rows):
-                if flags[i]:
-                    alive[b] = False
-                elif stepping[i] and (train or k + 1 < lengths[b]):
-                    keep.append(i)
-                else:
-                    finished.append(i)
-            if finished:  # train: they end at θ_k (their final term); test: at θ_{k+1}
-                source, where = ((params, state), finished) if train else \
-                    (new, [inner_of[i] for i in finished])
-                at = torch.tensor(where, device=device)
-                ends.append(([rows[i] for i in finished], _take(list(source[0]), at),
-                             _take(source[1], at)))
-            if new is None or not keep:
-                break
-            params, state = new
-            kept = [inner_of[i] for i in keep]
-            if kept != list(range(len(inner_of))):
-                at = torch.tensor(kept, device=device)
-                params, state = _take(list(params), at), _take(state, at)
-            if len(keep) != len(rows):
-                rows = [rows[i] for i in keep]
-                sub = batch.select(rows)
-    losses: list[Tensor | None] = [None] * count
-    if total is not None:
-        counts = torch.tensor([max(t, 1) for t in terms], dtype=total.dtype, device=total.device)
-        combined = total / counts
-        losses = [combined[b] if alive[b] else None for b in range(count)]
-    return losses, ends
 
 
 # -- the pool -----------------------------------------------------------------------------------------
