@@ -35,6 +35,7 @@ from metaopt.task import (
     Batch,
     ModuleTask,
     Params,
+    TaskBatch,
     TaskFamily,
     fan_in_uniform_init,
     generator_from_seed,
@@ -45,7 +46,8 @@ from metaopt.task import (
 from .data import minibatch
 from .mlp import ACTIVATIONS
 
-__all__ = ["SEQUENCE_KINDS", "SEQUENCE_MODELS", "SequenceFamily", "SequenceTask", "make_sequences"]
+__all__ = ["SEQUENCE_KINDS", "SEQUENCE_MODELS", "SequenceBatch", "SequenceFamily", "SequenceTask",
+           "make_sequences", "one_hot"]
 
 SEQUENCE_KINDS = ("markov", "parity", "copy")
 SEQUENCE_MODELS = ("gru", "conv")
@@ -73,6 +75,12 @@ def make_sequences(kind: str, generator: torch.Generator, num: int, length: int,
     raise ValueError(f"unknown sequence kind {kind!r}; choose from {SEQUENCE_KINDS}")
 
 
+def one_hot(tokens: Tensor, vocab: int, dtype: torch.dtype) -> Tensor:
+    """``F.one_hot(tokens, vocab)`` as a comparison (``F.one_hot`` checks its values on the host,
+    which ``torch.func.vmap`` — the vectorised meta-batches — cannot do)."""
+    return (tokens.unsqueeze(-1) == torch.arange(vocab, device=tokens.device)).to(dtype)
+
+
 class GRUModel(nn.Module):
     """One-hot tokens -> GRU (explicit gates) -> per-position logits."""
 
@@ -84,7 +92,7 @@ class GRUModel(nn.Module):
         self.readout = nn.Linear(hidden, vocab_out)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        x = F.one_hot(tokens, self.vocab_in).to(self.input.weight.dtype)
+        x = one_hot(tokens, self.vocab_in, self.input.weight.dtype)
         gates_x = self.input(x)  # (N, L, 3H): the input half of every gate, for all steps at once
         h = x.new_zeros(tokens.shape[0], self.hidden)
         weight, bias, two = self.recurrent.weight, self.recurrent.bias, 2 * self.hidden
@@ -111,7 +119,7 @@ class CausalConvModel(nn.Module):
         self.act = ACTIVATIONS[activation]()
 
     def forward(self, tokens: Tensor) -> Tensor:
-        x = F.one_hot(tokens, self.vocab_in).to(self.conv1.weight.dtype).transpose(1, 2)
+        x = one_hot(tokens, self.vocab_in, self.conv1.weight.dtype).transpose(1, 2)
         x = self.act(self.conv1(F.pad(x, (2, 0))))
         x = self.act(self.conv2(F.pad(x, (4, 0))))
         return self.readout(x).transpose(1, 2)  # (N, L, V_out)
@@ -174,9 +182,51 @@ class SequenceTask(ModuleTask):
     def loss_scale(self) -> float:
         return math.log(self.vocab_out)
 
+    # -- vectorised meta-batches: tasks of one architecture and data shape differ only in data -----
+    def batch_key(self):
+        sizes = tuple(int(d[0].shape[0]) for d in (self.train_data, self.test_data))
+        activation = self.activation if self.model_name == "conv" else None  # the GRU has none
+        return (type(self), self.model_name, activation, self.vocab_in, self.vocab_out,
+                self.hidden, self.length, self.batch_size, sizes, self.device, self.dtype)
+
+    @classmethod
+    def stack(cls, tasks: Sequence[SequenceTask]) -> SequenceBatch:
+        return SequenceBatch(tasks)
+
     def describe(self) -> str:
         return (f"{self.name}(V={self.vocab_in}->{self.vocab_out}, L={self.length}, "
                 f"hidden={self.hidden}, bs={self.batch_size})")
+
+
+class SequenceBatch(TaskBatch):
+    """Sequence tasks of one ``batch_key``: ``torch.func.vmap`` of the first task's functional
+    loss over the stacked data; task ``b``'s minibatch rows come from its own generator with the
+    draws of ``SequenceTask.train_batch`` (``minibatch``), then one gather."""
+
+    stacked_attributes = ("train_data", "test_data")
+
+    def __init__(self, tasks: Sequence[SequenceTask]):
+        super().__init__(tasks)
+        self.train_data = torch.stack([torch.stack(t.train_data) for t in self.tasks])  # (B, 3, n, L)
+        self.test_data = torch.stack([torch.stack(t.test_data) for t in self.tasks])
+        self._loss = torch.func.vmap(self.tasks[0].loss)
+
+    def loss(self, params, batch: Batch) -> Tensor:
+        return self._loss(dict(params), batch)
+
+    def _gather(self, data: Tensor, generators) -> Batch:
+        count, size = int(data.shape[2]), self.tasks[0].batch_size
+        index = torch.stack([torch.arange(min(size, count)) if g is None else minibatch(g, count, size)
+                             for g in generators]).to(self.device)
+        rows = torch.arange(len(self.tasks), device=self.device).unsqueeze(1)
+        tokens, targets, mask = data.unbind(1)
+        return tokens[rows, index], targets[rows, index], mask[rows, index].bool()
+
+    def train_batch(self, generators) -> Batch:
+        return self._gather(self.train_data, generators)
+
+    def test_batch(self, generators) -> Batch:
+        return self._gather(self.test_data, generators)
 
 
 class SequenceFamily(TaskFamily):

@@ -59,8 +59,8 @@ def test_gru_equals_torch_nn_gru():
     hidden, _ = reference(torch.nn.functional.one_hot(tokens, task.vocab_in).to(F64))
     logits = hidden @ params["readout.weight"].T + params["readout.bias"]
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, task.vocab_out), targets.reshape(-1))
-    assert float(task.loss(params, (tokens, targets, torch.ones_like(tokens, dtype=torch.bool))).detach()) \
-        == pytest.approx(float(expected), rel=1e-12)
+    loss = task.loss(params, (tokens, targets, torch.ones_like(tokens, dtype=torch.bool)))
+    assert float(loss) == pytest.approx(float(expected.detach()), rel=1e-12)
 
 
 @pytest.mark.parametrize("model", ["gru", "conv"])
@@ -101,3 +101,47 @@ def test_family_validates_and_varies():
                         ({"vocab": (1, 4)}, "vocab")):
         with pytest.raises(ValueError, match=key):
             tasks.get("sequence", **kwargs)
+
+
+def test_batched_losses_equal_each_tasks_loss():
+    family = tasks.get("sequence", models=["gru"], kinds=["copy", "markov"], vocab=(4, 4),
+                       hidden=(5, 5), length=(6, 6), batch_sizes=[8], num_train=32, num_test=16,
+                       dtype=F64)
+    group = [family.sample_seed(s) for s in range(3)]
+    assert len({t.batch_key() for t in group}) == 1 and len({t.kind for t in group}) == 2
+    batch = type(group[0]).stack(group)
+    params = [t.init_params(generator_from_seed(i)) for i, t in enumerate(group)]
+    stacked = {k: batch.stack_values(k, [p[k] for p in params]) for k in params[0]}
+    data = batch.train_batch([generator_from_seed(10 + i) for i in range(3)])
+    expected = torch.stack([t.loss(p, t.train_batch(generator_from_seed(10 + i)))
+                            for i, (t, p) in enumerate(zip(group, params))])
+    assert torch.allclose(batch.loss(stacked, data), expected, rtol=1e-13)
+    sub = batch.select([2, 1])
+    tests = [t.test_batch(generator_from_seed(i)) for i, t in enumerate(group)]
+    assert torch.allclose(
+        sub.loss({k: v[[2, 1]] for k, v in stacked.items()},
+                 sub.test_batch([generator_from_seed(2), generator_from_seed(1)])),
+        torch.stack([group[i].loss(params[i], tests[i]) for i in (2, 1)]), rtol=1e-13)
+
+
+@pytest.mark.parametrize("model", ["gru", "conv"])
+def test_vectorised_meta_gradient_equals_the_loop(model):
+    from metaopt.meta import InnerRunPool, MetaLoss, TruncatedBPTT, VectorisedPool, make_horizon
+    from tests.meta.helpers import learned_rule
+
+    learned = learned_rule(hidden_size=4)
+    weights = learned.meta_parameters()
+    family = tasks.get("sequence", models=[model], vocab=(3, 3), hidden=(4, 4), length=(5, 5),
+                       batch_sizes=[8], num_train=24, num_test=8, dtype=F64)
+    pools = [cls(learned, family, 3, 3, make_horizon("constant", 6), MetaLoss("mean", split))
+             for cls, split in ((InnerRunPool, "test"), (VectorisedPool, "test"))]
+    generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)]
+    grads = []
+    for pool, generator in zip(pools, generators):
+        pool.refresh(weights, generator)
+        grads.append(TruncatedBPTT().estimate(pool, weights, generator).grads)
+    assert pools[1].fallback is None
+    keys = [r.task.batch_key() for r in pools[1].runs]
+    assert max(keys.count(k) for k in keys) >= 2  # at least one stacked group
+    scale = max(float(g.abs().max()) for g in grads[0].values())
+    assert max(float((grads[0][k] - grads[1][k]).abs().max()) for k in grads[0]) <= 1e-12 * scale
