@@ -128,8 +128,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         findings.append(
             f"- `{function}`: " + "; ".join(
                 f"{r['optimizer']} " + "/".join(f"{r[f'min{i}']:.0%}" for i in range(n_min))
-                + (f", {r['unconverged']:.0%} elsewhere" if r["unconverged"] else "")
-                + (f", {r['diverged']:.0%} diverged" if r["diverged"] else "") for r in ours)
+                + (f", {r['unconverged']:.1%} elsewhere" if r["unconverged"] else "")
+                + (f", {r['diverged']:.1%} diverged" if r["diverged"] else "") for r in ours)
             + f". Least like {cfg.reference}'s map: {least['optimizer']} "
               f"({least['agreement_with_' + cfg.reference]:.0%} of starts agree).")
         for r in ours:
@@ -137,7 +137,10 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             logger.log({f"{function}/{r['optimizer']}/diverged": r["diverged"],
                         f"{function}/{r['optimizer']}/agreement": r["agreement_with_" + cfg.reference]},
                        step=0)
-    write_csv(out_dir / "basin_fractions.csv", rows)
+    most = max(sum(k.startswith("min") and k[3:].isdigit() for k in r) for r in rows)
+    columns = ["function", "optimizer", *(f"min{i}" for i in range(most)), "unconverged",
+               "diverged", "agreement_with_" + cfg.reference, "median_steps_to_min"]
+    write_csv(out_dir / "basin_fractions.csv", rows, columns)
     write_report(out_dir / "report.md", "Basins of attraction", [
         ("Setup", f"{cfg.resolution}×{cfg.resolution} starts over each function's customary box, "
                   f"{cfg.steps} steps, tolerance {cfg.tolerance}; optimizers: "
@@ -147,7 +150,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         ("Shares of the grid per minimum (min0/min1/…)",
          "Global minima first, then local ones found by `find_minima` (gradient descent + Newton, "
          "positive-definite Hessian).\n\n" + "\n".join(findings) + "\n"),
-        ("Table", markdown_table(rows)),
+        ("Table", markdown_table(rows, columns)),
     ])
     results["maps"] = len(cfg.functions) * len(labels)
     return results
