@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
@@ -63,6 +64,11 @@ def lock(out_dir: Path) -> None:
         os.close(fd)
         raise RunDirError(f"{out_dir}: another process is training into this out_dir (it holds "
                           "the directory's lock); wait for it or use another out_dir") from None
+    except OSError as error:  # a filesystem without flock (some network mounts): go on unlocked
+        os.close(fd)
+        warnings.warn(f"{out_dir}: cannot lock ({error}); make sure no other process trains "
+                      "into it", RuntimeWarning, stacklevel=2)
+        return
     _LOCKS[out_dir] = fd
 
 
