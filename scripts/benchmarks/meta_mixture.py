@@ -8,6 +8,9 @@
 2. ``estimator``: one meta-step (``estimate`` on a pool of 2 GARO runs on quadratics, truncation
    10) of truncated BPTT, antithetic ES and PES with the same number of pairs; ratio to BPTT.
    ES and PES both unroll ``2P + 1`` segments without a graph; PES adds its particle bookkeeping.
+3. ``pool``: one BPTT meta-step over 8 runs of ``augmented(sequence)`` (GRU, one architecture,
+   loss ×0.01..100, parameters ×0.5..2), loop engine vs ``VectorisedPool`` (the 8 runs share a
+   ``batch_key``, so they advance as one vmapped program); ratio to the loop.
 """
 from __future__ import annotations
 
@@ -15,7 +18,15 @@ import torch
 
 import tasks
 from metaopt.controllers.garo import GAROController
-from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, make_estimator, make_horizon
+from metaopt.meta import (
+    GAROLearnedRule,
+    InnerRunPool,
+    MetaLoss,
+    TruncatedBPTT,
+    VectorisedPool,
+    make_estimator,
+    make_horizon,
+)
 from metaopt.rules.garo import GARORule
 from metaopt.task import generator_from_seed
 
@@ -71,5 +82,24 @@ def _estimator_rows(args) -> list[dict]:
              "params": "", "ms": 1e3 * t, "ratio": t / times["bptt"]} for name, t in times.items()]
 
 
+def _pool_rows(args) -> list[dict]:
+    family = tasks.get("augmented", loss_scale=[0.01, 100], param_scale=[0.5, 2], device=args.device,
+                       family={"name": "sequence", "kwargs": {
+                           "models": ["gru"], "kinds": ["markov", "copy"], "vocab": [4, 4],
+                           "hidden": [8, 8], "length": [8, 8], "batch_sizes": [32]}})
+    calls = {}
+    for label, cls in (("loop", InnerRunPool), ("vectorised", VectorisedPool)):
+        controller = GAROController(hidden_size=8, generator=generator_from_seed(args.seed))
+        learned = GAROLearnedRule(controller.to(args.device), GARORule())
+        pool = cls(learned, family, 8, 5, make_horizon("constant", 10_000), MetaLoss("mean", "train"))
+        generator = torch.Generator().manual_seed(args.seed)
+        pool.refresh(learned.meta_parameters(), generator)
+        calls[label] = (lambda p=pool, lr=learned, g=generator:
+                        TruncatedBPTT().estimate(p, lr.meta_parameters(), g))
+    times = time_side_by_side(calls, rounds=max(3, args.rounds // 4), warmup=1, device=args.device)
+    return [{"bench": "pool", "name": label, "detail": "BPTT, 8 runs x T=5, augmented(sequence gru)",
+             "params": "", "ms": 1e3 * t, "ratio": t / times["loop"]} for label, t in times.items()]
+
+
 def run(args) -> list[dict]:
-    return _family_rows(args) + _estimator_rows(args)
+    return _family_rows(args) + _estimator_rows(args) + _pool_rows(args)
