@@ -55,8 +55,10 @@ def test_every_name_builds_its_class(name):
     assert isinstance(opt, torch.optim.Optimizer)
     classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)}
     classes.update({n.lower(): getattr(metaopt.optim, n) for n in metaopt.optim.__all__})
-    if name in metaopt.list_pretrained():
-        assert isinstance(opt, metaopt.optim.GARO)
+    if name in metaopt.list_pretrained():  # the class its metadata names
+        from metaopt.checkpoint import load_checkpoint, resolve
+        stored = load_checkpoint(resolve(name)).metadata.get("optimizer_class", "GARO")
+        assert type(opt) is getattr(metaopt.optim, stored)
     else:
         assert type(opt) is classes[name.replace("_", "")]
 
