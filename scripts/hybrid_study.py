@@ -91,6 +91,11 @@ class StudyConfig:
     mlp_steps: int = 150
     plots: bool = True
     seed: int = 0
+    sweep: bool = False  # instead of the study: each heuristic criterion alone and combined,
+    # over the threshold grids below (how the HeuristicSwitch defaults were measured)
+    sweep_grad: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
+    sweep_curvature: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    sweep_stagnation: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])
 
 
 def load(argv) -> tuple[StudyConfig, argparse.Namespace]:
@@ -316,11 +321,42 @@ def mlp_table(cfg, policy_module) -> list[dict]:
     return summarize(results)
 
 
+def sweep(cfg, out: Path) -> list[dict]:
+    """The heuristic's criteria alone and combined, per threshold (batched runs only)."""
+    h = cfg.hybrid
+    variants = [("gradient", {"grad_threshold": v}) for v in cfg.sweep_grad]
+    variants += [("curvature", {"curvature_threshold": v}) for v in cfg.sweep_curvature]
+    variants += [("stagnation", {"stagnation_threshold": v}) for v in cfg.sweep_stagnation]
+    variants += [("gradient+curvature+stagnation", {})]
+    rows = []
+    for name in cfg.functions:
+        x0 = starts(name, cfg.grid)
+        for criteria, thresholds in variants:
+            settings = {"grad_threshold": h.grad_threshold,
+                        "curvature_threshold": h.curvature_threshold,
+                        "stagnation_threshold": h.stagnation_threshold, **thresholds}
+            policy = HeuristicSwitch(tuple(criteria.split("+")), hysteresis=h.hysteresis,
+                                     **settings)
+            path, evals, mode = run_hybrid(name, x0, policy, h, cfg.steps)
+            rows.append({"function": name, "criteria": criteria,
+                         "threshold": next(iter(thresholds.values()), "defaults"),
+                         **metrics(name, path, evals, cfg.target),
+                         "ode_fraction": float(mode.double().mean())})
+    with open(out / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(format_table(rows, list(rows[0])))
+    return rows
+
+
 def main(argv=None) -> dict:
     cfg, _ = load(argv)
     torch.set_num_threads(1)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.sweep:
+        return {"sweep": sweep(cfg, out)}
     policy_module = None
     if cfg.learned:
         policy_module = load_checkpoint(resolve(cfg.learned)).controller

@@ -135,7 +135,7 @@ class HeuristicSwitch:
 
     From ODE, go back to GD when every enabled gradient/curvature criterion has cleared its
     threshold widened by ``hysteresis`` (‖g‖/‖g_0‖ > h·τ_g, lr·κ < τ_κ/h), or the ODE stagnates.
-    Defaults were measured on the study's functions (``scripts/hybrid_study.py --sweep``).
+    Defaults were measured on the study's functions (``scripts/hybrid_study.py sweep=true``).
     """
 
     criteria: tuple[str, ...] = CRITERIA
