@@ -23,6 +23,7 @@ and logging management the scripts do not want. The files keep Hydra's layout
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import re
 import typing
@@ -64,14 +65,17 @@ def _group_layer(group: str, option: str, config_dir: Path) -> Any:
     path = config_dir / group / f"{option}.yaml"
     if path.is_file():
         return OmegaConf.load(path)
+    known = group_options(group, config_dir)
+    extra = ""
     if group == "task":
         import tasks  # a registered family without a file: its own defaults
         if option in tasks.names():
             return OmegaConf.create({"name": option, "kwargs": {}})
         extra = f"; registered families: {', '.join(tasks.names())}"
-    else:
-        extra = ""
-    raise ValueError(f"no config {path} (options: {group_options(group, config_dir)}{extra})")
+        known = sorted(set(known) | set(tasks.names()))
+    close = difflib.get_close_matches(option, known, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ValueError(f"{hint}no config {path} (options: {group_options(group, config_dir)}{extra})")
 
 
 def apply_overrides(merged: DictConfig, overrides: list[str], schema: type,
