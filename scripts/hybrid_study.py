@@ -19,6 +19,7 @@ mode over time).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -243,17 +244,24 @@ def hybrid_kwargs(h: HybridSettings) -> dict:
                 stagnation_threshold=h.stagnation_threshold, hysteresis=h.hysteresis)
 
 
-def methods(cfg, policy_module):
-    """name -> (batched policy, runtime factory) for the hybrid variants."""
+def methods(cfg, learned):
+    """name -> (batched policy, runtime options, module settings) for the hybrid variants.
+
+    The learned hybrid runs as shipped: its checkpoint's GD/ODE settings (the policy's stability
+    feature reads the lr it was trained with); the others use ``cfg.hybrid``."""
     h = cfg.hybrid
     heuristic = HeuristicSwitch(tuple(h.criteria), h.grad_threshold, h.curvature_threshold,
                                 h.stagnation_threshold, h.hysteresis)
-    out = {"gd_only": (ConstantSwitch(0.0), {"policy": "gd"}),
-           "ode_only": (ConstantSwitch(1.0), {"policy": "ode"}),
-           "hybrid_heuristic": (heuristic, {"policy": "heuristic"})}
-    if policy_module is not None:
-        out["hybrid_learned"] = (PolicyGate(policy_module.double(), hard=True),
-                                 {"policy": policy_module.float()})
+    out = {"gd_only": (ConstantSwitch(0.0), {"policy": "gd"}, h),
+           "ode_only": (ConstantSwitch(1.0), {"policy": "ode"}, h),
+           "hybrid_heuristic": (heuristic, {"policy": "heuristic"}, h)}
+    if learned is not None:
+        keys = ("gd", "lr", "momentum", "ode", "ode_scale", "ode_cfl", "min_dwell", "window")
+        options = {k: v for k, v in learned.optimizer_config.items() if k in keys}
+        settings = OmegaConf.merge(h, options)
+        policy = learned.controller
+        out["hybrid_learned"] = (PolicyGate(copy.deepcopy(policy).double(), hard=True),
+                                 {"policy": policy.float(), **options}, settings)
     return out
 
 
@@ -302,9 +310,8 @@ def mlp_table(cfg, policy_module) -> list[dict]:
     family = tasks.get("mlp", width=[16, 32], depth=[1, 2])
     kw = hybrid_kwargs(cfg.hybrid)
     optimizers = {}
-    for name, (_, extra) in methods(cfg, policy_module).items():
+    for name, (_, extra, _) in methods(cfg, policy_module).items():
         def factory(params, extra=extra):
-            import copy
             options = {**kw, **extra}
             if not isinstance(options["policy"], str):
                 options["policy"] = copy.deepcopy(options["policy"])
@@ -359,18 +366,18 @@ def main(argv=None) -> dict:
         return {"sweep": sweep(cfg, out)}
     policy_module = None
     if cfg.learned:
-        policy_module = load_checkpoint(resolve(cfg.learned)).controller
+        policy_module = load_checkpoint(resolve(cfg.learned))
     logger = JSONLLogger(out / "results.jsonl")
     rows, started = [], time.perf_counter()
     for name in cfg.functions:
         x0 = starts(name, cfg.grid)
         paths, modes = {}, {}
-        for method, (policy, extra) in methods(cfg, policy_module).items():
-            path, evals, mode = run_hybrid(name, x0, policy, cfg.hybrid, cfg.steps)
+        for method, (policy, extra, settings) in methods(cfg, policy_module).items():
+            path, evals, mode = run_hybrid(name, x0, policy, settings, cfg.steps)
             kw = {**hybrid_kwargs(cfg.hybrid), **extra}
-            ms, floats = runtime_cost(name, lambda ps, kw=kw: HybridGDODE(ps, **kw),
-                                      cfg.timing_steps)
-            rows.append({"function": name, "method": method, "lr": cfg.hybrid.lr,
+            ms, floats = runtime_cost(name, lambda ps, kw=kw: HybridGDODE(
+                ps, **{**kw, "policy": copy.deepcopy(kw["policy"])}), cfg.timing_steps)
+            rows.append({"function": name, "method": method, "lr": settings.lr,
                          **metrics(name, path, evals, cfg.target), "ms_per_iter": ms,
                          "state_floats_per_param": floats})
             paths[method] = path
