@@ -156,6 +156,16 @@ def _mixture(training: dict[str, Any]) -> str:
     for key in ("mixture", "task_config", "tasks"):
         if key in training:
             return "```json\n" + json.dumps(training[key], indent=1, sort_keys=True) + "\n```"
+    kwargs = training.get("task_kwargs")
+    if "task" in training and isinstance(kwargs, dict):
+        components = kwargs.get("components") if training["task"] == "mixture" else None
+        if isinstance(components, dict):  # one row per family of the mixture
+            rows = [f"| `{name}` | `{json.dumps(args or {}, sort_keys=True)}` |"
+                    for name, args in sorted(components.items())]
+            weights = f"\n\nWeights: `{json.dumps(kwargs['weights'])}`" \
+                if kwargs.get("weights") else ""
+            return "\n".join(["| family | keyword arguments |", "|---|---|", *rows]) + weights
+        return f"Task family `{training['task']}`: `{json.dumps(kwargs, sort_keys=True)}`"
     if "task" in training:
         return f"Task family `{training['task']}` (see the training config for its keyword " \
                "arguments)."

@@ -399,7 +399,11 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                 "meta_loss": f"{cfg.meta_loss.kind}/{cfg.meta_loss.split}",
                 "estimator": cfg.estimator.name,
                 "held_out_meta_loss": {"untrained": before["meta_loss"],
-                                       "trained": after["meta_loss"]}}
+                                       "trained": after["meta_loss"]},
+                # the Hub model card's "training mixture" and "compute" (metaopt.hub)
+                "task_kwargs": OmegaConf.to_container(cfg.task.kwargs, resolve=True),
+                "seconds": round(time.perf_counter() - started, 1),
+                "hardware": f"{cfg.device}, {torch.get_num_threads()} threads"}
     if cfg.controller.kind == "garo":
         export = save_checkpoint(
             out_dir / EXPORT_FILE, learned.module,

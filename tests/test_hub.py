@@ -71,13 +71,18 @@ def test_config_json_mirrors_metadata_and_card_reports_provenance(tmp_path):
 
 def test_save_pretrained_from_an_optimizer(tmp_path):
     opt = metaopt.optim.GARO([torch.zeros(3, requires_grad=True)], direction="adam")
-    directory = save_pretrained(opt, tmp_path / "mine", training={"task": "mine", "steps": 3})
+    training = {"task": "mixture", "steps": 3, "seconds": 1.5, "hardware": "cpu, 2 threads",
+                "task_kwargs": {"components": {"quadratic": {"dim": [2, 3]}, "mlp": None}}}
+    directory = save_pretrained(opt, tmp_path / "mine", training=training)
     loaded = from_pretrained(directory)
     a, b = opt.controller.state_dict(), loaded.controller.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert loaded.optimizer_config["direction"] == "adam" and loaded.training["task"] == "mine"
+    assert loaded.optimizer_config["direction"] == "adam" and loaded.training == training
     card = (directory / CARD_FILE).read_text()
-    assert metaopt.checkpoint.describe_checkpoint(directory) in card and "mine" in card
+    assert metaopt.checkpoint.describe_checkpoint(directory) in card
+    mixture = card.split("## Training mixture")[1].split("## Compute")[0]
+    assert '| `quadratic` | `{"dim": [2, 3]}` |' in mixture and "| `mlp` | `{}` |" in mixture
+    assert "| wall-clock seconds | 1.5 |" in card and "| hardware | cpu, 2 threads |" in card
 
 
 def test_tampered_config_and_missing_model_are_refused(tmp_path):
