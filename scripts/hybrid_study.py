@@ -43,7 +43,7 @@ from metaopt.controllers.switching import PolicyGate  # noqa: E402
 from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize  # noqa: E402
 from metaopt.evaluation.tuning import tune_lr_interior  # noqa: E402
 from metaopt.logging import JSONLLogger  # noqa: E402
-from metaopt.optim.hybrid import HybridGDODE, make_ode_rule  # noqa: E402
+from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule  # noqa: E402
 from metaopt.rules.adam import AdamRule  # noqa: E402
 from metaopt.rules.hybrid import ConstantSwitch, HeuristicSwitch, HybridRule  # noqa: E402
 from metaopt.rules.sgd import SGDRule  # noqa: E402
@@ -86,12 +86,13 @@ class StudyConfig:
     hybrid: HybridSettings = field(default_factory=HybridSettings)
     tuning_low: float = 1e-3  # initial log grid of the Adam / SGD-momentum lr, widened until
     tuning_high: float = 1.0  # the best lr (mean final gap) is interior
-    tuning_per_decade: int = 3
-    timing_steps: int = 30
+    tuning_per_decade: int = 2
+    timing_steps: int = 10
     mlp_tasks: int = 3  # MLP tasks from tasks.get("mlp") (0: skip)
     mlp_steps: int = 150
     plots: bool = True
     seed: int = 0
+    hybrid_adam: bool = True  # also the heuristic hybrid with tuned Adam as its GD module
     sweep: bool = False  # instead of the study: each heuristic criterion alone and combined,
     # over the threshold grids below (how the HeuristicSwitch defaults were measured)
     sweep_grad: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
@@ -141,8 +142,8 @@ def batched_grad_fn(name: str):
 
 
 def run_hybrid(name, x0, policy, h: HybridSettings, steps):
-    rule = HybridRule(SGDRule(), make_ode_rule(h.ode), min_dwell=h.min_dwell, window=h.window,
-                      ode_cfl=h.ode_cfl, batched=True)
+    rule = HybridRule(make_gd_rule(h.gd), make_ode_rule(h.ode), min_dwell=h.min_dwell,
+                      window=h.window, ode_cfl=h.ode_cfl, batched=True)
     grad_fn = batched_grad_fn(name)
     hyper = {"gd": {"lr": h.lr, "momentum": h.momentum}, "ode": {"lr": h.lr * h.ode_scale},
              "policy": policy, "stability_lr": h.lr}
@@ -372,7 +373,14 @@ def main(argv=None) -> dict:
     for name in cfg.functions:
         x0 = starts(name, cfg.grid)
         paths, modes = {}, {}
-        for method, (policy, extra, settings) in methods(cfg, policy_module).items():
+        tuned = {kind: tune(name, x0, kind, cfg) for kind in ("adam", "sgd_momentum")}
+        variants = methods(cfg, policy_module)
+        if cfg.hybrid_adam:  # the heuristic over tuned Adam's GD module (lr tuned for Adam)
+            adam = OmegaConf.merge(cfg.hybrid, {"gd": "adam", "lr": tuned["adam"]})
+            variants["hybrid_heuristic_adam"] = (variants["hybrid_heuristic"][0],
+                                                 {"policy": "heuristic", "gd": "adam",
+                                                  "lr": tuned["adam"]}, adam)
+        for method, (policy, extra, settings) in variants.items():
             path, evals, mode = run_hybrid(name, x0, policy, settings, cfg.steps)
             kw = {**hybrid_kwargs(cfg.hybrid), **extra}
             ms, floats = runtime_cost(name, lambda ps, kw=kw: HybridGDODE(
@@ -386,7 +394,7 @@ def main(argv=None) -> dict:
                 logger.log_series(f"{name}/{method}/ode_fraction",
                                   {"ode_fraction": mode.double().mean(1).tolist()}, 0)
         for kind, torch_cls in (("adam", torch.optim.Adam), ("sgd_momentum", torch.optim.SGD)):
-            lr = tune(name, x0, kind, cfg)
+            lr = tuned[kind]
             path, evals, _ = run_baseline(name, x0, kind, lr, cfg.steps)
             extra = {"momentum": 0.9} if kind == "sgd_momentum" else {}
             ms, floats = runtime_cost(name, lambda ps, c=torch_cls, lr=lr, e=extra:
