@@ -118,3 +118,19 @@ def test_evaluate_unknown_checkpoint_is_a_config_error(tmp_path):
     with pytest.raises(evaluate_script.ConfigError, match="no checkpoint"):
         evaluate_script.main([f"out_dir={tmp_path}", "tasks=[{name: quadratic}]",
                               "optimizers=[{name: runs/none/optimizer.safetensors}]"])
+
+
+def test_evaluate_logs_pngs_and_trace_charts_to_wandb_offline(tmp_path):
+    evaluate_script = _evaluate_module()
+    out = tmp_path / "out"
+    evaluate_script.main([f"out_dir={out}", "steps=5", "eval_every=5", "task_seeds=[0]",
+                          "track_memory=false", "wandb.mode=offline",
+                          "tasks=[{name: quadratic, kwargs: {dim: [2, 3]}}]",
+                          f"optimizers=[{{name: {PRETRAINED}, label: learned}}]"])
+    media = next((out / "wandb").glob("offline-run-*")) / "files" / "media"
+    assert [p.name.split("_")[0] for p in (media / "images" / "plots").iterdir()] \
+        and any(p.name.startswith("loss_quadratic") for p in (media / "images" / "plots").iterdir())
+    table = next((media / "table" / "traces" / "quadratic" / "learned").glob("lr_t_table*.json"))
+    logged = [row[1] for row in json.loads(table.read_text())["data"]]
+    recorded = json.loads((out / "results.json").read_text())["traces"][0]["trace"]["lr_t"]
+    assert logged == pytest.approx(recorded, rel=1e-12)  # the chart is the recorded trace
