@@ -38,7 +38,8 @@ recurrent state instead of keeping it, so ``torch.func.functional_call`` can swa
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+import weakref
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,13 @@ NUM_SIGNAL_FEATURES = len(SIGNAL_FEATURES)
 #: progress ``t/T`` as an un-normalised input (see ``metaopt.rules.garo``).
 FEATURE_SETS = ("seed", "relative")
 NUM_PROGRESS_INPUTS = 2  # [min(t/T, 1), 1 if T is known]
+# controller -> (weights read, their (version, data_ptr), fused copies) for ``runtime_forward``;
+# weak, so it is neither pickled, deep-copied nor kept alive with the module
+_FUSED: "weakref.WeakKeyDictionary[GAROController, tuple]" = weakref.WeakKeyDictionary()
+_FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_ih"),
+                  ("cell", "bias_hh"), ("head_lr", "weight"), ("head_momentum", "weight"),
+                  ("head_weight_decay", "weight"), ("head_lr", "bias"),
+                  ("head_momentum", "bias"), ("head_weight_decay", "bias"))
 
 
 def inverse_softplus(y: float) -> float:
@@ -208,6 +216,99 @@ class GAROController(nn.Module):
             momentum=torch.tanh(self.head_momentum(h)).squeeze(1),
             weight_decay=F.softplus(self.head_weight_decay(h)).squeeze(1),
             hidden=h, feature_mean=new_mean, feature_var=new_var)
+
+
+    # -- the runtime optimizer's fast path ---------------------------------------------------------
+    def runtime_schedule(self, valid: Sequence[float], step: int,
+                         progress: Optional[Sequence[float]] = None) -> list[float]:
+        """The step's inputs that do not depend on the gradient, as host floats:
+        ``valid + step_embedding(step) (+ progress)`` (``runtime_forward``'s ``schedule``).
+
+        The embedding is ``step_embedding``'s formula evaluated in float64 on the host.
+        """
+        phase = math.log1p(step)
+        freqs = [2.0 ** -k for k in range(self.num_step_frequencies)]
+        emb = [math.sin(phase * w) for w in freqs] + [math.cos(phase * w) for w in freqs]
+        if self.features == "relative":
+            if progress is None:
+                raise ValueError("progress: required by a controller with features='relative'")
+            return [*valid, *emb, *progress]
+        return [*valid, *emb]
+
+    def _fused_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The GRU as one ``(I + H, 4H)`` matrix and the three heads as one ``(H, 3)`` matrix.
+
+        GRU columns: the ``r`` and ``z`` pre-activations (input and hidden parts summed, biases
+        too), the input part of ``n`` and the hidden part of ``n`` (which the reset gate scales).
+        Cached; rebuilt whenever a weight is replaced, moved or changed in place (its version
+        counter moves). The tensors are read from ``_parameters`` directly: a module attribute
+        lookup costs more than the check.
+        """
+        tensors = tuple(self._modules[m]._parameters[name] for m, name in _FUSED_SOURCES)
+        key = [(t._version, t.data_ptr()) for t in tensors]
+        cached = _FUSED.get(self)
+        if cached is not None and cached[1] == key and all(
+                a is b for a, b in zip(cached[0], tensors)):
+            return cached[2]
+        H, I = self.hidden_size, self.input_size
+        with torch.no_grad():
+            w_ih, w_hh, b_ih, b_hh = (t.detach() for t in tensors[:4])
+            gru = w_ih.new_zeros(I + H, 4 * H)
+            gru[:I, :3 * H] = w_ih.t()
+            gru[I:, :2 * H] = w_hh[:2 * H].t()
+            gru[I:, 3 * H:] = w_hh[2 * H:].t()
+            gru_bias = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])
+            heads = torch.cat([t.detach() for t in tensors[4:7]]).t().contiguous()
+            heads_bias = torch.cat([t.detach() for t in tensors[7:]])
+        fused = (gru, gru_bias, heads, heads_bias)
+        _FUSED[self] = (tensors, key, fused)
+        return fused
+
+    @torch.no_grad()
+    def runtime_forward(self, signal: Tensor, schedule: Tensor, hidden: Tensor,
+                        feature_mean: Tensor, feature_var: Tensor,
+                        all_valid: bool = False) -> ControllerOutput:
+        """``forward`` for the runtime optimizer: the same step without a graph, in few ops.
+
+        ``schedule``: (1, D) the validity mask (0/1 floats, the same for every segment), step
+        embedding and progress (``runtime_schedule``); ``all_valid``: the mask is all ones (the
+        steady state), so it need not be applied. ``signal`` must be finite (the rule zeroes a
+        non-finite one): the mask multiplies instead of selecting. The GRU's two matrix
+        products are one, the three heads are one, so the result equals ``forward``'s up to
+        rounding (``tests/rules/test_garo.py`` checks it in float64).
+        """
+        H = self.hidden_size
+        gru, gru_bias, heads, heads_bias = self._fused_weights()
+        beta = self.feature_decay
+        if all_valid:
+            x = signal
+            delta = x - feature_mean
+            new_mean = feature_mean.add(delta, alpha=1 - beta)
+            new_var = torch.addcmul(feature_var, delta, delta, value=1 - beta).mul_(beta)
+        else:
+            valid = schedule[0, :NUM_SIGNAL_FEATURES]
+            x = signal * valid
+            delta = x - feature_mean
+            new_mean = torch.addcmul(feature_mean, delta, valid, value=1 - beta)
+            # where valid is 1: β(var + (1−β)δ²); where 0: var (lerp's end points are exact)
+            new_var = torch.lerp(
+                feature_var, torch.addcmul(feature_var, delta, delta, value=1 - beta).mul_(beta),
+                valid)
+        z = (x - new_mean).mul_(torch.rsqrt(new_var + 1e-8)).clamp_(-self.feature_clip,
+                                                                   self.feature_clip)
+        if not all_valid:
+            z = z.mul_(valid)
+        S = signal.shape[0]
+        if S > 1:
+            schedule = schedule.expand(S, -1)
+        gates = torch.addmm(gru_bias, torch.cat([z, schedule, hidden], dim=1), gru)
+        r, u, n_input, n_hidden = gates.view(S, 4, H).unbind(1)
+        n = torch.tanh(torch.addcmul(n_input, torch.sigmoid(r), n_hidden))
+        h = torch.lerp(n, hidden, torch.sigmoid(u))  # (1 − z)·n + z·h
+        lr, momentum, weight_decay = torch.addmm(heads_bias, h, heads).unbind(1)
+        return ControllerOutput(lr=F.softplus(lr), momentum=torch.tanh(momentum),
+                                weight_decay=F.softplus(weight_decay), hidden=h,
+                                feature_mean=new_mean, feature_var=new_var)
 
 
 class BoundController:

@@ -45,7 +45,6 @@ approximation of Andrychowicz et al. (2016) that avoids second derivatives of th
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -227,70 +226,17 @@ class GARORule:
 
         Mutates ``params`` and the per-tensor buffers in ``state``; returns the new state, or
         None — touching nothing — when a gradient (or the loss) is not finite. Those values never
-        reach the controller: its inputs are zeroed on such a step and its output discarded.
-        The controller's outputs come to the host once per step (with the finiteness flag and
-        the step count) so the updates run as foreach ops with Python scalars, tensors grouped
-        by equal (lr, momentum, weight decay). ``tests/rules/test_garo.py`` proves in float64
-        that this path equals ``apply``.
+        reach the controller: its non-finite inputs are zeroed on such a step and its output
+        discarded.
+        The controller's outputs come to the host once per step (with the finiteness flag) so
+        the updates run as foreach ops with Python scalars, tensors grouped by equal (lr,
+        momentum, weight decay); the step count and the other gradient-independent inputs are
+        read on the host first. Implemented in ``metaopt.rules.garo_runtime`` with as few tensor
+        ops as it can (small models are dispatch-bound); ``tests/rules/test_garo.py`` proves in
+        float64 that this path equals ``apply``.
         """
-        params, grads = list(params), list(grads)
-        if grad_norms is None:  # one fused call for both feature norms
-            norms = tensor_norms(grads + params)
-            grad_norms, param_norms = norms[:len(grads)], norms[len(grads):]
-        else:
-            param_norms = tensor_norms(params)
-        finite = torch.isfinite(torch.stack(list(grad_norms))).all()
-        if loss is not None:
-            finite = finite & torch.isfinite(loss).all()
-        ctx = self._control(params, grads, state, hyper, loss, grad_norms, finite=finite,
-                            param_norms=param_norms)
-        out, ids = ctx["out"], ctx["ids"]
-        host = torch.cat([finite.to(out.lr.dtype).view(1), state["step"].to(out.lr.dtype).view(1),
-                          out.lr, out.momentum, out.weight_decay,
-                          ctx["eps_scale"].to(out.lr.dtype)]).tolist()  # the one sync
-        # Skip on a bad gradient or loss, and equally when the controller itself emits a
-        # non-finite lr/momentum/decay (e.g. corrupted weights): parameters must never go NaN.
-        if not host[0] or not all(math.isfinite(v) for v in host[2:]):
-            return None
-        S = out.lr.shape[0]
-        step = int(host[1])
-        lrs, moms, wds = host[2:2 + S], host[2 + S:2 + 2 * S], host[2 + 2 * S:2 + 3 * S]
-        eps_scales = host[2 + 3 * S:]
-        buckets: dict[tuple, list[int]] = {}
-        for i in range(len(params)):
-            key = (lrs[ids[i]] * float(ctx["lr_mult"][i]), moms[ids[i]],
-                   wds[ids[i]] * float(ctx["wd_mult"][i]), self.eps * eps_scales[ids[i]])
-            buckets.setdefault(key, []).append(i)
-        step_norms: list[Optional[Tensor]] = [None] * len(params)
-        bias_correction2 = 1 - self.beta2 ** (step + 1)
-        for (lr, mom, wd, eps), index in buckets.items():
-            ps = [params[i] for i in index]
-            gs = [grads[i] for i in index]
-            bufs = [state["momentum_buffer"][i] for i in index]
-            if self.direction == "sgd":
-                # b ← g + μ·b in one pass (out= may alias an elementwise input), then + λ·θ
-                for g, b in zip(gs, bufs):
-                    torch.add(g, b, alpha=mom, out=b)
-                if wd != 0.0:
-                    torch._foreach_add_(bufs, ps, alpha=wd)
-                directions = bufs
-            else:
-                vs = [state["exp_avg_sq"][i] for i in index]
-                torch._foreach_mul_(vs, self.beta2)
-                torch._foreach_addcmul_(vs, gs, gs, value=1 - self.beta2)
-                denom = torch._foreach_div(vs, bias_correction2)
-                torch._foreach_sqrt_(denom)
-                torch._foreach_add_(denom, eps)
-                torch._foreach_mul_(bufs, mom)
-                torch._foreach_addcdiv_(bufs, gs, denom)
-                directions = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
-            torch._foreach_add_(ps, directions, alpha=-lr)
-            for i, norm in zip(index, tensor_norms(directions)):
-                step_norms[i] = norm * abs(lr)
-        result = self._finish(ctx, state, step_norms)
-        for key in self.per_tensor_keys:
-            result[key] = state[key]
-        return result
+        from .garo_runtime import apply_inplace  # (it imports this module's constants)
+        return apply_inplace(self, params, grads, state, hyper, loss, grad_norms)
 
     # -- shared by both paths ----------------------------------------------------------------------
     def _control(self, params, grads, state, hyper, loss, grad_norms, finite=None,

@@ -1,0 +1,101 @@
+"""GARORule.apply_ (metaopt.rules.garo_runtime) equals the pure GARORule.apply, in float64.
+
+The oracle is ``apply``, the reference path of meta-training: every parameter, buffer and entry of
+the recurrent state must agree after 20 steps, for both feature sets and directions, with and
+without a loss, one or several segments (including a segment without tensors), per-tensor lr and
+decay multipliers (several update buckets), and a horizon shorter than the run (progress clamps).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaopt.rules import GARORule
+from metaopt.rules.garo_runtime import fused_norms
+
+from .garo_helpers import awake_controller, regression
+
+
+def _compare(runtime_state, functional_state, live, ps):
+    error = max((a - b).abs().max().item() for a, b in zip(live, ps))
+    for key, value in functional_state.items():
+        mine = runtime_state[key]
+        if isinstance(value, list):
+            error = max([error] + [(a - b).abs().max().item() for a, b in zip(mine, value)])
+        else:
+            assert mine.dtype == value.dtype, key
+            error = max(error, (mine.double() - value.double()).abs().max().item())
+    return error
+
+
+@pytest.mark.parametrize("features", ["seed", "relative"])
+@pytest.mark.parametrize("direction", ["sgd", "adam"])
+@pytest.mark.parametrize("with_loss", [True, False])
+@pytest.mark.parametrize("segments", ["global", "tensor", "idle segment"])
+def test_runtime_step_equals_functional_step_float64(features, direction, with_loss, segments):
+    params, loss_fn = regression()
+    controller = awake_controller(features=features)
+    rule = GARORule(direction=direction)
+    ids, S = {"global": (None, 1), "tensor": ([0, 1, 2], 3),
+              "idle segment": ([0, 0, 2], 3)}[segments]
+    horizon = 15 if features == "relative" else None
+    hyper = {"controller": controller, "segment_ids": ids, "lr": [1.0, 0.5, 1.0],
+             "weight_decay": [1.0, 0.0, 3.0]}
+    live = [p.clone() for p in params]
+    ps = [p.clone() for p in params]
+    runtime = rule.init(live, controller, S, horizon=horizon)
+    functional = rule.init(ps, controller, S, horizon=horizon)
+    lrs = []
+    for _ in range(20):
+        for source, is_runtime in ((live, True), (ps, False)):
+            tracked = [p.detach().clone().requires_grad_() for p in source]
+            loss = loss_fn(tracked)
+            grads = list(torch.autograd.grad(loss, tracked))
+            loss = loss.detach() if with_loss else None
+            if is_runtime:
+                runtime = rule.apply_(live, grads, runtime, hyper, loss=loss)
+            else:
+                ps, functional = rule.apply(ps, grads, functional, hyper, loss=loss)
+        lrs.append(functional["lr"].clone())
+    error = _compare(runtime, functional, live, ps)
+    print(f"\napply_ vs apply ({features}, {direction}, loss={with_loss}, {segments}), "
+          f"20 steps float64: max abs error {error:.3e}")
+    assert error < 1e-12
+    # the controller really varied its outputs, so the comparison covers the whole step
+    active = sorted(set(ids or [0]))
+    assert torch.stack(lrs).std(dim=0)[active].min() > 1e-4
+    if segments == "idle segment":  # the segment without tensors kept its initial state
+        assert torch.equal(runtime["hidden"][1], torch.zeros_like(runtime["hidden"][1]))
+
+
+def test_runtime_step_skips_non_finite_gradients_and_losses_untouched():
+    params, loss_fn = regression()
+    controller = awake_controller(features="relative")
+    rule = GARORule(direction="adam")
+    live = [p.clone() for p in params]
+    state = rule.init(live, controller, 1, horizon=10)
+    tracked = [p.clone().requires_grad_() for p in live]
+    loss = loss_fn(tracked)
+    grads = list(torch.autograd.grad(loss, tracked))
+    state = rule.apply_(live, grads, state, {"controller": controller}, loss=loss.detach())
+    before = [p.clone() for p in live]
+    buffers = [b.clone() for b in state["momentum_buffer"]]
+    bad = [g.clone() for g in grads]
+    bad[1][0] = float("nan")
+    assert rule.apply_(live, bad, state, {"controller": controller}, loss=loss.detach()) is None
+    inf = [g * 1e300 * 1e300 for g in grads]  # overflows to ±inf
+    assert rule.apply_(live, inf, state, {"controller": controller}, loss=loss.detach()) is None
+    assert rule.apply_(live, grads, state, {"controller": controller},
+                       loss=torch.tensor(float("inf"), dtype=torch.float64)) is None
+    assert all(torch.equal(a, b) for a, b in zip(live, before))
+    assert all(torch.equal(a, b) for a, b in zip(state["momentum_buffer"], buffers))
+
+
+def test_fused_norms_equal_vector_norms():
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(300, 300, generator=g, dtype=torch.float64),  # the BLAS-dot branch
+               torch.randn(7, generator=g, dtype=torch.float64),
+               torch.randn(3, 4, generator=g, dtype=torch.float64).t()]  # non-contiguous
+    expected = torch.stack([torch.linalg.vector_norm(t) for t in tensors])
+    torch.testing.assert_close(fused_norms(tensors), expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(fused_norms(tensors[1:]), expected[1:], rtol=1e-14, atol=0)
