@@ -267,7 +267,7 @@ def methods(cfg, learned):
 
 
 # -- plots ---------------------------------------------------------------------------------------
-def plot_function(name, paths, modes, out: Path, every: int = 40):
+def plot_function(name, paths, modes, out: Path, every: int = 41):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -289,7 +289,7 @@ def plot_function(name, paths, modes, out: Path, every: int = 40):
         ax.set_title(method, fontsize=8)
         ax.set_xlim(low, high)
         ax.set_ylim(low, high)
-    fig.suptitle(f"{name}: trajectories from every {every}th start")
+    fig.suptitle(f"{name}: trajectories from every {every}th start (spread over the lattice)")
     fig.tight_layout()
     fig.savefig(out / f"{name}_trajectories.png", dpi=110)
     plt.close(fig)
