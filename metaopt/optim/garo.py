@@ -182,8 +182,11 @@ class GARO(torch.optim.Optimizer):
             return loss
         loss_tensor = None
         if loss is not None:
-            loss_tensor = (loss.detach() if isinstance(loss, Tensor)
-                           else torch.tensor(float(loss))).to(params[0].device).reshape(())
+            loss_tensor = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+            if loss_tensor.device != params[0].device:  # (no-op calls cost µs on small models)
+                loss_tensor = loss_tensor.to(params[0].device)
+            if loss_tensor.dim():
+                loss_tensor = loss_tensor.reshape(())
         keys = self.rule.per_tensor_keys
         state = dict(self.garo_state)
         for p in params:

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..controllers.garo import GAROController
 from .base import State, per_tensor
 from .garo import _TINY, _TINY_LOSS
+
 _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
 
 
@@ -49,6 +50,17 @@ def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(norms)
 
 
+_CONSTANTS: dict[tuple, Tensor] = {}
+
+
+def _constant(values: tuple, dtype, device) -> Tensor:
+    """A small constant tensor, made once (it is only ever read)."""
+    key = (values, dtype, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _CONSTANTS[key]
+
+
 def _segment_norms(norms: Tensor, ids_t: Optional[Tensor], num_segments: int) -> Tensor:
     """(R, S) segment 2-norms of (R, n) per-tensor norms (``ids_t`` None for one segment)."""
     if num_segments == 1:
@@ -57,11 +69,10 @@ def _segment_norms(norms: Tensor, ids_t: Optional[Tensor], num_segments: int) ->
     return total.index_add_(1, ids_t, norms.square()).sqrt_()
 
 
-@torch.no_grad()
 def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
                   hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
                   grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[State]:
-    """``GARORule.apply_`` (see its docstring); ``rule`` is the ``GARORule``."""
+    """``GARORule.apply_`` (see its docstring; it runs this under ``torch.no_grad``)."""
     params, grads = list(params), list(grads)
     n = len(params)
     if n == 0:
@@ -99,7 +110,7 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     # signal = B + log‖g‖_s · A, column by column (SIGNAL_FEATURES order); relative features
     # read log ‖g‖ − log ‖g_0‖, which is 0 on the first step (that step sets the reference)
     first = 0.0 if relative and not started else 1.0
-    A = [first, 1.0, 0.0, 0.0, 0.0]
+    A = (first, 1.0, 0.0, 0.0, 0.0)
     B = [[-ref_lg[s] if relative and started else 0.0, -prev_lg[s], sym[s], sym[s] - prev_sym[s],
           math.log(prev_ratio[s] + _TINY)] for s in range(S)]
 
@@ -111,11 +122,12 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     seg = _segment_norms(norms, ids_t, S)
     if seg.dtype != dtype:
         seg = seg.to(dtype)
-    log_gnorm = torch.log(seg[0] + _TINY)
+    seg = seg + _TINY  # both rows are read guarded: log ‖g‖ now, ‖θ‖ in the ratio below
+    log_gnorm = torch.log(seg[0])
     if relative:
         extra["ref_log_grad_norm"] = state["ref_log_grad_norm"] if started else log_gnorm
     signal = torch.addcmul(torch.tensor(B, dtype=dtype, device=hidden.device),
-                           log_gnorm.view(S, 1), torch.tensor(A, dtype=dtype, device=hidden.device))
+                           log_gnorm.view(S, 1), _constant(A, dtype, hidden.device))
     # A non-finite gradient or loss shows as a non-finite feature (an overflowing norm too):
     # the host checks the raw features below and skips the step; the GRU (whose output is then
     # discarded) reads them with non-finite entries zeroed, so it never sees such a value.
@@ -209,7 +221,7 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     new = dict(hidden=out.hidden, feature_mean=out.feature_mean,
                feature_var=out.feature_var, prev_log_grad_norm=log_gnorm,
                prev_symlog_loss=signal[:, 2] if has_loss else state["prev_symlog_loss"],
-               prev_update_ratio=update_norm / (seg[1] + _TINY),
+               prev_update_ratio=update_norm / seg[1],
                lr=out.lr, momentum=out.momentum, weight_decay=out.weight_decay)
     for key, value in extra.items():
         if value.dim():
