@@ -42,7 +42,7 @@ from metaopt.checkpoint import load_checkpoint, resolve  # noqa: E402
 from metaopt.controllers.switching import PolicyGate  # noqa: E402
 from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize  # noqa: E402
 from metaopt.evaluation.tuning import tune_lr_interior  # noqa: E402
-from metaopt.logging import JSONLLogger  # noqa: E402
+from metaopt.logging import WANDB_MODES, make_logger  # noqa: E402
 from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule  # noqa: E402
 from metaopt.rules.adam import AdamRule  # noqa: E402
 from metaopt.rules.hybrid import ConstantSwitch, HeuristicSwitch, HybridRule  # noqa: E402
@@ -92,6 +92,7 @@ class StudyConfig:
     mlp_steps: int = 150
     plots: bool = True
     seed: int = 0
+    wandb_mode: str = "disabled"  # disabled | offline | online (results.jsonl is always written)
     hybrid_adam: bool = True  # also the heuristic hybrid with tuned Adam as its GD module
     sweep: bool = False  # instead of the study: each heuristic criterion alone and combined,
     # over the threshold grids below (how the HeuristicSwitch defaults were measured)
@@ -114,6 +115,9 @@ def load(argv) -> tuple[StudyConfig, argparse.Namespace]:
     check_values(cfg, lambda m: SystemExit(f"config error: {m}"),
                  positive=("grid", "steps", "target", "hybrid.lr", "hybrid.ode_scale",
                            "tuning_low", "tuning_high", "tuning_per_decade", "timing_steps"))
+    if cfg.wandb_mode not in WANDB_MODES:
+        raise SystemExit(f"config error: invalid config key 'wandb_mode': must be one of "
+                         f"{list(WANDB_MODES)}, got {cfg.wandb_mode!r}")
     unknown = set(cfg.functions) - set(FUNCTIONS)
     if unknown:
         raise SystemExit(f"config error: invalid config key 'functions': unknown {sorted(unknown)}")
@@ -368,7 +372,8 @@ def main(argv=None) -> dict:
     policy_module = None
     if cfg.learned:
         policy_module = load_checkpoint(resolve(cfg.learned))
-    logger = JSONLLogger(out / "results.jsonl")
+    logger = make_logger(out, wandb_mode=cfg.wandb_mode, name="hybrid_study",
+                         config=OmegaConf.to_container(cfg), jsonl_name="results.jsonl")
     rows, started = [], time.perf_counter()
     for name in cfg.functions:
         x0 = starts(name, cfg.grid)
