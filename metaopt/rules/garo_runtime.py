@@ -50,6 +50,15 @@ def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(norms)
 
 
+def _fusable(*lists: Sequence[Tensor]) -> bool:
+    """Whether ``torch._fused_sgd_`` takes these lists: dense floating tensors of one dtype and
+    device (the kernel's own requirements)."""
+    first = lists[0][0]
+    return all(t.dtype == first.dtype and t.device == first.device and not t.is_sparse
+               for ts in lists for t in ts) and first.is_floating_point() and \
+        first.device.type in ("cpu", "cuda")
+
+
 _CONSTANTS: dict[tuple, Tensor] = {}
 
 
@@ -189,9 +198,20 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
         gs = [grads[i] for i in index]
         bufs = [momentum_buffers[i] for i in index]
         if rule.direction == "sgd":
-            # b ← g + μ·b in one pass (out= may alias an elementwise input), then + λ·θ
-            for g, b in zip(gs, bufs):
-                torch.add(g, b, alpha=mom, out=b)
+            if mom != 0.0 and _fusable(ps, gs, bufs):
+                # torch.optim.SGD's fused kernel is this step exactly (zero-started buffers):
+                # b ← μ·b + (g + λ·θ), θ ← θ − a·b, one pass, one call
+                torch._fused_sgd_(ps, gs, bufs, weight_decay=wd, momentum=mom, lr=lr,
+                                  dampening=0.0, nesterov=False, maximize=False,
+                                  is_first_step=False)
+                for i, b in zip(index, bufs):
+                    directions[i], step_sizes[i] = b, abs(lr)
+                continue
+            if mom == 0.0:  # (the fused kernel then keeps no buffer) b ← g
+                torch._foreach_copy_(bufs, gs)
+            else:  # b ← g + μ·b in one pass (out= may alias an elementwise input)
+                for g, b in zip(gs, bufs):
+                    torch.add(g, b, alpha=mom, out=b)
             if wd != 0.0:
                 torch._foreach_add_(bufs, ps, alpha=wd)
             dirs = bufs
