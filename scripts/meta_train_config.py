@@ -293,4 +293,11 @@ def training_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
             out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
         return out
     a, b = flatten(saved), flatten(current)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    # A key added to the schema after the run was saved, left at its default, changes nothing
+    # the run did: such a run resumes (its config.yaml simply predates the key).
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(MetaTrainConfig)))
+    # The hybrid section configures the switching policy only: a GARO run never read it.
+    garo_only = a.get("controller.kind", "garo") == b.get("controller.kind", "garo") == "garo"
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+                  and not (k not in a and k in defaults and b.get(k) == defaults[k])
+                  and not (garo_only and k.startswith("hybrid.")))
