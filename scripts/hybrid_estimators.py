@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import meta_train  # noqa: E402
+import meta_train
 
 SETTINGS = {"relaxed_bptt": ["estimator.name=bptt", "hybrid.gate=relaxed"],
             "straight_through_bptt": ["estimator.name=bptt", "hybrid.gate=straight_through"],

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import math
 import sys
 import time
@@ -33,21 +32,21 @@ for _path in (REPO_ROOT, Path(__file__).resolve().parent):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-import torch  # noqa: E402
-from config_checks import check_values  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import torch
+from config_checks import check_values
+from omegaconf import OmegaConf
 
-import tasks  # noqa: E402
-from metaopt.checkpoint import load_checkpoint, resolve  # noqa: E402
-from metaopt.controllers.switching import PolicyGate  # noqa: E402
-from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize  # noqa: E402
-from metaopt.evaluation.tuning import tune_lr_interior  # noqa: E402
-from metaopt.logging import WANDB_MODES, make_logger  # noqa: E402
-from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule  # noqa: E402
-from metaopt.rules.adam import AdamRule  # noqa: E402
-from metaopt.rules.hybrid import ConstantSwitch, HeuristicSwitch, HybridRule  # noqa: E402
-from metaopt.rules.sgd import SGDRule  # noqa: E402
-from tasks.test_functions import TEST_FUNCTIONS_2D  # noqa: E402
+import tasks
+from metaopt.checkpoint import load_checkpoint, resolve
+from metaopt.controllers.switching import PolicyGate
+from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize
+from metaopt.evaluation.tuning import tune_lr_interior
+from metaopt.logging import WANDB_MODES, make_logger
+from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule
+from metaopt.rules.adam import AdamRule
+from metaopt.rules.hybrid import ConstantSwitch, HeuristicSwitch, HybridRule
+from metaopt.rules.sgd import SGDRule
+from tasks.test_functions import TEST_FUNCTIONS_2D
 
 FUNCTIONS = ("rastrigin", "ackley", "himmelblau", "six_hump_camel", "styblinski_tang")
 #: final gap f − f* below which a start ended in the global basin: half the gap of the best

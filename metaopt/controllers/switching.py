@@ -16,7 +16,7 @@ and the read-out weights at 0, so the untrained policy is the constant "almost a
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,7 @@ class SwitchingPolicy(nn.Module):
     ``feature_clip``, ``generator`` (initial hidden weights; default seeded with 0)."""
 
     def __init__(self, hidden_size: int = 16, init_ode_probability: float = 0.05,
-                 feature_clip: float = 5.0, generator: Optional[torch.Generator] = None):
+                 feature_clip: float = 5.0, generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
             raise ValueError(f"hidden_size: must be an int >= 1, got {hidden_size!r}")
@@ -52,7 +52,7 @@ class SwitchingPolicy(nn.Module):
         self.reset_parameters(generator)
 
     @torch.no_grad()
-    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         bound = 1.0 / math.sqrt(NUM_FEATURES)
         for w in self.hidden.parameters():
@@ -90,7 +90,7 @@ class PolicyGate:
     p (Bengio et al. 2013's straight-through estimator).
     """
 
-    def __init__(self, module: SwitchingPolicy, weights: Optional[dict[str, Tensor]] = None,
+    def __init__(self, module: SwitchingPolicy, weights: dict[str, Tensor] | None = None,
                  hard: bool = True, straight_through: bool = False):
         self.module, self.weights, self.hard = module, weights, hard
         self.straight_through = straight_through

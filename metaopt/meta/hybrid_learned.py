@@ -26,7 +26,7 @@ when an ODE step pays for its extra stages.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -71,7 +71,7 @@ class HybridLearnedRule:
                           straight_through=self.straight_through)
 
     def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor],
-             horizon: Optional[int] = None) -> State:
+             horizon: int | None = None) -> State:
         return self.rule.init(list(params))
 
     def _hyper(self, weights) -> dict:
@@ -115,7 +115,7 @@ class HybridGAROLearnedRule(HybridLearnedRule):
         return policy, BoundController(self.module["garo"], garo)
 
     def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor],
-             horizon: Optional[int] = None) -> State:
+             horizon: int | None = None) -> State:
         _, controller = self._split(weights)
         params = list(params)
         return self.rule.init(params, gd_state=self.garo.init(params, controller))

@@ -11,8 +11,8 @@ Seed: hybrid-gd-ode-optimizer.md. A torch.optim adapter over ``metaopt.rules.hyb
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -107,7 +107,7 @@ class HybridGDODE(torch.optim.Optimizer):
                  weight_decay: float = 0.0, betas=(0.9, 0.999), alpha: float = 0.99,
                  eps: float = 1e-8, ode: str = "rk4", ode_scale: float = 1.0, rtol: float = 1e-3,
                  atol: float = 1e-6, t0: float = 1.0,
-                 policy: Union[str, SwitchingPolicy] = "heuristic",
+                 policy: str | SwitchingPolicy = "heuristic",
                  criteria=CRITERIA, grad_threshold: float = 1e-2,
                  curvature_threshold: float = 2.0, stagnation_threshold: float = 1e-3,
                  hysteresis: float = 2.0, min_dwell: int = 5, window: int = 10,
@@ -126,7 +126,7 @@ class HybridGDODE(torch.optim.Optimizer):
         heuristic = HeuristicSwitch(tuple(criteria), grad_threshold, curvature_threshold,
                                     stagnation_threshold, hysteresis)  # validated whatever policy
         if isinstance(policy, SwitchingPolicy):
-            self.policy_module: Optional[SwitchingPolicy] = policy
+            self.policy_module: SwitchingPolicy | None = policy
             gate = PolicyGate(policy, hard=True)
         elif policy == "heuristic":
             self.policy_module, gate = None, heuristic
@@ -195,7 +195,7 @@ class HybridGDODE(torch.optim.Optimizer):
         return params, hyper
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+    def step(self, closure: Callable[[], Tensor] | None = None):
         if closure is None and self.needs_closure:
             raise RuntimeError(
                 "HybridGDODE.step() needs a closure (zero the grads, recompute the loss, call "

@@ -11,8 +11,9 @@ betas and ε are constants of the rule. Pure and differentiable.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +42,7 @@ class AdamRule:
                 "exp_avg_sq": [torch.zeros_like(p) for p in params], "step": 0}
 
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-              hyper: Mapping[str, Any], loss: Optional[Tensor] = None
+              hyper: Mapping[str, Any], loss: Tensor | None = None
               ) -> tuple[TensorList, State]:
         n = len(params)
         lrs = per_tensor(hyper["lr"], n)

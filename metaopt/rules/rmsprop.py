@@ -9,8 +9,9 @@ Tieleman & Hinton 2012)::
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,7 +37,7 @@ class RMSpropRule:
                 "momentum_buffer": [torch.zeros_like(p) for p in params]}
 
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-              hyper: Mapping[str, Any], loss: Optional[Tensor] = None
+              hyper: Mapping[str, Any], loss: Tensor | None = None
               ) -> tuple[TensorList, State]:
         n = len(params)
         lrs = per_tensor(hyper["lr"], n)

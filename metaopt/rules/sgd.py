@@ -10,8 +10,9 @@ controller (GARO) may set them every step. Nothing is mutated; every operation i
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ class SGDRule:
         return {"momentum_buffer": [torch.zeros_like(p) for p in params]}
 
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-              hyper: Mapping[str, Any], loss: Optional[Tensor] = None
+              hyper: Mapping[str, Any], loss: Tensor | None = None
               ) -> tuple[TensorList, State]:
         n = len(params)
         lrs = per_tensor(hyper["lr"], n)

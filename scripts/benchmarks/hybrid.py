@@ -51,7 +51,7 @@ def run(args) -> list[dict]:
         hyper = {"policy": gate, "stability_lr": 1e-2}
 
         def policy_step(gate=gate, hyper=hyper):
-            feats, memory = rule.features(params, grads, loss, state, hyper, None)
+            feats, _ = rule.features(params, grads, loss, state, hyper, None)
             return bool(gate.gate(feats) > 0.5)  # the decision reaches the host
         candidates[label] = policy_step
 

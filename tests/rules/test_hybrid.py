@@ -9,8 +9,15 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from metaopt.rules.hybrid import (ConstantSwitch, HeuristicSwitch, HybridRule, secant_curvature,
-                                  lanczos_curvature, relative_progress, switch_features)
+from metaopt.rules.hybrid import (
+    ConstantSwitch,
+    HeuristicSwitch,
+    HybridRule,
+    lanczos_curvature,
+    relative_progress,
+    secant_curvature,
+    switch_features,
+)
 from metaopt.rules.nesterov_flow import NesterovFlowRule
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
@@ -187,7 +194,7 @@ def test_batched_runs_equal_separate_runs():
         return 0.5 * ((x @ a) * x).sum(1), [x @ a]
     policy = HeuristicSwitch(criteria=("gradient",), grad_threshold=0.3)
     rule_b = HybridRule(SGDRule(), RungeKuttaRule("rk4"), min_dwell=2, batched=True)
-    (xb,), sb = run(rule_b, starts, batched_grad, policy, 15)[0], None
+    (xb,) = run(rule_b, starts, batched_grad, policy, 15)[0]
     modes = []
     for i in range(3):
         (x,), states = run(HybridRule(SGDRule(), RungeKuttaRule("rk4"), min_dwell=2),
