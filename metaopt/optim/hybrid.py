@@ -156,6 +156,14 @@ class HybridGDODE(torch.optim.Optimizer):
         self.history: list[dict[str, float]] = []
 
     def add_param_group(self, param_group: dict) -> None:
+        params = param_group["params"]
+        if not isinstance(params, set):  # (torch.optim refuses sets itself)
+            params = [params] if isinstance(params, Tensor) else list(params)
+            param_group["params"] = params
+        if any(isinstance(p, Tensor) and p.is_complex() for p in params):
+            raise ValueError("params: HybridGDODE does not support complex parameters (its "
+                             "switching features order real norms and losses); optimise the "
+                             "real and imaginary parts as real tensors (torch.view_as_real)")
         for key in ("lr", "weight_decay", "ode_scale"):
             if key in param_group:
                 check_non_negative(key, param_group[key])
