@@ -14,7 +14,7 @@ loop | vectorised, on
 Inner steps per second = inner steps advanced (Σ over runs of the segment length) / wall time of
 refresh + meta-step, the two engines interleaved round by round (same seed: both trainers follow
 the same trajectory, so every round does the same work), median over rounds. Peak memory: each
-engine in a fresh process (``spawn``): peak RSS (``ru_maxrss``) during two meta-steps minus the
+engine in a fresh process (``spawn``): peak RSS (``ru_maxrss``) during one meta-step minus the
 RSS once the trainer is built, so one engine's heap never hides the other's.
 
 ``METAOPT_BENCH_COMPILE=1`` adds ``unroll.compile=true`` (``torch.compile`` of the batched rule
@@ -43,7 +43,7 @@ FAMILIES = {
         "batch_sizes": [64]},
     "(c) digits MLP, sampled architectures": {"datasets": ["digits"]},
 }
-ROUNDS = {4: 5, 32: 3, 128: 2}
+ROUNDS = {4: 3, 32: 2, 128: 1}
 
 
 def _trainer(family: str, num_tasks: int, engine: str, seed: int, compile: bool = False):
@@ -80,12 +80,11 @@ def _rss() -> int:
 
 
 def _peak_memory(family: str, num_tasks: int, engine: str, seed: int) -> float:
-    """In a fresh process: peak RSS over two meta-steps above the built trainer's RSS (MiB)."""
+    """In a fresh process: peak RSS over one meta-step above the built trainer's RSS (MiB)."""
     torch.set_num_threads(1)
     trainer = _trainer(family, num_tasks, engine, seed)
     base = _rss()
-    for _ in range(2):
-        _meta_step(trainer)
+    _meta_step(trainer)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2 ** 20
 
 
@@ -119,7 +118,8 @@ def run(args) -> list[dict]:
     if torch.device(args.device).type != "cpu":
         print("meta throughput: the configs train on the CPU; measured there")
     rows = []
-    for family in FAMILIES:
+    only = os.environ.get("METAOPT_BENCH_FAMILY")  # e.g. "(b)": one family (parallel runs)
+    for family in [f for f in FAMILIES if only is None or f.startswith(only)]:
         for n in SIZES:
             rate = _throughput(family, n, args.seed)
             memory = {e: _memory(family, n, e, args.seed) for e in ("loop", "vectorised")}
