@@ -228,11 +228,12 @@ class GARORule:
         None — touching nothing — when a gradient (or the loss) is not finite. Those values never
         reach the controller: its non-finite inputs are zeroed on such a step and its output
         discarded.
-        The controller's outputs come to the host once per step (with the finiteness flag) so
-        the updates run as foreach ops with Python scalars, tensors grouped by equal (lr,
-        momentum, weight decay); the step count and the other gradient-independent inputs are
-        read on the host first. Implemented in ``metaopt.rules.garo_runtime`` with as few tensor
-        ops as it can (small models are dispatch-bound); ``tests/rules/test_garo.py`` proves in
+        The controller's outputs come to the host once per step (with the features, whose
+        finiteness decides the skip) so the updates run as foreach ops with Python scalars,
+        tensors grouped by equal (lr, momentum, weight decay); the step count and the other
+        gradient-independent inputs are read on the host first. Implemented in
+        ``metaopt.rules.garo_runtime`` with as few tensor ops as it can (small models are
+        dispatch-bound); ``tests/rules/test_garo.py`` and ``test_garo_runtime.py`` prove in
         float64 that this path equals ``apply``.
         """
         from .garo_runtime import apply_inplace  # (it imports this module's constants)

@@ -99,3 +99,42 @@ def test_fused_norms_equal_vector_norms():
     expected = torch.stack([torch.linalg.vector_norm(t) for t in tensors])
     torch.testing.assert_close(fused_norms(tensors), expected, rtol=1e-14, atol=0)
     torch.testing.assert_close(fused_norms(tensors[1:]), expected[1:], rtol=1e-14, atol=0)
+
+
+def test_runtime_step_with_a_custom_forward_uses_it():
+    # a controller subclass that overrides forward is called through it, not the fused path
+    class Scaled(type(awake_controller())):
+        def forward(self, *args):
+            out = super().forward(*args)
+            return out._replace(lr=out.lr * 0.5)
+
+    params, loss_fn = regression()
+    base = awake_controller(features="relative")
+    custom = Scaled(**base.config).double()
+    custom.load_state_dict(base.state_dict())
+    rule = GARORule(direction="adam")
+    live, ps = [p.clone() for p in params], [p.clone() for p in params]
+    runtime = rule.init(live, custom, 1, horizon=30)
+    functional = rule.init(ps, custom, 1, horizon=30)
+    for _ in range(10):
+        for source, is_runtime in ((live, True), (ps, False)):
+            tracked = [p.detach().clone().requires_grad_() for p in source]
+            loss = loss_fn(tracked)
+            grads = list(torch.autograd.grad(loss, tracked))
+            if is_runtime:
+                runtime = rule.apply_(live, grads, runtime, {"controller": custom},
+                                      loss=loss.detach())
+            else:
+                ps, functional = rule.apply(ps, grads, functional, {"controller": custom},
+                                            loss=loss.detach())
+    assert _compare(runtime, functional, live, ps) < 1e-12
+    # and the override really ran: one step from the same start halves the stock lr
+    firsts = []
+    for controller in (custom, base):
+        start = [p.clone() for p in params]
+        tracked = [p.clone().requires_grad_() for p in params]
+        grads = list(torch.autograd.grad(loss_fn(tracked), tracked))
+        state = rule.apply_(start, grads, rule.init(start, controller, 1, horizon=30),
+                            {"controller": controller})
+        firsts.append(state["lr"])
+    torch.testing.assert_close(firsts[0], 0.5 * firsts[1], rtol=1e-12, atol=0)
