@@ -19,6 +19,7 @@ from .estimators import (
                          make_estimator,
 )
 from .inner_runs import TRAIN_TASK_SEED_LIMIT, InnerRunPool
+from .hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
 from .learned import GAROLearnedRule, LearnedRule, detach_state
 from .meta_losses import META_LOSS_KINDS, SPLITS, MetaLoss
 from .trainer import (
@@ -41,7 +42,8 @@ from .vectorised import VectorisedPool
 
 __all__ = [
     "ESTIMATORS", "META_LOSS_KINDS", "SPLITS", "TRAIN_TASK_SEED_LIMIT", "TRUNCATION_SCHEDULES",
-    "AntitheticES", "ConstantHorizon", "GAROLearnedRule", "GradientEstimator", "InnerRunPool",
+    "AntitheticES", "ConstantHorizon", "GAROLearnedRule", "HybridGAROLearnedRule",
+    "HybridLearnedRule", "GradientEstimator", "InnerRunPool",
     "LearnedRule", "LogUniformHorizon", "MetaGradient", "MetaLoss", "MetaTrainer", "PersistentES",
     "SegmentResult", "TruncatedBPTT", "VectorisedPool", "all_reduce_mean", "batch_generator", "detach_state",
     "distributed_world", "held_out_seeds", "load_training_state", "make_estimator",

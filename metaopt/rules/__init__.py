@@ -13,5 +13,12 @@ from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 __all__ = ["GradFn", "Rule", "State", "TABLEAUS", "ButcherTableau", "get_tableau",
            "RungeKuttaRule", "RungeKuttaStep", "explicit_rk_step", "AdaptiveRungeKuttaRule",
            "StepRejectedError", "error_ratio", "GradientFlowRule", "NesterovFlowRule", "GARORule"]
+from .adam import AdamRule
+from .hybrid import ConstantSwitch, HeuristicSwitch, HybridRule
+from .rmsprop import RMSpropRule
+from .sgd import SGDRule
+
+__all__ += ["SGDRule", "AdamRule", "RMSpropRule", "HybridRule", "HeuristicSwitch",
+            "ConstantSwitch"]
 __all__ += ["CurvatureProbe", "probe_curvature", "spectral_radius", "spectral_gap", "DCAORule",
             "dcao_schedule", "LanczosResult"]
