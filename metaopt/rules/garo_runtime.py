@@ -7,17 +7,19 @@ few µs whatever its size), so this path spends as few ops as it can:
 
 * one foreach norm call for the gradients and parameters, one for the update directions (a BLAS
   dot for tensors from ``_DOT_NUMEL`` elements on, ~2× faster than the norm kernel on CPU);
-* the gradient-independent inputs — step count, horizon, whether a loss was seen — are read on
-  the host first (free on CPU, tiny on GPU), so the step embedding, validity mask, progress,
-  the relative features' first-step references and Adam's bias correction are host floats,
-  and the controller's schedule is one tensor;
+* the gradient-independent inputs — step count, horizon, whether a loss was seen, the previous
+  step's features, the loss — and then the segment norms are read on the host (free on CPU;
+  on GPU the first read waits for the backward pass, as the controller's outputs must anyway),
+  so the features, step embedding, validity mask, progress, the relative features' references,
+  the ε scale and Adam's bias correction are host floats: the controller's input is two
+  tensors, and a non-finite gradient or loss skips the step before the controller runs;
 * the controller's ``runtime_forward`` (fused GRU and heads) when it is a stock
   ``GAROController``;
-* one host transfer of ``[lr, mom, wd, ε scale, features]`` (the finiteness check), then foreach updates with Python
-  scalars, tensors grouped by equal hyperparameters.
+* one host transfer of ``[lr, mom, wd]``, then foreach updates with Python scalars, tensors
+  grouped by equal hyperparameters (``torch.optim.SGD``'s fused kernel for the sgd direction).
 
-It equals ``apply`` up to rounding: ``tests/rules/test_garo.py`` checks both in float64, for both
-feature sets, both directions, with and without a loss, one and several segments.
+It equals ``apply`` up to rounding: ``tests/rules/test_garo_runtime.py`` checks it in float64,
+for both feature sets, both directions, with and without a loss, one and several segments.
 """
 from __future__ import annotations
 
@@ -57,17 +59,6 @@ def _fusable(*lists: Sequence[Tensor]) -> bool:
     return all(t.dtype == first.dtype and t.device == first.device and not t.is_sparse
                for ts in lists for t in ts) and first.is_floating_point() and \
         first.device.type in ("cpu", "cuda")
-
-
-_CONSTANTS: dict[tuple, Tensor] = {}
-
-
-def _constant(values: tuple, dtype, device) -> Tensor:
-    """A small constant tensor, made once (it is only ever read)."""
-    key = (values, dtype, device)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
-    return _CONSTANTS[key]
 
 
 def _segment_norms(norms: Tensor, ids_t: Optional[Tensor], num_segments: int) -> Tensor:
@@ -116,14 +107,10 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
         sym = [math.copysign(math.log1p(abs(host_loss)), host_loss)] * S
     else:
         sym = prev_sym
-    # signal = B + log‖g‖_s · A, column by column (SIGNAL_FEATURES order); relative features
-    # read log ‖g‖ − log ‖g_0‖, which is 0 on the first step (that step sets the reference)
-    first = 0.0 if relative and not started else 1.0
-    A = (first, 1.0, 0.0, 0.0, 0.0)
-    B = [[-ref_lg[s] if relative and started else 0.0, -prev_lg[s], sym[s], sym[s] - prev_sym[s],
-          math.log(prev_ratio[s] + _TINY)] for s in range(S)]
 
-    # 1. features, (S,) each; row 0 of the norms: gradients, row 1: parameters
+    # 1. features, per segment; row 0 of the norms: gradients, row 1: parameters. The segment
+    # norms come to the host (free on CPU; on GPU the step-count read above already waited for
+    # the backward pass), so the features are host arithmetic and one tensor.
     if grad_norms is None:
         norms = fused_norms(grads + params).view(2, n)
     else:
@@ -131,17 +118,21 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     seg = _segment_norms(norms, ids_t, S)
     if seg.dtype != dtype:
         seg = seg.to(dtype)
-    seg = seg + _TINY  # both rows are read guarded: log ‖g‖ now, ‖θ‖ in the ratio below
-    log_gnorm = torch.log(seg[0])
+    gnorms, pnorms = seg.tolist()
+    log_g = [math.log(g + _TINY) if g == g else g for g in gnorms]  # (NaN stays NaN)
+    # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
+    refs = (ref_lg if started else log_g) if relative else [0.0] * S
+    rows = [[log_g[s] - refs[s], log_g[s] - prev_lg[s], sym[s], sym[s] - prev_sym[s],
+             math.log(prev_ratio[s] + _TINY) if prev_ratio[s] == prev_ratio[s] else prev_ratio[s]]
+            for s in range(S)]
+    # A non-finite gradient or loss shows as a non-finite feature (an overflowing norm too):
+    # skip the step before anything moves; such a value never reaches the controller.
+    if not all(math.isfinite(v) for row in rows for v in row):
+        return None
+    signal = torch.tensor(rows, dtype=dtype, device=hidden.device)
+    log_gnorm = torch.tensor(log_g, dtype=dtype, device=hidden.device)
     if relative:
         extra["ref_log_grad_norm"] = state["ref_log_grad_norm"] if started else log_gnorm
-    signal = torch.addcmul(torch.tensor(B, dtype=dtype, device=hidden.device),
-                           log_gnorm.view(S, 1), _constant(A, dtype, hidden.device))
-    # A non-finite gradient or loss shows as a non-finite feature (an overflowing norm too):
-    # the host checks the raw features below and skips the step; the GRU (whose output is then
-    # discarded) reads them with non-finite entries zeroed, so it never sees such a value.
-    raw_signal = signal
-    signal = torch.nan_to_num(signal, nan=0.0, posinf=0.0, neginf=0.0)
 
     # 2. the controller
     s, h_ = float(started), float(has_loss)
@@ -166,20 +157,13 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     parts = [out.lr, out.momentum, out.weight_decay]
     eps_scales = [1.0] * S
     if relative and rule.direction == "adam":
-        if started:
-            eps_scales = [math.exp(v) for v in ref_lg]
-        else:
-            parts.append(log_gnorm.exp())
-    parts.append(raw_signal.view(-1))
-    host = torch.cat(parts).tolist()  # the one transfer
-    # Skip on a bad gradient or loss (non-finite features), and equally when the controller
-    # itself emits a non-finite lr/momentum/decay (e.g. corrupted weights): parameters must
-    # never go NaN.
+        eps_scales = [math.exp(v) for v in refs]
+    host = torch.cat(parts).tolist()
+    # Skip equally when the controller itself emits a non-finite lr/momentum/decay (e.g.
+    # corrupted weights): parameters must never go NaN.
     if not all(math.isfinite(v) for v in host):
         return None
     lrs, moms, wds = host[:S], host[S:2 * S], host[2 * S:3 * S]
-    if len(host) > 8 * S:
-        eps_scales = host[3 * S:4 * S]
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
     lr_mult = per_tensor(hyper.get("lr", 1.0), n)
@@ -241,7 +225,8 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     new = dict(hidden=out.hidden, feature_mean=out.feature_mean,
                feature_var=out.feature_var, prev_log_grad_norm=log_gnorm,
                prev_symlog_loss=signal[:, 2] if has_loss else state["prev_symlog_loss"],
-               prev_update_ratio=update_norm / seg[1],
+               prev_update_ratio=update_norm.div_(pnorms[0] + _TINY) if S == 1 else
+               update_norm / update_norm.new_tensor([p + _TINY for p in pnorms]),
                lr=out.lr, momentum=out.momentum, weight_decay=out.weight_decay)
     for key, value in extra.items():
         if value.dim():
