@@ -51,12 +51,12 @@ def test_study_runs_and_counts(scripts, tmp_path):
                          "timing_steps=2", "tuning_per_decade=1"])
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"gd_only", "ode_only", "hybrid_heuristic", "hybrid_learned",
-                         "adam_tuned", "sgd_momentum_tuned"}
+                         "hybrid_heuristic_adam", "adam_tuned", "sgd_momentum_tuned"}
     assert rows["gd_only"]["evals_total_mean"] == 40  # one gradient per GD step
     assert rows["ode_only"]["evals_total_mean"] == 160  # RK4: four per step
     assert all(0.0 <= r["global_basin"] <= 1.0 for r in rows.values())
     with open(tmp_path / "table.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
+        assert len(list(csv.DictReader(f))) == 7
     with pytest.raises(SystemExit, match="functions"):
         study.main([f"out_dir={tmp_path}", "functions=[nope]"])
     with pytest.raises(SystemExit, match="steps"):
