@@ -222,7 +222,7 @@ class GAROController(nn.Module):
     def runtime_schedule(self, valid: Sequence[float], step: int,
                          progress: Optional[Sequence[float]] = None) -> list[float]:
         """The step's inputs that do not depend on the gradient, as host floats:
-        ``valid + step_embedding(step) (+ progress)`` (``runtime_forward``'s ``schedule``).
+        ``valid + step_embedding(step) (+ progress)`` (the tail of the GRU input).
 
         The embedding is ``step_embedding``'s formula evaluated in float64 on the host.
         """
@@ -264,54 +264,58 @@ class GAROController(nn.Module):
         _FUSED[self] = (tensors, key, fused)
         return fused
 
-    def runtime_forward(self, signal: Tensor, schedule: Tensor, hidden: Tensor,
-                        feature_mean: Tensor, feature_var: Tensor,
-                        all_valid: bool = False) -> ControllerOutput:
+    def runtime_step(self, signal: Sequence[Sequence[float]], valid: Sequence[float], step: int,
+                     progress: Optional[Sequence[float]], hidden: Tensor, feature_mean: Tensor,
+                     feature_var: Tensor) -> ControllerOutput:
         """``forward`` for the runtime optimizer: the same step without a graph, in few ops.
 
-        ``schedule``: (1, D) the validity mask (0/1 floats, the same for every segment), step
-        embedding and progress (``runtime_schedule``); ``all_valid``: the mask is all ones (the
-        steady state), so it need not be applied. ``signal`` must be finite (the rule zeroes a
-        non-finite one): the mask multiplies instead of selecting. The GRU's two matrix
-        products are one, the three heads are one, so the result equals ``forward``'s up to
-        rounding (``tests/rules/test_garo.py`` checks it in float64).
+        Takes the features as host floats (``signal``: S rows in ``SIGNAL_FEATURES`` order, all
+        finite; ``valid``: the mask, the same for every segment; ``progress`` as in
+        ``runtime_schedule``) and the recurrent state as tensors. The feature statistics are
+        updated on the host (scalar arithmetic, float64), so the device runs only the GRU, whose
+        two matrix products are one, and the three heads, which are one (``_fused_weights``).
+        The result equals ``forward``'s up to rounding (``tests/controllers`` checks it in
+        float64).
         """
+        beta, clip = self.feature_decay, self.feature_clip
+        means, variances = torch.stack([feature_mean, feature_var]).tolist()
+        schedule = self.runtime_schedule(valid, step, progress)
+        inputs, new_means, new_vars = [], [], []
+        for row, mean, var in zip(signal, means, variances):
+            z = [0.0] * NUM_SIGNAL_FEATURES
+            mean, var = list(mean), list(var)
+            for k, (x, v) in enumerate(zip(row, valid)):
+                if v > 0:  # West's EMA; frozen where the feature is missing
+                    delta = x - mean[k]
+                    mean[k] += (1 - beta) * delta
+                    var[k] = beta * (var[k] + (1 - beta) * delta * delta)
+                    z[k] = min(max((x - mean[k]) / math.sqrt(var[k] + 1e-8), -clip), clip)
+            inputs.append(z + schedule)
+            new_means.append(mean)
+            new_vars.append(var)
+        dtype, device = hidden.dtype, hidden.device
+        new_mean, new_var = torch.tensor([new_means, new_vars], dtype=dtype,
+                                         device=device).unbind(0)
+        return self.runtime_forward(torch.tensor(inputs, dtype=dtype, device=device), hidden,
+                                    new_mean, new_var)
+
+    def runtime_forward(self, inputs: Tensor, hidden: Tensor, feature_mean: Tensor,
+                        feature_var: Tensor) -> ControllerOutput:
+        """The device half of ``runtime_step``: GRU and heads from the (S, I) GRU input
+        ``[z, valid, step embedding (, progress)]``; the new statistics are passed through."""
         if torch.is_grad_enabled():  # no graph (entering no_grad costs µs; the rule already has)
             with torch.no_grad():
-                return self.runtime_forward(signal, schedule, hidden, feature_mean, feature_var,
-                                            all_valid)
-        H = self.hidden_size
+                return self.runtime_forward(inputs, hidden, feature_mean, feature_var)
+        H, S = self.hidden_size, inputs.shape[0]
         gru, gru_bias, heads, heads_bias = self._fused_weights()
-        beta = self.feature_decay
-        if all_valid:
-            x = signal
-            delta = x - feature_mean
-            new_mean = feature_mean.add(delta, alpha=1 - beta)
-            new_var = torch.addcmul(feature_var, delta, delta, value=1 - beta).mul_(beta)
-        else:
-            valid = schedule[0, :NUM_SIGNAL_FEATURES]
-            x = signal * valid
-            delta = x - feature_mean
-            new_mean = torch.addcmul(feature_mean, delta, valid, value=1 - beta)
-            # where valid is 1: β(var + (1−β)δ²); where 0: var (lerp's end points are exact)
-            new_var = torch.lerp(
-                feature_var, torch.addcmul(feature_var, delta, delta, value=1 - beta).mul_(beta),
-                valid)
-        z = (x - new_mean).mul_(torch.rsqrt(new_var + 1e-8)).clamp_(-self.feature_clip,
-                                                                   self.feature_clip)
-        if not all_valid:
-            z = z.mul_(valid)
-        S = signal.shape[0]
-        if S > 1:
-            schedule = schedule.expand(S, -1)
-        gates = torch.addmm(gru_bias, torch.cat([z, schedule, hidden], dim=1), gru)
+        gates = torch.addmm(gru_bias, torch.cat([inputs, hidden], dim=1), gru)
         r, u, n_input, n_hidden = gates.view(S, 4, H).unbind(1)
         n = torch.tanh(torch.addcmul(n_input, torch.sigmoid(r), n_hidden))
         h = torch.lerp(n, hidden, torch.sigmoid(u))  # (1 − z)·n + z·h
         lr, momentum, weight_decay = torch.addmm(heads_bias, h, heads).unbind(1)
         return ControllerOutput(lr=F.softplus(lr), momentum=torch.tanh(momentum),
                                 weight_decay=F.softplus(weight_decay), hidden=h,
-                                feature_mean=new_mean, feature_var=new_var)
+                                feature_mean=feature_mean, feature_var=feature_var)
 
 
 class BoundController:

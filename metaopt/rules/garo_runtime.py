@@ -11,10 +11,10 @@ few µs whatever its size), so this path spends as few ops as it can:
   step's features, the loss — and then the segment norms are read on the host (free on CPU;
   on GPU the first read waits for the backward pass, as the controller's outputs must anyway),
   so the features, step embedding, validity mask, progress, the relative features' references,
-  the ε scale and Adam's bias correction are host floats: the controller's input is two
-  tensors, and a non-finite gradient or loss skips the step before the controller runs;
-* the controller's ``runtime_forward`` (fused GRU and heads) when it is a stock
-  ``GAROController``;
+  the ε scale and Adam's bias correction are host floats, and a non-finite gradient or loss
+  skips the step before the controller runs;
+* the controller's ``runtime_step`` (statistics on the host, fused GRU and heads on the
+  device) when it is a stock ``GAROController``;
 * one host transfer of ``[lr, mom, wd]``, then foreach updates with Python scalars, tensors
   grouped by equal hyperparameters (``torch.optim.SGD``'s fused kernel for the sgd direction).
 
@@ -129,8 +129,7 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     # skip the step before anything moves; such a value never reaches the controller.
     if not all(math.isfinite(v) for row in rows for v in row):
         return None
-    signal = torch.tensor(rows, dtype=dtype, device=hidden.device)
-    log_gnorm = torch.tensor(log_g, dtype=dtype, device=hidden.device)
+    log_gnorm, sym_t = torch.tensor([log_g, sym], dtype=dtype, device=hidden.device).unbind(0)
     if relative:
         extra["ref_log_grad_norm"] = state["ref_log_grad_norm"] if started else log_gnorm
 
@@ -143,11 +142,10 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
         known = float(horizon > 0)
         progress = [min(step / max(horizon, 1.0), 1.0) * known, known]
     if type(controller).forward is GAROController.forward:
-        schedule = torch.tensor([controller.runtime_schedule(valid, step, progress)],
-                                dtype=dtype, device=hidden.device)
-        out = controller.runtime_forward(signal, schedule, hidden, state["feature_mean"],
-                                         state["feature_var"], all_valid=min(valid) > 0)
+        out = controller.runtime_step(rows, valid, step, progress, hidden, state["feature_mean"],
+                                      state["feature_var"])
     else:  # any other controller (e.g. a BoundController) through its own forward
+        signal = torch.tensor(rows, dtype=dtype, device=hidden.device)
         args = [signal, signal.new_tensor(valid).expand(S, -1), state["step"], hidden,
                 state["feature_mean"], state["feature_var"]]
         if relative:
@@ -224,7 +222,7 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
         update_norm = update_norm.to(dtype)
     new = dict(hidden=out.hidden, feature_mean=out.feature_mean,
                feature_var=out.feature_var, prev_log_grad_norm=log_gnorm,
-               prev_symlog_loss=signal[:, 2] if has_loss else state["prev_symlog_loss"],
+               prev_symlog_loss=sym_t if has_loss else state["prev_symlog_loss"],
                prev_update_ratio=update_norm.div_(pnorms[0] + _TINY) if S == 1 else
                update_norm / update_norm.new_tensor([p + _TINY for p in pnorms]),
                lr=out.lr, momentum=out.momentum, weight_decay=out.weight_decay)

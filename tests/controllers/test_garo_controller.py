@@ -111,8 +111,8 @@ def test_invalid_controller_arguments(bad, name):
 
 @pytest.mark.parametrize("features,steady", [("seed", True), ("seed", False),
                                              ("relative", True), ("relative", False)])
-def test_runtime_forward_equals_forward_float64(features, steady):
-    # the runtime fast path (fused GRU + heads, host schedule) against the module's forward
+def test_runtime_step_equals_forward_float64(features, steady):
+    # the runtime fast path (host statistics, fused GRU + heads) against the module's forward
     c = GAROController(features=features, generator=torch.Generator().manual_seed(2)).double()
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -128,32 +128,28 @@ def test_runtime_forward_equals_forward_float64(features, steady):
     if progress:
         args.append(torch.tensor(progress, dtype=torch.float64).expand(3, -1))
     expected = c(*args)
-    schedule = torch.tensor([c.runtime_schedule(mask, 12, progress)], dtype=torch.float64)
-    got = c.runtime_forward(signal, schedule, state["hidden"], state["feature_mean"],
-                            state["feature_var"], all_valid=steady)
+    got = c.runtime_step(signal.tolist(), mask, 12, progress, state["hidden"],
+                         state["feature_mean"], state["feature_var"])
     for name, a, b in zip(expected._fields, got, expected):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14, msg=name)
+    assert not torch.is_grad_enabled() or not got.hidden.requires_grad
 
 
-def test_runtime_forward_sees_weight_changes():
+def test_runtime_step_sees_weight_changes():
     # the fused weights are cached: an in-place update, a load or a dtype move must show
     c = GAROController(generator=torch.Generator().manual_seed(5))
     signal = torch.randn(1, NUM_SIGNAL_FEATURES, generator=torch.Generator().manual_seed(6))
-    state = c.initial_state(1)
-    schedule = torch.tensor([c.runtime_schedule([1.0] * 5, 3)])
 
     def lr():
-        return c.runtime_forward(signal, schedule.to(c.head_lr.weight.dtype), state["hidden"]
-                                 .to(c.head_lr.weight.dtype), state["feature_mean"].to(
-                                     c.head_lr.weight.dtype),
-                                 state["feature_var"].to(c.head_lr.weight.dtype)).lr.item()
-    first = lr()
+        state = c.initial_state(1)
+        return c.runtime_step(signal.tolist(), [1.0] * 5, 3, None, state["hidden"],
+                              state["feature_mean"], state["feature_var"]).lr
+    first = lr().item()
     with torch.no_grad():
         c.head_lr.bias.add_(1.0)
-    assert lr() == pytest.approx(F.softplus(torch.tensor(inverse_softplus(0.01) + 1.0)).item())
+    assert lr().item() == pytest.approx(
+        F.softplus(torch.tensor(inverse_softplus(0.01) + 1.0)).item())
     c.load_state_dict(GAROController(generator=torch.Generator().manual_seed(5)).state_dict())
-    assert lr() == pytest.approx(first)
+    assert lr().item() == pytest.approx(first)
     c.double()
-    assert c.runtime_forward(signal.double(), schedule.double(), state["hidden"].double(),
-                             state["feature_mean"].double(),
-                             state["feature_var"].double()).lr.dtype == torch.float64
+    assert lr().dtype == torch.float64
