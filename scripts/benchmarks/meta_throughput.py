@@ -14,8 +14,9 @@ loop | vectorised, on
 Inner steps per second = inner steps advanced (Σ over runs of the segment length) / wall time of
 refresh + meta-step, the two engines interleaved round by round (same seed: both trainers follow
 the same trajectory, so every round does the same work), median over rounds. Peak memory: each
-engine in a fresh process (``spawn``): peak RSS (``ru_maxrss``) during one meta-step minus the
-RSS once the trainer is built, so one engine's heap never hides the other's.
+engine in a fresh process (``spawn``): peak RSS of the process (``VmHWM``; not ``ru_maxrss``,
+which keeps the forking parent's RSS across ``exec``) over one meta-step minus the RSS once the
+trainer is built, so one engine's heap never hides the other's.
 
 ``METAOPT_BENCH_COMPILE=1`` adds ``unroll.compile=true`` (``torch.compile`` of the batched rule
 step) on (a) at 32 tasks: its first meta-steps include the compilation.
@@ -23,7 +24,6 @@ step) on (a) at 32 tasks: its first meta-steps include the compilation.
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import sys
 import time
@@ -79,13 +79,19 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS (``VmHWM``, bytes)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def _peak_memory(family: str, num_tasks: int, engine: str, seed: int) -> float:
     """In a fresh process: peak RSS over one meta-step above the built trainer's RSS (MiB)."""
     torch.set_num_threads(1)
     trainer = _trainer(family, num_tasks, engine, seed)
     base = _rss()
     _meta_step(trainer)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2 ** 20
+    return (_peak_rss() - base) / 2 ** 20
 
 
 def _memory(family, num_tasks, engine, seed) -> float:
