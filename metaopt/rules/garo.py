@@ -240,8 +240,7 @@ class GARORule:
         return apply_inplace(self, params, grads, state, hyper, loss, grad_norms)
 
     # -- shared by both paths ----------------------------------------------------------------------
-    def _control(self, params, grads, state, hyper, loss, grad_norms, finite=None,
-                 param_norms=None) -> dict:
+    def _control(self, params, grads, state, hyper, loss, grad_norms) -> dict:
         """Features and the controller step (steps 1–2 of the module docstring)."""
         params, grads = list(params), list(grads)
         n = len(params)
@@ -259,9 +258,7 @@ class GARORule:
         if grad_norms is None:
             grad_norms = tensor_norms(grads)
         gnorm = segment_norms(grad_norms, ids_t, num_segments)
-        if param_norms is None:
-            param_norms = tensor_norms(params)
-        pnorm = segment_norms(param_norms, ids_t, num_segments)
+        pnorm = segment_norms(tensor_norms(params), ids_t, num_segments)
         if not self.feature_gradients:
             gnorm, pnorm = gnorm.detach(), pnorm.detach()
         ctrl_dtype = hidden.dtype
@@ -291,8 +288,6 @@ class GARORule:
                               sym - state["prev_symlog_loss"],
                               torch.log(state["prev_update_ratio"] + _TINY)], dim=1)
         valid = torch.stack([ones, started, has_loss, has_loss * had_loss, started], dim=1)
-        if finite is not None:  # a non-finite gradient must not reach the GRU, even discarded
-            signal = torch.where(finite, signal, torch.zeros_like(signal))
         args = (signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
         if relative:
             horizon = state["horizon"]
