@@ -108,7 +108,7 @@ def _median(values) -> float:
 def bench_task(spec: TaskSpec, cfg: LearnedBenchmarkConfig, out: Path) -> tuple[list, list, list]:
     family = tasks.get(spec.family, **spec.kwargs)
     seeds, T = held_out_seeds(cfg.seeds), spec.steps
-    eval_every = max(1, T // 50)
+    eval_every = max(1, T // 25)
     common = dict(task_seeds=seeds, eval_every=eval_every, track_memory=False)
     rows, runs, traces = [], [], []
     finals: dict[str, dict[int, float]] = {}
