@@ -4,11 +4,18 @@
 runtime optimizer from one; files are written by ``metaopt.checkpoint.save_checkpoint`` (the
 meta-training script exports ``optimizer.safetensors`` into its run directory).
 
-Shipped:
+Shipped (``metaopt.list_pretrained(describe=True)`` gives each one's line):
+    ``garo_general``: GARO (global GRU, hidden 16, adam direction, loss-scale invariant relative
+    features + training progress) meta-trained by ``configs/garo_general.yaml`` (seed 0, 600
+    outer steps, truncated second-order BPTT, 8 runs x 20-step truncations of 100..1000-step
+    horizons) on an augmented mixture of 12 task families; held-out-family meta-loss (log)
+    -0.39 (untrained) -> -3.21. Pass ``num_training_steps``. Measured against tuned baselines by
+    ``scripts/benchmark.py learned`` (README card).
     ``garo_quadratics``: GARO (global GRU, hidden 16, sgd direction) meta-trained by
     ``configs/garo.yaml`` (seed 0, 300 outer steps, truncated BPTT) on ill-conditioned and noisy
-    quadratics; held-out meta-loss 0.548 (untrained) -> 0.0094. A demonstration of the pipeline,
-    not a general-purpose optimizer: it has only seen quadratics.
+    quadratics (when it was trained, on the loop engine with 4 runs); held-out meta-loss 0.548
+    (untrained) -> 0.0094. Kept as the quick start's demonstration and a regression fixture, not a
+    general-purpose optimizer: it has only seen quadratics and is not loss-scale invariant.
     ``hybrid_general``: the GD/ODE switching policy (``SwitchingPolicy``, hidden 16) of a
     ``HybridGDODE`` (momentum SGD lr 0.02 / RK4 step 0.05 capped at 1/curvature), meta-trained
     by ``configs/hybrid.yaml`` (seed 0, 150 outer steps, truncated BPTT with the straight-through
