@@ -208,7 +208,8 @@ class Task(ABC):
     @classmethod
     def stack(cls, tasks: Sequence[Task]) -> TaskBatch:
         """A ``TaskBatch`` of ``tasks`` (all with this task's ``batch_key``)."""
-        raise NotImplementedError(f"{cls.__name__} has no batched form (batch_key() is None)")
+        raise TypeError(f"{cls.__name__} has no batched form: a task with a batch_key() must "
+                        f"override stack()")
 
 
 class TaskBatch(ABC):
