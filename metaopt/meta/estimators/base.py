@@ -7,6 +7,7 @@ through ES). It returns plain tensors, so a distributed trainer can all-reduce t
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,18 @@ def mean_live_loss(losses: Sequence[Tensor | None]) -> Tensor | None:
     """Mean of the segment losses of runs that did not diverge (None if none survived)."""
     live = [loss for loss in losses if loss is not None]
     return torch.stack(live).mean() if live else None
+
+
+def advance_at(pool: InnerRunPool, weights: Mapping[str, Tensor],
+               grads: dict[str, Tensor]) -> MetaGradient:
+    """Advance every run one truncation at ``weights`` (no graph) and report its meta-loss with
+    ``grads``: the last move of the gradient-free estimators (ES, PES), after their probes."""
+    with torch.no_grad():
+        segment = pool.segment(weights, differentiable=False, advance=True)
+    loss = mean_live_loss(segment.losses)
+    live = sum(x is not None for x in segment.losses)
+    return MetaGradient(math.nan if loss is None else float(loss), grads, segment.resets, live,
+                        segment.traces)
 
 
 class GradientEstimator(ABC):

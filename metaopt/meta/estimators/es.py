@@ -14,7 +14,6 @@ one truncation at ``φ`` itself (the reported meta-loss).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from ..inner_runs import InnerRunPool
 from ..learned import perturbed
-from .base import GradientEstimator, MetaGradient, mean_live_loss
+from .base import GradientEstimator, MetaGradient, advance_at
 
 
 class AntitheticES(GradientEstimator):
@@ -54,9 +53,4 @@ class AntitheticES(GradientEstimator):
             coefficient = torch.stack(diffs).mean() / (2 * self.sigma * self.num_pairs)
             for k, grad in grads.items():
                 grad += coefficient.to(grad.dtype) * noise[k]
-        with torch.no_grad():
-            segment = pool.segment(base, differentiable=False, advance=True)
-        loss = mean_live_loss(segment.losses)
-        live = sum(x is not None for x in segment.losses)
-        return MetaGradient(math.nan if loss is None else float(loss), grads, segment.resets,
-                            live, segment.traces)
+        return advance_at(pool, base, grads)

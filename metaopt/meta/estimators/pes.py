@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..inner_runs import InnerRunPool, _to_device
 from ..learned import detach_state, perturbed
-from .base import GradientEstimator, MetaGradient, mean_live_loss
+from .base import GradientEstimator, MetaGradient, advance_at
 
 
 class PersistentES(GradientEstimator):
@@ -108,12 +108,7 @@ class PersistentES(GradientEstimator):
                     grad += (scale * difference).to(grad.dtype) * xi[k]
         for i, j in dropped:  # restart the pair from the run's state after this truncation
             self._particles[i][j], self._xi[i][j] = [None, None], None
-        with torch.no_grad():
-            segment = pool.segment(base, differentiable=False, advance=True)
-        loss = mean_live_loss(segment.losses)
-        live = sum(x is not None for x in segment.losses)
-        return MetaGradient(math.nan if loss is None else float(loss), grads, segment.resets,
-                            live, segment.traces)
+        return advance_at(pool, base, grads)
 
     # -- persistence (weights_only-loadable: lists, dicts, tensors, ints, None) ---------------------
     def state_dict(self) -> dict[str, Any]:
