@@ -32,7 +32,9 @@ class DifferentiableGARO(higher.optim.DifferentiableOptimizer):
         super().__init__(other, reference_params, *args, **kwargs)
         self.rule, self.controller = other.rule, other.controller
         self.granularity, self.base_lr = other.granularity, other.base_lr
-        self.garo_state = {k: v.clone() for k, v in other.garo_state.items()}
+        # GARO keeps its recurrent state on the host; the differentiable path runs on the device
+        device = other.controller.head_lr.weight.device
+        self.garo_state = {k: v.to(device, copy=True) for k, v in other.garo_state.items()}
         self._loss = None
 
     def step(self, loss, params=None, override=None, grad_callback=None, **kwargs):

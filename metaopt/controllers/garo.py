@@ -38,8 +38,7 @@ recurrent state instead of keeping it, so ``torch.func.functional_call`` can swa
 from __future__ import annotations
 
 import math
-import weakref
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,13 +52,6 @@ NUM_SIGNAL_FEATURES = len(SIGNAL_FEATURES)
 #: progress ``t/T`` as an un-normalised input (see ``metaopt.rules.garo``).
 FEATURE_SETS = ("seed", "relative")
 NUM_PROGRESS_INPUTS = 2  # [min(t/T, 1), 1 if T is known]
-# controller -> (weights read, their (version, data_ptr), fused copies) for ``runtime_forward``;
-# weak, so it is neither pickled, deep-copied nor kept alive with the module
-_FUSED: "weakref.WeakKeyDictionary[GAROController, tuple]" = weakref.WeakKeyDictionary()
-_FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_ih"),
-                  ("cell", "bias_hh"), ("head_lr", "weight"), ("head_momentum", "weight"),
-                  ("head_weight_decay", "weight"), ("head_lr", "bias"),
-                  ("head_momentum", "bias"), ("head_weight_decay", "bias"))
 
 
 def inverse_softplus(y: float) -> float:
@@ -216,106 +208,6 @@ class GAROController(nn.Module):
             momentum=torch.tanh(self.head_momentum(h)).squeeze(1),
             weight_decay=F.softplus(self.head_weight_decay(h)).squeeze(1),
             hidden=h, feature_mean=new_mean, feature_var=new_var)
-
-
-    # -- the runtime optimizer's fast path ---------------------------------------------------------
-    def runtime_schedule(self, valid: Sequence[float], step: int,
-                         progress: Optional[Sequence[float]] = None) -> list[float]:
-        """The step's inputs that do not depend on the gradient, as host floats:
-        ``valid + step_embedding(step) (+ progress)`` (the tail of the GRU input).
-
-        The embedding is ``step_embedding``'s formula evaluated in float64 on the host.
-        """
-        phase = math.log1p(step)
-        freqs = [2.0 ** -k for k in range(self.num_step_frequencies)]
-        emb = [math.sin(phase * w) for w in freqs] + [math.cos(phase * w) for w in freqs]
-        if self.features == "relative":
-            if progress is None:
-                raise ValueError("progress: required by a controller with features='relative'")
-            return [*valid, *emb, *progress]
-        return [*valid, *emb]
-
-    def _fused_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The GRU as one ``(I + H, 4H)`` matrix and the three heads as one ``(H, 3)`` matrix.
-
-        GRU columns: the ``r`` and ``z`` pre-activations (input and hidden parts summed, biases
-        too), the input part of ``n`` and the hidden part of ``n`` (which the reset gate scales).
-        Cached; rebuilt whenever a weight is replaced, moved or changed in place (its version
-        counter moves). The tensors are read from ``_parameters`` directly: a module attribute
-        lookup costs more than the check.
-        """
-        tensors = tuple(self._modules[m]._parameters[name] for m, name in _FUSED_SOURCES)
-        key = [(t._version, t.data_ptr()) for t in tensors]
-        cached = _FUSED.get(self)
-        if cached is not None and cached[1] == key and all(
-                a is b for a, b in zip(cached[0], tensors)):
-            return cached[2]
-        H, I = self.hidden_size, self.input_size
-        with torch.no_grad():
-            w_ih, w_hh, b_ih, b_hh = (t.detach() for t in tensors[:4])
-            gru = w_ih.new_zeros(I + H, 4 * H)
-            gru[:I, :3 * H] = w_ih.t()
-            gru[I:, :2 * H] = w_hh[:2 * H].t()
-            gru[I:, 3 * H:] = w_hh[2 * H:].t()
-            gru_bias = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])
-            heads = torch.cat([t.detach() for t in tensors[4:7]]).t().contiguous()
-            heads_bias = torch.cat([t.detach() for t in tensors[7:]])
-        fused = (gru, gru_bias, heads, heads_bias)
-        _FUSED[self] = (tensors, key, fused)
-        return fused
-
-    def runtime_step(self, signal: Sequence[Sequence[float]], valid: Sequence[float], step: int,
-                     progress: Optional[Sequence[float]], hidden: Tensor, feature_mean: Tensor,
-                     feature_var: Tensor) -> ControllerOutput:
-        """``forward`` for the runtime optimizer: the same step without a graph, in few ops.
-
-        Takes the features as host floats (``signal``: S rows in ``SIGNAL_FEATURES`` order, all
-        finite; ``valid``: the mask, the same for every segment; ``progress`` as in
-        ``runtime_schedule``) and the recurrent state as tensors. The feature statistics are
-        updated on the host (scalar arithmetic, float64), so the device runs only the GRU, whose
-        two matrix products are one, and the three heads, which are one (``_fused_weights``).
-        The result equals ``forward``'s up to rounding (``tests/controllers`` checks it in
-        float64).
-        """
-        beta, clip = self.feature_decay, self.feature_clip
-        means, variances = torch.stack([feature_mean, feature_var]).tolist()
-        schedule = self.runtime_schedule(valid, step, progress)
-        inputs, new_means, new_vars = [], [], []
-        for row, mean, var in zip(signal, means, variances):
-            z = [0.0] * NUM_SIGNAL_FEATURES
-            mean, var = list(mean), list(var)
-            for k, (x, v) in enumerate(zip(row, valid)):
-                if v > 0:  # West's EMA; frozen where the feature is missing
-                    delta = x - mean[k]
-                    mean[k] += (1 - beta) * delta
-                    var[k] = beta * (var[k] + (1 - beta) * delta * delta)
-                    z[k] = min(max((x - mean[k]) / math.sqrt(var[k] + 1e-8), -clip), clip)
-            inputs.append(z + schedule)
-            new_means.append(mean)
-            new_vars.append(var)
-        dtype, device = hidden.dtype, hidden.device
-        new_mean, new_var = torch.tensor([new_means, new_vars], dtype=dtype,
-                                         device=device).unbind(0)
-        return self.runtime_forward(torch.tensor(inputs, dtype=dtype, device=device), hidden,
-                                    new_mean, new_var)
-
-    def runtime_forward(self, inputs: Tensor, hidden: Tensor, feature_mean: Tensor,
-                        feature_var: Tensor) -> ControllerOutput:
-        """The device half of ``runtime_step``: GRU and heads from the (S, I) GRU input
-        ``[z, valid, step embedding (, progress)]``; the new statistics are passed through."""
-        if torch.is_grad_enabled():  # no graph (entering no_grad costs µs; the rule already has)
-            with torch.no_grad():
-                return self.runtime_forward(inputs, hidden, feature_mean, feature_var)
-        H, S = self.hidden_size, inputs.shape[0]
-        gru, gru_bias, heads, heads_bias = self._fused_weights()
-        gates = torch.addmm(gru_bias, torch.cat([inputs, hidden], dim=1), gru)
-        r, u, n_input, n_hidden = gates.view(S, 4, H).unbind(1)
-        n = torch.tanh(torch.addcmul(n_input, torch.sigmoid(r), n_hidden))
-        h = torch.lerp(n, hidden, torch.sigmoid(u))  # (1 − z)·n + z·h
-        lr, momentum, weight_decay = torch.addmm(heads_bias, h, heads).unbind(1)
-        return ControllerOutput(lr=F.softplus(lr), momentum=torch.tanh(momentum),
-                                weight_decay=F.softplus(weight_decay), hidden=h,
-                                feature_mean=feature_mean, feature_var=feature_var)
 
 
 class BoundController:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -20,6 +21,8 @@ from torch.utils.hooks import RemovableHandle
 
 from ..controllers.garo import GAROController
 from ..rules.garo import GARORule
+from ..rules.garo_host_state import HostState
+from ..rules.garo_runtime import host_apply
 from ._rule_optimizer import check_non_negative
 
 GRANULARITIES = ("global", "group", "tensor")
@@ -86,8 +89,9 @@ class GARO(torch.optim.Optimizer):
         device = self.param_groups[0]["params"][0].device
         self.controller = controller.to(device)
         self.num_training_steps = num_training_steps
-        self.garo_state = rule.init_global(self.controller, self._num_segments(), device,
-                                           num_training_steps)  # validates num_training_steps
+        # the recurrent state lives on the host, where the controller runs (host_apply)
+        self.garo_state = rule.init_global(self.controller, self._num_segments(),
+                                           torch.device("cpu"), num_training_steps)
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped_steps, self.consecutive_skips = 0, 0
         self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
@@ -98,6 +102,20 @@ class GARO(torch.optim.Optimizer):
         """The optimizer options a checkpoint needs to rebuild this optimizer."""
         return dict(direction=self.rule.direction, granularity=self.granularity,
                     beta2=self.rule.beta2, eps=self.rule.eps)
+
+    @property
+    def garo_state(self) -> Mapping[str, Tensor]:
+        """The recurrent state as a read-only dict of (host) tensors: ``GARORule.init_global``'s
+        entries. The optimizer works on a host copy (``HostState``); this view is built from it
+        when read. Assign a whole dict to replace the state."""
+        if self._garo_tensors is None:
+            self._garo_tensors = MappingProxyType(self._host.to_tensors())
+        return self._garo_tensors
+
+    @garo_state.setter
+    def garo_state(self, state: Mapping[str, Tensor]) -> None:
+        self._host = HostState.from_tensors(dict(state))
+        self._garo_tensors = None
 
     @property
     def base_lr(self) -> float:
@@ -113,15 +131,13 @@ class GARO(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        if hasattr(self, "garo_state"):  # a late group gets fresh recurrent rows of its own
-            missing = self._num_segments() - self.garo_state["hidden"].shape[0]
+        if hasattr(self, "_host"):  # a late group gets fresh recurrent rows of its own
+            missing = self._num_segments() - self._host.num_segments
             if missing > 0:
-                fresh = self.rule.init_global(self.controller, missing,
-                                              self.garo_state["hidden"].device,
+                fresh = self.rule.init_global(self.controller, missing, torch.device("cpu"),
                                               self.num_training_steps)
-                for key, value in self.garo_state.items():
-                    if value.dim() >= 1:
-                        self.garo_state[key] = torch.cat([value, fresh[key]])
+                self.garo_state = {key: torch.cat([value, fresh[key]]) if value.dim() else value
+                                   for key, value in self.garo_state.items()}
 
     # -- hyperparameter reporting ------------------------------------------------------------------
     @property
@@ -130,19 +146,19 @@ class GARO(torch.optim.Optimizer):
 
         ``lr`` is the controller's lr_t, before the group multiplier. None before the first step.
         """
-        if int(self.garo_state["step"]) == 0:
+        if self._host.step == 0:
             return {"lr": None, "momentum": None, "weight_decay": None}
         out = {}
         for key in ("lr", "momentum", "weight_decay"):
-            values = self.garo_state[key].tolist()
+            values = list(getattr(self._host, key))
             out[key] = values[0] if self.granularity == "global" else values
         return out
 
     def register_hyperparam_hook(self, hook: HyperparamHook) -> RemovableHandle:
         """Call ``hook(optimizer, {"step", "lr", "momentum", "weight_decay"})`` after each step.
 
-        The values are the (S,) tensors of this step, left on the device: a hook that logs every
-        step decides itself whether to pay a host sync (``.tolist()``).
+        The values are the (S,) tensors of this step; they live on the host, with the rest of the
+        recurrent state (``GARORule.apply_``), so reading them costs no device sync.
         """
         handle = RemovableHandle(self._hyperparam_hooks)
         self._hyperparam_hooks[handle.id] = hook
@@ -187,16 +203,15 @@ class GARO(torch.optim.Optimizer):
                 loss_tensor = loss_tensor.to(params[0].device)
             if loss_tensor.dim():
                 loss_tensor = loss_tensor.reshape(())
-        keys = self.rule.per_tensor_keys
-        state = dict(self.garo_state)
-        for p in params:
-            if not self.state[p]:
-                self.state[p].update(self.rule.init_tensor_state(p))
-        for key in keys:
-            state[key] = [self.state[p][key] for p in params]
-        new_state = self.rule.apply_(
-            params, grads, state, {"controller": self.controller, "lr": lr, "weight_decay": wd,
-                                   "segment_ids": ids}, loss=loss_tensor)
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if not state:
+                state.update(self.rule.init_tensor_state(p))
+        buffers = {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
+        new_state = host_apply(
+            self.rule, params, grads, buffers, self._host,
+            {"controller": self.controller, "lr": lr, "weight_decay": wd, "segment_ids": ids},
+            loss=loss_tensor)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self.skipped_steps += 1
             self.consecutive_skips += 1
@@ -210,7 +225,7 @@ class GARO(torch.optim.Optimizer):
                           RuntimeWarning, stacklevel=2)
             return loss
         self.consecutive_skips = 0
-        self.garo_state = {k: v for k, v in new_state.items() if k not in keys}
+        self._host, self._garo_tensors = new_state, None
         if self._hyperparam_hooks:
             report = {"step": self.garo_state["step"], "lr": self.garo_state["lr"],
                       "momentum": self.garo_state["momentum"],
@@ -250,7 +265,7 @@ class GARO(torch.optim.Optimizer):
     def __getstate__(self):
         # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.
         return {**super().__getstate__(), "rule": self.rule, "granularity": self.granularity,
-                "controller": self.controller, "garo_state": self.garo_state,
+                "controller": self.controller, "_host": self._host, "_garo_tensors": None,
                 "skipped_steps": self.skipped_steps,
                 "consecutive_skips": self.consecutive_skips,
                 "max_consecutive_skips": self.max_consecutive_skips,

@@ -24,14 +24,18 @@ for both feature sets, both directions, with and without a loss, one and several
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..controllers.garo import GAROController
+from ..controllers.garo_host import HostOutput, host_dtype, host_step
 from .base import State, per_tensor
 from .garo import _TINY, _TINY_LOSS
+from .garo_host_state import HostState, host_array
 
 _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
 
@@ -61,109 +65,158 @@ def _fusable(*lists: Sequence[Tensor]) -> bool:
         first.device.type in ("cpu", "cuda")
 
 
-def _segment_norms(norms: Tensor, ids_t: Optional[Tensor], num_segments: int) -> Tensor:
-    """(R, S) segment 2-norms of (R, n) per-tensor norms (``ids_t`` None for one segment)."""
-    if num_segments == 1:
-        return torch.linalg.vector_norm(norms, dim=1, keepdim=True)
-    total = norms.new_zeros(norms.shape[0], num_segments)
-    return total.index_add_(1, ids_t, norms.square()).sqrt_()
+def _segment_norms(squares: Sequence[float], ids: Sequence[int], num_segments: int) -> list[float]:
+    """Segment 2-norms from per-tensor squared norms (host floats)."""
+    total = [0.0] * num_segments
+    for s, sq in zip(ids, squares):
+        total[s] += sq
+    return [math.sqrt(t) for t in total]
+
+
+def _log(x: float) -> float:
+    """``math.log`` that, like ``torch.log``, returns NaN / ±inf instead of raising."""
+    if 0 < x < math.inf:
+        return math.log(x)
+    return math.nan if x != x or x < 0 else (math.inf if x > 0 else -math.inf)
 
 
 def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
                   hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
                   grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[State]:
-    """``GARORule.apply_`` (see its docstring; it runs this under ``torch.no_grad``)."""
+    """``GARORule.apply_`` (see its docstring; it runs this under ``torch.no_grad``): the state
+    as tensors, through ``host_apply``."""
+    new = host_apply(rule, params, grads, state, HostState.from_tensors(state), hyper, loss,
+                     grad_norms)
+    if new is None:
+        return None
+    result = dict(state)
+    result.update(new.to_tensors())
+    return result
+
+
+def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
+               buffers: Mapping[str, Sequence[Tensor]], host: HostState,
+               hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
+               grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[HostState]:
+    """One in-place GARO step with the global state on the host (``HostState``).
+
+    ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
+    ``params``. Returns the new global state, or None — touching nothing — when a gradient, the
+    loss or the controller's output is not finite.
+    """
     params, grads = list(params), list(grads)
     n = len(params)
     if n == 0:
         raise ValueError("params: GARORule.apply needs at least one tensor")
     controller = hyper["controller"]
-    hidden = state["hidden"]
-    S, dtype = hidden.shape[0], hidden.dtype
+    S = host.num_segments
     ids = list(hyper.get("segment_ids") or [0] * n)
     if len(ids) != n:
         raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
-    ids_t = None if S == 1 else torch.tensor(ids, device=hidden.device)
-    relative = getattr(controller, "features", "seed") == "relative"
-
-    # Host scalars: everything that does not depend on this step's gradient (the previous
-    # step's features, the loss): scalar arithmetic on the host costs nothing, a tensor op µs.
-    step = int(state["step"])
-    started = step > 0
-    loss_seen = float(state["loss_seen"]) > 0
+    relative = host.ref_log_grad_norm is not None
+    if relative != (getattr(controller, "features", "seed") == "relative"):
+        raise ValueError("state: made for a controller with other features (init it again)")
+    np_dtype = host_dtype(host.dtype)
+    step, started, loss_seen = host.step, host.step > 0, host.loss_seen
     has_loss = loss is not None
-    prev_lg, ref_lg, prev_sym, prev_ratio = torch.stack(
-        [state["prev_log_grad_norm"], state.get("ref_log_grad_norm", state["prev_log_grad_norm"]),
-         state["prev_symlog_loss"], state["prev_update_ratio"]]).tolist()
-    extra = {}
+    ref_loss = host.ref_loss
     if has_loss:
-        value = loss if loss.dim() == 0 else loss.reshape(())
-        if value.dtype != dtype:
-            value = value.to(dtype)
-        host_loss = float(value)
+        value = float(np_dtype.type(float(loss)))  # (the loss read in the controller's dtype)
         if relative:  # symlog(L / |L_0|): the first loss seen sets the reference
-            extra["ref_loss"] = state["ref_loss"] if loss_seen else value.abs() + _TINY_LOSS
-            host_loss = host_loss / float(extra["ref_loss"])
-        sym = [math.copysign(math.log1p(abs(host_loss)), host_loss)] * S
+            if not loss_seen:
+                ref_loss = float(np_dtype.type(abs(value) + _TINY_LOSS))
+            value /= ref_loss
+        sym = [math.copysign(math.log1p(abs(value)), value)] * S
     else:
-        sym = prev_sym
+        sym = host.prev_symlog_loss
 
-    # 1. features, per segment; row 0 of the norms: gradients, row 1: parameters. The segment
-    # norms come to the host (free on CPU; on GPU the step-count read above already waited for
-    # the backward pass), so the features are host arithmetic and one tensor.
+    # 1. features, per segment, from the segment norms of gradients and parameters
     if grad_norms is None:
-        norms = fused_norms(grads + params).view(2, n)
+        norms = fused_norms(grads + params).tolist()
     else:
-        norms = torch.stack([torch.stack(list(grad_norms)), fused_norms(params)])
-    seg = _segment_norms(norms, ids_t, S)
-    if seg.dtype != dtype:
-        seg = seg.to(dtype)
-    gnorms, pnorms = seg.tolist()
-    log_g = [math.log(g + _TINY) if g == g else g for g in gnorms]  # (NaN stays NaN)
+        norms = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
+                           fused_norms(params)]).tolist()
+    squares = [v * v for v in norms]
+    gnorms, pnorms = _segment_norms(squares[:n], ids, S), _segment_norms(squares[n:], ids, S)
+    log_g = [_log(g + _TINY) for g in gnorms]  # (NaN stays NaN)
     # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
-    refs = (ref_lg if started else log_g) if relative else [0.0] * S
+    refs = (host.ref_log_grad_norm if started else log_g) if relative else [0.0] * S
+    prev_lg, prev_sym = host.prev_log_grad_norm, host.prev_symlog_loss
     rows = [[log_g[s] - refs[s], log_g[s] - prev_lg[s], sym[s], sym[s] - prev_sym[s],
-             math.log(prev_ratio[s] + _TINY) if prev_ratio[s] == prev_ratio[s] else prev_ratio[s]]
-            for s in range(S)]
+             _log(host.prev_update_ratio[s] + _TINY)] for s in range(S)]
     # A non-finite gradient or loss shows as a non-finite feature (an overflowing norm too):
     # skip the step before anything moves; such a value never reaches the controller.
     if not all(math.isfinite(v) for row in rows for v in row):
         return None
-    log_gnorm, sym_t = torch.tensor([log_g, sym], dtype=dtype, device=hidden.device).unbind(0)
-    if relative:
-        extra["ref_log_grad_norm"] = state["ref_log_grad_norm"] if started else log_gnorm
 
-    # 2. the controller
+    # 2. the controller, on the host (metaopt.controllers.garo_host)
     s, h_ = float(started), float(has_loss)
     valid = [1.0, s, h_, h_ * float(loss_seen), s]
     progress = None
     if relative:
-        horizon = float(state["horizon"])
-        known = float(horizon > 0)
-        progress = [min(step / max(horizon, 1.0), 1.0) * known, known]
+        known = float(host.horizon > 0)
+        progress = [min(step / max(host.horizon, 1.0), 1.0) * known, known]
     if type(controller).forward is GAROController.forward:
-        out = controller.runtime_step(rows, valid, step, progress, hidden, state["feature_mean"],
-                                      state["feature_var"])
+        out = host_step(controller, rows, valid, step, progress, host.hidden,
+                        host.feature_mean, host.feature_var)
     else:  # any other controller (e.g. a BoundController) through its own forward
-        signal = torch.tensor(rows, dtype=dtype, device=hidden.device)
-        args = [signal, signal.new_tensor(valid).expand(S, -1), state["step"], hidden,
-                state["feature_mean"], state["feature_var"]]
-        if relative:
-            args.append(signal.new_tensor(progress).expand(S, -1))
-        out = controller(*args)
-    # ε relative to the first gradient norm keeps the adam direction scale-free
-    parts = [out.lr, out.momentum, out.weight_decay]
-    eps_scales = [1.0] * S
-    if relative and rule.direction == "adam":
-        eps_scales = [math.exp(v) for v in refs]
-    host = torch.cat(parts).tolist()
+        out = _forward(controller, rows, valid, progress, host)
     # Skip equally when the controller itself emits a non-finite lr/momentum/decay (e.g.
     # corrupted weights): parameters must never go NaN.
-    if not all(math.isfinite(v) for v in host):
+    if not all(math.isfinite(v) for v in out.lr + out.momentum + out.weight_decay):
         return None
-    lrs, moms, wds = host[:S], host[S:2 * S], host[2 * S:3 * S]
+    segment_rows = host.rounded([log_g, sym, out.lr, out.momentum, out.weight_decay, refs])
+    # ε relative to the first gradient norm keeps the adam direction scale-free
+    eps_scales = [math.exp(r) for r in segment_rows[-1]] \
+        if relative and rule.direction == "adam" else [1.0] * S
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
+    directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, out, eps_scales,
+                                     step)
+
+    # 4. the new global state: ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature
+    update_norms = _segment_norms([(a * d) ** 2 for a, d in zip(
+        step_sizes, fused_norms(directions).tolist())], ids, S)
+    new = dict(zip(("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
+                    "ref_log_grad_norm"), segment_rows))
+    new["prev_update_ratio"] = host.rounded(
+        [u / (p + _TINY) for u, p in zip(update_norms, pnorms)])
+    new["feature_mean"], new["feature_var"] = host.rounded([out.feature_mean, out.feature_var])
+    new["hidden"] = out.hidden
+    if not relative:
+        new["ref_log_grad_norm"] = None
+    active = set(ids)
+    if len(active) < S:  # segments without tensors this step keep theirs
+        idle = [s not in active for s in range(S)]
+        for key, value in new.items():
+            old = getattr(host, key)
+            if key == "hidden":
+                new[key] = np.where(np.array(idle)[:, None], old, value)
+            elif value is not None:
+                new[key] = [o if k else v for k, v, o in zip(idle, value, old)]
+    return replace(host, step=step + 1, loss_seen=loss_seen or has_loss,
+                   ref_loss=ref_loss if relative else None, **new)
+
+
+def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
+    """A controller that is not a stock ``GAROController`` through its own ``forward``."""
+    state = host.to_tensors()
+    x = torch.tensor(rows, dtype=host.dtype, device=host.device)
+    args = [x, x.new_tensor(valid).expand(x.shape[0], -1), state["step"], state["hidden"],
+            state["feature_mean"], state["feature_var"]]
+    if progress is not None:
+        args.append(x.new_tensor(progress).expand(x.shape[0], -1))
+    out = controller(*args)
+    return HostOutput(lr=out.lr.tolist(), momentum=out.momentum.tolist(),
+                      weight_decay=out.weight_decay.tolist(),
+                      hidden=host_array(out.hidden),
+                      feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
+
+
+def _update(rule, params, grads, buffers, hyper, ids, out: HostOutput, eps_scales, step):
+    """Step 3 in place; returns (directions, step sizes |a_i|) for the update norms."""
+    n = len(params)
+    lrs, moms, wds = out.lr, out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.get("lr", 1.0), n)
     wd_mult = per_tensor(hyper.get("weight_decay", 1.0), n)
     buckets: dict[tuple, list[int]] = {}
@@ -174,7 +227,7 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     directions: list[Optional[Tensor]] = [None] * n
     step_sizes = [0.0] * n
     sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
-    momentum_buffers = state["momentum_buffer"]
+    momentum_buffers = buffers["momentum_buffer"]
     for (lr, mom, wd, eps), index in buckets.items():
         ps = [params[i] for i in index]
         gs = [grads[i] for i in index]
@@ -198,7 +251,7 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
                 torch._foreach_add_(bufs, ps, alpha=wd)
             dirs = bufs
         else:
-            vs = [state["exp_avg_sq"][i] for i in index]
+            vs = [buffers["exp_avg_sq"][i] for i in index]
             torch._foreach_mul_(vs, rule.beta2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - rule.beta2)
             # g / (√(v / c) + ε) = √c · g / (√v + ε√c), c = 1 − β₂^{t+1}: one op fewer
@@ -210,36 +263,4 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
         torch._foreach_add_(ps, dirs, alpha=-lr)
         for i, d in zip(index, dirs):
             directions[i], step_sizes[i] = d, abs(lr)
-
-    # 4. the new global state: ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature
-    direction_norms = fused_norms(directions)
-    if len(buckets) == 1 and S == 1:
-        update_norm = torch.linalg.vector_norm(direction_norms).mul_(step_sizes[0]).view(1)
-    else:
-        scaled = direction_norms * direction_norms.new_tensor(step_sizes)
-        update_norm = _segment_norms(scaled.view(1, n), ids_t, S)[0]
-    if update_norm.dtype != dtype:
-        update_norm = update_norm.to(dtype)
-    new = dict(hidden=out.hidden, feature_mean=out.feature_mean,
-               feature_var=out.feature_var, prev_log_grad_norm=log_gnorm,
-               prev_symlog_loss=sym_t if has_loss else state["prev_symlog_loss"],
-               prev_update_ratio=update_norm.div_(pnorms[0] + _TINY) if S == 1 else
-               update_norm / update_norm.new_tensor([p + _TINY for p in pnorms]),
-               lr=out.lr, momentum=out.momentum, weight_decay=out.weight_decay)
-    for key, value in extra.items():
-        if value.dim():
-            new[key] = value
-    if S > 1 and len(set(ids)) < S:  # segments without tensors this step keep theirs
-        active = torch.zeros(S, dtype=torch.bool, device=hidden.device)
-        active[ids_t] = True
-        for key, value in new.items():
-            new[key] = torch.where(active.view(-1, *([1] * (value.dim() - 1))), value,
-                                   state[key])
-    result = dict(state)
-    result.update(new)
-    result["step"] = state["step"] + 1
-    if has_loss and not loss_seen:
-        result["loss_seen"] = torch.ones_like(state["loss_seen"])
-    if "ref_loss" in extra:
-        result["ref_loss"] = extra["ref_loss"]
-    return result
+    return directions, step_sizes

@@ -1,0 +1,149 @@
+"""``GAROController.forward`` evaluated on the host (NumPy): the runtime optimizer's controller step.
+
+Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``; the math is the module
+docstring of ``metaopt.controllers.garo``, whose ``forward`` stays the reference (and the path of
+meta-training). The runtime optimizer reads its features on the host anyway (their finiteness
+decides whether a step is skipped, and its updates take Python scalars), and the controller is a
+GRU of ~16–32 units on a ~20-float input: a few thousand FLOPs. On the device that is a dozen
+kernel launches (µs each on the CPU, more on a GPU, all dispatch); on the host it is a dozen NumPy
+calls of ~1 µs, with no transfer in either direction. So the whole controller step runs here, in
+the controller's dtype (float32 or float64; other dtypes compute in float32):
+
+    z = clip((x − m') / √(v' + 1e-8), ±clip)     m', v': West's EMA, frozen where x is invalid
+    [r | u | n_x | n_h] = [z, valid, emb(t) (, progress), h] · W + b      (the GRU, fused)
+    h' = n + σ(u)·(h − n),   n = tanh(n_x + σ(r)·n_h)
+    lr, mom, wd = softplus, tanh, softplus of h'·W_heads + b_heads
+
+``tests/controllers/test_garo_controller.py`` checks it against ``forward`` in float64.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .garo import NUM_SIGNAL_FEATURES, GAROController
+
+# controller -> (weights read, their (version, data_ptr), fused host copies); weak, so it is
+# neither pickled, deep-copied nor kept alive with the module
+_FUSED: "weakref.WeakKeyDictionary[GAROController, tuple]" = weakref.WeakKeyDictionary()
+_FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_ih"),
+                  ("cell", "bias_hh"), ("head_lr", "weight"), ("head_momentum", "weight"),
+                  ("head_weight_decay", "weight"), ("head_lr", "bias"),
+                  ("head_momentum", "bias"), ("head_weight_decay", "bias"))
+_SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's: above it softplus(x) is x
+_EXP_LIMIT = 80.0
+
+
+class HostOutput(NamedTuple):
+    """One controller step on the host, ``S`` segments: host floats and one array."""
+    lr: list[float]                   # S values
+    momentum: list[float]             # S values
+    weight_decay: list[float]         # S values
+    hidden: np.ndarray                # (S, H), the controller's dtype
+    feature_mean: list[list[float]]   # S rows of NUM_SIGNAL_FEATURES
+    feature_var: list[list[float]]    # S rows of NUM_SIGNAL_FEATURES
+
+
+def host_dtype(dtype: torch.dtype) -> np.dtype:
+    """The NumPy dtype the host step computes in for a controller of ``dtype``."""
+    return np.dtype(np.float64) if dtype == torch.float64 else np.dtype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(np.minimum(-x, _EXP_LIMIT)))  # (σ(x) < 1e-34 is 1e-35 here)
+
+
+def _softplus(x: float) -> float:
+    return x if x > _SOFTPLUS_THRESHOLD else math.log1p(math.exp(x))
+
+
+def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarray]:
+    """The GRU as one ``(I + H + 1, 4H)`` matrix and the three heads as one ``(H + 1, 3)``
+    matrix, on the host, biases as their last rows (the inputs end with a 1). GRU columns: the
+    ``r`` and ``u`` pre-activations (input and hidden parts summed, biases too), the input part of
+    ``n`` and the hidden part of ``n`` (which the reset gate scales).
+
+    Cached; rebuilt whenever a weight is replaced, moved or changed in place (its version counter
+    moves). The tensors are read from ``_parameters`` directly: a module attribute lookup costs
+    more than the check.
+    """
+    tensors = tuple(controller._modules[m]._parameters[name] for m, name in _FUSED_SOURCES)
+    key = [(t._version, t.data_ptr()) for t in tensors]
+    cached = _FUSED.get(controller)
+    if cached is not None and cached[1] == key and all(
+            a is b for a, b in zip(cached[0], tensors)):
+        return cached[2]
+    H, I = controller.hidden_size, controller.input_size
+    dtype = host_dtype(tensors[0].dtype)
+    torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
+    w_ih, w_hh, b_ih, b_hh, *heads = (t.detach().to("cpu", torch_dtype).numpy()
+                                      for t in tensors)
+    gru = np.zeros((I + H + 1, 4 * H), dtype)
+    gru[:I, :3 * H] = w_ih.T
+    gru[I:I + H, :2 * H] = w_hh[:2 * H].T
+    gru[I:I + H, 3 * H:] = w_hh[2 * H:].T
+    gru[I + H] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])
+    head = np.concatenate([np.concatenate(heads[:3]).T, np.concatenate(heads[3:])[None]])
+    fused = (gru, np.ascontiguousarray(head))
+    _FUSED[controller] = (tensors, key, fused)
+    return fused
+
+
+def host_schedule(controller: GAROController, valid: Sequence[float], step: int,
+                  progress: Optional[Sequence[float]] = None) -> list[float]:
+    """The gradient-independent tail of the GRU input, as host floats:
+    ``valid + step_embedding(step) (+ progress)`` (the embedding's formula in float64)."""
+    phase = math.log1p(step)
+    freqs = [2.0 ** -k for k in range(controller.num_step_frequencies)]
+    emb = [math.sin(phase * w) for w in freqs] + [math.cos(phase * w) for w in freqs]
+    if controller.features == "relative":
+        if progress is None:
+            raise ValueError("progress: required by a controller with features='relative'")
+        return [*valid, *emb, *progress]
+    return [*valid, *emb]
+
+
+def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
+              valid: Sequence[float], step: int, progress: Optional[Sequence[float]],
+              hidden: Sequence[Sequence[float]], feature_mean: Sequence[Sequence[float]],
+              feature_var: Sequence[Sequence[float]]) -> HostOutput:
+    """``controller.forward`` on the host (module docstring), without a graph.
+
+    Args:
+        signal: S rows of NUM_SIGNAL_FEATURES raw features, all finite.
+        valid: the feature mask (NUM_SIGNAL_FEATURES floats), the same for every segment.
+        step: the number of steps taken before this one.
+        progress: ``[min(t/T, 1), T known]`` for a relative-feature controller, else None.
+        hidden, feature_mean, feature_var: S rows each, the previous recurrent state.
+
+    The feature statistics are scalar arithmetic on host floats (float64; a few per segment);
+    the GRU and the heads are one matrix product each.
+    """
+    gru, head = fused_host_weights(controller)
+    beta, clip, H = controller.feature_decay, controller.feature_clip, controller.hidden_size
+    tail = host_schedule(controller, valid, step, progress)
+    inputs, new_means, new_vars = [], [], []
+    for row, mean, var in zip(signal, feature_mean, feature_var):
+        z = [0.0] * NUM_SIGNAL_FEATURES
+        mean, var = list(mean), list(var)
+        for k, (x, v) in enumerate(zip(row, valid)):
+            if v > 0:  # West's EMA; frozen where the feature is missing
+                delta = x - mean[k]
+                mean[k] += (1 - beta) * delta
+                var[k] = beta * (var[k] + (1 - beta) * delta * delta)
+                z[k] = min(max((x - mean[k]) / math.sqrt(var[k] + 1e-8), -clip), clip)
+        inputs.append(z + tail)
+        new_means.append(mean)
+        new_vars.append(var)
+    gates = np.array([[*x, *h, 1.0] for x, h in zip(inputs, hidden)], gru.dtype) @ gru
+    gate_r, gate_u = _sigmoid(gates[:, :H]), _sigmoid(gates[:, H:2 * H])
+    n = np.tanh(gates[:, 2 * H:3 * H] + gate_r * gates[:, 3 * H:])
+    h = n + gate_u * (np.array(hidden, gru.dtype) - n)  # (1 − σ(u))·n + σ(u)·h
+    pre = (h @ head[:H] + head[H]).tolist()
+    return HostOutput(lr=[_softplus(p[0]) for p in pre], momentum=[math.tanh(p[1]) for p in pre],
+                      weight_decay=[_softplus(p[2]) for p in pre], hidden=h,
+                      feature_mean=new_means, feature_var=new_vars)

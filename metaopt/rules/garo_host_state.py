@@ -1,0 +1,92 @@
+"""GARO's recurrent state on the host: the runtime optimizer's working copy of the state dict.
+
+The global entries of ``GARORule``'s state (``init_global``: hidden state, feature statistics,
+the previous step's features, the relative features' references, the step count) are a few
+floats per segment. The runtime step reads all of them and writes all of them every step; as
+tensors that is ~20 tiny tensor ops (µs each) on a step that small models make dispatch-bound.
+``HostState`` keeps them as host floats (the hidden state as one array) and becomes the tensor
+dict only when asked (``to_tensors``: ``state_dict``, ``garo_state``, hooks).
+
+Every float is stored rounded to the state's dtype (the controller's), so ``to_tensors`` →
+``from_tensors`` is exact and a run resumed from a checkpoint continues bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..controllers.garo_host import host_dtype
+
+# entries holding one float per segment, in the order of ``rows``
+SEGMENT_KEYS = ("prev_log_grad_norm", "prev_symlog_loss", "prev_update_ratio", "lr",
+                "momentum", "weight_decay")
+
+
+def host_array(t: Tensor) -> np.ndarray:
+    """A tensor's values as a host array of ``host_dtype(t.dtype)``."""
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return t.detach().to("cpu", dtype).numpy()
+
+
+@dataclass
+class HostState:
+    """The global part of a GARO state (``GARORule.init_global``) as host values."""
+    dtype: torch.dtype
+    device: torch.device              # where ``to_tensors`` puts the tensors
+    step: int
+    loss_seen: bool
+    hidden: np.ndarray                # (S, H), ``host_dtype(dtype)``
+    feature_mean: list[list[float]]   # S rows
+    feature_var: list[list[float]]    # S rows
+    prev_log_grad_norm: list[float]
+    prev_symlog_loss: list[float]
+    prev_update_ratio: list[float]
+    lr: list[float]
+    momentum: list[float]
+    weight_decay: list[float]
+    # relative features only (None otherwise): log ‖g_0‖ per segment, |L_0|, the horizon T
+    ref_log_grad_norm: Optional[list[float]] = None
+    ref_loss: Optional[float] = None
+    horizon: Optional[float] = None
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.lr)
+
+    @classmethod
+    def from_tensors(cls, state: dict[str, Tensor]) -> "HostState":
+        """The host copy of a state dict's global entries (extra entries are ignored)."""
+        hidden = state["hidden"]
+        optional = {key: (state[key].tolist() if key in state else None)
+                    for key in ("ref_log_grad_norm", "ref_loss", "horizon")}
+        return cls(dtype=hidden.dtype, device=hidden.device, step=int(state["step"]),
+                   loss_seen=float(state["loss_seen"]) > 0,
+                   hidden=host_array(hidden).copy(),
+                   feature_mean=state["feature_mean"].tolist(),
+                   feature_var=state["feature_var"].tolist(),
+                   **{key: state[key].tolist() for key in SEGMENT_KEYS}, **optional)
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """The state dict entries (new tensors of ``dtype`` on ``device``)."""
+        def tensor(value) -> Tensor:
+            return torch.tensor(value, dtype=self.dtype, device=self.device)
+
+        out = {key: tensor(getattr(self, key)) for key in SEGMENT_KEYS}
+        out.update(hidden=torch.from_numpy(self.hidden.copy()).to(self.device, self.dtype),
+                   feature_mean=tensor(self.feature_mean), feature_var=tensor(self.feature_var),
+                   step=torch.tensor(self.step, dtype=torch.int64, device=self.device),
+                   loss_seen=tensor(float(self.loss_seen)))
+        for key in ("ref_log_grad_norm", "ref_loss", "horizon"):
+            if getattr(self, key) is not None:
+                out[key] = tensor(getattr(self, key))
+        return out
+
+    def rounded(self, values):
+        """``values`` (floats, or nested lists of floats) rounded to the state's dtype."""
+        if self.dtype == torch.float64:
+            return values
+        return np.array(values, host_dtype(self.dtype)).tolist()
