@@ -129,6 +129,9 @@ class GAROController(nn.Module):
                              2.0 ** -torch.arange(num_step_frequencies, dtype=torch.float32),
                              persistent=False)
         self.reset_parameters(generator)
+        # moves, casts and loads bump this; the runtime's host copy of the weights
+        # (metaopt.controllers.garo_host) follows it and the weights' version counters
+        self.weights_generation = 0
 
     @torch.no_grad()
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
@@ -143,6 +146,14 @@ class GAROController(nn.Module):
         self.head_lr.bias.fill_(inverse_softplus(self.init_lr))
         self.head_momentum.bias.fill_(math.atanh(self.init_momentum))
         self.head_weight_decay.bias.fill_(inverse_softplus(self.init_weight_decay))
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .double(), .cuda(): new tensors
+        self.weights_generation = getattr(self, "weights_generation", 0) + 1
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.weights_generation += 1  # (assign=True replaces the parameters)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def config(self) -> dict[str, Any]:

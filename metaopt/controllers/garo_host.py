@@ -14,7 +14,10 @@ the controller's dtype (float32 or float64; other dtypes compute in float32):
     h' = n + σ(u)·(h − n),   n = tanh(n_x + σ(r)·n_h)
     lr, mom, wd = softplus, tanh, softplus of h'·W_heads + b_heads
 
-``tests/controllers/test_garo_controller.py`` checks it against ``forward`` in float64.
+with the gates computed as ``σ(x) = (1 + tanh(x/2))/2`` (one ``tanh`` for both; the halving is
+folded into the weights).
+
+``tests/controllers/test_garo_host.py`` checks it against ``forward`` in float64.
 """
 from __future__ import annotations
 
@@ -27,15 +30,15 @@ import torch
 
 from .garo import NUM_SIGNAL_FEATURES, GAROController
 
-# controller -> (weights read, their (version, data_ptr), fused host copies); weak, so it is
-# neither pickled, deep-copied nor kept alive with the module
+# controller -> (its weights_generation, the weights read, their versions, fused host copies);
+# weak, so it is neither pickled, deep-copied nor kept alive with the module
 _FUSED: "weakref.WeakKeyDictionary[GAROController, tuple]" = weakref.WeakKeyDictionary()
 _FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_ih"),
                   ("cell", "bias_hh"), ("head_lr", "weight"), ("head_momentum", "weight"),
                   ("head_weight_decay", "weight"), ("head_lr", "bias"),
                   ("head_momentum", "bias"), ("head_weight_decay", "bias"))
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's: above it softplus(x) is x
-_EXP_LIMIT = 80.0
 
 
 class HostOutput(NamedTuple):
@@ -50,11 +53,7 @@ class HostOutput(NamedTuple):
 
 def host_dtype(dtype: torch.dtype) -> np.dtype:
     """The NumPy dtype the host step computes in for a controller of ``dtype``."""
-    return np.dtype(np.float64) if dtype == torch.float64 else np.dtype(np.float32)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(np.minimum(-x, _EXP_LIMIT)))  # (σ(x) < 1e-34 is 1e-35 here)
+    return _FLOAT64 if dtype == torch.float64 else _FLOAT32
 
 
 def _softplus(x: float) -> float:
@@ -63,33 +62,38 @@ def _softplus(x: float) -> float:
 
 def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarray]:
     """The GRU as one ``(I + H + 1, 4H)`` matrix and the three heads as one ``(H + 1, 3)``
-    matrix, on the host, biases as their last rows (the inputs end with a 1). GRU columns: the
-    ``r`` and ``u`` pre-activations (input and hidden parts summed, biases too), the input part of
-    ``n`` and the hidden part of ``n`` (which the reset gate scales).
+    matrix, on the host, biases as their last rows (the inputs end with a 1).
 
-    Cached; rebuilt whenever a weight is replaced, moved or changed in place (its version counter
-    moves). The tensors are read from ``_parameters`` directly: a module attribute lookup costs
-    more than the check.
+    GRU columns: the ``r`` and ``u`` pre-activations (input and hidden parts summed, biases too)
+    and the hidden part of ``n`` — all three halved, since ``σ(x) = (1 + tanh(x/2))/2`` turns the
+    gates into one ``tanh`` — and the input part of ``n``.
+
+    Cached; rebuilt when a weight changes in place (its version counter moves) or the controller
+    is moved, cast or loaded (``GAROController.weights_generation``). Replacing one of its
+    parameter objects by hand is not seen: load new weights with ``load_state_dict``.
     """
-    tensors = tuple(controller._modules[m]._parameters[name] for m, name in _FUSED_SOURCES)
-    key = [(t._version, t.data_ptr()) for t in tensors]
     cached = _FUSED.get(controller)
-    if cached is not None and cached[1] == key and all(
-            a is b for a, b in zip(cached[0], tensors)):
-        return cached[2]
+    if cached is not None and cached[0] == controller.weights_generation and \
+            [t._version for t in cached[1]] == cached[2]:
+        return cached[3]
+    tensors = [controller._modules[m]._parameters[name] for m, name in _FUSED_SOURCES]
     H, I = controller.hidden_size, controller.input_size
     dtype = host_dtype(tensors[0].dtype)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
     w_ih, w_hh, b_ih, b_hh, *heads = (t.detach().to("cpu", torch_dtype).numpy()
                                       for t in tensors)
     gru = np.zeros((I + H + 1, 4 * H), dtype)
-    gru[:I, :3 * H] = w_ih.T
-    gru[I:I + H, :2 * H] = w_hh[:2 * H].T
-    gru[I:I + H, 3 * H:] = w_hh[2 * H:].T
-    gru[I + H] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:], b_hh[2 * H:]])
+    gru[:I, :2 * H] = w_ih[:2 * H].T / 2
+    gru[I:I + H, :2 * H] = w_hh[:2 * H].T / 2
+    gru[I + H, :2 * H] = (b_ih[:2 * H] + b_hh[:2 * H]) / 2
+    gru[:I, 2 * H:3 * H] = w_ih[2 * H:].T
+    gru[I + H, 2 * H:3 * H] = b_ih[2 * H:]
+    gru[I:I + H, 3 * H:] = w_hh[2 * H:].T / 2
+    gru[I + H, 3 * H:] = b_hh[2 * H:] / 2
     head = np.concatenate([np.concatenate(heads[:3]).T, np.concatenate(heads[3:])[None]])
     fused = (gru, np.ascontiguousarray(head))
-    _FUSED[controller] = (tensors, key, fused)
+    _FUSED[controller] = (controller.weights_generation, tensors,
+                          [t._version for t in tensors], fused)
     return fused
 
 
@@ -140,9 +144,10 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
         new_means.append(mean)
         new_vars.append(var)
     gates = np.array([[*x, *h, 1.0] for x, h in zip(inputs, hidden)], gru.dtype) @ gru
-    gate_r, gate_u = _sigmoid(gates[:, :H]), _sigmoid(gates[:, H:2 * H])
-    n = np.tanh(gates[:, 2 * H:3 * H] + gate_r * gates[:, 3 * H:])
-    h = n + gate_u * (np.array(hidden, gru.dtype) - n)  # (1 − σ(u))·n + σ(u)·h
+    two_sigma = np.tanh(gates[:, :2 * H])  # 2σ(r), 2σ(u) once 1 is added (the columns are halved)
+    two_sigma += 1
+    n = np.tanh(gates[:, 2 * H:3 * H] + two_sigma[:, :H] * gates[:, 3 * H:])
+    h = n + two_sigma[:, H:] * (np.array(hidden, gru.dtype) - n) / 2  # (1 − σ(u))·n + σ(u)·h
     pre = (h @ head[:H] + head[H]).tolist()
     return HostOutput(lr=[_softplus(p[0]) for p in pre], momentum=[math.tanh(p[1]) for p in pre],
                       weight_decay=[_softplus(p[2]) for p in pre], hidden=h,

@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from ..controllers.garo import GAROController
 from ..rules.garo import GARORule
 from ..rules.garo_host_state import HostState
-from ..rules.garo_runtime import host_apply
+from ..rules.garo_runtime import host_apply, settle
 from ._rule_optimizer import check_non_negative
 
 GRANULARITIES = ("global", "group", "tensor")
@@ -109,6 +109,7 @@ class GARO(torch.optim.Optimizer):
         entries. The optimizer works on a host copy (``HostState``); this view is built from it
         when read. Assign a whole dict to replace the state."""
         if self._garo_tensors is None:
+            self._host = settle(self._host)
             self._garo_tensors = MappingProxyType(self._host.to_tensors())
         return self._garo_tensors
 
@@ -167,21 +168,21 @@ class GARO(torch.optim.Optimizer):
     # -- the step ----------------------------------------------------------------------------------
     def _active(self):
         params, grads, lr, wd, ids = [], [], [], [], []
-        tensor_index = 0
+        per_group, per_tensor = self.granularity == "group", self.granularity == "tensor"
+        base_lr, tensor_index = self.base_lr, 0
         for group_index, group in enumerate(self.param_groups):
+            group_lr, group_wd = group["lr"] / base_lr, group["weight_decay"]
             for p in group["params"]:
-                segment = {"global": 0, "group": group_index,
-                           "tensor": tensor_index}[self.granularity]
+                grad = p.grad
+                if grad is not None:
+                    if grad.is_sparse:
+                        raise RuntimeError("GARO does not support sparse gradients")
+                    params.append(p)
+                    grads.append(grad)
+                    lr.append(group_lr)
+                    wd.append(group_wd)
+                    ids.append(tensor_index if per_tensor else group_index if per_group else 0)
                 tensor_index += 1
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("GARO does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-                lr.append(group["lr"] / self.base_lr)
-                wd.append(group["weight_decay"])
-                ids.append(segment)
         return params, grads, lr, wd, ids
 
     @torch.no_grad()
@@ -196,13 +197,9 @@ class GARO(torch.optim.Optimizer):
         params, grads, lr, wd, ids = self._active()
         if not params:
             return loss
-        loss_tensor = None
+        loss_value = None  # (one host read; on a GPU it waits for the forward pass)
         if loss is not None:
-            loss_tensor = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
-            if loss_tensor.device != params[0].device:  # (no-op calls cost µs on small models)
-                loss_tensor = loss_tensor.to(params[0].device)
-            if loss_tensor.dim():
-                loss_tensor = loss_tensor.reshape(())
+            loss_value = float(loss.detach() if isinstance(loss, Tensor) else loss)
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
             if not state:
@@ -211,7 +208,7 @@ class GARO(torch.optim.Optimizer):
         new_state = host_apply(
             self.rule, params, grads, buffers, self._host,
             {"controller": self.controller, "lr": lr, "weight_decay": wd, "segment_ids": ids},
-            loss=loss_tensor)
+            loss=loss_value)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self.skipped_steps += 1
             self.consecutive_skips += 1
@@ -265,7 +262,7 @@ class GARO(torch.optim.Optimizer):
     def __getstate__(self):
         # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.
         return {**super().__getstate__(), "rule": self.rule, "granularity": self.granularity,
-                "controller": self.controller, "_host": self._host, "_garo_tensors": None,
+                "controller": self.controller, "_host": settle(self._host), "_garo_tensors": None,
                 "skipped_steps": self.skipped_steps,
                 "consecutive_skips": self.consecutive_skips,
                 "max_consecutive_skips": self.max_consecutive_skips,

@@ -12,6 +12,7 @@ Every float is stored rounded to the state's dtype (the controller's), so ``to_t
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +31,15 @@ def host_array(t: Tensor) -> np.ndarray:
     """A tensor's values as a host array of ``host_dtype(t.dtype)``."""
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     return t.detach().to("cpu", dtype).numpy()
+
+
+@dataclass
+class PendingUpdateNorm:
+    """A step's ``‖Δθ‖`` not read yet: what its update-ratio feature needs (``garo_runtime``)."""
+    directions: list[Tensor]   # Δθ_i = −a_i·direction_i
+    step_sizes: list[float]    # |a_i|
+    segment_ids: list[int]
+    param_norms: list[float]   # ‖θ‖_s before the step, per segment
 
 
 @dataclass
@@ -52,6 +62,9 @@ class HostState:
     ref_log_grad_norm: Optional[list[float]] = None
     ref_loss: Optional[float] = None
     horizon: Optional[float] = None
+    # the last step's update norm, when the next step reads it (``prev_update_ratio`` is then
+    # NaN for the segments that step updated)
+    pending: Optional[PendingUpdateNorm] = None
 
     @property
     def num_segments(self) -> int:
@@ -71,7 +84,10 @@ class HostState:
                    **{key: state[key].tolist() for key in SEGMENT_KEYS}, **optional)
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """The state dict entries (new tensors of ``dtype`` on ``device``)."""
+        """The state dict entries (new tensors of ``dtype`` on ``device``); a pending update
+        norm must have been read first (``garo_runtime.settle``)."""
+        if self.pending is not None:
+            raise RuntimeError("HostState.to_tensors: settle the pending update norm first")
         def tensor(value) -> Tensor:
             return torch.tensor(value, dtype=self.dtype, device=self.device)
 
@@ -85,8 +101,10 @@ class HostState:
                 out[key] = tensor(getattr(self, key))
         return out
 
-    def rounded(self, values):
-        """``values`` (floats, or nested lists of floats) rounded to the state's dtype."""
+    def rounded(self, values: list[float]) -> list[float]:
+        """``values`` rounded to the state's dtype (as its tensors would hold them)."""
         if self.dtype == torch.float64:
             return values
-        return np.array(values, host_dtype(self.dtype)).tolist()
+        if self.dtype == torch.float32:
+            return array("f", values).tolist()
+        return torch.tensor(values, dtype=self.dtype).tolist()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,9 +35,12 @@ from ..controllers.garo import GAROController
 from ..controllers.garo_host import HostOutput, host_dtype, host_step
 from .base import State, per_tensor
 from .garo import _TINY, _TINY_LOSS
-from .garo_host_state import HostState, host_array
+from .garo_host_state import HostState, PendingUpdateNorm, host_array
 
 _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
+# up to here (elements in all), the update directions of a step are kept until the next one reads
+# their norms with its own: one norm call and one host read per step instead of two
+_DEFER_NUMEL = 1 << 20
 
 
 def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
@@ -90,18 +93,18 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
     if new is None:
         return None
     result = dict(state)
-    result.update(new.to_tensors())
+    result.update(settle(new).to_tensors())
     return result
 
 
 def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                buffers: Mapping[str, Sequence[Tensor]], host: HostState,
-               hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
+               hyper: Mapping[str, Any], loss: Optional[Union[Tensor, float]] = None,
                grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[HostState]:
     """One in-place GARO step with the global state on the host (``HostState``).
 
     ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
-    ``params``. Returns the new global state, or None — touching nothing — when a gradient, the
+    ``params``; ``loss``: a scalar tensor or float. Returns the new global state, or None — touching nothing — when a gradient, the
     loss or the controller's output is not finite.
     """
     params, grads = list(params), list(grads)
@@ -130,20 +133,25 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     else:
         sym = host.prev_symlog_loss
 
-    # 1. features, per segment, from the segment norms of gradients and parameters
+    # 1. features, per segment, from the segment norms of gradients and parameters (and of the
+    # last step's directions, when it left them to be read here: ``PendingUpdateNorm``)
+    pending = host.pending
+    tensors = params + (pending.directions if pending is not None else [])
     if grad_norms is None:
-        norms = fused_norms(grads + params).tolist()
+        norms = fused_norms(grads + tensors).tolist()
     else:
         norms = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
-                           fused_norms(params)]).tolist()
-    squares = [v * v for v in norms]
+                           fused_norms(tensors)]).tolist()
+    squares = [v * v for v in norms[:2 * n]]
     gnorms, pnorms = _segment_norms(squares[:n], ids, S), _segment_norms(squares[n:], ids, S)
+    prev_ratio = host.prev_update_ratio if pending is None else \
+        update_ratios(host, norms[2 * n:])
     log_g = [_log(g + _TINY) for g in gnorms]  # (NaN stays NaN)
     # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
     refs = (host.ref_log_grad_norm if started else log_g) if relative else [0.0] * S
     prev_lg, prev_sym = host.prev_log_grad_norm, host.prev_symlog_loss
     rows = [[log_g[s] - refs[s], log_g[s] - prev_lg[s], sym[s], sym[s] - prev_sym[s],
-             _log(host.prev_update_ratio[s] + _TINY)] for s in range(S)]
+             _log(prev_ratio[s] + _TINY)] for s in range(S)]
     # A non-finite gradient or loss shows as a non-finite feature (an overflowing norm too):
     # skip the step before anything moves; such a value never reaches the controller.
     if not all(math.isfinite(v) for row in rows for v in row):
@@ -165,23 +173,34 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # corrupted weights): parameters must never go NaN.
     if not all(math.isfinite(v) for v in out.lr + out.momentum + out.weight_decay):
         return None
-    segment_rows = host.rounded([log_g, sym, out.lr, out.momentum, out.weight_decay, refs])
     # ε relative to the first gradient norm keeps the adam direction scale-free
-    eps_scales = [math.exp(r) for r in segment_rows[-1]] \
-        if relative and rule.direction == "adam" else [1.0] * S
+    eps_scales = [math.exp(r) for r in refs] if relative and rule.direction == "adam" \
+        else [1.0] * S
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
     directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, out, eps_scales,
                                      step)
 
-    # 4. the new global state: ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature
-    update_norms = _segment_norms([(a * d) ** 2 for a, d in zip(
-        step_sizes, fused_norms(directions).tolist())], ids, S)
-    new = dict(zip(("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
-                    "ref_log_grad_norm"), segment_rows))
-    new["prev_update_ratio"] = host.rounded(
-        [u / (p + _TINY) for u, p in zip(update_norms, pnorms)])
-    new["feature_mean"], new["feature_var"] = host.rounded([out.feature_mean, out.feature_var])
+    # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
+    # read by the next step with its own norms where keeping the directions costs no memory
+    # (they are the momentum buffers) or little (a small model); now otherwise.
+    pending = PendingUpdateNorm(directions, step_sizes, ids, pnorms)
+    ratios = [math.nan] * S  # (until read: ``settle``)
+    if not (all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
+            sum(d.numel() for d in directions) <= _DEFER_NUMEL):
+        ratios = update_ratios(host, fused_norms(directions).tolist(), pending)
+        pending = None
+    # every new float rounded to the state's dtype at once (what a checkpoint would hold)
+    stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
+    flat = host.rounded([*log_g, *sym, *out.lr, *out.momentum, *out.weight_decay, *ratios,
+                         *refs, *stats])
+    keys = ("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
+            "prev_update_ratio", "ref_log_grad_norm")
+    new = {key: flat[k * S:(k + 1) * S] for k, key in enumerate(keys)}
+    F = len(stats) // (2 * S)
+    stats = flat[len(keys) * S:]
+    new["feature_mean"] = [stats[s * F:(s + 1) * F] for s in range(S)]
+    new["feature_var"] = [stats[(S + s) * F:(S + s + 1) * F] for s in range(S)]
     new["hidden"] = out.hidden
     if not relative:
         new["ref_log_grad_norm"] = None
@@ -189,13 +208,38 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     if len(active) < S:  # segments without tensors this step keep theirs
         idle = [s not in active for s in range(S)]
         for key, value in new.items():
-            old = getattr(host, key)
+            old = prev_ratio if key == "prev_update_ratio" else getattr(host, key)
             if key == "hidden":
                 new[key] = np.where(np.array(idle)[:, None], old, value)
             elif value is not None:
                 new[key] = [o if k else v for k, v, o in zip(idle, value, old)]
-    return replace(host, step=step + 1, loss_seen=loss_seen or has_loss,
-                   ref_loss=ref_loss if relative else None, **new)
+    return HostState(dtype=host.dtype, device=host.device, step=step + 1,
+                     loss_seen=loss_seen or has_loss, ref_loss=ref_loss if relative else None,
+                     horizon=host.horizon, pending=pending, **new)
+
+
+def update_ratios(host: HostState, direction_norms: Sequence[float],
+                  pending: Optional[PendingUpdateNorm] = None) -> list[float]:
+    """``‖Δθ‖_s / ‖θ‖_s`` of a step (``pending``, default ``host``'s) from its directions' norms,
+    rounded to the state's dtype; segments the step did not update keep ``host``'s ratio."""
+    pending = pending or host.pending
+    S = host.num_segments
+    update_norms = _segment_norms([(a * d) ** 2 for a, d in zip(
+        pending.step_sizes, direction_norms)], pending.segment_ids, S)
+    ratios = host.rounded([u / (p + _TINY) for u, p in zip(update_norms, pending.param_norms)])
+    if S > 1:
+        active = set(pending.segment_ids)
+        ratios = [r if s in active else o for s, (r, o) in
+                  enumerate(zip(ratios, host.prev_update_ratio))]
+    return ratios
+
+
+def settle(host: HostState) -> HostState:
+    """``host`` with a pending update norm read now (what ``to_tensors`` needs)."""
+    if host.pending is None:
+        return host
+    return replace(host, prev_update_ratio=update_ratios(
+        host, fused_norms(host.pending.directions).tolist()), pending=None)
 
 
 def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:

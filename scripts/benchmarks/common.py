@@ -48,12 +48,15 @@ def synchronize(device) -> None:
 
 def time_side_by_side(candidates: dict[str, Callable[[], object]], rounds: int = 30,
                       warmup: int = 3, device=None,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+                      clock: Callable[[], float] = time.perf_counter,
+                      calls_per_sample: int = 1) -> dict[str, float]:
     """Median seconds per call of each candidate, measured round-robin.
 
-    ``clock=time.process_time`` times this process's CPU work instead of the wall (CPU device
-    only): on a loaded machine a wall-clock median penalises the longer candidate, which is
-    preempted more often.
+    ``calls_per_sample > 1`` times that many consecutive calls per sample (a training loop's
+    steady state: the candidate's code and data stay in cache from one call to the next; single
+    interleaved calls each start after another candidate's). ``clock=time.process_time`` times
+    this process's CPU work instead of the wall (CPU device only): on a loaded machine a
+    wall-clock median penalises the longer candidate, which is preempted more often.
     """
     for fn in candidates.values():
         for _ in range(warmup):
@@ -63,9 +66,10 @@ def time_side_by_side(candidates: dict[str, Callable[[], object]], rounds: int =
         for name, fn in candidates.items():
             synchronize(device)
             start = clock()
-            fn()
+            for _ in range(calls_per_sample):
+                fn()
             synchronize(device)
-            samples[name].append(clock() - start)
+            samples[name].append((clock() - start) / calls_per_sample)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

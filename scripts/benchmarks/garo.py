@@ -4,36 +4,36 @@ Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in 
 
 * ``mlp_1m``: the ~1M-parameter MLP at batch 256; GARO (seed controller; ``sgd`` and ``adam``
   directions, no loss given) against ``torch.optim.SGD(momentum=0.9, foreach=True)``. GARO's
-  extra work per step is three fused norms (gradient, parameters, update), a 32-unit GRU step on
-  a 1×16 input and one host sync.
+  extra work per step is the norms of gradients, parameters and update directions, a 32-unit
+  GRU step on the host and one host read.
 * ``char_mlp`` (the 18k-parameter character model of the learned-optimizer benchmark) and
-  ``digits_mlp`` (64-64-10 tanh) at batch 64, where the step is dispatch-bound: GARO-adam with
-  garo_general's configuration (``features="relative"``, ``init_lr=1e-3``,
-  ``init_momentum=0.5``, ``num_training_steps`` set, ``step(loss=loss)``) and GARO-sgd with the
-  seed controller (``step(loss=loss)``), against ``torch.optim.Adam(foreach=True)``; SGD-momentum
-  for reference. There GARO's cost is its fixed per-step cost (controller + features), not the
-  parameter traffic.
+  ``digits_mlp`` (64-64-10 tanh) at batch 64, where the step is dispatch-bound: the shipped
+  ``garo_general`` (adam direction, relative features, ``num_training_steps`` set,
+  ``step(loss=loss)``) and GARO-sgd with the seed controller (``step(loss=loss)``), against
+  ``torch.optim.Adam(foreach=True)``; SGD-momentum for reference. There GARO's cost is its
+  fixed per-step cost (controller + features), not the parameter traffic.
 
-Each row is timed twice, interleaved both times: wall clock (``step_ms``, ``ratio``) and, on the
-CPU, this process's CPU time (``cpu_ms``, ``cpu_ratio``). On a machine shared with other jobs
-the wall-clock median of a longer step is inflated by preemption far more than a shorter one's
-(a 4 ms step spans scheduler slices, a 1 ms step mostly does not), so ``cpu_ratio`` is the
-number to read there; on an idle machine the two agree.
+Each row is timed twice, round-robin over the candidates both times (wall clock, medians):
+single steps (``step_ms``, ``ratio``: every step starts after another candidate's, so caches are
+cold for all alike) and blocks of ``STEADY_BLOCK`` consecutive steps (``steady_ms``,
+``steady_ratio``: a training loop's steady state, where each optimizer's code stays warm). On a
+dispatch-bound step the two differ: GARO runs more distinct code per step than Adam, which
+costs it more once Adam's step is warm. (Process CPU time is no guide here: after each parallel
+region torch's OpenMP workers spin, charged to whichever step ran last.)
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
+import metaopt
 import metaopt.optim as mo
 import tasks
-from metaopt.controllers.garo import GAROController
 
 from .common import batch, make_closure, mlp_1m, time_side_by_side
 
 SMALL_BATCH = 64
 SMALL_ROUNDS_FACTOR = 10  # a small step is ~100x shorter than a 1M step: more rounds, same time
+STEADY_BLOCK = 20  # consecutive steps per steady-state sample
 
 
 def _small_models(seed: int, device):
@@ -62,18 +62,13 @@ def _step(model, opt, loss_fn, data, pass_loss: bool):
 
 
 def _timed_rows(candidates, args, rounds: int, warmup: int, baseline: str, **fields):
-    """Rows of wall-clock and CPU-time medians (interleaved) with ratios to ``baseline``."""
-    wall = time_side_by_side(candidates, rounds=rounds, warmup=warmup, device=args.device)
-    cpu_device = torch.device(args.device).type == "cpu"
-    cpu = time_side_by_side(candidates, rounds=rounds, warmup=0, device=args.device,
-                            clock=time.process_time) if cpu_device else None
-    rows = []
-    for name, t in wall.items():
-        rows.append({**fields, "optimizer": name, "baseline": baseline, "step_ms": 1e3 * t,
-                     "ratio": t / wall[baseline],
-                     "cpu_ms": 1e3 * cpu[name] if cpu else float("nan"),
-                     "cpu_ratio": cpu[name] / cpu[baseline] if cpu else float("nan")})
-    return rows
+    """Rows of single-step and steady-state medians (interleaved) with ratios to ``baseline``."""
+    single = time_side_by_side(candidates, rounds=rounds, warmup=warmup, device=args.device)
+    steady = time_side_by_side(candidates, rounds=max(3, rounds // STEADY_BLOCK * 4), warmup=0,
+                               device=args.device, calls_per_sample=STEADY_BLOCK)
+    return [{**fields, "optimizer": name, "baseline": baseline, "step_ms": 1e3 * t,
+             "ratio": t / single[baseline], "steady_ms": 1e3 * steady[name],
+             "steady_ratio": steady[name] / steady[baseline]} for name, t in single.items()]
 
 
 def _small_rows(args) -> list[dict]:
@@ -82,10 +77,8 @@ def _small_rows(args) -> list[dict]:
         "adam_foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
         "sgd_momentum_foreach": (lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9,
                                                              foreach=True), False),
-        "garo_adam_relative": (lambda ps: mo.GARO(
-            ps, direction="adam", num_training_steps=horizon,
-            controller=GAROController(features="relative", init_lr=1e-3, init_momentum=0.5)),
-            True),
+        "garo_general": (lambda ps: metaopt.load_optimizer("garo_general", ps,
+                                                            num_training_steps=horizon), True),
         "garo_sgd": (lambda ps: mo.GARO(ps), True),
     }
     rows = []

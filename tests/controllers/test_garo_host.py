@@ -68,6 +68,9 @@ def test_host_step_sees_weight_changes():
     assert lr() == pytest.approx(F.softplus(torch.tensor(inverse_softplus(0.01) + 1.0)).item())
     c.load_state_dict(GAROController(generator=torch.Generator().manual_seed(5)).state_dict())
     assert lr() == pytest.approx(first)
+    other = GAROController(init_lr=0.2).state_dict()
+    c.load_state_dict(other, assign=True)  # new parameter objects
+    assert lr() == pytest.approx(0.2)
     c.double()
     assert _host(c, signal.double(), [1.0] * 5, 3, None, c.initial_state(1)).hidden.dtype \
         == np.float64
