@@ -1,4 +1,4 @@
-"""``GAROController.forward`` evaluated on the host (NumPy): the runtime optimizer's controller step.
+"""``GAROController.forward`` on the host (NumPy): the runtime optimizer's controller step.
 
 Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``; the math is the module
 docstring of ``metaopt.controllers.garo``, whose ``forward`` stays the reference (and the path of
@@ -60,9 +60,9 @@ def _softplus(x: float) -> float:
     return x if x > _SOFTPLUS_THRESHOLD else math.log1p(math.exp(x))
 
 
-def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarray]:
-    """The GRU as one ``(I + H + 1, 4H)`` matrix and the three heads as one ``(H + 1, 3)``
-    matrix, on the host, biases as their last rows (the inputs end with a 1).
+def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The GRU as one ``(I + H + 1, 4H)`` matrix, its bias as the last row (the inputs end with
+    a 1), and the three heads as one ``(H, 3)`` matrix and its ``(3,)`` bias, on the host.
 
     GRU columns: the ``r`` and ``u`` pre-activations (input and hidden parts summed, biases too)
     and the hidden part of ``n`` — all three halved, since ``σ(x) = (1 + tanh(x/2))/2`` turns the
@@ -90,8 +90,7 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
     gru[I + H, 2 * H:3 * H] = b_ih[2 * H:]
     gru[I:I + H, 3 * H:] = w_hh[2 * H:].T / 2
     gru[I + H, 3 * H:] = b_hh[2 * H:] / 2
-    head = np.concatenate([np.concatenate(heads[:3]).T, np.concatenate(heads[3:])[None]])
-    fused = (gru, np.ascontiguousarray(head))
+    fused = (gru, np.ascontiguousarray(np.concatenate(heads[:3]).T), np.concatenate(heads[3:]))
     _FUSED[controller] = (controller.weights_generation, tensors,
                           [t._version for t in tensors], fused)
     return fused
@@ -113,7 +112,7 @@ def host_schedule(controller: GAROController, valid: Sequence[float], step: int,
 
 def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
               valid: Sequence[float], step: int, progress: Optional[Sequence[float]],
-              hidden: Sequence[Sequence[float]], feature_mean: Sequence[Sequence[float]],
+              hidden: np.ndarray, feature_mean: Sequence[Sequence[float]],
               feature_var: Sequence[Sequence[float]]) -> HostOutput:
     """``controller.forward`` on the host (module docstring), without a graph.
 
@@ -122,12 +121,13 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
         valid: the feature mask (NUM_SIGNAL_FEATURES floats), the same for every segment.
         step: the number of steps taken before this one.
         progress: ``[min(t/T, 1), T known]`` for a relative-feature controller, else None.
-        hidden, feature_mean, feature_var: S rows each, the previous recurrent state.
+        hidden: (S, H) array; feature_mean, feature_var: S rows each; the previous recurrent
+            state.
 
     The feature statistics are scalar arithmetic on host floats (float64; a few per segment);
     the GRU and the heads are one matrix product each.
     """
-    gru, head = fused_host_weights(controller)
+    gru, head, head_bias = fused_host_weights(controller)
     beta, clip, H = controller.feature_decay, controller.feature_clip, controller.hidden_size
     tail = host_schedule(controller, valid, step, progress)
     inputs, new_means, new_vars = [], [], []
@@ -143,12 +143,13 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
         inputs.append(z + tail)
         new_means.append(mean)
         new_vars.append(var)
-    gates = np.array([[*x, *h, 1.0] for x, h in zip(inputs, hidden)], gru.dtype) @ gru
+    hidden = np.asarray(hidden, gru.dtype)
+    gates = np.array([[*x, *h, 1.0] for x, h in zip(inputs, hidden.tolist())], gru.dtype) @ gru
     two_sigma = np.tanh(gates[:, :2 * H])  # 2σ(r), 2σ(u) once 1 is added (the columns are halved)
     two_sigma += 1
     n = np.tanh(gates[:, 2 * H:3 * H] + two_sigma[:, :H] * gates[:, 3 * H:])
-    h = n + two_sigma[:, H:] * (np.array(hidden, gru.dtype) - n) / 2  # (1 − σ(u))·n + σ(u)·h
-    pre = (h @ head[:H] + head[H]).tolist()
+    h = n + two_sigma[:, H:] * (hidden - n) / 2  # (1 − σ(u))·n + σ(u)·h
+    pre = (h @ head + head_bias).tolist()
     return HostOutput(lr=[_softplus(p[0]) for p in pre], momentum=[math.tanh(p[1]) for p in pre],
                       weight_decay=[_softplus(p[2]) for p in pre], hidden=h,
                       feature_mean=new_means, feature_var=new_vars)

@@ -20,15 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..controllers.garo_host import host_dtype
-
 # entries holding one float per segment, in the order of ``rows``
 SEGMENT_KEYS = ("prev_log_grad_norm", "prev_symlog_loss", "prev_update_ratio", "lr",
                 "momentum", "weight_decay")
 
 
 def host_array(t: Tensor) -> np.ndarray:
-    """A tensor's values as a host array of ``host_dtype(t.dtype)``."""
+    """A tensor's values as a host array (float64 stays float64; the rest becomes float32)."""
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     return t.detach().to("cpu", dtype).numpy()
 
@@ -49,7 +47,7 @@ class HostState:
     device: torch.device              # where ``to_tensors`` puts the tensors
     step: int
     loss_seen: bool
-    hidden: np.ndarray                # (S, H), ``host_dtype(dtype)``
+    hidden: np.ndarray                # (S, H), as ``host_array`` makes it
     feature_mean: list[list[float]]   # S rows
     feature_var: list[list[float]]    # S rows
     prev_log_grad_norm: list[float]

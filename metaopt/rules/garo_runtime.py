@@ -3,20 +3,26 @@
 Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``; the math is that of
 ``metaopt.rules.garo`` (module docstring there), which stays the reference: the pure ``apply``
 path of meta-training. On a small model a step is dispatch-bound (each tiny tensor op costs a
-few µs whatever its size), so this path spends as few ops as it can:
+few µs whatever its size, and on a warm training loop each *distinct* library entry costs more
+than its arithmetic), so this path runs as little code per step as it can:
 
-* one foreach norm call for the gradients and parameters, one for the update directions (a BLAS
-  dot for tensors from ``_DOT_NUMEL`` elements on, ~2× faster than the norm kernel on CPU);
-* the gradient-independent inputs — step count, horizon, whether a loss was seen, the previous
-  step's features, the loss — and then the segment norms are read on the host (free on CPU;
-  on GPU the first read waits for the backward pass, as the controller's outputs must anyway),
-  so the features, step embedding, validity mask, progress, the relative features' references,
+* the recurrent state stays on the host between steps (``HostState``: floats rounded to the
+  state's dtype, the hidden state one array); tensors are built only when the state is read;
+* one foreach norm call per step for the gradients, the parameters and the previous step's
+  update directions (a BLAS dot for tensors from ``_DOT_NUMEL`` elements on), and one host
+  read of the results: a step leaves its update norm to the next one (``PendingUpdateNorm``)
+  when its directions are the momentum buffers or the model is small (``_DEFER_NUMEL``), and
+  reads it itself otherwise, so keeping them never costs a large model memory;
+* the features, step embedding, validity mask, progress, the relative features' references,
   the ε scale and Adam's bias correction are host floats, and a non-finite gradient or loss
   skips the step before the controller runs;
-* the controller's ``runtime_step`` (statistics on the host, fused GRU and heads on the
-  device) when it is a stock ``GAROController``;
-* one host transfer of ``[lr, mom, wd]``, then foreach updates with Python scalars, tensors
-  grouped by equal hyperparameters (``torch.optim.SGD``'s fused kernel for the sgd direction).
+* the controller runs on the host (``metaopt.controllers.garo_host``: NumPy, fused GRU and
+  heads) when it is a stock ``GAROController``, through its own ``forward`` otherwise;
+* then foreach updates with Python scalars, tensors grouped by equal hyperparameters
+  (``torch.optim.SGD``'s fused kernel for the sgd direction).
+
+On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
+controller's inputs must) and no controller kernels.
 
 It equals ``apply`` up to rounding: ``tests/rules/test_garo_runtime.py`` checks it in float64,
 for both feature sets, both directions, with and without a loss, one and several segments.
@@ -104,8 +110,8 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     """One in-place GARO step with the global state on the host (``HostState``).
 
     ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
-    ``params``; ``loss``: a scalar tensor or float. Returns the new global state, or None — touching nothing — when a gradient, the
-    loss or the controller's output is not finite.
+    ``params``; ``loss``: a scalar tensor or float. Returns the new global state, or None —
+    touching nothing — when a gradient, the loss or the controller's output is not finite.
     """
     params, grads = list(params), list(grads)
     n = len(params)

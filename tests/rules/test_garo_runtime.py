@@ -138,3 +138,41 @@ def test_runtime_step_with_a_custom_forward_uses_it():
                             {"controller": controller})
         firsts.append(state["lr"])
     torch.testing.assert_close(firsts[0], 0.5 * firsts[1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("direction,granularity", [("adam", "global"), ("sgd", "global"),
+                                                   ("adam", "tensor")])
+def test_update_norm_read_by_the_next_step_equals_reading_it_at_once(monkeypatch, direction,
+                                                                     granularity):
+    # The runtime leaves a step's update norm for the next step's norm call when keeping the
+    # directions is cheap (garo_runtime._DEFER_NUMEL). Deferred or not, every parameter and
+    # every state entry must be the same bits — including across a state_dict mid-run and a
+    # tensor that sits out a step (its segment idle).
+    from metaopt.optim import GARO
+    from metaopt.rules import garo_runtime
+
+    params, loss_fn = regression(dtype=torch.float32)
+
+    def run(defer_numel):
+        monkeypatch.setattr(garo_runtime, "_DEFER_NUMEL", defer_numel)
+        live = [p.clone().requires_grad_() for p in params]
+        opt = GARO(live, controller=awake_controller(torch.float32, features="relative"),
+                   direction=direction, granularity=granularity, num_training_steps=12)
+        ratios = []
+        for step in range(12):
+            opt.zero_grad()
+            loss = loss_fn(live)
+            loss.backward()
+            if step == 5:
+                live[1].grad = None  # sits out this step
+            opt.step(loss=loss)
+            if step == 7:
+                ratios.append(opt.garo_state["prev_update_ratio"].clone())  # settles mid-run
+        return live, opt.state_dict(), ratios
+
+    deferred, now = run(1 << 20), run(0)
+    assert all(torch.equal(a, b) for a, b in zip(deferred[0], now[0]))
+    for key, value in now[1]["garo"]["state"].items():
+        assert torch.equal(deferred[1]["garo"]["state"][key], value), key
+    assert torch.equal(deferred[2][0], now[2][0])
+    assert torch.isfinite(now[1]["garo"]["state"]["prev_update_ratio"]).all()
