@@ -233,7 +233,8 @@ class GARO(torch.optim.Optimizer):
 
     # -- persistence -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict plus ``"garo"``: controller weights, recurrent state and counters."""
+        """torch.optim's state dict plus ``"garo"``: controller weights, recurrent state,
+        counters."""
         out = super().state_dict()
         out["garo"] = {"controller": {k: v.clone() for k, v in
                                       self.controller.state_dict().items()},
