@@ -50,6 +50,11 @@ class CNNTask(ClassificationTask):
             nn.Linear(2 * c * side_after_stride**2, self.num_classes),
         )
 
+    def batch_key(self):
+        """CNNs of one width (channels) and activation, penalty and batch size stack
+        (``SupervisedBatch``: only data and parameters differ)."""
+        return self._supervised_batch_key("cnn", self.channels, self.activation)
+
     def describe(self) -> str:
         return (
             f"{self.name}(channels={self.channels}, act={self.activation}, "

@@ -1,6 +1,6 @@
 """``VectorisedPool`` against the loop (``InnerRunPool``): the independent oracle is the sequential
 unroll, run for run. float64; a mixture of two shape groups (zero-padded quadratics of dims 3–6
-and a small MLP), log-uniform horizons (runs of one group end their segments at different steps)
+and small MLPs of widths 3–7 and two batch sizes, padded), log-uniform horizons (runs of one group end their segments at different steps)
 and a controller that makes some runs diverge and be reset in the middle of a meta-batch."""
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def mixture():
         "quadratic": {"dim": (3, 6), "condition_number": (1.0, 30.0)},
         "noisy_quadratic": {"dim": (3, 6), "condition_number": (1.0, 30.0),
                             "noise_std": (0.01, 0.3)}})
-    mlp = tasks.get("mlp", datasets=("synthetic",), width=(5, 5), depth=(1, 1),
-                    activations=("tanh",), batch_sizes=(8,), synthetic_examples=64,
-                    synthetic_features=4, synthetic_classes=3, dtype=DT)
+    mlp = tasks.get("mlp", datasets=("synthetic",), width=(3, 7), depth=(1, 1),
+                    activations=("tanh",), batch_sizes=(6, 8), synthetic_examples=64,
+                    synthetic_features=4, synthetic_classes=3, dtype=DT)  # widths, sizes pad
     return tasks.MixtureFamily([quadratics, mlp])
 
 

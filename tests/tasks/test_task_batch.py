@@ -55,13 +55,36 @@ def test_mlps_of_one_architecture_stack_exactly(split):
     assert len({t.num_train for t in batch.tasks}) > 1  # different data subsets, padded sets
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_mlps_of_sampled_widths_and_batch_sizes_stack_exactly(split, activation):
+    # widths and minibatch sizes differ within the group: MLPBatch pads both
+    family = tasks.get("mlp", datasets=("synthetic",), width=(3, 12), depth=(2, 2),
+                       activations=(activation,), batch_sizes=(8, 16, 32),
+                       synthetic_examples=80, l2=1e-3, dtype=DT)
+    batch, grads = _check_rows(family, range(6), split)
+    assert len(set(batch.widths)) > 1 and len({t.batch_size for t in batch.tasks}) > 1
+    names = list(batch.tasks[0].init_params())
+    for name, grad in zip(names, grads):  # the padding gets exactly zero gradient
+        for b, own in enumerate(batch.unstack_values(name, grad)):
+            padded = grad[b].clone()
+            padded[tuple(slice(0, n) for n in own.shape)] = 0
+            assert torch.all(padded == 0), name
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cnns_of_one_architecture_stack_exactly(split):
+    family = tasks.get("cnn_digits", channels=(3, 3), activations=("relu",), batch_sizes=(16,),
+                       dtype=DT)
+    _check_rows(family, range(3), split)
+
+
 def test_keys_separate_architectures():
     family = tasks.get("mlp", datasets=("synthetic",), width=(4, 32), dtype=DT)
-    group = [family.sample_seed(s) for s in range(6)]
+    group = [family.sample_seed(s) for s in range(12)]
     keys = [t.batch_key() for t in group]
     for a, ka in zip(group, keys):
-        for b, kb in zip(group, keys):
-            same = (a.width, a.depth, a.activation, a.batch_size) == \
-                   (b.width, b.depth, b.activation, b.batch_size)
-            assert (ka == kb) == same
+        for b, kb in zip(group, keys):  # widths and batch sizes pad; depth and activation don't
+            assert (ka == kb) == ((a.depth, a.activation) == (b.depth, b.activation))
+    assert len(set(keys)) < len({(t.width, t.batch_size) for t in group})
     assert tasks.get("rosenbrock").sample_seed(0).batch_key() is None
