@@ -29,12 +29,14 @@ _FUNCTIONAL = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
 class MLPTask(ClassificationTask):
     """``Linear(d, w) -> act -> [Linear(w, w) -> act] * (depth - 1) -> Linear(w, C)``."""
 
-    def __init__(self, data, *, width: int, depth: int, activation: str, **kwargs):
+    def __init__(self, data, *, width: int, depth: int, activation: str, padding: bool = False,
+                 **kwargs):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         if depth < 1 or width < 1:
             raise ValueError(f"need depth >= 1 and width >= 1, got depth={depth}, width={width}")
         self.width, self.depth, self.activation = int(width), int(depth), activation
+        self.padding = bool(padding)
         super().__init__(data, **kwargs)
 
     def build_module(self) -> nn.Module:
@@ -47,10 +49,13 @@ class MLPTask(ClassificationTask):
         return nn.Sequential(*layers)
 
     def batch_key(self):
-        """MLPs of one depth and activation on data of one shape stack, whatever their widths
-        and batch sizes (``MLPBatch`` pads both exactly)."""
+        """MLPs of one architecture (depth, activation, width) and minibatch size on data of one
+        shape stack; with ``padding``, whatever their widths and minibatch sizes (``MLPBatch``
+        pads both exactly, trading memory and padded arithmetic for larger groups)."""
+        sizes = None if self.padding else (self.width, min(self.batch_size, self.num_train),
+                                           min(self.batch_size, int(self.x_test.shape[0])))
         return (MLPTask, self.depth, self.activation, self.num_features, self.num_classes,
-                self.l2, self.l1, self.device, self.dtype)
+                self.l2, self.l1, sizes, self.device, self.dtype)
 
     @classmethod
     def stack(cls, tasks: Sequence[MLPTask]) -> MLPBatch:
@@ -64,7 +69,8 @@ class MLPTask(ClassificationTask):
 
 
 class MLPBatch(TaskBatch):
-    """MLPs of one depth and activation, hidden widths and minibatch sizes padded to the largest.
+    """MLPs of one depth and activation; hidden widths and minibatch sizes padded to the largest
+    (none to pad unless the tasks were built with ``padding``: see ``MLPTask.batch_key``).
 
     Task ``b``'s parameters sit in the top-left corner of the padded ones (``W`` hidden units, the
     group's largest width); the rest is zero. The padding is exact: a padded unit has zero
@@ -161,7 +167,12 @@ class MLPBatch(TaskBatch):
 class MLPFamily(TaskFamily):
     """Samples dataset (``datasets``: "digits", "breast_cancer", "wine", "synthetic"), width in
     ``width`` (log-uniform integers), depth in ``depth`` (uniform integers), activation from
-    ``activations``, batch size from ``batch_sizes`` and a training subset fraction."""
+    ``activations``, batch size from ``batch_sizes`` and a training subset fraction.
+
+    ``padding``: vectorised meta-training groups the sampled MLPs by depth and activation only,
+    padding widths and minibatch sizes (``MLPBatch``): larger groups, paid for in memory and
+    padded arithmetic (``scripts/benchmark.py meta_throughput`` measures both). Off: groups of
+    one architecture and minibatch size."""
 
     name = "mlp"
 
@@ -178,11 +189,15 @@ class MLPFamily(TaskFamily):
         synthetic_examples: int = 512,
         synthetic_features: int = 16,
         synthetic_classes: int = 4,
+        padding: bool = False,
         *,
         device=None,
         dtype=None,
     ):
         super().__init__(device=device, dtype=dtype)
+        if not isinstance(padding, bool):
+            raise ValueError(f"padding: must be true or false, got {padding!r}")
+        self.padding = padding
         if isinstance(datasets, str):
             datasets = (datasets,)
         if isinstance(activations, str):
@@ -219,6 +234,7 @@ class MLPFamily(TaskFamily):
             batch_size=sample_choice(generator, self.batch_sizes),
             init_seed=int(torch.randint(2**31 - 1, (), generator=generator)),
             l2=self.l2,
+            padding=self.padding,
             name=f"mlp_{dataset}",
             **self._task_kwargs(),
         )

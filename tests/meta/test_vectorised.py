@@ -32,7 +32,8 @@ def mixture():
                             "noise_std": (0.01, 0.3)}})
     mlp = tasks.get("mlp", datasets=("synthetic",), width=(3, 7), depth=(1, 1),
                     activations=("tanh",), batch_sizes=(6, 8), synthetic_examples=64,
-                    synthetic_features=4, synthetic_classes=3, dtype=DT)  # widths, sizes pad
+                    synthetic_features=4, synthetic_classes=3, padding=True,
+                    dtype=DT)  # widths and batch sizes padded
     return tasks.MixtureFamily([quadratics, mlp])
 
 
