@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from metaopt.task import Batch, TaskBatch, TaskFamily, sample_choice, sample_int_log_uniform
 
 from .data import REAL_DATASETS, load_real, make_blobs, minibatch, split_and_standardize
-from .supervised import ClassificationTask, SupervisedBatch
+from .supervised import ClassificationTask, stack_padded
 
 __all__ = ["ACTIVATIONS", "MLPBatch", "MLPFamily", "MLPTask"]
 
@@ -92,9 +92,8 @@ class MLPBatch(TaskBatch):
         self.widths = [t.width for t in self.tasks]
         self.width = max(self.widths)
         self.l2, self.l1 = first.l2, first.l1
-        self.x_train, self.y_train = SupervisedBatch._pad([(t.x_train, t.y_train)
-                                                           for t in self.tasks])
-        self.x_test, self.y_test = SupervisedBatch._pad([(t.x_test, t.y_test) for t in self.tasks])
+        self.x_train, self.y_train = stack_padded([(t.x_train, t.y_train) for t in self.tasks])
+        self.x_test, self.y_test = stack_padded([(t.x_test, t.y_test) for t in self.tasks])
 
     def select(self, rows):
         out = super().select(rows)

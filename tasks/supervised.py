@@ -26,7 +26,8 @@ from metaopt.task import (
 
 from .data import SplitData, minibatch
 
-__all__ = ["ClassificationTask", "SupervisedBatch", "SupervisedTask", "weight_penalty"]
+__all__ = ["ClassificationTask", "SupervisedBatch", "SupervisedTask", "stack_padded",
+           "weight_penalty"]
 
 
 def weight_penalty(model: nn.Module, l2: float = 0.0, l1: float = 0.0) -> Tensor | float:
@@ -128,6 +129,17 @@ class SupervisedTask(ModuleTask):
         return SupervisedBatch(tasks)
 
 
+def stack_padded(pairs: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Per-task data sets ``(x, y)`` stacked, each padded with zero rows to the longest (the
+    padding is never drawn: ``minibatch`` indexes below a task's own size)."""
+    rows = max(int(x.shape[0]) for x, _ in pairs)
+    xs = torch.stack([torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
+                      for x, _ in pairs])
+    ys = torch.stack([torch.cat([y, y.new_zeros(rows - y.shape[0], *y.shape[1:])])
+                      for _, y in pairs])
+    return xs, ys
+
+
 class SupervisedBatch(TaskBatch):
     """Supervised tasks of one architecture, batched by ``torch.func.vmap`` of the first task's
     functional loss (tasks of one ``batch_key`` differ only in data and parameters).
@@ -141,18 +153,9 @@ class SupervisedBatch(TaskBatch):
 
     def __init__(self, tasks: Sequence[SupervisedTask]):
         super().__init__(tasks)
-        self.x_train, self.y_train = self._pad([(t.x_train, t.y_train) for t in self.tasks])
-        self.x_test, self.y_test = self._pad([(t.x_test, t.y_test) for t in self.tasks])
+        self.x_train, self.y_train = stack_padded([(t.x_train, t.y_train) for t in self.tasks])
+        self.x_test, self.y_test = stack_padded([(t.x_test, t.y_test) for t in self.tasks])
         self._loss = torch.func.vmap(self.tasks[0].loss)
-
-    @staticmethod
-    def _pad(pairs):
-        rows = max(int(x.shape[0]) for x, _ in pairs)
-        xs = torch.stack([torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
-                          for x, _ in pairs])
-        ys = torch.stack([torch.cat([y, y.new_zeros(rows - y.shape[0], *y.shape[1:])])
-                          for _, y in pairs])
-        return xs, ys
 
     def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         return self._loss(dict(params), batch)
