@@ -304,9 +304,14 @@ class ModuleTask(Task):
         """The architecture, with arbitrary parameter values. Called under ``torch.device("meta")``
         so that constructing layers never consumes the global RNG."""
 
-    @abstractmethod
     def init_params(self, generator: torch.Generator | None = None) -> Params:
-        ...
+        """The architecture's fan-in-uniform initialisation (``fan_in_uniform_init``), drawn from
+        ``generator`` or, for the canonical initial point, from the task's ``init_seed``
+        (families that sample tasks set it; override for another initialisation)."""
+        if generator is None:
+            generator = generator_from_seed(self.init_seed)
+        params = fan_in_uniform_init(self._template().model, generator)
+        return {name: self._to(value) for name, value in params.items()}
 
     def _template(self) -> _ModuleObjective:
         template = getattr(self, "_template_objective", None)

@@ -28,9 +28,7 @@ from torch import Tensor, nn
 from metaopt.task import (
     Batch,
     ModuleTask,
-    Params,
     TaskFamily,
-    fan_in_uniform_init,
     generator_from_seed,
 )
 
@@ -112,12 +110,6 @@ class CharMLPTask(ModuleTask):
     def module_loss(self, module: nn.Module, batch: Batch) -> Tensor:
         x, y = batch
         return F.cross_entropy(module(x), y)
-
-    def init_params(self, generator: torch.Generator | None = None) -> Params:
-        if generator is None:
-            generator = generator_from_seed(self.init_seed)
-        params = fan_in_uniform_init(self._template().model, generator)
-        return {name: self._to(value) for name, value in params.items()}
 
     def train_batch(self, generator: torch.Generator) -> Batch:
         return self._windows(self.train_text, self._starts(self.train_text, self.batch_size, generator))

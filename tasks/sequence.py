@@ -34,11 +34,8 @@ from torch import Tensor, nn
 from metaopt.task import (
     Batch,
     ModuleTask,
-    Params,
     TaskBatch,
     TaskFamily,
-    fan_in_uniform_init,
-    generator_from_seed,
     sample_choice,
     sample_int_log_uniform,
 )
@@ -154,12 +151,6 @@ class SequenceTask(ModuleTask):
                                  reduction="none")
         weights = mask.reshape(-1).to(losses.dtype)
         return (losses * weights).sum() / weights.sum()
-
-    def init_params(self, generator: torch.Generator | None = None) -> Params:
-        if generator is None:
-            generator = generator_from_seed(self.init_seed)
-        params = fan_in_uniform_init(self._template().model, generator)
-        return {name: self._to(value) for name, value in params.items()}
 
     def _select(self, data, generator: torch.Generator) -> Batch:
         index = minibatch(generator, int(data[0].shape[0]), self.batch_size).to(self.device)

@@ -18,10 +18,7 @@ from torch import Tensor, nn
 from metaopt.task import (
     Batch,
     ModuleTask,
-    Params,
     TaskBatch,
-    fan_in_uniform_init,
-    generator_from_seed,
 )
 
 from .data import SplitData, minibatch
@@ -89,12 +86,6 @@ class SupervisedTask(ModuleTask):
     def module_loss(self, module: nn.Module, batch: Batch) -> Tensor:
         x, y = batch
         return self.data_loss(module(x), y) + weight_penalty(module, self.l2, self.l1)
-
-    def init_params(self, generator: torch.Generator | None = None) -> Params:
-        if generator is None:
-            generator = generator_from_seed(self.init_seed)
-        params = fan_in_uniform_init(self._template().model, generator)
-        return {name: self._to(value) for name, value in params.items()}
 
     def train_batch(self, generator: torch.Generator) -> Batch:
         index = minibatch(generator, self.num_train, self.batch_size).to(self.device)
