@@ -110,35 +110,33 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
 
     functions = [p.function for p in cfg.problems]
 
-    def draw(*axes):
-        for ax, name in zip(axes, functions):
-            for spec in cfg.optimizers:
-                pts = [r for r in rows if r["function"] == name and r["optimizer"] == spec.label]
-                tuned = pts[0]["lr"] / (1 + pts[0]["relative"])
-                ax.plot([100 * r["relative"] for r in pts],
-                        [r["final_loss"] if math.isfinite(r["final_loss"]) else math.nan
-                         for r in pts], "o-", label=f"{spec.label} (lr*={tuned:.3g})")
-            ax.set_yscale("log")
-            ax.set_xlabel("lr change from the tuned lr (%)")
-            ax.set_ylabel(f"final loss after {cfg.steps} steps")
-            ax.set_title(f"{name} (gaps = overflow)")
-            ax.legend(fontsize="small")
-    save_figure(out_dir / "sensitivity.png", draw, ncols=len(functions), logger=logger)
+    def panels(table, x, xlabel, title, label, xscale=None):
+        """One panel per function: final loss against ``x(row)`` per optimizer (gaps: overflow)."""
+        def draw(*axes):
+            for ax, name in zip(axes, functions):
+                for spec in cfg.optimizers:
+                    pts = [r for r in table
+                           if r["function"] == name and r["optimizer"] == spec.label]
+                    ax.plot([x(r) for r in pts],
+                            [r["final_loss"] if math.isfinite(r["final_loss"]) else math.nan
+                             for r in pts], "o-", label=label(spec, pts))
+                if xscale:
+                    ax.set_xscale(xscale)
+                ax.set_yscale("log")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(f"final loss after {cfg.steps} steps")
+                ax.set_title(title.format(name))
+                ax.legend(fontsize="small")
+        return draw
 
-    def draw_tuning(*axes):
-        for ax, name in zip(axes, functions):
-            for spec in cfg.optimizers:
-                pts = [r for r in tuning if r["function"] == name and r["optimizer"] == spec.label]
-                ax.plot([r["lr"] for r in pts], [r["final_loss"] if math.isfinite(r["final_loss"])
-                                                 else math.nan for r in pts], "o-",
-                        label=spec.label)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel(f"final loss after {cfg.steps} steps")
-            ax.set_title(f"{name}: lr grid (gaps = overflow)")
-            ax.legend(fontsize="small")
-    save_figure(out_dir / "tuning.png", draw_tuning, ncols=len(functions), logger=logger)
+    save_figure(out_dir / "sensitivity.png", panels(
+        rows, lambda r: 100 * r["relative"], "lr change from the tuned lr (%)",
+        "{} (gaps = overflow)",
+        lambda spec, pts: f"{spec.label} (lr*={pts[0]['lr'] / (1 + pts[0]['relative']):.3g})"),
+        ncols=len(functions), logger=logger)
+    save_figure(out_dir / "tuning.png", panels(
+        tuning, lambda r: r["lr"], "learning rate", "{}: lr grid (gaps = overflow)",
+        lambda spec, pts: spec.label, xscale="log"), ncols=len(functions), logger=logger)
 
     for i, s in enumerate(summary):
         logger.log({f"{s['function']}/{s['optimizer']}/final_loss_ratio":
