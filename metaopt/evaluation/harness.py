@@ -17,6 +17,9 @@ Divergence: the step's loss (or a full-batch evaluation) is non-finite, or
 raised ``OverflowError`` / ``RuntimeError`` / ``FloatingPointError`` (optimizers that refuse
 non-finite values), or a parameter became non-finite.
 
+Losses are measured where the optimizer says its solution is: inside ``evaluation_mode``
+(``optimizer.eval()`` ... ``optimizer.train()`` for schedule-free optimizers, else a no-op).
+
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the run (``memory_method =
 "cuda_max_memory_allocated"``); on CPU, ``tracemalloc``'s peak (``"tracemalloc"``), which sees the
 Python heap but not tensor storage (PyTorch's CPU allocator bypasses it). For a device-independent
@@ -35,6 +38,7 @@ import torch
 
 from metaopt.task import Task, TaskFamily, generator_from_seed
 
+from .contenders import evaluation_mode
 from .results import RunResult
 
 __all__ = ["TARGET_KINDS", "evaluate", "run_family", "run_task"]
@@ -108,7 +112,7 @@ def run_task(
 
     def evaluate_now(step: int) -> bool:
         """Full-batch train/test loss (+ accuracy); returns False if non-finite."""
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_mode(optimizer):
             train_loss = float(task.module_loss(module, train_eval))
             test_loss = float(task.module_loss(module, test_eval))
             params = dict(module.named_parameters())
@@ -218,7 +222,7 @@ def run_task(
         result.final_normalized_loss = float(task.normalized_loss(result.final_train_loss))
         if result.eval_test_accuracies:
             result.final_test_accuracy = result.eval_test_accuracies[-1]
-            with torch.no_grad():
+            with torch.no_grad(), evaluation_mode(optimizer):
                 train_accuracy = task.accuracy(dict(module.named_parameters()), train_eval)
             result.final_train_accuracy = float(train_accuracy)
     return result

@@ -10,6 +10,10 @@ Baselines from ``torch.optim`` (with their usual defaults):
     rmsprop       RMSprop(lr=1e-3)
     adam_cosine   Adam(lr=1e-3) with a cosine decay over ``total_steps`` (``schedules.CosineAdam``)
 
+The tuning-free contenders ``prodigy``, ``prodigy_cosine``, ``dadapt_adam``, ``dog`` and
+``schedulefree_adamw`` (their authors' packages, the ``bench`` extra) are looked up in
+``contenders.CONTENDERS``.
+
 Any other name is resolved lazily: ``"metaopt.optim.RK4"`` or plain ``"RK4"`` looks the class up
 with ``getattr(metaopt.optim, "RK4")`` at call time (so the registry works before, and keeps
 working after, the metaopt optimizers land), and ``"torch.optim.<Name>"`` any torch optimizer.
@@ -25,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .contenders import CONTENDERS, contender_names, resolve_contender
 from .schedules import CosineAdam
 
 __all__ = ["BASELINES", "OptimizerFactory", "make_optimizer", "optimizer_names", "resolve_optimizer"]
@@ -53,8 +58,9 @@ def _metaopt_optim_names() -> list[str]:
 
 
 def optimizer_names() -> list[str]:
-    """Baseline names plus the ``metaopt.optim`` optimizer classes importable right now."""
-    return sorted(BASELINES) + [f"metaopt.optim.{n}" for n in _metaopt_optim_names()]
+    """Baseline and contender names, then the ``metaopt.optim`` classes importable right now."""
+    optim = [f"metaopt.optim.{n}" for n in _metaopt_optim_names()]
+    return sorted(BASELINES) + contender_names() + optim
 
 
 def resolve_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -62,6 +68,8 @@ def resolve_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str,
     if name in BASELINES:
         cls, defaults = BASELINES[name]
         return cls, dict(defaults)
+    if name in CONTENDERS:
+        return resolve_contender(name)
     module_name, attribute = "metaopt.optim", name
     for prefix in ("metaopt.optim.", "torch.optim."):
         if name.startswith(prefix):
