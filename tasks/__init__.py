@@ -19,6 +19,7 @@ from typing import Any
 
 from metaopt.task import ModuleTask, Task, TaskFamily
 
+from .attention import AttentionFamily
 from .augment import AugmentedFamily
 from .autoencoder import AutoencoderDigitsFamily
 from .char_mlp import CharMLPFamily
@@ -28,7 +29,9 @@ from .mixture import MixtureFamily
 from .mlp import MLPFamily
 from .quadratic import QuadraticFamily, noisy_quadratic_family
 from .regression import LinearRegressionFamily
+from .residual import ResidualMLPFamily
 from .sequence import SequenceFamily
+from .tabular import TabularRegressionFamily
 from .test_functions import TEST_FUNCTIONS_2D, TestFunctionFamily
 from .test_functions_nd import NDTestFunctionFamily
 
@@ -125,6 +128,9 @@ register("cnn_digits", CNNDigitsFamily)
 register("mixture", _mixture)
 register("augmented", _augmented)
 register("sequence", SequenceFamily)
-# held out of the meta-training mixtures: the learned-vs-tuned benchmark's families (issue 9)
+# held out of the meta-training mixtures: the learned-vs-tuned benchmark's families
 register("char_mlp", CharMLPFamily)
 register("autoencoder_digits", AutoencoderDigitsFamily)
+register("residual_mlp", ResidualMLPFamily)
+register("attention", AttentionFamily)
+register("tabular_regression", TabularRegressionFamily)

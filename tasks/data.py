@@ -1,7 +1,9 @@
 """Datasets for the data-driven task families. Nothing is downloaded at run time.
 
 * Real data: scikit-learn's bundled ``load_digits`` (1797 x 64, 10 classes), ``load_breast_cancer``
-  (569 x 30, 2 classes) and ``load_wine`` (178 x 13, 3 classes); these ship inside the sklearn wheel.
+  (569 x 30, 2 classes), ``load_wine`` (178 x 13, 3 classes) and ``load_iris`` (150 x 4, 3
+  classes); for regression ``load_diabetes`` (442 x 10, a real-valued target,
+  ``load_regression``); these ship inside the sklearn wheel.
 * Generated data: Gaussian class clusters, drawn from an explicit ``torch.Generator``.
 
 Splits come from the generator (a random permutation), and features are standardised with the
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["REAL_DATASETS", "SplitData", "load_real", "make_blobs", "minibatch", "split_and_standardize"]
+__all__ = ["REAL_DATASETS", "REGRESSION_DATASETS", "SplitData", "load_real", "load_regression",
+           "make_blobs", "minibatch", "split_and_standardize"]
 
-REAL_DATASETS = ("digits", "breast_cancer", "wine")
+REAL_DATASETS = ("digits", "breast_cancer", "wine", "iris")
+REGRESSION_DATASETS = ("diabetes",)
 
 
 @dataclass(frozen=True)
@@ -48,17 +52,31 @@ def _load_real_arrays(name: str) -> tuple[Tensor, Tensor]:
         "digits": datasets.load_digits,
         "breast_cancer": datasets.load_breast_cancer,
         "wine": datasets.load_wine,
+        "iris": datasets.load_iris,
+        "diabetes": datasets.load_diabetes,
     }
     if name not in loaders:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(REAL_DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; known: "
+                         f"{', '.join(REAL_DATASETS + REGRESSION_DATASETS)}")
     bunch = loaders[name]()
     features = torch.as_tensor(bunch.data, dtype=torch.float64)
-    labels = torch.as_tensor(bunch.target, dtype=torch.long)
-    return features, labels
+    target_dtype = torch.float64 if name in REGRESSION_DATASETS else torch.long
+    return features, torch.as_tensor(bunch.target, dtype=target_dtype)
 
 
 def load_real(name: str) -> tuple[Tensor, Tensor]:
-    """Raw (features, labels) of a bundled sklearn dataset, as CPU tensors (cached; do not mutate)."""
+    """Raw (features, labels) of a bundled sklearn classification dataset, as CPU tensors
+    (cached; do not mutate)."""
+    if name not in REAL_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(REAL_DATASETS)}")
+    return _load_real_arrays(name)
+
+
+def load_regression(name: str) -> tuple[Tensor, Tensor]:
+    """Raw (features, float64 targets) of a bundled sklearn regression dataset (cached)."""
+    if name not in REGRESSION_DATASETS:
+        raise ValueError(f"unknown regression dataset {name!r}; known: "
+                         f"{', '.join(REGRESSION_DATASETS)}")
     return _load_real_arrays(name)
 
 

@@ -21,6 +21,9 @@ FAST_KWARGS = {
     "sequence": {"length": (6, 8), "hidden": (4, 8), "num_train": 64, "num_test": 32},
     "char_mlp": {"hidden": 16, "eval_windows": 256},
     "autoencoder_digits": {"hidden": (8, 16), "bottleneck": (2, 4)},
+    "residual_mlp": {"datasets": ("digits", "iris"), "width": (8, 16), "depth": (1, 2)},
+    "attention": {"length": (6, 8), "num_train": 64, "num_test": 32, "head_dim": 4},
+    "tabular_regression": {"hidden": (4, 8)},
     "mixture": {"components": {"quadratic": {"dim": (2, 4)}, "rosenbrock": {}, "mlp": {"width": (8, 8)}}},
 }
 
