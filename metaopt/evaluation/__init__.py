@@ -7,12 +7,18 @@
   classes by name.
 * ``tune_lr`` / ``log_grid``: learning-rate tuning on held-out seeds under a stated criterion;
   ``tune_lr_interior`` widens the grid until the best lr is interior.
-* ``speedup``: steps a reference needs to reach a candidate's final loss / the candidate's steps.
+* ``speedup``: steps a reference needs to reach a candidate's final loss / the candidate's steps;
+  ``speedup_in_grad_evals`` counts both in gradient evaluations.
+* ``CONTENDERS``: tuning-free optimizers by name (Prodigy, D-Adapt Adam, DoG, schedule-free
+  AdamW); ``evaluation_mode``: losses measured in a schedule-free optimizer's eval mode.
+* ``plot_loss_curves``: one task's loss curves per optimizer, diverged runs marked (PNG).
 * ``CosineAdam`` (``"adam_cosine"``): the cosine-decay Adam baseline.
 * ``RunResult`` / ``summarize`` / ``format_table``: results as rows and tables.
 * ``TracingFactory`` / ``optimizer_trace``: per-step controller decisions (lr_t, curvature, mode).
 """
 
+from .contenders import CONTENDERS, evaluation_mode
+from .curves import plot_loss_curves
 from .harness import TARGET_KINDS, evaluate, run_family, run_task
 from .optimizers import (
     BASELINES,
@@ -22,9 +28,9 @@ from .optimizers import (
     resolve_optimizer,
 )
 from .results import SUMMARY_COLUMNS, RunResult, format_table, summarize
-from .traces import TracingFactory, optimizer_trace
 from .schedules import CosineAdam
-from .speedup import Speedup, speedup, steps_to_reach
+from .speedup import Speedup, speedup, speedup_in_grad_evals, steps_to_reach
+from .traces import TracingFactory, optimizer_trace
 from .tuning import (
     CRITERIA,
     HELD_OUT_TASK_SEED_OFFSET,
@@ -36,6 +42,7 @@ from .tuning import (
 
 __all__ = [
     "BASELINES",
+    "CONTENDERS",
     "CRITERIA",
     "CosineAdam",
     "Speedup",
@@ -47,15 +54,18 @@ __all__ = [
     "TracingFactory",
     "TuningResult",
     "evaluate",
+    "evaluation_mode",
     "format_table",
     "log_grid",
     "make_optimizer",
     "optimizer_names",
     "optimizer_trace",
+    "plot_loss_curves",
     "resolve_optimizer",
     "run_family",
     "run_task",
     "speedup",
+    "speedup_in_grad_evals",
     "steps_to_reach",
     "summarize",
     "tune_lr",

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Speedup", "speedup", "steps_to_reach"]
+__all__ = ["Speedup", "speedup", "speedup_in_grad_evals", "steps_to_reach"]
 
 
 def steps_to_reach(steps: Sequence[int], losses: Sequence[float], target: float) -> int | None:
@@ -46,3 +46,16 @@ def speedup(reference_steps: Sequence[int], reference_losses: Sequence[float],
     if needed is None:
         return Speedup(max(reference_steps, default=0) / candidate_steps, False)
     return Speedup(needed / candidate_steps, True)
+
+
+def speedup_in_grad_evals(reference, candidate) -> Speedup:
+    """``speedup`` with both sides counted in gradient evaluations (``RunResult``s of the
+    harness): the reference's curve is at ``eval_steps · (grad_evals / steps_completed)``
+    evaluations, the candidate is charged its ``grad_evals`` (a closure optimizer that evaluates
+    the gradient k times a step pays k per step). A diverged candidate has speedup 0."""
+    if reference.steps_completed < 1:
+        raise ValueError("reference: the run completed no step")
+    per_step = reference.grad_evals / reference.steps_completed
+    final = math.inf if candidate.diverged else float(candidate.final_train_loss)
+    return speedup([s * per_step for s in reference.eval_steps], reference.eval_train_losses,
+                   final, max(int(candidate.grad_evals), 1))

@@ -1,29 +1,39 @@
-"""Learned optimizers vs lr-tuned baselines on held-out tasks (issue 9; VeLO / Celo protocol).
+"""Learned and tuning-free optimizers vs lr-tuned Adam on held-out tasks (VeLO / Celo protocol).
 
-    python scripts/benchmark.py learned [--config configs/benchmark_learned.yaml]
+    metaopt benchmark learned [--config configs/benchmark_learned.yaml]
+    python scripts/benchmark.py learned [--config ...]
 
 Per task (``configs/benchmark_learned.yaml``) and ``seeds`` held-out task seeds (≥ 2**30, never
 drawn in meta-training):
 
 1. every baseline's lr is tuned on those seeds at the task's horizon ``T`` (criterion: mean final
    normalised train loss) on a log grid widened until the best lr is interior
-   (``metaopt.evaluation.tune_lr_interior``);
-2. tuned Adam runs to ``reference_extension · T`` steps: its full-batch train-loss curve is the
-   reference of ``speedup = steps Adam needs to reach the learned optimizer's final loss / T``
-   (``metaopt.evaluation.speedup``; a lower bound when Adam never gets there);
-3. each checkpoint runs ``T`` steps (told ``num_training_steps=T``), then ``horizon_multiple · T``
-   steps (on the first ``long_seeds`` seeds), and ``T`` steps on the task's loss multiplied by
-   each of ``loss_scales`` (the ``augmented`` family with a fixed scale): divergences of each are
-   counted.
+   (``metaopt.evaluation.tune_lr_interior``); tuned Adam (``adam_tuned``) also runs to
+   ``reference_extension · T`` steps: its full-batch train-loss curve is the reference of
+
+       speedup = gradient evaluations tuned Adam needs to reach the contender's final loss
+                 / the contender's gradient evaluations
+
+   (``metaopt.evaluation.speedup_in_grad_evals``; capped at ``reference_extension`` when Adam
+   never gets there, a lower bound; 0 for a diverged run);
+2. every contender — the tuning-free optimizers at their documented defaults (``contenders``,
+   told the horizon where they take one) and the learned ``checkpoints`` (told
+   ``num_training_steps``) — runs ``T`` steps on every seed, ``horizon_multiple · T`` steps on
+   the first ``long_seeds`` seeds and ``T`` steps on the task's loss multiplied by each of
+   ``loss_scales`` (the ``augmented`` family, fixed scale) on the first ``scale_seeds`` seeds:
+   divergences of each are counted.
 
 Rows: per task and optimizer, median final train loss, final-loss ratio to tuned Adam, speedup
-(median over seeds), divergences at 1x / 10x / across loss scales, ms per step. The closing row
-per checkpoint gives the median speedup over held-out families and over all tasks. Loss curves
-and lr_t / momentum_t traces are written as PNGs next to the CSV and logged to W&B (offline).
+(median over seeds), divergences at 1x / 10x / across loss scales, gradient evaluations per step,
+ms per step. The closing rows give per contender the median speedup over held-out families and
+over all tasks. A PNG of the loss curves per task (``metaopt.evaluation.plot_loss_curves``) and
+the learned optimizers' lr_t traces are written next to the CSV and logged to W&B (offline).
+Cost of the default config: see the config's header.
 """
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -38,14 +48,17 @@ import tasks
 from metaopt.evaluation import (
     TracingFactory,
     make_optimizer,
+    plot_loss_curves,
+    resolve_optimizer,
     run_family,
-    speedup,
+    speedup_in_grad_evals,
     tune_lr_interior,
 )
 from metaopt.meta import held_out_seeds
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "benchmark_learned.yaml"
+REFERENCE = "adam_tuned"
 
 
 @dataclass
@@ -64,28 +77,40 @@ class BaselineSpec:
 
 
 @dataclass
+class ContenderSpec:
+    name: str = "prodigy"
+    label: str = ""
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TuningSpec:
     low: float = 1e-4
-    high: float = 1.0
+    high: float = 10.0
     per_decade: int = 2
 
 
 @dataclass
 class LearnedBenchmarkConfig:
     checkpoints: list[str] = field(default_factory=lambda: ["garo_general"])
-    seeds: int = 3
-    reference_extension: int = 4
+    contenders: list[ContenderSpec] = field(default_factory=list)
+    seeds: int = 2
+    reference_extension: int = 2
     horizon_multiple: int = 10
-    long_seeds: int = 1  # the 10x-horizon check runs on this many of the seeds (it costs 10 T)
+    long_seeds: int = 1   # the 10x-horizon check runs on this many of the seeds (it costs 10 T)
+    scale_seeds: int = 1  # the loss-scale checks run on this many of the seeds
     loss_scales: list[float] = field(default_factory=lambda: [0.01, 100.0])
     tuning: TuningSpec = field(default_factory=TuningSpec)
-    baselines: list[BaselineSpec] = field(default_factory=list)
+    baselines: list[BaselineSpec] = field(default_factory=lambda: [BaselineSpec()])
     tasks: list[TaskSpec] = field(default_factory=list)
 
 
 def load(path: Path | None) -> LearnedBenchmarkConfig:
     schema = OmegaConf.structured(LearnedBenchmarkConfig)
-    return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(path or DEFAULT_CONFIG)))
+    cfg = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(path or DEFAULT_CONFIG)))
+    if not any(b.name == "adam" for b in cfg.baselines):
+        raise ValueError("baselines: must include adam (tuned Adam is the speedup reference)")
+    return cfg
 
 
 def learned_factory(checkpoint: str, steps: int):
@@ -95,90 +120,116 @@ def learned_factory(checkpoint: str, steps: int):
     return factory
 
 
+def contender_factory(spec: ContenderSpec, steps: int):
+    """The named optimizer at its defaults (+ overrides), told the horizon if it takes one."""
+    horizon = {"total_steps": steps} if "total_steps" in resolve_optimizer(spec.name)[1] else {}
+    return make_optimizer(spec.name, label=spec.label or spec.name,
+                          **{**horizon, **spec.hyperparameters})
+
+
 def _final(run) -> float:
-    """Full-batch train loss after ``T`` steps (the eval curve holds later points too)."""
+    """Full-batch train loss after ``T`` steps (inf when the run diverged)."""
     return math.inf if run.diverged else float(run.final_train_loss)
 
 
 def _median(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
+    values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(values) if values else math.nan
 
 
-def bench_task(spec: TaskSpec, cfg: LearnedBenchmarkConfig, out: Path) -> tuple[list, list, list]:
+def _contenders(cfg: LearnedBenchmarkConfig):
+    """``(label, factory_for(steps), traced)`` for every contender, checkpoints last."""
+    out = [(spec.label or spec.name, lambda steps, spec=spec: contender_factory(spec, steps), False)
+           for spec in cfg.contenders]
+    out += [(c, lambda steps, c=c: learned_factory(c, steps), True) for c in cfg.checkpoints]
+    return out
+
+
+def bench_task(spec: TaskSpec, cfg: LearnedBenchmarkConfig) -> tuple[list, list, list]:
     family = tasks.get(spec.family, **spec.kwargs)
     seeds, T = held_out_seeds(cfg.seeds), spec.steps
     eval_every = max(1, T // 25)
     common = dict(task_seeds=seeds, eval_every=eval_every, track_memory=False)
     rows, runs, traces = [], [], []
-    finals: dict[str, dict[int, float]] = {}
-    reference = None
+    reference: dict[int, Any] = {}
+    finals: dict[int, float] = {}
     for base in cfg.baselines:
-        extra = {"total_steps": T} if base.name == "adam_cosine" else {}
-        factory = make_optimizer(base.name, **base.hyperparameters, **extra)
+        extra = {"total_steps": T} if "total_steps" in resolve_optimizer(base.name)[1] else {}
+        factory = make_optimizer(base.name, **{**extra, **base.hyperparameters})
         tuned = tune_lr_interior(factory, family, T, low=cfg.tuning.low, high=cfg.tuning.high,
                                  per_decade=cfg.tuning.per_decade, task_seeds=seeds,
                                  eval_every=eval_every)
-        label = f"{base.name}(lr={tuned.best_lr:.2g})"
+        label = REFERENCE if base.name == "adam" else f"{base.name}_tuned"
         best = factory.with_hyperparameters(label=label, lr=tuned.best_lr)
         results = run_family(family, best, T, **common)
-        finals[label] = {r.task_seed: _final(r) for r in results}
         runs += [r.to_dict() for r in results]
-        rows.append(_row(spec, label, results, tuned.best_lr, tuned.scores))
+        row = _row(spec, label, results)
+        row.update(tuned_lr=tuned.best_lr,
+                   lr_grid=f"{min(tuned.scores):.0e}..{max(tuned.scores):.0e}")
+        rows.append((row, results))
         if base.name == "adam":
-            reference = (label, {r.task_seed: r for r in run_family(
-                family, best, cfg.reference_extension * T, **common)})
-    for checkpoint in cfg.checkpoints:
-        factory = TracingFactory(learned_factory(checkpoint, T))
+            finals = {r.task_seed: _final(r) for r in results}
+            reference = {r.task_seed: r for r in run_family(
+                family, best, cfg.reference_extension * T, **common)}
+    for label, factory_for, traced in _contenders(cfg):
+        factory = TracingFactory(factory_for(T)) if traced else factory_for(T)
         results = run_family(family, factory, T, **common)
         runs += [r.to_dict() for r in results]
-        traces += [{"family": family.name, "optimizer": checkpoint, "trace": t}
-                    for t in factory.traces[:1]]
-        long = run_family(family, learned_factory(checkpoint, cfg.horizon_multiple * T),
-                          cfg.horizon_multiple * T,
+        if traced:
+            traces += [{"family": spec.label, "optimizer": label, "trace": t}
+                       for t in factory.traces[:1]]
+        long = run_family(family, factory_for(cfg.horizon_multiple * T), cfg.horizon_multiple * T,
                           **{**common, "eval_every": T, "task_seeds": seeds[:cfg.long_seeds]})
         scaled = []
         for scale in cfg.loss_scales:
             augmented = tasks.get("augmented", family={"name": spec.family, "kwargs": spec.kwargs},
                                   loss_scale=[scale, scale])
-            scaled += run_family(augmented, learned_factory(checkpoint, T), T,
-                                 **{**common, "eval_every": T})
-        row = _row(spec, checkpoint, results)
+            scaled += run_family(augmented, factory_for(T), T, **{
+                **common, "eval_every": T, "task_seeds": seeds[:cfg.scale_seeds]})
+        row = _row(spec, label, results)
         row.update(diverged_10x=sum(r.diverged for r in long),
                    diverged_scaled=sum(r.diverged for r in scaled))
-        if reference is not None:
-            label, ref = reference
-            ups = [speedup(ref[r.task_seed].eval_steps, ref[r.task_seed].eval_train_losses,
-                           _final(r), T) for r in results]
-            row["speedup_vs_adam"] = _median([u.value for u in ups])
-            row["speedup_lower_bound"] = any(not u.reached for u in ups)
-            row["final_ratio_vs_adam"] = _median(
-                [_final(r) / finals[label][r.task_seed] for r in results])
-        rows.append(row)
-    return rows, runs, traces
+        rows.append((row, results))
+    for row, results in rows:
+        ups = [speedup_in_grad_evals(reference[r.task_seed], r) for r in results]
+        row["speedup_vs_adam"] = _median([u.value for u in ups])
+        row["speedup_lower_bound"] = any(not u.reached for u in ups)
+        row["final_ratio_vs_adam"] = _median([_final(r) / finals[r.task_seed] for r in results])
+    for run in runs:
+        run["family"] = spec.label  # one PNG per benchmark task, whatever its family
+    return [row for row, _ in rows], runs, traces
 
 
-def _row(spec: TaskSpec, name: str, results, lr=None, scores=None) -> dict[str, Any]:
+def _row(spec: TaskSpec, name: str, results) -> dict[str, Any]:
+    evals = [r.grad_evals / r.steps_completed for r in results if r.steps_completed]
     return {"task": spec.label, "held_out_family": spec.held_out, "optimizer": name,
             "steps": spec.steps, "final_train_loss": _median([_final(r) for r in results]),
             "diverged_1x": sum(r.diverged for r in results),
-            "ms_per_step": 1e3 * _median([r.wall_time_per_step for r in results]),
-            "tuned_lr": lr, "lr_grid": None if scores is None else
-            f"{min(scores):.0e}..{max(scores):.0e}"}
+            "grad_evals_per_step": _median(evals),
+            "ms_per_step": 1e3 * _median([r.wall_time_per_step for r in results])}
 
 
-def summary_rows(rows: list[dict], checkpoints: list[str]) -> list[dict]:
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """Per optimizer: the median speedup over held-out tasks (and all tasks), total divergences."""
     out = []
-    for checkpoint in checkpoints:
-        mine = [r for r in rows if r["optimizer"] == checkpoint and "speedup_vs_adam" in r]
+    for name in dict.fromkeys(r["optimizer"] for r in rows):
+        mine = [r for r in rows if r["optimizer"] == name]
         held = [r["speedup_vs_adam"] for r in mine if r["held_out_family"]]
-        out.append({"task": "MEDIAN", "optimizer": checkpoint,
-                    "speedup_vs_adam": _median([r["speedup_vs_adam"] for r in mine]),
-                    "held_out_family": f"held-out families: {_median(held):.3g}",
-                    "diverged_1x": sum(r["diverged_1x"] for r in mine),
-                    "diverged_10x": sum(r["diverged_10x"] for r in mine),
-                    "diverged_scaled": sum(r["diverged_scaled"] for r in mine)})
+        out.append({"task": "MEDIAN", "optimizer": name,
+                    "speedup_vs_adam": _median(held),
+                    "held_out_family": "all tasks: "
+                                       f"{_median([r['speedup_vs_adam'] for r in mine]):.3g}",
+                    "final_ratio_vs_adam": _median([r["final_ratio_vs_adam"] for r in mine]),
+                    **{k: sum(r.get(k) or 0 for r in mine)
+                       for k in ("diverged_1x", "diverged_10x", "diverged_scaled")},
+                    "ms_per_step": _median([r["ms_per_step"] for r in mine])})
     return out
+
+
+COLUMNS = ("task", "held_out_family", "optimizer", "steps", "final_train_loss",
+           "final_ratio_vs_adam", "speedup_vs_adam", "speedup_lower_bound", "diverged_1x",
+           "diverged_10x", "diverged_scaled", "grad_evals_per_step", "ms_per_step", "tuned_lr",
+           "lr_grid")
 
 
 def run(args) -> list[dict[str, Any]]:
@@ -186,34 +237,37 @@ def run(args) -> list[dict[str, Any]]:
     out = Path(args.out) / "learned"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    rows, runs, traces = [], [], []
+    rows, pngs, traces = [], [], []
     for spec in cfg.tasks:
         print(f"learned: {spec.label} ...", file=sys.stderr, flush=True)
-        task_rows, task_runs, task_traces = bench_task(spec, cfg, out)
+        task_rows, task_runs, task_traces = bench_task(spec, cfg)
         rows += task_rows
-        runs += task_runs
         traces += task_traces
-    rows += summary_rows(rows, cfg.checkpoints)
-    _plots(runs, traces, out)
+        png = plot_loss_curves(task_runs, out / f"loss_{_safe(spec.label)}.png",
+                               title=f"{spec.label}: median over seeds, band = min–max, "
+                                     f"x = diverged")
+        pngs += [png] if png is not None else []
+    rows += summary_rows(rows)
+    _log(pngs, traces, out)
     return [{k: row.get(k) for k in COLUMNS} for row in rows]
 
 
-COLUMNS = ("task", "held_out_family", "optimizer", "steps", "final_train_loss",
-           "final_ratio_vs_adam", "speedup_vs_adam", "speedup_lower_bound", "diverged_1x",
-           "diverged_10x", "diverged_scaled", "ms_per_step", "tuned_lr", "lr_grid")
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def _plots(runs, traces, out: Path) -> None:
-    """Loss curves and controller traces as PNGs (scripts/plots.py), logged to W&B offline."""
+def _log(pngs: list[Path], traces, out: Path) -> None:
+    """The learned optimizers' traces as PNGs (scripts/plots.py); every PNG logged to W&B
+    (offline unless WANDB_MODE says otherwise)."""
     sys.path.insert(0, str(REPO / "scripts"))
     import plots
+
     from metaopt.logging import make_logger
 
-    offsets = {}
-    for r in runs:  # loss curves drawn as raw losses (the held-out tasks have no known minimum)
-        offsets[(r["family"], r["task_seed"])] = 0.0
-    pngs = plots.loss_curves(runs, offsets, out) + plots.trace_curves(traces, out)
-    logger = make_logger(out, wandb_mode="offline", tags=["benchmark", "learned"])
+    pngs = pngs + plots.trace_curves(traces, out)
+    mode = os.environ.get("WANDB_MODE", "offline")
+    logger = make_logger(out, wandb_mode=mode if mode in ("online", "disabled") else "offline",
+                         tags=["benchmark", "learned"])
     for png in pngs:
         logger.log_image(f"learned/{png.stem}", png, 0)
     logger.close()
