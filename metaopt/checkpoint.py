@@ -238,12 +238,24 @@ def _pretrained_dir() -> Path:
 
 
 def list_pretrained(describe: bool = False) -> list[str] | dict[str, str]:
-    """Names of the checkpoints shipped in ``metaopt/pretrained`` (for ``load_optimizer``);
-    with ``describe=True`` a ``{name: one-line description}`` dict (``describe_checkpoint``)."""
-    names = sorted(p.name[: -len(SUFFIX)] for p in _pretrained_dir().glob(f"*{SUFFIX}"))
+    """Names of the checkpoints shipped in ``metaopt/pretrained`` (for ``load_optimizer``), what a
+    user should pick first (``metaopt.pretrained.RECOMMENDED``), pipeline fixtures last
+    (``metaopt.pretrained.FIXTURES``); with ``describe=True`` a ``{name: one-line description}``
+    dict in that order (``describe_checkpoint``; a fixture's line says it is one)."""
+    from .pretrained import FIXTURES, RECOMMENDED
+
+    def rank(name: str) -> tuple[int, int, str]:
+        if name in RECOMMENDED:
+            return 0, RECOMMENDED.index(name), name
+        return (2 if name in FIXTURES else 1), 0, name
+
+    names = sorted((p.name[: -len(SUFFIX)] for p in _pretrained_dir().glob(f"*{SUFFIX}")),
+                   key=rank)
     if not describe:
         return names
-    return {name: describe_checkpoint(_pretrained_dir() / f"{name}{SUFFIX}") for name in names}
+    lines = {name: describe_checkpoint(_pretrained_dir() / f"{name}{SUFFIX}") for name in names}
+    return {name: f"{FIXTURES[name]}: {line}" if name in FIXTURES else line
+            for name, line in lines.items()}
 
 
 def describe_checkpoint(path: PathLike) -> str:

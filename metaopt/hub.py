@@ -36,6 +36,7 @@ from .checkpoint import (
     resolve,
     save_checkpoint,
 )
+from .pretrained import FIXTURES
 
 __all__ = [
     "CARD_FILE",
@@ -93,8 +94,10 @@ def save_pretrained(source: Any, save_directory: PathLike, *,
     ckpt = load_checkpoint(directory / MODEL_FILE)
     config = json.dumps(_config_from_metadata(ckpt.metadata), indent=2).encode() + b"\n"
     atomic_write(directory / CONFIG_FILE, lambda f: f.write(config))
-    card = model_card(ckpt, name=directory.name,
-                      description=describe_checkpoint(directory / MODEL_FILE)).encode()
+    description = describe_checkpoint(directory / MODEL_FILE)
+    if isinstance(source, str) and source in FIXTURES:  # a shipped fixture's card says so
+        description = f"{FIXTURES[source]}: {description}"
+    card = model_card(ckpt, name=directory.name, description=description).encode()
     atomic_write(directory / CARD_FILE, lambda f: f.write(card))
     return directory
 

@@ -49,10 +49,26 @@ def test_shipped_checkpoint_beats_the_untrained_controller_on_held_out_quadratic
 
 def test_list_pretrained_describes_every_checkpoint_in_one_line():
     described = metaopt.list_pretrained(describe=True)
-    assert sorted(described) == metaopt.list_pretrained()
+    assert list(described) == metaopt.list_pretrained()
     for name, line in described.items():
         assert line and "\n" not in line, name
     assert "quadratic" in described["garo_quadratics"] or "mixture" in described["garo_quadratics"]
+
+
+def test_list_pretrained_leads_with_what_a_user_should_pick():
+    names = metaopt.list_pretrained()
+    assert names[0] == "garo_general"
+    assert names[-1] == "garo_quadratics"  # the pipeline fixture comes last, marked as one
+    line = metaopt.list_pretrained(describe=True)["garo_quadratics"]
+    assert line.startswith("PIPELINE FIXTURE") and "garo_general" in line
+    assert "FIXTURE" not in metaopt.list_pretrained(describe=True)["garo_general"]
+
+
+def test_the_fixture_s_model_card_says_it_is_one(tmp_path):
+    metaopt.hub.save_pretrained("garo_quadratics", tmp_path / "fixture")
+    assert "PIPELINE FIXTURE" in (tmp_path / "fixture" / "README.md").read_text()
+    metaopt.hub.save_pretrained("garo_general", tmp_path / "general")
+    assert "FIXTURE" not in (tmp_path / "general" / "README.md").read_text()
 
 
 def _rosenbrock_run(opt_factory, steps):

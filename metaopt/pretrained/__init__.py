@@ -4,7 +4,9 @@
 runtime optimizer from one; files are written by ``metaopt.checkpoint.save_checkpoint`` (the
 meta-training script exports ``optimizer.safetensors`` into its run directory).
 
-Shipped (``metaopt.list_pretrained(describe=True)`` gives each one's line):
+Shipped, in the order ``metaopt.list_pretrained()`` lists them (``RECOMMENDED`` first: what a
+user should pick; then anything else alphabetically; ``FIXTURES`` last, their one-line
+descriptions prefixed with what they are for); ``describe=True`` gives each one's line:
     ``garo_general``: GARO (global GRU, hidden 16, adam direction, loss-scale invariant relative
     features + training progress) meta-trained by ``configs/garo_general.yaml`` (seed 0, 600
     outer steps, truncated second-order BPTT, 8 runs x 20-step truncations of 100..1000-step
@@ -22,3 +24,10 @@ Shipped (``metaopt.list_pretrained(describe=True)`` gives each one's line):
     gate, compute charge 0.02 per extra gradient evaluation) on the five 2-D multimodal test
     functions and small MLPs; held-out meta-loss (log) 0.592 (untrained = GD) -> -0.369.
 """
+
+#: listed first, in this order: the checkpoints a user should pick
+RECOMMENDED = ("garo_general", "hybrid_general")
+#: shipped for the pipeline (the quick start's demonstration, regression tests), not for use on
+#: real models: listed last, and their descriptions start with this note
+FIXTURES = {"garo_quadratics": "PIPELINE FIXTURE (quick start and regression tests; trained on "
+                               "quadratics only, not for real models; use garo_general)"}
