@@ -158,7 +158,7 @@ def bench_task(spec: TaskSpec, cfg: LearnedBenchmarkConfig) -> tuple[list, list,
         factory = make_optimizer(base.name, **{**extra, **base.hyperparameters})
         tuned = tune_lr_interior(factory, family, T, low=cfg.tuning.low, high=cfg.tuning.high,
                                  per_decade=cfg.tuning.per_decade, task_seeds=seeds,
-                                 eval_every=eval_every)
+                                 eval_every=T)  # the criterion reads the final loss only
         label = REFERENCE if base.name == "adam" else f"{base.name}_tuned"
         best = factory.with_hyperparameters(label=label, lr=tuned.best_lr)
         results = run_family(family, best, T, **common)
