@@ -90,3 +90,29 @@ def test_held_out_benchmark_families_are_not_in_the_training_mixture():
     trained = _families(general["task"], set())
     assert "mlp" in trained  # the walk sees the mixture
     assert not held_out & trained, held_out & trained
+
+
+def test_loss_curves_mark_diverged_runs(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from metaopt.evaluation import plot_loss_curves
+
+    labels, crosses = [], []
+    plot = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        if len(args) > 2 and args[2] == "x":
+            crosses.append((args[0][0], args[1][0]))
+        return plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    run = {"optimizer": "ok", "diverged": False, "grad_evals": 20, "steps_completed": 10,
+           "eval_steps": [0, 5, 10], "eval_train_losses": [1.0, 0.5, 0.25]}
+    blown = {**run, "optimizer": "blown", "diverged": True, "steps_completed": 6,
+             "grad_evals": 12, "eval_steps": [0, 5], "eval_train_losses": [1.0, 30.0]}
+    path = plot_loss_curves([run, blown], tmp_path / "curves.png")
+    assert path.stat().st_size > 1000
+    assert "blown (diverged 1/1)" in labels and "ok" in labels
+    assert crosses == [(10.0, 30.0)]  # at its last finite loss, x in gradient evaluations
