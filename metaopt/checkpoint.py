@@ -47,7 +47,7 @@ FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 #: the ``GARO`` constructor options a checkpoint may store
 OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay", "direction", "granularity", "beta2",
-                                   "eps"})
+                                   "eps", "scale"})
 #: ``controller_class`` metadata -> module class (files without ``optimizer_class`` are GARO's)
 CONTROLLER_CLASSES = {"GAROController": GAROController, "SwitchingPolicy": SwitchingPolicy}
 #: ``optimizer_class`` metadata -> the controller class it takes

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 import tasks
 from metaopt.atomic import atomic_write
-from metaopt.checkpoint import save_checkpoint
+from metaopt.checkpoint import SUFFIX, save_checkpoint
 from metaopt.controllers.garo import GAROController
 from metaopt.evaluation import (
     SUMMARY_COLUMNS,
@@ -144,7 +144,8 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
             init_weight_decay=c.init_weight_decay, features=c.features,
             generator=torch.Generator().manual_seed(cfg.seed),
         ).to(device=device, dtype=getattr(torch, cfg.dtype))
-        rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients)
+        rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients,
+                        scale=c.scale)
     except ValueError as error:
         raise _key_error("controller", error, c) from error
     if c.kind == "garo":
@@ -185,10 +186,11 @@ def run_validation(cfg: MetaTrainConfig, learned, family, weights=None) -> dict:
                              cfg.meta_loss.divergence_threshold))
 
 
-def garo_factory(controller: GAROController, direction: str, label: str):
+def garo_factory(controller: GAROController, rule: GARORule, label: str):
     """A harness factory: a fresh ``GARO`` on a private copy of ``controller`` per run."""
     def factory(params):
-        return GARO(params, controller=copy.deepcopy(controller), direction=direction)
+        return GARO(params, controller=copy.deepcopy(controller), direction=rule.direction,
+                    scale=rule.scale)
     factory.label = label
     return factory
 
@@ -196,9 +198,9 @@ def garo_factory(controller: GAROController, direction: str, label: str):
 def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROController):
     """Learned vs untrained GARO vs tuned baselines on the held-out tasks, via the harness."""
     e = cfg.evaluation
-    optimizers = {"garo_learned": garo_factory(learned.module, cfg.controller.direction,
+    optimizers = {"garo_learned": garo_factory(learned.module, learned.rule,
                                                "garo_learned"),
-                  "garo_untrained": garo_factory(untrained, cfg.controller.direction,
+                  "garo_untrained": garo_factory(untrained, learned.rule,
                                                  "garo_untrained")} \
         if cfg.controller.kind == "garo" else \
         hybrid_train.evaluation_factories(cfg, learned, untrained)
@@ -377,8 +379,22 @@ def _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, ra
             logger.log({"val/meta_loss": val["meta_loss"], "val/diverged": val["diverged"],
                         "val/final_normalized_loss": val["final_normalized_loss"]}, step)
             logger.log_series("hyperparameters", _named(val["traces"]), step)
+            if cfg.controller.kind == "garo":  # candidates for selection by the benchmark
+                _export_garo(cfg, learned, Path(cfg.out_dir) / "snapshots" /
+                             f"step_{step:06d}{SUFFIX}",
+                             {"steps": step, "val_meta_loss": val["meta_loss"]})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
+
+
+def _export_garo(cfg: MetaTrainConfig, learned, path: Path, training: dict) -> Path:
+    """The trained controller as a ``load_optimizer`` checkpoint with its GARO options."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(
+        path, learned.module,
+        optimizer_config={"direction": cfg.controller.direction, "granularity": "global",
+                          "scale": cfg.controller.scale},
+        training=training)
 
 
 def _stop_requested(stop: run_dir.GracefulStop, world: int) -> bool:
@@ -405,10 +421,7 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                 "seconds": round(time.perf_counter() - started, 1),
                 "hardware": f"{cfg.device}, {torch.get_num_threads()} threads"}
     if cfg.controller.kind == "garo":
-        export = save_checkpoint(
-            out_dir / EXPORT_FILE, learned.module,
-            optimizer_config={"direction": cfg.controller.direction, "granularity": "global"},
-            training=training)
+        export = _export_garo(cfg, learned, out_dir / EXPORT_FILE, training)
     else:  # a HybridGDODE checkpoint around the trained switching policy
         export = hybrid_train.export(cfg, learned, out_dir / EXPORT_FILE, training)
     logger.log_artifact(export, name=f"garo-{run_id}", type="model")

@@ -54,6 +54,9 @@ class GARO(torch.optim.Optimizer):
         granularity: ``"global"`` (one hidden state, the seed), ``"group"`` (one per param group:
             the seed's layer-wise recurrence when each layer is a group) or ``"tensor"``.
         beta2, eps: second-moment decay and guard of the ``"adam"`` direction.
+        scale: ``"none"`` (the controller's lr_t is the step size, the seed) or ``"distance"``
+            (scale-free GARO: lr_t multiplies DoG's online estimate ``d_t = r̄_t/√(t+1)`` of the
+            task's step size, from the distance the steps have travelled; ``metaopt.rules.garo``).
         num_training_steps: the planned length of training ``T``; a controller with relative
             features reads the progress ``min(t/T, 1)`` (VeLO's input) and can anneal. ``None``:
             progress unknown (the controller sees it flagged as missing).
@@ -73,7 +76,7 @@ class GARO(torch.optim.Optimizer):
     def __init__(self, params, lr: Optional[float] = None, weight_decay: float = 1.0, *,
                  controller: Optional[GAROController] = None, direction: str = "sgd",
                  granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8,
-                 num_training_steps: Optional[int] = None, max_consecutive_skips: int = 20):
+                 scale: str = "none", num_training_steps: Optional[int] = None, max_consecutive_skips: int = 20):
         controller = controller if controller is not None else GAROController()
         lr = controller.init_lr if lr is None else lr
         check_non_negative("lr", lr)
@@ -83,7 +86,7 @@ class GARO(torch.optim.Optimizer):
         if not (isinstance(max_consecutive_skips, int) and max_consecutive_skips >= 1):
             raise ValueError(f"max_consecutive_skips: must be an int >= 1, "
                              f"got {max_consecutive_skips!r}")
-        rule = GARORule(direction=direction, beta2=beta2, eps=eps)  # validates the rest
+        rule = GARORule(direction=direction, beta2=beta2, eps=eps, scale=scale)  # validates
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
         self.rule, self.granularity = rule, granularity
         device = self.param_groups[0]["params"][0].device
@@ -101,7 +104,7 @@ class GARO(torch.optim.Optimizer):
     def config(self) -> dict[str, Any]:
         """The optimizer options a checkpoint needs to rebuild this optimizer."""
         return dict(direction=self.rule.direction, granularity=self.granularity,
-                    beta2=self.rule.beta2, eps=self.rule.eps)
+                    beta2=self.rule.beta2, eps=self.rule.eps, scale=self.rule.scale)
 
     @property
     def garo_state(self) -> Mapping[str, Tensor]:

@@ -33,6 +33,22 @@ a loss scaled by 0.01). The square root's derivative is taken as 0 where ``v_i =
 gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
 otherwise the meta-gradient there is ``0·∞ = NaN``.
 
+With ``scale="distance"`` (scale-free GARO) the controller's ``lr_t`` is a multiplier of a step
+size the rule estimates online, so the controller learns the schedule's shape and corrections,
+not the task's order of magnitude. The estimate is DoG's (Ivgi, Hinder & Carmon 2023,
+``η_t = r̄_t / √Σ_{k≤t} ‖g_k‖²``) for the adam direction's unit-scale coordinates, per segment ``s``
+of ``n_s`` elements::
+
+    δ_i ← δ_i − a_i·direction_i                (the displacement θ_i − θ_{i,0} the steps made)
+    r̄_t = max(r̄_{t−1}, ‖δ‖_s / √n_s),          r̄_0 = r_ε = 10⁻⁴·(1 + ‖θ_0‖_s / √n_s)
+    d_t = r̄_t / √(t + 1),                      a_i = lr_i · lr_t · d_t
+
+(each coordinate of ``u`` has mean square ≈ 1, so ``Σ_k ‖u_k‖²/n_s ≈ t + 1``). ``d_t`` grows
+geometrically while the iterates travel in one direction and stalls at the distance to the
+region they settle in, as Prodigy's and D-Adaptation's ``d`` does; it is differentiable in the
+unroll, so meta-training sees how ``lr_t`` moves it. ``state["lr"]`` holds the step size used,
+``lr_t·d_t``.
+
 With the controller frozen at constants (lr, μ, λ) the first is exactly
 ``torch.optim.SGD(lr, momentum=μ, weight_decay=λ)`` and, for μ = 0, the second is
 ``torch.optim.AdamW(lr, betas=(0, β₂), eps=ε, weight_decay=λ)``; the tests use both as oracles.
@@ -54,6 +70,9 @@ from torch import Tensor
 from .base import GradFn, State, TensorList, per_tensor
 
 DIRECTIONS = ("sgd", "adam")
+#: ``"none"``: lr_t is the step size (the seed); ``"distance"``: lr_t multiplies DoG's d_t
+SCALES = ("none", "distance")
+DISTANCE_FLOOR = 1e-4  # DoG's r_ε = 1e-4·(1 + ‖θ_0‖), per coordinate
 _TINY = 1e-12  # keeps log-norms finite at zero gradients / parameters
 _TINY_LOSS = 1e-30  # |L_0| guard of the relative loss feature (a loss of exactly 0)
 
@@ -108,6 +127,8 @@ class GARORule:
         beta2, eps: the second-moment decay and denominator guard of the ``"adam"`` direction.
         feature_gradients: keep the graph from the parameters into the controller's features
             (default False: features are detached, see the module docstring).
+        scale: ``"none"`` (lr_t is the step size, the seed) or ``"distance"`` (lr_t multiplies
+            the online estimate d_t; module docstring).
 
     ``hyper`` keys for ``step``/``apply``:
         ``controller`` (required): a ``GAROController`` or ``BoundController``;
@@ -119,10 +140,13 @@ class GARORule:
     beta2: float = 0.999
     eps: float = 1e-8
     feature_gradients: bool = False
+    scale: str = "none"
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction: must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale: must be one of {SCALES}, got {self.scale!r}")
         if not 0.0 <= self.beta2 < 1.0:
             raise ValueError(f"beta2: must lie in [0, 1), got {self.beta2!r}")
         if not self.eps > 0:
@@ -131,8 +155,9 @@ class GARORule:
     @property
     def per_tensor_keys(self) -> tuple[str, ...]:
         """State entries that are lists with one tensor per parameter (the rest are global)."""
-        return ("momentum_buffer", "exp_avg_sq") if self.direction == "adam" \
+        keys = ("momentum_buffer", "exp_avg_sq") if self.direction == "adam" \
             else ("momentum_buffer",)
+        return keys + (("displacement",) if self.scale == "distance" else ())
 
     def init_global(self, controller, num_segments: int = 1, device=None,
                     horizon: Optional[int] = None) -> State:
@@ -153,6 +178,8 @@ class GARORule:
         if _relative(controller):
             state.update(ref_log_grad_norm=zeros.clone(), ref_loss=ref.new_ones(()),
                          horizon=ref.new_tensor(float(horizon or 0)))
+        if self.scale == "distance":
+            state.update(distance_max=zeros.clone())
         return state
 
     def init_tensor_state(self, param: Tensor) -> dict[str, Tensor]:
@@ -195,7 +222,7 @@ class GARORule:
         if self.direction == "adam":
             bias_correction2 = 1 - self.beta2 ** (state["step"] + 1).to(params[0].dtype)
         for i, (p, g) in enumerate(zip(params, grads)):
-            lr_i = pick(out.lr, i) * ctx["lr_mult"][i]
+            lr_i = pick(ctx["step_size"], i) * ctx["lr_mult"][i]
             mom_i = pick(out.momentum, i)
             wd_i = pick(out.weight_decay, i) * ctx["wd_mult"][i]
             buf = state["momentum_buffer"][i]
@@ -210,6 +237,9 @@ class GARORule:
                 direction = torch.addcmul(buf, p, wd_i)
             new_state["momentum_buffer"].append(buf)
             new_params.append(torch.addcmul(p, direction, lr_i, value=-1))
+            if self.scale == "distance":
+                new_state["displacement"].append(
+                    torch.addcmul(state["displacement"][i], direction, lr_i, value=-1))
             directions.append(direction)
             step_sizes.append(lr_i.abs())
         # ‖Δθ_i‖ = |a_i|·‖direction_i‖, read by the next step's update-ratio feature
@@ -297,11 +327,30 @@ class GARORule:
         out = controller(*args)
         # ε relative to the first gradient norm keeps the adam direction scale-free (module doc)
         eps_scale = extra["ref_log_grad_norm"].exp() if relative else torch.ones_like(log_gnorm)
+        step_size = out.lr
+        if self.scale == "distance":
+            extra["distance_max"] = self._distance_max(params, state, ids_t, num_segments,
+                                                       pnorm, started)
+            step_size = out.lr * extra["distance_max"] / (step.to(ctrl_dtype) + 1).sqrt()
         return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
+                    step_size=step_size,
                     lr_mult=per_tensor(hyper.get("lr", 1.0), n),
                     wd_mult=per_tensor(hyper.get("weight_decay", 1.0), n),
                     log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra,
                     eps_scale=eps_scale.detach())
+
+    def _distance_max(self, params, state, ids_t, num_segments, pnorm, started) -> Tensor:
+        """r̄_t = max(r̄_{t−1}, ‖δ‖_s/√n_s), r̄_0 = r_ε (module docstring), per segment."""
+        dtype = state["hidden"].dtype
+        sizes = torch.tensor([float(p.numel()) for p in params], dtype=dtype,
+                             device=state["hidden"].device)
+        numel = sizes.sum().reshape(1) if num_segments == 1 else \
+            sizes.new_zeros(num_segments).index_add(0, ids_t, sizes)
+        root_n = numel.clamp_min(1).sqrt()
+        rms = segment_norms(tensor_norms(state["displacement"]), ids_t, num_segments)
+        floor = DISTANCE_FLOOR * (1 + pnorm.to(dtype) / root_n)
+        return torch.where(started > 0,
+                           torch.maximum(state["distance_max"], rms.to(dtype) / root_n), floor)
 
     def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
         """The new global state (step 4); segments without tensors this step keep theirs."""
@@ -333,7 +382,8 @@ class GARORule:
             prev_symlog_loss=keep(ctx["sym"], state["prev_symlog_loss"]),
             loss_seen=torch.maximum(state["loss_seen"], ctx["has_loss"].max()),
             prev_update_ratio=keep(ratio, state["prev_update_ratio"]),
-            lr=keep(out.lr, state["lr"]), momentum=keep(out.momentum, state["momentum"]),
+            lr=keep(ctx["step_size"], state["lr"]),
+            momentum=keep(out.momentum, state["momentum"]),
             weight_decay=keep(out.weight_decay, state["weight_decay"]))
         for key, value in ctx["extra"].items():  # the relative features' references
             result[key] = keep(value, state[key]) if value.dim() else value

@@ -24,6 +24,9 @@ from torch import Tensor
 SEGMENT_KEYS = ("prev_log_grad_norm", "prev_symlog_loss", "prev_update_ratio", "lr",
                 "momentum", "weight_decay")
 
+# entries only some configurations have (relative features; scale-free step size)
+OPTIONAL_KEYS = ("ref_log_grad_norm", "ref_loss", "horizon", "distance_max")
+
 
 def host_array(t: Tensor) -> np.ndarray:
     """A tensor's values as a host array (float64 stays float64; the rest becomes float32)."""
@@ -60,6 +63,8 @@ class HostState:
     ref_log_grad_norm: Optional[list[float]] = None
     ref_loss: Optional[float] = None
     horizon: Optional[float] = None
+    # scale-free GARO only (None otherwise): r̄_t per segment, the running max displacement
+    distance_max: Optional[list[float]] = None
     # the last step's update norm, when the next step reads it (``prev_update_ratio`` is then
     # NaN for the segments that step updated)
     pending: Optional[PendingUpdateNorm] = None
@@ -73,7 +78,7 @@ class HostState:
         """The host copy of a state dict's global entries (extra entries are ignored)."""
         hidden = state["hidden"]
         optional = {key: (state[key].tolist() if key in state else None)
-                    for key in ("ref_log_grad_norm", "ref_loss", "horizon")}
+                    for key in OPTIONAL_KEYS}
         return cls(dtype=hidden.dtype, device=hidden.device, step=int(state["step"]),
                    loss_seen=float(state["loss_seen"]) > 0,
                    hidden=host_array(hidden).copy(),
@@ -94,7 +99,7 @@ class HostState:
                    feature_mean=tensor(self.feature_mean), feature_var=tensor(self.feature_var),
                    step=torch.tensor(self.step, dtype=torch.int64, device=self.device),
                    loss_seen=tensor(float(self.loss_seen)))
-        for key in ("ref_log_grad_norm", "ref_loss", "horizon"):
+        for key in OPTIONAL_KEYS:
             if getattr(self, key) is not None:
                 out[key] = tensor(getattr(self, key))
         return out

@@ -40,7 +40,7 @@ from torch import Tensor
 from ..controllers.garo import GAROController
 from ..controllers.garo_host import HostOutput, host_dtype, host_step
 from .base import State, per_tensor
-from .garo import _TINY, _TINY_LOSS
+from .garo import _TINY, _TINY_LOSS, DISTANCE_FLOOR
 from .garo_host_state import HostState, PendingUpdateNorm, host_array
 
 _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
@@ -142,7 +142,9 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # 1. features, per segment, from the segment norms of gradients and parameters (and of the
     # last step's directions, when it left them to be read here: ``PendingUpdateNorm``)
     pending = host.pending
-    tensors = params + (pending.directions if pending is not None else [])
+    scaled = rule.scale == "distance"
+    displacements = list(buffers["displacement"]) if scaled else []
+    tensors = params + displacements + (pending.directions if pending is not None else [])
     if grad_norms is None:
         norms = fused_norms(grads + tensors).tolist()
     else:
@@ -150,8 +152,8 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                            fused_norms(tensors)]).tolist()
     squares = [v * v for v in norms[:2 * n]]
     gnorms, pnorms = _segment_norms(squares[:n], ids, S), _segment_norms(squares[n:], ids, S)
-    prev_ratio = host.prev_update_ratio if pending is None else \
-        update_ratios(host, norms[2 * n:])
+    k = (3 if scaled else 2) * n
+    prev_ratio = host.prev_update_ratio if pending is None else update_ratios(host, norms[k:])
     log_g = [_log(g + _TINY) for g in gnorms]  # (NaN stays NaN)
     # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
     refs = (host.ref_log_grad_norm if started else log_g) if relative else [0.0] * S
@@ -182,10 +184,14 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # ε relative to the first gradient norm keeps the adam direction scale-free
     eps_scales = [math.exp(r) for r in refs] if relative and rule.direction == "adam" \
         else [1.0] * S
+    lrs, distance_max = out.lr, None
+    if scaled:  # scale-free GARO: lr_t multiplies DoG's d_t = r̄_t / √(t+1)
+        distance_max = _distance_max(host, params, ids, pnorms, norms[2 * n:3 * n])
+        lrs = [c * r / math.sqrt(step + 1) for c, r in zip(out.lr, distance_max)]
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
-    directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, out, eps_scales,
-                                     step)
+    directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
+                                     eps_scales, step)
 
     # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
     # read by the next step with its own norms where keeping the directions costs no memory
@@ -198,10 +204,10 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         pending = None
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
-    flat = host.rounded([*log_g, *sym, *out.lr, *out.momentum, *out.weight_decay, *ratios,
-                         *refs, *stats])
+    flat = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
+                         *refs, *(distance_max or [0.0] * S), *stats])
     keys = ("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
-            "prev_update_ratio", "ref_log_grad_norm")
+            "prev_update_ratio", "ref_log_grad_norm", "distance_max")
     new = {key: flat[k * S:(k + 1) * S] for k, key in enumerate(keys)}
     F = len(stats) // (2 * S)
     stats = flat[len(keys) * S:]
@@ -210,6 +216,8 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     new["hidden"] = out.hidden
     if not relative:
         new["ref_log_grad_norm"] = None
+    if not scaled:
+        new["distance_max"] = None
     active = set(ids)
     if len(active) < S:  # segments without tensors this step keep theirs
         idle = [s not in active for s in range(S)]
@@ -222,6 +230,20 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     return HostState(dtype=host.dtype, device=host.device, step=step + 1,
                      loss_seen=loss_seen or has_loss, ref_loss=ref_loss if relative else None,
                      horizon=host.horizon, pending=pending, **new)
+
+
+def _distance_max(host: HostState, params, ids, pnorms, displacement_norms) -> list[float]:
+    """``r̄_t`` per segment (``GARORule._distance_max``) from the displacements' norms."""
+    S = host.num_segments
+    numel = [0] * S
+    for p, s in zip(params, ids):
+        numel[s] += p.numel()
+    root_n = [math.sqrt(max(m, 1)) for m in numel]
+    rms = [d / r for d, r in zip(_segment_norms([v * v for v in displacement_norms], ids, S),
+                                 root_n)]
+    if host.step == 0:
+        return host.rounded([DISTANCE_FLOOR * (1 + p / r) for p, r in zip(pnorms, root_n)])
+    return host.rounded([max(prev, x) for prev, x in zip(host.distance_max, rms)])
 
 
 def update_ratios(host: HostState, direction_norms: Sequence[float],
@@ -263,10 +285,11 @@ def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
                       feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
 
 
-def _update(rule, params, grads, buffers, hyper, ids, out: HostOutput, eps_scales, step):
-    """Step 3 in place; returns (directions, step sizes |a_i|) for the update norms."""
+def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step):
+    """Step 3 in place (``lrs``: the step sizes per segment); returns (directions, step sizes
+    |a_i|) for the update norms."""
     n = len(params)
-    lrs, moms, wds = out.lr, out.momentum, out.weight_decay
+    moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.get("lr", 1.0), n)
     wd_mult = per_tensor(hyper.get("weight_decay", 1.0), n)
     buckets: dict[tuple, list[int]] = {}
@@ -289,6 +312,7 @@ def _update(rule, params, grads, buffers, hyper, ids, out: HostOutput, eps_scale
                 torch._fused_sgd_(ps, gs, bufs, weight_decay=wd, momentum=mom, lr=lr,
                                   dampening=0.0, nesterov=False, maximize=False,
                                   is_first_step=False)
+                _displace(buffers, index, bufs, lr)
                 for i, b in zip(index, bufs):
                     directions[i], step_sizes[i] = b, abs(lr)
                 continue
@@ -311,6 +335,13 @@ def _update(rule, params, grads, buffers, hyper, ids, out: HostOutput, eps_scale
             torch._foreach_addcdiv_(bufs, gs, denom, value=sqrt_bias_correction2)
             dirs = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
         torch._foreach_add_(ps, dirs, alpha=-lr)
+        _displace(buffers, index, dirs, lr)
         for i, d in zip(index, dirs):
             directions[i], step_sizes[i] = d, abs(lr)
     return directions, step_sizes
+
+
+def _displace(buffers, index, directions, lr: float) -> None:
+    """δ_i ← δ_i − a·direction_i: the displacement the scale-free step size reads."""
+    if "displacement" in buffers:
+        torch._foreach_add_([buffers["displacement"][i] for i in index], directions, alpha=-lr)

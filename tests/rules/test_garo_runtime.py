@@ -32,10 +32,12 @@ def _compare(runtime_state, functional_state, live, ps):
 @pytest.mark.parametrize("direction", ["sgd", "adam"])
 @pytest.mark.parametrize("with_loss", [True, False])
 @pytest.mark.parametrize("segments", ["global", "tensor", "idle segment"])
-def test_runtime_step_equals_functional_step_float64(features, direction, with_loss, segments):
+@pytest.mark.parametrize("scale", ["none", "distance"])
+def test_runtime_step_equals_functional_step_float64(features, direction, with_loss, segments,
+                                                     scale):
     params, loss_fn = regression()
     controller = awake_controller(features=features)
-    rule = GARORule(direction=direction)
+    rule = GARORule(direction=direction, scale=scale)
     ids, S = {"global": (None, 1), "tensor": ([0, 1, 2], 3),
               "idle segment": ([0, 0, 2], 3)}[segments]
     horizon = 15 if features == "relative" else None
@@ -58,12 +60,13 @@ def test_runtime_step_equals_functional_step_float64(features, direction, with_l
                 ps, functional = rule.apply(ps, grads, functional, hyper, loss=loss)
         lrs.append(functional["lr"].clone())
     error = _compare(runtime, functional, live, ps)
-    print(f"\napply_ vs apply ({features}, {direction}, loss={with_loss}, {segments}), "
+    print(f"\napply_ vs apply ({features}, {direction}, loss={with_loss}, {segments}, "
+          f"scale={scale}), "
           f"20 steps float64: max abs error {error:.3e}")
     assert error < 1e-12
     # the controller really varied its outputs, so the comparison covers the whole step
     active = sorted(set(ids or [0]))
-    assert torch.stack(lrs).std(dim=0)[active].min() > 1e-4
+    assert torch.stack(lrs).log().std(dim=0)[active].min() > 1e-4
     if segments == "idle segment":  # the segment without tensors kept its initial state
         assert torch.equal(runtime["hidden"][1], torch.zeros_like(runtime["hidden"][1]))
 
