@@ -39,8 +39,8 @@ from safetensors import safe_open
 from safetensors.torch import save as _safetensors_bytes
 
 from .atomic import atomic_write
-from .controllers.garo import GAROController
-from .controllers.switching import SwitchingPolicy
+from .garo.controller import GAROController
+from .hybrid.policy import SwitchingPolicy
 
 FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
@@ -290,8 +290,8 @@ def load_optimizer(name_or_path: PathLike, params, **overrides):
     ``overrides`` replace the stored optimizer options or add group defaults (``lr``,
     ``weight_decay``, ``direction``, ``granularity``, …).
     """
-    from .optim.garo import GARO
-    from .optim.hybrid import HybridGDODE
+    from .garo.optimizer import GARO
+    from .hybrid.optimizer import HybridGDODE
     path = resolve(name_or_path)
     ckpt = load_checkpoint(path)
     options = {**ckpt.optimizer_config, **overrides}

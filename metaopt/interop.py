@@ -22,7 +22,7 @@ from typing import Any
 import higher
 import higher.optim
 
-from .optim.garo import GARO
+from .garo.optimizer import GARO
 
 
 class DifferentiableGARO(higher.optim.DifferentiableOptimizer):

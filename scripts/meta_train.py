@@ -46,7 +46,7 @@ from tqdm import tqdm
 import tasks
 from metaopt.atomic import atomic_write
 from metaopt.checkpoint import SUFFIX, save_checkpoint
-from metaopt.controllers.garo import GAROController
+from metaopt.garo.controller import GAROController
 from metaopt.evaluation import (
     SUMMARY_COLUMNS,
     evaluate,
@@ -71,8 +71,8 @@ from metaopt.meta import (
 )
 from metaopt.meta.training_state import TrainingStateError
 from metaopt.meta.vectorised import VectorisedPool
-from metaopt.optim.garo import GARO
-from metaopt.rules.garo import GARORule
+from metaopt.garo.optimizer import GARO
+from metaopt.garo.rule import GARORule
 
 STATE_FILE, EXPORT_FILE = "state.pt", "optimizer.safetensors"
 EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "final_test_loss_mean",

@@ -41,7 +41,7 @@ class ControllerConfig:
 @dataclass
 class HybridConfig:
     """The hybrid GD-ODE optimizer trained by controller.kind=hybrid|hybrid_garo
-    (scripts/hybrid_train.py builds it; metaopt.rules.hybrid documents each key)."""
+    (scripts/hybrid_train.py builds it; metaopt.hybrid.rule documents each key)."""
     gd: str = "sgd"  # sgd | adam | rmsprop (hybrid_garo: GARO's controller.direction instead)
     lr: float = 0.05  # the GD module's lr (hybrid); the ODE step is ode_lr
     momentum: float = 0.9

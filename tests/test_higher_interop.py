@@ -9,8 +9,8 @@ from torch import nn
 import metaopt  # noqa: F401  (registers GARO with higher)
 from metaopt.interop import DifferentiableGARO
 from metaopt.optim import GARO
-from metaopt.rules import GARORule
-from tests.rules.garo_helpers import awake_controller
+from metaopt.garo import GARORule
+from tests.garo.helpers import awake_controller
 
 STEPS = 3
 

@@ -24,9 +24,9 @@ import os
 import torch
 from torch import nn
 
-from metaopt.controllers.garo import GAROController
+from metaopt.garo.controller import GAROController
 from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, TruncatedBPTT, make_horizon
-from metaopt.rules.garo import GARORule
+from metaopt.garo.rule import GARORule
 from metaopt.task import ModuleTask
 
 from . import meta_throughput

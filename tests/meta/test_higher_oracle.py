@@ -12,8 +12,8 @@ import torch
 import tasks
 from metaopt.meta import GAROLearnedRule, MetaLoss, batch_generator, unroll_segment
 from metaopt.meta.unroll import initial_run
-from metaopt.optim.garo import GARO
-from metaopt.rules.garo import GARORule
+from metaopt.garo.optimizer import GARO
+from metaopt.garo.rule import GARORule
 
 from .helpers import learned_rule
 
