@@ -9,8 +9,9 @@ horizon ``T`` and held-out task seed,
 
 with Adam's lr tuned on those seeds on a log grid widened until the best is interior
 (``tune_lr_interior``) and its curve run to ``extension · T`` so that speedups above 1 resolve.
-A candidate's score is its median speedup over tasks × seeds (a diverged run scores 0); the
-best score wins, ties going to fewer divergences and then to the later snapshot. The validation
+A candidate's score is its median speedup over tasks × seeds (a diverged run scores 0); a
+candidate that diverged anywhere ranks below every one that did not (a user would rather lose
+speed than a run), then the best score wins, ties going to the later snapshot. The validation
 tasks must be neither in the training mixture nor among the benchmark's test families.
 """
 from __future__ import annotations
@@ -105,5 +106,5 @@ def select(candidates: Mapping[str, CandidateBuilder], tasks: Sequence[Validatio
     scores = [score_candidate(name, build, tasks, refs, seeds)
               for name, build in candidates.items()]
     order = {s.name: i for i, s in enumerate(scores)}
-    best = max(scores, key=lambda s: (s.median_speedup, -s.diverged, order[s.name]))
+    best = max(scores, key=lambda s: (s.diverged == 0, s.median_speedup, order[s.name]))
     return best.name, scores
