@@ -123,7 +123,11 @@ def print_tasks(names: list[str]) -> int:
     factories = _family_factories()
     unknown = [n for n in names if n not in factories]
     if unknown:
-        print(f"unknown task family {unknown}; known: {', '.join(factories)}", file=sys.stderr)
+        import difflib
+        close = sorted({m for n in unknown for m in difflib.get_close_matches(n, factories, n=3)})
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        print(f"unknown task family {unknown}; {hint}known: {', '.join(factories)}",
+              file=sys.stderr)
         return 2
     for name in names or list(factories):
         factory = factories[name]

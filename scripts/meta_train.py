@@ -278,10 +278,9 @@ def _is_final_record(record: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from config_groups import describe_keys  # --help lists every key, type and default
     wants_help = {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
-                                     epilog=describe_keys(MetaTrainConfig) if wants_help else None,
+                                     epilog=_help_epilog(argv) if wants_help else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
     parser.add_argument("--check", action="store_true",
@@ -304,6 +303,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run_dir.release_all()
         if world > 1:
             torch.distributed.destroy_process_group()
+
+
+def _help_epilog(argv: list[str] | None) -> str:
+    """Every key with its type and value: the ``--config`` file's (and overrides') values when
+    one is given and loads, else the schema defaults."""
+    from config_groups import describe_keys
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--config")
+    probe.add_argument("overrides", nargs="*")
+    known, _ = probe.parse_known_args([a for a in (sys.argv[1:] if argv is None else argv)
+                                       if a not in ("-h", "--help")])
+    if known.config:
+        try:
+            cfg = load_config(known.config, known.overrides)
+            return describe_keys(MetaTrainConfig, values=cfg, source=known.config)
+        except ConfigError as error:
+            return f"({known.config}: {error})\n" + describe_keys(MetaTrainConfig)
+    return describe_keys(MetaTrainConfig)
 
 
 def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str, Any]:
