@@ -130,10 +130,11 @@ def _comments(cls: type) -> dict[str, str]:
     except (OSError, TypeError):
         return {}
     # a comment may go on over the following comment-only lines (hybrid.gate's choices)
-    return {m.group(1): " ".join([m.group(2).strip(), *(
-                line.strip().lstrip("#").strip() for line in m.group(3).splitlines() if line.strip())])
-            for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$((?:\n\s+#.*$)*)", source,
-                                 re.MULTILINE)}
+    out = {}
+    for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$((?:\n\s+#.*$)*)", source, re.MULTILINE):
+        more = [line.strip().lstrip("#").strip() for line in m.group(3).splitlines()]
+        out[m.group(1)] = " ".join([m.group(2).strip(), *filter(None, more)])
+    return out
 
 
 def _type_name(tp: Any) -> str:
