@@ -15,6 +15,7 @@ from ..rules.curvature import CurvatureProbe, probe_curvature
 from ..rules.dcao import SCHEDULES, dcao_schedule
 from ..rules.lanczos import DEFAULT_TOL
 from ..rules.hvp import CreateGraphBackward, gradient_hvp
+from ._grad_evals import GradEvalCounter
 from ._rule_optimizer import check_non_negative, check_positive
 
 # Per-probe fields kept in state_dict()["curvature"] (besides the per-parameter warm-start vector).
@@ -48,7 +49,7 @@ def clean_probe(model: Optional[nn.Module], device: torch.device):
                     b.copy_(saved)
 
 
-class DCAO(torch.optim.Optimizer):
+class DCAO(GradEvalCounter, torch.optim.Optimizer):
     r"""Dynamic Curvature-Aware Optimizer (seed: DCAO).
 
     Every ``probe_every`` steps (first at step 0) the closure is run with the gradient's graph
@@ -195,6 +196,7 @@ class DCAO(torch.optim.Optimizer):
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
+            self._count_grad_evals(1)  # the closure's, or the caller's backward into p.grad
         self._update()
         self.steps_taken += 1
         return loss
@@ -204,6 +206,7 @@ class DCAO(torch.optim.Optimizer):
             # One closure call serves both the probe (graph kept) and the update (same gradient).
             with torch.enable_grad(), CreateGraphBackward() as mode:
                 loss = closure()
+            self._count_grad_evals(1)
             _require_backward(mode)
             params = self._active()
             if params:
@@ -213,6 +216,7 @@ class DCAO(torch.optim.Optimizer):
             return loss
         with torch.enable_grad():
             loss = closure()
+        self._count_grad_evals(2)  # the training gradient, then the eval-mode probe's
         train_grads = {p: p.grad for p in self._active()}
         device = next(iter(train_grads)).device if train_grads else torch.device("cpu")
         with clean_probe(self.model, device):
