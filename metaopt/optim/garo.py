@@ -23,6 +23,7 @@ from ..controllers.garo import GAROController
 from ..rules.garo import GARORule
 from ..rules.garo_host_state import HostState
 from ..rules.garo_runtime import host_apply, settle
+from ..hub_mixin import PretrainedOptimizerMixin
 from ._grad_evals import GradEvalCounter
 from ._rule_optimizer import check_non_negative
 
@@ -30,7 +31,7 @@ GRANULARITIES = ("global", "group", "tensor")
 HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 
 
-class GARO(GradEvalCounter, torch.optim.Optimizer):
+class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
 
     For tensor ``θ_i`` in a group with base rate ``lr`` and decay multiplier ``weight_decay``

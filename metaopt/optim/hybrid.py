@@ -27,6 +27,7 @@ from ..rules.runge_kutta import RungeKuttaRule
 from ..rules.sgd import SGDRule
 from ..rules.step_size_control import AdaptiveRungeKuttaRule
 from ..rules.tableaus import TABLEAUS
+from ..hub_mixin import PretrainedOptimizerMixin
 from ._grad_evals import GradEvalCounter
 from ._rule_optimizer import ClosureGradient, check_non_negative, check_positive
 
@@ -81,7 +82,7 @@ def _join(flat: dict) -> dict:
     return out
 
 
-class HybridGDODE(GradEvalCounter, torch.optim.Optimizer):
+class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Chooses per step between a GD module and an ODE module (``metaopt.rules.hybrid``).
 
     Args:
