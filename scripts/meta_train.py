@@ -286,8 +286,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--check", action="store_true",
                         help="validate the config (and a resumed run's files) and exit; "
                              "writes nothing")
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="a module name or .py file to import first: "
+                        "registers your task families (repeatable; metaopt.user_modules)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
+    _import_user_modules(args.imports)
     cfg = load_config(args.config, args.overrides)
     if args.check:
         _, _, trainer = build(cfg, cfg.device)
@@ -305,6 +309,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.distributed.destroy_process_group()
 
 
+def _import_user_modules(imports: list[str]) -> None:
+    from metaopt.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(imports)
+    except UserModuleError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _help_epilog(argv: list[str] | None) -> str:
     """Every key with its type and value: the ``--config`` file's (and overrides') values when
     one is given and loads, else the schema defaults."""
@@ -312,10 +324,12 @@ def _help_epilog(argv: list[str] | None) -> str:
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--config")
     probe.add_argument("overrides", nargs="*")
+    probe.add_argument("--import", dest="imports", action="append", default=[])
     known, _ = probe.parse_known_args([a for a in (sys.argv[1:] if argv is None else argv)
                                        if a not in ("-h", "--help")])
     if known.config:
         try:
+            _import_user_modules(known.imports)
             cfg = load_config(known.config, known.overrides)
             return describe_keys(MetaTrainConfig, values=cfg, source=known.config)
         except ConfigError as error:

@@ -58,13 +58,14 @@ def test_loss_plot_marks_divergence_and_every_evaluation():
     plt.close(fig)
 
 
-def test_meta_training_curve_of_a_log_meta_loss_uses_a_log_like_scale(tmp_path):
+def _meta_training_scale(tmp_path, losses):
     pytest.importorskip("matplotlib")
     import json
-    lines = [json.dumps({"step": s, "meta_loss": -0.5 * s}) for s in range(1, 6)]
+
+    import matplotlib.figure
+    lines = [json.dumps({"step": s, "meta_loss": v}) for s, v in enumerate(losses, 1)]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
     captured = {}
-    import matplotlib.figure
     real = matplotlib.figure.Figure.savefig
 
     def keep(fig, *args, **kwargs):
@@ -75,4 +76,10 @@ def test_meta_training_curve_of_a_log_meta_loss_uses_a_log_like_scale(tmp_path):
         assert plots.meta_training_curve(tmp_path / "metrics.jsonl", tmp_path / "m.png")
     finally:
         matplotlib.figure.Figure.savefig = real
-    assert captured["scale"] == "symlog"
+    return captured["scale"]
+
+
+def test_meta_training_curve_scale(tmp_path):
+    noisy = [0.5 / s for s in range(1, 40)] + [-1e-3]  # one noisy meta-step below 0
+    assert _meta_training_scale(tmp_path, noisy) == "log"
+    assert _meta_training_scale(tmp_path, [-0.5 * s for s in range(1, 6)]) == "linear"
