@@ -2,6 +2,7 @@
 with the config file's values, did-you-mean hints, usage lines and a quiet W&B start."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,48 @@ def test_wandb_start_prints_no_deprecation_warning(tmp_path, capfd, monkeypatch)
         logger.close()
     captured = capfd.readouterr()
     assert "reinit" not in captured.out + captured.err
+
+
+FAMILY_MODULE = '''
+import functools
+import tasks
+from tasks.quadratic import QuadraticFamily
+tasks.register("user_quadratic", functools.partial(QuadraticFamily, dim=(2, 3)))
+'''
+
+
+@pytest.fixture
+def user_registry(monkeypatch, tmp_path):
+    import tasks
+    monkeypatch.chdir(tmp_path)
+    saved, modules = dict(tasks._REGISTRY), set(sys.modules)
+    yield tmp_path
+    tasks._REGISTRY.clear()
+    tasks._REGISTRY.update(saved)
+    for name in set(sys.modules) - modules:
+        if name.startswith("user_families"):
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_train_imports_a_users_task_family(user_registry, monkeypatch, capsys, form):
+    (user_registry / "user_families.py").write_text(FAMILY_MODULE)
+    spec = str(user_registry / "user_families.py") if form == "file" else "user_families"
+    assert cli.main(["tasks", "--import", spec, "user_quadratic"]) == 0
+    assert "user_quadratic:" in capsys.readouterr().out
+    assert cli.main(["train", "--import", spec, "--config", GARO, "task=user_quadratic",
+                     *TINY]) == 0, capsys.readouterr().err
+    (run,) = (user_registry / "runs").iterdir()  # named by the config and its overrides
+    assert run.name.startswith("garo-task=user_quadratic,")
+    assert (run / "optimizer.safetensors").is_file()
+    assert "name: user_quadratic" in (run / "config.yaml").read_text()
+
+
+def test_a_bad_import_is_one_line_and_exit_2(user_registry, capsys):
+    (user_registry / "user_families_broken.py").write_text("raise RuntimeError('boom\\nline 2')")
+    for spec in ("user_families_broken.py", "no_such_module_xyz", "missing/file.py"):
+        assert cli.main(["train", "--import", spec, "--config", GARO, *TINY]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and spec in err
+    assert cli.main(["tasks", "--import", "no_such_module_xyz"]) == 2
+    assert "no_such_module_xyz" in capsys.readouterr().err
