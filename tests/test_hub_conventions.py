@@ -17,6 +17,7 @@ from metaopt.optim import GARO, GlobalAdaptiveSGD, HybridGDODE
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 from huggingface_hub import constants as hf_constants  # noqa: E402
+
 LEARNED = [("garo_quadratics", GARO), ("garo_general", GARO), ("hybrid_general", HybridGDODE)]
 
 
@@ -72,7 +73,8 @@ def test_save_and_load_pretrained_reproduce_the_optimizer(tmp_path, name, cls):
 
 
 def test_alias_class_and_wrong_class_and_no_learned_module(tmp_path):
-    directory = metaopt.load_optimizer("garo_quadratics", [_fresh()]).save_pretrained(tmp_path / "g")
+    opt = metaopt.load_optimizer("garo_quadratics", [_fresh()])
+    directory = opt.save_pretrained(tmp_path / "g")
     assert type(GlobalAdaptiveSGD.from_pretrained(directory, [_fresh()])) is GARO
     with pytest.raises(ValueError, match="holds a GARO checkpoint, not HybridGDODE"):
         HybridGDODE.from_pretrained(directory, [_fresh()])
@@ -142,4 +144,5 @@ def test_offline_repo_id_not_in_the_cache_is_one_clear_line(offline_cache):
             load()
         message = str(error.value)
         assert "\n" not in message and "'someone/missing-opt'" in message
-        assert "HF_HUB_OFFLINE" in message and "LocalEntryNotFoundError" != type(error.value).__name__
+        assert "HF_HUB_OFFLINE" in message
+        assert type(error.value).__name__ != "LocalEntryNotFoundError"

@@ -20,10 +20,10 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from ..controllers.garo import GAROController
+from ..hub_mixin import PretrainedOptimizerMixin
 from ..rules.garo import GARORule
 from ..rules.garo_host_state import HostState
 from ..rules.garo_runtime import host_apply, settle
-from ..hub_mixin import PretrainedOptimizerMixin
 from ._grad_evals import GradEvalCounter
 from ._rule_optimizer import check_non_negative
 
@@ -67,9 +67,9 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
     already called ``loss.backward()``, ``step(loss=loss)``; learned controllers are meta-trained
     with it: a step without either on a given (trained) controller warns once, because the
     controller then sees its loss features as missing. ``num_grad_evals`` counts the gradient
-    evaluations (one per step). A step whose gradient (or loss) is not finite is skipped: parameters, buffers and
-    the controller's hidden state stay as they were, ``skipped_steps`` counts it and a
-    ``RuntimeWarning`` says so. (A finite gradient so large that its norm overflows counts too.)
+    evaluations (one per step). A step whose gradient (or loss) is not finite is skipped:
+    parameters, buffers and the controller's hidden state stay as they were, ``skipped_steps``
+    counts it and a ``RuntimeWarning`` says so. (A finite gradient so large that its norm overflows counts too.)
     ``state_dict()`` carries the controller weights and its recurrent state, so a resumed run
     continues bit-exactly; it loads with ``torch.load(weights_only=True)``.
     """

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..controllers.switching import PolicyGate, SwitchingPolicy
+from ..hub_mixin import PretrainedOptimizerMixin
 from ..rules.adam import AdamRule
 from ..rules.gradient_flow import GradientFlowRule
 from ..rules.hybrid import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
@@ -27,7 +28,6 @@ from ..rules.runge_kutta import RungeKuttaRule
 from ..rules.sgd import SGDRule
 from ..rules.step_size_control import AdaptiveRungeKuttaRule
 from ..rules.tableaus import TABLEAUS
-from ..hub_mixin import PretrainedOptimizerMixin
 from ._grad_evals import GradEvalCounter
 from ._rule_optimizer import ClosureGradient, check_non_negative, check_positive
 
@@ -102,7 +102,8 @@ class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimiz
     ``step(closure)`` needs a closure whenever an ODE step may run (any policy but ``"gd"``, or
     the Lanczos probe); with ``policy="gd"`` it works from ``p.grad`` like torch.optim.SGD.
     ``num_grad_evals`` (alias ``gradient_evaluations``) counts closure calls (one per step from
-    ``p.grad``). ``state_dict()`` carries both modules' state and the switch's memories (mode, dwell, loss window), so a resume is bit-exact.
+    ``p.grad``). ``state_dict()`` carries both modules' state and the switch's memories (mode,
+    dwell, loss window), so a resume is bit-exact.
     """
 
     def __init__(self, params, lr: float = 1e-2, *, gd: str = "sgd", momentum: float = 0.9,
