@@ -69,7 +69,8 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
     controller then sees its loss features as missing. ``num_grad_evals`` counts the gradient
     evaluations (one per step). A step whose gradient (or loss) is not finite is skipped:
     parameters, buffers and the controller's hidden state stay as they were, ``skipped_steps``
-    counts it and a ``RuntimeWarning`` says so. (A finite gradient so large that its norm overflows counts too.)
+    counts it and a ``RuntimeWarning`` says so. (A finite gradient so large that its norm
+    overflows counts too.)
     ``state_dict()`` carries the controller weights and its recurrent state, so a resumed run
     continues bit-exactly; it loads with ``torch.load(weights_only=True)``.
     """
