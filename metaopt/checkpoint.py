@@ -41,6 +41,7 @@ from safetensors.torch import save as _safetensors_bytes
 from .atomic import atomic_write
 from .garo.controller import GAROController
 from .hybrid.policy import SwitchingPolicy
+from .hub_mixin import PretrainedCheckpointMixin
 
 FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
@@ -65,7 +66,7 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class Checkpoint:
+class Checkpoint(PretrainedCheckpointMixin):
     controller: torch.nn.Module  # a CONTROLLER_CLASSES instance
     optimizer_config: dict[str, Any]
     metadata: dict[str, str]

@@ -6,13 +6,16 @@
     metaopt analyze ...                                           # scripts/gdsearch.py (studies)
     metaopt list [optimizers|pretrained|tasks]                    # what can be built / loaded
     metaopt tasks [NAME ...]                                      # families, keywords, defaults
+    metaopt train --import my_tasks.py --config my.yaml           # a user's families too
 
 ``train``, ``evaluate``, ``benchmark`` and ``analyze`` run the scripts of the source checkout
 (``main(argv)`` of the module, loaded by path; the scripts stay the implementation and can still
 be run directly). ``scripts/`` is not part of the installed package: the command finds it next to
 the ``metaopt`` package, which is where an editable install (``pip install -e .``, what
 ``make setup`` does) leaves it, or in the folder named by ``METAOPT_SCRIPTS``. ``list`` and
-``tasks`` need only the installed packages.
+``tasks`` need only the installed packages. ``--import MODULE`` (a module name or a ``.py``
+file; ``train``, ``evaluate``, ``list``, ``tasks``) imports the user's module first, so the task
+families it registers can be named (``metaopt.user_modules``).
 """
 from __future__ import annotations
 
@@ -123,7 +126,11 @@ def print_tasks(names: list[str]) -> int:
     factories = _family_factories()
     unknown = [n for n in names if n not in factories]
     if unknown:
-        print(f"unknown task family {unknown}; known: {', '.join(factories)}", file=sys.stderr)
+        import difflib
+        close = sorted({m for n in unknown for m in difflib.get_close_matches(n, factories, n=3)})
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        print(f"unknown task family {unknown}; {hint}known: {', '.join(factories)}",
+              file=sys.stderr)
         return 2
     for name in names or list(factories):
         factory = factories[name]
@@ -162,6 +169,22 @@ def print_list(what: list[str]) -> int:
     return 0
 
 
+def _import_first(args: list[str]) -> list[str]:
+    """Import the ``--import MODULE`` modules of ``args`` (metaopt.user_modules); the rest."""
+    from .user_modules import UserModuleError, import_user_modules
+    specs, rest, it = [], [], iter(args)
+    for arg in it:
+        if arg == "--import" or arg.startswith("--import="):
+            spec = arg.partition("=")[2] or next(it, "")
+            if not spec:
+                raise UserModuleError("--import needs a module name or a .py file")
+            specs.append(spec)
+        else:
+            rest.append(arg)
+    import_user_modules(specs)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -175,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in SCRIPTS:
             return _run_script(command, rest)
-        if command == "list":
-            return print_list(rest)
-        if command == "tasks":
-            return print_tasks(rest)
+        if command in LOCAL:
+            rest = _import_first(rest)  # --import MODULE: the user's families too
+            return print_list(rest) if command == "list" else print_tasks(rest)
+    except ImportError as error:  # metaopt.user_modules.UserModuleError: one line
+        print(error, file=sys.stderr)
+        return 2
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 2

@@ -14,7 +14,10 @@ prefixes. Three kinds, checked in this order:
 * ``metaopt``: every optimizer class of ``metaopt.optim`` (``rk4``, ``garo``, ``dcao``, ...);
 * ``torch``: every ``torch.optim.Optimizer`` subclass of the installed torch (``adamw``, ...);
 * ``pretrained``: every shipped checkpoint (``metaopt.list_pretrained()``), and any checkpoint
-  file or ``save_pretrained`` directory given as a path (via ``metaopt.load_optimizer``).
+  file or ``save_pretrained`` directory given as a path (via ``metaopt.load_optimizer``);
+* then, when installed, any name of ``pytorch_optimizer`` (``lion``, ``lamb``, ``adan``,
+  ``prodigy``, ``schedulefree_adamw``, ...; ``metaopt.third_party``), with the same no-decay
+  groups; a misspelt name gets close matches from all of them.
 
 No-decay groups (timm's rule): when ``filter_bias_and_norm`` and ``weight_decay > 0``, parameters
 with ``ndim <= 1`` (biases, LayerNorm / BatchNorm / GroupNorm scales) and names ending in
@@ -122,12 +125,18 @@ def _lookup(name: str) -> tuple[str, str, Any]:
         return entry
     if name.startswith("torch.optim.") and hasattr(torch.optim, bare):
         return bare.lower(), "torch", getattr(torch.optim, bare)
-    known = sorted(display for display, _, _ in reg.values())
+    from . import third_party  # pytorch_optimizer's names, after ours (metaopt.third_party)
+    if not name.startswith(("torch.optim.", "metaopt.optim.")):
+        entry = third_party.lookup(bare)
+        if entry is not None:
+            return entry
+    known = sorted({display for display, _, _ in reg.values()} | set(third_party.names()))
     close = difflib.get_close_matches(_key(bare), [_key(k) for k in known], n=3, cutoff=0.6)
     by_key = {_key(k): k for k in known}
     hint = f"; did you mean {', '.join(repr(by_key[c]) for c in close)}?" if close else ""
-    raise ValueError(f"unknown optimizer {name!r}{hint} (metaopt.list_optimizers() lists all "
-                     f"{len(known)}; a checkpoint path must exist)")
+    raise ValueError(f"unknown optimizer {name!r}{hint} (metaopt.list_optimizers() lists "
+                     f"metaopt's and torch's, metaopt.third_party.names() pytorch_optimizer's; "
+                     f"a checkpoint path must exist)")
 
 
 def param_groups(model_or_params: nn.Module | Iterable[Any], weight_decay: float,

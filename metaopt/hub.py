@@ -134,9 +134,21 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     except ImportError:
         raise ImportError(f"loading the Hub repo {repo_id!r} needs huggingface_hub: "
                           'pip install "metaopt[hub]" (local directories need nothing)') from None
-    local = snapshot_download(repo_id, revision=revision,
-                              allow_patterns=[CONFIG_FILE, MODEL_FILE, CARD_FILE])
+    try:  # through huggingface_hub's cache: a cached repo loads offline too
+        local = snapshot_download(repo_id, revision=revision,
+                                  allow_patterns=[CONFIG_FILE, MODEL_FILE, CARD_FILE])
+    except FileNotFoundError as error:  # LocalEntryNotFoundError: offline and not cached
+        raise FileNotFoundError(_not_cached(repo_id, error)) from None
     return checkpoint_file(local)
+
+
+def _not_cached(repo_id: str, error: Exception) -> str:
+    from huggingface_hub import constants
+    offline = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else \
+        "the Hub is unreachable (HF_HUB_OFFLINE unset)"
+    return (f"Hub repo {repo_id!r} is not in the huggingface_hub cache and {offline}: download "
+            f"it once with a network (unset HF_HUB_OFFLINE), or pass a local save_pretrained "
+            f"directory ({type(error).__name__})")
 
 
 def from_pretrained(dir_or_repo_id: PathLike, map_location: str | torch.device = "cpu",

@@ -227,8 +227,16 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
                                      epilog=describe_keys(EvalConfig, override_rules=False),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by EvalConfig")
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="a module name or .py file to import first: "
+                        "registers your task families (repeatable; metaopt.user_modules)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
+    from metaopt.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(args.imports)
+    except UserModuleError as error:
+        raise ConfigError(str(error)) from None
     cfg = load_config(args.config, args.overrides)
     families, optimizers = build(cfg)
     if cfg.num_threads > 0:

@@ -130,9 +130,14 @@ def run_study(name: str, out_dir: str | os.PathLike, *, config_path: str | os.Pa
     return results
 
 
+def _prog() -> str:
+    """``metaopt analyze`` when run by the ``metaopt`` command (it sets ``sys.argv[0]``)."""
+    return sys.argv[0] if sys.argv and sys.argv[0].startswith("metaopt ") else "gdsearch"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="gdsearch", description="Run one GDSearch analysis study (CSV + PNG + report.md).")
+        prog=_prog(), description="Run one GDSearch analysis study (CSV + PNG + report.md).")
     parser.add_argument("study", nargs="?", help="study name (see --list)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")

@@ -280,17 +280,20 @@ def _is_final_record(record: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from config_groups import describe_keys  # --help lists every key, type and default
     wants_help = {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
-                                     epilog=describe_keys(MetaTrainConfig) if wants_help else None,
+                                     epilog=_help_epilog(argv) if wants_help else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
     parser.add_argument("--check", action="store_true",
                         help="validate the config (and a resumed run's files) and exit; "
                              "writes nothing")
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="a module name or .py file to import first: "
+                        "registers your task families (repeatable; metaopt.user_modules)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
+    _import_user_modules(args.imports)
     cfg = load_config(args.config, args.overrides)
     if args.check:
         _, _, trainer = build(cfg, cfg.device)
@@ -306,6 +309,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run_dir.release_all()
         if world > 1:
             torch.distributed.destroy_process_group()
+
+
+def _import_user_modules(imports: list[str]) -> None:
+    from metaopt.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(imports)
+    except UserModuleError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _help_epilog(argv: list[str] | None) -> str:
+    """Every key with its type and value: the ``--config`` file's (and overrides') values when
+    one is given and loads, else the schema defaults."""
+    from config_groups import describe_keys
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--config")
+    probe.add_argument("overrides", nargs="*")
+    probe.add_argument("--import", dest="imports", action="append", default=[])
+    known, _ = probe.parse_known_args([a for a in (sys.argv[1:] if argv is None else argv)
+                                       if a not in ("-h", "--help")])
+    if known.config:
+        try:
+            _import_user_modules(known.imports)
+            cfg = load_config(known.config, known.overrides)
+            return describe_keys(MetaTrainConfig, values=cfg, source=known.config)
+        except ConfigError as error:
+            return f"({known.config}: {error})\n" + describe_keys(MetaTrainConfig)
+    return describe_keys(MetaTrainConfig)
 
 
 def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str, Any]:

@@ -7,9 +7,12 @@ into plain constructor arguments.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -135,7 +138,8 @@ class WandbConfig:
 
 @dataclass
 class MetaTrainConfig:
-    out_dir: str = "runs/garo"
+    # "" = runs/<config file stem>[-<override>,...]: every experiment gets its own run directory
+    out_dir: str = ""
     seed: int = 0
     steps: int = 200  # total outer iterations; raise it and re-run to train further
     device: str = "cpu"
@@ -242,8 +246,26 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
     # family change, key={}/null clears a free-form dict; see scripts/config_groups.py.
     from config_groups import apply_overrides  # scripts/ is on sys.path, like this module
     merged = apply_overrides(merged, overrides, MetaTrainConfig, ConfigError)
+    if not merged.out_dir:
+        merged.out_dir = default_out_dir(config_path, overrides)
     check(merged)
     return merged
+
+
+def default_out_dir(config_path: str | None, overrides: list[str]) -> str:
+    """``runs/<config stem>``, suffixed by the overrides that change what is trained (Hydra's
+    ``override_dirname`` convention): ``--config configs/garo.yaml task=mlp steps=100`` ->
+    ``runs/garo-task=mlp``; ``steps``, ``wandb.*`` and the other keys a resumed run may change
+    leave the name alone, so re-running with a larger ``steps`` resumes."""
+    stem = Path(config_path).stem if config_path else "meta_train"
+    changed = [o.strip() for o in overrides
+               if not any(o.split("=", 1)[0].strip() == key
+                          or o.split("=", 1)[0].strip().startswith(key + ".")
+                          for key in RESUMABLE_CHANGES)]
+    suffix = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(changed))
+    if len(suffix) > 80:  # a long override list: a stable short name instead
+        suffix = suffix[:60] + "-" + hashlib.sha1(suffix.encode()).hexdigest()[:10]
+    return str(Path("runs") / (f"{stem}-{suffix}" if suffix else stem))
 
 
 def check(cfg: MetaTrainConfig) -> None:

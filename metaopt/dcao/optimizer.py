@@ -15,6 +15,7 @@ from ..rules.curvature import CurvatureProbe, probe_curvature
 from .rule import SCHEDULES, dcao_schedule
 from ..rules.lanczos import DEFAULT_TOL
 from ..rules.hvp import CreateGraphBackward, gradient_hvp
+from ..optim._grad_evals import GradEvalCounter
 from ..optim._rule_optimizer import check_non_negative, check_positive
 
 # Per-probe fields kept in state_dict()["curvature"] (besides the per-parameter warm-start vector).
@@ -48,7 +49,7 @@ def clean_probe(model: Optional[nn.Module], device: torch.device):
                     b.copy_(saved)
 
 
-class DCAO(torch.optim.Optimizer):
+class DCAO(GradEvalCounter, torch.optim.Optimizer):
     r"""Dynamic Curvature-Aware Optimizer (seed: DCAO).
 
     Every ``probe_every`` steps (first at step 0) the closure is run with the gradient's graph
@@ -82,7 +83,7 @@ class DCAO(torch.optim.Optimizer):
     Stall guard (``stall_ratio`` r, ``reprobe_every``): on sharp problems the seed's
     η = η₀e^{−αρ} collapses (Rosenbrock at (−1.5, 2): ρ ≈ 2,092, η ≈ 8e-12), the iterate stops
     moving and the next probe, ``probe_every`` steps later, sees the same ρ: frozen for good.
-    So η is floored at min(r·η₀, c·2/ρ) (c = ``stability_factor``; see ``rules.dcao``), and
+    So η is floored at min(r·η₀, c·2/ρ) (c = ``stability_factor``; see ``metaopt.dcao.rule``), and
     while the floor is active the curvature is re-probed every ``reprobe_every`` steps (it moves
     with the iterate, and the floor relies on it). Wherever αρ ≤ ln(1/r) (ρ ≤ 460 at the
     defaults) the guard is inert and the seed's schedule runs unchanged; ``stall_ratio=0`` turns
@@ -195,6 +196,7 @@ class DCAO(torch.optim.Optimizer):
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
+            self._count_grad_evals(1)  # the closure's, or the caller's backward into p.grad
         self._update()
         self.steps_taken += 1
         return loss
@@ -204,6 +206,7 @@ class DCAO(torch.optim.Optimizer):
             # One closure call serves both the probe (graph kept) and the update (same gradient).
             with torch.enable_grad(), CreateGraphBackward() as mode:
                 loss = closure()
+            self._count_grad_evals(1)
             _require_backward(mode)
             params = self._active()
             if params:
@@ -213,6 +216,7 @@ class DCAO(torch.optim.Optimizer):
             return loss
         with torch.enable_grad():
             loss = closure()
+        self._count_grad_evals(2)  # the training gradient, then the eval-mode probe's
         train_grads = {p: p.grad for p in self._active()}
         device = next(iter(train_grads)).device if train_grads else torch.device("cpu")
         with clean_probe(self.model, device):
@@ -248,7 +252,7 @@ class DCAO(torch.optim.Optimizer):
                              self.schedule, self.stability_factor, self.stall_ratio)
 
     def _update(self) -> None:
-        # In-place foreach form of rules.dcao.momentum_sgd (equal in float64: tests/optim/test_dcao).
+        # In-place foreach form of metaopt.dcao.rule.momentum_sgd (equal in float64: tests/dcao/test_dcao).
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

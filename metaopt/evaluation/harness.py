@@ -201,6 +201,8 @@ def run_task(
                 tracemalloc.stop()
 
     result.grad_evals = grad_evals
+    reported = getattr(optimizer, "num_grad_evals", None)
+    result.optimizer_grad_evals = None if reported is None else int(reported)
     result.total_wall_time = step_time
     result.wall_time_per_step = step_time / result.steps_completed if result.steps_completed else math.nan
     result.optimizer_state_bytes = _optimizer_state_bytes(optimizer)

@@ -19,17 +19,19 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from .controller import GAROController
-from .rule import GARORule
-from .host_state import HostState
-from .runtime import host_apply, settle
+from ..hub_mixin import PretrainedOptimizerMixin
+from ..optim._grad_evals import GradEvalCounter
 from ..optim._rule_optimizer import check_non_negative
+from .controller import GAROController
+from .host_state import HostState
+from .rule import GARORule
+from .runtime import host_apply, settle
 
 GRANULARITIES = ("global", "group", "tensor")
 HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 
 
-class GARO(torch.optim.Optimizer):
+class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
 
     For tensor ``θ_i`` in a group with base rate ``lr`` and decay multiplier ``weight_decay``
@@ -66,9 +68,12 @@ class GARO(torch.optim.Optimizer):
 
     The loss feeds the controller's loss features: pass ``step(closure)`` or, in a loop that has
     already called ``loss.backward()``, ``step(loss=loss)``; learned controllers are meta-trained
-    with it. A step whose gradient (or loss) is not finite is skipped: parameters, buffers and
-    the controller's hidden state stay as they were, ``skipped_steps`` counts it and a
-    ``RuntimeWarning`` says so. (A finite gradient so large that its norm overflows counts too.)
+    with it: a step without either on a given (trained) controller warns once, because the
+    controller then sees its loss features as missing. ``num_grad_evals`` counts the gradient
+    evaluations (one per step). A step whose gradient (or loss) is not finite is skipped:
+    parameters, buffers and the controller's hidden state stay as they were, ``skipped_steps``
+    counts it and a ``RuntimeWarning`` says so. (A finite gradient so large that its norm
+    overflows counts too.)
     ``state_dict()`` carries the controller weights and its recurrent state, so a resumed run
     continues bit-exactly; it loads with ``torch.load(weights_only=True)``.
     """
@@ -76,8 +81,10 @@ class GARO(torch.optim.Optimizer):
     def __init__(self, params, lr: Optional[float] = None, weight_decay: float = 1.0, *,
                  controller: Optional[GAROController] = None, direction: str = "sgd",
                  granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8,
-                 scale: str = "none", num_training_steps: Optional[int] = None, max_consecutive_skips: int = 20):
-        controller = controller if controller is not None else GAROController()
+                 scale: str = "none", num_training_steps: Optional[int] = None,
+                 max_consecutive_skips: int = 20):
+        controller_given = controller is not None
+        controller = controller if controller_given else GAROController()
         lr = controller.init_lr if lr is None else lr
         check_non_negative("lr", lr)
         check_non_negative("weight_decay", weight_decay)
@@ -98,6 +105,9 @@ class GARO(torch.optim.Optimizer):
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped_steps, self.consecutive_skips = 0, 0
         self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
+        # a given controller was (presumably) meta-trained reading the loss; the default one is
+        # plain SGD whatever it reads
+        self._expects_loss = controller_given
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -197,6 +207,12 @@ class GARO(torch.optim.Optimizer):
                 raise ValueError("step: pass a closure or a loss, not both")
             with torch.enable_grad():
                 loss = closure()
+        elif loss is None and getattr(self, "_expects_loss", False):
+            self._expects_loss = False  # once per optimizer
+            warnings.warn("GARO.step() without the loss: this controller was meta-trained "
+                          "reading it; pass step(loss=loss) after loss.backward(), or "
+                          "step(closure)", UserWarning, stacklevel=_caller_level())
+        self._count_grad_evals(1)  # the closure's, or the caller's backward into p.grad
         params, grads, lr, wd, ids = self._active()
         if not params:
             return loss
@@ -267,11 +283,24 @@ class GARO(torch.optim.Optimizer):
         # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.
         return {**super().__getstate__(), "rule": self.rule, "granularity": self.granularity,
                 "controller": self.controller, "_host": settle(self._host), "_garo_tensors": None,
-                "skipped_steps": self.skipped_steps,
+                "skipped_steps": self.skipped_steps, "_expects_loss": self._expects_loss,
                 "consecutive_skips": self.consecutive_skips,
                 "max_consecutive_skips": self.max_consecutive_skips,
                 "num_training_steps": self.num_training_steps,
                 "_hyperparam_hooks": self._hyperparam_hooks}
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside torch and this module: the user's
+    ``opt.step()`` (torch wraps ``step`` in a varying number of frames)."""
+    import os
+    import sys
+    frame, level = sys._getframe(1), 1
+    torch_dir = os.path.dirname(torch.__file__)
+    while frame is not None and (frame.f_code.co_filename == __file__
+                                 or frame.f_code.co_filename.startswith(torch_dir)):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 GlobalAdaptiveSGD = GARO

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .policy import PolicyGate, SwitchingPolicy
+from ..hub_mixin import PretrainedOptimizerMixin
 from ..rules.adam import AdamRule
 from ..rules.gradient_flow import GradientFlowRule
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
@@ -27,6 +28,7 @@ from ..rules.runge_kutta import RungeKuttaRule
 from ..rules.sgd import SGDRule
 from ..rules.step_size_control import AdaptiveRungeKuttaRule
 from ..rules.tableaus import TABLEAUS
+from ..optim._grad_evals import GradEvalCounter
 from ..optim._rule_optimizer import ClosureGradient, check_non_negative, check_positive
 
 GD_METHODS = ("sgd", "adam", "rmsprop")
@@ -80,7 +82,7 @@ def _join(flat: dict) -> dict:
     return out
 
 
-class HybridGDODE(torch.optim.Optimizer):
+class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Chooses per step between a GD module and an ODE module (``metaopt.hybrid.rule``).
 
     Args:
@@ -99,8 +101,9 @@ class HybridGDODE(torch.optim.Optimizer):
 
     ``step(closure)`` needs a closure whenever an ODE step may run (any policy but ``"gd"``, or
     the Lanczos probe); with ``policy="gd"`` it works from ``p.grad`` like torch.optim.SGD.
-    ``gradient_evaluations`` counts closure calls. ``state_dict()`` carries both modules' state
-    and the switch's memories (mode, dwell, loss window), so a resume is bit-exact.
+    ``num_grad_evals`` (alias ``gradient_evaluations``) counts closure calls (one per step from
+    ``p.grad``). ``state_dict()`` carries both modules' state and the switch's memories (mode,
+    dwell, loss window), so a resume is bit-exact.
     """
 
     def __init__(self, params, lr: float = 1e-2, *, gd: str = "sgd", momentum: float = 0.9,
@@ -213,7 +216,7 @@ class HybridGDODE(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            self.gradient_evaluations += 1
+        self.gradient_evaluations += 1  # the closure's, or the caller's backward into p.grad
         params, h = self._active()
         if not params:
             return loss

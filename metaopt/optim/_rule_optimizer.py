@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..rules.base import Rule
+from ._grad_evals import GradEvalCounter
 
 
 def check_non_negative(name: str, value: Any) -> None:
@@ -62,9 +63,10 @@ class ClosureGradient:
         return loss, grads
 
 
-class ClosureRuleOptimizer(torch.optim.Optimizer):
+class ClosureRuleOptimizer(GradEvalCounter, torch.optim.Optimizer):
     """Base class: a subclass passes its rule; ``_update`` may be overridden by a faster in-place
-    path (then a float64 test must hold it equal to the pure rule)."""
+    path (then a float64 test must hold it equal to the pure rule). ``num_grad_evals`` counts
+    the closure calls of all steps (``metaopt.optim._grad_evals``)."""
 
     rule: Rule
     #: group keys passed to the rule as per-tensor hyperparameters
