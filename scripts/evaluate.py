@@ -35,9 +35,6 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:  # run from a source checkout without installation
-        sys.path.insert(0, str(_path))
 
 import torch
 
@@ -222,7 +219,7 @@ def _init_wandb(cfg: EvalConfig, out_dir: Path):
 
 
 def main(argv: List[str] | None = None) -> List[RunResult]:
-    from config_groups import describe_keys  # --help lists every key, type and default
+    from scripts.config_groups import describe_keys  # --help lists every key, type and default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog=describe_keys(EvalConfig, override_rules=False),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -283,7 +280,7 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
         for row in summary:
             for key in ("final_norm_loss_median", "diverged", "test_acc_mean", "ms_per_step"):
                 wandb_run.summary[f"{row['optimizer']}/{row['family']}/{key}"] = row[key]
-        import plots
+        from scripts import plots
 
         plots.log_wandb_charts(wandb_run, payload["runs"], traces, pngs)
         wandb_run.finish()
@@ -293,7 +290,7 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
 
 def write_plots(cfg: EvalConfig, families, runs, traces, out_dir: Path) -> List[Path]:
     """PNG loss curves (log scale, optimality gap) and controller traces; see scripts/plots.py."""
-    import plots
+    from scripts import plots
 
     offsets = {(label, seed): float(family.sample_seed(seed).loss_offset)
                for label, family in families.items() for seed in cfg.task_seeds}

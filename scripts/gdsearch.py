@@ -25,14 +25,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:  # run from a source checkout without installation
-        sys.path.insert(0, str(_path))
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from studies import discover
+from scripts.studies import discover
 
 from metaopt.logging import WANDB_MODES, make_logger
 

@@ -22,18 +22,14 @@ import argparse
 import copy
 import csv
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 import torch
-from config_checks import check_values
+from scripts.config_checks import check_values
 from omegaconf import OmegaConf
 
 import tasks

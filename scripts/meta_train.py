@@ -32,14 +32,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:  # run from a source checkout without installation
-        sys.path.insert(0, str(_path))
 
-import hybrid_train
-import run_dir
+from scripts import hybrid_train
+from scripts import run_dir
 import torch
-from meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
+from scripts.meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -278,7 +275,7 @@ def _is_final_record(record: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from config_groups import describe_keys  # --help lists every key, type and default
+    from scripts.config_groups import describe_keys  # --help lists every key, type and default
     wants_help = {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
                                      epilog=describe_keys(MetaTrainConfig) if wants_help else None,
@@ -428,7 +425,7 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                         row["final_norm_loss_median"]}, trainer.step_count)
     logger.log({"held_out_meta_loss_untrained": before["meta_loss"],
                 "held_out_meta_loss_trained": after["meta_loss"]}, trainer.step_count)
-    from plots import meta_training_curve  # scripts/plots.py; None without matplotlib
+    from scripts.plots import meta_training_curve  # scripts/plots.py; None without matplotlib
     curve = meta_training_curve(out_dir / "metrics.jsonl", out_dir / "meta_training.png")
     if curve is not None:
         logger.log_image("meta_training", curve, trainer.step_count)

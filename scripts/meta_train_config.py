@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from config_checks import check_values, one_line, schema_int_keys
+from scripts.config_checks import check_values, one_line, schema_int_keys
 from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -238,7 +238,7 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
             raise ConfigError(f"config {path!r}: {error}") from error
     # Overrides: config groups (task=mlp replaces the section), stale task.kwargs cleared on a
     # family change, key={}/null clears a free-form dict; see scripts/config_groups.py.
-    from config_groups import apply_overrides  # scripts/ is on sys.path, like this module
+    from scripts.config_groups import apply_overrides
     merged = apply_overrides(merged, overrides, MetaTrainConfig, ConfigError)
     check(merged)
     return merged

@@ -1,4 +1,4 @@
-"""Shared plumbing for the torchdiffeq-integrated flows (seed: hybrid-gd-ode-optimizer.md §2.2).
+"""Shared plumbing for the torchdiffeq-integrated flows (the hybrid GD/ODE optimizer's ODE modules).
 
 Parameters are packed into one flat state vector with ``einops.pack`` so the solver's RMS error
 norm runs over every parameter, exactly as ``odeint`` on the flattened parameters would.
@@ -19,7 +19,6 @@ from typing import Callable, Optional, Sequence
 import torch
 from einops import pack, unpack
 from torch import Tensor
-from torchdiffeq import odeint
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "heun2",
                       "heun3")
@@ -93,6 +92,7 @@ def integrate_unit_interval(field: Callable[[Tensor, Tensor], Tensor], y0: Tenso
         options["first_step"] = first_step
     if method in FIXED_GRID_METHODS and step_size is not None:
         options["step_size"] = step_size
+    from torchdiffeq import odeint  # imported on first use: it imports scipy.integrate (~1 s)
     try:
         y = odeint(counting, y0.to(work), s, rtol=rtol, atol=atol, method=method, options=options)
     except AssertionError as error:  # torchdiffeq: "underflow in dt 0.0"

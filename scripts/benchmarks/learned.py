@@ -205,8 +205,7 @@ COLUMNS = ("task", "held_out_family", "optimizer", "steps", "final_train_loss",
 
 def _plots(runs, traces, out: Path) -> None:
     """Loss curves and controller traces as PNGs (scripts/plots.py), logged to W&B offline."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import plots
+    from scripts import plots
     from metaopt.logging import make_logger
 
     offsets = {}

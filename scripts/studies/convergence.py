@@ -24,7 +24,7 @@ from metaopt.analysis.convergence import analyze_convergence
 from metaopt.analysis.sensitivity import function_run
 from metaopt.evaluation import make_optimizer
 from metaopt.logging import JSONLLogger
-from studies.common import markdown_table, save_figure, write_csv, write_report
+from .common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
 NAME = "convergence"

@@ -14,7 +14,7 @@ from metaopt.analysis.divergence import (
     heavy_ball_max_stable_lr,
     rule_of_thumb_lr,
 )
-from studies.common import markdown_table, save_figure, write_csv, write_report
+from .common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
 NAME = "divergence"

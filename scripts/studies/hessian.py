@@ -31,9 +31,9 @@ SMOKE = ["steps_2d=20", "train_steps=6", "snapshot_every=3", "width=4", "lanczos
 
 
 def _default_2d():
-    return [OptimizerEntry("sgd", "SGD", {"lr": 1e-3}),
-            OptimizerEntry("sgd_momentum", "SGD", {"lr": 1e-4, "momentum": 0.9}),
-            OptimizerEntry("adam", "Adam", {"lr": 0.05})]
+    return [OptimizerEntry("sgd", "sgd", {"lr": 1e-3}),
+            OptimizerEntry("sgd_momentum", "sgd", {"lr": 1e-4, "momentum": 0.9}),
+            OptimizerEntry("adam", "adam", {"lr": 0.05})]
 
 
 @dataclass

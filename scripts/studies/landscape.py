@@ -31,8 +31,8 @@ SMOKE = ["steps=8", "snapshot_every=4", "width=4", "resolution=5", "interpolatio
 
 
 def _default_optimizers():
-    return [OptimizerEntry("sgd_momentum", "SGD", {"lr": 0.05, "momentum": 0.9}),
-            OptimizerEntry("adamw", "AdamW", {"lr": 0.01, "weight_decay": 0.01})]
+    return [OptimizerEntry("sgd_momentum", "sgd", {"lr": 0.05, "momentum": 0.9}),
+            OptimizerEntry("adamw", "adamw", {"lr": 0.01, "weight_decay": 0.01})]
 
 
 @dataclass

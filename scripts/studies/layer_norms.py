@@ -13,7 +13,7 @@ import torch
 
 import tasks
 from metaopt.analysis.training_stats import Phase, train_with_stats
-from studies.common import markdown_table, save_figure, write_csv, write_report
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "layer_norms"
 DESCRIPTION = ("Entries 2+5: per-layer grad norms, gen gap, sharpness — SGD+momentum vs AdamW vs "

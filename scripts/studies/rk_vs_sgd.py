@@ -16,7 +16,7 @@ import torch
 import tasks
 from metaopt.analysis.budget import train_for_budget
 from metaopt.evaluation import make_optimizer
-from studies.common import markdown_table, save_figure, write_csv, write_report
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "rk_vs_sgd"
 DESCRIPTION = ("Seed-004 table: Heun/Ralston vs SGD on logistic regression and a CNN (digits), "
@@ -50,8 +50,8 @@ class Config:
                  {"channels": [8, 8], "activations": ["relu"], "batch_sizes": [64],
                   "train_fraction": [1.0, 1.0]}, [0.2], 300)])
     optimizers: list[OptimizerSpec] = field(default_factory=lambda: [
-        OptimizerSpec("sgd", "sgd"), OptimizerSpec("heun", "Heun"),
-        OptimizerSpec("ralston", "Ralston")])
+        OptimizerSpec("sgd", "sgd"), OptimizerSpec("heun", "heun"),
+        OptimizerSpec("ralston", "ralston")])
     equal_steps_baseline: str = "sgd"  # this label also runs with budget / 2 (RK2's step count)
     seed: int = 0
     eval_every: int = 50  # gradient evaluations between measurements

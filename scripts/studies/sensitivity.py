@@ -12,7 +12,7 @@ from typing import Any
 
 from metaopt.analysis.sensitivity import best_lr, function_run, lr_sensitivity
 from metaopt.evaluation import make_optimizer
-from studies.common import markdown_table, save_figure, write_csv, write_report
+from .common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
 NAME = "sensitivity"

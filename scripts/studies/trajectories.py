@@ -26,10 +26,10 @@ SMOKE = ["steps=30", "starts=[[-1.5,2.0]]"]
 
 
 def _default_optimizers():
-    return [OptimizerEntry("sgd", "SGD", {"lr": 1e-3}),
-            OptimizerEntry("sgd_momentum", "SGD", {"lr": 1e-4, "momentum": 0.9}),
-            OptimizerEntry("adam", "Adam", {"lr": 0.05}),
-            OptimizerEntry("rmsprop", "RMSprop", {"lr": 1e-2}),
+    return [OptimizerEntry("sgd", "sgd", {"lr": 1e-3}),
+            OptimizerEntry("sgd_momentum", "sgd", {"lr": 1e-4, "momentum": 0.9}),
+            OptimizerEntry("adam", "adam", {"lr": 0.05}),
+            OptimizerEntry("rmsprop", "rmsprop", {"lr": 1e-2}),
             OptimizerEntry("rk4", "RK4", {"lr": 1e-3}),
             OptimizerEntry("garo_quadratics", "garo_quadratics", {})]
 
@@ -92,8 +92,8 @@ def _valley_alignment(f, traj, n: int) -> float:
 
 
 def run(cfg: Config, out_dir: Path, logger) -> dict:
+    import tasks  # fills the task registry that resolve_function reads
     f, minimizers = resolve_function(cfg.function)
-    import tasks
     f_star = tasks.get(cfg.function).spec.minimum_value or 0.0
     runs = run_trajectories(cfg.function, factories(cfg.optimizers), cfg.starts, cfg.steps,
                             divergence=cfg.divergence)

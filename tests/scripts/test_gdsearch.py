@@ -25,7 +25,7 @@ def _load_script():
 
 
 gdsearch = _load_script()
-from studies import discover
+from scripts.studies import discover
 
 STUDIES = discover()
 
