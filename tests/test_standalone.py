@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("tasks", "scripts", "wandb", "matplotlib", "sklearn", "omegaconf")
 
 
-@pytest.mark.parametrize("statement", ["import metaopt", "import metaopt.cli",
-                                       "import metaopt.analysis, metaopt.evaluation, metaopt.meta, metaopt.logging"])
+@pytest.mark.parametrize("statement", [
+    "import metaopt", "import metaopt.cli",
+    "import metaopt.analysis, metaopt.evaluation, metaopt.meta, metaopt.logging"])
 def test_import_pulls_in_nothing_above_the_library(statement):
     code = (f"{statement}; import sys; "
             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
