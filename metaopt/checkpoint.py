@@ -1,4 +1,4 @@
-"""Self-describing controller checkpoints (DESIGN idea 5) and ``load_optimizer``.
+"""Self-describing controller checkpoints (weights plus the config to rebuild them) and ``load_optimizer``.
 
 A checkpoint is one safetensors file. Its tensors are the controller's ``state_dict()`` (GRU and
 head weights, and the feature-statistics buffers ``init_feature_mean`` / ``init_feature_var``);

@@ -1,4 +1,4 @@
-"""One command per GDSearch study (seed: gdsearch-research-journal.md; issue 11).
+"""One command per GDSearch study (the analysis studies of ``scripts/studies``).
 
     python scripts/gdsearch.py STUDY [--config configs/gdsearch/STUDY.yaml] [key=value ...] --out DIR
     python scripts/gdsearch.py --list

@@ -1,4 +1,4 @@
-"""Relaxation vs straight-through vs ES for the switching policy, measured (issue 10, point 3).
+"""Relaxation vs straight-through vs ES for the switching policy, measured.
 
     OMP_NUM_THREADS=1 python scripts/hybrid_estimators.py [--steps 60] [--out runs/hybrid_estimators]
 

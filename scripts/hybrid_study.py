@@ -1,4 +1,5 @@
-"""The hybrid GD-ODE seed's evaluation (§5) as a script (issue 10, point 7).
+"""The hybrid GD–ODE optimizer's evaluation as a script: GD only, ODE only, heuristic and learned
+switching, against tuned baselines.
 
     OMP_NUM_THREADS=1 python scripts/hybrid_study.py [--config configs/hybrid_study.yaml] [key=value ...]
 

@@ -124,7 +124,7 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
         section = "task.name" if cfg.task.name not in tasks.names() else "task.kwargs"
         raise _key_error(section, error, kwargs) from error
     held_out = family
-    if cfg.validation.task:  # families never seen in training (issue 9: held-out validation)
+    if cfg.validation.task:  # families never seen in training (held-out validation)
         try:
             held_out = tasks.get(cfg.validation.task, device=device, dtype=cfg.dtype,
                                  **OmegaConf.to_container(cfg.validation.task_kwargs,

@@ -29,7 +29,7 @@ class ControllerConfig:
     kind: str = "garo"  # garo | hybrid (switching policy) | hybrid_garo (policy + GARO jointly)
     hidden_size: int = 16
     num_step_frequencies: int = 3
-    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (DESIGN idea 6)
+    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (the GARO specification: untrained = plain SGD)
     init_momentum: float = 0.0
     init_weight_decay: float = 1.0e-8
     direction: str = "sgd"  # sgd | adam
@@ -66,7 +66,7 @@ class UnrollConfig:
     min_horizon: int = 50  # log_uniform schedule
     max_horizon: int = 200
     second_order: bool = True  # backpropagate through the inner gradient (create_graph)
-    engine: str = "loop"  # loop | vectorised (same-shape runs as one vmapped program, issue 12)
+    engine: str = "loop"  # loop | vectorised (same-shape runs as one vmapped program)
     compile: bool = False  # vectorised: torch.compile the batched rule step (benchmark: meta)
 
 

@@ -1,4 +1,4 @@
-"""GDSearch analysis instruments (issue 11): pure functions that return data (tensors, dataclasses).
+"""GDSearch analysis instruments: pure functions that return data (tensors, dataclasses).
 
 Trajectories on 2-D test functions, Hessian spectra (Lanczos top-k, Hutchinson trace, stochastic
 Lanczos quadrature density), saddle escape, loss landscapes, basins of attraction, sensitivity,

@@ -1,4 +1,5 @@
-"""torch.optim adapter for closure-driven rules: no update math lives here (DESIGN idea 1).
+"""torch.optim adapter for closure-driven rules: no update math lives here (the rule protocol,
+docs/architecture.md).
 
 ``ClosureRuleOptimizer.step(closure)`` evaluates the closure at θ, builds a ``grad_fn`` that
 writes any point into the parameters and re-evaluates the closure there, calls the rule under

@@ -1,6 +1,6 @@
 """DCAO: momentum SGD whose lr / momentum / weight decay follow Lanczos curvature probes.
 
-Seed: dcao-dynamic-curvature-aware-optimizer.md. A thin torch.optim adapter: the schedule and the
+DCAO (dynamic curvature-aware optimizer). A thin torch.optim adapter: the schedule and the
 step are ``metaopt.rules.dcao``, the probe is ``metaopt.rules.curvature`` (Lanczos on HVPs).
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ class DCAO(torch.optim.Optimizer):
 
     Defaults (measured, scripts/benchmarks/dcao.py and scripts/dcao_study.py, 2 CPU threads):
     an HVP costs ≈ 2.2 gradient evaluations on the 1M-parameter MLP and a probe step ≈ 50 SGD
-    steps, so ``probe_every=1000`` (the seed's example) with ``lanczos_iters=20`` gives an
+    steps, so ``probe_every=1000`` (DCAO's example) with ``lanczos_iters=20`` gives an
     amortised step ≈ 1.08× ``SGD(momentum=0.9, foreach=True)`` (target ≤ 1.10). 20 HVPs pin λ_1
     (ρ, which drives η) while the 5th Ritz value is still ~7% off on a 918-parameter MLP (30 HVPs:
     3e-5, 40: 4e-12), so γ_H is coarser than ρ. ``alpha=0.01``: the digits MLP's sharpness is
@@ -79,13 +79,13 @@ class DCAO(torch.optim.Optimizer):
     default 1e-6 lets 40 HVPs give the top 5 to ≤ 1e-6 relative on a 918-parameter MLP whose
     4th and 5th eigenvalues are 1.4 % apart (tol = 1e-3 stopped at ~32 HVPs with 2–4e-6).
 
-    Stall guard (``stall_ratio`` r, ``reprobe_every``): on sharp problems the seed's
+    Stall guard (``stall_ratio`` r, ``reprobe_every``): on sharp problems DCAO's
     η = η₀e^{−αρ} collapses (Rosenbrock at (−1.5, 2): ρ ≈ 2,092, η ≈ 8e-12), the iterate stops
     moving and the next probe, ``probe_every`` steps later, sees the same ρ: frozen for good.
     So η is floored at min(r·η₀, c·2/ρ) (c = ``stability_factor``; see ``rules.dcao``), and
     while the floor is active the curvature is re-probed every ``reprobe_every`` steps (it moves
     with the iterate, and the floor relies on it). Wherever αρ ≤ ln(1/r) (ρ ≤ 460 at the
-    defaults) the guard is inert and the seed's schedule runs unchanged; ``stall_ratio=0`` turns
+    defaults) the guard is inert and DCAO's schedule runs unchanged; ``stall_ratio=0`` turns
     it off. Rosenbrock from (−1.5, 2), defaults: f = 12.5 → 12.495 after 20,000 steps without
     the guard; with it 5.6 after 1,000, 4.0 after 5,000 and 0.010 after 20,000 steps
     (``scripts/benchmarks/dcao_stall.py``).
@@ -161,7 +161,7 @@ class DCAO(torch.optim.Optimizer):
                 and self.stalled())
 
     def stalled(self) -> bool:
-        """True when the last probe's seed-schedule step is below the stall guard's floor."""
+        """True when the last probe's DCAO-schedule step is below the stall guard's floor."""
         probe = self.last_curvature
         if probe is None or self.stall_ratio == 0:
             return False

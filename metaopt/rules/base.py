@@ -1,4 +1,4 @@
-"""The rule interface shared by the meta-training path and the torch.optim path (DESIGN idea 1).
+"""The rule interface shared by the meta-training path and the torch.optim path (docs/architecture.md).
 
 A rule is pure tensor code over a list of parameter tensors::
 

@@ -1,6 +1,6 @@
 """Curvature metrics of the local Hessian from a Lanczos probe (seed: DCAO, "Curvature Metrics").
 
-With λ_1 … λ_k the top-k Hessian eigenvalues by magnitude (``lanczos.py``), the seed defines
+With λ_1 … λ_k the top-k Hessian eigenvalues by magnitude (``lanczos.py``), DCAO defines
 
     spectral radius   ρ(H) = max_i |λ_i|
     spectral gap      γ(H) = max_{i≠j} |λ_i − λ_j|   (= max_i λ_i − min_i λ_i over the top k)
@@ -30,7 +30,7 @@ def spectral_radius(eigenvalues: Tensor) -> Tensor:
 
 
 def spectral_gap(eigenvalues: Tensor) -> Tensor:
-    """γ = max_{i≠j} |λ_i − λ_j| = max λ − min λ (the seed's gap; 0 with fewer than 2 values)."""
+    """γ = max_{i≠j} |λ_i − λ_j| = max λ − min λ (DCAO's gap; 0 with fewer than 2 values)."""
     if eigenvalues.numel() < 2:
         return eigenvalues.new_zeros(())
     return eigenvalues.max() - eigenvalues.min()
@@ -48,7 +48,7 @@ def leading_gap(eigenvalues: Tensor) -> Tensor:
 class CurvatureProbe:
     eigenvalues: Tensor            # float64 top-k by |λ|, descending magnitude
     spectral_radius: Tensor        # float64 scalar ρ
-    spectral_gap: Tensor           # float64 scalar γ (seed's definition)
+    spectral_gap: Tensor           # float64 scalar γ (DCAO's definition)
     leading_gap: Tensor            # float64 scalar λ_1 − λ_2
     residuals: Tensor              # Ritz residual norms of the eigenpairs
     top_eigenvector: TensorList    # unit vector for λ_1 (warm start for the next probe)

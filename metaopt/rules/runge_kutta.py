@@ -1,12 +1,12 @@
 """One generic explicit Runge–Kutta step on the gradient flow dθ/dt = −∇L(θ) − wd·θ.
 
-Seed: gradient-flow-rk-optimizers.md. Gradient descent is the Euler step of the gradient flow;
+Runge–Kutta gradient-flow optimizers. Gradient descent is the Euler step of the gradient flow;
 any Butcher tableau (``tableaus.py``) gives another optimizer. With slopes written as gradients
 ``k_i = ∇L(y_i) + wd·y_i`` (so y' = −k) and step size h = lr::
 
     y_i = θ − h · Σ_{j<i} a_ij k_j,      θ_next = θ − h · Σ_i b_i k_i
 
-For classic RK4 this is exactly the seed's ``x_{k+1} = x_k − α/6 (k1 + 2k2 + 2k3 + k4)``.
+For classic RK4 this is exactly the classic ``x_{k+1} = x_k − α/6 (k1 + 2k2 + 2k3 + k4)``.
 Embedded pairs also return ``error = h · Σ_i (b_i − b̂_i) k_i``, the local error estimate.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in 
 * ``char_mlp`` (the 18k-parameter character model of the learned-optimizer benchmark) and
   ``digits_mlp`` (64-64-10 tanh) at batch 64, where the step is dispatch-bound: the shipped
   ``garo_general`` (adam direction, relative features, ``num_training_steps`` set,
-  ``step(loss=loss)``) and GARO-sgd with the seed controller (``step(loss=loss)``), against
+  ``step(loss=loss)``) and GARO-sgd with the GARO specification's controller (``step(loss=loss)``), against
   ``torch.optim.Adam(foreach=True)``; SGD-momentum for reference. There GARO's cost is its
   fixed per-step cost (controller + features), not the parameter traffic.
 

@@ -1,4 +1,4 @@
-"""Learned optimizers vs lr-tuned baselines on held-out tasks (issue 9; VeLO / Celo protocol).
+"""Learned optimizers vs lr-tuned baselines on held-out tasks (VeLO / Celo protocol).
 
     python scripts/benchmark.py learned [--config configs/benchmark_learned.yaml]
 

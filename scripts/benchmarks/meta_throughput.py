@@ -1,4 +1,4 @@
-"""Meta-training throughput (issue 12): the loop engine vs the vectorised one, side by side.
+"""Meta-training throughput: the loop engine vs the vectorised one, side by side.
 
 A meta-step is ``MetaTrainer.step`` as ``scripts/meta_train.py`` builds it from
 ``configs/garo.yaml`` (GARO controller, truncated BPTT over 20 inner steps, second order,

@@ -1,5 +1,5 @@
-"""Hessian along trajectories (GDSearch journal entries 1, 3, 4; Priority 2 "eigenvalue spectrum
-evolution during training"): exact 2×2 eigenvalues along optimizer paths on a test function, and
+"""Hessian along trajectories (GDSearch: eigenvalue spectrum
+evolution during training): exact 2×2 eigenvalues along optimizer paths on a test function, and
 for an MLP on digits the top-k eigenvalues (Lanczos), λ_min and the saddle indicator, the
 Hutchinson trace and the spectral density (stochastic Lanczos quadrature) during training, with
 the Lanczos values checked against the dense Hessian's eigvalsh."""

@@ -1,4 +1,4 @@
-"""The seed-004 table in spirit (gradient-flow-rk-optimizers.md, "Experiments"): RK2 (Heun,
+"""The Runge–Kutta gradient-flow experiment table in spirit: RK2 (Heun,
 Ralston) vs SGD, test accuracy and loss side by side, on L2-regularised logistic regression on
 digits (standing in for MNIST) and a small CNN on digits. Each RK2 step costs two gradient
 evaluations, so SGD is run twice: at the same gradient-evaluation budget and at the same number
@@ -162,12 +162,12 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         findings.append(f"{task_label}, lr={lr:g}: " + "; ".join(
             f"{o} {100 * r['test_accuracy']:.2f}% / loss {r['test_loss']:.4g} "
             f"({r['steps']} steps, {r['gradient_evaluations']} evals)" for o, r in sub.items()))
-    write_report(out_dir / "report.md", "RK2 vs SGD (seed-004 table in spirit)", [
+    write_report(out_dir / "report.md", "RK2 vs SGD (the RK gradient-flow experiment table in spirit)", [
         ("Findings", "\n".join(f"- {f}" for f in findings)),
         ("Table", markdown_table(table)),
         ("Setup", "Same task sample, initialisation and minibatch sequence for every run (seed "
                   f"{cfg.seed}); every stage of an RK step sees the step's minibatch. Budgets are "
-                  "counted closure calls (one forward + backward each). The seed's own table "
+                  "counted closure calls (one forward + backward each). The original RK table "
                   "(WideResNet/ResNet18 on CIFAR-10, logistic regression on MNIST) is not "
                   "reproduced at that scale. Files: rk_vs_sgd.csv, curves.csv, test_loss.png, "
                   "test_accuracy.png."),

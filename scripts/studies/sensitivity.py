@@ -1,5 +1,5 @@
-"""lr sensitivity around the best value (GDSearch journal, Priority 1: "sensitivity analysis around
-best hyperparameters (lr ± 10 %)"). For each test function and optimizer: tune lr on a log grid,
+"""lr sensitivity around the best value (GDSearch: sensitivity analysis around
+the best hyperparameters, lr ± 10 %). For each test function and optimizer: tune lr on a log grid,
 rerun at ±5 %, ±10 % and report the spread of the final loss and of the steps to target.
 Instrument: ``metaopt.analysis.sensitivity``.
 """
