@@ -24,14 +24,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from scripts.studies import discover
 
 from metaopt.logging import WANDB_MODES, make_logger
+from scripts.studies import discover
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG_DIR = REPO_ROOT / "configs" / "gdsearch"
 

@@ -27,10 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 import torch
-from scripts.config_checks import check_values
 from omegaconf import OmegaConf
 
 import tasks
@@ -43,7 +40,10 @@ from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule
 from metaopt.rules.adam import AdamRule
 from metaopt.rules.hybrid import ConstantSwitch, HeuristicSwitch, HybridRule
 from metaopt.rules.sgd import SGDRule
+from scripts.config_checks import check_values
 from tasks.test_functions import TEST_FUNCTIONS_2D
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FUNCTIONS = ("rastrigin", "ackley", "himmelblau", "six_hump_camel", "styblinski_tang")
 #: final gap f − f* below which a start ended in the global basin: half the gap of the best

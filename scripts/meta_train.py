@@ -31,12 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-from scripts import hybrid_train
-from scripts import run_dir
 import torch
-from scripts.meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -70,6 +65,15 @@ from metaopt.meta.training_state import TrainingStateError
 from metaopt.meta.vectorised import VectorisedPool
 from metaopt.optim.garo import GARO
 from metaopt.rules.garo import GARORule
+from scripts import hybrid_train, run_dir
+from scripts.meta_train_config import (
+    ConfigError,
+    MetaTrainConfig,
+    load_config,
+    training_differences,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 STATE_FILE, EXPORT_FILE = "state.pt", "optimizer.safetensors"
 EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "final_test_loss_mean",

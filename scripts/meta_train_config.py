@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from scripts.config_checks import check_values, one_line, schema_int_keys
 from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from scripts.config_checks import check_values, one_line, schema_int_keys
 
 
 @dataclass

@@ -6,8 +6,8 @@
     >>> task = family.sample(torch.Generator().manual_seed(0))
 
 ``tasks.names()`` lists the registered families; ``tasks.get(name, **kwargs)`` builds one and
-raises ``ValueError`` naming an unknown family or keyword. ``tasks.get("mixture", components={...})``
-mixes several named families; ``tasks.get("augmented", family={"name": ..., "kwargs": {...}},
+raises ``ValueError`` naming an unknown family or keyword.
+``tasks.get("mixture", components={...})`` mixes several named families; ``tasks.get("augmented", family={"name": ..., "kwargs": {...}},
 loss_scale=[lo, hi], param_scale=[lo, hi])`` rescales each sampled task's loss and parameters.
 ``tasks.register(name, factory)`` adds a plug-in family.
 """
@@ -52,7 +52,8 @@ def names() -> list[str]:
 
 
 def get(name: str, **kwargs: Any) -> TaskFamily:
-    """Build the family registered as ``name`` with ``kwargs`` (``metaopt.task_registry.get_family``).
+    """Build the family registered as ``name`` with ``kwargs``
+    (``metaopt.task_registry.get_family``).
 
     Raises ``ValueError`` naming the family if it is unknown, or the offending keyword if the
     family does not accept it; a family's own validation errors (bad values) propagate as

@@ -59,7 +59,8 @@ def optimizer_factory(name: str, **options) -> OptimizerFactory:
 def adam_effective_lr(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor:
     """lr / (sqrt(v̂) + ε) per coordinate of ``param`` from a torch.optim Adam/AdamW's state."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise TypeError(f"optimizer: expected torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
+        raise TypeError("optimizer: expected torch.optim.Adam or AdamW, got "
+                        f"{type(optimizer).__name__}")
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     state = optimizer.state[param]
     step = float(state["step"])

@@ -27,7 +27,8 @@ import torch
 
 from .. import registry
 
-__all__ = ["BASELINES", "OptimizerFactory", "make_optimizer", "optimizer_names", "resolve_optimizer"]
+__all__ = ["BASELINES", "OptimizerFactory", "make_optimizer", "optimizer_names",
+           "resolve_optimizer"]
 
 #: the evaluation protocol's defaults on top of the registry's (torch's SGD has no default lr)
 _PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,7 +99,8 @@ def _check_hyperparameters(name: str, cls: type, hyperparameters: dict[str, Any]
     accepted = set(parameters) - {"self", "params"}
     unknown = sorted(set(hyperparameters) - accepted)
     if unknown:
-        raise ValueError(f"optimizer {name!r} ({cls.__name__}) does not accept {unknown}; accepted: {sorted(accepted)}")
+        raise ValueError(f"optimizer {name!r} ({cls.__name__}) does not accept {unknown}; "
+                         f"accepted: {sorted(accepted)}")
 
 
 def make_optimizer(name: str, label: str | None = None, **hyperparameters: Any) -> OptimizerFactory:

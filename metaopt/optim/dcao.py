@@ -6,15 +6,15 @@ step are ``metaopt.rules.dcao``, the probe is ``metaopt.rules.curvature`` (Lancz
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..rules.curvature import CurvatureProbe, probe_curvature
 from ..rules.dcao import SCHEDULES, dcao_schedule
-from ..rules.lanczos import DEFAULT_TOL
 from ..rules.hvp import CreateGraphBackward, gradient_hvp
+from ..rules.lanczos import DEFAULT_TOL
 from ._rule_optimizer import check_non_negative, check_positive
 
 # Per-probe fields kept in state_dict()["curvature"] (besides the per-parameter warm-start vector).
@@ -27,7 +27,7 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 @contextlib.contextmanager
-def clean_probe(model: Optional[nn.Module], device: torch.device):
+def clean_probe(model: nn.Module | None, device: torch.device):
     """Deterministic, side-effect-free probe: eval mode (no dropout, batch-norm uses and keeps its
     running statistics), buffers restored and the RNG forked, whatever custom modules do."""
     if model is None:
@@ -100,7 +100,7 @@ class DCAO(torch.optim.Optimizer):
                  gamma: float = 0.01, schedule: str = "exponential",
                  stability_factor: float = 0.9, tol: float = DEFAULT_TOL,
                  stall_ratio: float = 0.01, reprobe_every: int = 10,
-                 model: Optional[nn.Module] = None, seed: int = 0):
+                 model: nn.Module | None = None, seed: int = 0):
         check_non_negative("lr", lr)
         if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {momentum!r}")
@@ -130,7 +130,7 @@ class DCAO(torch.optim.Optimizer):
         self.model = model
         self.generator = torch.Generator().manual_seed(seed)
         self.steps_taken = 0
-        self.last_curvature: Optional[CurvatureProbe] = None
+        self.last_curvature: CurvatureProbe | None = None
         self.history: list[dict] = []
 
     _EXTRA = ("probe_every", "k", "lanczos_iters", "tol", "alpha", "beta", "gamma", "schedule",
@@ -182,7 +182,7 @@ class DCAO(torch.optim.Optimizer):
         return params
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+    def step(self, closure: Callable[[], Tensor] | None = None):
         if self._probe_due():
             if closure is None:
                 raise RuntimeError(

@@ -13,7 +13,8 @@ the result into the parameters; the meta path calls it with a differentiable ``g
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, Union
 
 import torch
 from torch import Tensor

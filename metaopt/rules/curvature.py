@@ -11,8 +11,8 @@ convergence rates) and a Hutchinson estimate of tr(H) (the mean curvature, ``hvp
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -54,7 +54,7 @@ class CurvatureProbe:
     top_eigenvector: TensorList    # unit vector for λ_1 (warm start for the next probe)
     hvp_count: int                 # Hessian-vector products spent (Lanczos + Hutchinson)
     converged: bool
-    trace: Optional[Tensor] = None  # Hutchinson tr(H) estimate when requested
+    trace: Tensor | None = None  # Hutchinson tr(H) estimate when requested
     step: int = 0                  # optimizer step at which the probe was taken
     extra: dict = field(default_factory=dict)
 
@@ -71,8 +71,8 @@ class CurvatureProbe:
 
 def probe_curvature(hvp: Callable[[Sequence[Tensor]], TensorList], like: Sequence[Tensor],
                     k: int = 5, max_iters: int = 20, tol: float = DEFAULT_TOL,
-                    generator: Optional[torch.Generator] = None,
-                    init: Optional[Sequence[Tensor]] = None, trace_samples: int = 0,
+                    generator: torch.Generator | None = None,
+                    init: Sequence[Tensor] | None = None, trace_samples: int = 0,
                     step: int = 0) -> CurvatureProbe:
     """One curvature probe: Lanczos top-k eigenpairs, ρ, γ, λ_1 − λ_2 (and tr(H) if asked).
 

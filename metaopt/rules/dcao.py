@@ -35,7 +35,8 @@ Everything is out of place and works on floats or tensors, so a differentiable u
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import torch
 from torch import Tensor

@@ -12,7 +12,7 @@ against the size of the update, which is scale-free in the parameters' magnitude
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor

@@ -14,7 +14,7 @@ cast back. A solve that still collapses (a non-finite gradient: NaN error estima
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from einops import pack, unpack
@@ -56,7 +56,7 @@ class _Field:
         self.calls = 0
         self.accepted = 0
         self.rejected = 0
-        self.last_step: Optional[float] = None
+        self.last_step: float | None = None
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         out = self.field(t, y).to(self.dtype)
@@ -81,8 +81,8 @@ class _CountingField(_Field):
 
 
 def integrate_unit_interval(field: Callable[[Tensor, Tensor], Tensor], y0: Tensor, method: str,
-                            rtol: float, atol: float, first_step: Optional[float],
-                            step_size: Optional[float]) -> tuple[Tensor, _Field]:
+                            rtol: float, atol: float, first_step: float | None,
+                            step_size: float | None) -> tuple[Tensor, _Field]:
     """y(1) for y' = field(s, y), y(0) = y0, with torchdiffeq; returns the end state and stats."""
     work = torch.float32 if y0.dtype in (torch.float16, torch.bfloat16) else y0.dtype
     counting = (_CountingField if method in ADAPTIVE_METHODS else _Field)(field, work)

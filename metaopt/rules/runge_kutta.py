@@ -11,14 +11,24 @@ Embedded pairs also return ``error = h · Σ_i (b_i − b̂_i) k_i``, the local 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .base import (GradFn, State, StepSize, TensorList, add_into, add_scaled, axpy_,
-                   per_tensor, scale_into, with_weight_decay)
+from .base import (
+    GradFn,
+    State,
+    StepSize,
+    TensorList,
+    add_into,
+    add_scaled,
+    axpy_,
+    per_tensor,
+    scale_into,
+    with_weight_decay,
+)
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -27,7 +37,7 @@ class RungeKuttaStep:
     loss: Tensor                  # loss at the starting point θ
     params: TensorList            # θ_next
     slopes: list[TensorList]      # k_1 … k_s (k_1 is the gradient at θ, weight decay included)
-    error: Optional[TensorList]   # local error estimate for embedded pairs, else None
+    error: TensorList | None   # local error estimate for embedded pairs, else None
 
 
 def gradient_slope(grad_fn: GradFn, weight_decay: Sequence) -> GradFn:
@@ -39,7 +49,7 @@ def gradient_slope(grad_fn: GradFn, weight_decay: Sequence) -> GradFn:
 
 
 def explicit_rk_step(params: Sequence[Tensor], slope_fn: GradFn, tableau: ButcherTableau,
-                     step_size: StepSize, first: Optional[tuple[Tensor, TensorList]] = None
+                     step_size: StepSize, first: tuple[Tensor, TensorList] | None = None
                      ) -> RungeKuttaStep:
     """Take one step of ``tableau`` with step ``step_size`` (one per tensor or shared).
 

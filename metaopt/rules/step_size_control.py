@@ -16,7 +16,7 @@ controller would otherwise grow the step ×10 per call until it overflows.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor

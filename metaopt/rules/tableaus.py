@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction as F
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class ButcherTableau:
     c: tuple[float, ...]
     a: tuple[tuple[float, ...], ...]  # row i holds a[i][0..i-1]; row 0 is empty
     b: tuple[float, ...]
-    b_error: Optional[tuple[float, ...]] = None
+    b_error: tuple[float, ...] | None = None
 
     @property
     def stages(self) -> int:

@@ -205,8 +205,8 @@ COLUMNS = ("task", "held_out_family", "optimizer", "steps", "final_train_loss",
 
 def _plots(runs, traces, out: Path) -> None:
     """Loss curves and controller traces as PNGs (scripts/plots.py), logged to W&B offline."""
-    from scripts import plots
     from metaopt.logging import make_logger
+    from scripts import plots
 
     offsets = {}
     for r in runs:  # loss curves drawn as raw losses (the held-out tasks have no known minimum)

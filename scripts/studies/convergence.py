@@ -24,8 +24,9 @@ from metaopt.analysis.convergence import analyze_convergence
 from metaopt.analysis.sensitivity import function_run
 from metaopt.evaluation import make_optimizer
 from metaopt.logging import JSONLLogger
-from .common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
+
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "convergence"
 DESCRIPTION = ("Convergence (steps to target, plateaus) and anomaly detection (divergence onset, "

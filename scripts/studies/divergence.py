@@ -14,8 +14,9 @@ from metaopt.analysis.divergence import (
     heavy_ball_max_stable_lr,
     rule_of_thumb_lr,
 )
-from .common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
+
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "divergence"
 DESCRIPTION = ("heavy-ball divergence on Rosenbrock — start Hessian, velocity growth, "

@@ -13,6 +13,7 @@ import torch
 
 import tasks
 from metaopt.analysis.training_stats import Phase, train_with_stats
+
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "layer_norms"

@@ -16,6 +16,7 @@ import torch
 import tasks
 from metaopt.analysis.budget import train_for_budget
 from metaopt.evaluation import make_optimizer
+
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "rk_vs_sgd"

@@ -12,8 +12,9 @@ from typing import Any
 
 from metaopt.analysis.sensitivity import best_lr, function_run, lr_sensitivity
 from metaopt.evaluation import make_optimizer
-from .common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
+
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "sensitivity"
 DESCRIPTION = "Priority 1: final-loss / steps-to-target spread at lr ±10% around the tuned lr"
