@@ -1,4 +1,4 @@
-"""DCAO at the edge of stability: sharpness vs 2/η on full-batch load_digits (seed: DCAO).
+"""DCAO at the edge of stability: sharpness vs 2/η on full-batch load_digits (DCAO).
 
     python scripts/dcao_study.py [--steps 400] [--lr 0.5] [--loss mse|ce] [--csv results/dcao_study.csv]
 

@@ -49,14 +49,14 @@ def clean_probe(model: nn.Module | None, device: torch.device):
 
 
 class DCAO(torch.optim.Optimizer):
-    r"""Dynamic Curvature-Aware Optimizer (seed: DCAO).
+    r"""Dynamic Curvature-Aware Optimizer (DCAO).
 
     Every ``probe_every`` steps (first at step 0) the closure is run with the gradient's graph
     kept, and ``lanczos_iters`` at most Hessian-vector products (double backward) give the top-``k``
     eigenvalues by magnitude, the spectral radius ρ and spectral gap γ_H (warm-started from the
     previous top eigenvector). In between, plain momentum SGD runs with
 
-    * ``schedule="exponential"`` (seed): η = η₀e^{−αρ}, μ = μ₀e^{−βγ_H}, λ = λ₀e^{−γρ}
+    * ``schedule="exponential"`` (DCAO's own): η = η₀e^{−αρ}, μ = μ₀e^{−βγ_H}, λ = λ₀e^{−γρ}
     * ``schedule="edge_of_stability"``: η = min(η₀, c·2/ρ) (Cohen et al. 2021), same μ, λ laws
 
     where η₀, μ₀, λ₀ are each group's ``lr``, ``momentum``, ``weight_decay`` (so lr schedulers act

@@ -1,4 +1,4 @@
-"""Curvature metrics of the local Hessian from a Lanczos probe (seed: DCAO, "Curvature Metrics").
+"""Curvature metrics of the local Hessian from a Lanczos probe (DCAO's "Curvature Metrics").
 
 With λ_1 … λ_k the top-k Hessian eigenvalues by magnitude (``lanczos.py``), DCAO defines
 

@@ -2,7 +2,7 @@
 
 Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in one process.
 
-* ``mlp_1m``: the ~1M-parameter MLP at batch 256; GARO (seed controller; ``sgd`` and ``adam``
+* ``mlp_1m``: the ~1M-parameter MLP at batch 256; GARO (the specification's controller; ``sgd`` and ``adam``
   directions, no loss given) against ``torch.optim.SGD(momentum=0.9, foreach=True)``. GARO's
   extra work per step is the norms of gradients, parameters and update directions, a 32-unit
   GRU step on the host and one host read.

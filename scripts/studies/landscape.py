@@ -25,7 +25,7 @@ from ._optimizers import OptimizerEntry, check_entries, factories
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "landscape"
-DESCRIPTION = "loss landscapes, trajectories on a plane and sharpness of final points "
+DESCRIPTION = "loss landscapes, trajectories on a plane and sharpness of final points"
 SMOKE = ["steps=8", "snapshot_every=4", "width=4", "resolution=5", "interpolation_points=5",
          "sharpness_samples=3", "lanczos_iters=8"]
 

@@ -17,7 +17,7 @@ from metaopt.analysis.training_stats import Phase, train_with_stats
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "layer_norms"
-DESCRIPTION = ("Entries 2+5: per-layer grad norms, gen gap, sharpness — SGD+momentum vs AdamW vs "
+DESCRIPTION = ("per-layer grad norms, gen gap, sharpness — SGD+momentum vs AdamW vs "
                "AdamW->SGD hybrid on digits")
 SMOKE = ["steps=12", "switch_step=6", "eval_every=4", "width=8", "sharpness_iters=5"]
 

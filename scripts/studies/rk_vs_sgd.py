@@ -20,7 +20,7 @@ from metaopt.evaluation import make_optimizer
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "rk_vs_sgd"
-DESCRIPTION = ("Seed-004 table: Heun/Ralston vs SGD on logistic regression and a CNN (digits), "
+DESCRIPTION = ("RK gradient-flow table: Heun/Ralston vs SGD on logistic regression and a CNN (digits), "
                "test accuracy/loss at equal gradient evaluations and equal steps")
 SMOKE = ["tasks=[{label: logistic, name: logistic_regression, kwargs: {datasets: [digits], "
          "train_fraction: [0.2, 0.2]}, lrs: [0.5], budget: 8}]", "eval_every=4"]

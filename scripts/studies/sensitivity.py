@@ -17,7 +17,7 @@ from tasks.test_functions import TEST_FUNCTIONS_2D
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "sensitivity"
-DESCRIPTION = "Priority 1: final-loss / steps-to-target spread at lr ±10% around the tuned lr"
+DESCRIPTION = "final-loss / steps-to-target spread at lr ±10% around the tuned lr"
 SMOKE = ["steps=30", "lr_grid=[0.0001,0.001]", "relative=[-0.1,0.0,0.1]",
          "problems=[{function: rosenbrock, start: [-1.5, 2.0]}]"]
 
