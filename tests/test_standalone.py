@@ -11,7 +11,7 @@ import pytest
 from metaopt import task_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("tasks", "scripts", "wandb", "matplotlib", "sklearn", "omegaconf")
+HEAVY = ("tasks", "scripts", "wandb", "matplotlib", "sklearn", "omegaconf", "torchdiffeq", "scipy")
 
 
 @pytest.mark.parametrize("statement", [
