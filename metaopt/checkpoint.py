@@ -1,4 +1,5 @@
-"""Self-describing controller checkpoints (DESIGN idea 5) and ``load_optimizer``.
+"""Self-describing controller checkpoints (weights plus the config to rebuild them) and
+``load_optimizer``.
 
 A checkpoint is one safetensors file. Its tensors are the controller's ``state_dict()`` (GRU and
 head weights, and the feature-statistics buffers ``init_feature_mean`` / ``init_feature_var``);
@@ -32,7 +33,7 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 from safetensors import safe_open
@@ -89,8 +90,8 @@ def _git_commit() -> str:
 
 
 def save_checkpoint(path: PathLike, controller: torch.nn.Module,
-                    optimizer_config: Optional[dict[str, Any]] = None,
-                    training: Optional[dict[str, Any]] = None,
+                    optimizer_config: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None,
                     optimizer_class: str = "GARO") -> Path:
     """Write ``controller`` (+ optimizer options and provenance) to ``path`` atomically.
 
@@ -172,7 +173,7 @@ def _check_optimizer_options(options: dict[str, Any], path: Path) -> None:
                                   f"{'<' if low_open is None else '<='} {high:g})")
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; refuse anything else with a clear error."""
     path = Path(path)
     if not path.is_file():

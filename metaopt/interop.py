@@ -2,7 +2,8 @@
 
 Importing this module registers ``DifferentiableGARO`` for ``metaopt.optim.GARO`` with
 ``higher.register_optim`` (``import metaopt`` does it). Its ``_update`` calls the same
-``GARORule.apply`` as the runtime optimizer and the meta-training unrolls (DESIGN idea 1), so the
+``GARORule.apply`` as the runtime optimizer and the meta-training unrolls (one rule, two callers;
+docs/architecture.md), so the
 three paths cannot drift apart; ``tests/test_higher_interop.py`` checks that higher's
 meta-gradient equals metaopt's functional one.
 

@@ -47,8 +47,9 @@ def _import_one(spec: str) -> ModuleType:
                 sys.modules.pop(name, None)
                 raise
             return module
-        if "" not in sys.path and os.getcwd() not in sys.path:  # `python -m` semantics
-            sys.path.insert(0, os.getcwd())
+        local = Path.cwd() / (spec.replace(".", os.sep) + ".py")
+        if importlib.util.find_spec(spec.split(".")[0]) is None and local.is_file():
+            return _import_one(str(local))  # a module beside the caller, as `python -m` finds it
         return importlib.import_module(spec)
     except UserModuleError:
         raise

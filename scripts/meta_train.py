@@ -31,15 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:  # run from a source checkout without installation
-        sys.path.insert(0, str(_path))
-
-import hybrid_train
-import run_dir
 import torch
-from meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -73,6 +65,15 @@ from metaopt.meta.training_state import TrainingStateError
 from metaopt.meta.vectorised import VectorisedPool
 from metaopt.garo.optimizer import GARO
 from metaopt.garo.rule import GARORule
+from scripts import hybrid_train, run_dir
+from scripts.meta_train_config import (
+    ConfigError,
+    MetaTrainConfig,
+    load_config,
+    training_differences,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 STATE_FILE, EXPORT_FILE = "state.pt", "optimizer.safetensors"
 EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "final_test_loss_mean",
@@ -127,7 +128,7 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
         section = "task.name" if cfg.task.name not in tasks.names() else "task.kwargs"
         raise _key_error(section, error, kwargs) from error
     held_out = family
-    if cfg.validation.task:  # families never seen in training (issue 9: held-out validation)
+    if cfg.validation.task:  # families never seen in training (held-out validation)
         try:
             held_out = tasks.get(cfg.validation.task, device=device, dtype=cfg.dtype,
                                  **OmegaConf.to_container(cfg.validation.task_kwargs,
@@ -280,6 +281,7 @@ def _is_final_record(record: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from scripts.config_groups import describe_keys  # --help lists every key, type and default
     wants_help = {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
                                      epilog=_help_epilog(argv) if wants_help else None,
@@ -472,7 +474,7 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                         row["final_norm_loss_median"]}, trainer.step_count)
     logger.log({"held_out_meta_loss_untrained": before["meta_loss"],
                 "held_out_meta_loss_trained": after["meta_loss"]}, trainer.step_count)
-    from plots import meta_training_curve  # scripts/plots.py; None without matplotlib
+    from scripts.plots import meta_training_curve  # scripts/plots.py; None without matplotlib
     curve = meta_training_curve(out_dir / "metrics.jsonl", out_dir / "meta_training.png")
     if curve is not None:
         logger.log_image("meta_training", curve, trainer.step_count)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from config_checks import check_values, one_line, schema_int_keys
 from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from scripts.config_checks import check_values, one_line, schema_int_keys
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ControllerConfig:
     kind: str = "garo"  # garo | hybrid (switching policy) | hybrid_garo (policy + GARO jointly)
     hidden_size: int = 16
     num_step_frequencies: int = 3
-    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (DESIGN idea 6)
+    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (the GARO specification: untrained = plain SGD)
     init_momentum: float = 0.0
     init_weight_decay: float = 1.0e-8
     direction: str = "sgd"  # sgd | adam
@@ -70,7 +71,7 @@ class UnrollConfig:
     min_horizon: int = 50  # log_uniform schedule
     max_horizon: int = 200
     second_order: bool = True  # backpropagate through the inner gradient (create_graph)
-    engine: str = "loop"  # loop | vectorised (same-shape runs as one vmapped program, issue 12)
+    engine: str = "loop"  # loop | vectorised (same-shape runs as one vmapped program)
     compile: bool = False  # vectorised: torch.compile the batched rule step (benchmark: meta)
 
 
@@ -244,7 +245,7 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
             raise ConfigError(f"config {path!r}: {error}") from error
     # Overrides: config groups (task=mlp replaces the section), stale task.kwargs cleared on a
     # family change, key={}/null clears a free-form dict; see scripts/config_groups.py.
-    from config_groups import apply_overrides  # scripts/ is on sys.path, like this module
+    from scripts.config_groups import apply_overrides
     merged = apply_overrides(merged, overrides, MetaTrainConfig, ConfigError)
     if not merged.out_dir:
         merged.out_dir = default_out_dir(config_path, overrides)

@@ -1,22 +1,22 @@
 """DCAO: momentum SGD whose lr / momentum / weight decay follow Lanczos curvature probes.
 
-Seed: dcao-dynamic-curvature-aware-optimizer.md. A thin torch.optim adapter: the schedule and the
+DCAO (dynamic curvature-aware optimizer). A thin torch.optim adapter: the schedule and the
 step are ``metaopt.dcao.rule``, the probe is ``metaopt.rules.curvature`` (Lanczos on HVPs).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..rules.curvature import CurvatureProbe, probe_curvature
-from .rule import SCHEDULES, dcao_schedule
-from ..rules.lanczos import DEFAULT_TOL
-from ..rules.hvp import CreateGraphBackward, gradient_hvp
 from ..optim._grad_evals import GradEvalCounter
 from ..optim._rule_optimizer import check_non_negative, check_positive
+from ..rules.hvp import CreateGraphBackward, gradient_hvp
+from ..rules.lanczos import DEFAULT_TOL
+from .rule import SCHEDULES, dcao_schedule
 
 # Per-probe fields kept in state_dict()["curvature"] (besides the per-parameter warm-start vector).
 _PROBE_TENSORS = ("eigenvalues", "spectral_radius", "spectral_gap", "leading_gap", "residuals")
@@ -28,7 +28,7 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 @contextlib.contextmanager
-def clean_probe(model: Optional[nn.Module], device: torch.device):
+def clean_probe(model: nn.Module | None, device: torch.device):
     """Deterministic, side-effect-free probe: eval mode (no dropout, batch-norm uses and keeps its
     running statistics), buffers restored and the RNG forked, whatever custom modules do."""
     if model is None:
@@ -50,14 +50,14 @@ def clean_probe(model: Optional[nn.Module], device: torch.device):
 
 
 class DCAO(GradEvalCounter, torch.optim.Optimizer):
-    r"""Dynamic Curvature-Aware Optimizer (seed: DCAO).
+    r"""Dynamic Curvature-Aware Optimizer (DCAO).
 
     Every ``probe_every`` steps (first at step 0) the closure is run with the gradient's graph
     kept, and ``lanczos_iters`` at most Hessian-vector products (double backward) give the top-``k``
     eigenvalues by magnitude, the spectral radius ρ and spectral gap γ_H (warm-started from the
     previous top eigenvector). In between, plain momentum SGD runs with
 
-    * ``schedule="exponential"`` (seed): η = η₀e^{−αρ}, μ = μ₀e^{−βγ_H}, λ = λ₀e^{−γρ}
+    * ``schedule="exponential"`` (DCAO's own): η = η₀e^{−αρ}, μ = μ₀e^{−βγ_H}, λ = λ₀e^{−γρ}
     * ``schedule="edge_of_stability"``: η = min(η₀, c·2/ρ) (Cohen et al. 2021), same μ, λ laws
 
     where η₀, μ₀, λ₀ are each group's ``lr``, ``momentum``, ``weight_decay`` (so lr schedulers act
@@ -67,7 +67,7 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
 
     Defaults (measured, scripts/benchmarks/dcao.py and scripts/dcao_study.py, 2 CPU threads):
     an HVP costs ≈ 2.2 gradient evaluations on the 1M-parameter MLP and a probe step ≈ 50 SGD
-    steps, so ``probe_every=1000`` (the seed's example) with ``lanczos_iters=20`` gives an
+    steps, so ``probe_every=1000`` (DCAO's example) with ``lanczos_iters=20`` gives an
     amortised step ≈ 1.08× ``SGD(momentum=0.9, foreach=True)`` (target ≤ 1.10). 20 HVPs pin λ_1
     (ρ, which drives η) while the 5th Ritz value is still ~7% off on a 918-parameter MLP (30 HVPs:
     3e-5, 40: 4e-12), so γ_H is coarser than ρ. ``alpha=0.01``: the digits MLP's sharpness is
@@ -80,13 +80,13 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
     default 1e-6 lets 40 HVPs give the top 5 to ≤ 1e-6 relative on a 918-parameter MLP whose
     4th and 5th eigenvalues are 1.4 % apart (tol = 1e-3 stopped at ~32 HVPs with 2–4e-6).
 
-    Stall guard (``stall_ratio`` r, ``reprobe_every``): on sharp problems the seed's
+    Stall guard (``stall_ratio`` r, ``reprobe_every``): on sharp problems DCAO's
     η = η₀e^{−αρ} collapses (Rosenbrock at (−1.5, 2): ρ ≈ 2,092, η ≈ 8e-12), the iterate stops
     moving and the next probe, ``probe_every`` steps later, sees the same ρ: frozen for good.
     So η is floored at min(r·η₀, c·2/ρ) (c = ``stability_factor``; see ``metaopt.dcao.rule``), and
     while the floor is active the curvature is re-probed every ``reprobe_every`` steps (it moves
     with the iterate, and the floor relies on it). Wherever αρ ≤ ln(1/r) (ρ ≤ 460 at the
-    defaults) the guard is inert and the seed's schedule runs unchanged; ``stall_ratio=0`` turns
+    defaults) the guard is inert and DCAO's schedule runs unchanged; ``stall_ratio=0`` turns
     it off. Rosenbrock from (−1.5, 2), defaults: f = 12.5 → 12.495 after 20,000 steps without
     the guard; with it 5.6 after 1,000, 4.0 after 5,000 and 0.010 after 20,000 steps
     (``scripts/benchmarks/dcao_stall.py``).
@@ -101,7 +101,7 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
                  gamma: float = 0.01, schedule: str = "exponential",
                  stability_factor: float = 0.9, tol: float = DEFAULT_TOL,
                  stall_ratio: float = 0.01, reprobe_every: int = 10,
-                 model: Optional[nn.Module] = None, seed: int = 0):
+                 model: nn.Module | None = None, seed: int = 0):
         check_non_negative("lr", lr)
         if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {momentum!r}")
@@ -131,7 +131,7 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
         self.model = model
         self.generator = torch.Generator().manual_seed(seed)
         self.steps_taken = 0
-        self.last_curvature: Optional[CurvatureProbe] = None
+        self.last_curvature: CurvatureProbe | None = None
         self.history: list[dict] = []
 
     _EXTRA = ("probe_every", "k", "lanczos_iters", "tol", "alpha", "beta", "gamma", "schedule",
@@ -162,7 +162,7 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
                 and self.stalled())
 
     def stalled(self) -> bool:
-        """True when the last probe's seed-schedule step is below the stall guard's floor."""
+        """True when the last probe's DCAO-schedule step is below the stall guard's floor."""
         probe = self.last_curvature
         if probe is None or self.stall_ratio == 0:
             return False
@@ -183,7 +183,7 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
         return params
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+    def step(self, closure: Callable[[], Tensor] | None = None):
         if self._probe_due():
             if closure is None:
                 raise RuntimeError(

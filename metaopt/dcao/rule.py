@@ -1,16 +1,16 @@
 """DCAO update math: the curvature schedule and the momentum-SGD step between probes.
 
-Seed: dcao-dynamic-curvature-aware-optimizer.md. Given the last probe's spectral radius ρ and
+DCAO (dynamic curvature-aware optimizer). Given the last probe's spectral radius ρ and
 spectral gap γ_H (``curvature.py``) and the base values η₀, μ₀, λ₀:
 
-* ``schedule="exponential"`` (the seed's formulas)::
+* ``schedule="exponential"`` (DCAO's formulas)::
 
       η = η₀ · exp(−α ρ),   μ = μ₀ · exp(−β γ_H),   λ = λ₀ · exp(−γ ρ)
 
 * ``schedule="edge_of_stability"``: gradient descent on a quadratic is stable iff η·λ_max < 2,
   and full-batch training drives the sharpness to ≈ 2/η (Cohen et al. 2021, "Gradient Descent on
   Neural Networks Typically Occurs at the Edge of Stability"). This rule caps the step at a
-  fraction ``c`` of that threshold, η = min(η₀, c · 2/ρ), and keeps the seed's μ and λ laws.
+  fraction ``c`` of that threshold, η = min(η₀, c · 2/ρ), and keeps DCAO's μ and λ laws.
   (Heavy-ball with momentum μ is stable up to η·λ < 2 + 2μ, so the cap is conservative.)
 
 * Stall guard (``stall_ratio`` r > 0; ``metaopt.optim.DCAO``'s default r = 0.01): the exponential
@@ -22,7 +22,7 @@ spectral gap γ_H (``curvature.py``) and the base values η₀, μ₀, λ₀:
   i.e. once the schedule has cut η₀ by more than 1/r it goes no lower than r·η₀, nor than the
   fraction c (``stability_factor``) of the local stability limit 2/ρ when that is smaller, so the
   floored step stays stable on the local quadratic model. Wherever η₀e^{−αρ} ≥ r·η₀
-  (αρ ≤ ln(1/r): ρ ≤ 460 at α = 0.01, r = 0.01) the guard is inert and the seed's schedule
+  (αρ ≤ ln(1/r): ρ ≤ 460 at α = 0.01, r = 0.01) the guard is inert and DCAO's schedule
   runs unchanged.
 
 The step is PyTorch's SGD with momentum (dampening 0, coupled weight decay)::
@@ -35,7 +35,8 @@ Everything is out of place and works on floats or tensors, so a differentiable u
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import torch
 from torch import Tensor

@@ -20,7 +20,7 @@ _CURVE_FIELDS = ("train_losses", "eval_steps", "eval_train_losses", "eval_test_l
 
 @dataclass
 class RunResult:
-    """Everything recorded for one run (Hybrid GD-ODE seed §5 metrics: convergence speed as
+    """Everything recorded for one run (the hybrid GD–ODE optimizer's evaluation metrics: convergence speed as
     steps-to-target, final loss, computational efficiency as time per step and memory).
 
     Losses: ``train_losses[t]`` is the minibatch loss at the parameters before step ``t`` (the

@@ -1,4 +1,4 @@
-"""The hybrid's switching criteria as pure functions (seed: hybrid-gd-ode-optimizer.md §2.3).
+"""The hybrid's switching criteria as pure functions (the hybrid GD–ODE optimizer).
 
 Gradient magnitude, curvature (the secant ‖g_t − g_{t−1}‖/‖θ_t − θ_{t−1}‖ every step, or a
 Lanczos probe of |λ_max| from ``metaopt.rules.lanczos`` on finite-difference HVPs), stagnation

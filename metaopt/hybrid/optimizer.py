@@ -1,6 +1,6 @@
 """``HybridGDODE``: per step, a gradient-descent update or an ODE-integrator update.
 
-Seed: hybrid-gd-ode-optimizer.md. A torch.optim adapter over ``metaopt.hybrid.rule.HybridRule``
+The hybrid GD/ODE optimizer (see docs/architecture.md). A torch.optim adapter over ``metaopt.hybrid.rule.HybridRule``
 (the switching criteria and the mode-switch update live there; the GD directions in
 ``rules/sgd.py``, ``adam.py``, ``rmsprop.py``; the ODE steps in ``rules/runge_kutta.py``,
 ``step_size_control.py``, ``gradient_flow.py``, ``nesterov_flow.py``)::
@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .policy import PolicyGate, SwitchingPolicy
 from ..hub_mixin import PretrainedOptimizerMixin
+from ..registry import match_name
+from .policy import PolicyGate, SwitchingPolicy
 from ..rules.adam import AdamRule
 from ..rules.gradient_flow import GradientFlowRule
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
@@ -37,18 +38,22 @@ POLICIES = ("heuristic", "gd", "ode")
 
 
 def make_gd_rule(gd: str, betas=(0.9, 0.999), alpha: float = 0.99, eps: float = 1e-8):
+    """The GD module by name, spelt as in the optimizer registry (``"sgd"``, ``"Adam"``, ...)."""
+    gd = match_name(gd, GD_METHODS, "gd")
     if gd == "sgd":
         return SGDRule()
     if gd == "adam":
         return AdamRule(beta1=betas[0], beta2=betas[1], eps=eps)
     if gd == "rmsprop":
         return RMSpropRule(alpha=alpha, eps=eps)
-    raise ValueError(f"gd: must be one of {GD_METHODS}, got {gd!r}")
+    raise AssertionError(gd)  # match_name returned a name of GD_METHODS
 
 
 def make_ode_rule(ode: str, rtol: float = 1e-3, atol: float = 1e-6, t0: float = 1.0):
     """The ODE module by name: any Butcher tableau (adaptive pairs get error control), or a
-    torchdiffeq flow (``gradient_flow`` with dopri5, ``nesterov_flow``)."""
+    torchdiffeq flow (``gradient_flow`` with dopri5, ``nesterov_flow``), in any spelling the
+    optimizer registry accepts (``"RK4"``, ``"rk4"``)."""
+    ode = match_name(ode, ODE_METHODS, "ode")
     if ode == "gradient_flow":
         return GradientFlowRule("dopri5", rtol=rtol, atol=atol)
     if ode == "nesterov_flow":
@@ -57,7 +62,7 @@ def make_ode_rule(ode: str, rtol: float = 1e-3, atol: float = 1e-6, t0: float = 
         if TABLEAUS[ode].adaptive:
             return AdaptiveRungeKuttaRule(ode, rtol=rtol, atol=atol)
         return RungeKuttaRule(ode)
-    raise ValueError(f"ode: must be one of {ODE_METHODS}, got {ode!r}")
+    raise AssertionError(ode)  # match_name returned a name of ODE_METHODS
 
 
 def _split(state: dict) -> tuple[dict, dict]:

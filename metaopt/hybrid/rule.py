@@ -1,6 +1,6 @@
-"""The hybrid GD–ODE step: switching criteria and the mode-switch update (seed:
-hybrid-gd-ode-optimizer.md §2.3 "Switching Mechanism", §3.2 "GD for rapid initial convergence,
-ODE for fine-tuning and complex landscapes").
+"""The hybrid GD–ODE step: switching criteria and the mode-switch update of the hybrid
+GD–ODE optimizer: GD for rapid initial convergence, an ODE integrator for fine-tuning and complex
+landscapes.
 
 Every step evaluates ``(L_t, g_t)`` at θ_t once, then
 
@@ -121,7 +121,7 @@ class HybridRule:
     ``probe_iters`` (the Lanczos probe), ``batched`` (leading dim = runs), ``branchless``
     (evaluate both modules and select; implied by ``batched``), ``ode_cfl`` (> 0: the ODE step
     is capped at h ≤ ode_cfl/κ, the explicit integrator's stability limit along the curvature κ
-    — seed §2.4's adaptive step size, for free from the criterion's estimate; 0: off),
+    — the hybrid's adaptive step size, for free from the criterion's estimate; 0: off),
     ``feature_gradients`` (keep the graph from θ into the features; default False: features are
     detached, Andrychowicz et al.'s approximation, as GARO's).
 

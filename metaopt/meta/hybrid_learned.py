@@ -1,6 +1,6 @@
 """Learned rules of the hybrid GD–ODE optimizer: the switching policy alone, or with GARO.
 
-Seed: hybrid-gd-ode-optimizer.md §2.3 (the switching mechanism) — here learned by the existing
+The hybrid GD–ODE optimizer's switching mechanism, here learned by the existing
 outer loop through the ``LearnedRule`` protocol (``metaopt.meta.learned``), never a second engine.
 Both rules run ``metaopt.hybrid.rule.HybridRule``, the same code as ``HybridGDODE``:
 

@@ -1,4 +1,5 @@
-"""torch.optim adapter for closure-driven rules: no update math lives here (DESIGN idea 1).
+"""torch.optim adapter for closure-driven rules: no update math lives here (the rule protocol,
+docs/architecture.md).
 
 ``ClosureRuleOptimizer.step(closure)`` evaluates the closure at θ, builds a ``grad_fn`` that
 writes any point into the parameters and re-evaluates the closure there, calls the rule under
@@ -9,7 +10,8 @@ belongs to), whatever points the rule visited.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +43,7 @@ class ClosureGradient:
     def __init__(self, params: list[Tensor], closure: Callable[[], Tensor],
                  start_loss: Tensor, start_grads: list[Tensor]):
         self.params, self.closure = params, closure
-        self.start: Optional[list[Tensor]] = None
+        self.start: list[Tensor] | None = None
         self.start_loss, self.start_grads = start_loss, start_grads
         self.evaluations = 0
 
@@ -127,7 +129,7 @@ class ClosureRuleOptimizer(GradEvalCounter, torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+    def step(self, closure: Callable[[], Tensor] | None = None):
         if closure is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure that zeroes the grads, recomputes "

@@ -1,4 +1,4 @@
-"""The switching policy's own cost per step vs a GD step (issue 10 target: ≤ 5%).
+"""The switching policy's own cost per step vs a GD step (target: ≤ 5%).
 
 For the ~1M-parameter MLP at batch 256 (``common.py``), timed side by side in one process:
 

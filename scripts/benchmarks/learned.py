@@ -1,4 +1,4 @@
-"""Learned optimizers vs lr-tuned baselines on held-out tasks (issue 9; VeLO / Celo protocol).
+"""Learned optimizers vs lr-tuned baselines on held-out tasks (VeLO / Celo protocol).
 
     python scripts/benchmark.py learned [--config configs/benchmark_learned.yaml]
 
@@ -205,9 +205,8 @@ COLUMNS = ("task", "held_out_family", "optimizer", "steps", "final_train_loss",
 
 def _plots(runs, traces, out: Path) -> None:
     """Loss curves and controller traces as PNGs (scripts/plots.py), logged to W&B offline."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import plots
     from metaopt.logging import make_logger
+    from scripts import plots
 
     offsets = {}
     for r in runs:  # loss curves drawn as raw losses (the held-out tasks have no known minimum)

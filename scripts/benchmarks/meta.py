@@ -1,5 +1,5 @@
-"""Meta-training costs: throughput of the two engines (issue 12), time of a meta-iteration and
-memory of truncated unrolls (issue 6).
+"""Meta-training costs: throughput of the two engines (loop vs vectorised), time of a
+meta-iteration and memory of truncated unrolls.
 
 0. ``throughput``: inner steps per second of meta-training, loop vs vectorised engine, 4/32/128
    tasks per meta-batch, and the peak memory of each (``benchmarks.meta_throughput``).
