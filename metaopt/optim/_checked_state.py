@@ -130,7 +130,7 @@ class CheckedStateLoad:
             raise StateDictError(f"state_dict['param_groups']: {len(groups)} groups, this "
                                  f"optimizer has {len(self.param_groups)}")
         params_by_id: dict[Any, Tensor] = {}
-        for i, (saved, live) in enumerate(zip(groups, self.param_groups)):
+        for i, (saved, live) in enumerate(zip(groups, self.param_groups, strict=True)):
             where = f"state_dict['param_groups'][{i}]"
             if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), list):
                 raise StateDictError(f"{where}: must be a dict with a 'params' list")
@@ -144,7 +144,7 @@ class CheckedStateLoad:
             for key in ("lr", "weight_decay"):
                 if key in saved:
                     _check_hyper(f"{where}[{key!r}]", saved[key])
-            params_by_id.update(zip(saved["params"], live["params"]))
+            params_by_id.update(zip(saved["params"], live["params"], strict=True))
         for index, entry in state.items():
             where = f"state_dict['state'][{index!r}]"
             if index not in params_by_id:

@@ -69,7 +69,7 @@ def assert_same(a, b, where="root"):
             assert_same(a[key], b[key], f"{where}[{key!r}]")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and math.isnan(a):
         assert math.isnan(b), where
@@ -126,13 +126,13 @@ def test_own_state_dict_still_loads_and_resumes_bit_exactly(spec):
     saved = copy.deepcopy(opt.state_dict())
     twin, twin_params, twin_loss = trained(spec, steps=1)
     with torch.no_grad():
-        for p, q in zip(twin_params, params):
+        for p, q in zip(twin_params, params, strict=True):
             p.copy_(q)
     twin.load_state_dict(saved)
     for _ in range(2):
         opt.step(closure_for(opt, loss_fn))
         twin.step(closure_for(twin, twin_loss))
-    for p, q in zip(params, twin_params):
+    for p, q in zip(params, twin_params, strict=True):
         assert torch.equal(p, q)
 
 
@@ -270,7 +270,7 @@ def test_a_step_that_turns_non_finite_away_from_theta_is_refused(name):
 
     def closure():
         opt.zero_grad()
-        moved = any(not torch.equal(p, s) for p, s in zip(params, start))
+        moved = any(not torch.equal(p, s) for p, s in zip(params, start, strict=True))
         loss = loss_fn() * (math.nan if moved else 1.0)
         loss.backward()
         return loss
@@ -374,7 +374,7 @@ def test_garo_over_meta_parameters_leaves_the_callers_controller_alone():
 def test_two_garo_built_from_one_controller_share_nothing():
     controller = awake_controller(torch.float32)
     weights = copy.deepcopy(controller.state_dict())
-    (a_params, a_loss), (b_params, b_loss) = problem(), problem(seed=1)
+    (a_params, _), (b_params, _) = problem(), problem(seed=1)
     a = mo.GARO(a_params, controller=controller)
     b = mo.GARO(b_params, controller=controller)
     assert a.controller is not controller and a.controller is not b.controller
