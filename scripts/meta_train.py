@@ -257,9 +257,15 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
     ``config.yaml``; return the saved state (or None)."""
     if rank == 0 and out_dir.is_dir():
         run_dir.lock(out_dir)  # before reading: another process may be training into it
-    state = read_run_dir(cfg, out_dir, rank, world, trainer)
-    if world > 1:  # every rank has read the old config.yaml before rank 0 replaces it
-        torch.distributed.barrier()
+    try:
+        state, failure = read_run_dir(cfg, out_dir, rank, world, trainer), None
+    except (ConfigError, run_dir.RunDirError, TrainingStateError) as error:
+        if world == 1:
+            raise
+        state, failure = None, error  # reported after the other ranks heard of it
+    if world > 1:  # (the gather is also the barrier: every rank has read the old config.yaml
+        # before rank 0 replaces it)
+        agree_on_resume(state, failure, out_dir, world)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_dir.lock(out_dir)
@@ -269,6 +275,18 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
         yaml = OmegaConf.to_yaml(cfg).encode("utf-8")
         atomic_write(out_dir / "config.yaml", lambda f: f.write(yaml))
     return state
+
+
+def agree_on_resume(state: dict | None, failure: Exception | None, out_dir: Path,
+                    world: int) -> None:
+    """All ranks refuse together unless every one resumes the same meta-step (or none does)."""
+    mine = run_dir.UNREADABLE if failure is not None else \
+        None if state is None else int(state["step"])
+    steps: list = [None] * world
+    torch.distributed.all_gather_object(steps, mine)
+    if failure is not None:
+        raise failure
+    run_dir.check_resume_agreement(steps, [state_file(r) for r in range(world)], out_dir)
 
 
 def _is_final_record(record: dict) -> bool:
@@ -283,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
                                      epilog=describe_keys(MetaTrainConfig) if wants_help else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
+    parser.add_argument("--config", required=True,  # no silent 200-step default run
+                        help="YAML file typed by MetaTrainConfig (e.g. configs/garo.yaml)")
     parser.add_argument("--check", action="store_true",
                         help="validate the config (and a resumed run's files) and exit; "
                              "writes nothing")
