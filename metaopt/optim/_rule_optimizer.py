@@ -174,14 +174,13 @@ class ClosureRuleOptimizer(CheckedStateLoad, NonFiniteSteps, torch.optim.Optimiz
                 p.grad = g
             raise
         self.gradient_evaluations += grad_fn.evaluations
+        for p, g in zip(params, start_grads, strict=True):
+            p.grad = g
         if not finite:  # a stage or the update itself overflowed: back to θ, state unchanged
-            torch._foreach_copy_(params, grad_fn.start)
-            for p, g in zip(params, start_grads):
-                p.grad = g
+            if grad_fn.start is not None:
+                torch._foreach_copy_(params, grad_fn.start)
             self._refuse_step("update")
             return loss
-        for p, g in zip(params, start_grads):
-            p.grad = g
         self._store_rule_state(params, state)
         self._accept_step()
         return loss
