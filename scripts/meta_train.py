@@ -16,7 +16,10 @@ is checked (saved config, ``state.pt`` version/keys/finite weights, loadable) be
 ``out_dir`` is touched; ``out_dir`` is locked against a second process. SIGINT/SIGTERM finish the
 running meta-step, save ``state.pt`` and exit 128+signal; a run whose meta-updates were all
 skipped exits 3 without writing ``optimizer.safetensors``; bad input exits 2; every error is one
-line naming its key or file.
+line naming its key or file. ``--config`` is required (no silent default run); ``out_dir`` may be
+neither empty (the current directory) nor the filesystem root. Under torchrun every rank resumes
+its own state file; unless all of them are at the same meta-step (none older or missing), every
+rank refuses before anything trains or is written.
 """
 from __future__ import annotations
 
