@@ -95,8 +95,10 @@ def test_a_state_for_other_shapes_is_refused_and_changes_nothing(spec):
     (free(): invalid next size) at the next step; the others failed a step later."""
     source, _, _ = trained(spec, rows=10)
     target, params, loss_fn = trained(spec, rows=11, seed=1)
-    if not has_tensor_state(source):
-        pytest.skip("no per-parameter buffers: nothing has a shape to disagree on")
+    if not has_tensor_state(source):  # nothing has a shape to disagree on: a valid load
+        target.load_state_dict(source.state_dict())
+        target.step(closure_for(target, loss_fn))
+        return
     before = frozen(target, params)
     with pytest.raises(StateDictError, match="shape") as error:
         target.load_state_dict(source.state_dict())
@@ -108,9 +110,15 @@ def test_a_state_for_other_shapes_is_refused_and_changes_nothing(spec):
 @spec_params
 def test_a_buffer_of_another_dtype_kind_is_refused(spec):
     opt, params, _ = trained(spec)
-    if not has_tensor_state(opt):
-        pytest.skip("no per-parameter buffers")
     saved = opt.state_dict()
+    if not has_tensor_state(opt):  # a scalar slot given a tensor of the parameter's shape
+        saved["state"][0] = {key: torch.zeros(10, 5) for key in saved["state"].get(0, {})} \
+            or {"bogus": torch.zeros(10, 5)}
+        before = frozen(opt, params)
+        with pytest.raises(StateDictError):
+            opt.load_state_dict(saved)
+        assert_same(frozen(opt, params), before)
+        return
     entry = saved["state"][0]
     key = next(k for k, v in entry.items() if isinstance(v, torch.Tensor) and v.dim() > 0)
     entry[key] = entry[key].to(torch.int64)
