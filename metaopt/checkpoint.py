@@ -176,8 +176,10 @@ def _check_optimizer_options(options: dict[str, Any], path: Path) -> None:
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; refuse anything else with a clear error."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    from .checked_files import require_regular_file
+    require_regular_file(path, CheckpointError)  # a FIFO would block, a device never ends
     _check_safetensors_framing(path)
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
@@ -261,21 +263,47 @@ def describe_checkpoint(path: PathLike) -> str:
             f"{config.get('features', 'seed')}) meta-trained on {trained or 'unknown tasks'}")
 
 
+def looks_like_path(name: PathLike) -> bool:
+    """Written as a path: a ``PathLike``, or text with a path separator, a leading ``.`` or
+    ``~``, or a checkpoint file suffix."""
+    if not isinstance(name, str):
+        return True
+    separators = (os.sep, "/") + ((os.altsep,) if os.altsep else ())
+    return any(s in name for s in separators) or name.startswith((".", "~")) \
+        or name.lower().endswith(SUFFIX)
+
+
 def resolve(name_or_path: PathLike) -> Path:
-    """An existing file path as given, a ``save_pretrained`` directory's checkpoint file, the
-    shipped checkpoint of that name, or (with ``huggingface_hub``) a Hub repo id's download."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
+    """The checkpoint file ``name_or_path`` names, by one rule:
+
+    1. a bare shipped name (``garo_general``: no separator, no leading ``.``) is the shipped
+       checkpoint, whatever lies in the current directory — write ``./garo_general`` for a
+       local file or folder of that name;
+    2. an existing file is itself, an existing directory its ``save_pretrained`` checkpoint;
+    3. ``owner/name`` that is not a local path (``metaopt.hub.is_repo_id``) is a Hub repo,
+       downloaded with ``huggingface_hub`` when installed;
+    4. anything else is a ``FileNotFoundError`` naming it (a mistyped path never goes to the
+       Hub).
+    """
+    shipped = list_pretrained()
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        return _pretrained_dir() / f"{name_or_path}{SUFFIX}"
+    path = Path(name_or_path).expanduser()
     if path.is_dir():  # Hub-style directory (metaopt.hub): config.json + model.safetensors
         from .hub import checkpoint_file
         return checkpoint_file(path)
-    shipped = list_pretrained()
-    if str(name_or_path) in shipped:
-        return _pretrained_dir() / f"{name_or_path}{SUFFIX}"
+    if path.exists() or os.path.lexists(path):  # a file (FIFOs and devices: load_checkpoint)
+        return path
     from .hub import download, is_repo_id
-    if is_repo_id(name_or_path) and _hub_available():
-        return download(str(name_or_path))
+    if is_repo_id(name_or_path):
+        if _hub_available():
+            return download(str(name_or_path))
+        raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped "
+                                f"checkpoint of that name; as a Hub repo id it needs "
+                                f'huggingface_hub (pip install "metaopt[hub]")')
+    if looks_like_path(name_or_path):
+        raise FileNotFoundError(f"{os.fspath(name_or_path)!r}: no such checkpoint file or "
+                                "directory")
     raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped checkpoint "
                             f"of that name (shipped: {shipped or 'none yet'})")
 

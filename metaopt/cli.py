@@ -33,6 +33,9 @@ SCRIPTS = {
     "benchmark": ("scripts.benchmark", "cost benchmarks with side-by-side ratios"),
     "analyze": ("scripts.gdsearch", "the analysis studies (GDSearch)"),
 }
+#: the scripts' bad-input errors (by class name): one line on stderr and exit 2, as documented
+ONE_LINE_ERRORS = {"ConfigError": "config error", "RunDirError": "run directory error",
+                   "TrainingStateError": "run directory error"}
 LOCAL = {"list": "list optimizers, pretrained checkpoints and task families",
          "tasks": "task families with their keyword arguments and defaults"}
 
@@ -69,9 +72,10 @@ def _run_script(command: str, argv: list[str]) -> int:
     sys.argv = [f"metaopt {command}", *argv]  # argparse's prog in usage and errors
     try:
         result = main_fn(argv)
-    except Exception as error:  # the scripts' own "config error" exit, whatever module raised it
-        if type(error).__name__ == "ConfigError":
-            print(f"config error: {error}", file=sys.stderr)
+    except Exception as error:  # the scripts' own one-line errors, whatever module raised them
+        prefix = ONE_LINE_ERRORS.get(type(error).__name__)
+        if prefix is not None:
+            print(f"{prefix}: {error}", file=sys.stderr)
             return 2
         raise
     finally:

@@ -15,6 +15,9 @@ Two things to know:
   context opens and evolves inside the differentiable optimizer only; the live optimizer is left
   untouched, as higher does for every optimizer's per-parameter state. Non-finite gradients are
   not skipped here (a meta-trainer wants to see them).
+* ``GARO`` steps with its own copy of the controller it was given, so meta-gradients are taken
+  with respect to ``opt.controller.parameters()`` (the module passed to ``GARO`` is not in the
+  graph).
 """
 from __future__ import annotations
 

@@ -16,7 +16,10 @@ is checked (saved config, ``state.pt`` version/keys/finite weights, loadable) be
 ``out_dir`` is touched; ``out_dir`` is locked against a second process. SIGINT/SIGTERM finish the
 running meta-step, save ``state.pt`` and exit 128+signal; a run whose meta-updates were all
 skipped exits 3 without writing ``optimizer.safetensors``; bad input exits 2; every error is one
-line naming its key or file.
+line naming its key or file. ``--config`` is required (no silent default run); ``out_dir`` may be
+neither empty (the current directory) nor the filesystem root. Under torchrun every rank resumes
+its own state file; unless all of them are at the same meta-step (none older or missing), every
+rank refuses before anything trains or is written.
 """
 from __future__ import annotations
 
@@ -260,9 +263,15 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
     ``config.yaml``; return the saved state (or None)."""
     if rank == 0 and out_dir.is_dir():
         run_dir.lock(out_dir)  # before reading: another process may be training into it
-    state = read_run_dir(cfg, out_dir, rank, world, trainer)
-    if world > 1:  # every rank has read the old config.yaml before rank 0 replaces it
-        torch.distributed.barrier()
+    try:
+        state, failure = read_run_dir(cfg, out_dir, rank, world, trainer), None
+    except (ConfigError, run_dir.RunDirError, TrainingStateError) as error:
+        if world == 1:
+            raise
+        state, failure = None, error  # reported after the other ranks heard of it
+    if world > 1:  # (the gather is also the barrier: every rank has read the old config.yaml
+        # before rank 0 replaces it)
+        agree_on_resume(state, failure, out_dir, world)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_dir.lock(out_dir)
@@ -274,6 +283,18 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
     return state
 
 
+def agree_on_resume(state: dict | None, failure: Exception | None, out_dir: Path,
+                    world: int) -> None:
+    """All ranks refuse together unless every one resumes the same meta-step (or none does)."""
+    mine = run_dir.UNREADABLE if failure is not None else \
+        None if state is None else int(state["step"])
+    steps: list = [None] * world
+    torch.distributed.all_gather_object(steps, mine)
+    if failure is not None:
+        raise failure
+    run_dir.check_resume_agreement(steps, [state_file(r) for r in range(world)], out_dir)
+
+
 def _is_final_record(record: dict) -> bool:
     """Records written once when a run finishes (rewritten by a re-run, so dropped on resume)."""
     return "table" in record or "image" in record or \
@@ -281,12 +302,12 @@ def _is_final_record(record: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from scripts.config_groups import describe_keys  # --help lists every key, type and default
     wants_help = {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
                                      epilog=_help_epilog(argv) if wants_help else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
+    parser.add_argument("--config", required=True,  # no silent 200-step default run
+                        help="YAML file typed by MetaTrainConfig (e.g. configs/garo.yaml)")
     parser.add_argument("--check", action="store_true",
                         help="validate the config (and a resumed run's files) and exit; "
                              "writes nothing")
@@ -324,7 +345,7 @@ def _import_user_modules(imports: list[str]) -> None:
 def _help_epilog(argv: list[str] | None) -> str:
     """Every key with its type and value: the ``--config`` file's (and overrides') values when
     one is given and loads, else the schema defaults."""
-    from config_groups import describe_keys
+    from scripts.config_groups import describe_keys
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--config")
     probe.add_argument("overrides", nargs="*")

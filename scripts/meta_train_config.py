@@ -247,7 +247,8 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
     # family change, key={}/null clears a free-form dict; see scripts/config_groups.py.
     from scripts.config_groups import apply_overrides
     merged = apply_overrides(merged, overrides, MetaTrainConfig, ConfigError)
-    if not merged.out_dir:
+    named = any(o.split("=", 1)[0].strip() == "out_dir" for o in overrides)
+    if not merged.out_dir and not named:  # (an explicit out_dir="" is refused by check)
         merged.out_dir = default_out_dir(config_path, overrides)
     check(merged)
     return merged
@@ -285,9 +286,22 @@ def check(cfg: MetaTrainConfig) -> None:
     check_values(cfg, ConfigError, schema_ints=schema_int_keys(MetaTrainConfig),
                  positive=POSITIVE, ranges=RANGES, positive_lists=POSITIVE_LISTS)
     check_device(cfg.device)
+    check_out_dir(cfg.out_dir)
     if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
         raise ConfigError(f"invalid config key 'out_dir': {cfg.out_dir!r} exists and is not a "
                           "directory")
+
+
+def check_out_dir(out_dir: str) -> None:
+    """A run directory of its own: not empty (that is the current directory) and not the
+    filesystem root (the run writes, locks and cleans up temp files in it)."""
+    if not str(out_dir).strip():
+        raise ConfigError("invalid config key 'out_dir': empty; name a run directory of its own "
+                          "(e.g. out_dir=runs/garo)")
+    resolved = Path(os.path.expanduser(out_dir)).resolve()
+    if resolved == Path(resolved.anchor):
+        raise ConfigError(f"invalid config key 'out_dir': {out_dir!r} is the filesystem root; "
+                          "name a run directory of its own (e.g. out_dir=runs/garo)")
 
 
 def check_device(device: str) -> None:

@@ -15,6 +15,13 @@ from ..rules.curvature import CurvatureProbe, probe_curvature
 from ..optim._grad_evals import GradEvalCounter
 from ..optim._rule_optimizer import check_non_negative, check_positive
 from ..rules.hvp import CreateGraphBackward, gradient_hvp
+from ..optim._checked_state import (
+    CheckedStateLoad,
+    StateDictError,
+    check_counter,
+    check_tensor_like,
+)
+from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 from ..rules.lanczos import DEFAULT_TOL
 from .rule import SCHEDULES, dcao_schedule
 
@@ -49,7 +56,7 @@ def clean_probe(model: nn.Module | None, device: torch.device):
                     b.copy_(saved)
 
 
-class DCAO(GradEvalCounter, torch.optim.Optimizer):
+class DCAO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, torch.optim.Optimizer):
     r"""Dynamic Curvature-Aware Optimizer (DCAO).
 
     Every ``probe_every`` steps (first at step 0) the closure is run with the gradient's graph
@@ -91,6 +98,12 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
     the guard; with it 5.6 after 1,000, 4.0 after 5,000 and 0.010 after 20,000 steps
     (``scripts/benchmarks/dcao_stall.py``).
 
+    Non-finite steps (shared policy, ``metaopt.optim._guard``): a step whose loss or gradient
+    is not finite is refused before the probe and the update (parameters, momentum and the last
+    probe kept, ``RuntimeWarning``; ``FloatingPointError`` after ``max_consecutive_skips`` in a
+    row). Zero-size parameters take no part in the probe (they have no curvature); with only
+    such parameters a probe step measures nothing. ``load_state_dict`` is validate-then-apply.
+
     ``last_curvature`` is the last ``CurvatureProbe`` (``eigenvalues``, ``spectral_radius``,
     ``spectral_gap``, ``step``, ``hvp_count`` …); ``history`` lists one summary dict per probe.
     """
@@ -101,7 +114,8 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
                  gamma: float = 0.01, schedule: str = "exponential",
                  stability_factor: float = 0.9, tol: float = DEFAULT_TOL,
                  stall_ratio: float = 0.01, reprobe_every: int = 10,
-                 model: nn.Module | None = None, seed: int = 0):
+                 model: nn.Module | None = None, seed: int = 0,
+                 max_consecutive_skips: int = 20):
         check_non_negative("lr", lr)
         if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: must be in [0, 1), got {momentum!r}")
@@ -133,9 +147,12 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
         self.steps_taken = 0
         self.last_curvature: CurvatureProbe | None = None
         self.history: list[dict] = []
+        self._init_non_finite(max_consecutive_skips)
 
     _EXTRA = ("probe_every", "k", "lanczos_iters", "tol", "alpha", "beta", "gamma", "schedule",
-              "stability_factor", "stall_ratio", "reprobe_every", "model", "generator", "steps_taken", "last_curvature", "history")
+              "stability_factor", "stall_ratio", "reprobe_every", "model", "generator",
+              "steps_taken", "last_curvature", "history", "skipped_steps", "consecutive_skips",
+              "max_consecutive_skips")
 
     def __getstate__(self):
         # torch.optim pickles only defaults/state/param_groups; probe settings and results too.
@@ -190,47 +207,57 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
                     f"DCAO.step() needs a closure at probe steps (the first step, then every "
                     f"{self.probe_every}): one that zeroes the grads, recomputes the loss, calls "
                     "backward() and returns the loss; Hessian-vector products need the graph")
-            loss = self._probe(closure)
+            loss, finite = self._probe(closure)
         else:
             loss = None
             if closure is not None:
                 with torch.enable_grad():
-                    loss = closure()
+                    loss = check_loss(closure(), "DCAO.step")
             self._count_grad_evals(1)  # the closure's, or the caller's backward into p.grad
+            finite = loss_is_finite(loss) and all_finite([p.grad for p in self._active()])
+        if not finite:
+            self._refuse_step("loss or gradient")
+            return loss
         self._update()
         self.steps_taken += 1
+        self._accept_step()
         return loss
 
-    def _probe(self, closure) -> Tensor:
+    def _probe(self, closure) -> tuple[Tensor, bool]:
+        """Probe the curvature; returns the loss and whether loss and gradient are finite (a
+        non-finite one is not probed: its eigenvalues would poison the schedule)."""
         if self.model is None:
             # One closure call serves both the probe (graph kept) and the update (same gradient).
             with torch.enable_grad(), CreateGraphBackward() as mode:
-                loss = closure()
+                loss = check_loss(closure(), "DCAO.step")
             self._count_grad_evals(1)
             _require_backward(mode)
             params = self._active()
-            if params:
-                self._measure(params, [p.grad for p in params])
+            finite = loss_is_finite(loss) and all_finite([p.grad for p in params])
+            measured = [p for p in params if p.numel() > 0]  # no curvature in an empty tensor
+            if measured and finite:
+                self._measure(measured, [p.grad for p in measured])
             for p in params:
                 p.grad = p.grad.detach()  # frees the graph, breaks the param <-> grad cycle
-            return loss
+            return loss, finite
         with torch.enable_grad():
-            loss = closure()
+            loss = check_loss(closure(), "DCAO.step")
         self._count_grad_evals(2)  # the training gradient, then the eval-mode probe's
         train_grads = {p: p.grad for p in self._active()}
+        finite = loss_is_finite(loss) and all_finite(list(train_grads.values()))
         device = next(iter(train_grads)).device if train_grads else torch.device("cpu")
         with clean_probe(self.model, device):
             with torch.enable_grad(), CreateGraphBackward() as mode:
                 closure()
             _require_backward(mode)
             # HVPs inside the context: the graph saved the eval-mode buffers it must not see change
-            params = [p for p in self._active() if p in train_grads]
-            if params:
+            params = [p for p in self._active() if p in train_grads and p.numel() > 0]
+            if params and finite:
                 self._measure(params, [p.grad for p in params])
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad = train_grads.get(p)
-        return loss
+        return loss, finite
 
     def _measure(self, params: list[Tensor], grads: list[Tensor]) -> None:
         init = [self.state[p].get("curvature_vector", torch.zeros_like(p)) for p in params]
@@ -291,23 +318,58 @@ class DCAO(GradEvalCounter, torch.optim.Optimizer):
         state["curvature"] = curvature
         return state
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        curvature = state_dict.pop("curvature", None)
-        super().load_state_dict(state_dict)
+    # validate-then-apply load_state_dict (CheckedStateLoad): "curvature" is optional
+    _extra_state_keys = {"curvature": False}
+
+    def _param_state_template(self, param: Tensor) -> dict:
+        return {"momentum_buffer": param, "curvature_vector": param}
+
+    def _check_extra_state(self, extra: dict):
+        curvature = extra.get("curvature")
         if curvature is None:
-            return
-        self.steps_taken = int(curvature["steps_taken"])
-        self.generator.set_state(curvature["generator_state"].cpu())
-        self.history = [dict(h) for h in curvature["history"]]
-        self.last_curvature = None
+            return None
+        where = "state_dict['curvature']"
+        if not isinstance(curvature, dict):
+            raise StateDictError(f"{where}: must be a dict")
+        missing = sorted({"steps_taken", "generator_state", "history"} - set(curvature))
+        if missing:
+            raise StateDictError(f"{where}: missing keys {missing}")
+        steps = check_counter(f"{where}['steps_taken']", curvature["steps_taken"])
+        generator = torch.Generator()
+        try:  # on a twin: a bad state must not reach self.generator
+            generator.set_state(curvature["generator_state"].cpu())
+        except (AttributeError, RuntimeError, TypeError) as error:
+            raise StateDictError(f"{where}['generator_state']: not a generator state "
+                                 f"({error})") from None
+        history = curvature["history"]
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise StateDictError(f"{where}['history']: must be a list of dicts")
+        probe = None
         if "eigenvalues" in curvature:
+            absent = sorted({*_PROBE_TENSORS, "step", "hvp_count", "converged"} - set(curvature))
+            if absent:
+                raise StateDictError(f"{where}: missing probe keys {absent}")
+            for name in _PROBE_TENSORS:
+                if not isinstance(curvature[name], Tensor):
+                    raise StateDictError(f"{where}[{name!r}]: must be a tensor")
+            check_tensor_like(f"{where}['spectral_radius']", curvature["spectral_radius"],
+                              torch.zeros((), dtype=torch.float64))
+            probe = {name: curvature[name].to(torch.float64) for name in _PROBE_TENSORS}
+            probe.update(hvp_count=check_counter(f"{where}['hvp_count']", curvature["hvp_count"]),
+                         step=check_counter(f"{where}['step']", curvature["step"]),
+                         converged=bool(curvature["converged"]))
+        return steps, generator.get_state(), [dict(h) for h in history], probe
+
+    def _apply_extra_state(self, prepared) -> None:
+        if prepared is None:
+            return
+        self.steps_taken, generator_state, self.history, probe = prepared
+        self.generator.set_state(generator_state)
+        self.last_curvature = None
+        if probe is not None:
             vectors = [self.state[p]["curvature_vector"] for group in self.param_groups
                        for p in group["params"] if "curvature_vector" in self.state[p]]
-            self.last_curvature = CurvatureProbe(
-                **{name: curvature[name].to(torch.float64) for name in _PROBE_TENSORS},
-                top_eigenvector=vectors, hvp_count=int(curvature["hvp_count"]),
-                converged=bool(curvature["converged"]), step=int(curvature["step"]))
+            self.last_curvature = CurvatureProbe(**probe, top_eigenvector=vectors)
 
 
 def _require_backward(mode: CreateGraphBackward) -> None:

@@ -10,6 +10,7 @@ weights are given to it, not owned by it (DESIGN idea 2)::
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from collections import OrderedDict
 from types import MappingProxyType
@@ -20,7 +21,14 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from ..hub_mixin import PretrainedOptimizerMixin
+from ..optim._checked_state import (
+    CheckedStateLoad,
+    StateDictError,
+    check_counter,
+    check_tensor_like,
+)
 from ..optim._grad_evals import GradEvalCounter
+from ..optim._guard import NonFiniteSteps
 from ..optim._rule_optimizer import check_non_negative
 from .controller import GAROController
 from .host_state import HostState
@@ -31,7 +39,8 @@ GRANULARITIES = ("global", "group", "tensor")
 HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 
 
-class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
+class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimizerMixin,
+           torch.optim.Optimizer):
     r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
 
     For tensor ``θ_i`` in a group with base rate ``lr`` and decay multiplier ``weight_decay``
@@ -51,7 +60,10 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
         lr: base learning rate (>= 0; default: the controller's ``init_lr``).
         weight_decay: multiplier of wd_t (>= 0).
         controller: a ``GAROController`` (default: the untrained one, which behaves like SGD with
-            lr 0.01, momentum 0, weight decay 1e-8). It is moved to the parameters' device.
+            lr 0.01, momentum 0, weight decay 1e-8). The optimizer keeps its own copy
+            (``copy.deepcopy``), moved to the parameters' device: the caller's module is never
+            moved or changed, and two optimizers built from one controller share nothing
+            (``opt.controller`` is the copy in use).
         direction: ``"sgd"`` (the seed) or ``"adam"``.
         granularity: ``"global"`` (one hidden state, the seed), ``"group"`` (one per param group:
             the seed's layer-wise recurrence when each layer is a group) or ``"tensor"``.
@@ -75,7 +87,9 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
     counts it and a ``RuntimeWarning`` says so. (A finite gradient so large that its norm
     overflows counts too.)
     ``state_dict()`` carries the controller weights and its recurrent state, so a resumed run
-    continues bit-exactly; it loads with ``torch.load(weights_only=True)``.
+    continues bit-exactly; it loads with ``torch.load(weights_only=True)``. ``load_state_dict``
+    is all or nothing: every buffer's shape and dtype, the recurrent state and the controller
+    weights (loaded into a twin first) are checked before anything changes.
     """
 
     def __init__(self, params, lr: Optional[float] = None, weight_decay: float = 1.0, *,
@@ -84,7 +98,9 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
                  scale: str = "none", num_training_steps: Optional[int] = None,
                  max_consecutive_skips: int = 20):
         controller_given = controller is not None
-        controller = controller if controller_given else GAROController()
+        # A private copy: moving or loading it must never change the caller's module or another
+        # optimizer built from the same one.
+        controller = GAROController() if controller is None else copy.deepcopy(controller)
         lr = controller.init_lr if lr is None else lr
         check_non_negative("lr", lr)
         check_non_negative("weight_decay", weight_decay)
@@ -97,13 +113,15 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
         self.rule, self.granularity = rule, granularity
         device = self.param_groups[0]["params"][0].device
+        if device.type == "meta":  # no data to step; refused before any controller is touched
+            raise ValueError("params: GARO cannot step meta-device parameters (they hold no "
+                             "data); materialise them first (e.g. module.to_empty(device=...))")
         self.controller = controller.to(device)
         self.num_training_steps = num_training_steps
         # the recurrent state lives on the host, where the controller runs (host_apply)
         self.garo_state = rule.init_global(self.controller, self._num_segments(),
                                            torch.device("cpu"), num_training_steps)
-        self.max_consecutive_skips = max_consecutive_skips
-        self.skipped_steps, self.consecutive_skips = 0, 0
+        self._init_non_finite(max_consecutive_skips)
         self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
         # a given controller was (presumably) meta-trained reading the loss; the default one is
         # plain SGD whatever it reads
@@ -229,18 +247,9 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
             {"controller": self.controller, "lr": lr, "weight_decay": wd, "segment_ids": ids},
             loss=loss_value)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
-            self.skipped_steps += 1
-            self.consecutive_skips += 1
-            if self.consecutive_skips >= self.max_consecutive_skips:
-                raise FloatingPointError(
-                    f"GARO: {self.consecutive_skips} consecutive steps with a non-finite "
-                    f"gradient, loss or controller output: the run has diverged (lower lr, or "
-                    f"check the model/loss); parameters are those of the last finite step")
-            warnings.warn(f"GARO: non-finite gradient, loss or controller output, step skipped "
-                          f"({self.skipped_steps} so far); parameters and hidden state unchanged",
-                          RuntimeWarning, stacklevel=2)
+            self._refuse_step("gradient, loss or controller output")  # (the shared policy)
             return loss
-        self.consecutive_skips = 0
+        self._accept_step()
         self._host, self._garo_tensors = new_state, None
         if self._hyperparam_hooks:
             report = {"step": self.garo_state["step"], "lr": self.garo_state["lr"],
@@ -262,22 +271,48 @@ class GARO(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
                        "consecutive_skips": self.consecutive_skips}
         return out
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        garo = state_dict.pop("garo", None)
-        if garo is None:
-            raise KeyError("state_dict: missing the 'garo' entry (controller + hidden state)")
-        expected = self.garo_state["hidden"].shape
-        if tuple(garo["state"]["hidden"].shape) != tuple(expected):
-            raise ValueError(f"state_dict: hidden state of shape "
-                             f"{tuple(garo['state']['hidden'].shape)} does not fit this "
-                             f"optimizer's {tuple(expected)} (granularity / groups differ)")
-        super().load_state_dict(state_dict)
-        self.controller.load_state_dict(garo["controller"])
-        device = self.garo_state["hidden"].device
-        self.garo_state = {k: v.to(device) for k, v in garo["state"].items()}
-        self.skipped_steps = int(garo["skipped_steps"])
-        self.consecutive_skips = int(garo.get("consecutive_skips", 0))
+    # validate-then-apply load_state_dict (CheckedStateLoad): every buffer of a non-empty entry
+    _extra_state_keys = {"garo": True}
+    _param_state_complete = True
+
+    def _param_state_template(self, param: Tensor) -> dict[str, Any]:
+        return {key: param for key in self.rule.per_tensor_keys}
+
+    def _check_extra_state(self, extra: dict[str, Any]):
+        garo, where = extra["garo"], "state_dict['garo']"
+        if not isinstance(garo, dict) or not {"controller", "state"} <= set(garo):
+            raise StateDictError(f"{where}: must be a dict with 'controller' and 'state'")
+        current = self.garo_state
+        state = garo["state"]
+        if not isinstance(state, dict) or set(state) != set(current):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise StateDictError(f"{where}['state']: keys {got} differ from this optimizer's "
+                                 f"{sorted(current)}")
+        for key, value in state.items():
+            # (hidden rows: one per segment, so granularity / number of groups must agree)
+            check_tensor_like(f"{where}['state'][{key!r}]", value, current[key])
+        device = current["hidden"].device
+        try:
+            host = HostState.from_tensors({k: v.to(device) for k, v in state.items()})
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise StateDictError(f"{where}['state']: unusable recurrent state "
+                                 f"({type(error).__name__}: {error})") from None
+        twin = copy.deepcopy(self.controller)
+        try:  # on a twin: a refused load leaves the live controller as it was
+            twin.load_state_dict(garo["controller"])
+        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise StateDictError(f"{where}['controller']: does not fit this optimizer's "
+                                 f"controller ({type(error).__name__}: {first})") from None
+        skipped = check_counter(f"{where}['skipped_steps']", garo.get("skipped_steps", 0))
+        consecutive = check_counter(f"{where}['consecutive_skips']",
+                                    garo.get("consecutive_skips", 0))
+        return twin.state_dict(), host, skipped, consecutive
+
+    def _apply_extra_state(self, prepared) -> None:
+        weights, host, self.skipped_steps, self.consecutive_skips = prepared
+        self.controller.load_state_dict(weights)  # same architecture as the twin: cannot fail
+        self._host, self._garo_tensors = host, None
 
     def __getstate__(self):
         # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.

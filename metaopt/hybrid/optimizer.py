@@ -11,6 +11,8 @@ The hybrid GD/ODE optimizer (see docs/architecture.md). A torch.optim adapter ov
 """
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +31,14 @@ from ..rules.runge_kutta import RungeKuttaRule
 from ..rules.sgd import SGDRule
 from ..rules.step_size_control import AdaptiveRungeKuttaRule
 from ..rules.tableaus import TABLEAUS
+from ..optim._checked_state import (
+    CheckedStateLoad,
+    StateDictError,
+    check_counter,
+    check_tensor_like,
+)
 from ..optim._grad_evals import GradEvalCounter
+from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 from ..optim._rule_optimizer import ClosureGradient, check_non_negative, check_positive
 
 GD_METHODS = ("sgd", "adam", "rmsprop")
@@ -87,7 +96,8 @@ def _join(flat: dict) -> dict:
     return out
 
 
-class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimizer):
+class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimizerMixin,
+                  torch.optim.Optimizer):
     r"""Chooses per step between a GD module and an ODE module (``metaopt.hybrid.rule``).
 
     Args:
@@ -108,7 +118,14 @@ class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimiz
     the Lanczos probe); with ``policy="gd"`` it works from ``p.grad`` like torch.optim.SGD.
     ``num_grad_evals`` (alias ``gradient_evaluations``) counts closure calls (one per step from
     ``p.grad``). ``state_dict()`` carries both modules' state and the switch's memories (mode,
-    dwell, loss window), so a resume is bit-exact.
+    dwell, loss window), so a resume is bit-exact; ``load_state_dict`` validates all of it
+    before it changes anything.
+
+    Non-finite steps (the policy shared with every metaopt optimizer, ``metaopt.optim._guard``):
+    a step whose loss, gradient or new parameters are not finite is refused — parameters, both
+    modules' state and the switch's memories stay those of the last finite step, a
+    ``RuntimeWarning`` says so, and after ``max_consecutive_skips`` refusals in a row ``step``
+    raises ``FloatingPointError``.
     """
 
     def __init__(self, params, lr: float = 1e-2, *, gd: str = "sgd", momentum: float = 0.9,
@@ -121,7 +138,7 @@ class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimiz
                  hysteresis: float = 2.0, min_dwell: int = 5, window: int = 10,
                  ode_cfl: float = 1.0,
                  curvature: str = "secant", probe_every: int = 10, probe_iters: int = 5,
-                 record_trace: bool = False):
+                 record_trace: bool = False, max_consecutive_skips: int = 20):
         check_non_negative("lr", lr)
         check_non_negative("weight_decay", weight_decay)
         check_non_negative("ode_scale", ode_scale)
@@ -162,6 +179,7 @@ class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimiz
         self.gradient_evaluations = 0
         self.record_trace = record_trace
         self.history: list[dict[str, float]] = []
+        self._init_non_finite(max_consecutive_skips)
 
     def add_param_group(self, param_group: dict) -> None:
         params = param_group["params"]
@@ -220,12 +238,15 @@ class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimiz
         loss = None
         if closure is not None:
             with torch.enable_grad():
-                loss = closure()
+                loss = check_loss(closure(), "HybridGDODE.step")
         self.gradient_evaluations += 1  # the closure's, or the caller's backward into p.grad
         params, h = self._active()
         if not params:
             return loss
         start_grads = [p.grad for p in params]
+        if not (loss_is_finite(loss) and all_finite(start_grads)):
+            self._refuse_step("loss or gradient")
+            return loss
         snapshot = list(torch._foreach_mul(params, 1.0))
         loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
         if closure is not None:
@@ -249,13 +270,19 @@ class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimiz
                  "policy": self.gate, "stability_lr": float(max(h["lr"]))}
         try:
             new_params, new_state = self.rule.step(snapshot, grad_fn, state, hyper)
+        except FloatingPointError:  # an ODE solve met a non-finite field: a refused step below
+            new_params, new_state = [torch.full_like(snapshot[0], math.nan)], None
         finally:
             torch._foreach_copy_(params, snapshot)  # a failed step leaves θ where it was
             for p, g in zip(params, start_grads):
                 p.grad = g
-        torch._foreach_copy_(params, list(new_params))
         if closure is not None:
             self.gradient_evaluations += grad_fn.evaluations
+        if not all_finite(list(new_params)):  # θ is still the snapshot: refuse the step
+            self._refuse_step("update")
+            return loss
+        torch._foreach_copy_(params, list(new_params))
+        self._accept_step()
         lists, shared = _split(new_state)
         for key, values in lists.items():
             for p, v in zip(params, values):
@@ -278,20 +305,57 @@ class HybridGDODE(GradEvalCounter, PretrainedOptimizerMixin, torch.optim.Optimiz
                                        for k, v in self.policy_module.state_dict().items()}
         return out
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        hybrid = state_dict.pop("hybrid", None)
-        if hybrid is None:
-            raise KeyError("state_dict: missing the 'hybrid' entry (switch memories, counters)")
-        super().load_state_dict(state_dict)
-        device = self.param_groups[0]["params"][0].device
-        self.hybrid_state = {k: v.to(device) if isinstance(v, Tensor) else v
-                             for k, v in hybrid["state"].items()}
-        self.gradient_evaluations = int(hybrid["gradient_evaluations"])
-        if self.policy_module is not None and "policy" in hybrid:
-            self.policy_module.load_state_dict(hybrid["policy"])
+    # validate-then-apply load_state_dict (CheckedStateLoad)
+    _extra_state_keys = {"hybrid": True}
+
+    def _param_state_template(self, param: Tensor) -> dict:
+        return {k: v[0] for k, v in _split(self.rule.init([param]))[0].items()}
+
+    def _check_extra_state(self, extra: dict):
+        hybrid, where = extra["hybrid"], "state_dict['hybrid']"
+        if not isinstance(hybrid, dict) or not isinstance(hybrid.get("state"), dict):
+            raise StateDictError(f"{where}: must be a dict with a 'state' dict")
+        evaluations = check_counter(f"{where}['gradient_evaluations']",
+                                    hybrid.get("gradient_evaluations"))
+        params = [p for group in self.param_groups for p in group["params"]]
+        template = _split(self.rule.init(params[:1]))[1]
+        unknown = sorted(map(str, set(hybrid["state"]) - set(template)))
+        if unknown:
+            raise StateDictError(f"{where}['state']: unknown keys {unknown} (the state of a "
+                                 f"HybridGDODE with other gd / ode modules?)")
+        device = params[0].device
+        state = {}
+        for key, value in hybrid["state"].items():
+            if isinstance(template[key], Tensor):
+                check_tensor_like(f"{where}['state'][{key!r}]", value, template[key])
+                value = value.to(device)
+            elif isinstance(value, Tensor) or not (value is None or isinstance(value, (int,
+                                                                                       float))):
+                raise StateDictError(f"{where}['state'][{key!r}]: expected a number, got "
+                                     f"{type(value).__name__}")
+            state[key] = value
+        policy = None
+        if "policy" in hybrid:
+            if self.policy_module is None:
+                raise StateDictError(f"{where}['policy']: switching-policy weights, but this "
+                                     f"optimizer's policy is {self.policy_name!r}")
+            twin = copy.deepcopy(self.policy_module)
+            try:  # on a twin: a refused load leaves the live policy as it was
+                twin.load_state_dict(hybrid["policy"])
+            except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise StateDictError(f"{where}['policy']: does not fit this optimizer's policy "
+                                     f"({type(error).__name__}: {first})") from None
+            policy = twin.state_dict()
+        return state, evaluations, policy
+
+    def _apply_extra_state(self, prepared) -> None:
+        self.hybrid_state, self.gradient_evaluations, policy = prepared
+        if policy is not None:
+            self.policy_module.load_state_dict(policy)
 
     def __getstate__(self):
         return {**super().__getstate__(), **{k: getattr(self, k) for k in (
             "rule", "gate", "policy_name", "policy_module", "needs_closure", "config",
-            "hybrid_state", "gradient_evaluations", "record_trace", "history")}}
+            "hybrid_state", "gradient_evaluations", "record_trace", "history",
+            "skipped_steps", "consecutive_skips", "max_consecutive_skips")}}

@@ -34,9 +34,12 @@ class GradEvalCounter:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         count = state_dict.pop("num_grad_evals", None)  # absent in states saved before the count
+        if count is not None:  # checked before anything loads: a refused load changes nothing
+            from ._checked_state import check_counter
+            count = check_counter("state_dict['num_grad_evals']", count)
         super().load_state_dict(state_dict)
         if count is not None:
-            self.gradient_evaluations = int(count)
+            self.gradient_evaluations = count
 
     def __getstate__(self):
         return {**super().__getstate__(), "gradient_evaluations": self.num_grad_evals}
