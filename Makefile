@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: setup quickstart test test-slow bench docs clean
+.PHONY: setup quickstart lint test test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 # The main job of the README quick start: a short GARO meta-training (W&B offline unless
 # WANDB_MODE says otherwise), then the held-out evaluation table. Re-running resumes runs/garo.
 quickstart: setup
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) scripts/meta_train.py --config configs/garo.yaml
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m scripts.meta_train --config configs/garo.yaml
+
+# ruff with the rule set of pyproject.toml ([tool.ruff.lint]); CI runs it before the tests.
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # pytest exits 5 when it collected nothing: say so and fail.
 test: setup
@@ -29,7 +33,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) scripts/benchmark.py
+	$(PY) -m scripts.benchmark
 
 # The documentation site (mkdocs.yml, docs/): the `docs` extra, then a strict build into site/
 # (any warning, e.g. a broken link or an unparsable docstring, fails it).

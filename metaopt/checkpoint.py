@@ -1,4 +1,5 @@
-"""Self-describing controller checkpoints (DESIGN idea 5) and ``load_optimizer``.
+"""Self-describing controller checkpoints (weights plus the config to rebuild them) and
+``load_optimizer``.
 
 A checkpoint is one safetensors file. Its tensors are the controller's ``state_dict()`` (GRU and
 head weights, and the feature-statistics buffers ``init_feature_mean`` / ``init_feature_var``);
@@ -32,22 +33,23 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as _safetensors_bytes
 
 from .atomic import atomic_write
-from .controllers.garo import GAROController
-from .controllers.switching import SwitchingPolicy
+from .garo.controller import GAROController
+from .hybrid.policy import SwitchingPolicy
+from .hub_mixin import PretrainedCheckpointMixin
 
 FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 #: the ``GARO`` constructor options a checkpoint may store
 OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay", "direction", "granularity", "beta2",
-                                   "eps"})
+                                   "eps", "scale"})
 #: ``controller_class`` metadata -> module class (files without ``optimizer_class`` are GARO's)
 CONTROLLER_CLASSES = {"GAROController": GAROController, "SwitchingPolicy": SwitchingPolicy}
 #: ``optimizer_class`` metadata -> the controller class it takes
@@ -65,7 +67,7 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class Checkpoint:
+class Checkpoint(PretrainedCheckpointMixin):
     controller: torch.nn.Module  # a CONTROLLER_CLASSES instance
     optimizer_config: dict[str, Any]
     metadata: dict[str, str]
@@ -88,8 +90,8 @@ def _git_commit() -> str:
 
 
 def save_checkpoint(path: PathLike, controller: torch.nn.Module,
-                    optimizer_config: Optional[dict[str, Any]] = None,
-                    training: Optional[dict[str, Any]] = None,
+                    optimizer_config: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None,
                     optimizer_class: str = "GARO") -> Path:
     """Write ``controller`` (+ optimizer options and provenance) to ``path`` atomically.
 
@@ -171,11 +173,13 @@ def _check_optimizer_options(options: dict[str, Any], path: Path) -> None:
                                   f"{'<' if low_open is None else '<='} {high:g})")
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; refuse anything else with a clear error."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    from .checked_files import require_regular_file
+    require_regular_file(path, CheckpointError)  # a FIFO would block, a device never ends
     _check_safetensors_framing(path)
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
@@ -271,21 +275,47 @@ def describe_checkpoint(path: PathLike) -> str:
             f"{config.get('features', 'seed')}) meta-trained on {trained or 'unknown tasks'}")
 
 
+def looks_like_path(name: PathLike) -> bool:
+    """Written as a path: a ``PathLike``, or text with a path separator, a leading ``.`` or
+    ``~``, or a checkpoint file suffix."""
+    if not isinstance(name, str):
+        return True
+    separators = (os.sep, "/") + ((os.altsep,) if os.altsep else ())
+    return any(s in name for s in separators) or name.startswith((".", "~")) \
+        or name.lower().endswith(SUFFIX)
+
+
 def resolve(name_or_path: PathLike) -> Path:
-    """An existing file path as given, a ``save_pretrained`` directory's checkpoint file, the
-    shipped checkpoint of that name, or (with ``huggingface_hub``) a Hub repo id's download."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
+    """The checkpoint file ``name_or_path`` names, by one rule:
+
+    1. a bare shipped name (``garo_general``: no separator, no leading ``.``) is the shipped
+       checkpoint, whatever lies in the current directory — write ``./garo_general`` for a
+       local file or folder of that name;
+    2. an existing file is itself, an existing directory its ``save_pretrained`` checkpoint;
+    3. ``owner/name`` that is not a local path (``metaopt.hub.is_repo_id``) is a Hub repo,
+       downloaded with ``huggingface_hub`` when installed;
+    4. anything else is a ``FileNotFoundError`` naming it (a mistyped path never goes to the
+       Hub).
+    """
+    shipped = list_pretrained()
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        return _pretrained_dir() / f"{name_or_path}{SUFFIX}"
+    path = Path(name_or_path).expanduser()
     if path.is_dir():  # Hub-style directory (metaopt.hub): config.json + model.safetensors
         from .hub import checkpoint_file
         return checkpoint_file(path)
-    shipped = list_pretrained()
-    if str(name_or_path) in shipped:
-        return _pretrained_dir() / f"{name_or_path}{SUFFIX}"
+    if path.exists() or os.path.lexists(path):  # a file (FIFOs and devices: load_checkpoint)
+        return path
     from .hub import download, is_repo_id
-    if is_repo_id(name_or_path) and _hub_available():
-        return download(str(name_or_path))
+    if is_repo_id(name_or_path):
+        if _hub_available():
+            return download(str(name_or_path))
+        raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped "
+                                f"checkpoint of that name; as a Hub repo id it needs "
+                                f'huggingface_hub (pip install "metaopt[hub]")')
+    if looks_like_path(name_or_path):
+        raise FileNotFoundError(f"{os.fspath(name_or_path)!r}: no such checkpoint file or "
+                                "directory")
     raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped checkpoint "
                             f"of that name (shipped: {shipped or 'none yet'})")
 
@@ -302,8 +332,8 @@ def load_optimizer(name_or_path: PathLike, params, **overrides):
     ``overrides`` replace the stored optimizer options or add group defaults (``lr``,
     ``weight_decay``, ``direction``, ``granularity``, …).
     """
-    from .optim.garo import GARO
-    from .optim.hybrid import HybridGDODE
+    from .garo.optimizer import GARO
+    from .hybrid.optimizer import HybridGDODE
     path = resolve(name_or_path)
     ckpt = load_checkpoint(path)
     options = {**ckpt.optimizer_config, **overrides}

@@ -6,42 +6,38 @@
     metaopt analyze ...                                           # scripts/gdsearch.py (studies)
     metaopt list [optimizers|pretrained|tasks]                    # what can be built / loaded
     metaopt tasks [NAME ...]                                      # families, keywords, defaults
+    metaopt train --import my_tasks.py --config my.yaml           # a user's families too
 
-``train``, ``evaluate``, ``benchmark`` and ``analyze`` run the scripts of the source checkout
-(``main(argv)`` of the module, loaded by path; the scripts stay the implementation and can still
-be run directly). ``scripts/`` is not part of the installed package: the command finds it next to
-the ``metaopt`` package, which is where an editable install (``pip install -e .``, what
-``make setup`` does) leaves it, or in the folder named by ``METAOPT_SCRIPTS``. ``list`` and
-``tasks`` need only the installed packages.
+``train``, ``evaluate``, ``benchmark`` and ``analyze`` call ``main(argv)`` of the entry-point
+modules of the ``scripts`` package (``scripts.meta_train``, ...), imported as a package, never run
+by file path. ``scripts`` ships with a source checkout (``pip install -e .``, what ``make setup``
+does, makes it importable). ``list`` and ``tasks`` need only the library: task families come from
+the task registry (``metaopt.task_registry``), which installed plug-ins fill. ``--import MODULE`` (a module name or a ``.py`` file; ``train``,
+``evaluate``, ``list``, ``tasks``) imports the user's module first, so the task families it
+registers can be named (``metaopt.user_modules``).
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "scripts_dir"]
+__all__ = ["main"]
 
-#: subcommand -> (script file, one-line help)
+#: subcommand -> (module of the scripts package, one-line help)
 SCRIPTS = {
-    "train": ("meta_train.py", "meta-train a learned optimizer (key=value config overrides)"),
-    "evaluate": ("evaluate.py", "evaluate optimizers x task families x seeds from a config"),
-    "benchmark": ("benchmark.py", "cost benchmarks with side-by-side ratios"),
-    "analyze": ("gdsearch.py", "the analysis studies (GDSearch)"),
+    "train": ("scripts.meta_train", "meta-train a learned optimizer (key=value config overrides)"),
+    "evaluate": ("scripts.evaluate", "evaluate optimizers x task families x seeds from a config"),
+    "benchmark": ("scripts.benchmark", "cost benchmarks with side-by-side ratios"),
+    "analyze": ("scripts.gdsearch", "the analysis studies (GDSearch)"),
 }
+#: the scripts' bad-input errors (by class name): one line on stderr and exit 2, as documented
+ONE_LINE_ERRORS = {"ConfigError": "config error", "RunDirError": "run directory error",
+                   "TrainingStateError": "run directory error"}
 LOCAL = {"list": "list optimizers, pretrained checkpoints and task families",
          "tasks": "task families with their keyword arguments and defaults"}
-
-
-def scripts_dir() -> Path:
-    """``$METAOPT_SCRIPTS``, else ``scripts/`` beside the ``metaopt`` package (source checkout)."""
-    if os.environ.get("METAOPT_SCRIPTS"):
-        return Path(os.environ["METAOPT_SCRIPTS"])
-    return Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _usage() -> str:
@@ -51,26 +47,22 @@ def _usage() -> str:
         lines.append(f"  {name:<10} {text}")
     for name, text in LOCAL.items():
         lines.append(f"  {name:<10} {text}")
-    lines += ["", f"scripts folder: {scripts_dir()} (set METAOPT_SCRIPTS to move it)"]
     return "\n".join(lines)
 
 
 def _load_script(command: str) -> Callable[..., Any]:
-    filename = SCRIPTS[command][0]
-    path = scripts_dir() / filename
-    if not path.is_file():
+    module_name = SCRIPTS[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name not in ("scripts", module_name):
+            raise
         raise FileNotFoundError(
-            f"metaopt {command}: {path} not found. `metaopt {command}` runs scripts/{filename} "
-            "of a source checkout: install with `pip install -e .` from a clone (make setup), or "
-            "set METAOPT_SCRIPTS to the checkout's scripts/ folder"
-            + (" (the analysis studies may not exist in this version)"
-               if command == "analyze" else ""))
-    spec = importlib.util.spec_from_file_location(f"metaopt_script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
-    spec.loader.exec_module(module)
+            f"metaopt {command}: module {module_name} not found. `metaopt {command}` runs the "
+            "scripts package of a source checkout: install with `pip install -e .` from a clone "
+            "(make setup)") from None
     if not callable(getattr(module, "main", None)):
-        raise FileNotFoundError(f"metaopt {command}: {path} has no main(argv)")
+        raise FileNotFoundError(f"metaopt {command}: {module_name} has no main(argv)")
     return module.main
 
 
@@ -80,9 +72,10 @@ def _run_script(command: str, argv: list[str]) -> int:
     sys.argv = [f"metaopt {command}", *argv]  # argparse's prog in usage and errors
     try:
         result = main_fn(argv)
-    except Exception as error:  # the scripts' own "config error" exit, whatever module raised it
-        if type(error).__name__ == "ConfigError":
-            print(f"config error: {error}", file=sys.stderr)
+    except Exception as error:  # the scripts' own one-line errors, whatever module raised them
+        prefix = ONE_LINE_ERRORS.get(type(error).__name__)
+        if prefix is not None:
+            print(f"{prefix}: {error}", file=sys.stderr)
             return 2
         raise
     finally:
@@ -92,10 +85,8 @@ def _run_script(command: str, argv: list[str]) -> int:
 
 # ------------------------------------------------------------------------------- list / tasks
 def _family_factories() -> dict[str, Callable[..., Any]]:
-    import tasks
-    # tasks keeps its registry private; names() and get() are public, the factory signatures
-    # (what `metaopt tasks` prints) are only reachable through it
-    return {name: tasks._REGISTRY[name] for name in tasks.names()}
+    from .task_registry import family_factory, family_names
+    return {name: family_factory(name) for name in family_names()}
 
 
 def _signature_target(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -123,7 +114,11 @@ def print_tasks(names: list[str]) -> int:
     factories = _family_factories()
     unknown = [n for n in names if n not in factories]
     if unknown:
-        print(f"unknown task family {unknown}; known: {', '.join(factories)}", file=sys.stderr)
+        import difflib
+        close = sorted({m for n in unknown for m in difflib.get_close_matches(n, factories, n=3)})
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        print(f"unknown task family {unknown}; {hint}known: {', '.join(factories)}",
+              file=sys.stderr)
         return 2
     for name in names or list(factories):
         factory = factories[name]
@@ -144,8 +139,9 @@ def print_list(what: list[str]) -> int:
         return 2
     for section in sections:
         if section == "optimizers":
-            for kind in ("metaopt", "torch"):
-                print(f"optimizers ({kind}.optim; metaopt.create_optimizer(model, NAME)):")
+            from .registry import kinds
+            for kind in (k for k in kinds() if k != "pretrained"):
+                print(f"optimizers ({kind}; metaopt.create_optimizer(model, NAME)):")
                 for name in list_optimizers(kind):
                     print(f"  {name:<22} {optimizer_description(name)}")
         elif section == "pretrained":
@@ -162,6 +158,22 @@ def print_list(what: list[str]) -> int:
     return 0
 
 
+def _import_first(args: list[str]) -> list[str]:
+    """Import the ``--import MODULE`` modules of ``args`` (metaopt.user_modules); the rest."""
+    from .user_modules import UserModuleError, import_user_modules
+    specs, rest, it = [], [], iter(args)
+    for arg in it:
+        if arg == "--import" or arg.startswith("--import="):
+            spec = arg.partition("=")[2] or next(it, "")
+            if not spec:
+                raise UserModuleError("--import needs a module name or a .py file")
+            specs.append(spec)
+        else:
+            rest.append(arg)
+    import_user_modules(specs)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -175,10 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command in SCRIPTS:
             return _run_script(command, rest)
-        if command == "list":
-            return print_list(rest)
-        if command == "tasks":
-            return print_tasks(rest)
+        if command in LOCAL:
+            rest = _import_first(rest)  # --import MODULE: the user's families too
+            return print_list(rest) if command == "list" else print_tasks(rest)
+    except ImportError as error:  # metaopt.user_modules.UserModuleError: one line
+        print(error, file=sys.stderr)
+        return 2
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 2

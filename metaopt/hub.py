@@ -28,6 +28,7 @@ from typing import Any, Union
 import torch
 
 from .atomic import atomic_write
+from .checked_files import read_json_object, require_regular_file
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -107,13 +108,13 @@ def checkpoint_file(directory: PathLike) -> Path:
     agrees with the file's metadata (``CheckpointError`` if not)."""
     directory = Path(directory)
     model, config_path = directory / MODEL_FILE, directory / CONFIG_FILE
-    if not model.is_file():
+    if not os.path.lexists(model):
         raise CheckpointError(f"{directory}: not a save_pretrained directory (no {MODEL_FILE})")
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+    require_regular_file(model, CheckpointError)
+    # Whatever sits at config.json is read (a FIFO, directory or device is an error, not
+    # skipped): the agreement check below must not be avoidable.
+    if os.path.lexists(config_path):
+        config = read_json_object(config_path, error=CheckpointError)
         stored = _config_from_metadata(load_checkpoint(model).metadata)
         differ = sorted(k for k in ("controller_class", "controller_config", "optimizer_class",
                                     "optimizer_config", "format", "format_version")
@@ -124,10 +125,12 @@ def checkpoint_file(directory: PathLike) -> Path:
 
 
 def is_repo_id(name: PathLike) -> bool:
-    """``owner/name`` that is not an existing local path."""
+    """``owner/name`` that is not a local path: it does not exist, does not end like a file,
+    and ``owner`` is not a local directory (``runs/garo_typo`` beside a ``runs/`` folder is a
+    mistyped path, never sent to the Hub)."""
     text = os.fspath(name)
     return bool(_REPO_ID.match(text)) and not text.lower().endswith(_FILE_SUFFIXES) \
-        and not Path(text).exists()
+        and not Path(text).exists() and not Path(text.split("/", 1)[0]).is_dir()
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:
@@ -137,9 +140,26 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     except ImportError:
         raise ImportError(f"loading the Hub repo {repo_id!r} needs huggingface_hub: "
                           'pip install "metaopt[hub]" (local directories need nothing)') from None
-    local = snapshot_download(repo_id, revision=revision,
-                              allow_patterns=[CONFIG_FILE, MODEL_FILE, CARD_FILE])
+    try:  # through huggingface_hub's cache: a cached repo loads offline too
+        local = snapshot_download(repo_id, revision=revision,
+                                  allow_patterns=[CONFIG_FILE, MODEL_FILE, CARD_FILE])
+    except FileNotFoundError as error:  # LocalEntryNotFoundError: offline and not cached
+        raise FileNotFoundError(_not_cached(repo_id, error)) from None
+    except Exception as exc:  # noqa: BLE001 (not found, gated, network: one line naming it)
+        first = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{repo_id!r}: no local file or directory of that name, and "
+                              f"fetching it as a Hub repo failed ({type(exc).__name__}: "
+                              f"{first})") from None
     return checkpoint_file(local)
+
+
+def _not_cached(repo_id: str, error: Exception) -> str:
+    from huggingface_hub import constants
+    offline = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else \
+        "the Hub is unreachable (HF_HUB_OFFLINE unset)"
+    return (f"Hub repo {repo_id!r} is not in the huggingface_hub cache and {offline}: download "
+            f"it once with a network (unset HF_HUB_OFFLINE), or pass a local save_pretrained "
+            f"directory ({type(error).__name__})")
 
 
 def from_pretrained(dir_or_repo_id: PathLike, map_location: str | torch.device = "cpu",

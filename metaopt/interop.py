@@ -2,7 +2,8 @@
 
 Importing this module registers ``DifferentiableGARO`` for ``metaopt.optim.GARO`` with
 ``higher.register_optim`` (``import metaopt`` does it). Its ``_update`` calls the same
-``GARORule.apply`` as the runtime optimizer and the meta-training unrolls (DESIGN idea 1), so the
+``GARORule.apply`` as the runtime optimizer and the meta-training unrolls (one rule, two callers;
+docs/architecture.md), so the
 three paths cannot drift apart; ``tests/test_higher_interop.py`` checks that higher's
 meta-gradient equals metaopt's functional one.
 
@@ -14,6 +15,9 @@ Two things to know:
   context opens and evolves inside the differentiable optimizer only; the live optimizer is left
   untouched, as higher does for every optimizer's per-parameter state. Non-finite gradients are
   not skipped here (a meta-trainer wants to see them).
+* ``GARO`` steps with its own copy of the controller it was given, so meta-gradients are taken
+  with respect to ``opt.controller.parameters()`` (the module passed to ``GARO`` is not in the
+  graph).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Any
 import higher
 import higher.optim
 
-from .optim.garo import GARO
+from .garo.optimizer import GARO
 
 
 class DifferentiableGARO(higher.optim.DifferentiableOptimizer):

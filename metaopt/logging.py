@@ -126,7 +126,9 @@ class WandbLogger(Logger):
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(dir=str(directory), mode=mode, project=project, entity=entity,
                               name=name, tags=list(tags), config=dict(config or {}),
-                              id=run_id, resume="allow" if run_id else None, reinit=True)
+                              id=run_id, resume="allow" if run_id else None,
+                              # wandb >= 0.19: a bool is deprecated; a new run per logger
+                              reinit="finish_previous")
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         values = {k: v for k, v in _json_safe(dict(metrics)).items() if v is not None}

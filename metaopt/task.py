@@ -1,6 +1,6 @@
 """The task protocol: what an optimizer is trained on and measured on.
 
-DESIGN.md key idea 3 ("tasks are plug-ins", after learned_optimization's TaskFamily/Task):
+Tasks are plug-ins, after learned_optimization's TaskFamily/Task:
 
 * ``TaskFamily.sample(generator) -> Task`` draws one task (dimension, conditioning, data subset,
   width, depth, activation, batch size, noise, ... are the family's business);
@@ -17,7 +17,8 @@ the CPU and then moved, so a seed gives the same task on every device). Construc
 touches the global RNG: architectures are built on the ``meta`` device and then materialised.
 
 This module lives in ``metaopt`` so that the library never imports the ``tasks`` package; concrete
-families live in ``tasks/`` and depend on this file.
+families live in ``tasks/``, depend on this file and register themselves by name in
+``metaopt.task_registry``.
 """
 
 from __future__ import annotations

@@ -10,24 +10,21 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 BENCHMARKS = {
-    "basins": "benchmarks.basins",
-    "dcao": "benchmarks.dcao",
-    "dcao_stall": "benchmarks.dcao_stall",
-    "garo": "benchmarks.garo",
-    "hybrid": "benchmarks.hybrid",
-    "learned": "benchmarks.learned",
-    "meta": "benchmarks.meta",
-    "meta_throughput": "benchmarks.meta_throughput",  # the engines alone (part of meta)
-    "meta_mixture": "benchmarks.meta_mixture",
-    "rk": "benchmarks.rk",
+    "basins": "scripts.benchmarks.basins",
+    "dcao": "scripts.benchmarks.dcao",
+    "dcao_stall": "scripts.benchmarks.dcao_stall",
+    "garo": "scripts.benchmarks.garo",
+    "hybrid": "scripts.benchmarks.hybrid",
+    "learned": "scripts.benchmarks.learned",
+    "meta": "scripts.benchmarks.meta",
+    "meta_throughput": "scripts.benchmarks.meta_throughput",  # the engines alone (part of meta)
+    "meta_mixture": "scripts.benchmarks.meta_mixture",
+    "rk": "scripts.benchmarks.rk",
 }
 
 
@@ -44,7 +41,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
-    from benchmarks.common import print_table
+    from scripts.benchmarks.common import print_table
 
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")

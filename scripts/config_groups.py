@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -129,8 +129,12 @@ def _comments(cls: type) -> dict[str, str]:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    return {m.group(1): m.group(2).strip()
-            for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", source, re.MULTILINE)}
+    # a comment may go on over the following comment-only lines (hybrid.gate's choices)
+    out = {}
+    for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$((?:\n\s+#.*$)*)", source, re.MULTILINE):
+        more = [line.strip().lstrip("#").strip() for line in m.group(3).splitlines()]
+        out[m.group(1)] = " ".join([m.group(2).strip(), *filter(None, more)])
+    return out
 
 
 def _type_name(tp: Any) -> str:
@@ -151,14 +155,18 @@ def _default(f: dataclasses.Field) -> Any:
     return "???"
 
 
-def _lines(cls: type, prefix: str = "") -> list[str]:
+def _lines(cls: type, prefix: str = "", values: Any = None) -> list[str]:
     hints, comments, out = typing.get_type_hints(cls), _comments(cls), []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            out += _lines(tp, f"{prefix}{f.name}.")
+            out += _lines(tp, f"{prefix}{f.name}.", values)
             continue
         default = _default(f)
+        if values is not None and not prefix.endswith("<i>."):  # the config file's value
+            node = OmegaConf.select(values, prefix + f.name, throw_on_missing=False)
+            default = OmegaConf.to_container(node) if isinstance(node, DictConfig | ListConfig) \
+                else node
         args = typing.get_args(tp)
         if typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
             out.append(f"  {prefix}{f.name}: list of {args[0].__name__} = {default!r}")
@@ -170,10 +178,14 @@ def _lines(cls: type, prefix: str = "") -> list[str]:
 
 
 def describe_keys(schema: type, config_dir: Path = CONFIG_DIR, *,
-                  override_rules: bool = True) -> str:
+                  override_rules: bool = True, values: Any = None, source: str = "") -> str:
     """The ``--help`` epilog: every config key with its type, default and comment, and the
-    groups with their options (``override_rules``: the script applies ``apply_overrides``)."""
-    lines = ["config keys (key=value overrides; type = default):", *_lines(schema)]
+    groups with their options (``override_rules``: the script applies ``apply_overrides``).
+    ``values`` (the merged config of ``--config source`` and its overrides) replaces the
+    schema's defaults by the values the run would use."""
+    head = f"config keys (key=value overrides; type = value from {source}):" if values is not None \
+        else "config keys (key=value overrides; type = default):"
+    lines = [head, *_lines(schema, values=values)]
     names = groups(schema, config_dir)
     if names:
         lines += ["", "config groups (group=option replaces the whole section):"]

@@ -29,19 +29,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
+import torch
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:  # run from a source checkout without installation
-        sys.path.insert(0, str(_path))
-
-import torch
-
 import tasks
+from metaopt.checkpoint import CheckpointError
 from metaopt.evaluation import (
     CRITERIA,
     SUMMARY_COLUMNS,
@@ -55,23 +50,24 @@ from metaopt.evaluation import (
     summarize,
     tune_lr,
 )
-from metaopt.checkpoint import CheckpointError
 from metaopt.evaluation.traces import TracingFactory
 from metaopt.factory import NamedOptimizerFactory
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class TaskConfig:
     name: str = MISSING  # a name from tasks.names()
-    label: Optional[str] = None  # display name in tables (default: name)
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to tasks.get(name, **kwargs)
+    label: str | None = None  # display name in tables (default: name)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to tasks.get(name, **kwargs)
 
 
 @dataclass
 class OptimizerConfig:
     name: str = MISSING  # baseline, create_optimizer name, pretrained name or checkpoint path
-    label: Optional[str] = None
-    hyperparameters: Dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
     tune_lr: bool = False  # replace lr by the best of the tuning grid, per task family
 
 
@@ -81,29 +77,29 @@ class TuningConfig:
     lr_max: float = 1.0
     num_lrs: int = 9
     criterion: str = "final_train_loss"  # one of metaopt.evaluation.CRITERIA
-    task_seeds: List[int] = field(default_factory=lambda: [10_000, 10_001])  # held out from evaluation
-    seeds: List[int] = field(default_factory=lambda: [0])
-    steps: Optional[int] = None  # default: the evaluation's steps
+    task_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])  # held out from evaluation
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int | None = None  # default: the evaluation's steps
 
 
 @dataclass
 class WandbConfig:
     mode: str = "disabled"  # disabled | offline | online
     project: str = "metaopt"
-    entity: Optional[str] = None
-    run_name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    entity: str | None = None
+    run_name: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
 class EvalConfig:
-    tasks: List[TaskConfig] = field(default_factory=list)
-    optimizers: List[OptimizerConfig] = field(default_factory=list)
+    tasks: list[TaskConfig] = field(default_factory=list)
+    optimizers: list[OptimizerConfig] = field(default_factory=list)
     steps: int = 200
     eval_every: int = 20
-    task_seeds: List[int] = field(default_factory=lambda: [0])
-    seeds: List[int] = field(default_factory=lambda: [0])
-    target: Optional[float] = 0.01
+    task_seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    target: float | None = 0.01
     target_kind: str = "relative"  # absolute | relative (fraction of the initial optimality gap)
     divergence_factor: float = 1e6
     init: str = "canonical"  # canonical | seed
@@ -122,7 +118,7 @@ class ConfigError(ValueError):
     """A configuration problem found before any work was done."""
 
 
-def load_config(config_path: str | None, overrides: List[str]) -> EvalConfig:
+def load_config(config_path: str | None, overrides: list[str]) -> EvalConfig:
     """Schema <- YAML <- ``key=value`` overrides; any unknown key or bad type raises ConfigError."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -200,8 +196,8 @@ def _is_baseline(name: str) -> bool:
     return True
 
 
-def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
-    columns: List[str] = []
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
     with path.open("w", newline="") as handle:
@@ -221,14 +217,22 @@ def _init_wandb(cfg: EvalConfig, out_dir: Path):
                       config=OmegaConf.to_container(cfg, resolve=True), job_type="evaluate")
 
 
-def main(argv: List[str] | None = None) -> List[RunResult]:
-    from config_groups import describe_keys  # --help lists every key, type and default
+def main(argv: list[str] | None = None) -> list[RunResult]:
+    from scripts.config_groups import describe_keys  # --help lists every key, type and default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog=describe_keys(EvalConfig, override_rules=False),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file typed by EvalConfig")
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="a module name or .py file to import first: "
+                        "registers your task families (repeatable; metaopt.user_modules)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
+    from metaopt.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(args.imports)
+    except UserModuleError as error:
+        raise ConfigError(str(error)) from None
     cfg = load_config(args.config, args.overrides)
     families, optimizers = build(cfg)
     if cfg.num_threads > 0:
@@ -242,9 +246,9 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
                       divergence_factor=cfg.divergence_factor, init=cfg.init)
     lr_grid = log_grid(cfg.tuning.lr_min, cfg.tuning.lr_max, cfg.tuning.num_lrs)
 
-    results: List[RunResult] = []
-    tuned: List[Dict[str, Any]] = []
-    traces: List[Dict[str, Any]] = []
+    results: list[RunResult] = []
+    tuned: list[dict[str, Any]] = []
+    traces: list[dict[str, Any]] = []
     for family_label, family in families.items():
         for optimizer_label, (factory, should_tune) in optimizers.items():
             if should_tune:
@@ -283,7 +287,7 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
         for row in summary:
             for key in ("final_norm_loss_median", "diverged", "test_acc_mean", "ms_per_step"):
                 wandb_run.summary[f"{row['optimizer']}/{row['family']}/{key}"] = row[key]
-        import plots
+        from scripts import plots
 
         plots.log_wandb_charts(wandb_run, payload["runs"], traces, pngs)
         wandb_run.finish()
@@ -291,9 +295,9 @@ def main(argv: List[str] | None = None) -> List[RunResult]:
     return results
 
 
-def write_plots(cfg: EvalConfig, families, runs, traces, out_dir: Path) -> List[Path]:
+def write_plots(cfg: EvalConfig, families, runs, traces, out_dir: Path) -> list[Path]:
     """PNG loss curves (log scale, optimality gap) and controller traces; see scripts/plots.py."""
-    import plots
+    from scripts import plots
 
     offsets = {(label, seed): float(family.sample_seed(seed).loss_offset)
                for label, family in families.items() for seed in cfg.task_seeds}

@@ -1,4 +1,4 @@
-"""One command per GDSearch study (seed: gdsearch-research-journal.md; issue 11).
+"""One command per GDSearch study (the analysis studies of ``scripts/studies``).
 
     python scripts/gdsearch.py STUDY [--config configs/gdsearch/STUDY.yaml] [key=value ...] --out DIR
     python scripts/gdsearch.py --list
@@ -24,17 +24,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:  # run from a source checkout without installation
-        sys.path.insert(0, str(_path))
-
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from studies import discover
 
 from metaopt.logging import WANDB_MODES, make_logger
+from scripts.studies import discover
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG_DIR = REPO_ROOT / "configs" / "gdsearch"
 
@@ -130,9 +127,14 @@ def run_study(name: str, out_dir: str | os.PathLike, *, config_path: str | os.Pa
     return results
 
 
+def _prog() -> str:
+    """``metaopt analyze`` when run by the ``metaopt`` command (it sets ``sys.argv[0]``)."""
+    return sys.argv[0] if sys.argv and sys.argv[0].startswith("metaopt ") else "gdsearch"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="gdsearch", description="Run one GDSearch analysis study (CSV + PNG + report.md).")
+        prog=_prog(), description="Run one GDSearch analysis study (CSV + PNG + report.md).")
     parser.add_argument("study", nargs="?", help="study name (see --list)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--list", action="store_true", help="list the studies and exit")

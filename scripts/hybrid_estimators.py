@@ -1,4 +1,4 @@
-"""Relaxation vs straight-through vs ES for the switching policy, measured (issue 10, point 3).
+"""Relaxation vs straight-through vs ES for the switching policy, measured.
 
     OMP_NUM_THREADS=1 python scripts/hybrid_estimators.py [--steps 60] [--out runs/hybrid_estimators]
 
@@ -11,13 +11,9 @@ of ``scripts/meta_train.py``). Prints wall time per meta-step and the held-out r
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import meta_train
+from scripts import meta_train
 
 SETTINGS = {"relaxed_bptt": ["estimator.name=bptt", "hybrid.gate=relaxed"],
             "straight_through_bptt": ["estimator.name=bptt", "hybrid.gate=straight_through"],

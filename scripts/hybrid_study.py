@@ -1,4 +1,5 @@
-"""The hybrid GD-ODE seed's evaluation (§5) as a script (issue 10, point 7).
+"""The hybrid GD–ODE optimizer's evaluation as a script: GD only, ODE only, heuristic and learned
+switching, against tuned baselines.
 
     OMP_NUM_THREADS=1 python scripts/hybrid_study.py [--config configs/hybrid_study.yaml] [key=value ...]
 
@@ -22,31 +23,27 @@ import argparse
 import copy
 import csv
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
 import torch
-from config_checks import check_values
 from omegaconf import OmegaConf
 
 import tasks
 from metaopt.checkpoint import load_checkpoint, resolve
-from metaopt.controllers.switching import PolicyGate
+from metaopt.hybrid.policy import PolicyGate
 from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize
 from metaopt.evaluation.tuning import tune_lr_interior
 from metaopt.logging import WANDB_MODES, make_logger
-from metaopt.optim.hybrid import HybridGDODE, make_gd_rule, make_ode_rule
+from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
 from metaopt.rules.adam import AdamRule
-from metaopt.rules.hybrid import ConstantSwitch, HeuristicSwitch, HybridRule
+from metaopt.hybrid.rule import ConstantSwitch, HeuristicSwitch, HybridRule
 from metaopt.rules.sgd import SGDRule
+from scripts.config_checks import check_values
 from tasks.test_functions import TEST_FUNCTIONS_2D
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 FUNCTIONS = ("rastrigin", "ackley", "himmelblau", "six_hump_camel", "styblinski_tang")
 #: final gap f − f* below which a start ended in the global basin: half the gap of the best

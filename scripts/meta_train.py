@@ -16,7 +16,10 @@ is checked (saved config, ``state.pt`` version/keys/finite weights, loadable) be
 ``out_dir`` is touched; ``out_dir`` is locked against a second process. SIGINT/SIGTERM finish the
 running meta-step, save ``state.pt`` and exit 128+signal; a run whose meta-updates were all
 skipped exits 3 without writing ``optimizer.safetensors``; bad input exits 2; every error is one
-line naming its key or file.
+line naming its key or file. ``--config`` is required (no silent default run); ``out_dir`` may be
+neither empty (the current directory) nor the filesystem root. Under torchrun every rank resumes
+its own state file; unless all of them are at the same meta-step (none older or missing), every
+rank refuses before anything trains or is written.
 """
 from __future__ import annotations
 
@@ -31,22 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:  # run from a source checkout without installation
-        sys.path.insert(0, str(_path))
-
-import hybrid_train
-import run_dir
 import torch
-from meta_train_config import ConfigError, MetaTrainConfig, load_config, training_differences
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import tasks
 from metaopt.atomic import atomic_write
-from metaopt.checkpoint import save_checkpoint
-from metaopt.controllers.garo import GAROController
+from metaopt.checkpoint import SUFFIX, save_checkpoint
+from metaopt.garo.controller import GAROController
 from metaopt.evaluation import (
     SUMMARY_COLUMNS,
     evaluate,
@@ -71,8 +66,17 @@ from metaopt.meta import (
 )
 from metaopt.meta.training_state import TrainingStateError
 from metaopt.meta.vectorised import VectorisedPool
-from metaopt.optim.garo import GARO
-from metaopt.rules.garo import GARORule
+from metaopt.garo.optimizer import GARO
+from metaopt.garo.rule import GARORule
+from scripts import hybrid_train, run_dir
+from scripts.meta_train_config import (
+    ConfigError,
+    MetaTrainConfig,
+    load_config,
+    training_differences,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 STATE_FILE, EXPORT_FILE = "state.pt", "optimizer.safetensors"
 EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "final_test_loss_mean",
@@ -127,7 +131,7 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
         section = "task.name" if cfg.task.name not in tasks.names() else "task.kwargs"
         raise _key_error(section, error, kwargs) from error
     held_out = family
-    if cfg.validation.task:  # families never seen in training (issue 9: held-out validation)
+    if cfg.validation.task:  # families never seen in training (held-out validation)
         try:
             held_out = tasks.get(cfg.validation.task, device=device, dtype=cfg.dtype,
                                  **OmegaConf.to_container(cfg.validation.task_kwargs,
@@ -144,7 +148,8 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
             init_weight_decay=c.init_weight_decay, features=c.features,
             generator=torch.Generator().manual_seed(cfg.seed),
         ).to(device=device, dtype=getattr(torch, cfg.dtype))
-        rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients)
+        rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients,
+                        scale=c.scale)
     except ValueError as error:
         raise _key_error("controller", error, c) from error
     if c.kind == "garo":
@@ -185,10 +190,11 @@ def run_validation(cfg: MetaTrainConfig, learned, family, weights=None) -> dict:
                              cfg.meta_loss.divergence_threshold))
 
 
-def garo_factory(controller: GAROController, direction: str, label: str):
+def garo_factory(controller: GAROController, rule: GARORule, label: str):
     """A harness factory: a fresh ``GARO`` on a private copy of ``controller`` per run."""
     def factory(params):
-        return GARO(params, controller=copy.deepcopy(controller), direction=direction)
+        return GARO(params, controller=copy.deepcopy(controller), direction=rule.direction,
+                    scale=rule.scale)
     factory.label = label
     return factory
 
@@ -196,9 +202,9 @@ def garo_factory(controller: GAROController, direction: str, label: str):
 def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROController):
     """Learned vs untrained GARO vs tuned baselines on the held-out tasks, via the harness."""
     e = cfg.evaluation
-    optimizers = {"garo_learned": garo_factory(learned.module, cfg.controller.direction,
+    optimizers = {"garo_learned": garo_factory(learned.module, learned.rule,
                                                "garo_learned"),
-                  "garo_untrained": garo_factory(untrained, cfg.controller.direction,
+                  "garo_untrained": garo_factory(untrained, learned.rule,
                                                  "garo_untrained")} \
         if cfg.controller.kind == "garo" else \
         hybrid_train.evaluation_factories(cfg, learned, untrained)
@@ -257,9 +263,15 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
     ``config.yaml``; return the saved state (or None)."""
     if rank == 0 and out_dir.is_dir():
         run_dir.lock(out_dir)  # before reading: another process may be training into it
-    state = read_run_dir(cfg, out_dir, rank, world, trainer)
-    if world > 1:  # every rank has read the old config.yaml before rank 0 replaces it
-        torch.distributed.barrier()
+    try:
+        state, failure = read_run_dir(cfg, out_dir, rank, world, trainer), None
+    except (ConfigError, run_dir.RunDirError, TrainingStateError) as error:
+        if world == 1:
+            raise
+        state, failure = None, error  # reported after the other ranks heard of it
+    if world > 1:  # (the gather is also the barrier: every rank has read the old config.yaml
+        # before rank 0 replaces it)
+        agree_on_resume(state, failure, out_dir, world)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_dir.lock(out_dir)
@@ -271,6 +283,18 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
     return state
 
 
+def agree_on_resume(state: dict | None, failure: Exception | None, out_dir: Path,
+                    world: int) -> None:
+    """All ranks refuse together unless every one resumes the same meta-step (or none does)."""
+    mine = run_dir.UNREADABLE if failure is not None else \
+        None if state is None else int(state["step"])
+    steps: list = [None] * world
+    torch.distributed.all_gather_object(steps, mine)
+    if failure is not None:
+        raise failure
+    run_dir.check_resume_agreement(steps, [state_file(r) for r in range(world)], out_dir)
+
+
 def _is_final_record(record: dict) -> bool:
     """Records written once when a run finishes (rewritten by a re-run, so dropped on resume)."""
     return "table" in record or "image" in record or \
@@ -278,17 +302,21 @@ def _is_final_record(record: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from config_groups import describe_keys  # --help lists every key, type and default
     wants_help = {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],  # (epilog: ~0.2 s)
-                                     epilog=describe_keys(MetaTrainConfig) if wants_help else None,
+                                     epilog=_help_epilog(argv) if wants_help else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file typed by MetaTrainConfig")
+    parser.add_argument("--config", required=True,  # no silent 200-step default run
+                        help="YAML file typed by MetaTrainConfig (e.g. configs/garo.yaml)")
     parser.add_argument("--check", action="store_true",
                         help="validate the config (and a resumed run's files) and exit; "
                              "writes nothing")
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="a module name or .py file to import first: "
+                        "registers your task families (repeatable; metaopt.user_modules)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     args = parser.parse_args(argv)
+    _import_user_modules(args.imports)
     cfg = load_config(args.config, args.overrides)
     if args.check:
         _, _, trainer = build(cfg, cfg.device)
@@ -304,6 +332,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run_dir.release_all()
         if world > 1:
             torch.distributed.destroy_process_group()
+
+
+def _import_user_modules(imports: list[str]) -> None:
+    from metaopt.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(imports)
+    except UserModuleError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _help_epilog(argv: list[str] | None) -> str:
+    """Every key with its type and value: the ``--config`` file's (and overrides') values when
+    one is given and loads, else the schema defaults."""
+    from scripts.config_groups import describe_keys
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--config")
+    probe.add_argument("overrides", nargs="*")
+    probe.add_argument("--import", dest="imports", action="append", default=[])
+    known, _ = probe.parse_known_args([a for a in (sys.argv[1:] if argv is None else argv)
+                                       if a not in ("-h", "--help")])
+    if known.config:
+        try:
+            _import_user_modules(known.imports)
+            cfg = load_config(known.config, known.overrides)
+            return describe_keys(MetaTrainConfig, values=cfg, source=known.config)
+        except ConfigError as error:
+            return f"({known.config}: {error})\n" + describe_keys(MetaTrainConfig)
+    return describe_keys(MetaTrainConfig)
 
 
 def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str, Any]:
@@ -377,8 +433,22 @@ def _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, ra
             logger.log({"val/meta_loss": val["meta_loss"], "val/diverged": val["diverged"],
                         "val/final_normalized_loss": val["final_normalized_loss"]}, step)
             logger.log_series("hyperparameters", _named(val["traces"]), step)
+            if cfg.controller.kind == "garo":  # candidates for selection by the benchmark
+                _export_garo(cfg, learned, Path(cfg.out_dir) / "snapshots" /
+                             f"step_{step:06d}{SUFFIX}",
+                             {"steps": step, "val_meta_loss": val["meta_loss"]})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
+
+
+def _export_garo(cfg: MetaTrainConfig, learned, path: Path, training: dict) -> Path:
+    """The trained controller as a ``load_optimizer`` checkpoint with its GARO options."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(
+        path, learned.module,
+        optimizer_config={"direction": cfg.controller.direction, "granularity": "global",
+                          "scale": cfg.controller.scale},
+        training=training)
 
 
 def _stop_requested(stop: run_dir.GracefulStop, world: int) -> bool:
@@ -405,10 +475,7 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                 "seconds": round(time.perf_counter() - started, 1),
                 "hardware": f"{cfg.device}, {torch.get_num_threads()} threads"}
     if cfg.controller.kind == "garo":
-        export = save_checkpoint(
-            out_dir / EXPORT_FILE, learned.module,
-            optimizer_config={"direction": cfg.controller.direction, "granularity": "global"},
-            training=training)
+        export = _export_garo(cfg, learned, out_dir / EXPORT_FILE, training)
     else:  # a HybridGDODE checkpoint around the trained switching policy
         export = hybrid_train.export(cfg, learned, out_dir / EXPORT_FILE, training)
     logger.log_artifact(export, name=f"garo-{run_id}", type="model")
@@ -428,7 +495,7 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                         row["final_norm_loss_median"]}, trainer.step_count)
     logger.log({"held_out_meta_loss_untrained": before["meta_loss"],
                 "held_out_meta_loss_trained": after["meta_loss"]}, trainer.step_count)
-    from plots import meta_training_curve  # scripts/plots.py; None without matplotlib
+    from scripts.plots import meta_training_curve  # scripts/plots.py; None without matplotlib
     curve = meta_training_curve(out_dir / "metrics.jsonl", out_dir / "meta_training.png")
     if curve is not None:
         logger.log_image("meta_training", curve, trainer.step_count)

@@ -7,15 +7,19 @@ into plain constructor arguments.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
-from config_checks import check_values, one_line, schema_int_keys
 from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from scripts.config_checks import check_values, one_line, schema_int_keys
 
 
 @dataclass
@@ -29,18 +33,19 @@ class ControllerConfig:
     kind: str = "garo"  # garo | hybrid (switching policy) | hybrid_garo (policy + GARO jointly)
     hidden_size: int = 16
     num_step_frequencies: int = 3
-    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (DESIGN idea 6)
+    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (the GARO specification: untrained = plain SGD)
     init_momentum: float = 0.0
     init_weight_decay: float = 1.0e-8
     direction: str = "sgd"  # sgd | adam
     feature_gradients: bool = False  # differentiate through the controller's input features
     features: str = "seed"  # seed | relative (loss-scale invariant + training progress)
+    scale: str = "none"  # none | distance (lr_t multiplies DoG's online step-size estimate)
 
 
 @dataclass
 class HybridConfig:
     """The hybrid GD-ODE optimizer trained by controller.kind=hybrid|hybrid_garo
-    (scripts/hybrid_train.py builds it; metaopt.rules.hybrid documents each key)."""
+    (scripts/hybrid_train.py builds it; metaopt.hybrid.rule documents each key)."""
     gd: str = "sgd"  # sgd | adam | rmsprop (hybrid_garo: GARO's controller.direction instead)
     lr: float = 0.05  # the GD module's lr (hybrid); the ODE step is ode_lr
     momentum: float = 0.9
@@ -66,7 +71,7 @@ class UnrollConfig:
     min_horizon: int = 50  # log_uniform schedule
     max_horizon: int = 200
     second_order: bool = True  # backpropagate through the inner gradient (create_graph)
-    engine: str = "loop"  # loop | vectorised (same-shape runs as one vmapped program, issue 12)
+    engine: str = "loop"  # loop | vectorised (same-shape runs as one vmapped program)
     compile: bool = False  # vectorised: torch.compile the batched rule step (benchmark: meta)
 
 
@@ -134,7 +139,8 @@ class WandbConfig:
 
 @dataclass
 class MetaTrainConfig:
-    out_dir: str = "runs/garo"
+    # "" = runs/<config file stem>[-<override>,...]: every experiment gets its own run directory
+    out_dir: str = ""
     seed: int = 0
     steps: int = 200  # total outer iterations; raise it and re-run to train further
     device: str = "cpu"
@@ -167,6 +173,7 @@ CHOICES = {
     "hybrid.gate": ("auto", "relaxed", "straight_through", "hard"),
     "controller.direction": ("sgd", "adam"),
     "controller.features": ("seed", "relative"),
+    "controller.scale": ("none", "distance"),
     "unroll.schedule": ("constant", "log_uniform"),
     "unroll.engine": ("loop", "vectorised"),
     "meta_loss.kind": ("mean", "final", "log"),
@@ -238,10 +245,29 @@ def load_config(config_path: str | None, overrides: list[str]) -> MetaTrainConfi
             raise ConfigError(f"config {path!r}: {error}") from error
     # Overrides: config groups (task=mlp replaces the section), stale task.kwargs cleared on a
     # family change, key={}/null clears a free-form dict; see scripts/config_groups.py.
-    from config_groups import apply_overrides  # scripts/ is on sys.path, like this module
+    from scripts.config_groups import apply_overrides
     merged = apply_overrides(merged, overrides, MetaTrainConfig, ConfigError)
+    named = any(o.split("=", 1)[0].strip() == "out_dir" for o in overrides)
+    if not merged.out_dir and not named:  # (an explicit out_dir="" is refused by check)
+        merged.out_dir = default_out_dir(config_path, overrides)
     check(merged)
     return merged
+
+
+def default_out_dir(config_path: str | None, overrides: list[str]) -> str:
+    """``runs/<config stem>``, suffixed by the overrides that change what is trained (Hydra's
+    ``override_dirname`` convention): ``--config configs/garo.yaml task=mlp steps=100`` ->
+    ``runs/garo-task=mlp``; ``steps``, ``wandb.*`` and the other keys a resumed run may change
+    leave the name alone, so re-running with a larger ``steps`` resumes."""
+    stem = Path(config_path).stem if config_path else "meta_train"
+    changed = [o.strip() for o in overrides
+               if not any(o.split("=", 1)[0].strip() == key
+                          or o.split("=", 1)[0].strip().startswith(key + ".")
+                          for key in RESUMABLE_CHANGES)]
+    suffix = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(changed))
+    if len(suffix) > 80:  # a long override list: a stable short name instead
+        suffix = suffix[:60] + "-" + hashlib.sha1(suffix.encode()).hexdigest()[:10]
+    return str(Path("runs") / (f"{stem}-{suffix}" if suffix else stem))
 
 
 def check(cfg: MetaTrainConfig) -> None:
@@ -260,9 +286,22 @@ def check(cfg: MetaTrainConfig) -> None:
     check_values(cfg, ConfigError, schema_ints=schema_int_keys(MetaTrainConfig),
                  positive=POSITIVE, ranges=RANGES, positive_lists=POSITIVE_LISTS)
     check_device(cfg.device)
+    check_out_dir(cfg.out_dir)
     if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
         raise ConfigError(f"invalid config key 'out_dir': {cfg.out_dir!r} exists and is not a "
                           "directory")
+
+
+def check_out_dir(out_dir: str) -> None:
+    """A run directory of its own: not empty (that is the current directory) and not the
+    filesystem root (the run writes, locks and cleans up temp files in it)."""
+    if not str(out_dir).strip():
+        raise ConfigError("invalid config key 'out_dir': empty; name a run directory of its own "
+                          "(e.g. out_dir=runs/garo)")
+    resolved = Path(os.path.expanduser(out_dir)).resolve()
+    if resolved == Path(resolved.anchor):
+        raise ConfigError(f"invalid config key 'out_dir': {out_dir!r} is the filesystem root; "
+                          "name a run directory of its own (e.g. out_dir=runs/garo)")
 
 
 def check_device(device: str) -> None:

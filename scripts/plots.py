@@ -57,28 +57,11 @@ def loss_curves(runs: Sequence[Mapping[str, Any]], offsets: Mapping[tuple, float
     written = []
     for family in dict.fromkeys(r["family"] for r in runs):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for optimizer in dict.fromkeys(r["optimizer"] for r in runs if r["family"] == family):
-            curves = []
-            for r in runs:
-                if r["family"] != family or r["optimizer"] != optimizer:
-                    continue
-                offset = offsets.get((family, r["task_seed"]), 0.0)
-                curves.append({s: max(v - offset, FLOOR) for s, v in
-                               zip(r["eval_steps"], r["eval_train_losses"])
-                               if v is not None and math.isfinite(v)})
-            steps = sorted(set().union(*curves)) if curves else []
-            if not steps:
-                continue
-            columns = [[c[s] for c in curves if s in c] for s in steps]
-            median = [statistics.median(col) for col in columns]
-            line, = ax.plot(steps, median, label=optimizer)
-            if len(curves) > 1:
-                ax.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns],
-                                color=line.get_color(), alpha=0.15, linewidth=0)
+        draw_family_losses(ax, [r for r in runs if r["family"] == family], offsets)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("train loss − known minimum (full batch)")
-        ax.set_title(f"{family}: median over runs, band = min–max")
+        ax.set_title(f"{family}: median over runs, band = min–max, x = diverged there")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
         path = out_dir / f"loss_{safe_name(family)}.png"
@@ -87,6 +70,47 @@ def loss_curves(runs: Sequence[Mapping[str, Any]], offsets: Mapping[tuple, float
         plt.close(fig)
         written.append(path)
     return written
+
+
+def draw_family_losses(ax, runs: Sequence[Mapping[str, Any]],
+                       offsets: Mapping[tuple, float]) -> None:
+    """One family's panel: per optimizer the median gap with a marker at every evaluation, the
+    min–max band, and an ``x`` where each diverged run diverged (at its last finite loss, so a
+    run that diverged before any evaluation is still visible); log y axis."""
+    for optimizer in dict.fromkeys(r["optimizer"] for r in runs):
+        mine = [r for r in runs if r["optimizer"] == optimizer]
+        curves = []
+        for r in mine:
+            offset = offsets.get((r["family"], r["task_seed"]), 0.0)
+            curves.append({s: max(v - offset, FLOOR) for s, v in
+                           zip(r["eval_steps"], r["eval_train_losses"], strict=False)
+                           if v is not None and math.isfinite(v)})
+        diverged = [r for r in mine if r.get("diverged")]
+        label = optimizer + (f" ({len(diverged)}/{len(mine)} diverged)" if diverged else "")
+        steps = sorted(set().union(*curves)) if curves else []
+        color = None
+        if steps:
+            columns = [[c[s] for c in curves if s in c] for s in steps]
+            line, = ax.plot(steps, [statistics.median(col) for col in columns], marker="o",
+                            markersize=3, label=label)
+            color, label = line.get_color(), None
+            if len(curves) > 1:
+                ax.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns],
+                                color=color, alpha=0.15, linewidth=0)
+        for r in diverged:
+            x, y = _divergence_point(r, offsets.get((r["family"], r["task_seed"]), 0.0))
+            drawn = ax.plot([x], [y], linestyle="none", marker="x", markersize=9,
+                            markeredgewidth=2, color=color, label=label)
+            color, label = drawn[0].get_color(), None
+    ax.set_yscale("log")
+
+
+def _divergence_point(run: Mapping[str, Any], offset: float) -> tuple[float, float]:
+    """(step at which the run diverged, its last finite optimality gap before that)."""
+    step = run.get("divergence_step") or 0
+    finite = _finite([v for v in run.get("train_losses") or []][:max(step, 1)]) \
+        or _finite(run.get("eval_train_losses") or []) or [run.get("initial_loss") or 1.0]
+    return float(step), max(finite[-1] - offset, FLOOR)
 
 
 def trace_curves(traces: Sequence[Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
@@ -163,7 +187,9 @@ def meta_training_curve(metrics_jsonl: str | Path, path: str | Path) -> Path | N
         ax.plot(sorted(held_out), [held_out[s] for s in sorted(held_out)], "o-",
                 label="held-out meta-loss (validation)")
     values = _finite(list(train.values()) + list(held_out.values()))
-    if values and min(values) > 0:
+    # log axis for a loss-like meta-loss, even when a few noisy meta-steps dip below 0 (those
+    # points drop out); a log meta-loss (kind=log) is already in log units: linear axis
+    if values and sum(v > 0 for v in values) >= 0.9 * len(values):
         ax.set_yscale("log")
     ax.set_xlabel("outer (meta) step")
     ax.set_ylabel("meta-loss")

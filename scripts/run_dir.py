@@ -10,6 +10,9 @@ saved-config reading and graceful interrupts.
 * ``cut_metrics``: a resume drops the records logged after its checkpoint, and the final records
   (evaluation table, held-out summary) of the checkpoint's step, which the run writes again when
   it finishes, so re-running a finished run does not duplicate them.
+* ``check_resume_agreement``: under torchrun every rank resumes its own state file; ranks whose
+  files are at different meta-steps (one older, missing or unreadable) must all refuse before
+  anything trains, or rank 0 trains on and exports while another rank dies.
 * ``GracefulStop``: SIGINT/SIGTERM set a flag; the script finishes the running meta-step, saves a
   checkpoint and exits non-zero with one line. A second signal stops at once (the last
   checkpoint stays valid: every write is atomic).
@@ -33,8 +36,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metaopt.atomic import atomic_write
 
-__all__ = ["GracefulStop", "Interrupted", "RunDirError", "cut_metrics", "lock", "read_config",
-           "release_all", "remove_stale_temp_files"]
+__all__ = ["GracefulStop", "Interrupted", "RunDirError", "check_resume_agreement", "cut_metrics",
+           "lock", "read_config", "release_all", "remove_stale_temp_files"]
+
+#: what a rank reports when its state file could not be read (its own error says why)
+UNREADABLE = "unreadable"
 
 _TEMP = re.compile(r"^\..+\.[^.]+\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
 _LOCKS: dict[Path, int] = {}
@@ -102,6 +108,20 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, DictConfig):
         raise RunDirError(f"{path}: the saved config must be a mapping of keys")
     return OmegaConf.to_container(loaded, resolve=True)
+
+
+def check_resume_agreement(steps: list[int | None | str], files: list[str],
+                           out_dir: Path) -> None:
+    """Every rank's resume point (the meta-step of its state file, None for none,
+    ``UNREADABLE``) must be the same; ``RunDirError`` listing them otherwise."""
+    if len(set(steps)) <= 1:
+        return
+    described = ", ".join(
+        f"{name} {'missing' if step is None else step if step == UNREADABLE else f'at step {step}'}"
+        for name, step in zip(files, steps, strict=True))
+    raise RunDirError(f"{out_dir}: the ranks' training states disagree ({described}); every rank "
+                      "must resume from the same meta-step: restore the missing or older files, "
+                      "or train into a new out_dir")
 
 
 def cut_metrics(path: Path, step: int, is_final: Callable[[dict], bool]) -> None:

@@ -1,22 +1,24 @@
-"""Task families for metaopt, addressable by name (DESIGN.md key idea 3: tasks are plug-ins).
+"""Task families for metaopt, addressable by name: plug-ins of the library's task registry
+(``metaopt.task_registry``), registered when this package is imported.
 
     >>> import tasks, torch
     >>> family = tasks.get("quadratic", dim=(2, 10), condition_number=(1, 100))
     >>> task = family.sample(torch.Generator().manual_seed(0))
 
 ``tasks.names()`` lists the registered families; ``tasks.get(name, **kwargs)`` builds one and
-raises ``ValueError`` naming an unknown family or keyword. ``tasks.get("mixture", components={...})``
-mixes several named families; ``tasks.get("augmented", family={"name": ..., "kwargs": {...}},
-loss_scale=[lo, hi], param_scale=[lo, hi])`` rescales each sampled task's loss and parameters. ``tasks.register(name, factory)`` adds a plug-in family.
+raises ``ValueError`` naming an unknown family or keyword.
+``tasks.get("mixture", components={...})`` mixes several named families; ``tasks.get("augmented", family={"name": ..., "kwargs": {...}},
+loss_scale=[lo, hi], param_scale=[lo, hi])`` rescales each sampled task's loss and parameters.
+``tasks.register(name, factory)`` adds a plug-in family.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from metaopt import task_registry as _families
 from metaopt.task import ModuleTask, Task, TaskFamily
 
 from .attention import AttentionFamily
@@ -37,52 +39,30 @@ from .test_functions_nd import NDTestFunctionFamily
 
 __all__ = ["ModuleTask", "Task", "TaskFamily", "get", "names", "register"]
 
-_REGISTRY: dict[str, Callable[..., TaskFamily]] = {}
+# the library's registry (metaopt.task_registry); the same dict, under its old name
+_REGISTRY: dict[str, Callable[..., TaskFamily]] = _families._FAMILIES
 
 
 def register(name: str, factory: Callable[..., TaskFamily], *, overwrite: bool = False) -> None:
-    """Register ``factory(**kwargs) -> TaskFamily`` under ``name``."""
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"task family {name!r} is already registered")
-    _REGISTRY[name] = factory
+    """Register ``factory(**kwargs) -> TaskFamily`` under ``name``
+    (``metaopt.task_registry.register_family``)."""
+    _families.register_family(name, factory, overwrite=overwrite)
 
 
 def names() -> list[str]:
     """Sorted names of all registered task families."""
-    return sorted(_REGISTRY)
-
-
-def _check_kwargs(name: str, factory: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
-    parameters = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = {
-        key for key, p in parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ValueError(
-            f"task family {name!r} got unknown keyword argument(s) {unknown}; "
-            f"accepted: {sorted(accepted)}"
-        )
+    return _families.family_names()
 
 
 def get(name: str, **kwargs: Any) -> TaskFamily:
-    """Build the family registered as ``name`` with ``kwargs``.
+    """Build the family registered as ``name`` with ``kwargs``
+    (``metaopt.task_registry.get_family``).
 
     Raises ``ValueError`` naming the family if it is unknown, or the offending keyword if the
     family does not accept it; a family's own validation errors (bad values) propagate as
     ``ValueError`` with the family name prefixed.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown task family {name!r}; known families: {', '.join(names())}")
-    factory = _REGISTRY[name]
-    _check_kwargs(name, factory, kwargs)
-    try:
-        return factory(**kwargs)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"task family {name!r}: {error}") from error
+    return _families.get_family(name, **kwargs)
 
 
 def _mixture(components: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float] | None = None,

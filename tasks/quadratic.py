@@ -6,7 +6,7 @@
 ``Q`` is a Haar-random orthogonal matrix (QR of a Gaussian matrix with the sign fix of Mezzadri
 2007), ``x* ~ N(0, I)``, ``x0 ~ N(0, I)``. Known minimiser ``x*``, minimum value 0; gradient descent
 is stable for ``lr < 2`` and the condition number sets its rate, which is what the optimizer seeds
-study on ill-conditioned problems (GDSearch journal, Entry 4).
+study on ill-conditioned problems (GDSearch).
 
 Noisy variant (stochastic gradients with a known exact loss): a training batch is ``z ~ N(0, I)``
 and the training loss is ``f(x) + sigma * z^T (x - x*)``, whose gradient is ``A(x - x*) + sigma z``

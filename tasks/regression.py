@@ -1,5 +1,5 @@
-"""Linear regression on generated data: least squares and the Lasso (Gradient-Flow seed's
-"Lasso" experiment).
+"""Linear regression on generated data: least squares and the Lasso (the Runge–Kutta
+gradient-flow optimizers' "Lasso" experiment).
 
 Data: ``X = Z diag(s)`` with ``Z ~ N(0, I)`` and feature scales ``s_j`` log-uniform in
 ``[1/spread, 1]`` (``spread`` sampled, so the design's conditioning varies), ``y = X w* + b* +

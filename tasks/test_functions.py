@@ -1,6 +1,6 @@
-"""Classic 2-D optimisation test functions with their known minimisers (Hybrid GD-ODE seed §5:
-"ability to escape local minima (test on functions with known difficult landscapes)"; GDSearch
-journal Entries 1, 3, 4: Rosenbrock trajectories, saddle escape, the (-1.5, 2.0) divergence).
+"""Classic 2-D optimisation test functions with their known minimisers (the hybrid
+GD–ODE optimizer's "ability to escape local minima" on known difficult landscapes; the GDSearch
+studies: Rosenbrock trajectories, saddle escape, the (-1.5, 2.0) divergence).
 
 Each family samples the initial point uniformly from the function's customary box, or uses a fixed
 ``initial_point`` (e.g. ``tasks.get("rosenbrock", initial_point=(-1.5, 2.0))``). Minimisers are
@@ -68,7 +68,7 @@ def styblinski_tang(v: Tensor) -> Tensor:
 
 
 def saddle(v: Tensor) -> Tensor:
-    """``x^2 - y^2``: a strict saddle at the origin, unbounded below (Journal Entry 3)."""
+    """``x^2 - y^2``: a strict saddle at the origin, unbounded below (the saddle-escape study)."""
     return v[0] ** 2 - v[1] ** 2
 
 

@@ -1,4 +1,5 @@
-"""N-dimensional Rosenbrock and Rastrigin with sampled dimension (Hybrid GD-ODE seed §5).
+"""N-dimensional Rosenbrock and Rastrigin with sampled dimension (test landscapes of the hybrid
+GD–ODE optimizer).
 
     Rosenbrock_n(x) = sum_{i=1}^{n-1} [100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2],  min 0 at (1, ..., 1)
     Rastrigin_n(x)  = 10 n + sum_i [x_i^2 - 10 cos(2 pi x_i)],                 min 0 at 0

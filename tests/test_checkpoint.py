@@ -12,9 +12,9 @@ import torch
 import metaopt
 from metaopt.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint,
                                 save_checkpoint)
-from metaopt.controllers import GAROController
+from metaopt.garo import GAROController
 from metaopt.optim import GARO
-from tests.rules.garo_helpers import awake_controller, regression
+from tests.garo.helpers import awake_controller, regression
 from tests.rules.objectives import closure_over
 
 

@@ -10,7 +10,7 @@ import torch
 
 import metaopt
 from metaopt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from metaopt.controllers import GAROController
+from metaopt.garo import GAROController
 
 from .test_checkpoint import _rewrite_metadata
 

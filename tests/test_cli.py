@@ -2,6 +2,7 @@
 registries (checked against the registries themselves and the factories' signatures)."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import metaopt
 import tasks
 from metaopt import cli
+from metaopt.task_registry import family_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["unroll.num_tasks=2", "unroll.truncation_length=3", "unroll.schedule=constant",
@@ -32,7 +34,7 @@ def test_tasks_prints_every_keyword_default_from_the_signature(capsys):
     assert cli.main(["tasks", "mlp", "quadratic"]) == 0
     out = capsys.readouterr().out
     for name in ("mlp", "quadratic"):
-        factory = tasks._REGISTRY[name]
+        factory = family_factory(name)
         for key, p in inspect.signature(factory).parameters.items():
             if key not in ("device", "dtype"):
                 assert f"    {key} = {p.default!r}" in out
@@ -77,17 +79,14 @@ def test_config_errors_exit_2_and_name_the_key(tmp_path, capsys):
     assert code == 2 and "invalid config group 'task'" in capsys.readouterr().err
 
 
-def test_missing_script_is_explained(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("METAOPT_SCRIPTS", str(tmp_path))
-    assert cli.scripts_dir() == tmp_path
+def test_missing_scripts_package_is_explained(monkeypatch, capsys):
+    monkeypatch.setitem(cli.SCRIPTS, "analyze", ("scripts.no_such_module", "absent"))
     assert cli.main(["analyze", "--list"]) == 2
     err = capsys.readouterr().err
-    assert "gdsearch.py not found" in err and "pip install -e ." in err
+    assert "scripts.no_such_module not found" in err and "pip install -e ." in err
 
 
-def test_scripts_are_found_beside_the_package(monkeypatch):
-    monkeypatch.delenv("METAOPT_SCRIPTS", raising=False)
-    assert cli.scripts_dir() == ROOT / "scripts"
-    for filename, _ in cli.SCRIPTS.values():
-        if filename != "gdsearch.py":  # the analysis studies are optional
-            assert (cli.scripts_dir() / filename).is_file()
+def test_subcommands_call_main_of_the_scripts_package():
+    for module_name, _ in cli.SCRIPTS.values():
+        module = importlib.import_module(module_name)
+        assert callable(module.main) and module.__name__.startswith("scripts.")

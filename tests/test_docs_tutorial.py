@@ -1,67 +1,79 @@
-"""docs/tutorial.md runs as written: its ```python blocks are executed in order (one namespace)
-in a temporary directory, after its ```yaml title="FILE" blocks are saved there. The only
-change: `metaopt.cli.main` gets tiny step counts appended to train / evaluate (key=value
-overrides, the last one wins), so the test takes seconds."""
+"""docs/tutorial.md runs as written, in a temporary directory: its ```python blocks are executed
+in order (one namespace), the files it asks to save (```yaml / ```python title="FILE") are
+saved there, and its shell commands run through ``metaopt.cli.main`` with tiny work
+(tests/docs_walk.py: a tiny copy of the config under the same name, resumable keys appended)."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import metaopt.cli
 import tasks
+from metaopt import cli
+
+from .docs_walk import classify, commands, metaopt_argv
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
 FENCE = re.compile(r'^```(\w+)([^\n]*)\n(.*?)^```', re.MULTILINE | re.DOTALL)
-TINY = {"train": ["steps=2", "unroll.num_tasks=2", "unroll.truncation_length=3",
-                  "unroll.horizon=6", "controller.hidden_size=4", "validation.every=1",
-                  "validation.num_tasks=1", "validation.horizon=4", "evaluation.enabled=false",
-                  "wandb.mode=disabled", "progress=false"],
-        "evaluate": ["steps=4", "eval_every=2", "task_seeds=[0]", "tuning.num_lrs=2",
-                     "tuning.steps=3", "tuning.task_seeds=[10000]", "track_memory=false"]}
 
 
 def _blocks():
     return [(m.group(1), m.group(2), m.group(3)) for m in FENCE.finditer(DOC.read_text())]
 
 
-def test_tutorial_runs_as_written(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def tutorial_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    real_main, calls = metaopt.cli.main, []
-
-    def tiny_main(argv):
-        calls.append(argv[0])
-        return real_main([*argv, *TINY.get(argv[0], [])])
-    monkeypatch.setattr(metaopt.cli, "main", tiny_main)
+    monkeypatch.syspath_prepend(str(tmp_path))  # `import sine_task`, as from that folder
+    monkeypatch.setenv("WANDB_MODE", "disabled")
     registry = dict(tasks._REGISTRY)
-    try:
-        namespace: dict = {}
-        ran = 0
-        for language, info, code in _blocks():
-            title = re.search(r'title="([^"]+)"', info)
-            if language == "yaml" and title:
-                (tmp_path / title.group(1)).write_text(code)
-            elif language == "python":
-                exec(compile(code, f"{DOC.name}[block {ran}]", "exec"), namespace)  # noqa: S102 (running the docs is the test)
-                ran += 1
-        assert ran >= 5 and calls == ["train", "evaluate"]
-        assert (tmp_path / "runs" / "sine" / "optimizer.safetensors").is_file()
-        assert (tmp_path / "runs" / "sine" / "meta_training.png").is_file()
-        assert (tmp_path / "runs" / "sine_eval" / "plots" / "loss_sine.png").is_file()
-        assert (tmp_path / "sine-optimizer" / "model.safetensors").is_file()
-        out = capsys.readouterr().out
-        assert "learned" in out and "adam_tuned" in out and "final loss" in out
-        # the plain loop trained: the loss went down from the task's initial loss
-        task = namespace["task"]
-        x, y = namespace["x"], namespace["y"]
-        initial = task.loss(task.init_params(), (x, y))
-        assert namespace["loss"].item() < initial.item()
-        assert isinstance(namespace["opt"], torch.optim.Optimizer)
-    finally:
-        tasks._REGISTRY.clear()
-        tasks._REGISTRY.update(registry)  # "sine" must not leak into other tests
+    yield tmp_path
+    tasks._REGISTRY.clear()
+    tasks._REGISTRY.update(registry)  # "sine" must not leak into other tests
+    sys.modules.pop("sine_task", None)
+
+
+def test_tutorial_runs_as_written(tutorial_dir, capsys):
+    namespace: dict = {}
+    ran, shell = 0, []
+    for language, info, code in _blocks():
+        if language == "python" and "title=" not in info:
+            exec(compile(code, f"{DOC.name}[block {ran}]", "exec"), namespace)  # noqa: S102 (running the docs is the test)
+            ran += 1
+        elif language == "bash":
+            for _, _, argv in commands([_snippet(code)]):
+                kind, args = classify(argv)
+                assert kind == "metaopt", argv
+                argv_, is_help = metaopt_argv(list(args), tutorial_dir, run=True)
+                assert not is_help and cli.main(argv_) == 0, capsys.readouterr().err
+                shell.append(args[0])
+        elif "title=" in info:
+            name = re.search(r'title="([^"]+)"', info).group(1)
+            (tutorial_dir / name).write_text(code)
+    assert ran >= 3 and shell == ["tasks", "train", "evaluate"]
+    assert (tutorial_dir / "runs" / "sine" / "optimizer.safetensors").is_file()
+    assert (tutorial_dir / "runs" / "sine" / "meta_training.png").is_file()
+    assert (tutorial_dir / "runs" / "sine_eval" / "plots" / "loss_sine.png").is_file()
+    assert (tutorial_dir / "sine-optimizer" / "model.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "learned" in out and "adam_tuned" in out and "final loss" in out
+    assert "sine:" in out and "amplitude = (0.5, 2.0)" in out  # `metaopt tasks --import`
+    # the plain loop trained: the loss went down from the task's initial loss
+    task = namespace["task"]
+    x, y = namespace["x"], namespace["y"]
+    initial = task.loss(task.init_params(), (x, y))
+    assert namespace["loss"].item() < initial.item()
+    assert isinstance(namespace["opt"], torch.optim.Optimizer)
+
+
+def _snippet(code: str) -> Path:
+    """A one-block markdown file, so commands() parses it like the docs."""
+    path = Path.cwd() / ".snippet.md"
+    path.write_text(f"```bash\n{code}```\n")
+    return path
 
 
 def test_the_tutorial_family_is_a_proper_family():
@@ -69,7 +81,7 @@ def test_the_tutorial_family_is_a_proper_family():
     namespace: dict = {}
     registry = dict(tasks._REGISTRY)
     try:
-        exec(compile(_blocks()[0][2], "tutorial[0]", "exec"), namespace)  # noqa: S102 (running the docs is the test)
+        exec(compile(_blocks()[0][2], "sine_task.py", "exec"), namespace)  # noqa: S102 (running the docs is the test)
         family = tasks.get("sine")
         a, b = family.sample_seed(3), family.sample_seed(3)
         assert torch.equal(a.y, b.y) and a.width == b.width

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import metaopt
+from metaopt.evaluation.schedules import CosineAdam
 from metaopt.factory import param_groups
 
 
@@ -41,20 +42,28 @@ def test_list_optimizers_covers_every_class_and_checkpoint():
                      and n != "Optimizer"]
     assert set(metaopt.list_optimizers("torch")) == {n.lower() for n in torch_classes}
     assert set(metaopt.list_optimizers("pretrained")) == set(metaopt.list_pretrained())
-    assert metaopt.list_optimizers() == sorted(metaopt.list_optimizers("metaopt")
-                                               + metaopt.list_optimizers("torch")
-                                               + metaopt.list_optimizers("pretrained"))
+    assert metaopt.list_optimizers("preset") == ["adam_cosine", "nesterov", "sgd_momentum"]
+    # everything, pytorch_optimizer's names included (those ours do not already take)
+    assert metaopt.list_optimizers() == sorted(set(metaopt.list_optimizers("metaopt")
+                                                   + metaopt.list_optimizers("torch")
+                                                   + metaopt.list_optimizers("preset")
+                                                   + metaopt.list_optimizers("pretrained")
+                                                   + metaopt.list_optimizers("pytorch_optimizer")))
     with pytest.raises(ValueError, match="kind"):
         metaopt.list_optimizers("jax")
 
 
-@pytest.mark.parametrize("name", metaopt.list_optimizers())
+# (pytorch_optimizer's names: tests/test_third_party_optimizers.py)
+@pytest.mark.parametrize("name", sorted(set(metaopt.list_optimizers())
+                                        - set(metaopt.list_optimizers("pytorch_optimizer"))))
 def test_every_name_builds_its_class(name):
     model = nn.Linear(3, 4, bias=False) if name == "muon" else _model()  # Muon: 2-D only
     opt = metaopt.create_optimizer(model, name)
     assert isinstance(opt, torch.optim.Optimizer)
     classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)}
     classes.update({n.lower(): getattr(metaopt.optim, n) for n in metaopt.optim.__all__})
+    classes.update({"sgdmomentum": torch.optim.SGD, "nesterov": torch.optim.SGD,
+                    "adamcosine": CosineAdam})
     if name in metaopt.list_pretrained():  # the class its metadata names
         from metaopt.checkpoint import load_checkpoint, resolve
         stored = load_checkpoint(resolve(name)).metadata.get("optimizer_class", "GARO")
@@ -152,3 +161,13 @@ def test_learned_optimizer_weight_decay_is_a_multiplier_with_exempt_group():
     assert [g["weight_decay"] for g in default.param_groups] == [1.0]  # stored default kept
     grouped = metaopt.create_optimizer(_model(), "garo", weight_decay=2.0)
     assert [g["weight_decay"] for g in grouped.param_groups] == [0.0, 2.0]
+
+
+@pytest.mark.parametrize("name, defaults", [("sgd_momentum", {"momentum": 0.9}),
+                                            ("nesterov", {"momentum": 0.9, "nesterov": True})])
+def test_presets_equal_hand_written_sgd(name, defaults):
+    model, reference = _model(), _model()
+    opt = metaopt.create_optimizer(model, name, lr=0.05)
+    hand = torch.optim.SGD(reference.parameters(), lr=0.05, weight_decay=0.0, **defaults)
+    for a, b in zip(_trajectory(model, opt), _trajectory(reference, hand)):
+        assert torch.equal(a, b)

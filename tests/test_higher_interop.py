@@ -9,8 +9,8 @@ from torch import nn
 import metaopt  # noqa: F401  (registers GARO with higher)
 from metaopt.interop import DifferentiableGARO
 from metaopt.optim import GARO
-from metaopt.rules import GARORule
-from tests.rules.garo_helpers import awake_controller
+from metaopt.garo import GARORule
+from tests.garo.helpers import awake_controller
 
 STEPS = 3
 
@@ -36,6 +36,7 @@ def test_higher_meta_gradient_equals_functional_meta_gradient(direction, granula
     # lr is the base rate: the second group's 0.7·init_lr is the rule's multiplier 0.7
     opt = GARO([{"params": layers[:2]}, {"params": layers[2:], "lr": 0.7 * controller.init_lr}],
                controller=controller, direction=direction, granularity=granularity)
+    controller = opt.controller  # GARO steps with its own copy: differentiate w.r.t. that one
     targets = list(controller.parameters()) + layers
 
     with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):

@@ -1,11 +1,11 @@
-"""Automated anomaly detection in training logs (GDSearch journal, "future iterations: add
-automated anomaly detection in training logs"; entry 4: "when you spot an anomaly, document it").
+"""Automated anomaly detection in training logs (a GDSearch
+instrument: when an anomaly appears, find and document it).
 
 Three kinds, each found by a rule that is exact on curves built to have them:
 
 * **divergence**: the loss becomes non-finite, or exceeds ``divergence_factor`` × max(L_0, floor)
   and stays above it until the end. Its *onset* is the last step at which the loss set a new
-  running best before that crossing — the point from which it only got worse (entry 4's
+  running best before that crossing — the point from which it only got worse (heavy-ball's
   "unbounded velocity accumulation" starts there).
 * **spike**: on the gap g_t = L_t − L* (L* = ``minimum``), log g_t exceeds the median of the
   previous ``window`` log-gaps by more than max(log ``spike_factor``, ``spike_z``·1.4826·MAD):

@@ -1,5 +1,5 @@
-"""Basins of attraction: which known minimum each start of a grid reaches, per optimizer (GDSearch
-journal, Priority 1 "Basin of attraction mapping (grid of initializations)").
+"""Basins of attraction: which known minimum each start of a grid reaches, per optimizer (a GDSearch
+study: basin-of-attraction mapping over a grid of initialisations).
 
 The whole grid advances as one tensor program (``batched.run_batched``): R×R starts are the rows
 of one (R², 2) tensor. After ``steps`` steps each start is labelled by the nearest known minimiser

@@ -1,5 +1,5 @@
-"""Optimizers compared at an equal gradient-evaluation budget (seed: gradient-flow-rk-optimizers.md,
-experiment table "RK2 vs SGD: test accuracy and loss").
+"""Optimizers compared at an equal gradient-evaluation budget (the
+Runge–Kutta gradient-flow experiment "RK2 vs SGD: test accuracy and loss").
 
 A Runge–Kutta step of s stages costs s gradient evaluations (Heun and Ralston: 2), so "RK2 vs SGD
 for N steps" gives RK2 twice the work. ``train_for_budget`` runs any ``torch.optim`` optimizer with

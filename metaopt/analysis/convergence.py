@@ -1,5 +1,5 @@
-"""Convergence detection on a loss curve: steps to a target and plateaus (GDSearch journal,
-"v1.0 → v2.0: implemented convergence detection (quantifies 'speed')").
+"""Convergence detection on a loss curve: steps to a target and plateaus (a GDSearch
+instrument: convergence speed, quantified).
 
 * ``steps_to_target(losses, target)``: the first index t with L_t ≤ target (None if never).
   With ``relative=True`` the target is a fraction of the initial optimality gap,

@@ -1,4 +1,4 @@
-"""Divergence anatomy of heavy-ball momentum (GDSearch journal entry 4: SGD+momentum β=0.99,
+"""Divergence anatomy of heavy-ball momentum (the GDSearch case: SGD+momentum β=0.99,
 lr=0.01 overflows on Rosenbrock from (−1.5, 2); lr=0.001 is stable; "rule of thumb: if β > 0.9,
 use lr < 0.001·(1−β)").
 
@@ -46,7 +46,7 @@ def heavy_ball_max_stable_lr(beta: float, eigenvalue: float) -> float:
 
 
 def rule_of_thumb_lr(beta: float) -> float:
-    """The journal's starting point for high momentum: lr = 0.001·(1 − β)."""
+    """The rule-of-thumb starting point for high momentum: lr = 0.001·(1 − β)."""
     return 1e-3 * (1.0 - beta)
 
 

@@ -1,5 +1,5 @@
-"""Hessian spectra of networks and 2-D functions, at a point or along a trajectory (GDSearch journal
-entries 1, 3, 4; PyHessian conventions, Yao et al. 2020; Ghorbani et al. 2019).
+"""Hessian spectra of networks and 2-D functions, at a point or along a trajectory (GDSearch
+studies; PyHessian conventions, Yao et al. 2020; Ghorbani et al. 2019).
 
 For a model, ``loss_fn(model(inputs), targets)`` on one ``batch = (inputs, targets)`` defines
 L(θ) over the trainable parameters; H = ∇²L(θ) is only touched through Hessian-vector products
@@ -8,7 +8,7 @@ L(θ) over the trainable parameters; H = ∇²L(θ) is only touched through Hess
 * top-k eigenvalues: Lanczos with full reorthogonalisation; ``which="largest"/"smallest"`` shift
   the operator so the wanted end of the spectrum becomes the dominant one;
 * extremes λ_max, λ_min: the dominant eigenvalue λ_a, then Lanczos on H − λ_a·I, whose dominant
-  eigenvalue is (other end) − λ_a. The saddle indicator is λ_max·λ_min < 0 (entry 3);
+  eigenvalue is (other end) − λ_a. The saddle indicator is λ_max·λ_min < 0;
 * trace: Hutchinson, tr H ≈ (1/s) Σ zᵀHz with Rademacher z from an explicit generator;
 * density: stochastic Lanczos quadrature. m Lanczos steps from a random unit v give nodes θ_i
   (Ritz values) and weights τ_i = (vᵀy_i)² with Σ_i τ_i θ_iᵖ = vᵀHᵖv exactly for p < 2m; the
@@ -70,7 +70,7 @@ class HessianExtremes:
 
     @property
     def saddle(self) -> bool:
-        """λ_max·λ_min < 0: curvature of both signs, the journal's saddle indicator."""
+        """λ_max·λ_min < 0: curvature of both signs, the saddle indicator."""
         return self.lambda_max * self.lambda_min < 0
 
     @property

@@ -1,5 +1,5 @@
 """Loss landscapes: 1-D interpolation, 2-D planes with filter normalisation, trajectories projected
-on a plane, and the sharpness of a final point (GDSearch journal entry 2: sharp vs flat minima).
+on a plane, and the sharpness of a final point (the GDSearch question: sharp vs flat minima).
 
 All functions take a functional loss ``f(params: list[Tensor]) -> scalar`` (for a model:
 ``hessian.module_loss(model, loss_fn, batch)``) and parameter lists; nothing is mutated.

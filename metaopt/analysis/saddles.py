@@ -1,5 +1,5 @@
-"""Saddle points: time spent near them, escape times, and the journal's controlled noise experiment
-(GDSearch journal entry 3: "How do optimizers escape saddle points?").
+"""Saddle points: time spent near them, escape times, and the controlled noise experiment
+(the GDSearch question "How do optimizers escape saddle points?").
 
 * A point is *near a saddle* when ‖∇f‖ < ``grad_tol`` and the exact Hessian is indefinite,
   λ_max·λ_min < 0 (``hessian.curvature_along_path``); the time spent near saddles is the number of

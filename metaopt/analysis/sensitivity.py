@@ -1,5 +1,5 @@
-"""Learning-rate sensitivity around the best value (GDSearch journal, Priority 1: "sensitivity
-analysis around best hyperparameters (lr ± 10%)").
+"""Learning-rate sensitivity around the best value (a GDSearch study:
+sensitivity around the best hyperparameters, lr ± 10%).
 
 ``best_lr`` picks the lr of a grid with the lowest final loss (ties: fewer steps to target);
 ``lr_sensitivity`` reruns at lr·(1 + r) for r in a relative grid (default −10 %, −5 %, 0, +5 %,

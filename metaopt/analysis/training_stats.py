@@ -1,16 +1,16 @@
-"""Training statistics of a network under one or several optimizers in sequence (GDSearch journal
-entries 2 and 5, and Priority 3's "hybrid optimizer strategy (Adam → SGD+Momentum)").
+"""Training statistics of a network under one or several optimizers in sequence (the GDSearch
+layer-norm and generalisation-gap studies, and the hybrid strategy Adam → SGD+momentum).
 
 ``train_with_stats(task, phases, generator=...)`` trains ``task.module()`` with the optimizers of
 ``phases`` one after the other (each phase builds a fresh optimizer on the same parameters, as a
 person switching optimizers mid-training does) and records, at every step,
 
 * per-layer gradient norms ‖∇_{θ_l} L_batch‖ of the minibatch gradient the optimizer receives
-  (entry 5: "SGD+Momentum emphasizes later layers early on, AdamW stays uniform"),
+  (the question: does SGD+momentum emphasise later layers early on while AdamW stays uniform?),
 * per-layer update norms ‖θ_l(t+1) − θ_l(t)‖ (what the optimizer did with that gradient),
 
 and every ``eval_every`` steps the full-batch train and test loss and test accuracy. At the end it
-measures the generalization gap L_test − L_train (entry 2) and the sharpness λ_max of the
+measures the generalization gap L_test − L_train and the sharpness λ_max of the
 full-batch training-loss Hessian (Lanczos on Hessian-vector products,
 ``metaopt.analysis.hessian.spectrum_top``). A layer is a module owning parameters (``0.weight``
 and ``0.bias`` form layer ``0``).

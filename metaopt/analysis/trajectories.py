@@ -1,18 +1,18 @@
 """Optimizer trajectories on 2-D test functions, and Adam's per-coordinate effective learning rate
-(GDSearch journal entry 1: "why does Adam shoot in early iterations?").
+(the GDSearch question "why does Adam shoot in early iterations?").
 
 Any ``torch.optim.Optimizer`` runs: torch.optim classes, ``metaopt.optim`` (the integrators get a
 closure, so every optimizer is stepped as ``opt.step(closure)``), and pretrained checkpoints via
 ``metaopt.load_optimizer``. A run records the points, f and ∇f along the path (exact, vmapped
 after the run so the optimizer's own closure calls are not disturbed) and stops at the first
-non-finite point or once |f| exceeds ``divergence`` (the journal's OverflowError, entry 4).
+non-finite point or once |f| exceeds ``divergence`` (where a float loop would overflow).
 
 For Adam/AdamW the effective learning rate of coordinate i at step t is
 
     η_t,i = lr / (sqrt(v̂_t,i) + ε),   v̂_t = v_t / (1 − β2ᵗ)   (AMSGrad: the running max of v)
 
 so the step is Δx_t = −η_t ⊙ m̂_t with m̂_t = m_t / (1 − β1ᵗ). At t = 1, m̂/√v̂ = sign(g): every
-coordinate moves by ≈ lr whatever the gradient's size, which is the "shot" of the journal.
+coordinate moves by ≈ lr whatever the gradient's size, which is the early "shot".
 """
 from __future__ import annotations
 
@@ -30,32 +30,25 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
 def resolve_function(function: str | Callable[[Tensor], Tensor]):
-    """``(f, minimizers)`` from a registered 2-D test-function name (``tasks.get(name).spec``) or
-    a callable (then no known minimisers)."""
+    """``(f, minimizers)`` from a registered 2-D test-function family name (a family of the task
+    registry, ``metaopt.task_registry``, whose tasks carry a ``spec``) or a callable (then no
+    known minimisers)."""
     if callable(function):
         return function, ()
-    import tasks
-    spec = getattr(tasks.get(function), "spec", None)
+    from metaopt.task_registry import get_family
+    spec = getattr(get_family(function), "spec", None)
     if spec is None:
         raise ValueError(f"function: {function!r} is not a 2-D test function")
     return spec.function, spec.minimizers
 
 
 def make_optimizer(name: str, params, **options) -> torch.optim.Optimizer:
-    """Build ``name`` over ``params``: a ``torch.optim`` class ("SGD", "Adam", …), a
-    ``metaopt.optim`` class ("RK4", "Heun", "GARO", …), else a checkpoint (shipped name or file)
-    through ``metaopt.load_optimizer`` with ``options`` as overrides."""
-    import metaopt
-    import metaopt.optim as mo
-    for namespace in (torch.optim, mo):
-        cls = getattr(namespace, name, None)
-        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
-            return cls(params, **options)
-    try:
-        return metaopt.load_optimizer(name, params, **options)
-    except FileNotFoundError as error:
-        raise ValueError(f"optimizer {name!r}: not a torch.optim or metaopt.optim class, and "
-                         f"{error}") from None
+    """Build ``name`` over ``params`` through the optimizer registry (``metaopt.registry``): a
+    ``torch.optim`` or ``metaopt.optim`` class in any case (``"SGD"``, ``"sgd"``, ``"rk4"``), a
+    preset (``"sgd_momentum"``), or a checkpoint (shipped name or existing path) with
+    ``options`` as ``load_optimizer`` overrides. Unknown names: ``ValueError`` (did you mean)."""
+    from metaopt import registry
+    return registry.build(name, params, **options)
 
 
 def optimizer_factory(name: str, **options) -> OptimizerFactory:
@@ -66,7 +59,8 @@ def optimizer_factory(name: str, **options) -> OptimizerFactory:
 def adam_effective_lr(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor:
     """lr / (sqrt(v̂) + ε) per coordinate of ``param`` from a torch.optim Adam/AdamW's state."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise TypeError(f"optimizer: expected torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
+        raise TypeError("optimizer: expected torch.optim.Adam or AdamW, got "
+                        f"{type(optimizer).__name__}")
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     state = optimizer.state[param]
     step = float(state["step"])

@@ -1,9 +1,10 @@
-"""The evaluation harness: run an optimizer factory on tasks and record what the seeds ask for.
+"""The evaluation harness: run an optimizer factory on tasks and record what the methods are
+judged by.
 
-Hybrid GD-ODE seed §5 lists the metrics: convergence speed (iterations to reach a target loss),
-final loss, ability to escape local minima, computational efficiency (time per iteration, memory).
-The GDSearch journal (Entries 2, 4) adds the generalisation gap and divergence as an *outcome*
-("the anomaly ... wasn't a failure"): a run that blows up is recorded, never raised.
+The hybrid GD–ODE optimizer's evaluation lists the metrics: convergence speed (iterations to
+reach a target loss), final loss, ability to escape local minima, computational efficiency (time
+per iteration, memory). The GDSearch studies add the generalisation gap and divergence as an
+*outcome* ("the anomaly ... wasn't a failure"): a run that blows up is recorded, never raised.
 
 Every step calls ``optimizer.step(closure)`` where the closure zeroes the gradients, computes the
 minibatch loss through the task's ``nn.Module``, back-propagates and returns the loss; so
@@ -205,6 +206,8 @@ def run_task(
                 tracemalloc.stop()
 
     result.grad_evals = grad_evals
+    reported = getattr(optimizer, "num_grad_evals", None)
+    result.optimizer_grad_evals = None if reported is None else int(reported)
     result.total_wall_time = step_time
     result.wall_time_per_step = step_time / result.steps_completed if result.steps_completed else math.nan
     result.optimizer_state_bytes = _optimizer_state_bytes(optimizer)

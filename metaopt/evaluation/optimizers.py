@@ -12,16 +12,16 @@ Baselines from ``torch.optim`` (with their usual defaults):
 
 The tuning-free contenders ``prodigy``, ``prodigy_cosine``, ``dadapt_adam``, ``dog`` and
 ``schedulefree_adamw`` (their authors' packages, the ``bench`` extra) are looked up in
-``contenders.CONTENDERS``.
+``contenders.CONTENDERS`` first (so ``prodigy`` is the ``prodigyopt`` package's).
 
-Any other name is resolved lazily: ``"metaopt.optim.RK4"`` or plain ``"RK4"`` looks the class up
-with ``getattr(metaopt.optim, "RK4")`` at call time (so the registry works before, and keeps
-working after, the metaopt optimizers land), and ``"torch.optim.<Name>"`` any torch optimizer.
+Every other name of the one optimizer registry (``metaopt.registry``: ``rk4``, ``"RK4"``,
+``"metaopt.optim.RK4"``, ``"torch.optim.NAdam"``, a plug-in's names) builds its class with the
+class's own defaults. The names and the classes come from the registry; this module adds only the
+evaluation protocol's default learning rates above.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,38 +29,37 @@ from typing import Any
 
 import torch
 
+from .. import registry
 from .contenders import CONTENDERS, contender_names, resolve_contender
-from .schedules import CosineAdam
 
-__all__ = ["BASELINES", "OptimizerFactory", "make_optimizer", "optimizer_names", "resolve_optimizer"]
+__all__ = ["BASELINES", "OptimizerFactory", "make_optimizer", "optimizer_names",
+           "resolve_optimizer"]
 
-BASELINES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
-    "sgd": (torch.optim.SGD, {"lr": 0.01}),
-    "sgd_momentum": (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9}),
-    "nesterov": (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
-    "adam": (torch.optim.Adam, {"lr": 1e-3}),
-    "adamw": (torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 1e-2}),
-    "rmsprop": (torch.optim.RMSprop, {"lr": 1e-3}),
-    "adam_cosine": (CosineAdam, {"lr": 1e-3, "total_steps": 1000}),
+#: the evaluation protocol's defaults on top of the registry's (torch's SGD has no default lr)
+_PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 0.01},
+    "sgd_momentum": {"lr": 0.01},
+    "nesterov": {"lr": 0.01},
+    "adam": {"lr": 1e-3},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
+    "rmsprop": {"lr": 1e-3},
+    "adam_cosine": {"lr": 1e-3, "total_steps": 1000},
 }
 
 
-def _metaopt_optim_names() -> list[str]:
-    try:
-        module = importlib.import_module("metaopt.optim")
-    except ImportError:
-        return []
-    return sorted(
-        name for name in getattr(module, "__all__", dir(module))
-        if isinstance(getattr(module, name, None), type)
-        and issubclass(getattr(module, name), torch.optim.Optimizer)
-    )
+def _baseline(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    spec = registry.get(name)
+    return spec.cls, {**spec.defaults, **_PROTOCOL_DEFAULTS[name]}
+
+
+BASELINES: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    name: _baseline(name) for name in _PROTOCOL_DEFAULTS}
 
 
 def optimizer_names() -> list[str]:
-    """Baseline and contender names, then the ``metaopt.optim`` classes importable right now."""
-    optim = [f"metaopt.optim.{n}" for n in _metaopt_optim_names()]
-    return sorted(BASELINES) + contender_names() + optim
+    """Baseline and contender names plus the ``metaopt.optim`` optimizer classes."""
+    return sorted(BASELINES) + contender_names() + sorted(
+        f"metaopt.optim.{registry.get(n).cls.__name__}" for n in registry.names("metaopt"))
 
 
 def resolve_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -70,18 +69,11 @@ def resolve_optimizer(name: str) -> tuple[type[torch.optim.Optimizer], dict[str,
         return cls, dict(defaults)
     if name in CONTENDERS:
         return resolve_contender(name)
-    module_name, attribute = "metaopt.optim", name
-    for prefix in ("metaopt.optim.", "torch.optim."):
-        if name.startswith(prefix):
-            module_name, attribute = prefix[:-1], name[len(prefix):]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"unknown optimizer {name!r}: cannot import {module_name} ({error})") from error
-    cls = getattr(module, attribute, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(optimizer_names())}")
-    return cls, {}
+    spec = registry.get(name)
+    if spec.cls is None:
+        raise ValueError(f"optimizer {name!r} is a {spec.kind} checkpoint, not a class: use "
+                         "metaopt.factory.NamedOptimizerFactory for it")
+    return spec.cls, {**spec.defaults, **_PROTOCOL_DEFAULTS.get(spec.name, {})}
 
 
 @dataclass
@@ -114,7 +106,8 @@ def _check_hyperparameters(name: str, cls: type, hyperparameters: dict[str, Any]
     accepted = set(parameters) - {"self", "params"}
     unknown = sorted(set(hyperparameters) - accepted)
     if unknown:
-        raise ValueError(f"optimizer {name!r} ({cls.__name__}) does not accept {unknown}; accepted: {sorted(accepted)}")
+        raise ValueError(f"optimizer {name!r} ({cls.__name__}) does not accept {unknown}; "
+                         f"accepted: {sorted(accepted)}")
 
 
 def make_optimizer(name: str, label: str | None = None, **hyperparameters: Any) -> OptimizerFactory:

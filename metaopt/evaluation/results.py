@@ -20,7 +20,7 @@ _CURVE_FIELDS = ("train_losses", "eval_steps", "eval_train_losses", "eval_test_l
 
 @dataclass
 class RunResult:
-    """Everything recorded for one run (Hybrid GD-ODE seed §5 metrics: convergence speed as
+    """Everything recorded for one run (the hybrid GD–ODE optimizer's evaluation metrics: convergence speed as
     steps-to-target, final loss, computational efficiency as time per step and memory).
 
     Losses: ``train_losses[t]`` is the minibatch loss at the parameters before step ``t`` (the
@@ -52,6 +52,8 @@ class RunResult:
     steps_to_target: int | None = None
     grad_evals_to_target: int | None = None
     grad_evals: int = 0
+    # the optimizer's own count (``num_grad_evals``; None for optimizers without one)
+    optimizer_grad_evals: int | None = None
     wall_time_per_step: float = math.nan
     total_wall_time: float = 0.0
     peak_memory_bytes: int | None = None
@@ -105,7 +107,8 @@ SUMMARY_COLUMNS = (
 
 def summarize(results: Sequence[RunResult], by: Sequence[str] = ("optimizer", "family")) -> list[dict[str, Any]]:
     """One row per group. Loss/accuracy statistics are over the runs that did not diverge;
-    ``diverged`` and ``reached_target`` are fractions over all runs of the group;
+    ``diverged`` and ``reached_target`` are fractions over all runs of the group (and
+    ``diverged_runs`` the count, which ``format_table`` shows as ``diverged`` = ``k/n``);
     ``steps_to_target_median`` is over the runs that reached the target."""
     groups: dict[tuple, list[RunResult]] = {}
     for result in results:
@@ -119,6 +122,7 @@ def summarize(results: Sequence[RunResult], by: Sequence[str] = ("optimizer", "f
         row.update(
             runs=len(runs),
             diverged=sum(r.diverged for r in runs) / len(runs),
+            diverged_runs=sum(r.diverged for r in runs),
             final_norm_loss_median=_median(r.final_normalized_loss for r in ok),
             final_train_loss_mean=_mean(r.final_train_loss for r in ok),
             final_test_loss_mean=_mean(r.final_test_loss for r in ok),
@@ -149,12 +153,18 @@ def _format_cell(value: Any) -> str:
     return str(value)
 
 
+def _counted(row: dict[str, Any], column: str) -> bool:
+    """``diverged`` reads as a count of runs ("2/2"): a bare fraction 1 read as "1 run"."""
+    return column == "diverged" and "diverged_runs" in row and "runs" in row
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A plain fixed-width text table (NaN shown as '-')."""
+    """A plain fixed-width text table (NaN shown as '-'; a summary's ``diverged`` as ``k/n``)."""
     if not rows:
         return "(no results)"
     columns = list(columns or rows[0].keys())
-    cells = [[_format_cell(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[_format_cell(row.get(c, "")) if not _counted(row, c)
+              else f"{row['diverged_runs']}/{row['runs']}" for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]

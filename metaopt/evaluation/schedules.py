@@ -1,4 +1,4 @@
-"""Scheduled baselines the learned optimizers are compared against (issue 9's protocol).
+"""Scheduled baselines the learned optimizers are compared against (the VeLO / Celo protocol).
 
 ``CosineAdam``: Adam whose learning rate follows a cosine decay over the planned training length,
 

@@ -1,8 +1,8 @@
 """Learned rules of the hybrid GD–ODE optimizer: the switching policy alone, or with GARO.
 
-Seed: hybrid-gd-ode-optimizer.md §2.3 (the switching mechanism) — here learned by the existing
+The hybrid GD–ODE optimizer's switching mechanism, here learned by the existing
 outer loop through the ``LearnedRule`` protocol (``metaopt.meta.learned``), never a second engine.
-Both rules run ``metaopt.rules.hybrid.HybridRule``, the same code as ``HybridGDODE``:
+Both rules run ``metaopt.hybrid.rule.HybridRule``, the same code as ``HybridGDODE``:
 
 * ``HybridLearnedRule``: φ = the ``SwitchingPolicy`` weights; the GD module (SGD/Adam/RMSprop)
   has fixed hyperparameters.
@@ -37,11 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..controllers.garo import BoundController, GAROController
-from ..controllers.switching import PolicyGate, SwitchingPolicy
+from ..garo.controller import BoundController, GAROController
+from ..hybrid.policy import PolicyGate, SwitchingPolicy
 from ..rules.base import GradFn, State, TensorList
-from ..rules.garo import GARORule
-from ..rules.hybrid import HybridRule, trace
+from ..garo.rule import GARORule
+from ..hybrid.rule import HybridRule, trace
 
 
 def _scalar(value: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Learned rules: a pure update rule bound to meta-parameters ``φ`` the meta-trainer owns.
 
-DESIGN idea 2 (learned_optimization's ``theta`` / ``opt_fn`` split): the controller's weights are
-data. A ``LearnedRule`` exposes the three operations the engine needs, for any controller type
+Meta-parameters apart from the optimizer built from them (learned_optimization's ``theta`` /
+``opt_fn`` split): the controller's weights are data. A ``LearnedRule`` exposes the three operations the engine needs, for any controller type
 (the GARO GRU today, the GD/ODE switching policy next), so unrolls and gradient estimators never
 look inside a controller::
 
@@ -9,7 +9,7 @@ look inside a controller::
     state  = learned.init(params, φ)
     params, state = learned.step(params, grad_fn, state, φ)
 
-``step`` calls the SAME rule code as the runtime optimizer (``metaopt.rules.garo.GARORule``), with
+``step`` calls the SAME rule code as the runtime optimizer (``metaopt.garo.rule.GARORule``), with
 the controller evaluated at ``φ`` by ``torch.func.functional_call`` (``BoundController``), so a
 gradient w.r.t. ``φ`` flows through the emitted hyperparameters into the whole unroll, and an
 estimator may evaluate the unroll at a perturbed ``φ + σε`` without touching the module.
@@ -22,9 +22,9 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from ..controllers.garo import BoundController, GAROController
+from ..garo.controller import BoundController, GAROController
 from ..rules.base import GradFn, State, TensorList
-from ..rules.garo import GARORule
+from ..garo.rule import GARORule
 
 
 class LearnedRule(Protocol):

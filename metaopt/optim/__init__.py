@@ -1,7 +1,7 @@
 """Runtime optimizers: ``torch.optim.Optimizer`` subclasses over the rules in ``metaopt.rules``."""
-from .dcao import DCAO
-from .garo import GARO, GlobalAdaptiveSGD
-from .hybrid import HybridGDODE
+from ..dcao.optimizer import DCAO
+from ..garo.optimizer import GARO, GlobalAdaptiveSGD
+from ..hybrid.optimizer import HybridGDODE
 from .ode_flow import GradientFlow, NesterovFlow
 from .runge_kutta import RK4, AdaptiveRK, Heun, Ralston, RungeKutta
 

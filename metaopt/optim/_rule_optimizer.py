@@ -1,20 +1,30 @@
-"""torch.optim adapter for closure-driven rules: no update math lives here (DESIGN idea 1).
+"""torch.optim adapter for closure-driven rules: no update math lives here (the rule protocol,
+docs/architecture.md).
 
 ``ClosureRuleOptimizer.step(closure)`` evaluates the closure at θ, builds a ``grad_fn`` that
 writes any point into the parameters and re-evaluates the closure there, calls the rule under
 ``no_grad`` and copies the result back. Params whose grad is None are skipped, as in torch.optim.
 After the step ``p.grad`` holds the gradient at the starting point (the one the returned loss
 belongs to), whatever points the rule visited.
+
+Shared reliability (``_guard``, ``_checked_state``): the closure's loss must be a real scalar; a
+step whose loss, start gradient or new parameters are not finite is refused (θ and state kept,
+a warning, ``FloatingPointError`` after ``max_consecutive_skips`` in a row); ``load_state_dict``
+validates everything before it changes anything.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..rules.base import Rule
+from ._grad_evals import GradEvalCounter
+from ._checked_state import CheckedStateLoad
+from ._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 
 
 def check_non_negative(name: str, value: Any) -> None:
@@ -40,7 +50,7 @@ class ClosureGradient:
     def __init__(self, params: list[Tensor], closure: Callable[[], Tensor],
                  start_loss: Tensor, start_grads: list[Tensor]):
         self.params, self.closure = params, closure
-        self.start: Optional[list[Tensor]] = None
+        self.start: list[Tensor] | None = None
         self.start_loss, self.start_grads = start_loss, start_grads
         self.evaluations = 0
 
@@ -62,9 +72,14 @@ class ClosureGradient:
         return loss, grads
 
 
-class ClosureRuleOptimizer(torch.optim.Optimizer):
+class ClosureRuleOptimizer(GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
+                           torch.optim.Optimizer):
     """Base class: a subclass passes its rule; ``_update`` may be overridden by a faster in-place
-    path (then a float64 test must hold it equal to the pure rule)."""
+    path (then a float64 test must hold it equal to the pure rule). ``num_grad_evals`` counts
+    the closure calls of all steps (``metaopt.optim._grad_evals``).
+
+    ``max_consecutive_skips`` (attribute, default 20): refused non-finite steps in a row before
+    ``step`` raises ``FloatingPointError``."""
 
     rule: Rule
     #: group keys passed to the rule as per-tensor hyperparameters
@@ -76,11 +91,17 @@ class ClosureRuleOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.rule = rule
         self.gradient_evaluations = 0
+        self._init_non_finite()
 
     def __getstate__(self):
         # torch.optim pickles only defaults/state/param_groups; the rule is part of the optimizer.
         return {**super().__getstate__(), "rule": self.rule,
-                "gradient_evaluations": self.gradient_evaluations}
+                "gradient_evaluations": self.gradient_evaluations, **self._non_finite_state()}
+
+    def _param_state_template(self, param: Tensor) -> dict:
+        """What ``_store_rule_state`` may keep for ``param``: the rule's fresh state."""
+        return {key: value[0] if isinstance(value, list) else value
+                for key, value in self.rule.init([param]).items()}
 
     def _active_params(self) -> tuple[list[Tensor], dict[str, list]]:
         params, hyper = [], {k: [] for k in self.hyper_keys}
@@ -125,24 +146,31 @@ class ClosureRuleOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None):
+    def step(self, closure: Callable[[], Tensor] | None = None):
         if closure is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure that zeroes the grads, recomputes "
                 "the loss, calls backward() and returns the loss: it evaluates gradients at "
                 "points other than the current parameters")
         with torch.enable_grad():
-            loss = closure()
+            loss = check_loss(closure(), f"{type(self).__name__}.step")
         self.gradient_evaluations += 1
         params, hyper = self._active_params()
         if not params:
             return loss
         start_grads = [p.grad for p in params]
+        if not (loss_is_finite(loss) and all_finite(start_grads)):
+            self._refuse_step("loss or gradient")
+            return loss
         for p in params:  # own the start gradients: a closure may zero p.grad in place
             p.grad = None
         grad_fn = ClosureGradient(params, closure, loss, start_grads)
         try:
-            state = self._update(params, hyper, grad_fn)
+            try:
+                state = self._update(params, hyper, grad_fn)
+                finite = all_finite(params)
+            except FloatingPointError:  # an ODE solve met a non-finite field: the same refusal
+                state, finite = None, False
         except BaseException:
             # A failed step (e.g. every adaptive attempt rejected) must not leave θ at a stage.
             if grad_fn.start is not None:
@@ -150,10 +178,16 @@ class ClosureRuleOptimizer(torch.optim.Optimizer):
             for p, g in zip(params, start_grads):
                 p.grad = g
             raise
-        for p, g in zip(params, start_grads):
-            p.grad = g
-        self._store_rule_state(params, state)
         self.gradient_evaluations += grad_fn.evaluations
+        for p, g in zip(params, start_grads, strict=True):
+            p.grad = g
+        if not finite:  # a stage or the update itself overflowed: back to θ, state unchanged
+            if grad_fn.start is not None:
+                torch._foreach_copy_(params, grad_fn.start)
+            self._refuse_step("update")
+            return loss
+        self._store_rule_state(params, state)
+        self._accept_step()
         return loss
 
     def _update(self, params: list[Tensor], hyper: dict, grad_fn: ClosureGradient) -> dict:

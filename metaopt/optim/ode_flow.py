@@ -1,4 +1,4 @@
-"""Optimizers whose step is an ODE solve by torchdiffeq (seed: hybrid-gd-ode-optimizer.md §2.2).
+"""Optimizers whose step is an ODE solve by torchdiffeq (continuous-time gradient flows).
 
 Adapters over ``metaopt.rules.GradientFlowRule`` and ``metaopt.rules.NesterovFlowRule``.
 """

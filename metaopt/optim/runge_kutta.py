@@ -1,4 +1,4 @@
-"""Runge–Kutta gradient-flow optimizers (seed: gradient-flow-rk-optimizers.md).
+"""Runge–Kutta gradient-flow optimizers: explicit RK steps of dθ/dt = −∇L(θ) (Hairer, Nørsett & Wanner).
 
 Thin torch.optim adapters over ``metaopt.rules.RungeKuttaRule`` and
 ``metaopt.rules.AdaptiveRungeKuttaRule``; the update math lives there.
@@ -15,7 +15,7 @@ class RungeKutta(ClosureRuleOptimizer):
     r"""One explicit Runge–Kutta step of dθ/dt = −∇L(θ) − wd·θ per ``step(closure)``.
 
     ``method`` is any fixed tableau: ``euler`` (= SGD), ``midpoint``, ``heun``, ``ralston``,
-    ``heun3``, ``rk4`` (classic, the seed's formulas), ``rk4_38`` (3/8 rule). The step size is the
+    ``heun3``, ``rk4`` (classic), ``rk4_38`` (3/8 rule). The step size is the
     group's ``lr``; one step costs ``stages`` closure evaluations.
     """
 

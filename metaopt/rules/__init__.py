@@ -1,8 +1,6 @@
 """Pure update rules shared by the runtime optimizers and the differentiable unrolls."""
 from .base import GradFn, Rule, State
-from .garo import GARORule
 from .curvature import CurvatureProbe, probe_curvature, spectral_gap, spectral_radius
-from .dcao import DCAORule, dcao_schedule
 from .gradient_flow import GradientFlowRule
 from .nesterov_flow import NesterovFlowRule
 from .runge_kutta import RungeKuttaRule, RungeKuttaStep, explicit_rk_step
@@ -12,13 +10,11 @@ from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = ["GradFn", "Rule", "State", "TABLEAUS", "ButcherTableau", "get_tableau",
            "RungeKuttaRule", "RungeKuttaStep", "explicit_rk_step", "AdaptiveRungeKuttaRule",
-           "StepRejectedError", "error_ratio", "GradientFlowRule", "NesterovFlowRule", "GARORule"]
+           "StepRejectedError", "error_ratio", "GradientFlowRule", "NesterovFlowRule"]
 from .adam import AdamRule
-from .hybrid import ConstantSwitch, HeuristicSwitch, HybridRule
 from .rmsprop import RMSpropRule
 from .sgd import SGDRule
 
-__all__ += ["SGDRule", "AdamRule", "RMSpropRule", "HybridRule", "HeuristicSwitch",
-            "ConstantSwitch"]
-__all__ += ["CurvatureProbe", "probe_curvature", "spectral_radius", "spectral_gap", "DCAORule",
-            "dcao_schedule", "LanczosResult"]
+__all__ += ["SGDRule", "AdamRule", "RMSpropRule"]
+__all__ += ["CurvatureProbe", "probe_curvature", "spectral_radius", "spectral_gap",
+            "LanczosResult"]

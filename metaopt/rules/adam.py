@@ -1,4 +1,4 @@
-"""Adam as a pure rule (seed: hybrid-gd-ode-optimizer.md §2.1, "adaptive learning rate methods").
+"""Adam as a pure rule (the hybrid GD–ODE optimizer's adaptive GD module).
 
 Exactly ``torch.optim.Adam(lr, betas=(β₁, β₂), eps, weight_decay=λ)`` (coupled L2 decay, as
 PyTorch's Adam; Kingma & Ba 2015), with ``t`` the 1-based step count::

@@ -1,4 +1,4 @@
-"""The rule interface shared by the meta-training path and the torch.optim path (DESIGN idea 1).
+"""The rule interface shared by the meta-training path and the torch.optim path (docs/architecture.md).
 
 A rule is pure tensor code over a list of parameter tensors::
 
@@ -13,7 +13,8 @@ the result into the parameters; the meta path calls it with a differentiable ``g
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, Union
 
 import torch
 from torch import Tensor

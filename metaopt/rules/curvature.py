@@ -1,6 +1,6 @@
-"""Curvature metrics of the local Hessian from a Lanczos probe (seed: DCAO, "Curvature Metrics").
+"""Curvature metrics of the local Hessian from a Lanczos probe (DCAO's "Curvature Metrics").
 
-With λ_1 … λ_k the top-k Hessian eigenvalues by magnitude (``lanczos.py``), the seed defines
+With λ_1 … λ_k the top-k Hessian eigenvalues by magnitude (``lanczos.py``), DCAO defines
 
     spectral radius   ρ(H) = max_i |λ_i|
     spectral gap      γ(H) = max_{i≠j} |λ_i − λ_j|   (= max_i λ_i − min_i λ_i over the top k)
@@ -11,8 +11,8 @@ convergence rates) and a Hutchinson estimate of tr(H) (the mean curvature, ``hvp
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ def spectral_radius(eigenvalues: Tensor) -> Tensor:
 
 
 def spectral_gap(eigenvalues: Tensor) -> Tensor:
-    """γ = max_{i≠j} |λ_i − λ_j| = max λ − min λ (the seed's gap; 0 with fewer than 2 values)."""
+    """γ = max_{i≠j} |λ_i − λ_j| = max λ − min λ (DCAO's gap; 0 with fewer than 2 values)."""
     if eigenvalues.numel() < 2:
         return eigenvalues.new_zeros(())
     return eigenvalues.max() - eigenvalues.min()
@@ -48,13 +48,13 @@ def leading_gap(eigenvalues: Tensor) -> Tensor:
 class CurvatureProbe:
     eigenvalues: Tensor            # float64 top-k by |λ|, descending magnitude
     spectral_radius: Tensor        # float64 scalar ρ
-    spectral_gap: Tensor           # float64 scalar γ (seed's definition)
+    spectral_gap: Tensor           # float64 scalar γ (DCAO's definition)
     leading_gap: Tensor            # float64 scalar λ_1 − λ_2
     residuals: Tensor              # Ritz residual norms of the eigenpairs
     top_eigenvector: TensorList    # unit vector for λ_1 (warm start for the next probe)
     hvp_count: int                 # Hessian-vector products spent (Lanczos + Hutchinson)
     converged: bool
-    trace: Optional[Tensor] = None  # Hutchinson tr(H) estimate when requested
+    trace: Tensor | None = None  # Hutchinson tr(H) estimate when requested
     step: int = 0                  # optimizer step at which the probe was taken
     extra: dict = field(default_factory=dict)
 
@@ -71,8 +71,8 @@ class CurvatureProbe:
 
 def probe_curvature(hvp: Callable[[Sequence[Tensor]], TensorList], like: Sequence[Tensor],
                     k: int = 5, max_iters: int = 20, tol: float = DEFAULT_TOL,
-                    generator: Optional[torch.Generator] = None,
-                    init: Optional[Sequence[Tensor]] = None, trace_samples: int = 0,
+                    generator: torch.Generator | None = None,
+                    init: Sequence[Tensor] | None = None, trace_samples: int = 0,
                     step: int = 0) -> CurvatureProbe:
     """One curvature probe: Lanczos top-k eigenpairs, ρ, γ, λ_1 − λ_2 (and tr(H) if asked).
 

@@ -1,8 +1,7 @@
 """Gradient flow dθ/dt = −∇L(θ) − wd·θ integrated by torchdiffeq over one step of length lr.
 
-Seed: hybrid-gd-ode-optimizer.md §2.2 ("continuous-time gradient flow") and §2.4 (adaptive
-time-stepping); gradient-flow-rk-optimizers.md (Proposition 1: on μ-strongly convex L the flow
-contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with ``torchdiffeq.odeint`` on the
+The continuous-time gradient flow of the hybrid GD–ODE optimizer, with adaptive time-stepping
+(on μ-strongly convex L the flow contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with ``torchdiffeq.odeint`` on the
 flattened parameters; the last accepted solver step (in units of lr) seeds the next call's
 ``first_step``, so the controller's knowledge of the stiffness is carried across steps.
 
@@ -13,7 +12,7 @@ against the size of the update, which is scale-free in the parameters' magnitude
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""Hessian-vector products over parameter lists, for the Lanczos curvature probes (seed: DCAO).
+"""Hessian-vector products over parameter lists, for the Lanczos curvature probes (DCAO).
 
 An HVP operator is a callable ``hvp(vectors) -> H·vectors`` on lists of tensors shaped like the
 parameters; it counts its calls in ``.count`` so probes can report their cost.

@@ -1,6 +1,6 @@
 """Lanczos with full reorthogonalisation on an HVP operator: top-k eigenpairs by magnitude.
 
-Seed: DCAO ("stochastic Lanczos iterations to compute top-k eigenpairs"). For a symmetric H given
+DCAO's curvature probe ("stochastic Lanczos iterations to compute top-k eigenpairs"). For a symmetric H given
 only through products v ↦ Hv, Lanczos builds an orthonormal Krylov basis Q_m = [q_1 … q_m] with
 
     H Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ,     T_m = tridiag(β_{j-1}, α_j, β_j)
@@ -23,8 +23,8 @@ Vectors are lists of tensors shaped like the parameters; randomness comes from a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ class LanczosResult:
     converged: bool
 
 
-def flatten(tensors: Sequence[Tensor], dtype: Optional[torch.dtype] = None) -> Tensor:
+def flatten(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
     return torch.cat([t.reshape(-1).to(dtype or t.dtype) for t in tensors])
 
 
@@ -76,8 +76,8 @@ def _random_unit(n: int, generator: torch.Generator, dtype, device, basis: Tenso
 
 
 def lanczos(hvp: Callable[[Sequence[Tensor]], TensorList], like: Sequence[Tensor], k: int = 5,
-            max_iters: int = 20, tol: float = DEFAULT_TOL, generator: Optional[torch.Generator] = None,
-            init: Optional[Sequence[Tensor]] = None) -> LanczosResult:
+            max_iters: int = 20, tol: float = DEFAULT_TOL, generator: torch.Generator | None = None,
+            init: Sequence[Tensor] | None = None) -> LanczosResult:
     """Top-``k`` eigenpairs (by |λ|) of the operator ``hvp`` over vectors shaped like ``like``.
 
     At most ``max_iters`` HVPs (and never more than the dimension n). Stops early when every

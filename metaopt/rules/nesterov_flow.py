@@ -1,7 +1,7 @@
 """The Su–Boyd–Candès ODE of Nesterov's accelerated gradient, integrated with torchdiffeq.
 
-Seed: hybrid-gd-ode-optimizer.md §2.2 ("Nesterov's accelerated gradient as an ODE"); Su, Boyd &
-Candès (2014), ref. [1] of gradient-flow-rk-optimizers.md:
+Nesterov's accelerated gradient as an ODE (Su, Boyd & Candès 2014, "A differential equation for
+modeling Nesterov's accelerated gradient method"):
 
     Ẍ + (3/t)·Ẋ + ∇f(X) = 0    as the first-order system    Ẋ = V,   V̇ = −(3/t)·V − ∇f(X)
 
@@ -13,7 +13,7 @@ stays bit-exactly at rest.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""Shared plumbing for the torchdiffeq-integrated flows (seed: hybrid-gd-ode-optimizer.md §2.2).
+"""Shared plumbing for the torchdiffeq-integrated flows (the hybrid GD/ODE optimizer's ODE modules).
 
 Parameters are packed into one flat state vector with ``einops.pack`` so the solver's RMS error
 norm runs over every parameter, exactly as ``odeint`` on the flattened parameters would.
@@ -14,12 +14,11 @@ cast back. A solve that still collapses (a non-finite gradient: NaN error estima
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from einops import pack, unpack
 from torch import Tensor
-from torchdiffeq import odeint
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "heun2",
                       "heun3")
@@ -57,7 +56,7 @@ class _Field:
         self.calls = 0
         self.accepted = 0
         self.rejected = 0
-        self.last_step: Optional[float] = None
+        self.last_step: float | None = None
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         out = self.field(t, y).to(self.dtype)
@@ -82,8 +81,8 @@ class _CountingField(_Field):
 
 
 def integrate_unit_interval(field: Callable[[Tensor, Tensor], Tensor], y0: Tensor, method: str,
-                            rtol: float, atol: float, first_step: Optional[float],
-                            step_size: Optional[float]) -> tuple[Tensor, _Field]:
+                            rtol: float, atol: float, first_step: float | None,
+                            step_size: float | None) -> tuple[Tensor, _Field]:
     """y(1) for y' = field(s, y), y(0) = y0, with torchdiffeq; returns the end state and stats."""
     work = torch.float32 if y0.dtype in (torch.float16, torch.bfloat16) else y0.dtype
     counting = (_CountingField if method in ADAPTIVE_METHODS else _Field)(field, work)
@@ -93,6 +92,7 @@ def integrate_unit_interval(field: Callable[[Tensor, Tensor], Tensor], y0: Tenso
         options["first_step"] = first_step
     if method in FIXED_GRID_METHODS and step_size is not None:
         options["step_size"] = step_size
+    from torchdiffeq import odeint  # imported on first use: it imports scipy.integrate (~1 s)
     try:
         y = odeint(counting, y0.to(work), s, rtol=rtol, atol=atol, method=method, options=options)
     except AssertionError as error:  # torchdiffeq: "underflow in dt 0.0"

@@ -1,4 +1,4 @@
-"""RMSprop as a pure rule (seed: hybrid-gd-ode-optimizer.md §2.1, "adaptive learning rate methods").
+"""RMSprop as a pure rule (the hybrid GD–ODE optimizer's adaptive GD module).
 
 Exactly ``torch.optim.RMSprop(lr, alpha=α, eps, momentum=μ, weight_decay=λ)`` (not centered;
 Tieleman & Hinton 2012)::

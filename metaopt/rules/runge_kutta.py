@@ -1,24 +1,34 @@
 """One generic explicit Runge–Kutta step on the gradient flow dθ/dt = −∇L(θ) − wd·θ.
 
-Seed: gradient-flow-rk-optimizers.md. Gradient descent is the Euler step of the gradient flow;
+Runge–Kutta gradient-flow optimizers. Gradient descent is the Euler step of the gradient flow;
 any Butcher tableau (``tableaus.py``) gives another optimizer. With slopes written as gradients
 ``k_i = ∇L(y_i) + wd·y_i`` (so y' = −k) and step size h = lr::
 
     y_i = θ − h · Σ_{j<i} a_ij k_j,      θ_next = θ − h · Σ_i b_i k_i
 
-For classic RK4 this is exactly the seed's ``x_{k+1} = x_k − α/6 (k1 + 2k2 + 2k3 + k4)``.
+For classic RK4 this is exactly the classic ``x_{k+1} = x_k − α/6 (k1 + 2k2 + 2k3 + k4)``.
 Embedded pairs also return ``error = h · Σ_i (b_i − b̂_i) k_i``, the local error estimate.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .base import (GradFn, State, StepSize, TensorList, add_into, add_scaled, axpy_,
-                   per_tensor, scale_into, with_weight_decay)
+from .base import (
+    GradFn,
+    State,
+    StepSize,
+    TensorList,
+    add_into,
+    add_scaled,
+    axpy_,
+    per_tensor,
+    scale_into,
+    with_weight_decay,
+)
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -27,7 +37,7 @@ class RungeKuttaStep:
     loss: Tensor                  # loss at the starting point θ
     params: TensorList            # θ_next
     slopes: list[TensorList]      # k_1 … k_s (k_1 is the gradient at θ, weight decay included)
-    error: Optional[TensorList]   # local error estimate for embedded pairs, else None
+    error: TensorList | None   # local error estimate for embedded pairs, else None
 
 
 def gradient_slope(grad_fn: GradFn, weight_decay: Sequence) -> GradFn:
@@ -39,7 +49,7 @@ def gradient_slope(grad_fn: GradFn, weight_decay: Sequence) -> GradFn:
 
 
 def explicit_rk_step(params: Sequence[Tensor], slope_fn: GradFn, tableau: ButcherTableau,
-                     step_size: StepSize, first: Optional[tuple[Tensor, TensorList]] = None
+                     step_size: StepSize, first: tuple[Tensor, TensorList] | None = None
                      ) -> RungeKuttaStep:
     """Take one step of ``tableau`` with step ``step_size`` (one per tensor or shared).
 

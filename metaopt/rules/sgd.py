@@ -1,4 +1,4 @@
-"""Momentum SGD as a pure rule (seed: hybrid-gd-ode-optimizer.md §2.1, "standard GD with momentum").
+"""Momentum SGD as a pure rule (the hybrid GD–ODE optimizer's GD module).
 
 Exactly ``torch.optim.SGD(lr, momentum=μ, weight_decay=λ)`` (no dampening, no Nesterov)::
 

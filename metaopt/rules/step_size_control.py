@@ -1,4 +1,4 @@
-"""Adaptive Runge–Kutta with embedded error control (seed: hybrid-gd-ode-optimizer.md §2.4).
+"""Adaptive Runge–Kutta with embedded error control (Hairer, Nørsett & Wanner, §II.4).
 
 The controller is torchdiffeq's (``RKAdaptiveStepsizeODESolver``), so trajectories and
 accept/reject counts match ``torchdiffeq.odeint(method=..., options={"first_step": ...})``:
@@ -16,7 +16,7 @@ controller would otherwise grow the step ×10 per call until it overflows.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""Butcher tableaus as data (seed: gradient-flow-rk-optimizers.md; Hairer, Nørsett & Wanner).
+"""Butcher tableaus as data (Hairer, Nørsett & Wanner; Butcher).
 
 An explicit s-stage method for y' = f(y) with step h::
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction as F
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class ButcherTableau:
     c: tuple[float, ...]
     a: tuple[tuple[float, ...], ...]  # row i holds a[i][0..i-1]; row 0 is empty
     b: tuple[float, ...]
-    b_error: Optional[tuple[float, ...]] = None
+    b_error: tuple[float, ...] | None = None
 
     @property
     def stages(self) -> int:
@@ -61,12 +60,12 @@ def _tableau(name, order, c, a, b, b_hat=None) -> ButcherTableau:
 TABLEAUS: dict[str, ButcherTableau] = {t.name: t for t in [
     _tableau("euler", 1, ["0"], [[]], ["1"]),
     _tableau("midpoint", 2, ["0", "1/2"], [[], ["1/2"]], ["0", "1"]),
-    # Heun's method (torchdiffeq's heun2), the seed's RK2: k2 at the Euler point, trapezoid weights.
+    # Heun's method (torchdiffeq's heun2), the RK2 of the gradient-flow RK optimizers: k2 at the Euler point, trapezoid weights.
     _tableau("heun", 2, ["0", "1"], [[], ["1"]], ["1/2", "1/2"]),
-    # Ralston's RK2 as in the seed: a21 = 2/3, b = (1/4, 3/4); minimal truncation-error bound.
+    # Ralston's RK2: a21 = 2/3, b = (1/4, 3/4); minimal truncation-error bound.
     _tableau("ralston", 2, ["0", "2/3"], [[], ["2/3"]], ["1/4", "3/4"]),
     _tableau("heun3", 3, ["0", "1/3", "2/3"], [[], ["1/3"], ["0", "2/3"]], ["1/4", "0", "3/4"]),
-    # Classic RK4, exactly the seed's formulas.
+    # Classic RK4.
     _tableau("rk4", 4, ["0", "1/2", "1/2", "1"], [[], ["1/2"], ["0", "1/2"], ["0", "0", "1"]],
              ["1/6", "1/3", "1/3", "1/6"]),
     # Kutta's 3/8 rule (torchdiffeq's "rk4").

@@ -1,5 +1,5 @@
 """Basin map: the whole 100×100 grid × 1,000 steps as one batched tensor program vs a loop of
-single torch.optim runs (issue 11, target ≥ 50×).
+single torch.optim runs (target ≥ 50×).
 
 The loop is timed on ``SAMPLE`` starts spread over the grid and extrapolated linearly to all
 10,000 (every single run does the same work: 1,000 closure + step calls on a 2-vector), which the

@@ -1,8 +1,8 @@
-"""DCAO on a sharp problem: the seed's schedule alone vs the stall guard (issue 13, item 7).
+"""DCAO on a sharp problem: DCAO's curvature schedule alone vs the stall guard.
 
 Rosenbrock f(x, y) = (1 − x)² + 100 (y − x²)² from (−1.5, 2) (f = 12.5, top Hessian eigenvalue
 ρ ≈ 2,092), float64, DCAO at its defaults (lr 0.01, momentum 0.9, probe_every 1000, α = 0.01)
-with ``stall_ratio=0`` (the seed's η = η₀e^{−αρ} ≈ 8e-12: frozen) and with the default
+with ``stall_ratio=0`` (DCAO's η = η₀e^{−αρ} ≈ 8e-12: frozen) and with the default
 guard (η ≥ min(0.01·η₀, 0.9·2/ρ), re-probe every 10 steps while it holds). Both runs in one process,
 side by side: loss after N steps, distance to the minimiser (1, 1), probes taken, last η.
 

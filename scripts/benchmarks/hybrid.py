@@ -1,4 +1,4 @@
-"""The switching policy's own cost per step vs a GD step (issue 10 target: ≤ 5%).
+"""The switching policy's own cost per step vs a GD step (target: ≤ 5%).
 
 For the ~1M-parameter MLP at batch 256 (``common.py``), timed side by side in one process:
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from metaopt.controllers.switching import PolicyGate, SwitchingPolicy
-from metaopt.optim.hybrid import HybridGDODE
-from metaopt.rules.hybrid import HeuristicSwitch, HybridRule, run_norms
+from metaopt.hybrid.policy import PolicyGate, SwitchingPolicy
+from metaopt.hybrid.optimizer import HybridGDODE
+from metaopt.hybrid.rule import HeuristicSwitch, HybridRule, run_norms
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
 

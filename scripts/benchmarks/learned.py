@@ -259,10 +259,8 @@ def _safe(label: str) -> str:
 def _log(pngs: list[Path], traces, out: Path) -> None:
     """The learned optimizers' traces as PNGs (scripts/plots.py); every PNG logged to W&B
     (offline unless WANDB_MODE says otherwise)."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import plots
-
     from metaopt.logging import make_logger
+    from scripts import plots
 
     pngs = pngs + plots.trace_curves(traces, out)
     mode = os.environ.get("WANDB_MODE", "offline")

@@ -1,5 +1,5 @@
-"""Meta-training costs: throughput of the two engines (issue 12), time of a meta-iteration and
-memory of truncated unrolls (issue 6).
+"""Meta-training costs: throughput of the two engines (loop vs vectorised), time of a
+meta-iteration and memory of truncated unrolls.
 
 0. ``throughput``: inner steps per second of meta-training, loop vs vectorised engine, 4/32/128
    tasks per meta-batch, and the peak memory of each (``benchmarks.meta_throughput``).
@@ -24,9 +24,9 @@ import os
 import torch
 from torch import nn
 
-from metaopt.controllers.garo import GAROController
+from metaopt.garo.controller import GAROController
 from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, TruncatedBPTT, make_horizon
-from metaopt.rules.garo import GARORule
+from metaopt.garo.rule import GARORule
 from metaopt.task import ModuleTask
 
 from . import meta_throughput

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 import tasks
-from metaopt.controllers.garo import GAROController
+from metaopt.garo.controller import GAROController
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
@@ -27,7 +27,7 @@ from metaopt.meta import (
     make_estimator,
     make_horizon,
 )
-from metaopt.rules.garo import GARORule
+from metaopt.garo.rule import GARORule
 from metaopt.task import generator_from_seed
 
 from .common import time_side_by_side

@@ -1,4 +1,4 @@
-"""Meta-training throughput (issue 12): the loop engine vs the vectorised one, side by side.
+"""Meta-training throughput: the loop engine vs the vectorised one, side by side.
 
 A meta-step is ``MetaTrainer.step`` as ``scripts/meta_train.py`` builds it from
 ``configs/garo.yaml`` (GARO controller, truncated BPTT over 20 inner steps, second order,
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -50,10 +49,8 @@ ROUNDS = {4: 3, 32: 2, 128: 1}
 
 
 def _trainer(family: str, num_tasks: int, engine: str, seed: int, compile: bool = False):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    import meta_train
-    from meta_train_config import load_config
+    from scripts import meta_train
+    from scripts.meta_train_config import load_config
 
     overrides = [f"unroll.num_tasks={num_tasks}", f"unroll.engine={engine}", f"seed={seed}",
                  f"unroll.compile={str(compile).lower()}", "wandb.mode=disabled"]

@@ -3,9 +3,10 @@
 An entry names an optimizer and its keyword options as YAML gives them::
 
     optimizers:
-      - {label: adam, name: Adam, options: {lr: 0.05}}
+      - {label: adam, name: adam, options: {lr: 0.05}}
 
-``name`` is a ``torch.optim`` / ``metaopt.optim`` class or a checkpoint (``trajectories`` study),
+``name`` is a name of the optimizer registry (``metaopt.registry``: a ``torch.optim`` /
+``metaopt.optim`` class, a preset or a checkpoint; the ``trajectories`` study),
 or a batched rule (``sgd``, ``adam``, ``adamw``, ``rmsprop``, an RK tableau) where the whole grid
 runs as one tensor program (``basins``, ``saddles``).
 """

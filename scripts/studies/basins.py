@@ -1,4 +1,4 @@
-"""Basins of attraction (GDSearch journal, Priority 1): a grid of starts × optimizers → which known
+"""Basins of attraction (GDSearch): a grid of starts × optimizers → which known
 minimum each start reaches, drawn as maps; the grid advances as one batched tensor program."""
 from __future__ import annotations
 

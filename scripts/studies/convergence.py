@@ -1,10 +1,10 @@
-"""Convergence detection and automated anomaly detection in training logs (GDSearch journal,
-"future iterations": convergence detection, "add automated anomaly detection in training logs").
+"""Convergence detection and automated anomaly detection in training logs (GDSearch
+instruments ``metaopt.analysis.convergence`` and ``metaopt.analysis.anomalies``).
 
 Each run writes its loss per step to its own ``logs/<label>.jsonl`` (``metaopt.logging``'s JSONL
 format); the detectors then read those logs back, as they would read any run's metrics.jsonl,
 and report divergence onsets, loss spikes, stalls, steps to target and plateaus. The default runs
-are chosen to contain each anomaly: entry 4's momentum divergence, SGD bouncing across
+are chosen to contain each anomaly: heavy-ball momentum's divergence, SGD bouncing across
 Rosenbrock's valley, SGD starting next to the six-hump camel's saddle, and an MLP on digits with a
 too-large lr that spikes and collapses to chance level.
 Instruments: ``metaopt.analysis.anomalies``, ``metaopt.analysis.convergence``.
@@ -24,8 +24,9 @@ from metaopt.analysis.convergence import analyze_convergence
 from metaopt.analysis.sensitivity import function_run
 from metaopt.evaluation import make_optimizer
 from metaopt.logging import JSONLLogger
-from studies.common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
+
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "convergence"
 DESCRIPTION = ("Convergence (steps to target, plateaus) and anomaly detection (divergence onset, "

@@ -1,4 +1,4 @@
-"""Divergence anatomy (GDSearch journal entry 4): why SGD+momentum β=0.99, lr=0.01 overflows on
+"""Divergence anatomy (GDSearch): why SGD+momentum β=0.99, lr=0.01 overflows on
 Rosenbrock from (−1.5, 2) while lr=0.001 is stable, and whether "if β > 0.9 use lr < 0.001·(1−β)"
 is the right rule. Instruments: ``metaopt.analysis.divergence``.
 """
@@ -14,12 +14,13 @@ from metaopt.analysis.divergence import (
     heavy_ball_max_stable_lr,
     rule_of_thumb_lr,
 )
-from studies.common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
+from .common import markdown_table, save_figure, write_csv, write_report
+
 NAME = "divergence"
-DESCRIPTION = ("Entry 4: heavy-ball divergence on Rosenbrock — start Hessian, velocity growth, "
-               "stability over beta x lr vs the journal's rule of thumb")
+DESCRIPTION = ("heavy-ball divergence on Rosenbrock — start Hessian, velocity growth, "
+               "stability over beta x lr vs the rule of thumb lr < 0.001(1-beta)")
 SMOKE = ["steps=60", "grid_steps=60", "grid_lrs=[0.001,0.01]", "grid_betas=[0.0,0.99]",
          "curvature_steps=10"]
 
@@ -29,7 +30,7 @@ class Config:
     function: str = "rosenbrock"
     start: list[float] = field(default_factory=lambda: [-1.5, 2.0])
     beta: float = 0.99
-    lrs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # the journal's two runs
+    lrs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # the two reported runs
     steps: int = 1000
     curvature_steps: int = 40  # exact Hessian along the first steps of each run
     grid_betas: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9, 0.99])
@@ -184,7 +185,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
           f"{r['final_loss_at_rule_lr']:.3g} vs {r['best_final_loss']:.3g} at the best lr "
           f"{r['best_lr']:.3g}." for r in high],
     ]
-    write_report(out_dir / "report.md", "Divergence anatomy (journal entry 4)", [
+    write_report(out_dir / "report.md", "Divergence anatomy (heavy-ball momentum on Rosenbrock)", [
         ("Findings", "\n".join(f"- {f}" for f in findings)),
         ("Runs", markdown_table(anatomy_rows)),
         ("Rule of thumb vs observed stability", markdown_table(rule_rows)),

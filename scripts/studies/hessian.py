@@ -1,5 +1,5 @@
-"""Hessian along trajectories (GDSearch journal entries 1, 3, 4; Priority 2 "eigenvalue spectrum
-evolution during training"): exact 2×2 eigenvalues along optimizer paths on a test function, and
+"""Hessian along trajectories (GDSearch: eigenvalue spectrum
+evolution during training): exact 2×2 eigenvalues along optimizer paths on a test function, and
 for an MLP on digits the top-k eigenvalues (Lanczos), λ_min and the saddle indicator, the
 Hutchinson trace and the spectral density (stochastic Lanczos quadrature) during training, with
 the Lanczos values checked against the dense Hessian's eigvalsh."""
@@ -31,9 +31,9 @@ SMOKE = ["steps_2d=20", "train_steps=6", "snapshot_every=3", "width=4", "lanczos
 
 
 def _default_2d():
-    return [OptimizerEntry("sgd", "SGD", {"lr": 1e-3}),
-            OptimizerEntry("sgd_momentum", "SGD", {"lr": 1e-4, "momentum": 0.9}),
-            OptimizerEntry("adam", "Adam", {"lr": 0.05})]
+    return [OptimizerEntry("sgd", "sgd", {"lr": 1e-3}),
+            OptimizerEntry("sgd_momentum", "sgd", {"lr": 1e-4, "momentum": 0.9}),
+            OptimizerEntry("adam", "adam", {"lr": 0.05})]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Loss landscapes around the solutions of different optimizers (GDSearch journal entry 2: "does
+"""Loss landscapes around the solutions of different optimizers (the GDSearch question "does
 SGD+momentum find flatter minima than AdamW?"): 1-D interpolation init → final and between the two
 solutions, 2-D filter-normalised random planes (Li et al. 2018) around each final point, each
 trajectory on its PCA plane, and the sharpness of each final point (λ_max and the loss increase on
@@ -25,14 +25,14 @@ from ._optimizers import OptimizerEntry, check_entries, factories
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "landscape"
-DESCRIPTION = "loss landscapes, trajectories on a plane and sharpness of final points (entry 2)"
+DESCRIPTION = "loss landscapes, trajectories on a plane and sharpness of final points"
 SMOKE = ["steps=8", "snapshot_every=4", "width=4", "resolution=5", "interpolation_points=5",
          "sharpness_samples=3", "lanczos_iters=8"]
 
 
 def _default_optimizers():
-    return [OptimizerEntry("sgd_momentum", "SGD", {"lr": 0.05, "momentum": 0.9}),
-            OptimizerEntry("adamw", "AdamW", {"lr": 0.01, "weight_decay": 0.01})]
+    return [OptimizerEntry("sgd_momentum", "sgd", {"lr": 0.05, "momentum": 0.9}),
+            OptimizerEntry("adamw", "adamw", {"lr": 0.01, "weight_decay": 0.01})]
 
 
 @dataclass
@@ -166,7 +166,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         ("Setup", f"{task.describe()}, {cfg.steps} steps from the same initialisation and "
                   f"minibatches: " + ", ".join(f"{e.label} ({e.name} {dict(e.options)})"
                                                 for e in cfg.optimizers) + ".\n"),
-        ("Entry 2: sharp vs flat", "\n".join(lines) + f"\n\nFlattest by λ_max: "
+        ("Sharp vs flat", "\n".join(lines) + f"\n\nFlattest by λ_max: "
          f"{flattest['optimizer']}; smallest generalization gap: {smallest_gap['optimizer']}. "
          "λ_max is not scale-invariant (Dinh et al. 2017): compare it with the weight norms.\n\n"
          + barrier),

@@ -1,5 +1,5 @@
 """Per-layer gradient norms, generalization gap and sharpness for SGD+momentum vs AdamW, and the
-journal's hybrid "AdamW first, then SGD+momentum" (GDSearch journal entries 2 and 5, Priority 3).
+hybrid strategy "AdamW first, then SGD+momentum" (GDSearch).
 An MLP on the bundled digits (``tasks.get("mlp", ...)``), the same initialisation and minibatch
 sequence for every run. Instrument: ``metaopt.analysis.training_stats``.
 """
@@ -13,10 +13,11 @@ import torch
 
 import tasks
 from metaopt.analysis.training_stats import Phase, train_with_stats
-from studies.common import markdown_table, save_figure, write_csv, write_report
+
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "layer_norms"
-DESCRIPTION = ("Entries 2+5: per-layer grad norms, gen gap, sharpness — SGD+momentum vs AdamW vs "
+DESCRIPTION = ("per-layer grad norms, gen gap, sharpness — SGD+momentum vs AdamW vs "
                "AdamW->SGD hybrid on digits")
 SMOKE = ["steps=12", "switch_step=6", "eval_every=4", "width=8", "sharpness_iters=5"]
 
@@ -60,7 +61,7 @@ class Config:
 
 
 def _windows(steps: int) -> dict[str, slice]:
-    """First, middle and last tenth of training (the journal's bar charts at epochs 1, 10, 20)."""
+    """First, middle and last tenth of training (bar charts at epochs 1, 10, 20)."""
     k = max(1, steps // 10)
     mid = steps // 2
     return {"early": slice(0, k), "middle": slice(max(0, mid - k // 2), mid - k // 2 + k),
@@ -181,7 +182,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
           f"max/min over layers {r['grad_max/min_early']:.3g} → {r['grad_max/min_late']:.3g}; "
           f"update norms max/min {r['update_max/min_early']:.3g} → {r['update_max/min_late']:.3g}"
           for r in summary],
-        "Journal entry 2 (AdamW gap ~0.15 vs SGD+momentum ~0.08): here AdamW's gap is "
+        "The reported gaps (AdamW ~0.15 vs SGD+momentum ~0.08): here AdamW's gap is "
         f"{s['adamw']['generalization_gap']:.3g} vs SGD+momentum's "
         f"{s['sgd_momentum']['generalization_gap']:.3g}; the hybrid ends at "
         f"{s['adamw_then_sgd']['generalization_gap']:.3g} with test accuracy "

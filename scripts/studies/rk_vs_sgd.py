@@ -1,4 +1,4 @@
-"""The seed-004 table in spirit (gradient-flow-rk-optimizers.md, "Experiments"): RK2 (Heun,
+"""The Runge–Kutta gradient-flow experiment table in spirit: RK2 (Heun,
 Ralston) vs SGD, test accuracy and loss side by side, on L2-regularised logistic regression on
 digits (standing in for MNIST) and a small CNN on digits. Each RK2 step costs two gradient
 evaluations, so SGD is run twice: at the same gradient-evaluation budget and at the same number
@@ -16,10 +16,11 @@ import torch
 import tasks
 from metaopt.analysis.budget import train_for_budget
 from metaopt.evaluation import make_optimizer
-from studies.common import markdown_table, save_figure, write_csv, write_report
+
+from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "rk_vs_sgd"
-DESCRIPTION = ("Seed-004 table: Heun/Ralston vs SGD on logistic regression and a CNN (digits), "
+DESCRIPTION = ("RK gradient-flow table: Heun/Ralston vs SGD on logistic regression and a CNN (digits), "
                "test accuracy/loss at equal gradient evaluations and equal steps")
 SMOKE = ["tasks=[{label: logistic, name: logistic_regression, kwargs: {datasets: [digits], "
          "train_fraction: [0.2, 0.2]}, lrs: [0.5], budget: 8}]", "eval_every=4"]
@@ -50,8 +51,8 @@ class Config:
                  {"channels": [8, 8], "activations": ["relu"], "batch_sizes": [64],
                   "train_fraction": [1.0, 1.0]}, [0.2], 300)])
     optimizers: list[OptimizerSpec] = field(default_factory=lambda: [
-        OptimizerSpec("sgd", "sgd"), OptimizerSpec("heun", "Heun"),
-        OptimizerSpec("ralston", "Ralston")])
+        OptimizerSpec("sgd", "sgd"), OptimizerSpec("heun", "heun"),
+        OptimizerSpec("ralston", "ralston")])
     equal_steps_baseline: str = "sgd"  # this label also runs with budget / 2 (RK2's step count)
     seed: int = 0
     eval_every: int = 50  # gradient evaluations between measurements
@@ -162,12 +163,12 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         findings.append(f"{task_label}, lr={lr:g}: " + "; ".join(
             f"{o} {100 * r['test_accuracy']:.2f}% / loss {r['test_loss']:.4g} "
             f"({r['steps']} steps, {r['gradient_evaluations']} evals)" for o, r in sub.items()))
-    write_report(out_dir / "report.md", "RK2 vs SGD (seed-004 table in spirit)", [
+    write_report(out_dir / "report.md", "RK2 vs SGD (the RK gradient-flow experiment table in spirit)", [
         ("Findings", "\n".join(f"- {f}" for f in findings)),
         ("Table", markdown_table(table)),
         ("Setup", "Same task sample, initialisation and minibatch sequence for every run (seed "
                   f"{cfg.seed}); every stage of an RK step sees the step's minibatch. Budgets are "
-                  "counted closure calls (one forward + backward each). The seed's own table "
+                  "counted closure calls (one forward + backward each). The original RK table "
                   "(WideResNet/ResNet18 on CIFAR-10, logistic regression on MNIST) is not "
                   "reproduced at that scale. Files: rk_vs_sgd.csv, curves.csv, test_loss.png, "
                   "test_accuracy.png."),

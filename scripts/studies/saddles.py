@@ -1,4 +1,4 @@
-"""Saddle escape (GDSearch journal entry 3): the controlled noise experiment — Gaussian gradient
+"""Saddle escape (GDSearch): the controlled noise experiment — Gaussian gradient
 noise of several σ, escape time from a saddle initialisation, per optimizer — and the time each
 optimizer spends near the saddle from a start just off its stable manifold."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ._optimizers import OptimizerEntry, batched, check_entries
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "saddles"
-DESCRIPTION = "escape time from a saddle under gradient noise of several σ, per optimizer (entry 3)"
+DESCRIPTION = "escape time from a saddle under gradient noise of several σ, per optimizer"
 SMOKE = ["repeats=16", "steps=60", "sigmas=[0.0,0.01]"]
 
 
@@ -137,7 +137,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         ("Setup", f"{cfg.repeats} copies per (optimizer, σ) start at the saddle {cfg.center}; "
                   f"each gradient gets σ·ξ, ξ ~ N(0, I) (seed {cfg.seed}); escape = first step "
                   f"with ‖x − c‖ > {cfg.radius}, at most {cfg.steps} steps.\n"),
-        ("Entry 3: what the noise experiment shows",
+        ("What the noise experiment shows",
          (f"Without noise, {', '.join(stuck) or 'no optimizer'} never leave the exact saddle "
           "(∇f = 0 there, so every update is zero). " if 0.0 in cfg.sigmas else "")
          + (f"Median escape steps from σ = {s_lo:g} to σ = {s_hi:g}: {spread}. Extra steps per "

@@ -1,5 +1,5 @@
-"""lr sensitivity around the best value (GDSearch journal, Priority 1: "sensitivity analysis around
-best hyperparameters (lr ± 10 %)"). For each test function and optimizer: tune lr on a log grid,
+"""lr sensitivity around the best value (GDSearch: sensitivity analysis around
+the best hyperparameters, lr ± 10 %). For each test function and optimizer: tune lr on a log grid,
 rerun at ±5 %, ±10 % and report the spread of the final loss and of the steps to target.
 Instrument: ``metaopt.analysis.sensitivity``.
 """
@@ -12,11 +12,12 @@ from typing import Any
 
 from metaopt.analysis.sensitivity import best_lr, function_run, lr_sensitivity
 from metaopt.evaluation import make_optimizer
-from studies.common import markdown_table, save_figure, write_csv, write_report
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
+from .common import markdown_table, save_figure, write_csv, write_report
+
 NAME = "sensitivity"
-DESCRIPTION = "Priority 1: final-loss / steps-to-target spread at lr ±10% around the tuned lr"
+DESCRIPTION = "final-loss / steps-to-target spread at lr ±10% around the tuned lr"
 SMOKE = ["steps=30", "lr_grid=[0.0001,0.001]", "relative=[-0.1,0.0,0.1]",
          "problems=[{function: rosenbrock, start: [-1.5, 2.0]}]"]
 

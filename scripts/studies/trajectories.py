@@ -1,5 +1,5 @@
 """Trajectories on a 2-D test function and Adam's per-coordinate effective learning rate
-(GDSearch journal entry 1: "why does Adam shoot in early iterations?").
+(the GDSearch question "why does Adam shoot in early iterations?").
 
 Every optimizer (torch.optim, metaopt.optim, pretrained checkpoints) runs from every start; the
 study writes the paths, a contour plot with them, loss curves, Adam's η_t = lr/(√v̂_t + ε) per
@@ -21,15 +21,15 @@ from ._optimizers import OptimizerEntry, check_entries, factories
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "trajectories"
-DESCRIPTION = "paths of several optimizers on a 2-D test function; Adam's effective lr (entry 1)"
+DESCRIPTION = "paths of several optimizers on a 2-D test function; Adam's effective lr"
 SMOKE = ["steps=30", "starts=[[-1.5,2.0]]"]
 
 
 def _default_optimizers():
-    return [OptimizerEntry("sgd", "SGD", {"lr": 1e-3}),
-            OptimizerEntry("sgd_momentum", "SGD", {"lr": 1e-4, "momentum": 0.9}),
-            OptimizerEntry("adam", "Adam", {"lr": 0.05}),
-            OptimizerEntry("rmsprop", "RMSprop", {"lr": 1e-2}),
+    return [OptimizerEntry("sgd", "sgd", {"lr": 1e-3}),
+            OptimizerEntry("sgd_momentum", "sgd", {"lr": 1e-4, "momentum": 0.9}),
+            OptimizerEntry("adam", "adam", {"lr": 0.05}),
+            OptimizerEntry("rmsprop", "rmsprop", {"lr": 1e-2}),
             OptimizerEntry("rk4", "RK4", {"lr": 1e-3}),
             OptimizerEntry("garo_quadratics", "garo_quadratics", {})]
 
@@ -42,7 +42,7 @@ class Config:
     steps: int = 1000
     optimizers: list[OptimizerEntry] = field(default_factory=_default_optimizers)
     target_loss: float = 1e-4      # "steps to target" threshold on f − f*
-    divergence: float = 1e12       # |f| beyond this counts as diverged (the journal's overflow)
+    divergence: float = 1e12       # |f| beyond this counts as diverged (a float loop would overflow)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -92,8 +92,8 @@ def _valley_alignment(f, traj, n: int) -> float:
 
 
 def run(cfg: Config, out_dir: Path, logger) -> dict:
+    import tasks  # fills the task registry that resolve_function reads
     f, minimizers = resolve_function(cfg.function)
-    import tasks
     f_star = tasks.get(cfg.function).spec.minimum_value or 0.0
     runs = run_trajectories(cfg.function, factories(cfg.optimizers), cfg.starts, cfg.steps,
                             divergence=cfg.divergence)
@@ -181,7 +181,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
                         "adam_peak_step": peak + 1,
                         "adam_longest_step": float(lengths.max()),
                         "adam_longest_step_at": int(lengths.argmax()) + 1})
-        sections.append(("Entry 1: why does Adam shoot?", (
+        sections.append(("Why does Adam shoot?", (
             f"{label} from {cfg.starts[0]}: at step 1 η = ({rates[0, 0]:.3g}, {rates[0, 1]:.3g}) "
             f"and the step is lr·sign(g) per coordinate (length {lengths[0]:.3g}) whatever |g| is. "
             f"As v̂ decays in flat stretches, η rises to {float(rates.max()):.3g}; the product "
@@ -189,7 +189,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             f"unstable above 2). The longest step, {lengths.max():.3g}, comes at step "
             f"{int(lengths.argmax()) + 1}; the condition number along the path ranges "
             f"{float(curvature.condition_number.min()):.3g}–{float(curvature.condition_number.max()):.3g}.\n\n"
-            "The journal's hypothesis (large steps along the valley floor, small ones across the "
+            "The hypothesis (large steps along the valley floor, small ones across the "
             "walls) is tested by `valley_alignment_100` in the summary: the mean |cos| between "
             "each of the first 100 steps and the flattest Hessian eigenvector. From "
             f"{cfg.starts[0]}: " + ", ".join(

@@ -3,7 +3,6 @@ checkpoint, the closing medians, a loss-curve PNG per task logged to W&B offline
 default config's promise: its held-out families are in no meta-training mixture."""
 from __future__ import annotations
 
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
 
 TINY = """
 checkpoints: [garo_general]
@@ -37,7 +35,7 @@ tasks:
 def test_the_benchmark_runs_every_contender_and_draws_a_png_per_task(tmp_path):
     for package in ("prodigyopt", "dog", "schedulefree", "matplotlib"):
         pytest.importorskip(package)
-    from benchmarks import learned
+    from scripts.benchmarks import learned
 
     config = tmp_path / "bench.yaml"
     config.write_text(TINY)

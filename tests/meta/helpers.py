@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 import tasks
-from metaopt.controllers.garo import GAROController
+from metaopt.garo.controller import GAROController
 from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, make_horizon
-from metaopt.rules.garo import GARORule
+from metaopt.garo.rule import GARORule
 
 
 def quadratic_family(dtype=torch.float64, dim=(3, 6), condition_number=(1.0, 30.0)):

@@ -14,7 +14,7 @@ def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        from metaopt.controllers.garo import GAROController
+        from metaopt.garo.controller import GAROController
         from metaopt.meta import (
             GAROLearnedRule,
             InnerRunPool,
@@ -23,7 +23,7 @@ def _worker(rank, world, init_file, out_dir):
             TruncatedBPTT,
             make_horizon,
         )
-        from metaopt.rules.garo import GARORule
+        from metaopt.garo.rule import GARORule
         from tests.meta.helpers import quadratic_family
 
         learned = GAROLearnedRule(GAROController(hidden_size=4), GARORule())

@@ -12,8 +12,8 @@ import torch
 import tasks
 from metaopt.meta import GAROLearnedRule, MetaLoss, batch_generator, unroll_segment
 from metaopt.meta.unroll import initial_run
-from metaopt.optim.garo import GARO
-from metaopt.rules.garo import GARORule
+from metaopt.garo.optimizer import GARO
+from metaopt.garo.rule import GARORule
 
 from .helpers import learned_rule
 
@@ -28,8 +28,9 @@ def test_meta_gradient_matches_higher():
 
     module = task.module()
     generator = batch_generator(seed, 0)
-    with higher.innerloop_ctx(module, GARO(module.parameters(), controller=controller),
-                              copy_initial_weights=True) as (fmodel, diffopt):
+    # GARO steps with its own copy of the controller: the meta-gradient is w.r.t. that copy
+    opt = GARO(module.parameters(), controller=controller)
+    with higher.innerloop_ctx(module, opt, copy_initial_weights=True) as (fmodel, diffopt):
         terms = []
         for k in range(steps):
             loss = task.module_loss(fmodel, task.train_batch(generator))
@@ -38,7 +39,7 @@ def test_meta_gradient_matches_higher():
             diffopt.step(loss)
         terms.append(task.normalized_loss(task.module_loss(fmodel, task.train_batch(generator))))
         reference = torch.stack(terms).mean()
-        expected = torch.autograd.grad(reference, list(controller.parameters()))
+        expected = torch.autograd.grad(reference, list(opt.controller.parameters()))
 
     learned = GAROLearnedRule(controller, GARORule())
     weights = learned.meta_parameters()

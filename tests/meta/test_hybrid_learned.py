@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 import tasks
-from metaopt.controllers.garo import GAROController
-from metaopt.controllers.switching import SwitchingPolicy
+from metaopt.garo.controller import GAROController
+from metaopt.hybrid.policy import SwitchingPolicy
 from metaopt.meta import MetaLoss, unroll_segment
 from metaopt.meta.hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
 from metaopt.meta.unroll import initial_run
-from metaopt.optim.hybrid import HybridGDODE
-from metaopt.rules.garo import GARORule
-from metaopt.rules.hybrid import HybridRule
+from metaopt.hybrid.optimizer import HybridGDODE
+from metaopt.garo.rule import GARORule
+from metaopt.hybrid.rule import HybridRule
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
 

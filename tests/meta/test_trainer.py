@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from metaopt.controllers.garo import GAROController
+from metaopt.garo.controller import GAROController
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
@@ -16,7 +16,7 @@ from metaopt.meta import (
     make_horizon,
     validate,
 )
-from metaopt.rules.garo import GARORule
+from metaopt.garo.rule import GARORule
 from metaopt.task import TaskFamily
 from tasks.quadratic import QuadraticTask
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaopt.controllers.garo import GAROController
+from metaopt.garo.controller import GAROController
 from metaopt.meta import (
     ConstantHorizon,
     GAROLearnedRule,
@@ -15,7 +15,7 @@ from metaopt.meta import (
     unroll_segment,
 )
 from metaopt.meta.unroll import initial_run
-from metaopt.rules.garo import GARORule
+from metaopt.garo.rule import GARORule
 
 from .helpers import learned_rule, pool, quadratic_family
 

@@ -47,9 +47,14 @@ def test_nesterov_flow_in_half_precision_matches_float64(dtype):
 
 @pytest.mark.parametrize("cls", [mo.GradientFlow, mo.NesterovFlow])
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_non_finite_gradient_is_a_clear_error_and_leaves_parameters(cls, bad):
+def test_non_finite_gradient_is_refused_and_leaves_parameters(cls, bad):
+    """The shared non-finite policy: refused with a warning, then an error once it persists."""
     w = torch.tensor(START, requires_grad=True)
     opt = cls([w], lr=0.1)
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    opt.max_consecutive_skips = 2
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step(_closure(opt, w, scale=bad))
+    assert torch.equal(w.detach(), torch.tensor(START))
+    with pytest.raises(FloatingPointError, match="2 consecutive"):
         opt.step(_closure(opt, w, scale=bad))
     assert torch.equal(w.detach(), torch.tensor(START))

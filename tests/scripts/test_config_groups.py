@@ -3,7 +3,6 @@ drops stale kwargs (issue 14's `task.name=mlp` failure), {} / null clear, --help
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,7 @@ GARO = str(ROOT / "configs" / "garo.yaml")
 
 @pytest.fixture(scope="module")
 def cfgmod():
-    scripts = str(ROOT / "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    return importlib.import_module("meta_train_config")  # as scripts/meta_train.py imports it
+    return importlib.import_module("scripts.meta_train_config")  # as scripts.meta_train does
 
 
 def _task(cfg):
@@ -89,7 +85,7 @@ def test_every_task_group_file_builds_its_family(cfgmod, option):
 
 
 def test_help_lists_every_key_with_type_and_default(cfgmod):
-    from config_groups import describe_keys
+    from scripts.config_groups import describe_keys
     text = describe_keys(cfgmod.MetaTrainConfig)
 
     def leaves(d, prefix=""):

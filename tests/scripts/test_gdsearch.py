@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.studies import discover
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gdsearch.py"
 
@@ -25,7 +27,6 @@ def _load_script():
 
 
 gdsearch = _load_script()
-from studies import discover
 
 STUDIES = discover()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def scripts():
-    path = str(ROOT / "scripts")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    return importlib.import_module("meta_train"), importlib.import_module("hybrid_study")
+    return (importlib.import_module("scripts.meta_train"),
+            importlib.import_module("scripts.hybrid_study"))
 
 
 @pytest.mark.slow

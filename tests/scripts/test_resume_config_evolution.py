@@ -1,14 +1,9 @@
 """A run resumes across schema changes that cannot have changed what it did."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-
-from meta_train_config import MetaTrainConfig, training_differences  # noqa: E402
+from scripts.meta_train_config import MetaTrainConfig, training_differences
 
 
 def _config(**changes):

@@ -1,0 +1,341 @@
+"""``GARO`` / ``GlobalAdaptiveSGD``: the runtime optimizer of the GARO controller.
+
+Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``. A thin torch.optim adapter
+over ``metaopt.rules.GARORule`` (DESIGN idea 1: the update math lives there); the controller
+weights are given to it, not owned by it (DESIGN idea 2)::
+
+    opt = GlobalAdaptiveSGD(model.parameters())      # untrained controller: SGD, lr 0.01
+    loss.backward(); opt.step()                      # a closure is optional
+    opt.hyperparams                                  # latest lr_t, momentum_t, weight_decay_t
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from ..hub_mixin import PretrainedOptimizerMixin
+from ..optim._checked_state import (
+    CheckedStateLoad,
+    StateDictError,
+    check_counter,
+    check_tensor_like,
+)
+from ..optim._grad_evals import GradEvalCounter
+from ..optim._guard import NonFiniteSteps
+from ..optim._rule_optimizer import check_non_negative
+from .controller import GAROController
+from .host_state import HostState
+from .rule import GARORule
+from .runtime import host_apply, settle
+
+GRANULARITIES = ("global", "group", "tensor")
+HyperparamHook = Callable[["GARO", dict[str, Any]], None]
+
+
+class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimizerMixin,
+           torch.optim.Optimizer):
+    r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
+
+    For tensor ``θ_i`` in a group with base rate ``lr`` and decay multiplier ``weight_decay``
+    (direction ``"sgd"``), with ``lr₀ = controller.init_lr`` the rate of the untrained controller::
+
+        b_i ← mom_t·b_i + (g_i + weight_decay·wd_t·θ_i);     θ_i ← θ_i − lr·(lr_t / lr₀)·b_i
+
+    (``"adam"``: ``g_i`` is replaced by the RMS-normalised ``g_i/(√v̂_i + eps)`` and the decay is
+    decoupled; see ``metaopt.garo.rule``.) ``lr`` is the *base learning rate* that the controller
+    scales by ``lr_t / lr₀``: by default ``lr = lr₀``, so steps are ``lr_t`` as emitted (the seed's
+    behaviour); ``GARO(params, lr=1e-3)`` with an untrained controller is exactly
+    ``SGD(lr=1e-3)``; an LR scheduler scales the base rate; a group with ``lr=0`` is frozen, and
+    ``weight_decay=0`` exempts a group (e.g. biases, norms) from decay.
+
+    Args:
+        params: tensors or param-group dicts.
+        lr: base learning rate (>= 0; default: the controller's ``init_lr``).
+        weight_decay: multiplier of wd_t (>= 0).
+        controller: a ``GAROController`` (default: the untrained one, which behaves like SGD with
+            lr 0.01, momentum 0, weight decay 1e-8). The optimizer keeps its own copy
+            (``copy.deepcopy``), moved to the parameters' device: the caller's module is never
+            moved or changed, and two optimizers built from one controller share nothing
+            (``opt.controller`` is the copy in use).
+        direction: ``"sgd"`` (the seed) or ``"adam"``.
+        granularity: ``"global"`` (one hidden state, the seed), ``"group"`` (one per param group:
+            the seed's layer-wise recurrence when each layer is a group) or ``"tensor"``.
+        beta2, eps: second-moment decay and guard of the ``"adam"`` direction.
+        scale: ``"none"`` (the controller's lr_t is the step size, the seed) or ``"distance"``
+            (scale-free GARO: lr_t multiplies DoG's online estimate ``d_t = r̄_t/√(t+1)`` of the
+            task's step size, from the distance the steps have travelled; ``metaopt.garo.rule``).
+        num_training_steps: the planned length of training ``T``; a controller with relative
+            features reads the progress ``min(t/T, 1)`` (VeLO's input) and can anneal. ``None``:
+            progress unknown (the controller sees it flagged as missing).
+        max_consecutive_skips: after this many non-finite steps in a row the run has diverged
+            for good (every later gradient is non-finite too): ``step`` raises
+            ``FloatingPointError`` instead of skipping forever.
+
+    The loss feeds the controller's loss features: pass ``step(closure)`` or, in a loop that has
+    already called ``loss.backward()``, ``step(loss=loss)``; learned controllers are meta-trained
+    with it: a step without either on a given (trained) controller warns once, because the
+    controller then sees its loss features as missing. ``num_grad_evals`` counts the gradient
+    evaluations (one per step). A step whose gradient (or loss) is not finite is skipped:
+    parameters, buffers and the controller's hidden state stay as they were, ``skipped_steps``
+    counts it and a ``RuntimeWarning`` says so. (A finite gradient so large that its norm
+    overflows counts too.)
+    ``state_dict()`` carries the controller weights and its recurrent state, so a resumed run
+    continues bit-exactly; it loads with ``torch.load(weights_only=True)``. ``load_state_dict``
+    is all or nothing: every buffer's shape and dtype, the recurrent state and the controller
+    weights (loaded into a twin first) are checked before anything changes.
+    """
+
+    def __init__(self, params, lr: Optional[float] = None, weight_decay: float = 1.0, *,
+                 controller: Optional[GAROController] = None, direction: str = "sgd",
+                 granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8,
+                 scale: str = "none", num_training_steps: Optional[int] = None,
+                 max_consecutive_skips: int = 20):
+        controller_given = controller is not None
+        # A private copy: moving or loading it must never change the caller's module or another
+        # optimizer built from the same one.
+        controller = GAROController() if controller is None else copy.deepcopy(controller)
+        lr = controller.init_lr if lr is None else lr
+        check_non_negative("lr", lr)
+        check_non_negative("weight_decay", weight_decay)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity: must be one of {GRANULARITIES}, got {granularity!r}")
+        if not (isinstance(max_consecutive_skips, int) and max_consecutive_skips >= 1):
+            raise ValueError(f"max_consecutive_skips: must be an int >= 1, "
+                             f"got {max_consecutive_skips!r}")
+        rule = GARORule(direction=direction, beta2=beta2, eps=eps, scale=scale)  # validates
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+        self.rule, self.granularity = rule, granularity
+        device = self.param_groups[0]["params"][0].device
+        if device.type == "meta":  # no data to step; refused before any controller is touched
+            raise ValueError("params: GARO cannot step meta-device parameters (they hold no "
+                             "data); materialise them first (e.g. module.to_empty(device=...))")
+        self.controller = controller.to(device)
+        self.num_training_steps = num_training_steps
+        # the recurrent state lives on the host, where the controller runs (host_apply)
+        self.garo_state = rule.init_global(self.controller, self._num_segments(),
+                                           torch.device("cpu"), num_training_steps)
+        self._init_non_finite(max_consecutive_skips)
+        self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
+        # a given controller was (presumably) meta-trained reading the loss; the default one is
+        # plain SGD whatever it reads
+        self._expects_loss = controller_given
+
+    # -- configuration ---------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """The optimizer options a checkpoint needs to rebuild this optimizer."""
+        return dict(direction=self.rule.direction, granularity=self.granularity,
+                    beta2=self.rule.beta2, eps=self.rule.eps, scale=self.rule.scale)
+
+    @property
+    def garo_state(self) -> Mapping[str, Tensor]:
+        """The recurrent state as a read-only dict of (host) tensors: ``GARORule.init_global``'s
+        entries. The optimizer works on a host copy (``HostState``); this view is built from it
+        when read. Assign a whole dict to replace the state."""
+        if self._garo_tensors is None:
+            self._host = settle(self._host)
+            self._garo_tensors = MappingProxyType(self._host.to_tensors())
+        return self._garo_tensors
+
+    @garo_state.setter
+    def garo_state(self, state: Mapping[str, Tensor]) -> None:
+        self._host = HostState.from_tensors(dict(state))
+        self._garo_tensors = None
+
+    @property
+    def base_lr(self) -> float:
+        """``lr₀``: the controller's untrained rate, the unit of the group ``lr`` (class doc)."""
+        return self.controller.init_lr
+
+    def _num_segments(self) -> int:
+        if self.granularity == "global":
+            return 1
+        if self.granularity == "group":
+            return len(self.param_groups)
+        return sum(len(g["params"]) for g in self.param_groups)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_host"):  # a late group gets fresh recurrent rows of its own
+            missing = self._num_segments() - self._host.num_segments
+            if missing > 0:
+                fresh = self.rule.init_global(self.controller, missing, torch.device("cpu"),
+                                              self.num_training_steps)
+                self.garo_state = {key: torch.cat([value, fresh[key]]) if value.dim() else value
+                                   for key, value in self.garo_state.items()}
+
+    # -- hyperparameter reporting ------------------------------------------------------------------
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        """The latest ``lr_t, momentum_t, weight_decay_t`` (floats; lists for several segments).
+
+        ``lr`` is the controller's lr_t, before the group multiplier. None before the first step.
+        """
+        if self._host.step == 0:
+            return {"lr": None, "momentum": None, "weight_decay": None}
+        out = {}
+        for key in ("lr", "momentum", "weight_decay"):
+            values = list(getattr(self._host, key))
+            out[key] = values[0] if self.granularity == "global" else values
+        return out
+
+    def register_hyperparam_hook(self, hook: HyperparamHook) -> RemovableHandle:
+        """Call ``hook(optimizer, {"step", "lr", "momentum", "weight_decay"})`` after each step.
+
+        The values are the (S,) tensors of this step; they live on the host, with the rest of the
+        recurrent state (``GARORule.apply_``), so reading them costs no device sync.
+        """
+        handle = RemovableHandle(self._hyperparam_hooks)
+        self._hyperparam_hooks[handle.id] = hook
+        return handle
+
+    # -- the step ----------------------------------------------------------------------------------
+    def _active(self):
+        params, grads, lr, wd, ids = [], [], [], [], []
+        per_group, per_tensor = self.granularity == "group", self.granularity == "tensor"
+        base_lr, tensor_index = self.base_lr, 0
+        for group_index, group in enumerate(self.param_groups):
+            group_lr, group_wd = group["lr"] / base_lr, group["weight_decay"]
+            for p in group["params"]:
+                grad = p.grad
+                if grad is not None:
+                    if grad.is_sparse:
+                        raise RuntimeError("GARO does not support sparse gradients")
+                    params.append(p)
+                    grads.append(grad)
+                    lr.append(group_lr)
+                    wd.append(group_wd)
+                    ids.append(tensor_index if per_tensor else group_index if per_group else 0)
+                tensor_index += 1
+        return params, grads, lr, wd, ids
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None, *, loss=None):
+        """One GARO step from ``p.grad``; the loss (from ``closure`` or given as ``loss``, after
+        ``loss.backward()``) also feeds the controller."""
+        if closure is not None:
+            if loss is not None:
+                raise ValueError("step: pass a closure or a loss, not both")
+            with torch.enable_grad():
+                loss = closure()
+        elif loss is None and getattr(self, "_expects_loss", False):
+            self._expects_loss = False  # once per optimizer
+            warnings.warn("GARO.step() without the loss: this controller was meta-trained "
+                          "reading it; pass step(loss=loss) after loss.backward(), or "
+                          "step(closure)", UserWarning, stacklevel=_caller_level())
+        self._count_grad_evals(1)  # the closure's, or the caller's backward into p.grad
+        params, grads, lr, wd, ids = self._active()
+        if not params:
+            return loss
+        loss_value = None  # (one host read; on a GPU it waits for the forward pass)
+        if loss is not None:
+            loss_value = float(loss.detach() if isinstance(loss, Tensor) else loss)
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if not state:
+                state.update(self.rule.init_tensor_state(p))
+        buffers = {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
+        new_state = host_apply(
+            self.rule, params, grads, buffers, self._host,
+            {"controller": self.controller, "lr": lr, "weight_decay": wd, "segment_ids": ids},
+            loss=loss_value)
+        if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
+            self._refuse_step("gradient, loss or controller output")  # (the shared policy)
+            return loss
+        self._accept_step()
+        self._host, self._garo_tensors = new_state, None
+        if self._hyperparam_hooks:
+            report = {"step": self.garo_state["step"], "lr": self.garo_state["lr"],
+                      "momentum": self.garo_state["momentum"],
+                      "weight_decay": self.garo_state["weight_decay"]}
+            for hook in list(self._hyperparam_hooks.values()):
+                hook(self, report)
+        return loss
+
+    # -- persistence -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict plus ``"garo"``: controller weights, recurrent state,
+        counters."""
+        out = super().state_dict()
+        out["garo"] = {"controller": {k: v.clone() for k, v in
+                                      self.controller.state_dict().items()},
+                       "state": {k: v.clone() for k, v in self.garo_state.items()},
+                       "skipped_steps": self.skipped_steps,
+                       "consecutive_skips": self.consecutive_skips}
+        return out
+
+    # validate-then-apply load_state_dict (CheckedStateLoad): every buffer of a non-empty entry
+    _extra_state_keys = {"garo": True}
+    _param_state_complete = True
+
+    def _param_state_template(self, param: Tensor) -> dict[str, Any]:
+        return {key: param for key in self.rule.per_tensor_keys}
+
+    def _check_extra_state(self, extra: dict[str, Any]):
+        garo, where = extra["garo"], "state_dict['garo']"
+        if not isinstance(garo, dict) or not {"controller", "state"} <= set(garo):
+            raise StateDictError(f"{where}: must be a dict with 'controller' and 'state'")
+        current = self.garo_state
+        state = garo["state"]
+        if not isinstance(state, dict) or set(state) != set(current):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise StateDictError(f"{where}['state']: keys {got} differ from this optimizer's "
+                                 f"{sorted(current)}")
+        for key, value in state.items():
+            # (hidden rows: one per segment, so granularity / number of groups must agree)
+            check_tensor_like(f"{where}['state'][{key!r}]", value, current[key])
+        device = current["hidden"].device
+        try:
+            host = HostState.from_tensors({k: v.to(device) for k, v in state.items()})
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise StateDictError(f"{where}['state']: unusable recurrent state "
+                                 f"({type(error).__name__}: {error})") from None
+        twin = copy.deepcopy(self.controller)
+        try:  # on a twin: a refused load leaves the live controller as it was
+            twin.load_state_dict(garo["controller"])
+        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise StateDictError(f"{where}['controller']: does not fit this optimizer's "
+                                 f"controller ({type(error).__name__}: {first})") from None
+        skipped = check_counter(f"{where}['skipped_steps']", garo.get("skipped_steps", 0))
+        consecutive = check_counter(f"{where}['consecutive_skips']",
+                                    garo.get("consecutive_skips", 0))
+        return twin.state_dict(), host, skipped, consecutive
+
+    def _apply_extra_state(self, prepared) -> None:
+        weights, host, self.skipped_steps, self.consecutive_skips = prepared
+        self.controller.load_state_dict(weights)  # same architecture as the twin: cannot fail
+        self._host, self._garo_tensors = host, None
+
+    def __getstate__(self):
+        # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.
+        return {**super().__getstate__(), "rule": self.rule, "granularity": self.granularity,
+                "controller": self.controller, "_host": settle(self._host), "_garo_tensors": None,
+                "skipped_steps": self.skipped_steps, "_expects_loss": self._expects_loss,
+                "consecutive_skips": self.consecutive_skips,
+                "max_consecutive_skips": self.max_consecutive_skips,
+                "num_training_steps": self.num_training_steps,
+                "_hyperparam_hooks": self._hyperparam_hooks}
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside torch and this module: the user's
+    ``opt.step()`` (torch wraps ``step`` in a varying number of frames)."""
+    import os
+    import sys
+    frame, level = sys._getframe(1), 1
+    torch_dir = os.path.dirname(torch.__file__)
+    while frame is not None and (frame.f_code.co_filename == __file__
+                                 or frame.f_code.co_filename.startswith(torch_dir)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+GlobalAdaptiveSGD = GARO

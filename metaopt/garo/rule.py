@@ -1,0 +1,393 @@
+"""GARO's update math, written once for the runtime optimizer, higher, and meta-training unrolls.
+
+Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md`` ("h_t = RNN(grad_t, h_{t-1}),
+θ_{t+1} = θ_t − f(h_t)·update_t"). One step, for tensors ``i`` in segment ``s(i)`` (segment 0
+only for the seed's global controller; one per group or tensor for the layer-wise variant):
+
+1. features of segment ``s`` (see ``metaopt.garo.controller.SIGNAL_FEATURES``)::
+
+       log ‖g‖_s,  Δ log ‖g‖_s,  symlog L,  Δ symlog L,  log(‖Δθ_{t-1}‖_s / ‖θ_{t-1}‖_s)
+
+   with ``‖·‖_s`` the 2-norm over all tensors of the segment and ``symlog L = sign(L)·log1p|L|``.
+   A controller with ``features="relative"`` reads them relative to the run's first step,
+   ``log ‖g‖_s − log ‖g_0‖_s`` and ``symlog(L / |L_0|)`` (the rest are already ratios), so that a
+   loss ``c·L`` (any ``c > 0``) gives the same inputs; it also reads the training progress
+   ``[min(t/T, 1), 1]`` when the run's horizon ``T`` is known (``[0, 0]`` otherwise);
+2. ``lr_t, mom_t, wd_t, h_t = controller(features, h_{t-1})`` (one value per segment);
+3. with ``a_i = lr_i·lr_t`` (``lr_i`` the group's lr multiplier), ``μ = mom_t`` and
+   ``λ_i = wd_i·wd_t`` (``wd_i`` the group's weight-decay multiplier):
+
+   * ``direction="sgd"`` (the seed's momentum SGD, coupled L2 decay as in ``torch.optim.SGD``)::
+
+         b_i ← μ b_i + (g_i + λ_i θ_i);      θ_i ← θ_i − a_i b_i
+
+   * ``direction="adam"`` (Adam's second-moment normalisation, decoupled decay as in AdamW)::
+
+         v_i ← β₂ v_i + (1−β₂) g_i²;   u_i = g_i / (√(v_i / (1−β₂^{t+1})) + ε)
+         b_i ← μ b_i + u_i;             θ_i ← θ_i − a_i (b_i + λ_i θ_i)
+
+With ``direction="adam"`` and relative features the guard is relative too, ``ε·‖g_0‖_s`` (the
+segment's first gradient norm), so ``u_i`` is homogeneous of degree 0 in ``g`` and the whole step
+is invariant to the loss's scale up to rounding (a fixed ``ε`` breaks it where ``|g_i| ≲ ε``, e.g.
+a loss scaled by 0.01). The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates whose
+gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
+otherwise the meta-gradient there is ``0·∞ = NaN``.
+
+With ``scale="distance"`` (scale-free GARO) the controller's ``lr_t`` is a multiplier of a step
+size the rule estimates online, so the controller learns the schedule's shape and corrections,
+not the task's order of magnitude. The estimate is DoG's (Ivgi, Hinder & Carmon 2023,
+``η_t = r̄_t / √Σ_{k≤t} ‖g_k‖²``) for the adam direction's unit-scale coordinates, per segment ``s``
+of ``n_s`` elements::
+
+    δ_i ← δ_i − a_i·direction_i                (the displacement θ_i − θ_{i,0} the steps made)
+    r̄_t = max(r̄_{t−1}, ‖δ‖_s / √n_s),          r̄_0 = r_ε = 10⁻⁴·(1 + ‖θ_0‖_s / √n_s)
+    d_t = r̄_t / √(t + 1),                      a_i = lr_i · lr_t · d_t
+
+(each coordinate of ``u`` has mean square ≈ 1, so ``Σ_k ‖u_k‖²/n_s ≈ t + 1``). ``d_t`` grows
+geometrically while the iterates travel in one direction and stalls at the distance to the
+region they settle in, as Prodigy's and D-Adaptation's ``d`` does; it is differentiable in the
+unroll, so meta-training sees how ``lr_t`` moves it. ``state["lr"]`` holds the step size used,
+``lr_t·d_t``.
+
+With the controller frozen at constants (lr, μ, λ) the first is exactly
+``torch.optim.SGD(lr, momentum=μ, weight_decay=λ)`` and, for μ = 0, the second is
+``torch.optim.AdamW(lr, betas=(0, β₂), eps=ε, weight_decay=λ)``; the tests use both as oracles.
+
+Nothing here mutates its inputs and every operation is differentiable, so a meta-trainer can call
+``step`` with a ``create_graph=True`` ``grad_fn`` and backpropagate into the controller weights.
+By default the controller's *inputs* are detached (``feature_gradients=False``): the meta-gradient
+reaches the weights through the emitted hyperparameters but not through ∂(features)/∂θ, the
+approximation of Andrychowicz et al. (2016) that avoids second derivatives of the gradient norm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..rules.base import GradFn, State, TensorList, per_tensor
+from .features import (
+    TENSOR_OPS,
+    TINY,
+    TINY_LOSS,
+    distance_floor,
+    distance_step_size,
+    progress,
+    signal_row,
+    symlog,
+    validity,
+)
+
+DIRECTIONS = ("sgd", "adam")
+#: ``"none"``: lr_t is the step size (the seed); ``"distance"``: lr_t multiplies DoG's d_t
+SCALES = ("none", "distance")
+
+
+def safe_sqrt(x: Tensor) -> Tensor:
+    """√x for x ≥ 0 whose derivative at 0 is 0 instead of ∞ (the double-``where`` trick)."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(),
+                       torch.zeros_like(x))
+
+
+def tensor_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Per-tensor 2-norms: one fused foreach kernel when no graph is needed, else plain ops.
+
+    (``torch._foreach_norm`` has no double-backward, so the differentiable path takes the loop.)
+    """
+    if not tensors:
+        return []
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return [torch.linalg.vector_norm(t) for t in tensors]
+    # A BLAS dot is a plain streaming read, ~2x faster on CPU than the norm kernel (measured by
+    # scripts/benchmarks/garo.py); norms past ~1e19 overflow to inf, which apply_ treats as a
+    # non-finite step.
+    return [torch.dot(t.reshape(-1), t.reshape(-1)).sqrt() for t in tensors]
+
+
+def segment_norms(norms: Sequence[Tensor], segment_ids: Optional[Tensor],
+                  num_segments: int) -> Tensor:
+    """(S,) 2-norms of each segment from per-tensor norms: sqrt(Σ_{i∈s} ‖x_i‖²)."""
+    if num_segments == 1:
+        return torch.linalg.vector_norm(torch.stack(list(norms))).reshape(1)
+    squares = torch.stack(list(norms)).square()
+    total = squares.new_zeros(num_segments).index_add(0, segment_ids, squares)
+    return total.sqrt()
+
+
+def _relative(controller) -> bool:
+    return getattr(controller, "features", "seed") == "relative"
+
+
+@dataclass(frozen=True)
+class GARORule:
+    """The GARO step as a pure function of (params, grads, state, controller).
+
+    Args:
+        direction: ``"sgd"`` (momentum SGD, the seed) or ``"adam"`` (RMS-normalised gradient).
+        beta2, eps: the second-moment decay and denominator guard of the ``"adam"`` direction.
+        feature_gradients: keep the graph from the parameters into the controller's features
+            (default False: features are detached, see the module docstring).
+        scale: ``"none"`` (lr_t is the step size, the seed) or ``"distance"`` (lr_t multiplies
+            the online estimate d_t; module docstring).
+
+    ``hyper`` keys for ``step``/``apply``:
+        ``controller`` (required): a ``GAROController`` or ``BoundController``;
+        ``lr``, ``weight_decay``: per-tensor multipliers of lr_t and wd_t (float or tensor,
+        default 1.0); ``segment_ids``: per-tensor segment index (default all 0).
+    """
+
+    direction: str = "sgd"
+    beta2: float = 0.999
+    eps: float = 1e-8
+    feature_gradients: bool = False
+    scale: str = "none"
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction: must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale: must be one of {SCALES}, got {self.scale!r}")
+        if not 0.0 <= self.beta2 < 1.0:
+            raise ValueError(f"beta2: must lie in [0, 1), got {self.beta2!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps: must be > 0, got {self.eps!r}")
+
+    @property
+    def per_tensor_keys(self) -> tuple[str, ...]:
+        """State entries that are lists with one tensor per parameter (the rest are global)."""
+        keys = ("momentum_buffer", "exp_avg_sq") if self.direction == "adam" \
+            else ("momentum_buffer",)
+        return keys + (("displacement",) if self.scale == "distance" else ())
+
+    def init_global(self, controller, num_segments: int = 1, device=None,
+                    horizon: Optional[int] = None) -> State:
+        """The per-run recurrent state: controller state, feature memories, step count.
+
+        ``horizon``: the run's total number of steps ``T`` when known (the progress input of
+        relative-feature controllers); stored as a float, 0 meaning unknown.
+        """
+        if horizon is not None and not (isinstance(horizon, int) and horizon >= 1):
+            raise ValueError(f"horizon: must be an int >= 1 or None, got {horizon!r}")
+        state = dict(controller.initial_state(num_segments, device))
+        ref = state["hidden"]
+        zeros = ref.new_zeros(num_segments)
+        state.update(step=torch.zeros((), dtype=torch.int64, device=ref.device),
+                     prev_log_grad_norm=zeros, prev_symlog_loss=zeros.clone(),
+                     loss_seen=ref.new_zeros(()), prev_update_ratio=zeros.clone(),
+                     lr=zeros.clone(), momentum=zeros.clone(), weight_decay=zeros.clone())
+        if _relative(controller):
+            state.update(ref_log_grad_norm=zeros.clone(), ref_loss=ref.new_ones(()),
+                         horizon=ref.new_tensor(float(horizon or 0)))
+        if self.scale == "distance":
+            state.update(distance_max=zeros.clone())
+        return state
+
+    def init_tensor_state(self, param: Tensor) -> dict[str, Tensor]:
+        """The state of one parameter tensor (zero buffers)."""
+        return {k: torch.zeros_like(param, memory_format=torch.preserve_format)
+                for k in self.per_tensor_keys}
+
+    def init(self, params: Sequence[Tensor], controller, num_segments: int = 1,
+             horizon: Optional[int] = None) -> State:
+        """Full state: ``init_global`` plus per-tensor lists under ``per_tensor_keys``."""
+        device = params[0].device if params else None
+        state = self.init_global(controller, num_segments, device, horizon)
+        for key in self.per_tensor_keys:
+            state[key] = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                          for p in params]
+        return state
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+        """The ``Rule`` interface: evaluate ``grad_fn`` at ``params``, then ``apply``."""
+        loss, grads = grad_fn(params)
+        return self.apply(params, grads, state, hyper, loss=loss)
+
+    def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
+              hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
+              grad_norms: Optional[Sequence[Tensor]] = None) -> tuple[TensorList, State]:
+        """One GARO step from given gradients (``loss`` optional; ``grad_norms`` if known).
+
+        Pure and differentiable: the path of meta-training unrolls and of higher.
+        """
+        ctx = self._control(params, grads, state, hyper, loss, grad_norms)
+        params, grads, out, ids = ctx["params"], ctx["grads"], ctx["out"], ctx["ids"]
+
+        def pick(values: Tensor, i: int) -> Tensor:
+            return values[ids[i]].to(params[i].dtype)
+
+        new_params, new_state = [], {k: [] for k in self.per_tensor_keys}
+        directions, step_sizes = [], []
+        bias_correction2 = None
+        if self.direction == "adam":
+            bias_correction2 = 1 - self.beta2 ** (state["step"] + 1).to(params[0].dtype)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            lr_i = pick(ctx["step_size"], i) * ctx["lr_mult"][i]
+            mom_i = pick(out.momentum, i)
+            wd_i = pick(out.weight_decay, i) * ctx["wd_mult"][i]
+            buf = state["momentum_buffer"][i]
+            if self.direction == "sgd":
+                buf = torch.addcmul(torch.addcmul(g, p, wd_i), buf, mom_i)
+                direction = buf
+            else:
+                v = state["exp_avg_sq"][i] * self.beta2 + (1 - self.beta2) * g * g
+                new_state["exp_avg_sq"].append(v)
+                u = g / (safe_sqrt(v / bias_correction2) + self.eps * pick(ctx["eps_scale"], i))
+                buf = torch.addcmul(u, buf, mom_i)
+                direction = torch.addcmul(buf, p, wd_i)
+            new_state["momentum_buffer"].append(buf)
+            new_params.append(torch.addcmul(p, direction, lr_i, value=-1))
+            if self.scale == "distance":
+                new_state["displacement"].append(
+                    torch.addcmul(state["displacement"][i], direction, lr_i, value=-1))
+            directions.append(direction)
+            step_sizes.append(lr_i.abs())
+        # ‖Δθ_i‖ = |a_i|·‖direction_i‖, read by the next step's update-ratio feature
+        step_norms = [a * d for a, d in zip(step_sizes, tensor_norms(directions))]
+        result = self._finish(ctx, state, step_norms)
+        result.update(new_state)
+        return new_params, result
+
+    @torch.no_grad()
+    def apply_(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
+               hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
+               grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[State]:
+        """The runtime fast path: ``apply`` computed in place with fused foreach kernels.
+
+        Mutates ``params`` and the per-tensor buffers in ``state``; returns the new state, or
+        None — touching nothing — when a gradient (or the loss) is not finite. Those values never
+        reach the controller: its non-finite inputs are zeroed on such a step and its output
+        discarded.
+        The controller's outputs come to the host once per step (with the features, whose
+        finiteness decides the skip) so the updates run as foreach ops with Python scalars,
+        tensors grouped by equal (lr, momentum, weight decay); the step count and the other
+        gradient-independent inputs are read on the host first. Implemented in
+        ``metaopt.garo.runtime`` with as few tensor ops as it can (small models are
+        dispatch-bound); ``tests/garo/test_rule.py`` and ``test_runtime.py`` prove in
+        float64 that this path equals ``apply``.
+        """
+        from .runtime import apply_inplace  # (it imports this module's constants)
+        return apply_inplace(self, params, grads, state, hyper, loss, grad_norms)
+
+    # -- shared by both paths ----------------------------------------------------------------------
+    def _control(self, params, grads, state, hyper, loss, grad_norms) -> dict:
+        """Features and the controller step (steps 1–2 of the module docstring)."""
+        params, grads = list(params), list(grads)
+        n = len(params)
+        if n == 0:
+            raise ValueError("params: GARORule.apply needs at least one tensor")
+        controller = hyper["controller"]
+        hidden = state["hidden"]
+        num_segments = hidden.shape[0]
+        ids = list(hyper.get("segment_ids") or [0] * n)
+        if len(ids) != n:
+            raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
+        ids_t = None if num_segments == 1 else torch.tensor(ids, device=hidden.device)
+        step = state["step"]
+
+        if grad_norms is None:
+            grad_norms = tensor_norms(grads)
+        gnorm = segment_norms(grad_norms, ids_t, num_segments)
+        pnorm = segment_norms(tensor_norms(params), ids_t, num_segments)
+        if not self.feature_gradients:
+            gnorm, pnorm = gnorm.detach(), pnorm.detach()
+        ctrl_dtype = hidden.dtype
+        relative = _relative(controller)
+        log_gnorm = torch.log(gnorm.to(ctrl_dtype) + TINY)
+        started = (step > 0).to(ctrl_dtype).expand(num_segments)
+        ones = torch.ones_like(log_gnorm)
+        extra = {}
+        if relative:  # log ‖g‖ − log ‖g_0‖: the first step sets the reference
+            extra["ref_log_grad_norm"] = torch.where(started > 0, state["ref_log_grad_norm"],
+                                                     log_gnorm)
+        if loss is not None:
+            loss_value = (loss if self.feature_gradients else loss.detach()).reshape(())
+            loss_value = loss_value.to(ctrl_dtype)
+            if relative:  # symlog(L / |L_0|): the first loss seen sets the reference
+                extra["ref_loss"] = torch.where(state["loss_seen"] > 0, state["ref_loss"],
+                                                loss_value.detach().abs() + TINY_LOSS)
+                loss_value = loss_value / extra["ref_loss"]
+            sym = symlog(loss_value).expand(num_segments)
+            has_loss, had_loss = ones, state["loss_seen"].expand(num_segments)
+        else:
+            sym = state["prev_symlog_loss"]
+            has_loss, had_loss = torch.zeros_like(ones), torch.zeros_like(ones)
+        ref = extra["ref_log_grad_norm"] if relative else torch.zeros_like(log_gnorm)
+        signal = torch.stack(signal_row(log_gnorm, ref, state["prev_log_grad_norm"], sym,
+                                        state["prev_symlog_loss"], state["prev_update_ratio"],
+                                        TENSOR_OPS), dim=1)
+        valid = torch.stack(validity(ones, started, has_loss, had_loss), dim=1)
+        args = (signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
+        if relative:
+            horizon = state["horizon"]
+            inputs = progress(step.to(ctrl_dtype), horizon, (horizon > 0).to(ctrl_dtype),
+                              TENSOR_OPS)
+            args += (torch.stack(inputs).expand(num_segments, 2),)
+        out = controller(*args)
+        # ε relative to the first gradient norm keeps the adam direction scale-free (module doc)
+        eps_scale = extra["ref_log_grad_norm"].exp() if relative else torch.ones_like(log_gnorm)
+        step_size = out.lr
+        if self.scale == "distance":
+            extra["distance_max"] = self._distance_max(params, state, ids_t, num_segments,
+                                                       pnorm, started)
+            step_size = distance_step_size(out.lr, extra["distance_max"], step.to(ctrl_dtype),
+                                           TENSOR_OPS)
+        return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
+                    step_size=step_size,
+                    lr_mult=per_tensor(hyper.get("lr", 1.0), n),
+                    wd_mult=per_tensor(hyper.get("weight_decay", 1.0), n),
+                    log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra,
+                    eps_scale=eps_scale.detach())
+
+    def _distance_max(self, params, state, ids_t, num_segments, pnorm, started) -> Tensor:
+        """r̄_t = max(r̄_{t−1}, ‖δ‖_s/√n_s), r̄_0 = r_ε (module docstring), per segment."""
+        dtype = state["hidden"].dtype
+        sizes = torch.tensor([float(p.numel()) for p in params], dtype=dtype,
+                             device=state["hidden"].device)
+        numel = sizes.sum().reshape(1) if num_segments == 1 else \
+            sizes.new_zeros(num_segments).index_add(0, ids_t, sizes)
+        root_n = numel.clamp_min(1).sqrt()
+        rms = segment_norms(tensor_norms(state["displacement"]), ids_t, num_segments)
+        floor = distance_floor(pnorm.to(dtype) / root_n)
+        return torch.where(started > 0,
+                           torch.maximum(state["distance_max"], rms.to(dtype) / root_n), floor)
+
+    def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
+        """The new global state (step 4); segments without tensors this step keep theirs."""
+        out, ids_t, hidden = ctx["out"], ctx["ids_t"], state["hidden"]
+        num_segments = hidden.shape[0]
+        update_norm = segment_norms(step_norms, ids_t, num_segments)
+        if not self.feature_gradients:
+            update_norm = update_norm.detach()
+        active = None
+        if num_segments > 1:
+            active = torch.zeros(num_segments, dtype=torch.bool, device=hidden.device)
+            active[ids_t] = True
+
+        def keep(new: Tensor, old: Tensor) -> Tensor:
+            if num_segments == 1:  # the one segment is always active
+                return new
+            mask = active.view(-1, *([1] * (new.dim() - 1)))
+            return torch.where(mask, new, old)
+
+        ctrl_dtype = hidden.dtype
+        ratio = update_norm.to(ctrl_dtype) / (ctx["pnorm"].to(ctrl_dtype) + TINY)
+        result = dict(state)
+        result.update(
+            step=state["step"] + 1,
+            hidden=keep(out.hidden, hidden),
+            feature_mean=keep(out.feature_mean, state["feature_mean"]),
+            feature_var=keep(out.feature_var, state["feature_var"]),
+            prev_log_grad_norm=keep(ctx["log_gnorm"], state["prev_log_grad_norm"]),
+            prev_symlog_loss=keep(ctx["sym"], state["prev_symlog_loss"]),
+            loss_seen=torch.maximum(state["loss_seen"], ctx["has_loss"].max()),
+            prev_update_ratio=keep(ratio, state["prev_update_ratio"]),
+            lr=keep(ctx["step_size"], state["lr"]),
+            momentum=keep(out.momentum, state["momentum"]),
+            weight_decay=keep(out.weight_decay, state["weight_decay"]))
+        for key, value in ctx["extra"].items():  # the relative features' references
+            result[key] = keep(value, state[key]) if value.dim() else value
+        return result

@@ -1,0 +1,348 @@
+"""GARO's runtime step, ``GARORule.apply_``: ``GARORule.apply`` computed in place, in few ops.
+
+Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``; the math is that of
+``metaopt.garo.rule`` (module docstring there), which stays the reference: the pure ``apply``
+path of meta-training. On a small model a step is dispatch-bound (each tiny tensor op costs a
+few µs whatever its size, and on a warm training loop each *distinct* library entry costs more
+than its arithmetic), so this path runs as little code per step as it can:
+
+* the recurrent state stays on the host between steps (``HostState``: floats rounded to the
+  state's dtype, the hidden state one array); tensors are built only when the state is read;
+* one foreach norm call per step for the gradients, the parameters and the previous step's
+  update directions (a BLAS dot for tensors from ``_DOT_NUMEL`` elements on), and one host
+  read of the results: a step leaves its update norm to the next one (``PendingUpdateNorm``)
+  when its directions are the momentum buffers or the model is small (``_DEFER_NUMEL``), and
+  reads it itself otherwise, so keeping them never costs a large model memory;
+* the features, step embedding, validity mask, progress, the relative features' references,
+  the ε scale and Adam's bias correction are host floats, and a non-finite gradient or loss
+  skips the step before the controller runs;
+* the controller runs on the host (``metaopt.garo.controller_host``: NumPy, fused GRU and
+  heads) when it is a stock ``GAROController``, through its own ``forward`` otherwise;
+* then foreach updates with Python scalars, tensors grouped by equal hyperparameters
+  (``torch.optim.SGD``'s fused kernel for the sgd direction).
+
+On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
+controller's inputs must) and no controller kernels.
+
+It equals ``apply`` up to rounding: ``tests/garo/test_runtime.py`` checks it in float64,
+for both feature sets, both directions, with and without a loss, one and several segments.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .controller import GAROController
+from .controller_host import HostOutput, host_dtype, host_step
+from .features import (
+    HOST_OPS,
+    TINY,
+    TINY_LOSS,
+    distance_floor,
+    distance_step_size,
+    progress,
+    signal_row,
+    symlog,
+    validity,
+)
+from ..rules.base import State, per_tensor
+from .host_state import HostState, PendingUpdateNorm, host_array
+
+_DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
+# up to here (elements in all), the update directions of a step are kept until the next one reads
+# their norms with its own: one norm call and one host read per step instead of two
+_DEFER_NUMEL = 1 << 20
+
+
+def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """(len,) 2-norms without a graph: one ``_foreach_norm`` call, large tensors by BLAS dot."""
+    big = [i for i, t in enumerate(tensors) if t.numel() >= _DOT_NUMEL]
+    if not big:
+        return torch.stack(torch._foreach_norm(list(tensors)))
+    norms: list[Optional[Tensor]] = [None] * len(tensors)
+    small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_NUMEL]
+    if small:
+        for i, norm in zip(small, torch._foreach_norm([tensors[i] for i in small])):
+            norms[i] = norm
+    for i in big:
+        flat = tensors[i].reshape(-1)
+        norms[i] = torch.dot(flat, flat).sqrt()
+    return torch.stack(norms)
+
+
+def _fusable(*lists: Sequence[Tensor]) -> bool:
+    """Whether ``torch._fused_sgd_`` takes these lists: dense floating tensors of one dtype and
+    device (the kernel's own requirements)."""
+    first = lists[0][0]
+    return all(t.dtype == first.dtype and t.device == first.device and not t.is_sparse
+               for ts in lists for t in ts) and first.is_floating_point() and \
+        first.device.type in ("cpu", "cuda")
+
+
+def _segment_norms(squares: Sequence[float], ids: Sequence[int], num_segments: int) -> list[float]:
+    """Segment 2-norms from per-tensor squared norms (host floats)."""
+    total = [0.0] * num_segments
+    for s, sq in zip(ids, squares):
+        total[s] += sq
+    return [math.sqrt(t) for t in total]
+
+
+def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
+                  hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
+                  grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[State]:
+    """``GARORule.apply_`` (see its docstring; it runs this under ``torch.no_grad``): the state
+    as tensors, through ``host_apply``."""
+    new = host_apply(rule, params, grads, state, HostState.from_tensors(state), hyper, loss,
+                     grad_norms)
+    if new is None:
+        return None
+    result = dict(state)
+    result.update(settle(new).to_tensors())
+    return result
+
+
+def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
+               buffers: Mapping[str, Sequence[Tensor]], host: HostState,
+               hyper: Mapping[str, Any], loss: Optional[Union[Tensor, float]] = None,
+               grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[HostState]:
+    """One in-place GARO step with the global state on the host (``HostState``).
+
+    ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
+    ``params``; ``loss``: a scalar tensor or float. Returns the new global state, or None —
+    touching nothing — when a gradient, the loss or the controller's output is not finite.
+    """
+    params, grads = list(params), list(grads)
+    n = len(params)
+    if n == 0:
+        raise ValueError("params: GARORule.apply needs at least one tensor")
+    controller = hyper["controller"]
+    S = host.num_segments
+    ids = list(hyper.get("segment_ids") or [0] * n)
+    if len(ids) != n:
+        raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
+    relative = host.ref_log_grad_norm is not None
+    if relative != (getattr(controller, "features", "seed") == "relative"):
+        raise ValueError("state: made for a controller with other features (init it again)")
+    np_dtype = host_dtype(host.dtype)
+    step, started, loss_seen = host.step, host.step > 0, host.loss_seen
+    has_loss = loss is not None
+    ref_loss = host.ref_loss
+    if has_loss:
+        value = float(np_dtype.type(float(loss)))  # (the loss read in the controller's dtype)
+        if relative:  # symlog(L / |L_0|): the first loss seen sets the reference
+            if not loss_seen:
+                ref_loss = float(np_dtype.type(abs(value) + TINY_LOSS))
+            value /= ref_loss
+        sym = [symlog(value, HOST_OPS)] * S
+    else:
+        sym = host.prev_symlog_loss
+
+    # 1. features, per segment, from the segment norms of gradients and parameters (and of the
+    # last step's directions, when it left them to be read here: ``PendingUpdateNorm``)
+    pending = host.pending
+    scaled = rule.scale == "distance"
+    displacements = list(buffers["displacement"]) if scaled else []
+    tensors = params + displacements + (pending.directions if pending is not None else [])
+    if grad_norms is None:
+        norms = fused_norms(grads + tensors).tolist()
+    else:
+        norms = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
+                           fused_norms(tensors)]).tolist()
+    squares = [v * v for v in norms[:2 * n]]
+    gnorms, pnorms = _segment_norms(squares[:n], ids, S), _segment_norms(squares[n:], ids, S)
+    k = (3 if scaled else 2) * n
+    prev_ratio = host.prev_update_ratio if pending is None else update_ratios(host, norms[k:])
+    log_g = [HOST_OPS.log(g + TINY) for g in gnorms]  # (NaN stays NaN)
+    # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
+    refs = (host.ref_log_grad_norm if started else log_g) if relative else [0.0] * S
+    prev_lg, prev_sym = host.prev_log_grad_norm, host.prev_symlog_loss
+    rows = [signal_row(log_g[s], refs[s], prev_lg[s], sym[s], prev_sym[s], prev_ratio[s],
+                       HOST_OPS) for s in range(S)]
+    # A non-finite gradient or loss shows as a non-finite feature (an overflowing norm too):
+    # skip the step before anything moves; such a value never reaches the controller.
+    if not all(math.isfinite(v) for row in rows for v in row):
+        return None
+
+    # 2. the controller, on the host (metaopt.garo.controller_host)
+    s, h_ = float(started), float(has_loss)
+    valid = validity(1.0, s, h_, float(loss_seen))
+    inputs = progress(float(step), host.horizon, float(host.horizon > 0), HOST_OPS) \
+        if relative else None
+    if type(controller).forward is GAROController.forward:
+        out = host_step(controller, rows, valid, step, inputs, host.hidden,
+                        host.feature_mean, host.feature_var)
+    else:  # any other controller (e.g. a BoundController) through its own forward
+        out = _forward(controller, rows, valid, inputs, host)
+    # Skip equally when the controller itself emits a non-finite lr/momentum/decay (e.g.
+    # corrupted weights): parameters must never go NaN.
+    if not all(math.isfinite(v) for v in out.lr + out.momentum + out.weight_decay):
+        return None
+    # ε relative to the first gradient norm keeps the adam direction scale-free
+    eps_scales = [math.exp(r) for r in refs] if relative and rule.direction == "adam" \
+        else [1.0] * S
+    lrs, distance_max = out.lr, None
+    if scaled:  # scale-free GARO: lr_t multiplies DoG's d_t = r̄_t / √(t+1)
+        distance_max = _distance_max(host, params, ids, pnorms, norms[2 * n:3 * n])
+        lrs = [distance_step_size(c, r, step, HOST_OPS) for c, r in zip(out.lr, distance_max)]
+
+    # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
+    directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
+                                     eps_scales, step)
+
+    # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
+    # read by the next step with its own norms where keeping the directions costs no memory
+    # (they are the momentum buffers) or little (a small model); now otherwise.
+    pending = PendingUpdateNorm(directions, step_sizes, ids, pnorms)
+    ratios = [math.nan] * S  # (until read: ``settle``)
+    if not (all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
+            sum(d.numel() for d in directions) <= _DEFER_NUMEL):
+        ratios = update_ratios(host, fused_norms(directions).tolist(), pending)
+        pending = None
+    # every new float rounded to the state's dtype at once (what a checkpoint would hold)
+    stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
+    flat = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
+                         *refs, *(distance_max or [0.0] * S), *stats])
+    keys = ("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
+            "prev_update_ratio", "ref_log_grad_norm", "distance_max")
+    new = {key: flat[k * S:(k + 1) * S] for k, key in enumerate(keys)}
+    F = len(stats) // (2 * S)
+    stats = flat[len(keys) * S:]
+    new["feature_mean"] = [stats[s * F:(s + 1) * F] for s in range(S)]
+    new["feature_var"] = [stats[(S + s) * F:(S + s + 1) * F] for s in range(S)]
+    new["hidden"] = out.hidden
+    if not relative:
+        new["ref_log_grad_norm"] = None
+    if not scaled:
+        new["distance_max"] = None
+    active = set(ids)
+    if len(active) < S:  # segments without tensors this step keep theirs
+        idle = [s not in active for s in range(S)]
+        for key, value in new.items():
+            old = prev_ratio if key == "prev_update_ratio" else getattr(host, key)
+            if key == "hidden":
+                new[key] = np.where(np.array(idle)[:, None], old, value)
+            elif value is not None:
+                new[key] = [o if k else v for k, v, o in zip(idle, value, old)]
+    return HostState(dtype=host.dtype, device=host.device, step=step + 1,
+                     loss_seen=loss_seen or has_loss, ref_loss=ref_loss if relative else None,
+                     horizon=host.horizon, pending=pending, **new)
+
+
+def _distance_max(host: HostState, params, ids, pnorms, displacement_norms) -> list[float]:
+    """``r̄_t`` per segment (``GARORule._distance_max``) from the displacements' norms."""
+    S = host.num_segments
+    numel = [0] * S
+    for p, s in zip(params, ids):
+        numel[s] += p.numel()
+    root_n = [math.sqrt(max(m, 1)) for m in numel]
+    rms = [d / r for d, r in zip(_segment_norms([v * v for v in displacement_norms], ids, S),
+                                 root_n)]
+    if host.step == 0:
+        return host.rounded([distance_floor(p / r) for p, r in zip(pnorms, root_n)])
+    return host.rounded([max(prev, x) for prev, x in zip(host.distance_max, rms)])
+
+
+def update_ratios(host: HostState, direction_norms: Sequence[float],
+                  pending: Optional[PendingUpdateNorm] = None) -> list[float]:
+    """``‖Δθ‖_s / ‖θ‖_s`` of a step (``pending``, default ``host``'s) from its directions' norms,
+    rounded to the state's dtype; segments the step did not update keep ``host``'s ratio."""
+    pending = pending or host.pending
+    S = host.num_segments
+    update_norms = _segment_norms([(a * d) ** 2 for a, d in zip(
+        pending.step_sizes, direction_norms)], pending.segment_ids, S)
+    ratios = host.rounded([u / (p + TINY) for u, p in zip(update_norms, pending.param_norms)])
+    if S > 1:
+        active = set(pending.segment_ids)
+        ratios = [r if s in active else o for s, (r, o) in
+                  enumerate(zip(ratios, host.prev_update_ratio))]
+    return ratios
+
+
+def settle(host: HostState) -> HostState:
+    """``host`` with a pending update norm read now (what ``to_tensors`` needs)."""
+    if host.pending is None:
+        return host
+    return replace(host, prev_update_ratio=update_ratios(
+        host, fused_norms(host.pending.directions).tolist()), pending=None)
+
+
+def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
+    """A controller that is not a stock ``GAROController`` through its own ``forward``."""
+    state = host.to_tensors()
+    x = torch.tensor(rows, dtype=host.dtype, device=host.device)
+    args = [x, x.new_tensor(valid).expand(x.shape[0], -1), state["step"], state["hidden"],
+            state["feature_mean"], state["feature_var"]]
+    if progress is not None:
+        args.append(x.new_tensor(progress).expand(x.shape[0], -1))
+    out = controller(*args)
+    return HostOutput(lr=out.lr.tolist(), momentum=out.momentum.tolist(),
+                      weight_decay=out.weight_decay.tolist(),
+                      hidden=host_array(out.hidden),
+                      feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
+
+
+def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step):
+    """Step 3 in place (``lrs``: the step sizes per segment); returns (directions, step sizes
+    |a_i|) for the update norms."""
+    n = len(params)
+    moms, wds = out.momentum, out.weight_decay
+    lr_mult = per_tensor(hyper.get("lr", 1.0), n)
+    wd_mult = per_tensor(hyper.get("weight_decay", 1.0), n)
+    buckets: dict[tuple, list[int]] = {}
+    for i, s_i in enumerate(ids):
+        key = (lrs[s_i] * float(lr_mult[i]), moms[s_i], wds[s_i] * float(wd_mult[i]),
+               rule.eps * eps_scales[s_i])
+        buckets.setdefault(key, []).append(i)
+    directions: list[Optional[Tensor]] = [None] * n
+    step_sizes = [0.0] * n
+    sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
+    momentum_buffers = buffers["momentum_buffer"]
+    for (lr, mom, wd, eps), index in buckets.items():
+        ps = [params[i] for i in index]
+        gs = [grads[i] for i in index]
+        bufs = [momentum_buffers[i] for i in index]
+        if rule.direction == "sgd":
+            if mom != 0.0 and _fusable(ps, gs, bufs):
+                # torch.optim.SGD's fused kernel is this step exactly (zero-started buffers):
+                # b ← μ·b + (g + λ·θ), θ ← θ − a·b, one pass, one call
+                torch._fused_sgd_(ps, gs, bufs, weight_decay=wd, momentum=mom, lr=lr,
+                                  dampening=0.0, nesterov=False, maximize=False,
+                                  is_first_step=False)
+                _displace(buffers, index, bufs, lr)
+                for i, b in zip(index, bufs):
+                    directions[i], step_sizes[i] = b, abs(lr)
+                continue
+            if mom == 0.0:  # (the fused kernel then keeps no buffer) b ← g
+                torch._foreach_copy_(bufs, gs)
+            else:  # b ← g + μ·b in one pass (out= may alias an elementwise input)
+                for g, b in zip(gs, bufs):
+                    torch.add(g, b, alpha=mom, out=b)
+            if wd != 0.0:
+                torch._foreach_add_(bufs, ps, alpha=wd)
+            dirs = bufs
+        else:
+            vs = [buffers["exp_avg_sq"][i] for i in index]
+            torch._foreach_mul_(vs, rule.beta2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - rule.beta2)
+            # g / (√(v / c) + ε) = √c · g / (√v + ε√c), c = 1 − β₂^{t+1}: one op fewer
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, eps * sqrt_bias_correction2)
+            torch._foreach_mul_(bufs, mom)
+            torch._foreach_addcdiv_(bufs, gs, denom, value=sqrt_bias_correction2)
+            dirs = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
+        torch._foreach_add_(ps, dirs, alpha=-lr)
+        _displace(buffers, index, dirs, lr)
+        for i, d in zip(index, dirs):
+            directions[i], step_sizes[i] = d, abs(lr)
+    return directions, step_sizes
+
+
+def _displace(buffers, index, directions, lr: float) -> None:
+    """δ_i ← δ_i − a·direction_i: the displacement the scale-free step size reads."""
+    if "displacement" in buffers:
+        torch._foreach_add_([buffers["displacement"][i] for i in index], directions, alpha=-lr)

@@ -1,0 +1,361 @@
+"""``HybridGDODE``: per step, a gradient-descent update or an ODE-integrator update.
+
+The hybrid GD/ODE optimizer (see docs/architecture.md). A torch.optim adapter over ``metaopt.hybrid.rule.HybridRule``
+(the switching criteria and the mode-switch update live there; the GD directions in
+``rules/sgd.py``, ``adam.py``, ``rmsprop.py``; the ODE steps in ``rules/runge_kutta.py``,
+``step_size_control.py``, ``gradient_flow.py``, ``nesterov_flow.py``)::
+
+    opt = HybridGDODE(model.parameters(), lr=0.05, gd="sgd", ode="rk4")   # heuristic policy
+    opt.step(closure)            # the closure is re-evaluated at the ODE's stage points
+    opt.mode, opt.last_trace     # "gd" | "ode"; gate, criteria, gradient evaluations so far
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..hub_mixin import PretrainedOptimizerMixin
+from ..registry import match_name
+from .policy import PolicyGate, SwitchingPolicy
+from ..rules.adam import AdamRule
+from ..rules.gradient_flow import GradientFlowRule
+from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
+from ..rules.nesterov_flow import NesterovFlowRule
+from ..rules.rmsprop import RMSpropRule
+from ..rules.runge_kutta import RungeKuttaRule
+from ..rules.sgd import SGDRule
+from ..rules.step_size_control import AdaptiveRungeKuttaRule
+from ..rules.tableaus import TABLEAUS
+from ..optim._checked_state import (
+    CheckedStateLoad,
+    StateDictError,
+    check_counter,
+    check_tensor_like,
+)
+from ..optim._grad_evals import GradEvalCounter
+from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
+from ..optim._rule_optimizer import ClosureGradient, check_non_negative, check_positive
+
+GD_METHODS = ("sgd", "adam", "rmsprop")
+ODE_METHODS = tuple(sorted(TABLEAUS)) + ("gradient_flow", "nesterov_flow")
+POLICIES = ("heuristic", "gd", "ode")
+
+
+def make_gd_rule(gd: str, betas=(0.9, 0.999), alpha: float = 0.99, eps: float = 1e-8):
+    """The GD module by name, spelt as in the optimizer registry (``"sgd"``, ``"Adam"``, ...)."""
+    gd = match_name(gd, GD_METHODS, "gd")
+    if gd == "sgd":
+        return SGDRule()
+    if gd == "adam":
+        return AdamRule(beta1=betas[0], beta2=betas[1], eps=eps)
+    if gd == "rmsprop":
+        return RMSpropRule(alpha=alpha, eps=eps)
+    raise AssertionError(gd)  # match_name returned a name of GD_METHODS
+
+
+def make_ode_rule(ode: str, rtol: float = 1e-3, atol: float = 1e-6, t0: float = 1.0):
+    """The ODE module by name: any Butcher tableau (adaptive pairs get error control), or a
+    torchdiffeq flow (``gradient_flow`` with dopri5, ``nesterov_flow``), in any spelling the
+    optimizer registry accepts (``"RK4"``, ``"rk4"``)."""
+    ode = match_name(ode, ODE_METHODS, "ode")
+    if ode == "gradient_flow":
+        return GradientFlowRule("dopri5", rtol=rtol, atol=atol)
+    if ode == "nesterov_flow":
+        return NesterovFlowRule("dopri5", rtol=rtol, atol=atol, t0=t0)
+    if ode in TABLEAUS:
+        if TABLEAUS[ode].adaptive:
+            return AdaptiveRungeKuttaRule(ode, rtol=rtol, atol=atol)
+        return RungeKuttaRule(ode)
+    raise AssertionError(ode)  # match_name returned a name of ODE_METHODS
+
+
+def _split(state: dict) -> tuple[dict, dict]:
+    """Per-parameter lists vs optimizer-wide values of a (one-level nested) rule state."""
+    per_param, shared = {}, {}
+    for key, value in state.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in items:
+            name = key if sub is None else f"{key}.{sub}"
+            (per_param if isinstance(v, list) else shared)[name] = v
+    return per_param, shared
+
+
+def _join(flat: dict) -> dict:
+    out: dict = {}
+    for name, value in flat.items():
+        if "." in name:
+            key, sub = name.split(".", 1)
+            out.setdefault(key, {})[sub] = value
+        else:
+            out[name] = value
+    return out
+
+
+class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimizerMixin,
+                  torch.optim.Optimizer):
+    r"""Chooses per step between a GD module and an ODE module (``metaopt.hybrid.rule``).
+
+    Args:
+        lr: the GD step (group key). ``ode_scale`` (group key): the ODE step is h = lr·ode_scale,
+            so LR schedulers scale both modules.
+        gd: ``"sgd"`` (momentum), ``"adam"`` or ``"rmsprop"``; ``momentum``, ``weight_decay``
+            (group keys), ``betas``, ``alpha``, ``eps`` as in torch.optim.
+        ode: a tableau (``rk4``, ``heun``, ``ralston``, ``midpoint``, ``rk4_38``, ``euler``…;
+            ``bosh3``/``dopri5`` with error control: ``rtol``, ``atol``), ``gradient_flow`` or
+            ``nesterov_flow`` (``t0``).
+        policy: ``"heuristic"`` (``HeuristicSwitch`` with ``criteria``, ``grad_threshold``,
+            ``curvature_threshold``, ``stagnation_threshold``, ``hysteresis``), ``"gd"``/``"ode"``
+            (one module only), or a ``SwitchingPolicy`` (learned; ODE when p > 0.5).
+        min_dwell, window, ode_cfl, curvature (``"secant"``/``"lanczos"``), probe_every, probe_iters:
+            see ``HybridRule``. ``record_trace``: keep every step's trace in ``history``.
+
+    ``step(closure)`` needs a closure whenever an ODE step may run (any policy but ``"gd"``, or
+    the Lanczos probe); with ``policy="gd"`` it works from ``p.grad`` like torch.optim.SGD.
+    ``num_grad_evals`` (alias ``gradient_evaluations``) counts closure calls (one per step from
+    ``p.grad``). ``state_dict()`` carries both modules' state and the switch's memories (mode,
+    dwell, loss window), so a resume is bit-exact; ``load_state_dict`` validates all of it
+    before it changes anything.
+
+    Non-finite steps (the policy shared with every metaopt optimizer, ``metaopt.optim._guard``):
+    a step whose loss, gradient or new parameters are not finite is refused — parameters, both
+    modules' state and the switch's memories stay those of the last finite step, a
+    ``RuntimeWarning`` says so, and after ``max_consecutive_skips`` refusals in a row ``step``
+    raises ``FloatingPointError``.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, *, gd: str = "sgd", momentum: float = 0.9,
+                 weight_decay: float = 0.0, betas=(0.9, 0.999), alpha: float = 0.99,
+                 eps: float = 1e-8, ode: str = "rk4", ode_scale: float = 1.0, rtol: float = 1e-3,
+                 atol: float = 1e-6, t0: float = 1.0,
+                 policy: str | SwitchingPolicy = "heuristic",
+                 criteria=CRITERIA, grad_threshold: float = 1e-2,
+                 curvature_threshold: float = 2.0, stagnation_threshold: float = 1e-3,
+                 hysteresis: float = 2.0, min_dwell: int = 5, window: int = 10,
+                 ode_cfl: float = 1.0,
+                 curvature: str = "secant", probe_every: int = 10, probe_iters: int = 5,
+                 record_trace: bool = False, max_consecutive_skips: int = 20):
+        check_non_negative("lr", lr)
+        check_non_negative("weight_decay", weight_decay)
+        check_non_negative("ode_scale", ode_scale)
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+            raise ValueError(f"momentum: must lie in [0, 1), got {momentum!r}")
+        for name, value in (("rtol", rtol), ("atol", atol), ("t0", t0)):
+            check_positive(name, value)
+        gd_rule = make_gd_rule(gd, betas, alpha, eps)
+        ode_rule = make_ode_rule(ode, rtol, atol, t0)
+        heuristic = HeuristicSwitch(tuple(criteria), grad_threshold, curvature_threshold,
+                                    stagnation_threshold, hysteresis)  # validated whatever policy
+        if isinstance(policy, SwitchingPolicy):
+            self.policy_module: SwitchingPolicy | None = policy
+            gate = PolicyGate(policy, hard=True)
+        elif policy == "heuristic":
+            self.policy_module, gate = None, heuristic
+        elif policy in ("gd", "ode"):
+            self.policy_module, gate = None, ConstantSwitch(1.0 if policy == "ode" else 0.0)
+        else:
+            raise ValueError(f"policy: must be one of {POLICIES} or a SwitchingPolicy, "
+                             f"got {policy!r}")
+        rule = HybridRule(gd_rule, ode_rule, min_dwell=min_dwell, window=window,
+                          curvature=curvature, probe_every=probe_every, probe_iters=probe_iters,
+                          ode_cfl=ode_cfl)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      ode_scale=ode_scale))
+        self.rule, self.gate, self.policy_name = rule, gate, \
+            policy if isinstance(policy, str) else "learned"
+        self.needs_closure = policy != "gd" or curvature == "lanczos"
+        self.config = dict(gd=gd, ode=ode, betas=list(betas), alpha=alpha, eps=eps, rtol=rtol,
+                           atol=atol, t0=t0, criteria=list(criteria),
+                           grad_threshold=grad_threshold, curvature_threshold=curvature_threshold,
+                           stagnation_threshold=stagnation_threshold, hysteresis=hysteresis,
+                           min_dwell=min_dwell, window=window, ode_cfl=ode_cfl,
+                           curvature=curvature,
+                           probe_every=probe_every, probe_iters=probe_iters)
+        self.hybrid_state: dict[str, Any] = {}
+        self.gradient_evaluations = 0
+        self.record_trace = record_trace
+        self.history: list[dict[str, float]] = []
+        self._init_non_finite(max_consecutive_skips)
+
+    def add_param_group(self, param_group: dict) -> None:
+        params = param_group["params"]
+        if not isinstance(params, set):  # (torch.optim refuses sets itself)
+            params = [params] if isinstance(params, Tensor) else list(params)
+            param_group["params"] = params
+        if any(isinstance(p, Tensor) and p.is_complex() for p in params):
+            raise ValueError("params: HybridGDODE does not support complex parameters (its "
+                             "switching features order real norms and losses); optimise the "
+                             "real and imaginary parts as real tensors (torch.view_as_real)")
+        for key in ("lr", "weight_decay", "ode_scale"):
+            if key in param_group:
+                check_non_negative(key, param_group[key])
+        if "momentum" in param_group and not 0 <= param_group["momentum"] < 1:
+            raise ValueError(f"momentum: must lie in [0, 1), got {param_group['momentum']!r}")
+        super().add_param_group(param_group)
+
+    # -- observability -------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """The mode of the last step (``"gd"`` before the first)."""
+        mode = self.hybrid_state.get("mode")
+        return "ode" if mode is not None and float(mode) > 0.5 else "gd"
+
+    @property
+    def last_trace(self) -> dict[str, float]:
+        """Mode, gate probability, criterion values and gradient evaluations of the last step."""
+        if not self.hybrid_state:
+            return {}
+        out = {k: float(v) for k, v in trace(_join(self.hybrid_state)).items()}
+        out["gradient_evaluations"] = float(self.gradient_evaluations)
+        return out
+
+    # -- the step ------------------------------------------------------------------------------
+    def _active(self):
+        params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr")}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("HybridGDODE does not support sparse gradients")
+                params.append(p)
+                for k in ("lr", "momentum", "weight_decay"):
+                    hyper[k].append(group[k])
+                hyper["ode_lr"].append(group["lr"] * group["ode_scale"])
+        return params, hyper
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None):
+        if closure is None and self.needs_closure:
+            raise RuntimeError(
+                "HybridGDODE.step() needs a closure (zero the grads, recompute the loss, call "
+                "backward, return the loss) because an ODE step may run and evaluates gradients "
+                "at its stage points; only policy='gd' steps from p.grad alone")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = check_loss(closure(), "HybridGDODE.step")
+        self.gradient_evaluations += 1  # the closure's, or the caller's backward into p.grad
+        params, h = self._active()
+        if not params:
+            return loss
+        start_grads = [p.grad for p in params]
+        if not (loss_is_finite(loss) and all_finite(start_grads)):
+            self._refuse_step("loss or gradient")
+            return loss
+        snapshot = list(torch._foreach_mul(params, 1.0))
+        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
+        if closure is not None:
+            for p in params:
+                p.grad = None
+            grad_fn = ClosureGradient(params, closure, loss_t, start_grads)
+            grad_fn.start = snapshot
+        else:
+            def grad_fn(points):
+                return loss_t, start_grads
+        fresh_lists, fresh_shared = _split(self.rule.init(params))
+        per_param = {k: [self.state[p].get(k, v) for p, v in zip(params, fresh)]
+                     for k, fresh in fresh_lists.items()}
+        shared = {k: self.hybrid_state.get(k, v) for k, v in fresh_shared.items()}
+        state = _join({**per_param, **shared})
+        for module in ("gd", "ode"):  # a stateless module (fixed-step RK) has no entries
+            state.setdefault(module, {})
+        hyper = {"gd": {"lr": h["lr"], "momentum": h["momentum"],
+                        "weight_decay": h["weight_decay"]},
+                 "ode": {"lr": h["ode_lr"], "weight_decay": h["weight_decay"]},
+                 "policy": self.gate, "stability_lr": float(max(h["lr"]))}
+        try:
+            new_params, new_state = self.rule.step(snapshot, grad_fn, state, hyper)
+        except FloatingPointError:  # an ODE solve met a non-finite field: a refused step below
+            new_params, new_state = [torch.full_like(snapshot[0], math.nan)], None
+        finally:
+            torch._foreach_copy_(params, snapshot)  # a failed step leaves θ where it was
+            for p, g in zip(params, start_grads):
+                p.grad = g
+        if closure is not None:
+            self.gradient_evaluations += grad_fn.evaluations
+        if not all_finite(list(new_params)):  # θ is still the snapshot: refuse the step
+            self._refuse_step("update")
+            return loss
+        torch._foreach_copy_(params, list(new_params))
+        self._accept_step()
+        lists, shared = _split(new_state)
+        for key, values in lists.items():
+            for p, v in zip(params, values):
+                # θ's gradient is handed back in p.grad; a closure may zero it in place, so the
+                # secant's memory keeps its own copy.
+                self.state[p][key] = v.clone() if v is p.grad else v
+        self.hybrid_state = shared
+        if self.record_trace:
+            self.history.append(self.last_trace)
+        return loss
+
+    # -- persistence -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        out["hybrid"] = {"state": {k: v.clone() if isinstance(v, Tensor) else v
+                                   for k, v in self.hybrid_state.items()},
+                         "gradient_evaluations": self.gradient_evaluations}
+        if self.policy_module is not None:
+            out["hybrid"]["policy"] = {k: v.clone()
+                                       for k, v in self.policy_module.state_dict().items()}
+        return out
+
+    # validate-then-apply load_state_dict (CheckedStateLoad)
+    _extra_state_keys = {"hybrid": True}
+
+    def _param_state_template(self, param: Tensor) -> dict:
+        return {k: v[0] for k, v in _split(self.rule.init([param]))[0].items()}
+
+    def _check_extra_state(self, extra: dict):
+        hybrid, where = extra["hybrid"], "state_dict['hybrid']"
+        if not isinstance(hybrid, dict) or not isinstance(hybrid.get("state"), dict):
+            raise StateDictError(f"{where}: must be a dict with a 'state' dict")
+        evaluations = check_counter(f"{where}['gradient_evaluations']",
+                                    hybrid.get("gradient_evaluations"))
+        params = [p for group in self.param_groups for p in group["params"]]
+        template = _split(self.rule.init(params[:1]))[1]
+        unknown = sorted(map(str, set(hybrid["state"]) - set(template)))
+        if unknown:
+            raise StateDictError(f"{where}['state']: unknown keys {unknown} (the state of a "
+                                 f"HybridGDODE with other gd / ode modules?)")
+        device = params[0].device
+        state = {}
+        for key, value in hybrid["state"].items():
+            if isinstance(template[key], Tensor):
+                check_tensor_like(f"{where}['state'][{key!r}]", value, template[key])
+                value = value.to(device)
+            elif isinstance(value, Tensor) or not (value is None or isinstance(value, (int,
+                                                                                       float))):
+                raise StateDictError(f"{where}['state'][{key!r}]: expected a number, got "
+                                     f"{type(value).__name__}")
+            state[key] = value
+        policy = None
+        if "policy" in hybrid:
+            if self.policy_module is None:
+                raise StateDictError(f"{where}['policy']: switching-policy weights, but this "
+                                     f"optimizer's policy is {self.policy_name!r}")
+            twin = copy.deepcopy(self.policy_module)
+            try:  # on a twin: a refused load leaves the live policy as it was
+                twin.load_state_dict(hybrid["policy"])
+            except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise StateDictError(f"{where}['policy']: does not fit this optimizer's policy "
+                                     f"({type(error).__name__}: {first})") from None
+            policy = twin.state_dict()
+        return state, evaluations, policy
+
+    def _apply_extra_state(self, prepared) -> None:
+        self.hybrid_state, self.gradient_evaluations, policy = prepared
+        if policy is not None:
+            self.policy_module.load_state_dict(policy)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), **{k: getattr(self, k) for k in (
+            "rule", "gate", "policy_name", "policy_module", "needs_closure", "config",
+            "hybrid_state", "gradient_evaluations", "record_trace", "history",
+            "skipped_steps", "consecutive_skips", "max_consecutive_skips")}}

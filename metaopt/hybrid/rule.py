@@ -1,0 +1,283 @@
+"""The hybrid GD–ODE step: switching criteria and the mode-switch update of the hybrid
+GD–ODE optimizer: GD for rapid initial convergence, an ODE integrator for fine-tuning and complex
+landscapes.
+
+Every step evaluates ``(L_t, g_t)`` at θ_t once, then
+
+1. **features** (detached, ``FEATURES``), from quantities the step has anyway::
+
+       r_t = log(‖g_t‖ / ‖g_0‖)                              gradient magnitude
+       κ_t = ‖g_t − g_{t−1}‖ / ‖θ_t − θ_{t−1}‖                secant curvature (or |λ_max| of a
+                                                             Lanczos probe every k steps)
+       s_t = log(lr·κ_t)                                     stability: GD diverges along a
+                                                             direction with lr·λ > 2
+       π_t = (L_{t−W} − L_t) / (|L_{t−W}| + |L_t|)           relative progress over W steps
+       m_{t−1}, log(1 + dwell)                               current mode and time spent in it
+
+2. **gate** ``p_t = P(ODE step)``: a ``HeuristicSwitch`` (0/1, hysteresis), a learned policy
+   (``metaopt.hybrid.policy``; sigmoid), or a constant. A hard decision may only change
+   the mode after ``min_dwell`` steps in it (no chattering).
+3. **update**: the GD module always *observes* the step — its statistics (momentum, Adam/RMSprop
+   moments, GARO's hidden state) absorb g_t whatever the mode, so they are current when GD resumes.
+   The ODE module (an RK / adaptive RK / torchdiffeq flow rule) runs when chosen (or always, in
+   the relaxed and branchless forms), reusing g_t as its first stage::
+
+       θ_{t+1} = θ_gd + p_t·(θ_ode − θ_gd)           (relaxed: p ∈ (0, 1); hard: a selection)
+
+   After a GD step the ODE's velocity (Nesterov flow) is handed the motion actually taken,
+   V = (θ_{t+1} − θ_t)/h, and its clock advances by the ODE step h, so an ODE step after a switch
+   continues the trajectory with its inertia; adaptive step sizes carry over unchanged.
+4. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first)``; with a soft
+   gate this is the expected count, differentiable, so a meta-loss can charge it.
+
+``batched=True`` treats the leading dimension of every tensor as independent runs (the study's
+grid of starts): norms, losses, gates and modes become per-run ``(R,)`` and the update is
+branchless. Everything is pure: inputs are never mutated.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..rules.base import GradFn, State, TensorList, per_tensor
+from .criteria import (
+    _TINY,
+    CRITERIA,
+    FEATURES,
+    NUM_FEATURES,
+    ConstantSwitch,
+    HeuristicSwitch,
+    difference_norm,
+    lanczos_curvature,
+    relative_progress,
+    run_norms,
+    secant_curvature,
+    switch_features,
+)
+
+__all__ = ["CRITERIA", "FEATURES", "NUM_FEATURES", "ConstantSwitch", "HeuristicSwitch",
+           "HybridRule", "blend", "difference_norm", "gd_handoff", "lanczos_curvature",
+           "relative_progress", "run_norms", "secant_curvature", "switch_features", "trace"]
+
+
+def _expand(scalar: Tensor, like: Tensor, batched: bool) -> Tensor:
+    return scalar.reshape(-1, *([1] * (like.dim() - 1))) if batched else scalar
+
+
+def blend(gd: Sequence[Tensor], ode: Sequence[Tensor], gate: Tensor, hard: bool,
+          batched: bool = False) -> TensorList:
+    """θ_gd + p·(θ_ode − θ_gd); with a hard gate, an exact selection."""
+    out = []
+    for a, b in zip(gd, ode):
+        p = _expand(gate, a, batched).to(a.dtype)
+        out.append(torch.where(p > 0.5, b, a) if hard else a + p * (b - a))
+    return out
+
+
+def _safe_div(d: Tensor, h) -> Tensor:
+    """d / h, and 0 where h == 0 (a frozen group has no velocity)."""
+    if isinstance(h, Tensor):
+        return torch.where(h > 0, d / torch.where(h > 0, h, torch.ones_like(h)), d * 0)
+    return d / h if h != 0 else d * 0
+
+
+def gd_handoff(ode_state: State, displacement: Sequence[Tensor], ode_lrs: Sequence) -> State:
+    """The ODE module's state after a GD step: velocity = Δθ/h, clock + h (module docstring)."""
+    out = dict(ode_state)
+    if "velocity" in out:
+        out["velocity"] = [_safe_div(d, h) for d, h in zip(displacement, ode_lrs)]
+    if isinstance(out.get("time"), list):
+        out["time"] = [t + float(h) for t, h in zip(out["time"], ode_lrs)]
+    return out
+
+
+class _Counted:
+    """``grad_fn`` that returns the cached first evaluation at θ and counts the others."""
+
+    def __init__(self, grad_fn: GradFn, params: Sequence[Tensor], first):
+        self.grad_fn, self.params, self.first, self.count = grad_fn, params, first, 0
+
+    def __call__(self, points):
+        if points is self.params:
+            return self.first
+        self.count += 1
+        return self.grad_fn(points)
+
+
+@dataclass(frozen=True)
+class HybridRule:
+    """Composes a GD rule (``apply(params, grads, state, hyper, loss)``: ``SGDRule``,
+    ``AdamRule``, ``RMSpropRule``, ``GARORule``) and an ODE rule (``step``: ``RungeKuttaRule``,
+    ``AdaptiveRungeKuttaRule``, ``GradientFlowRule``, ``NesterovFlowRule``).
+
+    Args: ``min_dwell`` (steps before a hard decision may switch), ``window`` (W of the
+    stagnation criterion), ``curvature`` (``"secant"`` or ``"lanczos"``), ``probe_every`` and
+    ``probe_iters`` (the Lanczos probe), ``batched`` (leading dim = runs), ``branchless``
+    (evaluate both modules and select; implied by ``batched``), ``ode_cfl`` (> 0: the ODE step
+    is capped at h ≤ ode_cfl/κ, the explicit integrator's stability limit along the curvature κ
+    — the hybrid's adaptive step size, for free from the criterion's estimate; 0: off),
+    ``feature_gradients`` (keep the graph from θ into the features; default False: features are
+    detached, Andrychowicz et al.'s approximation, as GARO's).
+
+    hyper: ``gd`` (the GD rule's hyper), ``ode`` (``lr`` = h and ``weight_decay``), ``policy``
+    (``.gate(features) -> p`` and ``.hard``), ``stability_lr`` (the lr of the stability feature),
+    optional ``gd_rule`` (a GD rule bound per step, e.g. GARO with controller weights) and
+    ``generator`` (Lanczos start vectors).
+    """
+
+    gd: Any
+    ode: Any
+    min_dwell: int = 1
+    window: int = 10
+    curvature: str = "secant"
+    probe_every: int = 10
+    probe_iters: int = 5
+    batched: bool = False
+    branchless: bool = False
+    ode_cfl: float = 0.0
+    feature_gradients: bool = False
+
+    def __post_init__(self):
+        for name in ("min_dwell", "window", "probe_every", "probe_iters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+        if not (isinstance(self.ode_cfl, (int, float)) and math.isfinite(self.ode_cfl)
+                and self.ode_cfl >= 0):
+            raise ValueError(f"ode_cfl: must be a finite number >= 0, got {self.ode_cfl!r}")
+        if self.curvature not in ("secant", "lanczos"):
+            raise ValueError(f"curvature: must be 'secant' or 'lanczos', got {self.curvature!r}")
+        if self.batched and self.curvature == "lanczos":
+            raise ValueError("curvature: the Lanczos probe is not available for batched runs")
+
+    def init(self, params: Sequence[Tensor], gd_state: State | None = None) -> State:
+        ref = params[0]
+        shape = (ref.shape[0],) if self.batched else ()
+        zeros = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+        # dwell starts at min_dwell: the first decision is free (an ODE-only policy steps ODE).
+        return {"gd": self.gd.init(params) if gd_state is None else gd_state,
+                "ode": self.ode.init(params), "step": 0, "mode": zeros,
+                "dwell": zeros + self.min_dwell,
+                "gate": zeros.clone(), "probability": zeros.clone(), "evaluations": zeros.clone(),
+                "prev_grads": [torch.zeros_like(p) for p in params],
+                "displacement_norm": zeros.clone(), "grad_norm0": zeros.clone(),
+                "prev_grad_norm": zeros.clone(),
+                "curvature": zeros.clone(), "losses": zeros.expand(self.window, *shape).clone(),
+                "features": torch.zeros(*shape, NUM_FEATURES, dtype=ref.dtype,
+                                        device=ref.device)}
+
+    def features(self, params, grads, loss, state, hyper, grad_fn) -> tuple[Tensor, dict]:
+        """``FEATURES`` at this step and the memories they update (detached unless
+        ``feature_gradients``)."""
+        keep = self.feature_gradients
+        with contextlib.nullcontext() if keep else torch.no_grad():
+            grads = list(grads) if keep else [g.detach() for g in grads]
+            gnorm = run_norms(grads, self.batched)
+            first = state["step"] == 0
+            norm0 = gnorm if first else state["grad_norm0"]
+            ratio = torch.log(gnorm + _TINY) - torch.log(norm0 + _TINY)
+            probes = 0
+            if self.curvature == "secant":
+                kappa = secant_curvature(grads, state["prev_grads"], state["displacement_norm"],
+                                         self.batched, gnorm, state["prev_grad_norm"])
+            elif state["step"] % self.probe_every == 0:
+                counted = _Counted(grad_fn, None, None)
+                kappa = lanczos_curvature(counted, params, grads, self.probe_iters,
+                                          hyper.get("generator") or torch.Generator()
+                                          .manual_seed(state["step"]))
+                probes = counted.count
+            else:
+                kappa = state["curvature"]
+            lr = hyper.get("stability_lr", 0.0)
+            lr = lr.detach() if isinstance(lr, Tensor) else lr
+            stability = torch.log(kappa * lr + _TINY)
+            losses = state["losses"]
+            seen = min(state["step"], self.window)
+            if loss is not None:
+                value = (loss if keep else loss.detach()).to(losses.dtype) \
+                    .reshape(losses.shape[1:])
+                losses = torch.cat([losses[1:], value.unsqueeze(0)])
+                seen += 1
+            progress = relative_progress(losses, seen if loss is not None else 0)
+            feats = switch_features(ratio, stability, progress, state["mode"], state["dwell"])
+        return feats, {"grad_norm0": norm0, "curvature": kappa, "losses": losses,
+                       "prev_grad_norm": gnorm,
+                       "prev_grads": grads, "probes": probes}
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+        params = params if isinstance(params, list) else list(params)  # keep identity: the
+        loss, grads = grad_fn(params)  # runtime's grad_fn recognises θ and returns its cache
+        feats, memory = self.features(params, grads, loss, state, hyper, grad_fn)
+        policy = hyper["policy"]
+        hard = bool(policy.hard)
+        gate = policy.gate(feats)
+        probability = gate.detach() if isinstance(gate, Tensor) else torch.as_tensor(gate)
+        # A hard decision keeps the mode until min_dwell steps were spent in it.
+        locked = (state["dwell"] < self.min_dwell).to(gate.dtype)
+        if hard:
+            gate = (gate > 0.5).to(feats.dtype)
+        elif getattr(policy, "straight_through", False):  # hard forward, gradient through p
+            gate = (gate.detach() > 0.5).to(gate.dtype) + gate - gate.detach()
+        gate = locked * state["mode"] + (1 - locked) * gate
+        gd_rule = hyper.get("gd_rule", self.gd)
+        gd_params, gd_state = gd_rule.apply(params, grads, state["gd"], hyper["gd"], loss)
+        ode_hyper = dict(hyper["ode"])
+        ode_lrs = per_tensor(ode_hyper["lr"], len(params))
+        if self.ode_cfl > 0:
+            kappa = memory["curvature"]
+            limit = self.ode_cfl / torch.where(kappa > 0, kappa, torch.full_like(kappa, _TINY))
+            ode_lrs = [_expand(torch.minimum(torch.as_tensor(h, dtype=p.dtype, device=p.device),
+                                             limit), p, self.batched)
+                       for h, p in zip(ode_lrs, params)]
+            ode_hyper["lr"] = ode_lrs
+        counted = _Counted(grad_fn, params, (loss, grads))
+        branch = self.branchless or self.batched or not hard
+        if branch or bool(gate > 0.5):
+            ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
+        else:
+            ode_params, ode_state = None, None
+        if branch:
+            new_params = blend(gd_params, ode_params, gate, hard, self.batched)
+            handed = gd_handoff(ode_state, [a - p for a, p in zip(gd_params, params)], ode_lrs)
+            if "velocity" in ode_state:
+                ode_state = dict(ode_state, velocity=blend(handed["velocity"],
+                                                           ode_state["velocity"], gate, hard,
+                                                           self.batched))
+        elif ode_params is not None:
+            new_params = ode_params
+        else:
+            new_params = gd_params
+            ode_state = gd_handoff(state["ode"], [a - p for a, p in zip(gd_params, params)],
+                                   ode_lrs)
+        with torch.no_grad():
+            mode = (gate.detach() > 0.5).to(feats.dtype)
+            same = (mode == state["mode"]).to(feats.dtype)
+            dwell = same * state["dwell"] + 1
+        with contextlib.nullcontext() if self.feature_gradients else torch.no_grad():
+            moved = run_norms([a - p for a, p in zip(new_params, params)], self.batched)
+        evaluations = state["evaluations"] + 1 + memory["probes"] + gate * counted.count
+        return new_params, {
+            "gd": gd_state, "ode": ode_state, "step": state["step"] + 1, "mode": mode,
+            "dwell": dwell, "gate": gate, "probability": probability.to(feats.dtype),
+            "evaluations": evaluations,
+            "prev_grads": memory["prev_grads"], "displacement_norm": moved,
+            "grad_norm0": memory["grad_norm0"], "curvature": memory["curvature"],
+            "prev_grad_norm": memory["prev_grad_norm"],
+            "losses": memory["losses"], "features": feats}
+
+
+def trace(state: State) -> dict[str, Tensor]:
+    """The per-step record: mode, applied gate, the policy's P(ODE), criterion values,
+    gradient evaluations so far."""
+    f = state["features"].detach()
+    return {"mode": state["mode"], "gate": state["gate"].detach(),
+            "probability": state["probability"],
+            "log_grad_ratio": f[..., 0], "log_stability": f[..., 1], "progress": f[..., 2],
+            "curvature": state["curvature"], "evaluations": state["evaluations"].detach()}

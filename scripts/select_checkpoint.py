@@ -1,0 +1,87 @@
+"""Pick a meta-training run's snapshot by the learned-optimizer benchmark's protocol.
+
+    python scripts/select_checkpoint.py RUN_DIR [--config configs/select_garo_general.yaml]
+
+Scores every ``RUN_DIR/snapshots/*.safetensors`` (and ``RUN_DIR/optimizer.safetensors``) on the
+config's validation tasks — median speedup vs lr-tuned Adam over tasks x held-out seeds
+(``metaopt.evaluation.selection``) — prints the validation curve, writes ``selection.csv`` and
+copies the best to ``RUN_DIR/selected.safetensors``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+import metaopt
+import tasks
+from metaopt.evaluation.selection import ValidationTask, select
+from metaopt.meta import held_out_seeds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TaskSpec:
+    label: str = ""
+    family: str = ""
+    steps: int = 300
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SelectionConfig:
+    seeds: int = 2
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+def candidate(path: Path):
+    def build(steps: int):
+        def factory(params):
+            return metaopt.load_optimizer(str(path), params, num_training_steps=steps)
+        factory.label = path.stem
+        return factory
+    return build
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--config", type=Path, default=REPO / "configs/select_garo_general.yaml")
+    args = parser.parse_args(argv)
+    schema = OmegaConf.structured(SelectionConfig)
+    cfg = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(args.config)))
+    paths = sorted((args.run_dir / "snapshots").glob("*.safetensors"))
+    final = args.run_dir / "optimizer.safetensors"
+    paths += [final] if final.exists() else []
+    if not paths:
+        print(f"select_checkpoint: no snapshots in {args.run_dir}", file=sys.stderr)
+        return 2
+    validation = [ValidationTask(t.label, tasks.get(t.family, **t.kwargs), t.steps)
+                  for t in cfg.tasks]
+    best, scores = select({p.stem: candidate(p) for p in paths}, validation,
+                          held_out_seeds(cfg.seeds))
+    rows = [{"snapshot": s.name, "median_speedup": round(s.median_speedup, 4),
+             "diverged": s.diverged, **{k: round(v, 4) for k, v in s.per_task.items()}}
+            for s in scores]
+    with open(args.run_dir / "selection.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    chosen = next(p for p in paths if p.stem == best)
+    shutil.copyfile(chosen, args.run_dir / "selected.safetensors")
+    print(f"selected {chosen} -> {args.run_dir / 'selected.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
