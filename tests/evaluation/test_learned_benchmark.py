@@ -76,7 +76,7 @@ def _families(node, found: set[str]) -> set[str]:
     return found
 
 
-def test_held_out_benchmark_families_are_not_in_the_training_mixture():
+def test_held_out_benchmark_families_are_in_no_training_or_validation_mixture():
     bench = yaml.safe_load((REPO / "configs" / "benchmark_learned.yaml").read_text())
     held_out = set()
     for spec in bench["tasks"]:
@@ -88,6 +88,12 @@ def test_held_out_benchmark_families_are_not_in_the_training_mixture():
     trained = _families(general["task"], set())
     assert "mlp" in trained  # the walk sees the mixture
     assert not held_out & trained, held_out & trained
+    validation = general["validation"]
+    validated = _families(validation, {validation["task"]})
+    selection = yaml.safe_load((REPO / "configs" / "select_garo_general.yaml").read_text())
+    validated |= {spec["family"] for spec in selection["tasks"]}
+    assert "char_mlp" in validated
+    assert not held_out & validated, held_out & validated
 
 
 def test_loss_curves_mark_diverged_runs(tmp_path, monkeypatch):
