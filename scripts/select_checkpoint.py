@@ -1,11 +1,12 @@
 """Pick a meta-training run's snapshot by the learned-optimizer benchmark's protocol.
 
-    python scripts/select_checkpoint.py RUN_DIR [--config configs/select_garo_general.yaml]
+    python scripts/select_checkpoint.py RUN_DIR [OTHER_RUN_DIR ...] [--config configs/...yaml]
 
 Scores every ``RUN_DIR/snapshots/*.safetensors`` (and ``RUN_DIR/optimizer.safetensors``) on the
 config's validation tasks — median speedup vs lr-tuned Adam over tasks x held-out seeds
 (``metaopt.evaluation.selection``) — prints the validation curve, writes ``selection.csv`` and
-copies the best to ``RUN_DIR/selected.safetensors``.
+copies the best to ``RUN_DIR/selected.safetensors``. Further run directories are scored against
+the same tuned references (e.g. runs of other meta-objectives), their rows named ``dir/snapshot``.
 """
 from __future__ import annotations
 
@@ -54,19 +55,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("others", type=Path, nargs="*", help="more run directories to compare")
     parser.add_argument("--config", type=Path, default=REPO / "configs/select_garo_general.yaml")
     args = parser.parse_args(argv)
     schema = OmegaConf.structured(SelectionConfig)
     cfg = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(args.config)))
-    paths = sorted((args.run_dir / "snapshots").glob("*.safetensors"))
-    final = args.run_dir / "optimizer.safetensors"
-    paths += [final] if final.exists() else []
-    if not paths:
-        print(f"select_checkpoint: no snapshots in {args.run_dir}", file=sys.stderr)
-        return 2
+    named = {}
+    for run in (args.run_dir, *args.others):
+        paths = sorted((run / "snapshots").glob("*.safetensors"))
+        final = run / "optimizer.safetensors"
+        paths += [final] if final.exists() else []
+        if not paths:
+            print(f"select_checkpoint: no snapshots in {run}", file=sys.stderr)
+            return 2
+        prefix = "" if run == args.run_dir else f"{run.name}/"
+        named.update({prefix + p.stem: p for p in paths})
     validation = [ValidationTask(t.label, tasks.get(t.family, **t.kwargs), t.steps)
                   for t in cfg.tasks]
-    best, scores = select({p.stem: candidate(p) for p in paths}, validation,
+    best, scores = select({name: candidate(p) for name, p in named.items()}, validation,
                           held_out_seeds(cfg.seeds))
     rows = [{"snapshot": s.name, "median_speedup": round(s.median_speedup, 4),
              "diverged": s.diverged, **{k: round(v, 4) for k, v in s.per_task.items()}}
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
         writer.writerows(rows)
     for row in rows:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
-    chosen = next(p for p in paths if p.stem == best)
+    chosen = named[best]
     shutil.copyfile(chosen, args.run_dir / "selected.safetensors")
     print(f"selected {chosen} -> {args.run_dir / 'selected.safetensors'}")
     return 0
