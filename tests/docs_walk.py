@@ -60,6 +60,8 @@ def classify(argv: list[str]) -> tuple[str, object]:
     if argv[0].endswith("python") or argv[0].endswith("python3"):
         if argv[1:3] == ["-m", "metaopt"]:
             return "metaopt", argv[3:]
+        if argv[1] == "-m" and len(argv) > 2 and argv[2].startswith("scripts."):
+            argv = [argv[0], argv[2].split(".", 1)[1] + ".py", *argv[3:]]  # python -m scripts.X
         script = Path(argv[1]).name
         if script in SCRIPT_COMMANDS:
             return "metaopt", [SCRIPT_COMMANDS[script], *argv[2:]]

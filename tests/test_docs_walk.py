@@ -44,8 +44,8 @@ def _walk(workdir: Path, run: bool, capsys) -> dict[str, float]:
             recipe = make_recipe(target)
             if target != "quickstart":
                 continue  # set-up, tests, docs: the Makefile target exists (checked above)
-            (quick,) = [r for r in recipe if "scripts/meta_train.py" in r]
-            kind, target = "metaopt", ["train", *quick.split("scripts/meta_train.py")[1].split()]
+            (quick,) = [r for r in recipe if "-m scripts.meta_train" in r]
+            kind, target = "metaopt", ["train", *quick.split("-m scripts.meta_train")[1].split()]
         if kind == "help":
             _script_help(target)
             continue
