@@ -32,13 +32,13 @@ from omegaconf import OmegaConf
 
 import tasks
 from metaopt.checkpoint import load_checkpoint, resolve
-from metaopt.hybrid.policy import PolicyGate
 from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize
 from metaopt.evaluation.tuning import tune_lr_interior
-from metaopt.logging import WANDB_MODES, make_logger
 from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
-from metaopt.rules.adam import AdamRule
+from metaopt.hybrid.policy import PolicyGate
 from metaopt.hybrid.rule import ConstantSwitch, HeuristicSwitch, HybridRule
+from metaopt.logging import WANDB_MODES, make_logger
+from metaopt.rules.adam import AdamRule
 from metaopt.rules.sgd import SGDRule
 from scripts.config_checks import check_values
 from tasks.test_functions import TEST_FUNCTIONS_2D

@@ -38,7 +38,7 @@ recurrent state instead of keeping it, so ``torch.func.functional_call`` can swa
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,7 @@ class GAROController(nn.Module):
                  init_lr: float = 0.01, init_momentum: float = 0.0,
                  init_weight_decay: float = 1e-8, feature_decay: float = 0.99,
                  feature_clip: float = 5.0, features: str = "seed",
-                 generator: Optional[torch.Generator] = None):
+                 generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size: must be an int >= 1, got {hidden_size!r}")
@@ -138,7 +138,7 @@ class GAROController(nn.Module):
         self.weights_generation = 0
 
     @torch.no_grad()
-    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """GRU weights ~ U(±1/√H) (PyTorch's GRUCell rule, from an explicit generator); SGD heads."""
         if generator is None:
             generator = torch.Generator().manual_seed(0)
@@ -187,7 +187,7 @@ class GAROController(nn.Module):
 
     def forward(self, signal: Tensor, valid: Tensor, step: Tensor, hidden: Tensor,
                 feature_mean: Tensor, feature_var: Tensor,
-                progress: Optional[Tensor] = None) -> ControllerOutput:
+                progress: Tensor | None = None) -> ControllerOutput:
         """One recurrent step.
 
         Args:

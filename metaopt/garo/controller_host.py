@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from .features import HOST_OPS, NUM_SIGNAL_FEATURES, ema_normalise, step_frequen
 
 # controller -> (its weights_generation, the weights read, their versions, fused host copies);
 # weak, so it is neither pickled, deep-copied nor kept alive with the module
-_FUSED: "weakref.WeakKeyDictionary[GAROController, tuple]" = weakref.WeakKeyDictionary()
+_FUSED: weakref.WeakKeyDictionary[GAROController, tuple] = weakref.WeakKeyDictionary()
 _FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_ih"),
                   ("cell", "bias_hh"), ("head_lr", "weight"), ("head_momentum", "weight"),
                   ("head_weight_decay", "weight"), ("head_lr", "bias"),
@@ -98,7 +99,7 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
 
 
 def host_schedule(controller: GAROController, valid: Sequence[float], step: int,
-                  progress: Optional[Sequence[float]] = None) -> list[float]:
+                  progress: Sequence[float] | None = None) -> list[float]:
     """The gradient-independent tail of the GRU input, as host floats:
     ``valid + step_embedding(step) (+ progress)`` (the embedding's formula in float64)."""
     phase = math.log1p(step)
@@ -112,7 +113,7 @@ def host_schedule(controller: GAROController, valid: Sequence[float], step: int,
 
 
 def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
-              valid: Sequence[float], step: int, progress: Optional[Sequence[float]],
+              valid: Sequence[float], step: int, progress: Sequence[float] | None,
               hidden: np.ndarray, feature_mean: Sequence[Sequence[float]],
               feature_var: Sequence[Sequence[float]]) -> HostOutput:
     """``controller.forward`` on the host (module docstring), without a graph.

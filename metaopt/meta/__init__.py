@@ -18,8 +18,8 @@ from .estimators import (
                          TruncatedBPTT,
                          make_estimator,
 )
-from .inner_runs import TRAIN_TASK_SEED_LIMIT, InnerRunPool
 from .hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
+from .inner_runs import TRAIN_TASK_SEED_LIMIT, InnerRunPool
 from .learned import GAROLearnedRule, LearnedRule, detach_state
 from .meta_losses import META_LOSS_KINDS, SPLITS, MetaLoss
 from .trainer import (

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..garo.controller import BoundController, GAROController
-from ..rules.base import GradFn, State, TensorList
 from ..garo.rule import GARORule
+from ..rules.base import GradFn, State, TensorList
 
 
 class LearnedRule(Protocol):

@@ -14,16 +14,16 @@ the result into the parameters; the meta path calls it with a differentiable ``g
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 TensorList = list[Tensor]
 GradFn = Callable[[Sequence[Tensor]], tuple[Tensor, TensorList]]
-Scalar = Union[float, Tensor]
+Scalar = float | Tensor
 # A step size is one scalar for every tensor, or one per tensor (param groups with their own lr).
-StepSize = Union[Scalar, Sequence[Scalar]]
+StepSize = Scalar | Sequence[Scalar]
 State = dict[str, Any]
 
 

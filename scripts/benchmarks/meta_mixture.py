@@ -18,6 +18,7 @@ import torch
 
 import tasks
 from metaopt.garo.controller import GAROController
+from metaopt.garo.rule import GARORule
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
@@ -27,7 +28,6 @@ from metaopt.meta import (
     make_estimator,
     make_horizon,
 )
-from metaopt.garo.rule import GARORule
 from metaopt.task import generator_from_seed
 
 from .common import time_side_by_side

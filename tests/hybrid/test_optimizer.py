@@ -9,7 +9,6 @@ import metaopt
 import metaopt.optim as mo
 from metaopt.checkpoint import save_checkpoint
 from metaopt.hybrid.policy import SwitchingPolicy
-
 from tests.optim.specs import HYBRID_SWITCHING
 from tests.optim.test_conformance import closure_for, make_problem, run, weights_only_round_trip
 

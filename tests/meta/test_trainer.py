@@ -6,6 +6,7 @@ import math
 import torch
 
 from metaopt.garo.controller import GAROController
+from metaopt.garo.rule import GARORule
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
@@ -16,7 +17,6 @@ from metaopt.meta import (
     make_horizon,
     validate,
 )
-from metaopt.garo.rule import GARORule
 from metaopt.task import TaskFamily
 from tasks.quadratic import QuadraticTask
 

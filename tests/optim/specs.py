@@ -5,8 +5,9 @@ each spec. A new optimizer joins by appending an ``OptimizerSpec`` to ``SPECS``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import metaopt.optim as mo
 

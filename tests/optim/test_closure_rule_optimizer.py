@@ -9,7 +9,6 @@ import metaopt.optim as mo
 from .test_conformance import closure_for
 
 
-
 def test_a_param_joining_late_keeps_the_others_state():
     """W has no grad on step 1; its arrival must not reset b's clock, velocity or counters."""
     weight = torch.tensor([1.0, -1.0], requires_grad=True)

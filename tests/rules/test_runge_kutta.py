@@ -11,8 +11,14 @@ from torchdiffeq import odeint
 import metaopt.optim as mo
 from metaopt.rules import RungeKuttaRule, get_tableau
 
-from .objectives import (closure_over, flat_field, grad_fn_for, max_error, objectives,
-                         optimizer_trajectory)
+from .objectives import (
+    closure_over,
+    flat_field,
+    grad_fn_for,
+    max_error,
+    objectives,
+    optimizer_trajectory,
+)
 
 #: our tableau name → torchdiffeq's fixed-grid method with the same tableau
 SHARED_WITH_TORCHDIFFEQ = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2",
