@@ -185,7 +185,9 @@ def metrics(name, path, evals, target) -> dict:
     first = reached.float().argmax(0)
     iters = (first + 1)[hit].double()
     ev = evals.gather(0, first[None])[0][hit] if hit.any() else torch.empty(0)
-    med = (lambda t: float(t.median()) if t.numel() else math.nan)
+    def med(t):
+        return float(t.median()) if t.numel() else math.nan
+
     return {"global_basin": float((final < BASIN_GAP[name]).double().mean()),
             "reached_target": float(hit.double().mean()), "iters_to_target": med(iters),
             "evals_to_target": med(ev.double()), "final_gap_median": float(final.median()),

@@ -73,8 +73,10 @@ def random_plane(params: Sequence[Tensor], generator: torch.Generator, *,
     if filter_normalize:
         return (filter_normalized_direction(params, generator, ignore_1d),
                 filter_normalized_direction(params, generator, ignore_1d))
-    draw = lambda: [torch.randn(p.shape, generator=generator, dtype=p.dtype,
-                                device=generator.device).to(p.device) for p in params]
+    def draw():
+        return [torch.randn(p.shape, generator=generator, dtype=p.dtype,
+                            device=generator.device).to(p.device) for p in params]
+
     return draw(), draw()
 
 

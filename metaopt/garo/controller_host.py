@@ -63,8 +63,9 @@ def _softplus(x: float) -> float:
 
 
 def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The GRU as one ``(I + H + 1, 4H)`` matrix, its bias as the last row (the inputs end with
-    a 1), and the three heads as one ``(H, 3)`` matrix and its ``(3,)`` bias, on the host.
+    """The GRU as one ``(D + H + 1, 4H)`` matrix (D inputs, H hidden units), its bias as the last
+    row (the inputs end with a 1), and the three heads as one ``(H, 3)`` matrix and its ``(3,)``
+    bias, on the host.
 
     GRU columns: the ``r`` and ``u`` pre-activations (input and hidden parts summed, biases too)
     and the hidden part of ``n`` — all three halved, since ``σ(x) = (1 + tanh(x/2))/2`` turns the
@@ -79,19 +80,19 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
             [t._version for t in cached[1]] == cached[2]:
         return cached[3]
     tensors = [controller._modules[m]._parameters[name] for m, name in _FUSED_SOURCES]
-    H, I = controller.hidden_size, controller.input_size
+    H, D = controller.hidden_size, controller.input_size
     dtype = host_dtype(tensors[0].dtype)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
     w_ih, w_hh, b_ih, b_hh, *heads = (t.detach().to("cpu", torch_dtype).numpy()
                                       for t in tensors)
-    gru = np.zeros((I + H + 1, 4 * H), dtype)
-    gru[:I, :2 * H] = w_ih[:2 * H].T / 2
-    gru[I:I + H, :2 * H] = w_hh[:2 * H].T / 2
-    gru[I + H, :2 * H] = (b_ih[:2 * H] + b_hh[:2 * H]) / 2
-    gru[:I, 2 * H:3 * H] = w_ih[2 * H:].T
-    gru[I + H, 2 * H:3 * H] = b_ih[2 * H:]
-    gru[I:I + H, 3 * H:] = w_hh[2 * H:].T / 2
-    gru[I + H, 3 * H:] = b_hh[2 * H:] / 2
+    gru = np.zeros((D + H + 1, 4 * H), dtype)
+    gru[:D, :2 * H] = w_ih[:2 * H].T / 2
+    gru[D:D + H, :2 * H] = w_hh[:2 * H].T / 2
+    gru[D + H, :2 * H] = (b_ih[:2 * H] + b_hh[:2 * H]) / 2
+    gru[:D, 2 * H:3 * H] = w_ih[2 * H:].T
+    gru[D + H, 2 * H:3 * H] = b_ih[2 * H:]
+    gru[D:D + H, 3 * H:] = w_hh[2 * H:].T / 2
+    gru[D + H, 3 * H:] = b_hh[2 * H:] / 2
     fused = (gru, np.ascontiguousarray(np.concatenate(heads[:3]).T), np.concatenate(heads[3:]))
     _FUSED[controller] = (controller.weights_generation, tensors,
                           [t._version for t in tensors], fused)

@@ -52,7 +52,9 @@ class ButcherTableau:
 def _tableau(name, order, c, a, b, b_hat=None) -> ButcherTableau:
     # Coefficients are written as exact fractions and rounded once, so float64 tests see the
     # correctly rounded values and b - b_hat is formed exactly.
-    f = lambda xs: tuple(float(F(x)) for x in xs)
+    def f(xs):
+        return tuple(float(F(x)) for x in xs)
+
     b_error = None if b_hat is None else tuple(float(F(x) - F(y)) for x, y in zip(b, b_hat))
     return ButcherTableau(name, order, f(c), tuple(f(row) for row in a), f(b), b_error)
 

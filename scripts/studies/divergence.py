@@ -132,7 +132,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
     def draw_grid(ax):
         import numpy as np
         b = np.array(cfg.grid_betas)
-        for i, beta in enumerate(cfg.grid_betas):
+        for i, _beta in enumerate(cfg.grid_betas):
             stable = ~grid.diverged[i].numpy()
             lr_arr = np.array(lrs)
             ax.scatter(lr_arr[stable], np.full(stable.sum(), i), marker="o", color="tab:green",

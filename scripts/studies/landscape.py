@@ -106,7 +106,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
 
     grid = torch.linspace(-cfg.span, cfg.span, cfg.resolution, dtype=torch.float64)
     surfaces, pca, summary = {}, {}, []
-    for i, name in enumerate(names):
+    for _i, name in enumerate(names):
         final = trained[name][-1][1]
         d1, d2 = random_plane(final, torch.Generator().manual_seed(cfg.seed + 100))
         surfaces[name] = loss_plane(f_train, final, d1, d2, grid, grid)

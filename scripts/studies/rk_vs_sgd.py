@@ -123,8 +123,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
 
     def draw(*axes):
         for ax, (task_label, lr) in zip(axes, panels):
-            for (t, l, o), r in curves.items():
-                if (t, l) != (task_label, lr):
+            for (t, run_lr, o), r in curves.items():
+                if (t, run_lr) != (task_label, lr):
                     continue
                 ax.plot(r.curve_evaluations, [v if math.isfinite(v) else math.nan
                                               for v in r.test_loss], marker=".",

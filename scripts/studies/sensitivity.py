@@ -139,7 +139,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         tuning, lambda r: r["lr"], "learning rate", "{}: lr grid (gaps = overflow)",
         lambda spec, pts: spec.label, xscale="log"), ncols=len(functions), logger=logger)
 
-    for i, s in enumerate(summary):
+    for _i, s in enumerate(summary):
         logger.log({f"{s['function']}/{s['optimizer']}/final_loss_ratio":
                     s["final_loss_ratio(max/min)"],
                     f"{s['function']}/{s['optimizer']}/best_lr": s["best_lr"]}, step=0)

@@ -23,7 +23,7 @@ def test_seed_usage_snippet_verbatim():
 
     before = [p.detach().clone() for p in model.parameters()]
     opt = GlobalAdaptiveSGD(model.parameters())
-    for step in range(5):
+    for _step in range(5):
         loss = compute_loss((x, y), model)
 
         opt.zero_grad()

@@ -129,8 +129,12 @@ def test_order_on_quadratic_against_matrix_exponential(method):
     a = spd_matrix()
     x0 = torch.linspace(-1, 1, 6, dtype=torch.float64)
     order = get_tableau(method).order
-    loss = lambda ps: 0.5 * ps[0] @ a @ ps[0]
-    exact = lambda h: [torch.linalg.matrix_exp(-h * a) @ x0]
+    def loss(ps):
+        return 0.5 * ps[0] @ a @ ps[0]
+
+    def exact(h):
+        return [torch.linalg.matrix_exp(-h * a) @ x0]
+
     e1 = one_step_error(method, loss, [x0], 0.04, exact)
     e2 = one_step_error(method, loss, [x0], 0.02, exact)
     assert math.log2(e1 / e2) == pytest.approx(order + 1, abs=0.25)

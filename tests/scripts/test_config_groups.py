@@ -96,7 +96,7 @@ def test_help_lists_every_key_with_type_and_default(cfgmod):
                 yield prefix + k, v
     schema = OmegaConf.to_container(OmegaConf.structured(cfgmod.MetaTrainConfig))
     for key, default in leaves(schema):
-        line = next((l for l in text.splitlines() if l.strip().startswith(f"{key}:")), None)
+        line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:")), None)
         assert line is not None, key
         assert repr(default) in line or str(default) in line, (key, line)
     assert "task=" in text and "mlp" in text and "controller=adam|sgd" in text
