@@ -1,9 +1,11 @@
 """DCAO at the edge of stability: sharpness vs 2/η on full-batch load_digits (DCAO).
 
-    python scripts/dcao_study.py [--steps 400] [--lr 0.5] [--loss mse|ce] [--csv results/dcao_study.csv]
+    python scripts/dcao_study.py [--steps 400] [--lr 0.5] [--loss mse|ce]
+        [--csv results/dcao_study.csv]
 
-A 64 → 64 → 10 tanh MLP trained full-batch (square loss as in Cohen et al. 2021, or cross-entropy; all 1797 digits, standardised pixels)
-with a large learning rate, by SGD-momentum, Adam, DCAO (its exponential schedule) and DCAO
+A 64 → 64 → 10 tanh MLP trained full-batch (square loss as in Cohen et al. 2021, or cross-entropy;
+all 1797 digits, standardised pixels) with a large learning rate, by SGD-momentum, Adam, DCAO (its
+exponential schedule) and DCAO
 (edge-of-stability rule). Every ``--measure-every`` steps the sharpness λ_max of the training loss
 Hessian is measured by the same Lanczos solver DCAO uses (cold start, 30 HVPs), and compared with
 the stability threshold of the step actually taken: heavy-ball momentum with effective step η and

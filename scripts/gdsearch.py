@@ -1,6 +1,7 @@
 """One command per GDSearch study (the analysis studies of ``scripts/studies``).
 
-    python scripts/gdsearch.py STUDY [--config configs/gdsearch/STUDY.yaml] [key=value ...] --out DIR
+    python scripts/gdsearch.py STUDY [--config configs/gdsearch/STUDY.yaml] [key=value ...]
+        --out DIR
     python scripts/gdsearch.py --list
 
 A study is a module of ``scripts/studies`` (``NAME``, ``DESCRIPTION``, dataclass ``Config``,

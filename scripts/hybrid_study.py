@@ -1,7 +1,8 @@
 """The hybrid GD–ODE optimizer's evaluation as a script: GD only, ODE only, heuristic and learned
 switching, against tuned baselines.
 
-    OMP_NUM_THREADS=1 python scripts/hybrid_study.py [--config configs/hybrid_study.yaml] [key=value ...]
+    OMP_NUM_THREADS=1 python scripts/hybrid_study.py [--config configs/hybrid_study.yaml]
+        [key=value ...]
 
 On Rastrigin, Ackley, Himmelblau, six-hump camel and Styblinski-Tang (``tasks.test_functions``,
 known global minima) from a ``grid × grid`` lattice of starts over each function's box, it runs
@@ -218,7 +219,7 @@ def tune(name, x0, kind, cfg) -> float:
     return best
 
 
-# -- runtime cost on one start ----------------------------------------------------------------------
+# -- runtime cost on one start ---------------------------------------------------------------------
 def runtime_cost(name, factory, steps) -> tuple[float, float]:
     """(ms per iteration, optimizer-state floats per parameter) of a torch.optim optimizer."""
     fn = TEST_FUNCTIONS_2D[name].function

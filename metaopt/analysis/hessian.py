@@ -250,7 +250,8 @@ def hessian_along_trajectory(model: nn.Module, loss_fn: Callable, batch: Sequenc
                              generator: torch.Generator | None = None
                              ) -> list[SnapshotSpectrum]:
     """Top-k eigenvalues, extremes (saddle indicator) and optionally the trace at each snapshot
-    (a list of parameter tensors in ``model.named_parameters()`` order); the model is not changed."""
+    (a list of parameter tensors in ``model.named_parameters()`` order); the model is not
+    changed."""
     f, current = module_loss(model, loss_fn, batch)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     out = []

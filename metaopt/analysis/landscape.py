@@ -53,7 +53,8 @@ def interpolate(f: LossFn, start: Sequence[Tensor], end: Sequence[Tensor], alpha
 
 def filter_normalized_direction(params: Sequence[Tensor], generator: torch.Generator,
                                 ignore_1d: bool = True) -> list[Tensor]:
-    """A Gaussian direction shaped like ``params`` with every filter rescaled to its weight's norm."""
+    """A Gaussian direction shaped like ``params`` with every filter rescaled to its weight's
+    norm."""
     out = []
     for p in params:
         d = torch.randn(p.shape, generator=generator, dtype=p.dtype, device=generator.device).to(p.device)

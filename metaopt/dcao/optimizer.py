@@ -279,7 +279,8 @@ class DCAO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, torch.optim.Optimi
                              self.schedule, self.stability_factor, self.stall_ratio)
 
     def _update(self) -> None:
-        # In-place foreach form of metaopt.dcao.rule.momentum_sgd (equal in float64: tests/dcao/test_dcao).
+        # In-place foreach form of metaopt.dcao.rule.momentum_sgd (equal in float64:
+        # tests/dcao/test_dcao).
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

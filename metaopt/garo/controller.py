@@ -11,8 +11,9 @@ recurrence" next step)::
     wd_t  = softplus(W_wd  h_t + b_wd)
 
 The heads are exactly the seed's. They start with zero weights and biases
-``b_lr = softplus⁻¹(init_lr)``, ``b_mom = atanh(init_momentum)``, ``b_wd = softplus⁻¹(init_weight_decay)``
-(defaults 0.01, 0 and 1e-8, i.e. ``b_wd ≈ −18.42``), so the untrained controller emits exactly
+``b_lr = softplus⁻¹(init_lr)``, ``b_mom = atanh(init_momentum)``,
+``b_wd = softplus⁻¹(init_weight_decay)`` (defaults 0.01, 0 and 1e-8, i.e. ``b_wd ≈ −18.42``), so the
+untrained controller emits exactly
 those constants whatever it reads: plain SGD with lr 0.01, no momentum and a negligible decay, as
 the seed's "Initialization" and DESIGN idea 6 ask. The weight-decay bias is pushed that far down
 so ``lr·wd ≈ 1e-10`` cannot move a float32 parameter, yet its gradient (sigmoid(b_wd) ≈ 1e-8) stays
@@ -80,7 +81,8 @@ class GAROController(nn.Module):
 
     Args:
         hidden_size: GRU width ``H``.
-        num_step_frequencies: ``K``; the step embedding is ``sin/cos(ω_k·log1p(t))``, ``ω_k = 2^-k``.
+        num_step_frequencies: ``K``; the step embedding is ``sin/cos(ω_k·log1p(t))``,
+        ``ω_k = 2^-k``.
         init_lr, init_momentum, init_weight_decay: the constant outputs of the untrained controller.
         feature_decay: EMA decay ``β`` of the running feature statistics.
         feature_clip: normalised features are clipped to ``±feature_clip``.
@@ -139,7 +141,8 @@ class GAROController(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """GRU weights ~ U(±1/√H) (PyTorch's GRUCell rule, from an explicit generator); SGD heads."""
+        """GRU weights ~ U(±1/√H) (PyTorch's GRUCell rule, from an explicit generator); SGD
+        heads."""
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         bound = 1.0 / math.sqrt(self.hidden_size)

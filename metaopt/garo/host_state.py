@@ -30,7 +30,8 @@ def host_array(t: Tensor) -> np.ndarray:
 
 @dataclass
 class PendingUpdateNorm:
-    """A step's ``‖Δθ‖`` not read yet: what its update-ratio feature needs (``metaopt.garo.runtime``)."""
+    """A step's ``‖Δθ‖`` not read yet: what its update-ratio feature needs
+    (``metaopt.garo.runtime``)."""
     directions: list[Tensor]   # Δθ_i = −a_i·direction_i
     step_sizes: list[float]    # |a_i|
     segment_ids: list[int]

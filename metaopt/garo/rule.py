@@ -29,8 +29,8 @@ only for the seed's global controller; one per group or tensor for the layer-wis
 With ``direction="adam"`` and relative features the guard is relative too, ``ε·‖g_0‖_s`` (the
 segment's first gradient norm), so ``u_i`` is homogeneous of degree 0 in ``g`` and the whole step
 is invariant to the loss's scale up to rounding (a fixed ``ε`` breaks it where ``|g_i| ≲ ε``, e.g.
-a loss scaled by 0.01). The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates whose
-gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
+a loss scaled by 0.01). The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates
+whose gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
 otherwise the meta-gradient there is ``0·∞ = NaN``.
 
 With ``scale="distance"`` (scale-free GARO) the controller's ``lr_t`` is a multiplier of a step

@@ -1,7 +1,8 @@
 """``HybridGDODE``: per step, a gradient-descent update or an ODE-integrator update.
 
-The hybrid GD/ODE optimizer (see docs/architecture.md). A torch.optim adapter over ``metaopt.hybrid.rule.HybridRule``
-(the switching criteria and the mode-switch update live there; the GD directions in
+The hybrid GD/ODE optimizer (see docs/architecture.md). A torch.optim adapter over
+``metaopt.hybrid.rule.HybridRule`` (the switching criteria and the mode-switch update live there;
+the GD directions in
 ``rules/sgd.py``, ``adam.py``, ``rmsprop.py``; the ODE steps in ``rules/runge_kutta.py``,
 ``step_size_control.py``, ``gradient_flow.py``, ``nesterov_flow.py``)::
 
@@ -111,7 +112,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
         policy: ``"heuristic"`` (``HeuristicSwitch`` with ``criteria``, ``grad_threshold``,
             ``curvature_threshold``, ``stagnation_threshold``, ``hysteresis``), ``"gd"``/``"ode"``
             (one module only), or a ``SwitchingPolicy`` (learned; ODE when p > 0.5).
-        min_dwell, window, ode_cfl, curvature (``"secant"``/``"lanczos"``), probe_every, probe_iters:
+        min_dwell, window, ode_cfl, curvature (``"secant"``/``"lanczos"``), probe_every,
+        probe_iters:
             see ``HybridRule``. ``record_trace``: keep every step's trace in ``history``.
 
     ``step(closure)`` needs a closure whenever an ODE step may run (any policy but ``"gd"``, or

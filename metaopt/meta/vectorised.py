@@ -58,7 +58,7 @@ if not torch._C._dispatch_has_kernel_for_dispatch_key("aten::gru_cell", "FuncTor
     _VMAP_LIBRARY.impl(torch.ops.aten.gru_cell.default, _gru_cell)
 
 
-# -- the pool -----------------------------------------------------------------------------------------
+# -- the pool --------------------------------------------------------------------------------------
 class VectorisedPool(InnerRunPool):
     """``InnerRunPool`` whose segments advance groups of same-``batch_key`` runs as one program.
 

@@ -1,4 +1,5 @@
-"""The rule interface shared by the meta-training path and the torch.optim path (docs/architecture.md).
+"""The rule interface shared by the meta-training path and the torch.optim path
+(docs/architecture.md).
 
 A rule is pure tensor code over a list of parameter tensors::
 
@@ -45,7 +46,8 @@ def per_tensor(value: StepSize, n: int) -> list[Scalar]:
 
 
 def is_uniform(values: Sequence[Scalar]) -> bool:
-    """True when every per-tensor scalar is the same Python number (enables the alpha= fast path)."""
+    """True when every per-tensor scalar is the same Python number (enables the alpha= fast
+    path)."""
     first = values[0]
     return not isinstance(first, Tensor) and all(
         not isinstance(v, Tensor) and v == first for v in values

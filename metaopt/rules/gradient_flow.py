@@ -1,8 +1,9 @@
 """Gradient flow dθ/dt = −∇L(θ) − wd·θ integrated by torchdiffeq over one step of length lr.
 
 The continuous-time gradient flow of the hybrid GD–ODE optimizer, with adaptive time-stepping
-(on μ-strongly convex L the flow contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with ``torchdiffeq.odeint`` on the
-flattened parameters; the last accepted solver step (in units of lr) seeds the next call's
+(on μ-strongly convex L the flow contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with
+``torchdiffeq.odeint`` on the flattened parameters; the last accepted solver step (in units of lr)
+seeds the next call's
 ``first_step``, so the controller's knowledge of the stiffness is carried across steps.
 
 The solver integrates the displacement z = θ − θ_n (z(0) = 0) rather than θ itself, so a tensor

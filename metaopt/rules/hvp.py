@@ -43,7 +43,8 @@ def gradient_hvp(grads: Sequence[Tensor], params: Sequence[Tensor]) -> HessianVe
     """HVP by double backward through ``grads`` (computed from ``params`` with create_graph=True).
 
     Gradients that do not require grad (their loss is at most linear in the parameters, e.g. a
-    zero loss) contribute a zero Hessian block, so such probes return ``H v = 0`` instead of failing.
+    zero loss) contribute a zero Hessian block, so such probes return ``H v = 0`` instead of
+    failing.
     """
     params = list(params)
     live = [i for i, g in enumerate(grads) if g.requires_grad]

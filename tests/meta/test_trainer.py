@@ -1,4 +1,5 @@
-"""MetaTrainer: learning on quadratics, divergence resets, skipped updates, exact state round trip."""
+"""MetaTrainer: learning on quadratics, divergence resets, skipped updates, exact state round
+trip."""
 from __future__ import annotations
 
 import math
