@@ -125,7 +125,8 @@ class Task(ABC):
     #: True for classification tasks, whose ``accuracy`` returns a number
     is_classification: bool = False
 
-    def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else torch.get_default_dtype()
         self._loss_scale: float | None = None
@@ -350,7 +351,8 @@ class TaskFamily(ABC):
 
     name: str = "family"
 
-    def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None):
+    def __init__(self, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | str | None = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if isinstance(dtype, str):
             resolved = getattr(torch, dtype, None)

@@ -43,7 +43,8 @@ __all__ = ["HessianExtremes", "PathCurvature", "SnapshotSpectrum", "SpectralDens
 LossFn = Callable[[list[Tensor]], Tensor]
 
 
-def module_loss(model: nn.Module, loss_fn: Callable, batch: Sequence) -> tuple[LossFn, list[Tensor]]:
+def module_loss(model: nn.Module, loss_fn: Callable,
+                batch: Sequence) -> tuple[LossFn, list[Tensor]]:
     """``(f, θ)``: the batch loss as a function of the trainable parameters, and their values."""
     inputs, targets = batch
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -132,7 +132,8 @@ class GAROController(nn.Module):
         self.register_buffer("init_feature_mean", torch.zeros(NUM_SIGNAL_FEATURES))
         self.register_buffer("init_feature_var", torch.ones(NUM_SIGNAL_FEATURES))
         self.register_buffer("step_frequencies",
-                             torch.tensor(step_frequencies(num_step_frequencies), dtype=torch.float32),
+                             torch.tensor(step_frequencies(num_step_frequencies),
+                                          dtype=torch.float32),
                              persistent=False)
         self.reset_parameters(generator)
         # moves, casts and loads bump this; the runtime's host copy of the weights

@@ -120,7 +120,8 @@ class InnerRunPool:
             if advance:
                 raise ValueError("starts: only with advance=False (the runs keep their own state)")
             if len(starts) != len(self.runs):
-                raise ValueError(f"starts: {len(starts)} given, this pool has {len(self.runs)} runs")
+                raise ValueError(f"starts: {len(starts)} given, "
+                                 f"this pool has {len(self.runs)} runs")
         losses, ends, resets, emitted = [], [], 0, {}
         for i, run in enumerate(self.runs):
             if run is None:

@@ -49,8 +49,9 @@ class GradientFlowRule:
             slope, _ = flatten(with_weight_decay(grads, points, weight_decay))
             return -time_scale * slope
 
-        z1, stats = integrate_unit_interval(field, torch.zeros_like(theta), self.method, self.rtol, self.atol,
-                                            state["first_step"], self.step_size)
+        z1, stats = integrate_unit_interval(field, torch.zeros_like(theta), self.method,
+                                            self.rtol, self.atol, state["first_step"],
+                                            self.step_size)
         first_step = stats.last_step if stats.last_step is not None else state["first_step"]
         return unflatten(theta + z1, shapes), {"first_step": first_step,
                                        "accepted": state["accepted"] + stats.accepted,
