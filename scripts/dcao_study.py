@@ -44,7 +44,8 @@ def objective(name: str):
     """Cross-entropy, or Cohen et al.'s square loss ½‖f(x) − onehot(y)‖² averaged over the batch."""
     if name == "ce":
         return nn.functional.cross_entropy
-    return lambda out, y: 0.5 * (out - nn.functional.one_hot(y, 10).to(out.dtype)).pow(2).sum(1).mean()
+    return lambda out, y: 0.5 * (out - nn.functional.one_hot(y, 10).to(out.dtype)).pow(2).sum(
+        1).mean()
 
 
 def sharpness(model: nn.Module, x, y, seed: int, criterion) -> float:

@@ -97,9 +97,9 @@ def list_studies() -> str:
     return "\n".join(f"{name:<{width}}  {module.DESCRIPTION}" for name, module in studies.items())
 
 
-def run_study(name: str, out_dir: str | os.PathLike, *, config_path: str | os.PathLike | None = None,
-              overrides: Sequence[str] = (), wandb_mode: str = "offline",
-              num_threads: int = 1) -> dict[str, Any]:
+def run_study(name: str, out_dir: str | os.PathLike, *,
+              config_path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+              wandb_mode: str = "offline", num_threads: int = 1) -> dict[str, Any]:
     """Validate the config of study ``name``, then run it into ``out_dir``; returns its results."""
     studies = discover()
     if name not in studies:
