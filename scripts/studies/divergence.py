@@ -74,7 +74,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         anatomy_rows.append({
             "lr": lr, "beta": cfg.beta, "lambda_min": lam_min, "lambda_max": lam_max,
             "condition_number": a.condition_number, "lr_lambda_max": a.lr_lambda_max,
-            "stability_bound_2(1+beta)": 2 * (1 + cfg.beta), "max_stable_lr_linear": a.max_stable_lr,
+            "stability_bound_2(1+beta)": 2 * (1 + cfg.beta),
+            "max_stable_lr_linear": a.max_stable_lr,
             "predicted_velocity_growth": a.predicted_growth,
             "measured_velocity_growth_steps2to5": " ".join(f"{v:.3g}" for v in early),
             "diverged_at": a.diverged_at if a.diverged else "", "final_loss": float(a.losses[-1])})
