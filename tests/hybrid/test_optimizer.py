@@ -84,8 +84,8 @@ def test_trace_and_gradient_evaluations():
     run(opt, loss_counted, 12)
     assert opt.gradient_evaluations == len(calls)
     last = opt.history[-1]
-    assert set(last) >= {"mode", "gate", "probability", "log_grad_ratio", "log_stability", "progress",
-                         "curvature", "evaluations", "gradient_evaluations"}
+    assert set(last) >= {"mode", "gate", "probability", "log_grad_ratio", "log_stability",
+                         "progress", "curvature", "evaluations", "gradient_evaluations"}
     assert last["evaluations"] == len(calls)  # the rule's count agrees with the closure calls
     ode_steps = sum(h["mode"] for h in opt.history)
     assert len(calls) == 12 + 3 * ode_steps  # RK4: 3 extra stages per ODE step

@@ -56,7 +56,8 @@ def test_dict_literal_replaces_a_free_form_dict(cfgmod):
 
 def test_controller_and_estimator_groups_reset_to_schema_then_file(cfgmod, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("controller: {init_lr: 0.5, hidden_size: 4}\nestimator: {name: es, sigma: 0.5}\n")
+    config.write_text("controller: {init_lr: 0.5, hidden_size: 4}\n"
+                      "estimator: {name: es, sigma: 0.5}\n")
     cfg = cfgmod.load_config(str(config), ["controller=adam", "estimator=bptt"])
     assert cfg.controller.direction == "adam" and cfg.controller.hidden_size == 16
     assert cfg.controller.init_lr == cfgmod.ControllerConfig().init_lr  # replaced, not merged
@@ -77,7 +78,8 @@ def test_bad_overrides_name_their_key(cfgmod, override, match):
         cfgmod.load_config(GARO, [override])
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")))
+@pytest.mark.parametrize("option",
+                         sorted(p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")))
 def test_every_task_group_file_builds_its_family(cfgmod, option):
     cfg = cfgmod.load_config(GARO, [f"task={option}"])
     family = tasks.get(cfg.task.name, **OmegaConf.to_container(cfg.task.kwargs))
