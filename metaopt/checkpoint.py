@@ -33,7 +33,7 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -41,8 +41,8 @@ from safetensors.torch import save as _safetensors_bytes
 
 from .atomic import atomic_write
 from .garo.controller import GAROController
-from .hybrid.policy import SwitchingPolicy
 from .hub_mixin import PretrainedCheckpointMixin
+from .hybrid.policy import SwitchingPolicy
 
 FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
@@ -59,7 +59,7 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 #: before lr = 1e308, and no optimizer's base rate is anywhere near 1e6
 MAX_LR = 1e6
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 class CheckpointError(ValueError):

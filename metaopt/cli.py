@@ -12,8 +12,9 @@
 modules of the ``scripts`` package (``scripts.meta_train``, ...), imported as a package, never run
 by file path. ``scripts`` ships with a source checkout (``pip install -e .``, what ``make setup``
 does, makes it importable). ``list`` and ``tasks`` need only the library: task families come from
-the task registry (``metaopt.task_registry``), which installed plug-ins fill. ``--import MODULE`` (a module name or a ``.py`` file; ``train``,
-``evaluate``, ``list``, ``tasks``) imports the user's module first, so the task families it
+the task registry (``metaopt.task_registry``), which installed plug-ins fill. ``--import MODULE`` (a
+module name or a ``.py`` file; ``train``, ``evaluate``, ``list``, ``tasks``) imports the user's
+module first, so the task families it
 registers can be named (``metaopt.user_modules``).
 """
 from __future__ import annotations

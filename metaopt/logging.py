@@ -65,7 +65,8 @@ NullLogger = Logger
 
 
 class JSONLLogger(Logger):
-    """Appends ``{"step": step, **metrics}`` lines to ``path``; series as ``{"series": name, …}``."""
+    """Appends ``{"step": step, **metrics}`` lines to ``path``; series as
+    ``{"series": name, …}``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -95,7 +96,8 @@ class JSONLLogger(Logger):
 
 
 def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
-    """Drop records with ``step > max_step`` (a resumed run rewrites what followed its checkpoint)."""
+    """Drop records with ``step > max_step`` (a resumed run rewrites what followed its
+    checkpoint)."""
     path = Path(path)
     if not path.exists():
         return
@@ -196,7 +198,8 @@ def make_logger(out_dir: str | os.PathLike, *, wandb_mode: str = "offline",
                 name: str | None = None, tags: Sequence[str] = (),
                 config: Mapping[str, Any] | None = None,
                 run_id: str | None = None, jsonl_name: str = "metrics.jsonl") -> Logger:
-    """``out_dir/metrics.jsonl`` always, plus W&B under ``out_dir`` unless ``wandb_mode="disabled"``."""
+    """``out_dir/metrics.jsonl`` always, plus W&B under ``out_dir`` unless
+    ``wandb_mode="disabled"``."""
     if wandb_mode not in WANDB_MODES:
         raise ValueError(f"wandb_mode: must be one of {WANDB_MODES}, got {wandb_mode!r}")
     loggers: list[Logger] = [JSONLLogger(Path(out_dir) / jsonl_name)]

@@ -58,7 +58,8 @@ def generator_from_seed(seed: int) -> torch.Generator:
 
 
 def sample_log_uniform(generator: torch.Generator, low: float, high: float) -> float:
-    """``exp(U(log low, log high))``: scale parameters (condition numbers, widths) vary by decades."""
+    """``exp(U(log low, log high))``: scale parameters (condition numbers, widths) vary by
+    decades."""
     if not 0 < low <= high:
         raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
     u = torch.rand((), generator=generator, dtype=torch.float64).item()
@@ -111,8 +112,9 @@ class Task(ABC):
 
     Normalisation: ``normalized_loss(L) = (L - loss_offset) / loss_scale`` where ``loss_offset`` is
     the known minimum value when there is one (else 0) and ``loss_scale > 0`` is a per-task or
-    per-family scale (by default the initial optimality gap on ``eval_batch("train")``). A normalised
-    loss of 1 means "no progress", 0 means "solved", so averages across tasks are meaningful.
+    per-family scale (by default the initial optimality gap on ``eval_batch("train")``). A
+    normalised loss of 1 means "no progress", 0 means "solved", so averages across tasks are
+    meaningful.
     """
 
     name: str = "task"
@@ -123,7 +125,8 @@ class Task(ABC):
     #: True for classification tasks, whose ``accuracy`` returns a number
     is_classification: bool = False
 
-    def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype if dtype is not None else torch.get_default_dtype()
         self._loss_scale: float | None = None
@@ -170,8 +173,8 @@ class Task(ABC):
 
     @property
     def loss_scale(self) -> float:
-        """Positive loss scale: the initial gap ``loss(init) - loss_offset`` on the train eval batch,
-        floored at 1e-12 so that a task started at its minimum does not divide by zero."""
+        """Positive loss scale: the initial gap ``loss(init) - loss_offset`` on the train eval
+        batch, floored at 1e-12 so that a task started at its minimum does not divide by zero."""
         if self._loss_scale is None:
             with torch.no_grad():
                 initial = float(self.loss(self.init_params(), self.eval_batch("train")))
@@ -348,7 +351,8 @@ class TaskFamily(ABC):
 
     name: str = "family"
 
-    def __init__(self, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None):
+    def __init__(self, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | str | None = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if isinstance(dtype, str):
             resolved = getattr(torch, dtype, None)

@@ -1,9 +1,11 @@
 """DCAO at the edge of stability: sharpness vs 2/η on full-batch load_digits (DCAO).
 
-    python scripts/dcao_study.py [--steps 400] [--lr 0.5] [--loss mse|ce] [--csv results/dcao_study.csv]
+    python scripts/dcao_study.py [--steps 400] [--lr 0.5] [--loss mse|ce]
+        [--csv results/dcao_study.csv]
 
-A 64 → 64 → 10 tanh MLP trained full-batch (square loss as in Cohen et al. 2021, or cross-entropy; all 1797 digits, standardised pixels)
-with a large learning rate, by SGD-momentum, Adam, DCAO (its exponential schedule) and DCAO
+A 64 → 64 → 10 tanh MLP trained full-batch (square loss as in Cohen et al. 2021, or cross-entropy;
+all 1797 digits, standardised pixels) with a large learning rate, by SGD-momentum, Adam, DCAO (its
+exponential schedule) and DCAO
 (edge-of-stability rule). Every ``--measure-every`` steps the sharpness λ_max of the training loss
 Hessian is measured by the same Lanczos solver DCAO uses (cold start, 30 HVPs), and compared with
 the stability threshold of the step actually taken: heavy-ball momentum with effective step η and
@@ -42,7 +44,8 @@ def objective(name: str):
     """Cross-entropy, or Cohen et al.'s square loss ½‖f(x) − onehot(y)‖² averaged over the batch."""
     if name == "ce":
         return nn.functional.cross_entropy
-    return lambda out, y: 0.5 * (out - nn.functional.one_hot(y, 10).to(out.dtype)).pow(2).sum(1).mean()
+    return lambda out, y: 0.5 * (out - nn.functional.one_hot(y, 10).to(out.dtype)).pow(2).sum(
+        1).mean()
 
 
 def sharpness(model: nn.Module, x, y, seed: int, criterion) -> float:

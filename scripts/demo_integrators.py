@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             opt = factory(params, lr)
             evaluations = 0
 
-            def closure():
+            def closure(opt=opt, loss_fn=loss_fn):
                 nonlocal evaluations
                 evaluations += 1
                 opt.zero_grad()

@@ -77,7 +77,8 @@ class TuningConfig:
     lr_max: float = 1.0
     num_lrs: int = 9
     criterion: str = "final_train_loss"  # one of metaopt.evaluation.CRITERIA
-    task_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])  # held out from evaluation
+    task_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])  # held out from
+    # evaluation
     seeds: list[int] = field(default_factory=lambda: [0])
     steps: int | None = None  # default: the evaluation's steps
 
@@ -105,7 +106,8 @@ class EvalConfig:
     init: str = "canonical"  # canonical | seed
     track_memory: bool = True
     device: str = "cpu"
-    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (tiny tasks run best with 1)
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (tiny tasks run best
+    # with 1)
     dtype: str = "float32"
     out_dir: str = "results/eval"
     plots: bool = True  # PNG loss curves and controller traces in out_dir/plots (matplotlib)
@@ -144,7 +146,8 @@ def load_config(config_path: str | None, overrides: list[str]) -> EvalConfig:
     try:
         OmegaConf.to_container(merged, throw_on_missing=True)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"missing value for {getattr(error, 'full_key', None)!r}: {error}") from error
+        raise ConfigError(f"missing value for {getattr(error, 'full_key', None)!r}: "
+                          f"{error}") from error
     return merged
 
 
@@ -174,7 +177,8 @@ def build(cfg: EvalConfig):
     for index, spec in enumerate(cfg.optimizers):
         label = spec.label or spec.name
         if label in optimizers:
-            raise ConfigError(f"optimizers.{index}: duplicate optimizer label {label!r}; set `label`")
+            raise ConfigError(f"optimizers.{index}: duplicate optimizer label {label!r}; "
+                              "set `label`")
         hyperparameters = OmegaConf.to_container(spec.hyperparameters, resolve=True)
         try:
             if _is_baseline(spec.name):
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         for optimizer_label, (factory, should_tune) in optimizers.items():
             if should_tune:
                 tuning = tune_lr(factory, family, cfg.tuning.steps or cfg.steps, lrs=lr_grid,
-                                 criterion=cfg.tuning.criterion, task_seeds=list(cfg.tuning.task_seeds),
+                                 criterion=cfg.tuning.criterion,
+                                 task_seeds=list(cfg.tuning.task_seeds),
                                  seeds=list(cfg.tuning.seeds), **run_kwargs)
                 factory = factory.with_hyperparameters(lr=tuning.best_lr)
                 tuned.append({"family": family_label, **tuning.to_dict()})
@@ -279,11 +284,13 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
                "summary": summary, "runs": [r.to_dict() for r in results], "traces": traces}
     pngs = write_plots(cfg, families, payload["runs"], traces, out_dir) if cfg.plots else []
     # strict JSON: NaN / inf (diverged runs, empty statistics) become null
-    (out_dir / "results.json").write_text(json.dumps(_nan_to_none(payload), indent=1, default=str, allow_nan=False))
+    (out_dir / "results.json").write_text(json.dumps(_nan_to_none(payload), indent=1, default=str,
+                                                     allow_nan=False))
     if wandb_run is not None:
         import wandb
 
-        wandb_run.log({"summary": wandb.Table(columns=list(summary[0]), data=[list(r.values()) for r in summary])})
+        wandb_run.log({"summary": wandb.Table(columns=list(summary[0]),
+                                              data=[list(r.values()) for r in summary])})
         for row in summary:
             for key in ("final_norm_loss_median", "diverged", "test_acc_mean", "ms_per_step"):
                 wandb_run.summary[f"{row['optimizer']}/{row['family']}/{key}"] = row[key]

@@ -1,6 +1,7 @@
 """One command per GDSearch study (the analysis studies of ``scripts/studies``).
 
-    python scripts/gdsearch.py STUDY [--config configs/gdsearch/STUDY.yaml] [key=value ...] --out DIR
+    python scripts/gdsearch.py STUDY [--config configs/gdsearch/STUDY.yaml] [key=value ...]
+        --out DIR
     python scripts/gdsearch.py --list
 
 A study is a module of ``scripts/studies`` (``NAME``, ``DESCRIPTION``, dataclass ``Config``,
@@ -96,9 +97,9 @@ def list_studies() -> str:
     return "\n".join(f"{name:<{width}}  {module.DESCRIPTION}" for name, module in studies.items())
 
 
-def run_study(name: str, out_dir: str | os.PathLike, *, config_path: str | os.PathLike | None = None,
-              overrides: Sequence[str] = (), wandb_mode: str = "offline",
-              num_threads: int = 1) -> dict[str, Any]:
+def run_study(name: str, out_dir: str | os.PathLike, *,
+              config_path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+              wandb_mode: str = "offline", num_threads: int = 1) -> dict[str, Any]:
     """Validate the config of study ``name``, then run it into ``out_dir``; returns its results."""
     studies = discover()
     if name not in studies:

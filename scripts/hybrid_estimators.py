@@ -1,6 +1,7 @@
 """Relaxation vs straight-through vs ES for the switching policy, measured.
 
-    OMP_NUM_THREADS=1 python scripts/hybrid_estimators.py [--steps 60] [--out runs/hybrid_estimators]
+    OMP_NUM_THREADS=1 python scripts/hybrid_estimators.py [--steps 60]
+        [--out runs/hybrid_estimators]
 
 Trains the policy of ``configs/hybrid.yaml`` three ways for the same number of meta-steps —
 truncated BPTT through the relaxed (gate-blended) unroll, BPTT with the straight-through gate

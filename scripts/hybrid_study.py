@@ -1,7 +1,8 @@
 """The hybrid GD–ODE optimizer's evaluation as a script: GD only, ODE only, heuristic and learned
 switching, against tuned baselines.
 
-    OMP_NUM_THREADS=1 python scripts/hybrid_study.py [--config configs/hybrid_study.yaml] [key=value ...]
+    OMP_NUM_THREADS=1 python scripts/hybrid_study.py [--config configs/hybrid_study.yaml]
+        [key=value ...]
 
 On Rastrigin, Ackley, Himmelblau, six-hump camel and Styblinski-Tang (``tasks.test_functions``,
 known global minima) from a ``grid × grid`` lattice of starts over each function's box, it runs
@@ -32,13 +33,13 @@ from omegaconf import OmegaConf
 
 import tasks
 from metaopt.checkpoint import load_checkpoint, resolve
-from metaopt.hybrid.policy import PolicyGate
 from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize
 from metaopt.evaluation.tuning import tune_lr_interior
-from metaopt.logging import WANDB_MODES, make_logger
 from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
-from metaopt.rules.adam import AdamRule
+from metaopt.hybrid.policy import PolicyGate
 from metaopt.hybrid.rule import ConstantSwitch, HeuristicSwitch, HybridRule
+from metaopt.logging import WANDB_MODES, make_logger
+from metaopt.rules.adam import AdamRule
 from metaopt.rules.sgd import SGDRule
 from scripts.config_checks import check_values
 from tasks.test_functions import TEST_FUNCTIONS_2D
@@ -185,7 +186,9 @@ def metrics(name, path, evals, target) -> dict:
     first = reached.float().argmax(0)
     iters = (first + 1)[hit].double()
     ev = evals.gather(0, first[None])[0][hit] if hit.any() else torch.empty(0)
-    med = (lambda t: float(t.median()) if t.numel() else math.nan)
+    def med(t):
+        return float(t.median()) if t.numel() else math.nan
+
     return {"global_basin": float((final < BASIN_GAP[name]).double().mean()),
             "reached_target": float(hit.double().mean()), "iters_to_target": med(iters),
             "evals_to_target": med(ev.double()), "final_gap_median": float(final.median()),
@@ -216,7 +219,7 @@ def tune(name, x0, kind, cfg) -> float:
     return best
 
 
-# -- runtime cost on one start ----------------------------------------------------------------------
+# -- runtime cost on one start ---------------------------------------------------------------------
 def runtime_cost(name, factory, steps) -> tuple[float, float]:
     """(ms per iteration, optimizer-state floats per parameter) of a torch.optim optimizer."""
     fn = TEST_FUNCTIONS_2D[name].function

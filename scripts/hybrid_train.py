@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from metaopt.checkpoint import save_checkpoint
-from metaopt.hybrid.policy import SwitchingPolicy
-from metaopt.meta.hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
 from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
+from metaopt.hybrid.policy import SwitchingPolicy
 from metaopt.hybrid.rule import HybridRule
+from metaopt.meta.hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
 
 
 def gate_kind(cfg) -> str:

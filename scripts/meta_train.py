@@ -41,7 +41,6 @@ from tqdm import tqdm
 import tasks
 from metaopt.atomic import atomic_write
 from metaopt.checkpoint import SUFFIX, save_checkpoint
-from metaopt.garo.controller import GAROController
 from metaopt.evaluation import (
     SUMMARY_COLUMNS,
     evaluate,
@@ -50,6 +49,9 @@ from metaopt.evaluation import (
     summarize,
     tune_lr,
 )
+from metaopt.garo.controller import GAROController
+from metaopt.garo.optimizer import GARO
+from metaopt.garo.rule import GARORule
 from metaopt.logging import Logger, make_logger
 from metaopt.meta import (
     GAROLearnedRule,
@@ -66,8 +68,6 @@ from metaopt.meta import (
 )
 from metaopt.meta.training_state import TrainingStateError
 from metaopt.meta.vectorised import VectorisedPool
-from metaopt.garo.optimizer import GARO
-from metaopt.garo.rule import GARORule
 from scripts import hybrid_train, run_dir
 from scripts.meta_train_config import (
     ConfigError,

@@ -33,7 +33,8 @@ class ControllerConfig:
     kind: str = "garo"  # garo | hybrid (switching policy) | hybrid_garo (policy + GARO jointly)
     hidden_size: int = 16
     num_step_frequencies: int = 3
-    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (the GARO specification: untrained = plain SGD)
+    init_lr: float = 0.01  # the untrained controller is SGD(lr=init_lr) (the GARO specification:
+    # untrained = plain SGD)
     init_momentum: float = 0.0
     init_weight_decay: float = 1.0e-8
     direction: str = "sgd"  # sgd | adam

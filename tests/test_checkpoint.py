@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import metaopt
-from metaopt.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint,
-                                save_checkpoint)
+from metaopt.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from metaopt.garo import GAROController
 from metaopt.optim import GARO
 from tests.garo.helpers import awake_controller, regression

@@ -105,7 +105,8 @@ def test_docs_site_builds_strictly(tmp_path):
     import sys
     root = DOC.parents[1]
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
-                             str(tmp_path / "site")], check=False, cwd=root, capture_output=True, text=True,
+                             str(tmp_path / "site")], check=False, cwd=root, capture_output=True,
+                            text=True,
                             env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "tutorial" / "index.html").is_file()

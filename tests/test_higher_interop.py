@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import metaopt  # noqa: F401  (registers GARO with higher)
+from metaopt.garo import GARORule
 from metaopt.interop import DifferentiableGARO
 from metaopt.optim import GARO
-from metaopt.garo import GARORule
 from tests.garo.helpers import awake_controller
 
 STEPS = 3

@@ -2,11 +2,10 @@
 the argument, nothing is skipped, nothing reaches the network, nothing is written."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch

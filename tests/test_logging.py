@@ -68,7 +68,8 @@ def test_log_image_reaches_jsonl_and_the_offline_wandb_run(tmp_path):
     logger = make_logger(tmp_path / "run", wandb_mode="offline", run_id="imagerun01")
     logger.log_image("plot", tmp_path / "plot.png", step=3)
     logger.close()
-    (record,) = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    (record,) = [json.loads(x) for x in lines]
     assert record == {"step": 3, "image": "plot", "path": str(tmp_path / "plot.png")}
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*imagerun01")
     assert list(run.rglob("plot_*.png"))  # the image was copied into the W&B run's media

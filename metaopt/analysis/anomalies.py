@@ -70,8 +70,8 @@ def _spikes(gaps: torch.Tensor, stop: int, factor: float, z: float, window: int)
     spikes: list[Anomaly] = []
     t, data = 1, gaps.tolist()
     while t < stop:
-        history = torch.tensor([v for v in data[max(0, t - window):t] if math.isfinite(v) and v > 0],
-                               dtype=torch.float64)
+        history = torch.tensor([v for v in data[max(0, t - window):t]
+                                if math.isfinite(v) and v > 0], dtype=torch.float64)
         if history.numel() < 2:
             t += 1
             continue

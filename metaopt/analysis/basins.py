@@ -111,7 +111,9 @@ def basin_map(function: Callable[[Tensor], Tensor], minimizers: Sequence[Sequenc
         raise ValueError(f"tolerance: must be > 0, got {tolerance!r}")
     xs, ys, starts = grid_starts(bounds, resolution, dtype, device)
     mins = torch.tensor(minimizers, dtype=dtype, device=device)
-    near = lambda x: torch.cdist(x.nan_to_num(nan=torch.inf), mins).min(dim=1).values <= tolerance
+    def near(x):
+        return torch.cdist(x.nan_to_num(nan=torch.inf), mins).min(dim=1).values <= tolerance
+
     labels, arrival, final = {}, {}, {}
     for name, optimizer in optimizers.items():
         run = run_batched(function, starts, optimizer, steps, noise_std=noise_std,

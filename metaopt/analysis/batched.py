@@ -99,7 +99,8 @@ class BatchedOptimizer:
         allowed = set(_DEFAULTS.get(self.name, _RK_DEFAULTS))
         unknown = sorted(set(self.options) - allowed)
         if unknown:
-            raise ValueError(f"options: {self.name} does not take {unknown}; takes {sorted(allowed)}")
+            raise ValueError(f"options: {self.name} does not take {unknown}; "
+                             f"takes {sorted(allowed)}")
         for key, value in self.hyper.items():
             values = value if isinstance(value, (tuple, list)) else (value,)
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):

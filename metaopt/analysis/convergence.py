@@ -40,7 +40,8 @@ def as_losses(losses) -> torch.Tensor:
 
 def steps_to_target(losses, target: float, *, relative: bool = False,
                     minimum: float = 0.0) -> int | None:
-    """First index t with ``L_t ≤ target`` (``relative``: ``L_t − minimum ≤ target·(L_0 − minimum)``)."""
+    """First index t with ``L_t ≤ target`` (``relative``:
+    ``L_t − minimum ≤ target·(L_0 − minimum)``)."""
     values = as_losses(losses)
     if values.numel() == 0:
         return None
@@ -62,7 +63,8 @@ class Plateau:
 
 def detect_plateaus(losses, window: int = 20, rel_tol: float = 1e-3, min_length: int | None = None,
                     *, minimum: float = 0.0, floor: float = 1e-12) -> list[Plateau]:
-    """Maximal stretches where the loss moved by ≤ rel_tol of its remaining gap per ``window`` steps."""
+    """Maximal stretches where the loss moved by ≤ rel_tol of its remaining gap per ``window``
+    steps."""
     if window < 1:
         raise ValueError(f"window: must be >= 1, got {window}")
     if not rel_tol >= 0:

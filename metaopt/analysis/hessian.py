@@ -43,7 +43,8 @@ __all__ = ["HessianExtremes", "PathCurvature", "SnapshotSpectrum", "SpectralDens
 LossFn = Callable[[list[Tensor]], Tensor]
 
 
-def module_loss(model: nn.Module, loss_fn: Callable, batch: Sequence) -> tuple[LossFn, list[Tensor]]:
+def module_loss(model: nn.Module, loss_fn: Callable,
+                batch: Sequence) -> tuple[LossFn, list[Tensor]]:
     """``(f, θ)``: the batch loss as a function of the trainable parameters, and their values."""
     inputs, targets = batch
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -250,7 +251,8 @@ def hessian_along_trajectory(model: nn.Module, loss_fn: Callable, batch: Sequenc
                              generator: torch.Generator | None = None
                              ) -> list[SnapshotSpectrum]:
     """Top-k eigenvalues, extremes (saddle indicator) and optionally the trace at each snapshot
-    (a list of parameter tensors in ``model.named_parameters()`` order); the model is not changed."""
+    (a list of parameter tensors in ``model.named_parameters()`` order); the model is not
+    changed."""
     f, current = module_loss(model, loss_fn, batch)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     out = []

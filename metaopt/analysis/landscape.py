@@ -36,7 +36,8 @@ __all__ = ["LossSurface", "Projection", "Sharpness", "filter_normalized_directio
 LossFn = Callable[[list[Tensor]], Tensor]
 
 
-def _offset(params: Sequence[Tensor], terms: Sequence[tuple[float, Sequence[Tensor]]]) -> list[Tensor]:
+def _offset(params: Sequence[Tensor],
+            terms: Sequence[tuple[float, Sequence[Tensor]]]) -> list[Tensor]:
     out = [p.detach().clone() for p in params]
     for scale, direction in terms:
         for o, d in zip(out, direction):
@@ -44,24 +45,29 @@ def _offset(params: Sequence[Tensor], terms: Sequence[tuple[float, Sequence[Tens
     return out
 
 
-def interpolate(f: LossFn, start: Sequence[Tensor], end: Sequence[Tensor], alphas: Tensor) -> Tensor:
+def interpolate(f: LossFn, start: Sequence[Tensor], end: Sequence[Tensor],
+                alphas: Tensor) -> Tensor:
     """(A,) float64 losses at (1 − α)·start + α·end for each α in ``alphas``."""
     delta = [e.detach() - s.detach() for s, e in zip(start, end)]
     with torch.no_grad():
-        return torch.stack([f(_offset(start, [(a, delta)])).detach().double() for a in alphas.tolist()])
+        return torch.stack([f(_offset(start, [(a, delta)])).detach().double()
+                            for a in alphas.tolist()])
 
 
 def filter_normalized_direction(params: Sequence[Tensor], generator: torch.Generator,
                                 ignore_1d: bool = True) -> list[Tensor]:
-    """A Gaussian direction shaped like ``params`` with every filter rescaled to its weight's norm."""
+    """A Gaussian direction shaped like ``params`` with every filter rescaled to its weight's
+    norm."""
     out = []
     for p in params:
-        d = torch.randn(p.shape, generator=generator, dtype=p.dtype, device=generator.device).to(p.device)
+        d = torch.randn(p.shape, generator=generator, dtype=p.dtype,
+                        device=generator.device).to(p.device)
         if p.dim() <= 1:
             d = torch.zeros_like(p) if ignore_1d else d * (p.norm() / d.norm().clamp_min(1e-30))
         else:
             dims = tuple(range(1, p.dim()))
-            d = d * (p.norm(dim=dims, keepdim=True) / d.norm(dim=dims, keepdim=True).clamp_min(1e-30))
+            d = d * (p.norm(dim=dims, keepdim=True)
+                     / d.norm(dim=dims, keepdim=True).clamp_min(1e-30))
         out.append(d)
     return out
 
@@ -73,8 +79,10 @@ def random_plane(params: Sequence[Tensor], generator: torch.Generator, *,
     if filter_normalize:
         return (filter_normalized_direction(params, generator, ignore_1d),
                 filter_normalized_direction(params, generator, ignore_1d))
-    draw = lambda: [torch.randn(p.shape, generator=generator, dtype=p.dtype,
-                                device=generator.device).to(p.device) for p in params]
+    def draw():
+        return [torch.randn(p.shape, generator=generator, dtype=p.dtype,
+                            device=generator.device).to(p.device) for p in params]
+
     return draw(), draw()
 
 

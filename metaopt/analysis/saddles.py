@@ -81,7 +81,9 @@ def noise_escape_experiment(function: Callable[[Tensor], Tensor], saddle: Sequen
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     center = torch.as_tensor(saddle, dtype=dtype)
     start = (center + torch.as_tensor(offset, dtype=dtype)).expand(repeats, -1)
-    outside = lambda x: (x - center).norm(dim=1).nan_to_num(nan=math.inf) > radius
+    def outside(x):
+        return (x - center).norm(dim=1).nan_to_num(nan=math.inf) > radius
+
     results = []
     for name, optimizer in optimizers.items():
         for sigma in sigmas:

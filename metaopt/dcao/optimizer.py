@@ -11,17 +11,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..rules.curvature import CurvatureProbe, probe_curvature
-from ..optim._grad_evals import GradEvalCounter
-from ..optim._rule_optimizer import check_non_negative, check_positive
-from ..rules.hvp import CreateGraphBackward, gradient_hvp
 from ..optim._checked_state import (
     CheckedStateLoad,
     StateDictError,
     check_counter,
     check_tensor_like,
 )
+from ..optim._grad_evals import GradEvalCounter
 from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
+from ..optim._rule_optimizer import check_non_negative, check_positive
+from ..rules.curvature import CurvatureProbe, probe_curvature
+from ..rules.hvp import CreateGraphBackward, gradient_hvp
 from ..rules.lanczos import DEFAULT_TOL
 from .rule import SCHEDULES, dcao_schedule
 
@@ -279,7 +279,8 @@ class DCAO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, torch.optim.Optimi
                              self.schedule, self.stability_factor, self.stall_ratio)
 
     def _update(self) -> None:
-        # In-place foreach form of metaopt.dcao.rule.momentum_sgd (equal in float64: tests/dcao/test_dcao).
+        # In-place foreach form of metaopt.dcao.rule.momentum_sgd (equal in float64:
+        # tests/dcao/test_dcao).
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

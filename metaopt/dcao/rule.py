@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -44,7 +43,7 @@ from torch import Tensor
 from ..rules.base import GradFn, Scalar, State, TensorList, per_tensor
 
 SCHEDULES = ("exponential", "edge_of_stability")
-Number = Union[float, Tensor]
+Number = float | Tensor
 
 
 def _exp(x: Number) -> Number:

@@ -11,8 +11,9 @@ recurrence" next step)::
     wd_t  = softplus(W_wd  h_t + b_wd)
 
 The heads are exactly the seed's. They start with zero weights and biases
-``b_lr = softplus⁻¹(init_lr)``, ``b_mom = atanh(init_momentum)``, ``b_wd = softplus⁻¹(init_weight_decay)``
-(defaults 0.01, 0 and 1e-8, i.e. ``b_wd ≈ −18.42``), so the untrained controller emits exactly
+``b_lr = softplus⁻¹(init_lr)``, ``b_mom = atanh(init_momentum)``,
+``b_wd = softplus⁻¹(init_weight_decay)`` (defaults 0.01, 0 and 1e-8, i.e. ``b_wd ≈ −18.42``), so the
+untrained controller emits exactly
 those constants whatever it reads: plain SGD with lr 0.01, no momentum and a negligible decay, as
 the seed's "Initialization" and DESIGN idea 6 ask. The weight-decay bias is pushed that far down
 so ``lr·wd ≈ 1e-10`` cannot move a float32 parameter, yet its gradient (sigmoid(b_wd) ≈ 1e-8) stays
@@ -38,7 +39,7 @@ recurrent state instead of keeping it, so ``torch.func.functional_call`` can swa
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,8 @@ class GAROController(nn.Module):
 
     Args:
         hidden_size: GRU width ``H``.
-        num_step_frequencies: ``K``; the step embedding is ``sin/cos(ω_k·log1p(t))``, ``ω_k = 2^-k``.
+        num_step_frequencies: ``K``; the step embedding is ``sin/cos(ω_k·log1p(t))``,
+        ``ω_k = 2^-k``.
         init_lr, init_momentum, init_weight_decay: the constant outputs of the untrained controller.
         feature_decay: EMA decay ``β`` of the running feature statistics.
         feature_clip: normalised features are clipped to ``±feature_clip``.
@@ -94,7 +96,7 @@ class GAROController(nn.Module):
                  init_lr: float = 0.01, init_momentum: float = 0.0,
                  init_weight_decay: float = 1e-8, feature_decay: float = 0.99,
                  feature_clip: float = 5.0, features: str = "seed",
-                 generator: Optional[torch.Generator] = None):
+                 generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size: must be an int >= 1, got {hidden_size!r}")
@@ -130,7 +132,8 @@ class GAROController(nn.Module):
         self.register_buffer("init_feature_mean", torch.zeros(NUM_SIGNAL_FEATURES))
         self.register_buffer("init_feature_var", torch.ones(NUM_SIGNAL_FEATURES))
         self.register_buffer("step_frequencies",
-                             torch.tensor(step_frequencies(num_step_frequencies), dtype=torch.float32),
+                             torch.tensor(step_frequencies(num_step_frequencies),
+                                          dtype=torch.float32),
                              persistent=False)
         self.reset_parameters(generator)
         # moves, casts and loads bump this; the runtime's host copy of the weights
@@ -138,8 +141,9 @@ class GAROController(nn.Module):
         self.weights_generation = 0
 
     @torch.no_grad()
-    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
-        """GRU weights ~ U(±1/√H) (PyTorch's GRUCell rule, from an explicit generator); SGD heads."""
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GRU weights ~ U(±1/√H) (PyTorch's GRUCell rule, from an explicit generator); SGD
+        heads."""
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -187,7 +191,7 @@ class GAROController(nn.Module):
 
     def forward(self, signal: Tensor, valid: Tensor, step: Tensor, hidden: Tensor,
                 feature_mean: Tensor, feature_var: Tensor,
-                progress: Optional[Tensor] = None) -> ControllerOutput:
+                progress: Tensor | None = None) -> ControllerOutput:
         """One recurrent step.
 
         Args:

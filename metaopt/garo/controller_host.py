@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from .features import HOST_OPS, NUM_SIGNAL_FEATURES, ema_normalise, step_frequen
 
 # controller -> (its weights_generation, the weights read, their versions, fused host copies);
 # weak, so it is neither pickled, deep-copied nor kept alive with the module
-_FUSED: "weakref.WeakKeyDictionary[GAROController, tuple]" = weakref.WeakKeyDictionary()
+_FUSED: weakref.WeakKeyDictionary[GAROController, tuple] = weakref.WeakKeyDictionary()
 _FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_ih"),
                   ("cell", "bias_hh"), ("head_lr", "weight"), ("head_momentum", "weight"),
                   ("head_weight_decay", "weight"), ("head_lr", "bias"),
@@ -62,8 +63,9 @@ def _softplus(x: float) -> float:
 
 
 def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The GRU as one ``(I + H + 1, 4H)`` matrix, its bias as the last row (the inputs end with
-    a 1), and the three heads as one ``(H, 3)`` matrix and its ``(3,)`` bias, on the host.
+    """The GRU as one ``(D + H + 1, 4H)`` matrix (D inputs, H hidden units), its bias as the last
+    row (the inputs end with a 1), and the three heads as one ``(H, 3)`` matrix and its ``(3,)``
+    bias, on the host.
 
     GRU columns: the ``r`` and ``u`` pre-activations (input and hidden parts summed, biases too)
     and the hidden part of ``n`` — all three halved, since ``σ(x) = (1 + tanh(x/2))/2`` turns the
@@ -78,19 +80,19 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
             [t._version for t in cached[1]] == cached[2]:
         return cached[3]
     tensors = [controller._modules[m]._parameters[name] for m, name in _FUSED_SOURCES]
-    H, I = controller.hidden_size, controller.input_size
+    H, D = controller.hidden_size, controller.input_size
     dtype = host_dtype(tensors[0].dtype)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
     w_ih, w_hh, b_ih, b_hh, *heads = (t.detach().to("cpu", torch_dtype).numpy()
                                       for t in tensors)
-    gru = np.zeros((I + H + 1, 4 * H), dtype)
-    gru[:I, :2 * H] = w_ih[:2 * H].T / 2
-    gru[I:I + H, :2 * H] = w_hh[:2 * H].T / 2
-    gru[I + H, :2 * H] = (b_ih[:2 * H] + b_hh[:2 * H]) / 2
-    gru[:I, 2 * H:3 * H] = w_ih[2 * H:].T
-    gru[I + H, 2 * H:3 * H] = b_ih[2 * H:]
-    gru[I:I + H, 3 * H:] = w_hh[2 * H:].T / 2
-    gru[I + H, 3 * H:] = b_hh[2 * H:] / 2
+    gru = np.zeros((D + H + 1, 4 * H), dtype)
+    gru[:D, :2 * H] = w_ih[:2 * H].T / 2
+    gru[D:D + H, :2 * H] = w_hh[:2 * H].T / 2
+    gru[D + H, :2 * H] = (b_ih[:2 * H] + b_hh[:2 * H]) / 2
+    gru[:D, 2 * H:3 * H] = w_ih[2 * H:].T
+    gru[D + H, 2 * H:3 * H] = b_ih[2 * H:]
+    gru[D:D + H, 3 * H:] = w_hh[2 * H:].T / 2
+    gru[D + H, 3 * H:] = b_hh[2 * H:] / 2
     fused = (gru, np.ascontiguousarray(np.concatenate(heads[:3]).T), np.concatenate(heads[3:]))
     _FUSED[controller] = (controller.weights_generation, tensors,
                           [t._version for t in tensors], fused)
@@ -98,7 +100,7 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
 
 
 def host_schedule(controller: GAROController, valid: Sequence[float], step: int,
-                  progress: Optional[Sequence[float]] = None) -> list[float]:
+                  progress: Sequence[float] | None = None) -> list[float]:
     """The gradient-independent tail of the GRU input, as host floats:
     ``valid + step_embedding(step) (+ progress)`` (the embedding's formula in float64)."""
     phase = math.log1p(step)
@@ -112,7 +114,7 @@ def host_schedule(controller: GAROController, valid: Sequence[float], step: int,
 
 
 def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
-              valid: Sequence[float], step: int, progress: Optional[Sequence[float]],
+              valid: Sequence[float], step: int, progress: Sequence[float] | None,
               hidden: np.ndarray, feature_mean: Sequence[Sequence[float]],
               feature_var: Sequence[Sequence[float]]) -> HostOutput:
     """``controller.forward`` on the host (module docstring), without a graph.

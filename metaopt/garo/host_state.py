@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -31,7 +30,8 @@ def host_array(t: Tensor) -> np.ndarray:
 
 @dataclass
 class PendingUpdateNorm:
-    """A step's ``‖Δθ‖`` not read yet: what its update-ratio feature needs (``metaopt.garo.runtime``)."""
+    """A step's ``‖Δθ‖`` not read yet: what its update-ratio feature needs
+    (``metaopt.garo.runtime``)."""
     directions: list[Tensor]   # Δθ_i = −a_i·direction_i
     step_sizes: list[float]    # |a_i|
     segment_ids: list[int]
@@ -55,21 +55,21 @@ class HostState:
     momentum: list[float]
     weight_decay: list[float]
     # relative features only (None otherwise): log ‖g_0‖ per segment, |L_0|, the horizon T
-    ref_log_grad_norm: Optional[list[float]] = None
-    ref_loss: Optional[float] = None
-    horizon: Optional[float] = None
+    ref_log_grad_norm: list[float] | None = None
+    ref_loss: float | None = None
+    horizon: float | None = None
     # scale-free GARO only (None otherwise): r̄_t per segment, the running max displacement
-    distance_max: Optional[list[float]] = None
+    distance_max: list[float] | None = None
     # the last step's update norm, when the next step reads it (``prev_update_ratio`` is then
     # NaN for the segments that step updated)
-    pending: Optional[PendingUpdateNorm] = None
+    pending: PendingUpdateNorm | None = None
 
     @property
     def num_segments(self) -> int:
         return len(self.lr)
 
     @classmethod
-    def from_tensors(cls, state: dict[str, Tensor]) -> "HostState":
+    def from_tensors(cls, state: dict[str, Tensor]) -> HostState:
         """The host copy of a state dict's global entries (extra entries are ignored)."""
         hidden = state["hidden"]
         optional = {key: (state[key].tolist() if key in state else None)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -92,10 +93,10 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
     weights (loaded into a twin first) are checked before anything changes.
     """
 
-    def __init__(self, params, lr: Optional[float] = None, weight_decay: float = 1.0, *,
-                 controller: Optional[GAROController] = None, direction: str = "sgd",
+    def __init__(self, params, lr: float | None = None, weight_decay: float = 1.0, *,
+                 controller: GAROController | None = None, direction: str = "sgd",
                  granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8,
-                 scale: str = "none", num_training_steps: Optional[int] = None,
+                 scale: str = "none", num_training_steps: int | None = None,
                  max_consecutive_skips: int = 20):
         controller_given = controller is not None
         # A private copy: moving or loading it must never change the caller's module or another
@@ -217,7 +218,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         return params, grads, lr, wd, ids
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None, *, loss=None):
+    def step(self, closure: Callable[[], Tensor] | None = None, *, loss=None):
         """One GARO step from ``p.grad``; the loss (from ``closure`` or given as ``loss``, after
         ``loss.backward()``) also feeds the controller."""
         if closure is not None:

@@ -29,8 +29,8 @@ only for the seed's global controller; one per group or tensor for the layer-wis
 With ``direction="adam"`` and relative features the guard is relative too, ``ε·‖g_0‖_s`` (the
 segment's first gradient norm), so ``u_i`` is homogeneous of degree 0 in ``g`` and the whole step
 is invariant to the loss's scale up to rounding (a fixed ``ε`` breaks it where ``|g_i| ≲ ε``, e.g.
-a loss scaled by 0.01). The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates whose
-gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
+a loss scaled by 0.01). The square root's derivative is taken as 0 where ``v_i = 0`` (coordinates
+whose gradient has always been 0, e.g. constant-zero pixels), where the forward value is 0 anyway;
 otherwise the meta-gradient there is ``0·∞ = NaN``.
 
 With ``scale="distance"`` (scale-free GARO) the controller's ``lr_t`` is a multiplier of a step
@@ -61,8 +61,9 @@ approximation of Andrychowicz et al. (2016) that avoids second derivatives of th
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -107,7 +108,7 @@ def tensor_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
     return [torch.dot(t.reshape(-1), t.reshape(-1)).sqrt() for t in tensors]
 
 
-def segment_norms(norms: Sequence[Tensor], segment_ids: Optional[Tensor],
+def segment_norms(norms: Sequence[Tensor], segment_ids: Tensor | None,
                   num_segments: int) -> Tensor:
     """(S,) 2-norms of each segment from per-tensor norms: sqrt(Σ_{i∈s} ‖x_i‖²)."""
     if num_segments == 1:
@@ -163,7 +164,7 @@ class GARORule:
         return keys + (("displacement",) if self.scale == "distance" else ())
 
     def init_global(self, controller, num_segments: int = 1, device=None,
-                    horizon: Optional[int] = None) -> State:
+                    horizon: int | None = None) -> State:
         """The per-run recurrent state: controller state, feature memories, step count.
 
         ``horizon``: the run's total number of steps ``T`` when known (the progress input of
@@ -191,7 +192,7 @@ class GARORule:
                 for k in self.per_tensor_keys}
 
     def init(self, params: Sequence[Tensor], controller, num_segments: int = 1,
-             horizon: Optional[int] = None) -> State:
+             horizon: int | None = None) -> State:
         """Full state: ``init_global`` plus per-tensor lists under ``per_tensor_keys``."""
         device = params[0].device if params else None
         state = self.init_global(controller, num_segments, device, horizon)
@@ -207,8 +208,8 @@ class GARORule:
         return self.apply(params, grads, state, hyper, loss=loss)
 
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-              hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
-              grad_norms: Optional[Sequence[Tensor]] = None) -> tuple[TensorList, State]:
+              hyper: Mapping[str, Any], loss: Tensor | None = None,
+              grad_norms: Sequence[Tensor] | None = None) -> tuple[TensorList, State]:
         """One GARO step from given gradients (``loss`` optional; ``grad_norms`` if known).
 
         Pure and differentiable: the path of meta-training unrolls and of higher.
@@ -253,8 +254,8 @@ class GARORule:
 
     @torch.no_grad()
     def apply_(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-               hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
-               grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[State]:
+               hyper: Mapping[str, Any], loss: Tensor | None = None,
+               grad_norms: Sequence[Tensor] | None = None) -> State | None:
         """The runtime fast path: ``apply`` computed in place with fused foreach kernels.
 
         Mutates ``params`` and the per-tensor buffers in ``state``; returns the new state, or

@@ -30,13 +30,15 @@ for both feature sets, both directions, with and without a loss, one and several
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..rules.base import State, per_tensor
 from .controller import GAROController
 from .controller_host import HostOutput, host_dtype, host_step
 from .features import (
@@ -50,7 +52,6 @@ from .features import (
     symlog,
     validity,
 )
-from ..rules.base import State, per_tensor
 from .host_state import HostState, PendingUpdateNorm, host_array
 
 _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
@@ -64,7 +65,7 @@ def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
     big = [i for i, t in enumerate(tensors) if t.numel() >= _DOT_NUMEL]
     if not big:
         return torch.stack(torch._foreach_norm(list(tensors)))
-    norms: list[Optional[Tensor]] = [None] * len(tensors)
+    norms: list[Tensor | None] = [None] * len(tensors)
     small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_NUMEL]
     if small:
         for i, norm in zip(small, torch._foreach_norm([tensors[i] for i in small])):
@@ -93,8 +94,8 @@ def _segment_norms(squares: Sequence[float], ids: Sequence[int], num_segments: i
 
 
 def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-                  hyper: Mapping[str, Any], loss: Optional[Tensor] = None,
-                  grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[State]:
+                  hyper: Mapping[str, Any], loss: Tensor | None = None,
+                  grad_norms: Sequence[Tensor] | None = None) -> State | None:
     """``GARORule.apply_`` (see its docstring; it runs this under ``torch.no_grad``): the state
     as tensors, through ``host_apply``."""
     new = host_apply(rule, params, grads, state, HostState.from_tensors(state), hyper, loss,
@@ -108,8 +109,8 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
 
 def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                buffers: Mapping[str, Sequence[Tensor]], host: HostState,
-               hyper: Mapping[str, Any], loss: Optional[Union[Tensor, float]] = None,
-               grad_norms: Optional[Sequence[Tensor]] = None) -> Optional[HostState]:
+               hyper: Mapping[str, Any], loss: Tensor | float | None = None,
+               grad_norms: Sequence[Tensor] | None = None) -> HostState | None:
     """One in-place GARO step with the global state on the host (``HostState``).
 
     ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
@@ -248,7 +249,7 @@ def _distance_max(host: HostState, params, ids, pnorms, displacement_norms) -> l
 
 
 def update_ratios(host: HostState, direction_norms: Sequence[float],
-                  pending: Optional[PendingUpdateNorm] = None) -> list[float]:
+                  pending: PendingUpdateNorm | None = None) -> list[float]:
     """``‖Δθ‖_s / ‖θ‖_s`` of a step (``pending``, default ``host``'s) from its directions' norms,
     rounded to the state's dtype; segments the step did not update keep ``host``'s ratio."""
     pending = pending or host.pending
@@ -298,7 +299,7 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         key = (lrs[s_i] * float(lr_mult[i]), moms[s_i], wds[s_i] * float(wd_mult[i]),
                rule.eps * eps_scales[s_i])
         buckets.setdefault(key, []).append(i)
-    directions: list[Optional[Tensor]] = [None] * n
+    directions: list[Tensor | None] = [None] * n
     step_sizes = [0.0] * n
     sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
     momentum_buffers = buffers["momentum_buffer"]

@@ -1,7 +1,8 @@
 """``HybridGDODE``: per step, a gradient-descent update or an ODE-integrator update.
 
-The hybrid GD/ODE optimizer (see docs/architecture.md). A torch.optim adapter over ``metaopt.hybrid.rule.HybridRule``
-(the switching criteria and the mode-switch update live there; the GD directions in
+The hybrid GD/ODE optimizer (see docs/architecture.md). A torch.optim adapter over
+``metaopt.hybrid.rule.HybridRule`` (the switching criteria and the mode-switch update live there;
+the GD directions in
 ``rules/sgd.py``, ``adam.py``, ``rmsprop.py``; the ODE steps in ``rules/runge_kutta.py``,
 ``step_size_control.py``, ``gradient_flow.py``, ``nesterov_flow.py``)::
 
@@ -20,17 +21,6 @@ import torch
 from torch import Tensor
 
 from ..hub_mixin import PretrainedOptimizerMixin
-from ..registry import match_name
-from .policy import PolicyGate, SwitchingPolicy
-from ..rules.adam import AdamRule
-from ..rules.gradient_flow import GradientFlowRule
-from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
-from ..rules.nesterov_flow import NesterovFlowRule
-from ..rules.rmsprop import RMSpropRule
-from ..rules.runge_kutta import RungeKuttaRule
-from ..rules.sgd import SGDRule
-from ..rules.step_size_control import AdaptiveRungeKuttaRule
-from ..rules.tableaus import TABLEAUS
 from ..optim._checked_state import (
     CheckedStateLoad,
     StateDictError,
@@ -40,6 +30,17 @@ from ..optim._checked_state import (
 from ..optim._grad_evals import GradEvalCounter
 from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 from ..optim._rule_optimizer import ClosureGradient, check_non_negative, check_positive
+from ..registry import match_name
+from ..rules.adam import AdamRule
+from ..rules.gradient_flow import GradientFlowRule
+from ..rules.nesterov_flow import NesterovFlowRule
+from ..rules.rmsprop import RMSpropRule
+from ..rules.runge_kutta import RungeKuttaRule
+from ..rules.sgd import SGDRule
+from ..rules.step_size_control import AdaptiveRungeKuttaRule
+from ..rules.tableaus import TABLEAUS
+from .policy import PolicyGate, SwitchingPolicy
+from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
 
 GD_METHODS = ("sgd", "adam", "rmsprop")
 ODE_METHODS = tuple(sorted(TABLEAUS)) + ("gradient_flow", "nesterov_flow")
@@ -111,7 +112,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
         policy: ``"heuristic"`` (``HeuristicSwitch`` with ``criteria``, ``grad_threshold``,
             ``curvature_threshold``, ``stagnation_threshold``, ``hysteresis``), ``"gd"``/``"ode"``
             (one module only), or a ``SwitchingPolicy`` (learned; ODE when p > 0.5).
-        min_dwell, window, ode_cfl, curvature (``"secant"``/``"lanczos"``), probe_every, probe_iters:
+        min_dwell, window, ode_cfl, curvature (``"secant"``/``"lanczos"``), probe_every,
+        probe_iters:
             see ``HybridRule``. ``record_trace``: keep every step's trace in ``history``.
 
     ``step(closure)`` needs a closure whenever an ODE step may run (any policy but ``"gd"``, or

@@ -18,8 +18,8 @@ from .estimators import (
                          TruncatedBPTT,
                          make_estimator,
 )
-from .inner_runs import TRAIN_TASK_SEED_LIMIT, InnerRunPool
 from .hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
+from .inner_runs import TRAIN_TASK_SEED_LIMIT, InnerRunPool
 from .learned import GAROLearnedRule, LearnedRule, detach_state
 from .meta_losses import META_LOSS_KINDS, SPLITS, MetaLoss
 from .trainer import (
@@ -45,7 +45,8 @@ __all__ = [
     "AntitheticES", "ConstantHorizon", "GAROLearnedRule", "HybridGAROLearnedRule",
     "HybridLearnedRule", "GradientEstimator", "InnerRunPool",
     "LearnedRule", "LogUniformHorizon", "MetaGradient", "MetaLoss", "MetaTrainer", "PersistentES",
-    "SegmentResult", "TruncatedBPTT", "VectorisedPool", "all_reduce_mean", "batch_generator", "detach_state",
+    "SegmentResult", "TruncatedBPTT", "VectorisedPool", "all_reduce_mean", "batch_generator",
+    "detach_state",
     "distributed_world", "held_out_seeds", "load_training_state", "make_estimator",
     "make_horizon", "save_training_state", "segment_length", "unroll_segment", "validate",
 ]

@@ -25,7 +25,7 @@ from ..rules.base import State, TensorList
 from ..task import TaskBatch
 
 
-# -- stacking run states along a leading run dimension ----------------------------------------------
+# -- stacking run states along a leading run dimension ---------------------------------------------
 def _is_param_list(values: Sequence, shapes: Sequence[Sequence[torch.Size]]) -> bool:
     """A state entry with one tensor per parameter, shaped like it, in every run."""
     return all(isinstance(v, (list, tuple)) and len(v) == len(s) and
@@ -122,7 +122,7 @@ def batched_step(learned, weights: Mapping[str, Tensor]) -> Callable:
     return step
 
 
-# -- one group of runs through one segment ----------------------------------------------------------
+# -- one group of runs through one segment ---------------------------------------------------------
 def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], params: TensorList,
                  state: State, lengths: Sequence[int], generators: Sequence[torch.Generator],
                  meta_loss, *, differentiable: bool, second_order: bool,

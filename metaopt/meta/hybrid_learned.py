@@ -38,10 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from ..garo.controller import BoundController, GAROController
-from ..hybrid.policy import PolicyGate, SwitchingPolicy
-from ..rules.base import GradFn, State, TensorList
 from ..garo.rule import GARORule
+from ..hybrid.policy import PolicyGate, SwitchingPolicy
 from ..hybrid.rule import HybridRule, trace
+from ..rules.base import GradFn, State, TensorList
 
 
 def _scalar(value: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ and counted in ``resets``. With ``advance=False`` a segment may start each run f
 ``(params, state)`` instead of the stored one (``starts``: the persistent particles of PES), and
 returns where each run ended (``SegmentBatch.ends``); ``run_keys()`` identifies each run's task so
 an estimator notices a slot was given a new task. Everything random comes from the generator given
-to ``refresh`` and from per-run batch seeds, so ``state_dict`` / ``load_state_dict`` resume bit-exactly.
+to ``refresh`` and from per-run batch seeds, so ``state_dict`` / ``load_state_dict`` resume
+bit-exactly.
 """
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ class InnerRunPool:
             if advance:
                 raise ValueError("starts: only with advance=False (the runs keep their own state)")
             if len(starts) != len(self.runs):
-                raise ValueError(f"starts: {len(starts)} given, this pool has {len(self.runs)} runs")
+                raise ValueError(f"starts: {len(starts)} given, "
+                                 f"this pool has {len(self.runs)} runs")
         losses, ends, resets, emitted = [], [], 0, {}
         for i, run in enumerate(self.runs):
             if run is None:
@@ -152,7 +154,7 @@ class InnerRunPool:
         """The rule states of the runs that have taken at least one step."""
         return [run.state for run in self.runs if run is not None and run.step > 0]
 
-    # -- persistence (weights_only-loadable: ints, lists and tensors) -------------------------------
+    # -- persistence (weights_only-loadable: ints, lists and tensors) ------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"runs": [None if r is None else
                          {"task_seed": r.task_seed, "horizon": r.horizon,

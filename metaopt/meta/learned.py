@@ -1,8 +1,9 @@
 """Learned rules: a pure update rule bound to meta-parameters ``φ`` the meta-trainer owns.
 
 Meta-parameters apart from the optimizer built from them (learned_optimization's ``theta`` /
-``opt_fn`` split): the controller's weights are data. A ``LearnedRule`` exposes the three operations the engine needs, for any controller type
-(the GARO GRU today, the GD/ODE switching policy next), so unrolls and gradient estimators never
+``opt_fn`` split): the controller's weights are data. A ``LearnedRule`` exposes the three operations
+the engine needs, for any controller type (the GARO GRU today, the GD/ODE switching policy next), so
+unrolls and gradient estimators never
 look inside a controller::
 
     φ      = learned.meta_parameters()                 # {name: tensor}, what the outer loop trains
@@ -23,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..garo.controller import BoundController, GAROController
-from ..rules.base import GradFn, State, TensorList
 from ..garo.rule import GARORule
+from ..rules.base import GradFn, State, TensorList
 
 
 class LearnedRule(Protocol):

@@ -52,7 +52,8 @@ class MetaLoss:
         if not self.log_eps > 0:
             raise ValueError(f"log_eps: must be > 0, got {self.log_eps!r}")
         if not self.divergence_threshold > 0:
-            raise ValueError(f"divergence_threshold: must be > 0, got {self.divergence_threshold!r}")
+            raise ValueError("divergence_threshold: must be > 0, "
+                             f"got {self.divergence_threshold!r}")
 
     @property
     def needs_every_term(self) -> bool:

@@ -48,7 +48,8 @@ class LogUniformHorizon:
 
     def sample(self, generator: torch.Generator) -> int:
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        log_n = math.log(self.min_length) + u * (math.log(self.max_length) - math.log(self.min_length))
+        log_n = math.log(self.min_length) + u * (math.log(self.max_length)
+                                                 - math.log(self.min_length))
         return int(min(self.max_length, max(self.min_length, round(math.exp(log_n)))))
 
 

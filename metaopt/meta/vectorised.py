@@ -58,7 +58,7 @@ if not torch._C._dispatch_has_kernel_for_dispatch_key("aten::gru_cell", "FuncTor
     _VMAP_LIBRARY.impl(torch.ops.aten.gru_cell.default, _gru_cell)
 
 
-# -- the pool -----------------------------------------------------------------------------------------
+# -- the pool --------------------------------------------------------------------------------------
 class VectorisedPool(InnerRunPool):
     """``InnerRunPool`` whose segments advance groups of same-``batch_key`` runs as one program.
 
@@ -108,7 +108,8 @@ class VectorisedPool(InnerRunPool):
             if advance:
                 raise ValueError("starts: only with advance=False (the runs keep their own state)")
             if len(starts) != len(self.runs):
-                raise ValueError(f"starts: {len(starts)} given, this pool has {len(self.runs)} runs")
+                raise ValueError(f"starts: {len(starts)} given, "
+                                 f"this pool has {len(self.runs)} runs")
         if any(run is None for run in self.runs):
             raise RuntimeError("InnerRunPool.segment: call refresh() first")
         begin = [(run.params, run.state) if starts is None or starts[i] is None else starts[i]

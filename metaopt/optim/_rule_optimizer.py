@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from ..rules.base import Rule
-from ._grad_evals import GradEvalCounter
 from ._checked_state import CheckedStateLoad
+from ._grad_evals import GradEvalCounter
 from ._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 
 

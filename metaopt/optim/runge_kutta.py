@@ -1,4 +1,5 @@
-"""Runge–Kutta gradient-flow optimizers: explicit RK steps of dθ/dt = −∇L(θ) (Hairer, Nørsett & Wanner).
+"""Runge–Kutta gradient-flow optimizers: explicit RK steps of dθ/dt = −∇L(θ) (Hairer, Nørsett &
+Wanner).
 
 Thin torch.optim adapters over ``metaopt.rules.RungeKuttaRule`` and
 ``metaopt.rules.AdaptiveRungeKuttaRule``; the update math lives there.

@@ -2,10 +2,10 @@
 from .base import GradFn, Rule, State
 from .curvature import CurvatureProbe, probe_curvature, spectral_gap, spectral_radius
 from .gradient_flow import GradientFlowRule
+from .lanczos import LanczosResult
 from .nesterov_flow import NesterovFlowRule
 from .runge_kutta import RungeKuttaRule, RungeKuttaStep, explicit_rk_step
 from .step_size_control import AdaptiveRungeKuttaRule, StepRejectedError, error_ratio
-from .lanczos import LanczosResult
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = ["GradFn", "Rule", "State", "TABLEAUS", "ButcherTableau", "get_tableau",

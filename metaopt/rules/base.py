@@ -1,4 +1,5 @@
-"""The rule interface shared by the meta-training path and the torch.optim path (docs/architecture.md).
+"""The rule interface shared by the meta-training path and the torch.optim path
+(docs/architecture.md).
 
 A rule is pure tensor code over a list of parameter tensors::
 
@@ -14,16 +15,16 @@ the result into the parameters; the meta path calls it with a differentiable ``g
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 TensorList = list[Tensor]
 GradFn = Callable[[Sequence[Tensor]], tuple[Tensor, TensorList]]
-Scalar = Union[float, Tensor]
+Scalar = float | Tensor
 # A step size is one scalar for every tensor, or one per tensor (param groups with their own lr).
-StepSize = Union[Scalar, Sequence[Scalar]]
+StepSize = Scalar | Sequence[Scalar]
 State = dict[str, Any]
 
 
@@ -45,7 +46,8 @@ def per_tensor(value: StepSize, n: int) -> list[Scalar]:
 
 
 def is_uniform(values: Sequence[Scalar]) -> bool:
-    """True when every per-tensor scalar is the same Python number (enables the alpha= fast path)."""
+    """True when every per-tensor scalar is the same Python number (enables the alpha= fast
+    path)."""
     first = values[0]
     return not isinstance(first, Tensor) and all(
         not isinstance(v, Tensor) and v == first for v in values

@@ -1,8 +1,9 @@
 """Gradient flow dθ/dt = −∇L(θ) − wd·θ integrated by torchdiffeq over one step of length lr.
 
 The continuous-time gradient flow of the hybrid GD–ODE optimizer, with adaptive time-stepping
-(on μ-strongly convex L the flow contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with ``torchdiffeq.odeint`` on the
-flattened parameters; the last accepted solver step (in units of lr) seeds the next call's
+(on μ-strongly convex L the flow contracts as e^{−2μt}). One call computes θ(lr) = φ_lr(θ) with
+``torchdiffeq.odeint`` on the flattened parameters; the last accepted solver step (in units of lr)
+seeds the next call's
 ``first_step``, so the controller's knowledge of the stiffness is carried across steps.
 
 The solver integrates the displacement z = θ − θ_n (z(0) = 0) rather than θ itself, so a tensor
@@ -48,8 +49,9 @@ class GradientFlowRule:
             slope, _ = flatten(with_weight_decay(grads, points, weight_decay))
             return -time_scale * slope
 
-        z1, stats = integrate_unit_interval(field, torch.zeros_like(theta), self.method, self.rtol, self.atol,
-                                            state["first_step"], self.step_size)
+        z1, stats = integrate_unit_interval(field, torch.zeros_like(theta), self.method,
+                                            self.rtol, self.atol, state["first_step"],
+                                            self.step_size)
         first_step = stats.last_step if stats.last_step is not None else state["first_step"]
         return unflatten(theta + z1, shapes), {"first_step": first_step,
                                        "accepted": state["accepted"] + stats.accepted,

@@ -16,7 +16,7 @@ parameters; it counts its calls in ``.count`` so probes can report their cost.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -43,7 +43,8 @@ def gradient_hvp(grads: Sequence[Tensor], params: Sequence[Tensor]) -> HessianVe
     """HVP by double backward through ``grads`` (computed from ``params`` with create_graph=True).
 
     Gradients that do not require grad (their loss is at most linear in the parameters, e.g. a
-    zero loss) contribute a zero Hessian block, so such probes return ``H v = 0`` instead of failing.
+    zero loss) contribute a zero Hessian block, so such probes return ``H v = 0`` instead of
+    failing.
     """
     params = list(params)
     live = [i for i, g in enumerate(grads) if g.requires_grad]
@@ -139,7 +140,7 @@ def gaussian_like(like: Sequence[Tensor], generator: torch.Generator) -> TensorL
 
 def hutchinson_trace(hvp: Callable[[Sequence[Tensor]], TensorList], like: Sequence[Tensor],
                      generator: torch.Generator, samples: int = 10,
-                     dtype: Optional[torch.dtype] = torch.float64) -> Tensor:
+                     dtype: torch.dtype | None = torch.float64) -> Tensor:
     """Hutchinson's estimator tr(H) ≈ (1/s) Σ_{j=1..s} z_jᵀ H z_j, z_j Rademacher (unbiased)."""
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples!r}")

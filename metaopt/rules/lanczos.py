@@ -1,7 +1,8 @@
 """Lanczos with full reorthogonalisation on an HVP operator: top-k eigenpairs by magnitude.
 
-DCAO's curvature probe ("stochastic Lanczos iterations to compute top-k eigenpairs"). For a symmetric H given
-only through products v ↦ Hv, Lanczos builds an orthonormal Krylov basis Q_m = [q_1 … q_m] with
+DCAO's curvature probe ("stochastic Lanczos iterations to compute top-k eigenpairs"). For a
+symmetric H given only through products v ↦ Hv, Lanczos builds an orthonormal Krylov basis Q_m =
+[q_1 … q_m] with
 
     H Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ,     T_m = tridiag(β_{j-1}, α_j, β_j)
 

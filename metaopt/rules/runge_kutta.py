@@ -105,8 +105,9 @@ class RungeKuttaRule:
         reads it — holding one across closures makes glibc return and re-fault memory every step
         (measured: ~400 extra page faults per RK4 step). The copy of the first gradient is
         handed back in the ``first`` list at the end, so the caller can leave ``p.grad`` at θ's
-        gradient; the last stage's tensors become the next copy buffer. Same math as ``step``, summed in a different order
-        (``tests/rules/test_runge_kutta.py`` holds them equal in float64).
+        gradient; the last stage's tensors become the next copy buffer. Same math as ``step``,
+        summed in a different order (``tests/rules/test_runge_kutta.py`` holds them equal in
+        float64).
         """
         tableau, n = self.tableau, len(params)
         neg_h = [-h for h in per_tensor(hyper["lr"], n)]

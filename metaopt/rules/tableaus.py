@@ -4,9 +4,10 @@ An explicit s-stage method for y' = f(y) with step h::
 
     k_i = f(y0 + h * sum_{j<i} a[i][j] * k_j),   y1 = y0 + h * sum_i b[i] * k_i
 
-Embedded pairs carry ``b_error = b - b_hat`` so that ``h * sum_i b_error[i] k_i`` estimates the local
-error of the lower-order solution (torchdiffeq's ``c_error``), and ``order`` is the order used in
-the step-size controller's exponent 1/order (torchdiffeq's convention: 5 for dopri5, 3 for bosh3).
+Embedded pairs carry ``b_error = b - b_hat`` so that ``h * sum_i b_error[i] k_i`` estimates the
+local error of the lower-order solution (torchdiffeq's ``c_error``), and ``order`` is the order
+used in the step-size controller's exponent 1/order (torchdiffeq's convention: 5 for dopri5, 3 for
+bosh3).
 """
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ class ButcherTableau:
 def _tableau(name, order, c, a, b, b_hat=None) -> ButcherTableau:
     # Coefficients are written as exact fractions and rounded once, so float64 tests see the
     # correctly rounded values and b - b_hat is formed exactly.
-    f = lambda xs: tuple(float(F(x)) for x in xs)
+    def f(xs):
+        return tuple(float(F(x)) for x in xs)
+
     b_error = None if b_hat is None else tuple(float(F(x) - F(y)) for x, y in zip(b, b_hat))
     return ButcherTableau(name, order, f(c), tuple(f(row) for row in a), f(b), b_error)
 
@@ -60,7 +63,8 @@ def _tableau(name, order, c, a, b, b_hat=None) -> ButcherTableau:
 TABLEAUS: dict[str, ButcherTableau] = {t.name: t for t in [
     _tableau("euler", 1, ["0"], [[]], ["1"]),
     _tableau("midpoint", 2, ["0", "1/2"], [[], ["1/2"]], ["0", "1"]),
-    # Heun's method (torchdiffeq's heun2), the RK2 of the gradient-flow RK optimizers: k2 at the Euler point, trapezoid weights.
+    # Heun's method (torchdiffeq's heun2), the RK2 of the gradient-flow RK optimizers: k2 at the
+    # Euler point, trapezoid weights.
     _tableau("heun", 2, ["0", "1"], [[], ["1"]], ["1/2", "1/2"]),
     # Ralston's RK2: a21 = 2/3, b = (1/4, 3/4); minimal truncation-error bound.
     _tableau("ralston", 2, ["0", "2/3"], [[], ["2/3"]], ["1/4", "3/4"]),

@@ -57,7 +57,8 @@ def run(args) -> list[dict]:
         looped_s = sample_s * starts.shape[0] / SAMPLE
         rows.append({"optimizer": name, "grid": f"{RESOLUTION}x{RESOLUTION}", "steps": STEPS,
                      "batched_s": batched_s,
-                     "looped_s": looped_s, "looped_measured": f"{SAMPLE} runs, x{starts.shape[0] // SAMPLE} extrapolated",
+                     "looped_s": looped_s,
+                     "looped_measured": f"{SAMPLE} runs, x{starts.shape[0] // SAMPLE} extrapolated",
                      "ratio": looped_s / batched_s,
                      "max_abs_diff": float((result.final[picks].cpu() - looped).abs().max())})
     return rows

@@ -2,15 +2,15 @@
 
 Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in one process.
 
-* ``mlp_1m``: the ~1M-parameter MLP at batch 256; GARO (the specification's controller; ``sgd`` and ``adam``
-  directions, no loss given) against ``torch.optim.SGD(momentum=0.9, foreach=True)``. GARO's
-  extra work per step is the norms of gradients, parameters and update directions, a 32-unit
+* ``mlp_1m``: the ~1M-parameter MLP at batch 256; GARO (the specification's controller; ``sgd`` and
+  ``adam`` directions, no loss given) against ``torch.optim.SGD(momentum=0.9, foreach=True)``.
+  GARO's extra work per step is the norms of gradients, parameters and update directions, a 32-unit
   GRU step on the host and one host read.
 * ``char_mlp`` (the 18k-parameter character model of the learned-optimizer benchmark) and
   ``digits_mlp`` (64-64-10 tanh) at batch 64, where the step is dispatch-bound: the shipped
   ``garo_general`` (adam direction, relative features, ``num_training_steps`` set,
-  ``step(loss=loss)``) and GARO-sgd with the GARO specification's controller (``step(loss=loss)``), against
-  ``torch.optim.Adam(foreach=True)``; SGD-momentum for reference. There GARO's cost is its
+  ``step(loss=loss)``) and GARO-sgd with the GARO specification's controller (``step(loss=loss)``),
+  against ``torch.optim.Adam(foreach=True)``; SGD-momentum for reference. There GARO's cost is its
   fixed per-step cost (controller + features), not the parameter traffic.
 
 Each row is timed twice, round-robin over the candidates both times (wall clock, medians):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from metaopt.hybrid.policy import PolicyGate, SwitchingPolicy
 from metaopt.hybrid.optimizer import HybridGDODE
+from metaopt.hybrid.policy import PolicyGate, SwitchingPolicy
 from metaopt.hybrid.rule import HeuristicSwitch, HybridRule, run_norms
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule

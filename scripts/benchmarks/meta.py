@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from metaopt.garo.controller import GAROController
-from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, TruncatedBPTT, make_horizon
 from metaopt.garo.rule import GARORule
+from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, TruncatedBPTT, make_horizon
 from metaopt.task import ModuleTask
 
 from . import meta_throughput

@@ -18,6 +18,7 @@ import torch
 
 import tasks
 from metaopt.garo.controller import GAROController
+from metaopt.garo.rule import GARORule
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
@@ -27,7 +28,6 @@ from metaopt.meta import (
     make_estimator,
     make_horizon,
 )
-from metaopt.garo.rule import GARORule
 from metaopt.task import generator_from_seed
 
 from .common import time_side_by_side
@@ -83,21 +83,23 @@ def _estimator_rows(args) -> list[dict]:
 
 
 def _pool_rows(args) -> list[dict]:
-    family = tasks.get("augmented", loss_scale=[0.01, 100], param_scale=[0.5, 2], device=args.device,
-                       family={"name": "sequence", "kwargs": {
+    family = tasks.get("augmented", loss_scale=[0.01, 100], param_scale=[0.5, 2],
+                       device=args.device, family={"name": "sequence", "kwargs": {
                            "models": ["gru"], "kinds": ["markov", "copy"], "vocab": [4, 4],
                            "hidden": [8, 8], "length": [8, 8], "batch_sizes": [32]}})
     calls = {}
     for label, cls in (("loop", InnerRunPool), ("vectorised", VectorisedPool)):
         controller = GAROController(hidden_size=8, generator=generator_from_seed(args.seed))
         learned = GAROLearnedRule(controller.to(args.device), GARORule())
-        pool = cls(learned, family, 8, 5, make_horizon("constant", 10_000), MetaLoss("mean", "train"))
+        pool = cls(learned, family, 8, 5, make_horizon("constant", 10_000),
+                   MetaLoss("mean", "train"))
         generator = torch.Generator().manual_seed(args.seed)
         pool.refresh(learned.meta_parameters(), generator)
         calls[label] = (lambda p=pool, lr=learned, g=generator:
                         TruncatedBPTT().estimate(p, lr.meta_parameters(), g))
     times = time_side_by_side(calls, rounds=max(3, args.rounds // 4), warmup=1, device=args.device)
-    return [{"bench": "pool", "name": label, "detail": "BPTT, 8 runs x T=5, augmented(sequence gru)",
+    return [{"bench": "pool", "name": label,
+             "detail": "BPTT, 8 runs x T=5, augmented(sequence gru)",
              "params": "", "ms": 1e3 * t, "ratio": t / times["loop"]} for label, t in times.items()]
 
 

@@ -38,7 +38,7 @@ def train(task, factory, steps: int, seed: int, snapshot_every: int):
     for step in range(1, steps + 1):
         batch = task.train_batch(batches)
 
-        def closure():
+        def closure(batch=batch):
             optimizer.zero_grad()
             loss = task.module_loss(model, batch)
             loss.backward()

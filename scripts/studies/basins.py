@@ -51,11 +51,13 @@ class Config:
         for name in self.functions:
             spec = getattr(tasks.get(name), "spec", None)
             if spec is None or not spec.minimizers:
-                raise ValueError(f"functions: {name!r} is not a 2-D test function with known minima")
+                raise ValueError(f"functions: {name!r} is not a 2-D test function "
+                                 "with known minima")
 
 
 def _draw_maps(result, labels, n_min, n_known):
-    colours = ["#d9d9d9", "#444444"] + [f"C{i}" for i in range(n_min)]  # diverged, unconverged, minima
+    # diverged, unconverged, minima
+    colours = ["#d9d9d9", "#444444"] + [f"C{i}" for i in range(n_min)]
     cmap = ListedColormap(colours)
     extent = [float(result.xs[0]), float(result.xs[-1]), float(result.ys[0]), float(result.ys[-1])]
 
@@ -109,11 +111,14 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             reached = arrival[arrival >= 0].double()
             row = {"function": function, "optimizer": name, **result.fractions(name),
                    "agreement_with_" + cfg.reference: result.agreement(name, cfg.reference),
-                   "median_steps_to_min": float(reached.median()) if reached.numel() else float("nan")}
+                   "median_steps_to_min": (float(reached.median()) if reached.numel()
+                                           else float("nan"))}
             rows.append(row)
         grid = [{"function": function, "optimizer": name, "x0": float(x), "y0": float(y),
-                 "label": int(result.labels[name][i, j]), "arrival": int(result.arrival[name][i, j])}
-                for name in labels for i, y in enumerate(result.ys) for j, x in enumerate(result.xs)]
+                 "label": int(result.labels[name][i, j]),
+                 "arrival": int(result.arrival[name][i, j])}
+                for name in labels for i, y in enumerate(result.ys)
+                for j, x in enumerate(result.xs)]
         write_csv(out_dir / f"basins_{function}.csv", grid)
         n_min = len(minima)
         save_figure(out_dir / f"basins_{function}.png",
@@ -135,7 +140,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         for r in ours:
             results[f"{function}/{r['optimizer']}/agreement"] = r["agreement_with_" + cfg.reference]
             logger.log({f"{function}/{r['optimizer']}/diverged": r["diverged"],
-                        f"{function}/{r['optimizer']}/agreement": r["agreement_with_" + cfg.reference]},
+                        f"{function}/{r['optimizer']}/agreement":
+                            r["agreement_with_" + cfg.reference]},
                        step=0)
     most = max(sum(k.startswith("min") and k[3:].isdigit() for k in r) for r in rows)
     columns = ["function", "optimizer", *(f"min{i}" for i in range(most)), "unconverged",

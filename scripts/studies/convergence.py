@@ -73,8 +73,8 @@ class Config:
         if not self.runs:
             raise ValueError("runs: need at least one run")
         labels = [r.label for r in self.runs]
-        if len(set(labels)) != len(labels) or any(not l.replace("_", "").replace(".", "")
-                                                  .replace("-", "").isalnum() for l in labels):
+        if len(set(labels)) != len(labels) or any(not label.replace("_", "").replace(".", "")
+                                                  .replace("-", "").isalnum() for label in labels):
             raise ValueError(f"runs: labels must be unique file-name-safe words, got {labels}")
         for i, r in enumerate(self.runs):
             if r.problem != MLP and r.problem not in TEST_FUNCTIONS_2D:

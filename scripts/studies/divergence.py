@@ -74,7 +74,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         anatomy_rows.append({
             "lr": lr, "beta": cfg.beta, "lambda_min": lam_min, "lambda_max": lam_max,
             "condition_number": a.condition_number, "lr_lambda_max": a.lr_lambda_max,
-            "stability_bound_2(1+beta)": 2 * (1 + cfg.beta), "max_stable_lr_linear": a.max_stable_lr,
+            "stability_bound_2(1+beta)": 2 * (1 + cfg.beta),
+            "max_stable_lr_linear": a.max_stable_lr,
             "predicted_velocity_growth": a.predicted_growth,
             "measured_velocity_growth_steps2to5": " ".join(f"{v:.3g}" for v in early),
             "diverged_at": a.diverged_at if a.diverged else "", "final_loss": float(a.losses[-1])})
@@ -132,7 +133,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
     def draw_grid(ax):
         import numpy as np
         b = np.array(cfg.grid_betas)
-        for i, beta in enumerate(cfg.grid_betas):
+        for i, _beta in enumerate(cfg.grid_betas):
             stable = ~grid.diverged[i].numpy()
             lr_arr = np.array(lrs)
             ax.scatter(lr_arr[stable], np.full(stable.sum(), i), marker="o", color="tab:green",

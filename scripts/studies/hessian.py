@@ -65,7 +65,8 @@ class Config:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if not self.density_sigma_squared > 0:
-            raise ValueError(f"density_sigma_squared: must be > 0, got {self.density_sigma_squared}")
+            raise ValueError("density_sigma_squared: must be > 0, "
+                             f"got {self.density_sigma_squared}")
         if self.trace_samples < 2:
             raise ValueError(f"trace_samples: must be >= 2, got {self.trace_samples}")
         if not self.lr > 0 or not 0 <= self.momentum < 1:
@@ -133,7 +134,8 @@ def _network(cfg, out_dir, logger):
                                          runs=cfg.density_runs, generator=generator,
                                          sigma_squared=cfg.density_sigma_squared)
                  for label, index in (("init", 0), ("final", -1))}
-    write_csv(out_dir / "density.csv", [{"snapshot": label, "eigenvalue": float(x), "density": float(y)}
+    write_csv(out_dir / "density.csv", [{"snapshot": label, "eigenvalue": float(x),
+                                         "density": float(y)}
                                         for label, d in densities.items()
                                         for x, y in zip(d.grid, d.density)])
 
@@ -163,9 +165,11 @@ def _network(cfg, out_dir, logger):
     if cfg.dense_check:
         exact = torch.linalg.eigvalsh(dense_hessian(f, snapshots[-1][1]))
         want = exact.flip(0)[:cfg.top_k]
-        got = torch.tensor([rows[-1][f"lambda_{i + 1}"] for i in range(len(want))], dtype=torch.float64)
+        got = torch.tensor([rows[-1][f"lambda_{i + 1}"] for i in range(len(want))],
+                           dtype=torch.float64)
         check = {"top_k_max_rel_error": float(((got - want).abs() / want.abs()).max()),
-                 "lambda_min_rel_error": abs(rows[-1]["lambda_min"] - float(exact[0])) / abs(float(exact[0])),
+                 "lambda_min_rel_error": (abs(rows[-1]["lambda_min"] - float(exact[0]))
+                                          / abs(float(exact[0]))),
                  "trace_error_in_std_errors": abs(rows[-1]["trace"] - float(exact.sum()))
                  / rows[-1]["trace_std_error"], "parameters": int(exact.numel())}
     return rows, check, task.describe()
@@ -179,17 +183,22 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         ("2-D paths", f"`{cfg.function}` from {cfg.start}, {cfg.steps_2d} steps; exact 2×2 "
                       "Hessians (`indefinite_fraction`: share of points with λ_max·λ_min < 0).\n\n"
          + markdown_table(summary_2d)),
-        ("Network", f"{described}, SGD lr {cfg.lr} momentum {cfg.momentum}, {cfg.train_steps} steps; "
-                    f"full-train-set Hessian. λ_max {first['lambda_1']:.4g} → {last['lambda_1']:.4g}, "
+        ("Network", f"{described}, SGD lr {cfg.lr} momentum {cfg.momentum}, "
+                    f"{cfg.train_steps} steps; "
+                    f"full-train-set Hessian. λ_max {first['lambda_1']:.4g} → "
+                    f"{last['lambda_1']:.4g}, "
                     f"λ_min {first['lambda_min']:.4g} → {last['lambda_min']:.4g} (saddle indicator "
                     f"{first['saddle']} → {last['saddle']}), trace {first['trace']:.4g} → "
                     f"{last['trace']:.4g}.\n\n" + markdown_table(rows)),
     ]
     if check:
         sections.append(("Oracle check at the final point",
-                         f"Against eigvalsh of the dense {check['parameters']}×{check['parameters']} "
-                         f"Hessian: top-{cfg.top_k} max relative error {check['top_k_max_rel_error']:.2e}, "
-                         f"λ_min relative error {check['lambda_min_rel_error']:.2e}, Hutchinson trace "
+                         "Against eigvalsh of the dense "
+                         f"{check['parameters']}×{check['parameters']} "
+                         f"Hessian: top-{cfg.top_k} max relative error "
+                         f"{check['top_k_max_rel_error']:.2e}, "
+                         f"λ_min relative error {check['lambda_min_rel_error']:.2e}, "
+                         "Hutchinson trace "
                          f"off by {check['trace_error_in_std_errors']:.2f} standard errors.\n"))
     write_report(out_dir / "report.md", "Hessian along trajectories", sections)
     logger.log({"lambda_max_final": last["lambda_1"], "trace_final": last["trace"], **check},

@@ -89,8 +89,10 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
     if len(names) > 1:
         a, b = names[0], names[1]
         curves[f"{a} → {b}"] = interpolate(f_train, trained[a][-1][1], trained[b][-1][1], alphas)
-    write_csv(out_dir / "interpolation.csv", [{"path": k, "alpha": float(x), "train_loss": float(y)}
-                                              for k, v in curves.items() for x, y in zip(alphas, v)])
+    write_csv(out_dir / "interpolation.csv", [{"path": k, "alpha": float(x),
+                                               "train_loss": float(y)}
+                                              for k, v in curves.items()
+                                              for x, y in zip(alphas, v)])
 
     def interp_plot(ax):
         for k, v in curves.items():
@@ -106,7 +108,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
 
     grid = torch.linspace(-cfg.span, cfg.span, cfg.resolution, dtype=torch.float64)
     surfaces, pca, summary = {}, {}, []
-    for i, name in enumerate(names):
+    for _i, name in enumerate(names):
         final = trained[name][-1][1]
         d1, d2 = random_plane(final, torch.Generator().manual_seed(cfg.seed + 100))
         surfaces[name] = loss_plane(f_train, final, d1, d2, grid, grid)
@@ -116,19 +118,25 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         extent = float(proj.coords.abs().max()) * 1.2
         axis = torch.linspace(-extent, extent, cfg.resolution, dtype=torch.float64)
         pca[name] = (loss_plane(f_train, final, p1, p2, axis, axis), proj, explained)
-        sharp = sharpness(f_train, final, cfg.epsilon, samples=cfg.sharpness_samples, relative=True,
-                          generator=torch.Generator().manual_seed(cfg.seed), max_iters=cfg.lanczos_iters)
+        sharp = sharpness(f_train, final, cfg.epsilon, samples=cfg.sharpness_samples,
+                          relative=True, generator=torch.Generator().manual_seed(cfg.seed),
+                          max_iters=cfg.lanczos_iters)
         train_loss, test_loss = float(f_train(final)), float(f_test(final))
         summary.append({"optimizer": name, "train_loss": train_loss, "test_loss": test_loss,
                         "generalization_gap": test_loss - train_loss,
-                        "lambda_max": sharp.top_eigenvalue, "epsilon_max_increase": sharp.max_increase,
-                        "epsilon_mean_increase": sharp.mean_increase, "epsilon_radius": sharp.radius,
-                        "plane_loss_at_span_mean": float(torch.cat([surfaces[name].losses[[0, -1]].reshape(-1),
-                                                                    surfaces[name].losses[:, [0, -1]].reshape(-1)]).mean()),
+                        "lambda_max": sharp.top_eigenvalue,
+                        "epsilon_max_increase": sharp.max_increase,
+                        "epsilon_mean_increase": sharp.mean_increase,
+                        "epsilon_radius": sharp.radius,
+                        "plane_loss_at_span_mean": float(torch.cat([
+                            surfaces[name].losses[[0, -1]].reshape(-1),
+                            surfaces[name].losses[:, [0, -1]].reshape(-1)]).mean()),
                         "pca_explained": float(explained.sum()),
                         "weight_norm": float(torch.cat([p.reshape(-1) for p in final]).norm())})
-        write_csv(out_dir / f"plane_{name}.csv", [{"a": float(x), "b": float(y), "train_loss": float(v)}
-                                                   for j, y in enumerate(grid) for k, x in enumerate(grid)
+        write_csv(out_dir / f"plane_{name}.csv", [{"a": float(x), "b": float(y),
+                                                    "train_loss": float(v)}
+                                                   for j, y in enumerate(grid)
+                                                   for k, x in enumerate(grid)
                                                    for v in [surfaces[name].losses[j, k]]])
     write_csv(out_dir / "sharpness.csv", summary)
 
@@ -160,7 +168,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         i0, i1 = int((alphas - 0).abs().argmin()), int((alphas - 1).abs().argmin())
         peak = float(v[i0:i1 + 1].max())
         barrier = (f"On the straight line from the {names[0]} solution to the {names[1]} one the "
-                   f"train loss peaks at {peak:.4g} (ends {float(v[i0]):.4g} / {float(v[i1]):.4g}): "
+                   f"train loss peaks at {peak:.4g} "
+                   f"(ends {float(v[i0]):.4g} / {float(v[i1]):.4g}): "
                    f"a barrier of {peak - max(float(v[i0]), float(v[i1])):.4g}.\n")
     write_report(out_dir / "report.md", "Loss landscapes and sharpness", [
         ("Setup", f"{task.describe()}, {cfg.steps} steps from the same initialisation and "
@@ -173,5 +182,6 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         ("Table", markdown_table(summary)),
     ])
     for r in summary:
-        logger.log({f"{r['optimizer']}/{k}": v for k, v in r.items() if k != "optimizer"}, step=cfg.steps)
+        logger.log({f"{r['optimizer']}/{k}": v for k, v in r.items() if k != "optimizer"},
+                   step=cfg.steps)
     return {f"{r['optimizer']}/lambda_max": r["lambda_max"] for r in summary}

@@ -51,7 +51,8 @@ class Config:
         if self.adamw_weight_decay < 0:
             raise ValueError(f"adamw_weight_decay: must be >= 0, got {self.adamw_weight_decay}")
         if not 0 < self.switch_step < self.steps:
-            raise ValueError(f"switch_step: must be in (0, steps={self.steps}), got {self.switch_step}")
+            raise ValueError(f"switch_step: must be in (0, steps={self.steps}), "
+                             f"got {self.switch_step}")
         if self.seed < 0:
             raise ValueError(f"seed: must be >= 0, got {self.seed}")
         try:
@@ -87,7 +88,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
     }
     records = {name: train_with_stats(task, phases,
                                       generator=torch.Generator().manual_seed(cfg.seed + 1),
-                                      eval_every=cfg.eval_every, sharpness_iters=cfg.sharpness_iters)
+                                      eval_every=cfg.eval_every,
+                                      sharpness_iters=cfg.sharpness_iters)
                for name, phases in plans.items()}
     layers = records["sgd_momentum"].layers
     names = [f"L{i + 1} ({n})" for i, n in enumerate(layers)]

@@ -20,8 +20,8 @@ from metaopt.evaluation import make_optimizer
 from .common import markdown_table, save_figure, write_csv, write_report
 
 NAME = "rk_vs_sgd"
-DESCRIPTION = ("RK gradient-flow table: Heun/Ralston vs SGD on logistic regression and a CNN (digits), "
-               "test accuracy/loss at equal gradient evaluations and equal steps")
+DESCRIPTION = ("RK gradient-flow table: Heun/Ralston vs SGD on logistic regression and a CNN "
+               "(digits), test accuracy/loss at equal gradient evaluations and equal steps")
 SMOKE = ["tasks=[{label: logistic, name: logistic_regression, kwargs: {datasets: [digits], "
          "train_fraction: [0.2, 0.2]}, lrs: [0.5], budget: 8}]", "eval_every=4"]
 
@@ -123,8 +123,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
 
     def draw(*axes):
         for ax, (task_label, lr) in zip(axes, panels):
-            for (t, l, o), r in curves.items():
-                if (t, l) != (task_label, lr):
+            for (t, run_lr, o), r in curves.items():
+                if (t, run_lr) != (task_label, lr):
                     continue
                 ax.plot(r.curve_evaluations, [v if math.isfinite(v) else math.nan
                                               for v in r.test_loss], marker=".",
@@ -163,7 +163,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         findings.append(f"{task_label}, lr={lr:g}: " + "; ".join(
             f"{o} {100 * r['test_accuracy']:.2f}% / loss {r['test_loss']:.4g} "
             f"({r['steps']} steps, {r['gradient_evaluations']} evals)" for o, r in sub.items()))
-    write_report(out_dir / "report.md", "RK2 vs SGD (the RK gradient-flow experiment table in spirit)", [
+    title = "RK2 vs SGD (the RK gradient-flow experiment table in spirit)"
+    write_report(out_dir / "report.md", title, [
         ("Findings", "\n".join(f"- {f}" for f in findings)),
         ("Table", markdown_table(table)),
         ("Setup", "Same task sample, initialisation and minibatch sequence for every run (seed "

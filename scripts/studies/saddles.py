@@ -103,7 +103,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         path = path[torch.isfinite(path).all(dim=1)]
         paths[name] = path
         exit_step = escape_step(path, cfg.center, cfg.radius)
-        lingering.append({"optimizer": name, "steps_near_saddle": time_near_saddles(function, path, cfg.grad_tol),
+        lingering.append({"optimizer": name,
+                          "steps_near_saddle": time_near_saddles(function, path, cfg.grad_tol),
                           "escape_step": -1 if exit_step is None else exit_step})
     write_csv(out_dir / "time_near_saddle.csv", lingering)
 
@@ -121,9 +122,11 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
     noisy = [r for r in rows if r["sigma"] > 0]
 
     def median(name, sigma):
-        return next(r["median_escape_step"] for r in rows if r["optimizer"] == name and r["sigma"] == sigma)
+        return next(r["median_escape_step"] for r in rows
+                    if r["optimizer"] == name and r["sigma"] == sigma)
     s_lo, s_hi = min(r["sigma"] for r in noisy) if noisy else 0, max(cfg.sigmas)
-    spread = "; ".join(f"{n}: {median(n, s_lo):.4g} → {median(n, s_hi):.4g}" for n in optimizers) if noisy else ""
+    spread = "; ".join(f"{n}: {median(n, s_lo):.4g} → {median(n, s_hi):.4g}"
+                       for n in optimizers) if noisy else ""
     def slope(name):
         pts = [(math.log10(r["sigma"]), r["median_escape_step"]) for r in noisy
                if r["optimizer"] == name and math.isfinite(r["median_escape_step"])]
@@ -148,9 +151,11 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             "slope is near 0.\n" if noisy else "")),
         ("Escape times", markdown_table(rows)),
         ("Time near the saddle without noise",
-         f"From {cfg.trajectory_start} (‖∇f‖ < {cfg.grad_tol} and λ_max·λ_min < 0 counts as near):\n\n"
+         f"From {cfg.trajectory_start} (‖∇f‖ < {cfg.grad_tol} and λ_max·λ_min < 0 "
+         "counts as near):\n\n"
          + markdown_table(lingering)),
     ])
     for r in rows:
-        logger.log({f"{r['optimizer']}/median_escape_sigma_{r['sigma']:g}": r["median_escape_step"]}, step=0)
+        logger.log({f"{r['optimizer']}/median_escape_sigma_{r['sigma']:g}":
+                    r["median_escape_step"]}, step=0)
     return {f"{r['optimizer']}/steps_near_saddle": r["steps_near_saddle"] for r in lingering}

@@ -40,7 +40,8 @@ class Config:
     problems: list[Problem] = field(default_factory=lambda: [
         Problem("rosenbrock", [-1.5, 2.0]), Problem("beale", [1.0, 1.0])])
     optimizers: list[OptimizerSpec] = field(default_factory=lambda: [
-        OptimizerSpec("sgd", "sgd"), OptimizerSpec("sgd_momentum", "sgd_momentum", {"momentum": 0.9}),
+        OptimizerSpec("sgd", "sgd"),
+        OptimizerSpec("sgd_momentum", "sgd_momentum", {"momentum": 0.9}),
         OptimizerSpec("adam", "adam")])
     lr_grid: list[float] = field(default_factory=lambda: [
         1e-4, 1e-3, 2e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3])
@@ -139,7 +140,7 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
         tuning, lambda r: r["lr"], "learning rate", "{}: lr grid (gaps = overflow)",
         lambda spec, pts: spec.label, xscale="log"), ncols=len(functions), logger=logger)
 
-    for i, s in enumerate(summary):
+    for _i, s in enumerate(summary):
         logger.log({f"{s['function']}/{s['optimizer']}/final_loss_ratio":
                     s["final_loss_ratio(max/min)"],
                     f"{s['function']}/{s['optimizer']}/best_lr": s["best_lr"]}, step=0)

@@ -42,7 +42,8 @@ class Config:
     steps: int = 1000
     optimizers: list[OptimizerEntry] = field(default_factory=_default_optimizers)
     target_loss: float = 1e-4      # "steps to target" threshold on f − f*
-    divergence: float = 1e12       # |f| beyond this counts as diverged (a float loop would overflow)
+    divergence: float = 1e12       # |f| beyond this counts as diverged (a float loop would
+    # overflow)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -111,10 +112,12 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             hit = np.nonzero(gap <= cfg.target_loss)[0]
             summary.append({"optimizer": label, "start": str(cfg.starts[s]),
                             "final_gap": float(gap[-1]),
-                            "distance_to_min": float(t.distance_to(minimizers)[-1]) if minimizers else math.nan,
+                            "distance_to_min": (float(t.distance_to(minimizers)[-1])
+                                                if minimizers else math.nan),
                             "steps_to_target": int(hit[0]) if hit.size else -1,
                             "diverged_at": t.diverged_at if t.diverged_at is not None else -1,
-                            "first_step_length": float(t.step_lengths[0]) if t.step_lengths.numel() else math.nan,
+                            "first_step_length": (float(t.step_lengths[0])
+                                                  if t.step_lengths.numel() else math.nan),
                             "gap_at_100": float(gap[min(100, gap.size - 1)]),
                             "valley_alignment_100": _valley_alignment(f, t, 100)})
     write_csv(out_dir / "trajectories.csv", rows)
@@ -170,7 +173,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
             ax2.set_ylabel("‖x_{t+1} − x_t‖ and κ(H)")
             ax2.legend(fontsize="small")
         save_figure(out_dir / "adam_effective_lr.png", adam_plot, ncols=2,
-                    title=f"{label} from {cfg.starts[0]}: per-coordinate effective lr", logger=logger)
+                    title=f"{label} from {cfg.starts[0]}: per-coordinate effective lr",
+                    logger=logger)
         # How far above the stability limit 2/λ_max Adam's per-coordinate rate rises ("shooting").
         ratio = (rates.max(1).values * curvature.eigenvalues[1:].abs().max(1).values).numpy()
         peak = int(np.argmax(ratio))

@@ -16,7 +16,8 @@ def _decay(n=400, rate=100.0):
 
 def _noisy(curve, seed=0, amplitude=0.05):
     g = torch.Generator().manual_seed(seed)
-    return curve * (1 + amplitude * (2 * torch.rand(curve.shape, generator=g, dtype=curve.dtype) - 1))
+    noise = 2 * torch.rand(curve.shape, generator=g, dtype=curve.dtype) - 1
+    return curve * (1 + amplitude * noise)
 
 
 def test_clean_and_noisy_decay_have_no_anomaly():
@@ -60,7 +61,8 @@ def test_overflow_straight_from_a_healthy_run():
 
 def test_stall_versus_convergence():
     t = torch.arange(600, dtype=torch.float64)
-    stalled = torch.where(t < 100, 1.0 - 0.005 * t, torch.where(t < 300, 0.5, 0.5 * 0.98 ** (t - 299)))
+    stalled = torch.where(t < 100, 1.0 - 0.005 * t,
+                          torch.where(t < 300, 0.5, 0.5 * 0.98 ** (t - 299)))
     found = detect_anomalies(stalled, stall_window=50)
     assert [(a.kind, a.start, a.end) for a in found] == [("stall", 100, 299)]
     # Converging to a final level and staying there is no stall...

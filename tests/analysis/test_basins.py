@@ -72,7 +72,8 @@ def test_a_too_large_step_diverges_and_is_labelled(himmelblau_map):
 def test_six_hump_camel_map_is_point_symmetric():
     # f(x, y) = f(−x, −y) and the minimisers are each other's reflection: gradient descent's map
     # must be the reflected map with the two labels swapped.
-    result = basin_map(CAMEL.function, CAMEL.minimizers, {"gd": BatchedOptimizer("sgd", {"lr": 0.02})},
+    result = basin_map(CAMEL.function, CAMEL.minimizers,
+                       {"gd": BatchedOptimizer("sgd", {"lr": 0.02})},
                        bounds=(-2.0, 2.0, -1.0, 1.0), resolution=17, steps=500, tolerance=1e-3)
     labels = result.labels["gd"]
     swapped = torch.where(labels >= 0, 1 - labels, labels)

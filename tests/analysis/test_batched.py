@@ -40,7 +40,8 @@ def single_run(function, start, cls, options, steps):
     return x.detach()
 
 
-@pytest.mark.parametrize("name, options, cls", CASES, ids=[f"{c[0]}{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("name, options, cls", CASES,
+                         ids=[f"{c[0]}{i}" for i, c in enumerate(CASES)])
 def test_batched_equals_looped_torch_optim(name, options, cls):
     axis = torch.linspace(-4.5, 4.5, 3, dtype=torch.float64)
     starts = torch.cartesian_prod(axis, axis)
@@ -77,8 +78,10 @@ def test_divergence_events_and_recording():
 def test_noise_is_reproducible_and_needs_a_generator():
     start = torch.zeros(3, 2, dtype=torch.float64)
     opt = BatchedOptimizer("sgd", {"lr": 0.1})
-    a = run_batched(himmelblau, start, opt, 5, noise_std=1.0, generator=torch.Generator().manual_seed(1))
-    b = run_batched(himmelblau, start, opt, 5, noise_std=1.0, generator=torch.Generator().manual_seed(1))
+    a = run_batched(himmelblau, start, opt, 5, noise_std=1.0,
+                    generator=torch.Generator().manual_seed(1))
+    b = run_batched(himmelblau, start, opt, 5, noise_std=1.0,
+                    generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.final, b.final) and not torch.equal(a.final[0], a.final[1])
     with pytest.raises(ValueError, match="generator"):
         run_batched(himmelblau, start, opt, 5, noise_std=1.0)

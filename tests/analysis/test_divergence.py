@@ -44,7 +44,8 @@ def test_point_hessians_equal_the_analytic_rosenbrock_hessian():
 
 def test_anatomy_of_the_journal_divergence():
     bad = divergence_anatomy(rosenbrock, START, lr=0.01, beta=0.99, steps=1000, curvature_steps=10)
-    good = divergence_anatomy(rosenbrock, START, lr=0.001, beta=0.99, steps=1000, curvature_steps=10)
+    good = divergence_anatomy(rosenbrock, START, lr=0.001, beta=0.99, steps=1000,
+                              curvature_steps=10)
     oracle = rosenbrock_hessian(*START)
     lam = np.linalg.eigvalsh(oracle)
     for run in (bad, good):

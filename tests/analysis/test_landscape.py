@@ -49,7 +49,8 @@ def test_plane_of_a_quadratic_is_the_exact_quadric_and_the_center_is_untouched()
     surface = loss_plane(f, center, d1, d2, alphas, betas)
     u, v = d1[0], d2[0]
     fmin = f(center)
-    exact = fmin + 0.5 * (alphas[None] ** 2 * (u @ a @ u) + 2 * alphas[None] * betas[:, None] * (u @ a @ v)
+    exact = fmin + 0.5 * (alphas[None] ** 2 * (u @ a @ u)
+                          + 2 * alphas[None] * betas[:, None] * (u @ a @ v)
                           + betas[:, None] ** 2 * (v @ a @ v))
     torch.testing.assert_close(surface.losses, exact, rtol=1e-12, atol=1e-12)
     assert surface.losses.shape == (7, 5) and surface.losses.min() == surface.losses[3, 2]
@@ -100,6 +101,7 @@ def test_sharpness_top_eigenvalue_matches_dense_on_an_mlp():
     exact = torch.linalg.eigvalsh(dense(model, loss_fn, batch))
     result = sharpness(f, params, 1e-3, samples=10, relative=True)
     assert result.top_eigenvalue == pytest.approx(float(exact[-1]), rel=1e-7)
-    assert result.radius == pytest.approx(1e-3 * float(torch.cat([p.reshape(-1) for p in params]).norm()))
+    assert result.radius == pytest.approx(
+        1e-3 * float(torch.cat([p.reshape(-1) for p in params]).norm()))
     with pytest.raises(ValueError, match="epsilon"):
         sharpness(f, params, float("inf"))

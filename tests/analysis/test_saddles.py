@@ -22,7 +22,8 @@ def test_deterministic_escape_time_is_the_closed_form():
     # (x_t = x0 (1 − 2η)^t is negligible with x0 = 0).
     lr, y0, r = 0.05, 1e-6, 1.0
     traj = run_trajectory(saddle, (0.0, y0), optimizer_factory("SGD", lr=lr), 200)
-    assert escape_step(traj.path, (0.0, 0.0), r) == math.ceil(math.log(r / y0) / math.log(1 + 2 * lr))
+    assert escape_step(traj.path, (0.0, 0.0), r) == math.ceil(math.log(r / y0)
+                                                              / math.log(1 + 2 * lr))
     assert escape_step(traj.path, (0.0, 0.0), 1e6) is None
 
 
@@ -51,7 +52,8 @@ def _gd_escape_median(lr: float, sigma: float, r: float) -> int:
 @pytest.mark.parametrize("sigma", [1e-4, 1e-2])
 def test_noisy_gradient_descent_escape_matches_the_linear_theory(sigma):
     lr, r = 0.1, 1.0
-    [result] = noise_escape_experiment(saddle, (0.0, 0.0), {"gd": BatchedOptimizer("sgd", {"lr": lr})},
+    [result] = noise_escape_experiment(saddle, (0.0, 0.0),
+                                       {"gd": BatchedOptimizer("sgd", {"lr": lr})},
                                        [sigma], repeats=400, steps=200, radius=r,
                                        generator=torch.Generator().manual_seed(0))
     assert result.escaped_fraction == 1.0
@@ -67,7 +69,8 @@ def test_no_noise_no_escape_and_results_are_reproducible():
     for a, b in zip(*runs):
         assert torch.equal(a.escape_steps, b.escape_steps)
     by_key = {(r.optimizer, r.sigma): r for r in runs[0]}
-    assert by_key[("gd", 0.0)].escaped_fraction == 0.0 and math.isinf(by_key[("gd", 0.0)].median_steps)
+    assert (by_key[("gd", 0.0)].escaped_fraction == 0.0
+            and math.isinf(by_key[("gd", 0.0)].median_steps))
     assert by_key[("adam", 0.0)].escaped_fraction == 0.0  # ∇f = 0 exactly: m = v = 0, no step
     # Adam normalises the noise away: its escape takes ≈ r / lr steps at any σ
     assert by_key[("adam", 1e-3)].median_steps < by_key[("gd", 1e-3)].median_steps

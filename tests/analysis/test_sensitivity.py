@@ -22,13 +22,15 @@ def closed_form_final(lr):
 
 def closed_form_steps(lr, target):
     # smallest t with ½hx0²(1 − lr·h)^{2t} <= target
-    return math.ceil(math.log(target / (0.5 * H * X0 ** 2)) / (2 * math.log(abs(1 - lr * H))) - 1e-9)
+    return math.ceil(math.log(target / (0.5 * H * X0 ** 2)) / (2 * math.log(abs(1 - lr * H)))
+                     - 1e-9)
 
 
 def test_function_run_is_gradient_descent():
     run = function_run(quadratic, [X0], torch.optim.SGD, STEPS)
     losses = run(0.1)
-    expected = 0.5 * H * X0 ** 2 * (1 - 0.1 * H) ** (2 * torch.arange(STEPS + 1, dtype=torch.float64))
+    expected = 0.5 * H * X0 ** 2 * (1 - 0.1 * H) ** (2 * torch.arange(STEPS + 1,
+                                                                      dtype=torch.float64))
     torch.testing.assert_close(losses, expected, rtol=1e-12, atol=0)
 
 

@@ -39,7 +39,8 @@ def test_records_match_a_functional_sgd_loop(task):
     for t in range(steps):
         batch = task.train_batch(batches)
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        grads = dict(zip(leaves, torch.autograd.grad(task.loss(leaves, batch), list(leaves.values()))))
+        grads = dict(zip(leaves, torch.autograd.grad(task.loss(leaves, batch),
+                                                     list(leaves.values()))))
         norms = [math.sqrt(sum(float(grads[n].pow(2).sum()) for n in names))
                  for names in groups.values()]
         assert record.grad_norms[t].tolist() == pytest.approx(norms, rel=1e-12)
@@ -60,7 +61,8 @@ def test_switching_optimizers_starts_fresh_state(task):
     """AdamW's first step moves every coordinate by lr (m̂/√v̂ = sign g); SGD-momentum's first step
     after the switch is lr·g (a fresh buffer), not a continuation of anything AdamW kept."""
     adam_lr, sgd_lr = 1e-3, 0.05
-    phases = [Phase("adamw", lambda p: torch.optim.AdamW(p, lr=adam_lr, weight_decay=0.0, eps=1e-12), 3),
+    phases = [Phase("adamw", lambda p: torch.optim.AdamW(p, lr=adam_lr, weight_decay=0.0,
+                                                         eps=1e-12), 3),
               Phase("sgd_momentum", lambda p: torch.optim.SGD(p, lr=sgd_lr, momentum=0.9), 2)]
     record = train_with_stats(task, phases, generator=torch.Generator().manual_seed(0),
                               measure_sharpness=False)
@@ -73,8 +75,8 @@ def test_switching_optimizers_starts_fresh_state(task):
              for names in layer_groups(list(params)).values()]
     assert record.update_norms[0].tolist() == pytest.approx([adam_lr * math.sqrt(s) for s in sizes],
                                                             rel=1e-6)
-    assert record.update_norms[3].tolist() == pytest.approx((sgd_lr * record.grad_norms[3]).tolist(),
-                                                            rel=1e-10)
+    assert record.update_norms[3].tolist() == pytest.approx(
+        (sgd_lr * record.grad_norms[3]).tolist(), rel=1e-10)
 
 
 def test_sharpness_is_the_dense_hessian_top_eigenvalue(task):
@@ -97,5 +99,6 @@ def test_sharpness_is_the_dense_hessian_top_eigenvalue(task):
                          generator=torch.Generator().manual_seed(0))
     assert measured == pytest.approx(expected, rel=1e-6)
     record = train_with_stats(task, [Phase("sgd", _sgd(0.1), 0)],
-                              generator=torch.Generator().manual_seed(0), sharpness_iters=len(flat0))
+                              generator=torch.Generator().manual_seed(0),
+                              sharpness_iters=len(flat0))
     assert record.sharpness == pytest.approx(expected, rel=1e-4)

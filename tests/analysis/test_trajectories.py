@@ -32,7 +32,8 @@ def test_adam_effective_lr_from_the_gradient_history(amsgrad):
         step = traj.path[t] - traj.path[t - 1]
         torch.testing.assert_close(step, -rate * m / (1 - b1 ** t), rtol=1e-10, atol=1e-14)
     # the first step moves every coordinate by lr·g/(|g| + ε): the journal's "shot"
-    torch.testing.assert_close(traj.step_lengths[0], torch.tensor(lr * 2 ** 0.5, dtype=torch.float64))
+    torch.testing.assert_close(traj.step_lengths[0],
+                               torch.tensor(lr * 2 ** 0.5, dtype=torch.float64))
 
 
 def test_sgd_path_is_gradient_descent_and_losses_are_exact():
@@ -48,8 +49,10 @@ def test_sgd_path_is_gradient_descent_and_losses_are_exact():
 
 
 def test_journal_entry_4_divergence_and_its_fix():
-    fast = run_trajectory("rosenbrock", (-1.5, 2.0), optimizer_factory("SGD", lr=0.01, momentum=0.99), 500)
-    slow = run_trajectory("rosenbrock", (-1.5, 2.0), optimizer_factory("SGD", lr=0.001, momentum=0.99), 500)
+    fast = run_trajectory("rosenbrock", (-1.5, 2.0),
+                          optimizer_factory("SGD", lr=0.01, momentum=0.99), 500)
+    slow = run_trajectory("rosenbrock", (-1.5, 2.0),
+                          optimizer_factory("SGD", lr=0.001, momentum=0.99), 500)
     assert fast.diverged_at is not None and fast.path.shape[0] == fast.diverged_at
     assert torch.isfinite(fast.path).all()  # recorded up to the last finite point
     assert slow.diverged_at is None and slow.path.shape == (501, 2)

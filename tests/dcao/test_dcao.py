@@ -10,7 +10,6 @@ from torch import nn
 
 import metaopt.optim as mo
 from metaopt.dcao.rule import DCAORule, dcao_schedule
-
 from tests.optim.test_conformance import closure_for
 
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaopt.garo import (NUM_SIGNAL_FEATURES, BoundController, GAROController,
-                                 inverse_softplus)
+from metaopt.garo import NUM_SIGNAL_FEATURES, BoundController, GAROController, inverse_softplus
 
 
 def random_inputs(controller, segments=3, seed=0):

@@ -9,9 +9,8 @@ from torch import nn
 
 from metaopt.optim import GARO, GlobalAdaptiveSGD
 from tests.garo.helpers import awake_controller, regression
-from tests.rules.objectives import closure_over
-
 from tests.optim.test_conformance import weights_only_round_trip
+from tests.rules.objectives import closure_over
 
 
 def test_seed_usage_snippet_verbatim():
@@ -24,7 +23,7 @@ def test_seed_usage_snippet_verbatim():
 
     before = [p.detach().clone() for p in model.parameters()]
     opt = GlobalAdaptiveSGD(model.parameters())
-    for step in range(5):
+    for _step in range(5):
         loss = compute_loss((x, y), model)
 
         opt.zero_grad()

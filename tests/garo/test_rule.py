@@ -4,12 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaopt.garo import BoundController
+from metaopt.garo import BoundController, GARORule
 from metaopt.optim import GARO
-from metaopt.garo import GARORule
+from tests.rules.objectives import closure_over
 
 from .helpers import awake_controller, constant_controller, regression
-from tests.rules.objectives import closure_over
 
 
 def functional_grad_fn(loss_fn, create_graph=False):

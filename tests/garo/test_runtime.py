@@ -151,8 +151,8 @@ def test_update_norm_read_by_the_next_step_equals_reading_it_at_once(monkeypatch
     # directions is cheap (metaopt.garo.runtime._DEFER_NUMEL). Deferred or not, every parameter and
     # every state entry must be the same bits — including across a state_dict mid-run and a
     # tensor that sits out a step (its segment idle).
-    from metaopt.optim import GARO
     from metaopt.garo import runtime as garo_runtime
+    from metaopt.optim import GARO
 
     params, loss_fn = regression(dtype=torch.float32)
 

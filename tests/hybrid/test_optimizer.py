@@ -9,7 +9,6 @@ import metaopt
 import metaopt.optim as mo
 from metaopt.checkpoint import save_checkpoint
 from metaopt.hybrid.policy import SwitchingPolicy
-
 from tests.optim.specs import HYBRID_SWITCHING
 from tests.optim.test_conformance import closure_for, make_problem, run, weights_only_round_trip
 
@@ -85,8 +84,8 @@ def test_trace_and_gradient_evaluations():
     run(opt, loss_counted, 12)
     assert opt.gradient_evaluations == len(calls)
     last = opt.history[-1]
-    assert set(last) >= {"mode", "gate", "probability", "log_grad_ratio", "log_stability", "progress",
-                         "curvature", "evaluations", "gradient_evaluations"}
+    assert set(last) >= {"mode", "gate", "probability", "log_grad_ratio", "log_stability",
+                         "progress", "curvature", "evaluations", "gradient_evaluations"}
     assert last["evaluations"] == len(calls)  # the rule's count agrees with the closure calls
     ode_steps = sum(h["mode"] for h in opt.history)
     assert len(calls) == 12 + 3 * ode_steps  # RK4: 3 extra stages per ODE step

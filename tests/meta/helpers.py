@@ -5,8 +5,8 @@ import torch
 
 import tasks
 from metaopt.garo.controller import GAROController
-from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, make_horizon
 from metaopt.garo.rule import GARORule
+from metaopt.meta import GAROLearnedRule, InnerRunPool, MetaLoss, make_horizon
 
 
 def quadratic_family(dtype=torch.float64, dim=(3, 6), condition_number=(1.0, 30.0)):

@@ -15,6 +15,7 @@ def _worker(rank, world, init_file, out_dir):
                             world_size=world)
     try:
         from metaopt.garo.controller import GAROController
+        from metaopt.garo.rule import GARORule
         from metaopt.meta import (
             GAROLearnedRule,
             InnerRunPool,
@@ -23,7 +24,6 @@ def _worker(rank, world, init_file, out_dir):
             TruncatedBPTT,
             make_horizon,
         )
-        from metaopt.garo.rule import GARORule
         from tests.meta.helpers import quadratic_family
 
         learned = GAROLearnedRule(GAROController(hidden_size=4), GARORule())

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import tasks
-from metaopt.meta import GAROLearnedRule, MetaLoss, batch_generator, unroll_segment
-from metaopt.meta.unroll import initial_run
 from metaopt.garo.optimizer import GARO
 from metaopt.garo.rule import GARORule
+from metaopt.meta import GAROLearnedRule, MetaLoss, batch_generator, unroll_segment
+from metaopt.meta.unroll import initial_run
 
 from .helpers import learned_rule
 

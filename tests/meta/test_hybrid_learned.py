@@ -6,13 +6,13 @@ import torch
 
 import tasks
 from metaopt.garo.controller import GAROController
+from metaopt.garo.rule import GARORule
+from metaopt.hybrid.optimizer import HybridGDODE
 from metaopt.hybrid.policy import SwitchingPolicy
+from metaopt.hybrid.rule import HybridRule
 from metaopt.meta import MetaLoss, unroll_segment
 from metaopt.meta.hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
 from metaopt.meta.unroll import initial_run
-from metaopt.hybrid.optimizer import HybridGDODE
-from metaopt.garo.rule import GARORule
-from metaopt.hybrid.rule import HybridRule
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
 

@@ -1,4 +1,5 @@
-"""``InnerRunPool.segment(starts=...)``, ``SegmentBatch.ends`` and ``run_keys()`` (PES particles)."""
+"""``InnerRunPool.segment(starts=...)``, ``SegmentBatch.ends`` and ``run_keys()`` (PES
+particles)."""
 from __future__ import annotations
 
 import pytest

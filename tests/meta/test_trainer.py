@@ -1,4 +1,5 @@
-"""MetaTrainer: learning on quadratics, divergence resets, skipped updates, exact state round trip."""
+"""MetaTrainer: learning on quadratics, divergence resets, skipped updates, exact state round
+trip."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ import math
 import torch
 
 from metaopt.garo.controller import GAROController
+from metaopt.garo.rule import GARORule
 from metaopt.meta import (
     GAROLearnedRule,
     InnerRunPool,
@@ -16,7 +18,6 @@ from metaopt.meta import (
     make_horizon,
     validate,
 )
-from metaopt.garo.rule import GARORule
 from metaopt.task import TaskFamily
 from tasks.quadratic import QuadraticTask
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from metaopt.garo.controller import GAROController
+from metaopt.garo.rule import GARORule
 from metaopt.meta import (
     ConstantHorizon,
     GAROLearnedRule,
@@ -15,7 +16,6 @@ from metaopt.meta import (
     unroll_segment,
 )
 from metaopt.meta.unroll import initial_run
-from metaopt.garo.rule import GARORule
 
 from .helpers import learned_rule, pool, quadratic_family
 

@@ -1,7 +1,8 @@
 """``VectorisedPool`` against the loop (``InnerRunPool``): the independent oracle is the sequential
 unroll, run for run. float64; a mixture of two shape groups (zero-padded quadratics of dims 3–6
-and small MLPs of widths 3–7 and two batch sizes, padded), log-uniform horizons (runs of one group end their segments at different steps)
-and a controller that makes some runs diverge and be reset in the middle of a meta-batch."""
+and small MLPs of widths 3–7 and two batch sizes, padded), log-uniform horizons (runs of one group
+end their segments at different steps) and a controller that makes some runs diverge and be reset in
+the middle of a meta-batch."""
 from __future__ import annotations
 
 import logging

@@ -5,8 +5,9 @@ each spec. A new optimizer joins by appending an ``OptimizerSpec`` to ``SPECS``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import metaopt.optim as mo
 
@@ -71,7 +72,8 @@ SPECS += [
                   needs_closure=False),
 ]
 # DCAO: probe_every=3 so the 10+10 resume and deepcopy tests cross probe steps.
-_dcao_invalid = _negative_lr + [({"momentum": 1.0}, "momentum"), ({"probe_every": 0}, "probe_every"),
+_dcao_invalid = _negative_lr + [({"momentum": 1.0}, "momentum"),
+                                ({"probe_every": 0}, "probe_every"),
                                 ({"k": 0}, "k"), ({"lanczos_iters": 2}, "lanczos_iters"),
                                 ({"alpha": -1.0}, "alpha"), ({"schedule": "nope"}, "schedule"),
                                 ({"stability_factor": 0.0}, "stability_factor")]
@@ -87,8 +89,10 @@ SPECS += [
 # (tests/optim/test_hybrid.py asserts that it does).
 _hybrid_invalid = _negative_lr + [({"gd": "nope"}, "gd"), ({"ode": "nope"}, "ode"),
                                   ({"policy": "nope"}, "policy"), ({"momentum": 1.0}, "momentum"),
-                                  ({"min_dwell": 0}, "min_dwell"), ({"hysteresis": 0.5}, "hysteresis"),
-                                  ({"criteria": ("nope",)}, "criteria"), ({"ode_scale": -1.0}, "ode_scale")]
+                                  ({"min_dwell": 0}, "min_dwell"),
+                                  ({"hysteresis": 0.5}, "hysteresis"),
+                                  ({"criteria": ("nope",)}, "criteria"),
+                                  ({"ode_scale": -1.0}, "ode_scale")]
 HYBRID_SWITCHING = {"lr": 0.01, "momentum": 0.5, "grad_threshold": 0.5, "min_dwell": 2,
                     "criteria": ("gradient",)}
 SPECS += [

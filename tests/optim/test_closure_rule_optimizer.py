@@ -9,7 +9,6 @@ import metaopt.optim as mo
 from .test_conformance import closure_for
 
 
-
 def test_a_param_joining_late_keeps_the_others_state():
     """W has no grad on step 1; its arrival must not reset b's clock, velocity or counters."""
     weight = torch.tensor([1.0, -1.0], requires_grad=True)
@@ -64,7 +63,9 @@ def test_invalid_group_hyperparameters_are_refused(cls):
 @pytest.mark.parametrize("cls", [mo.RK4, mo.Heun, mo.AdaptiveRK, mo.GradientFlow])
 def test_after_a_step_grad_is_the_gradient_at_the_starting_point(cls):
     weight = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
-    loss_fn = lambda: (weight ** 4).sum() + weight.prod()
+    def loss_fn():
+        return (weight ** 4).sum() + weight.prod()
+
     opt = cls([weight], lr=0.05)
     closure = closure_for(opt, loss_fn)
     for _ in range(3):

@@ -1,4 +1,5 @@
-"""Float64 oracles shared by the Lanczos / curvature / DCAO tests: a small MLP and its full Hessian."""
+"""Float64 oracles shared by the Lanczos / curvature / DCAO tests: a small MLP and its full
+Hessian."""
 from __future__ import annotations
 
 import torch

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from metaopt.rules.curvature import leading_gap, probe_curvature, spectral_gap, spectral_radius
-from metaopt.rules.hvp import (CreateGraphBackward, functional_hvp, gradient_hvp, hutchinson_trace,
-                               matrix_hvp)
+from metaopt.rules.hvp import (
+    CreateGraphBackward,
+    functional_hvp,
+    gradient_hvp,
+    hutchinson_trace,
+    matrix_hvp,
+)
 
 from .curvature_helpers import full_hessian, small_mlp, top_by_magnitude, wishart
 

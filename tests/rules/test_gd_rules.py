@@ -1,4 +1,5 @@
-"""The pure GD rules against torch.optim (float64 oracle), several steps, per-group hyperparameters."""
+"""The pure GD rules against torch.optim (float64 oracle), several steps, per-group
+hyperparameters."""
 from __future__ import annotations
 
 import pytest

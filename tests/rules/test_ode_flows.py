@@ -84,7 +84,9 @@ def test_nesterov_flow_convergence_rate_on_a_quadratic():
     """Su–Boyd–Candès Thm 1: f(X(t)) − f* ≤ 2‖x0 − x*‖² / t² for convex f (started at t ≈ 0)."""
     a = torch.diag(torch.tensor([0.05, 1.0, 20.0], dtype=torch.float64))
     x0 = torch.tensor([3.0, -2.0, 1.0], dtype=torch.float64)
-    loss = lambda ps: 0.5 * ps[0] @ a @ ps[0]
+    def loss(ps):
+        return 0.5 * ps[0] @ a @ ps[0]
+
     ours, _ = run(mo.NesterovFlow, loss, [x0], 20, lr=0.5, t0=1e-3, rtol=1e-9, atol=1e-11)
     for k, (x,) in enumerate(ours):
         t = 1e-3 + 0.5 * (k + 1)

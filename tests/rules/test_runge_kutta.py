@@ -11,8 +11,14 @@ from torchdiffeq import odeint
 import metaopt.optim as mo
 from metaopt.rules import RungeKuttaRule, get_tableau
 
-from .objectives import (closure_over, flat_field, grad_fn_for, max_error, objectives,
-                         optimizer_trajectory)
+from .objectives import (
+    closure_over,
+    flat_field,
+    grad_fn_for,
+    max_error,
+    objectives,
+    optimizer_trajectory,
+)
 
 #: our tableau name → torchdiffeq's fixed-grid method with the same tableau
 SHARED_WITH_TORCHDIFFEQ = {"euler": "euler", "midpoint": "midpoint", "heun": "heun2",
@@ -123,8 +129,12 @@ def test_order_on_quadratic_against_matrix_exponential(method):
     a = spd_matrix()
     x0 = torch.linspace(-1, 1, 6, dtype=torch.float64)
     order = get_tableau(method).order
-    loss = lambda ps: 0.5 * ps[0] @ a @ ps[0]
-    exact = lambda h: [torch.linalg.matrix_exp(-h * a) @ x0]
+    def loss(ps):
+        return 0.5 * ps[0] @ a @ ps[0]
+
+    def exact(h):
+        return [torch.linalg.matrix_exp(-h * a) @ x0]
+
     e1 = one_step_error(method, loss, [x0], 0.04, exact)
     e2 = one_step_error(method, loss, [x0], 0.02, exact)
     assert math.log2(e1 / e2) == pytest.approx(order + 1, abs=0.25)

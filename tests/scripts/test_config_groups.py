@@ -56,7 +56,8 @@ def test_dict_literal_replaces_a_free_form_dict(cfgmod):
 
 def test_controller_and_estimator_groups_reset_to_schema_then_file(cfgmod, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("controller: {init_lr: 0.5, hidden_size: 4}\nestimator: {name: es, sigma: 0.5}\n")
+    config.write_text("controller: {init_lr: 0.5, hidden_size: 4}\n"
+                      "estimator: {name: es, sigma: 0.5}\n")
     cfg = cfgmod.load_config(str(config), ["controller=adam", "estimator=bptt"])
     assert cfg.controller.direction == "adam" and cfg.controller.hidden_size == 16
     assert cfg.controller.init_lr == cfgmod.ControllerConfig().init_lr  # replaced, not merged
@@ -77,7 +78,8 @@ def test_bad_overrides_name_their_key(cfgmod, override, match):
         cfgmod.load_config(GARO, [override])
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")))
+@pytest.mark.parametrize("option",
+                         sorted(p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")))
 def test_every_task_group_file_builds_its_family(cfgmod, option):
     cfg = cfgmod.load_config(GARO, [f"task={option}"])
     family = tasks.get(cfg.task.name, **OmegaConf.to_container(cfg.task.kwargs))
@@ -96,7 +98,7 @@ def test_help_lists_every_key_with_type_and_default(cfgmod):
                 yield prefix + k, v
     schema = OmegaConf.to_container(OmegaConf.structured(cfgmod.MetaTrainConfig))
     for key, default in leaves(schema):
-        line = next((l for l in text.splitlines() if l.strip().startswith(f"{key}:")), None)
+        line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:")), None)
         assert line is not None, key
         assert repr(default) in line or str(default) in line, (key, line)
     assert "task=" in text and "mlp" in text and "controller=adam|sgd" in text

@@ -116,8 +116,8 @@ def _run_and_check(name, tmp_path):
 @pytest.mark.slow  # a fresh interpreter importing every study (torch, matplotlib, tasks)
 def test_script_runs_as_a_command():
     import subprocess
-    result = subprocess.run([sys.executable, str(SCRIPT), "--list"], check=False, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, str(SCRIPT), "--list"], check=False,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines() if line] == list(STUDIES)
 

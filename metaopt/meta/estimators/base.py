@@ -63,5 +63,5 @@ class GradientEstimator(ABC):
         """What a bit-exact resume needs beyond the pool and the generator (PES: its particles)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore ``state_dict()``; stateless estimators have nothing to restore."""

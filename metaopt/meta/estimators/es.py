@@ -25,7 +25,8 @@ from .base import GradientEstimator, MetaGradient, advance_at
 
 
 class AntitheticES(GradientEstimator):
-    """Args: ``num_pairs`` (P, antithetic pairs per meta-step), ``sigma`` (σ, perturbation scale)."""
+    """Args: ``num_pairs`` (P, antithetic pairs per meta-step), ``sigma`` (σ, perturbation
+    scale)."""
 
     name = "es"
 

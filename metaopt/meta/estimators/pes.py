@@ -110,7 +110,7 @@ class PersistentES(GradientEstimator):
             self._particles[i][j], self._xi[i][j] = [None, None], None
         return advance_at(pool, base, grads)
 
-    # -- persistence (weights_only-loadable: lists, dicts, tensors, ints, None) ---------------------
+    # -- persistence (weights_only-loadable: lists, dicts, tensors, ints, None) --------------------
     def state_dict(self) -> dict[str, Any]:
         return {"num_pairs": self.num_pairs,
                 "keys": [None if k is None else list(k) for k in self._keys],
