@@ -7,8 +7,9 @@
 
 ``tasks.names()`` lists the registered families; ``tasks.get(name, **kwargs)`` builds one and
 raises ``ValueError`` naming an unknown family or keyword.
-``tasks.get("mixture", components={...})`` mixes several named families; ``tasks.get("augmented", family={"name": ..., "kwargs": {...}},
-loss_scale=[lo, hi], param_scale=[lo, hi])`` rescales each sampled task's loss and parameters.
+``tasks.get("mixture", components={...})`` mixes several named families; ``tasks.get("augmented",
+family={"name": ..., "kwargs": {...}}, loss_scale=[lo, hi], param_scale=[lo, hi])`` rescales
+each sampled task's loss and parameters.
 ``tasks.register(name, factory)`` adds a plug-in family.
 """
 
@@ -65,8 +66,8 @@ def get(name: str, **kwargs: Any) -> TaskFamily:
     return _families.get_family(name, **kwargs)
 
 
-def _mixture(components: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float] | None = None,
-             device=None, dtype=None) -> MixtureFamily:
+def _mixture(components: Mapping[str, Mapping[str, Any]],
+             weights: Mapping[str, float] | None = None, device=None, dtype=None) -> MixtureFamily:
     """``components`` maps family name -> kwargs; ``weights`` maps family name -> weight."""
     families, family_weights = [], []
     for component, component_kwargs in components.items():
@@ -85,7 +86,8 @@ def _augmented(family: str | Mapping[str, Any], loss_scale=None, param_scale=Non
     elif isinstance(family, Mapping):
         unknown = sorted(set(family) - {"name", "kwargs"})
         if unknown or "name" not in family:
-            raise ValueError(f"family: needs 'name' and optional 'kwargs', got keys {sorted(family)}")
+            raise ValueError(f"family: needs 'name' and optional 'kwargs', got keys "
+                             f"{sorted(family)}")
         name, family_kwargs = family["name"], dict(family.get("kwargs") or {})
     else:
         raise ValueError(  # noqa: TRY004 (tasks.get reports bad arguments as ValueError)

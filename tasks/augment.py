@@ -11,10 +11,11 @@ and exposes to the optimizer the parameters ``θ'`` with ``θ_k = s_k θ'_k``::
 
 A hand-designed optimizer is affected in known ways (SGD's effective rate becomes ``η c s²``;
 Adam is invariant to ``c`` and sees its steps rescaled by ``1/s``); training a learned optimizer on
-such tasks pushes it towards those invariances (Celo, arXiv 2501.12670, Sec. 3; learned_optimization's
-``ReparamWeights`` / loss-rescaling augmentations). The normaliser scales with ``c``
-(``loss_offset' = c·offset``, ``loss_scale' = c·scale``) so normalised losses, hence meta-losses,
-stay comparable across augmentations: ``normalized_loss'(L'(θ')) = normalized_loss(L(s ⊙ θ'))``.
+such tasks pushes it towards those invariances (Celo, arXiv 2501.12670, Sec. 3;
+learned_optimization's ``ReparamWeights`` / loss-rescaling augmentations). The normaliser scales
+with ``c`` (``loss_offset' = c·offset``, ``loss_scale' = c·scale``) so normalised losses, hence
+meta-losses, stay comparable across augmentations:
+``normalized_loss'(L'(θ')) = normalized_loss(L(s ⊙ θ'))``.
 
 Registered as ``"augmented"``::
 
@@ -167,8 +168,9 @@ class AugmentedBatch(TaskBatch):
 
 
 class AugmentedFamily(TaskFamily):
-    """Samples a task of ``family``, then ``c ~ logU(loss_scale)`` and one ``s_k ~ logU(param_scale)``
-    per parameter tensor, all from the same generator (``None``: no rescaling of that kind)."""
+    """Samples a task of ``family``, then ``c ~ logU(loss_scale)`` and one
+    ``s_k ~ logU(param_scale)`` per parameter tensor, all from the same generator (``None``: no
+    rescaling of that kind)."""
 
     def __init__(self, family: TaskFamily, loss_scale: Sequence[float] | None = None,
                  param_scale: Sequence[float] | None = None):

@@ -29,14 +29,16 @@ class AutoencoderTask(SupervisedTask):
 
     def __init__(self, data: SplitData, *, hidden: int, bottleneck: int, activation: str, **kwargs):
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+            raise ValueError(f"unknown activation {activation!r}; "
+                             f"choose from {sorted(ACTIVATIONS)}")
         self.hidden, self.bottleneck, self.activation = int(hidden), int(bottleneck), activation
         super().__init__(data, **kwargs)
 
     def build_module(self) -> nn.Module:
         act, d = ACTIVATIONS[self.activation], self.num_features
-        return nn.Sequential(nn.Linear(d, self.hidden), act(), nn.Linear(self.hidden, self.bottleneck),
-                             act(), nn.Linear(self.bottleneck, self.hidden), act(),
+        return nn.Sequential(nn.Linear(d, self.hidden), act(),
+                             nn.Linear(self.hidden, self.bottleneck), act(),
+                             nn.Linear(self.bottleneck, self.hidden), act(),
                              nn.Linear(self.hidden, d))
 
     def data_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
@@ -58,7 +60,8 @@ class AutoencoderDigitsFamily(TaskFamily):
     name = "autoencoder_digits"
 
     def __init__(self, hidden: tuple[int, int] = (32, 64), bottleneck: tuple[int, int] = (4, 16),
-                 activations: Sequence[str] = ("tanh", "relu", "gelu"), batch_sizes: Sequence[int] = (64,),
+                 activations: Sequence[str] = ("tanh", "relu", "gelu"),
+                 batch_sizes: Sequence[int] = (64,),
                  train_fraction: tuple[float, float] = (0.5, 1.0), l2: float = 0.0,
                  test_fraction: float = 0.25, *, device=None, dtype=None):
         super().__init__(device=device, dtype=dtype)
@@ -67,7 +70,8 @@ class AutoencoderDigitsFamily(TaskFamily):
         if bad or not activations:
             raise ValueError(f"unknown activation(s) {bad}; choose from {sorted(ACTIVATIONS)}")
         if not 1 <= hidden[0] <= hidden[1] or not 1 <= bottleneck[0] <= bottleneck[1]:
-            raise ValueError(f"need 1 <= low <= high for hidden and bottleneck, got {hidden}, {bottleneck}")
+            raise ValueError(f"need 1 <= low <= high for hidden and bottleneck, got {hidden}, "
+                             f"{bottleneck}")
         self.hidden, self.bottleneck = tuple(map(int, hidden)), tuple(map(int, bottleneck))
         self.activations, self.batch_sizes = activations, tuple(batch_sizes)
         self.train_fraction, self.l2 = tuple(train_fraction), float(l2)
@@ -76,9 +80,11 @@ class AutoencoderDigitsFamily(TaskFamily):
     def sample(self, generator: torch.Generator) -> AutoencoderTask:
         features, labels = load_real("digits")
         low, high = self.train_fraction
-        fraction = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        fraction = low + (high - low) * (
+            float(torch.rand((), generator=generator, dtype=torch.float64)))
         split = split_and_standardize(features, labels, generator, self.test_fraction, fraction)
-        data = SplitData(split.x_train, split.x_train, split.x_test, split.x_test, split.num_classes)
+        data = SplitData(split.x_train, split.x_train, split.x_test, split.x_test,
+                         split.num_classes)
         return AutoencoderTask(
             data, hidden=sample_int_log_uniform(generator, *self.hidden),
             bottleneck=sample_int_log_uniform(generator, *self.bottleneck),

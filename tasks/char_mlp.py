@@ -46,7 +46,8 @@ def encode(text: str) -> Tensor:
     codes = torch.tensor([ord(c) for c in text], dtype=torch.long)
     ids = codes - 32
     ids = torch.where(codes == 10, torch.full_like(ids, NEWLINE), ids)
-    return torch.where((codes == 10) | ((codes >= 32) & (codes < 127)), ids, torch.full_like(ids, OTHER))
+    return torch.where((codes == 10) | ((codes >= 32) & (codes < 127)), ids,
+                       torch.full_like(ids, OTHER))
 
 
 @functools.cache
@@ -98,7 +99,8 @@ class CharMLPTask(ModuleTask):
                       for split, text in (("train", self.train_text), ("test", self.test_text))}
 
     def _starts(self, text: Tensor, count: int, generator: torch.Generator) -> Tensor:
-        return torch.randint(len(text) - self.context, (count,), generator=generator).to(self.device)
+        return torch.randint(len(text) - self.context, (count,),
+                             generator=generator).to(self.device)
 
     def _windows(self, text: Tensor, starts: Tensor) -> Batch:
         windows = text[starts[:, None] + self._offsets]
@@ -112,12 +114,14 @@ class CharMLPTask(ModuleTask):
         return F.cross_entropy(module(x), y)
 
     def train_batch(self, generator: torch.Generator) -> Batch:
-        return self._windows(self.train_text, self._starts(self.train_text, self.batch_size, generator))
+        return self._windows(self.train_text,
+                             self._starts(self.train_text, self.batch_size, generator))
 
     def test_batch(self, generator: torch.Generator | None = None) -> Batch:
         if generator is None:
             return self._eval["test"]
-        return self._windows(self.test_text, self._starts(self.test_text, self.batch_size, generator))
+        return self._windows(self.test_text,
+                             self._starts(self.test_text, self.batch_size, generator))
 
     def eval_batch(self, split: str = "test") -> Batch:
         if split not in self._eval:

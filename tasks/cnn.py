@@ -30,7 +30,8 @@ class CNNTask(ClassificationTask):
 
     def __init__(self, data, *, channels: int, activation: str, **kwargs):
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+            raise ValueError(f"unknown activation {activation!r}; "
+                             f"choose from {sorted(ACTIVATIONS)}")
         self.channels, self.activation = int(channels), activation
         super().__init__(data, **kwargs)
         # Features arrive flattened (N, 64); the network wants images (N, 1, 8, 8).
@@ -92,7 +93,8 @@ class CNNDigitsFamily(TaskFamily):
     def sample(self, generator: torch.Generator) -> CNNTask:
         features, labels = load_real("digits")
         low_f, high_f = self.train_fraction
-        fraction = low_f + (high_f - low_f) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        fraction = low_f + (high_f - low_f) * (
+            float(torch.rand((), generator=generator, dtype=torch.float64)))
         data = split_and_standardize(features, labels, generator, self.test_fraction, fraction)
         return CNNTask(
             data,

@@ -91,7 +91,8 @@ class LogisticRegressionFamily(TaskFamily):
         else:
             features, labels = load_real(dataset)
         low_f, high_f = self.train_fraction
-        fraction = low_f + (high_f - low_f) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        fraction = low_f + (high_f - low_f) * (
+            float(torch.rand((), generator=generator, dtype=torch.float64)))
         data = split_and_standardize(features, labels, generator, self.test_fraction, fraction)
         return LogisticRegressionTask(
             data,

@@ -23,9 +23,11 @@ class MixtureFamily(TaskFamily):
         if not families:
             raise ValueError("a mixture needs at least one family")
         super().__init__(device=families[0].device, dtype=families[0].dtype)
-        weights = tuple(float(w) for w in (weights if weights is not None else [1.0] * len(families)))
+        weights = tuple(float(w)
+                        for w in (weights if weights is not None else [1.0] * len(families)))
         if len(weights) != len(families) or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"need one non-negative weight per family with a positive sum, got {weights}")
+            raise ValueError(f"need one non-negative weight per family with a positive sum, "
+                             f"got {weights}")
         self.families = families
         self.weights = torch.tensor(weights, dtype=torch.float64)
         self.name = "mixture(" + ",".join(f.name for f in families) + ")"

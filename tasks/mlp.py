@@ -32,7 +32,8 @@ class MLPTask(ClassificationTask):
     def __init__(self, data, *, width: int, depth: int, activation: str, padding: bool = False,
                  **kwargs):
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+            raise ValueError(f"unknown activation {activation!r}; "
+                             f"choose from {sorted(ACTIVATIONS)}")
         if depth < 1 or width < 1:
             raise ValueError(f"need depth >= 1 and width >= 1, got depth={depth}, width={width}")
         self.width, self.depth, self.activation = int(width), int(depth), activation
@@ -203,16 +204,19 @@ class MLPFamily(TaskFamily):
             activations = (activations,)
         unknown = [d for d in datasets if d not in (*REAL_DATASETS, "synthetic")]
         if unknown or not datasets:
-            raise ValueError(f"unknown dataset(s) {unknown}; choose from {(*REAL_DATASETS, 'synthetic')}")
+            raise ValueError(f"unknown dataset(s) {unknown}; "
+                             f"choose from {(*REAL_DATASETS, 'synthetic')}")
         bad_activations = [a for a in activations if a not in ACTIVATIONS]
         if bad_activations or not activations:
-            raise ValueError(f"unknown activation(s) {bad_activations}; choose from {sorted(ACTIVATIONS)}")
+            raise ValueError(f"unknown activation(s) {bad_activations}; "
+                             f"choose from {sorted(ACTIVATIONS)}")
         self.datasets, self.activations = tuple(datasets), tuple(activations)
         self.width, self.depth = tuple(width), tuple(depth)
         self.batch_sizes, self.train_fraction = tuple(batch_sizes), tuple(train_fraction)
         self.l2, self.test_fraction = float(l2), float(test_fraction)
         self.synthetic_examples = int(synthetic_examples)
-        self.synthetic_features, self.synthetic_classes = int(synthetic_features), int(synthetic_classes)
+        self.synthetic_features = int(synthetic_features)
+        self.synthetic_classes = int(synthetic_classes)
 
     def sample(self, generator: torch.Generator) -> MLPTask:
         dataset = sample_choice(generator, self.datasets)
@@ -223,7 +227,8 @@ class MLPFamily(TaskFamily):
         else:
             features, labels = load_real(dataset)
         low_f, high_f = self.train_fraction
-        fraction = low_f + (high_f - low_f) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        fraction = low_f + (high_f - low_f) * (
+            float(torch.rand((), generator=generator, dtype=torch.float64)))
         data = split_and_standardize(features, labels, generator, self.test_fraction, fraction)
         return MLPTask(
             data,

@@ -40,8 +40,9 @@ def random_orthogonal(dim: int, generator: torch.Generator) -> Tensor:
 class QuadraticTask(PointTask):
     """``1/2 (x - x*)^T A (x - x*) [+ sigma z^T (x - x*)]``."""
 
-    def __init__(self, hessian: Tensor, minimizer: Tensor, initial_point: Tensor, *, noise_std: float = 0.0,
-                 condition_number: float = 1.0, name: str = "quadratic", device=None, dtype=None):
+    def __init__(self, hessian: Tensor, minimizer: Tensor, initial_point: Tensor, *,
+                 noise_std: float = 0.0, condition_number: float = 1.0, name: str = "quadratic",
+                 device=None, dtype=None):
         init_std = 3.0  # generator-drawn restarts come from the box [-3, 3]^d around the origin
         super().__init__(initial_point, torch.tensor(-init_std), torch.tensor(init_std),
                          name=name, device=device, dtype=dtype)
@@ -138,7 +139,8 @@ class QuadraticFamily(TaskFamily):
 
     name = "quadratic"
 
-    def __init__(self, dim: tuple[int, int] = (2, 50), condition_number: tuple[float, float] = (1.0, 1e3),
+    def __init__(self, dim: tuple[int, int] = (2, 50),
+                 condition_number: tuple[float, float] = (1.0, 1e3),
                  noise_std: tuple[float, float] | None = None, *, device=None, dtype=None):
         super().__init__(device=device, dtype=dtype)
         self.dim = (int(dim[0]), int(dim[1]))
@@ -163,7 +165,9 @@ class QuadraticFamily(TaskFamily):
                              name=self.name, **self._task_kwargs())
 
 
-def noisy_quadratic_family(dim: tuple[int, int] = (2, 50), condition_number: tuple[float, float] = (1.0, 1e3),
-                           noise_std: tuple[float, float] = (0.01, 1.0), *, device=None, dtype=None) -> QuadraticFamily:
+def noisy_quadratic_family(dim: tuple[int, int] = (2, 50),
+                           condition_number: tuple[float, float] = (1.0, 1e3),
+                           noise_std: tuple[float, float] = (0.01, 1.0), *, device=None,
+                           dtype=None) -> QuadraticFamily:
     """The noisy-gradient quadratic family (registered as ``noisy_quadratic``)."""
     return QuadraticFamily(dim, condition_number, noise_std, device=device, dtype=dtype)

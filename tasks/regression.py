@@ -33,7 +33,8 @@ class LinearRegressionTask(SupervisedTask):
     def __init__(self, data: SplitData, **kwargs):
         super().__init__(data, **kwargs)
         if self.l1 == 0.0 and self.l2 == 0.0:
-            design = torch.cat([data.x_train, torch.ones(data.x_train.shape[0], 1, dtype=torch.float64)], 1)
+            design = torch.cat(
+                [data.x_train, torch.ones(data.x_train.shape[0], 1, dtype=torch.float64)], 1)
             solution = torch.linalg.lstsq(design, data.y_train.unsqueeze(1)).solution.squeeze(1)
             residual = design @ solution - data.y_train
             self.minimum_value = float(0.5 * residual.pow(2).mean())
@@ -94,12 +95,14 @@ class LinearRegressionFamily(TaskFamily):
         n = sample_int_log_uniform(generator, *self.num_train)
         spread = sample_log_uniform(generator, *self.feature_spread)
         noise = sample_log_uniform(generator, *self.noise_std)
-        log_scales = -torch.rand(d, generator=generator, dtype=torch.float64) * torch.log(torch.tensor(spread))
+        log_scales = -torch.rand(d, generator=generator, dtype=torch.float64) * torch.log(
+            torch.tensor(spread))
         scales = torch.exp(log_scales)
         true_weight = torch.randn(d, generator=generator, dtype=torch.float64)
         if self.lasso:
             keep = torch.rand(d, generator=generator, dtype=torch.float64) < self.sparsity
-            keep[int(torch.randint(d, (), generator=generator))] = True  # at least one signal feature
+            # at least one signal feature
+            keep[int(torch.randint(d, (), generator=generator))] = True
             true_weight = true_weight * keep
         true_bias = torch.randn((), generator=generator, dtype=torch.float64)
 

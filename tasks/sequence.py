@@ -51,14 +51,16 @@ SEQUENCE_MODELS = ("gru", "conv")
 
 
 def make_sequences(kind: str, generator: torch.Generator, num: int, length: int, vocab: int,
-                   *, transitions: Tensor | None = None, delay: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+                   *, transitions: Tensor | None = None,
+                   delay: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """``(inputs, targets, mask)`` of shape ``(num, length)``: int64 tokens and a bool mask of the
     scored positions (see the module docstring for each kind)."""
     if kind == "markov":
         tokens = torch.empty(num, length + 1, dtype=torch.long)
         tokens[:, 0] = torch.randint(vocab, (num,), generator=generator)
         for t in range(length):
-            tokens[:, t + 1] = torch.multinomial(transitions[tokens[:, t]], 1, generator=generator)[:, 0]
+            tokens[:, t + 1] = torch.multinomial(transitions[tokens[:, t]], 1,
+                                                 generator=generator)[:, 0]
         return tokens[:, :-1], tokens[:, 1:], torch.ones(num, length, dtype=torch.bool)
     if kind == "parity":
         bits = torch.randint(2, (num, length), generator=generator)
@@ -198,7 +200,8 @@ class SequenceBatch(TaskBatch):
 
     def __init__(self, tasks: Sequence[SequenceTask]):
         super().__init__(tasks)
-        self.train_data = torch.stack([torch.stack(t.train_data) for t in self.tasks])  # (B, 3, n, L)
+        # (B, 3, n, L)
+        self.train_data = torch.stack([torch.stack(t.train_data) for t in self.tasks])
         self.test_data = torch.stack([torch.stack(t.test_data) for t in self.tasks])
         self._loss = torch.func.vmap(self.tasks[0].loss)
 
@@ -207,7 +210,8 @@ class SequenceBatch(TaskBatch):
 
     def _gather(self, data: Tensor, generators) -> Batch:
         count, size = int(data.shape[2]), self.tasks[0].batch_size
-        index = torch.stack([torch.arange(min(size, count)) if g is None else minibatch(g, count, size)
+        index = torch.stack([torch.arange(min(size, count)) if g is None
+                             else minibatch(g, count, size)
                              for g in generators]).to(self.device)
         rows = torch.arange(len(self.tasks), device=self.device).unsqueeze(1)
         tokens, targets, mask = data.unbind(1)
@@ -227,21 +231,26 @@ class SequenceFamily(TaskFamily):
 
     name = "sequence"
 
-    def __init__(self, kinds: Sequence[str] = SEQUENCE_KINDS, models: Sequence[str] = SEQUENCE_MODELS,
+    def __init__(self, kinds: Sequence[str] = SEQUENCE_KINDS,
+                 models: Sequence[str] = SEQUENCE_MODELS,
                  vocab: tuple[int, int] = (3, 8), length: tuple[int, int] = (8, 16),
-                 hidden: tuple[int, int] = (8, 32), activations: Sequence[str] = ("tanh", "relu", "gelu"),
-                 temperature: tuple[float, float] = (1.0, 3.0), batch_sizes: Sequence[int] = (32, 64),
+                 hidden: tuple[int, int] = (8, 32),
+                 activations: Sequence[str] = ("tanh", "relu", "gelu"),
+                 temperature: tuple[float, float] = (1.0, 3.0),
+                 batch_sizes: Sequence[int] = (32, 64),
                  num_train: int = 512, num_test: int = 128, *, device=None, dtype=None):
         super().__init__(device=device, dtype=dtype)
         kinds, models = (kinds,) if isinstance(kinds, str) else tuple(kinds), \
             (models,) if isinstance(models, str) else tuple(models)
         activations = (activations,) if isinstance(activations, str) else tuple(activations)
-        for key, values, allowed in (("kinds", kinds, SEQUENCE_KINDS), ("models", models, SEQUENCE_MODELS),
+        for key, values, allowed in (("kinds", kinds, SEQUENCE_KINDS),
+                                     ("models", models, SEQUENCE_MODELS),
                                      ("activations", activations, tuple(ACTIVATIONS))):
             bad = [v for v in values if v not in allowed]
             if bad or not values:
                 raise ValueError(f"{key}: unknown {bad}; choose from {allowed}")
-        if not 2 <= vocab[0] <= vocab[1] or not 4 <= length[0] <= length[1] or not 1 <= hidden[0] <= hidden[1]:
+        if (not 2 <= vocab[0] <= vocab[1] or not 4 <= length[0] <= length[1]
+                or not 1 <= hidden[0] <= hidden[1]):
             raise ValueError(f"need 2 <= vocab, 4 <= length, 1 <= hidden (low <= high); got "
                              f"vocab={vocab}, length={length}, hidden={hidden}")
         if num_train < 1 or num_test < 1:
@@ -249,18 +258,22 @@ class SequenceFamily(TaskFamily):
         self.kinds, self.models, self.activations = kinds, models, activations
         self.vocab, self.length = tuple(map(int, vocab)), tuple(map(int, length))
         self.hidden, self.temperature = tuple(map(int, hidden)), tuple(map(float, temperature))
-        self.batch_sizes, self.num_train, self.num_test = tuple(batch_sizes), int(num_train), int(num_test)
+        self.batch_sizes = tuple(batch_sizes)
+        self.num_train, self.num_test = int(num_train), int(num_test)
 
     def sample(self, generator: torch.Generator) -> SequenceTask:
         kind, model = sample_choice(generator, self.kinds), sample_choice(generator, self.models)
         vocab = 2 if kind == "parity" else sample_int_log_uniform(generator, *self.vocab)
         length = int(torch.randint(self.length[0], self.length[1] + 1, (), generator=generator))
         low, high = self.temperature
-        temperature = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        temperature = low + (high - low) * (
+            float(torch.rand((), generator=generator, dtype=torch.float64)))
         transitions = torch.softmax(
-            temperature * torch.randn(vocab, vocab, generator=generator, dtype=torch.float64), dim=1)
+            temperature * torch.randn(vocab, vocab, generator=generator, dtype=torch.float64),
+            dim=1)
         delay = int(torch.randint(1, 4, (), generator=generator))
-        data = [make_sequences(kind, generator, n, length, vocab, transitions=transitions, delay=delay)
+        data = [make_sequences(kind, generator, n, length, vocab, transitions=transitions,
+                               delay=delay)
                 for n in (self.num_train, self.num_test)]
         return SequenceTask(
             data[0], data[1], kind=kind, model=model, vocab_in=vocab, vocab_out=vocab,

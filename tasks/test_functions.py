@@ -53,7 +53,8 @@ def ackley(v: Tensor) -> Tensor:
     returns the subgradient 0 there instead of NaN (the value changes by < 1e-18)."""
     mean_square = (v**2).mean()
     radius = torch.sqrt(torch.clamp(mean_square, min=torch.finfo(v.dtype).tiny))
-    return -20 * torch.exp(-0.2 * radius) - torch.exp(torch.cos(2 * math.pi * v).mean()) + math.e + 20
+    return (-20 * torch.exp(-0.2 * radius) - torch.exp(torch.cos(2 * math.pi * v).mean())
+            + math.e + 20)
 
 
 def six_hump_camel(v: Tensor) -> Tensor:
@@ -116,7 +117,8 @@ TEST_FUNCTIONS_2D: dict[str, TestFunction] = {
         TestFunction(
             "six_hump_camel",
             six_hump_camel,
-            ((0.08984201310031806, -0.7126564030207396), (-0.08984201310031806, 0.7126564030207396)),
+            ((0.08984201310031806, -0.7126564030207396),
+             (-0.08984201310031806, 0.7126564030207396)),
             -1.0316284534898774,
             (-2.0, 2.0),
         ),
@@ -128,7 +130,8 @@ TEST_FUNCTIONS_2D: dict[str, TestFunction] = {
             (-5.0, 5.0),
         ),
         TestFunction("saddle", saddle, (), None, (-1.0, 1.0), critical_points=((0.0, 0.0),)),
-        TestFunction("monkey_saddle", monkey_saddle, (), None, (-1.0, 1.0), critical_points=((0.0, 0.0),)),
+        TestFunction("monkey_saddle", monkey_saddle, (), None, (-1.0, 1.0),
+                     critical_points=((0.0, 0.0),)),
     )
 }
 
@@ -141,13 +144,16 @@ class TestFunctionTask(PointTask):
 
     def __init__(self, function: Callable[[Tensor], Tensor], minimizers: Sequence[Sequence[float]],
                  minimum_value: float | None, initial_point: Tensor, init_box: tuple[float, float],
-                 critical_points: Sequence[Sequence[float]] = (), *, name: str, device=None, dtype=None):
+                 critical_points: Sequence[Sequence[float]] = (), *, name: str, device=None,
+                 dtype=None):
         super().__init__(initial_point, torch.tensor(init_box[0]), torch.tensor(init_box[1]),
                          name=name, device=device, dtype=dtype)
         self.function = function
         self.minimum_value = minimum_value
-        self.minimizers = tuple({"x": self._to(torch.tensor(m, dtype=torch.float64))} for m in minimizers)
-        self.critical_points = tuple(self._to(torch.tensor(c, dtype=torch.float64)) for c in critical_points)
+        self.minimizers = tuple({"x": self._to(torch.tensor(m, dtype=torch.float64))}
+                                for m in minimizers)
+        self.critical_points = tuple(self._to(torch.tensor(c, dtype=torch.float64))
+                                     for c in critical_points)
 
     def objective(self, x: Tensor, batch: Batch) -> Tensor:
         return self.function(x)
@@ -174,12 +180,14 @@ class TestFunctionFamily(TaskFamily):
                  init_box: Sequence[float] | None = None, *, device=None, dtype=None):
         super().__init__(device=device, dtype=dtype)
         if function not in TEST_FUNCTIONS_2D:
-            raise ValueError(f"unknown test function {function!r}; known: {sorted(TEST_FUNCTIONS_2D)}")
+            raise ValueError(f"unknown test function {function!r}; "
+                             f"known: {sorted(TEST_FUNCTIONS_2D)}")
         self.spec = TEST_FUNCTIONS_2D[function]
         self.name = function
         if initial_point is not None and len(initial_point) != 2:
             raise ValueError(f"initial_point must have 2 coordinates, got {initial_point}")
-        self.initial_point = None if initial_point is None else tuple(float(v) for v in initial_point)
+        self.initial_point = (None if initial_point is None
+                              else tuple(float(v) for v in initial_point))
         self.init_box = tuple(init_box) if init_box is not None else self.spec.init_box
 
     def sample(self, generator: torch.Generator) -> TestFunctionTask:
@@ -188,6 +196,6 @@ class TestFunctionFamily(TaskFamily):
         else:
             low, high = self.init_box
             start = low + (high - low) * torch.rand(2, generator=generator, dtype=torch.float64)
-        return TestFunctionTask(self.spec.function, self.spec.minimizers, self.spec.minimum_value, start,
-                                self.init_box, self.spec.critical_points, name=self.name,
+        return TestFunctionTask(self.spec.function, self.spec.minimizers, self.spec.minimum_value,
+                                start, self.init_box, self.spec.critical_points, name=self.name,
                                 **self._task_kwargs())

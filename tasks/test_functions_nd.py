@@ -36,7 +36,8 @@ class NDTestFunctionFamily(TaskFamily):
 
     __test__ = False
 
-    def __init__(self, function: str, dim: tuple[int, int] = (2, 20), init_box: Sequence[float] | None = None,
+    def __init__(self, function: str, dim: tuple[int, int] = (2, 20),
+                 init_box: Sequence[float] | None = None,
                  initial_value: float | None = None, *, device=None, dtype=None):
         super().__init__(device=device, dtype=dtype)
         if function not in _ND:

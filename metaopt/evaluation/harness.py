@@ -57,7 +57,8 @@ def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
-def _absolute_target(task: Task, initial_loss: float, target: float | None, target_kind: str) -> float | None:
+def _absolute_target(task: Task, initial_loss: float, target: float | None,
+                     target_kind: str) -> float | None:
     if target is None:
         return None
     if target_kind == "absolute":
@@ -97,11 +98,13 @@ def run_task(
     (at the parameters after ``t`` steps) is <= the target.
     """
     if steps < 0 or eval_every < 1:
-        raise ValueError(f"need steps >= 0 and eval_every >= 1, got steps={steps}, eval_every={eval_every}")
+        raise ValueError(f"need steps >= 0 and eval_every >= 1, got steps={steps}, "
+                         f"eval_every={eval_every}")
     if init not in ("canonical", "seed"):
         raise ValueError(f"init must be 'canonical' or 'seed', got {init!r}")
     batch_generator = generator_from_seed(seed)
-    init_generator = generator_from_seed(seed + 7919) if init == "seed" else None  # decorrelated from batches
+    # decorrelated from batches
+    init_generator = generator_from_seed(seed + 7919) if init == "seed" else None
     module = task.module(init_generator)
     optimizer = optimizer_factory(module.parameters())
     name = optimizer_name or getattr(optimizer_factory, "label", None) or type(optimizer).__name__
@@ -186,7 +189,8 @@ def run_task(
                 mark_diverged(step, "non-finite loss")
                 break
             if loss - task.loss_offset > threshold_scale:
-                mark_diverged(step, f"loss {loss:.3e} exceeds {divergence_factor:g} x the initial gap")
+                mark_diverged(step, f"loss {loss:.3e} exceeds {divergence_factor:g} x the "
+                                    "initial gap")
                 break
             if target_loss is not None and result.steps_to_target is None and loss <= target_loss:
                 result.steps_to_target, result.grad_evals_to_target = step, evals_before_step
@@ -209,7 +213,8 @@ def run_task(
     reported = getattr(optimizer, "num_grad_evals", None)
     result.optimizer_grad_evals = None if reported is None else int(reported)
     result.total_wall_time = step_time
-    result.wall_time_per_step = step_time / result.steps_completed if result.steps_completed else math.nan
+    result.wall_time_per_step = (step_time / result.steps_completed if result.steps_completed
+                                 else math.nan)
     result.optimizer_state_bytes = _optimizer_state_bytes(optimizer)
     finite_losses = [v for v in result.train_losses if math.isfinite(v)]
     result.best_train_loss = min(finite_losses) if finite_losses else math.nan
@@ -245,7 +250,8 @@ def run_family(
     for task_seed in task_seeds:
         task = family.sample_seed(task_seed)
         for seed in seeds:
-            results.append(run_task(task, optimizer_factory, steps, seed=seed, task_seed=task_seed, **run_kwargs))
+            results.append(run_task(task, optimizer_factory, steps, seed=seed, task_seed=task_seed,
+                                    **run_kwargs))
     return results
 
 

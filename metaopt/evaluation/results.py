@@ -15,13 +15,15 @@ from typing import Any
 
 __all__ = ["SUMMARY_COLUMNS", "RunResult", "format_table", "summarize"]
 
-_CURVE_FIELDS = ("train_losses", "eval_steps", "eval_train_losses", "eval_test_losses", "eval_test_accuracies")
+_CURVE_FIELDS = ("train_losses", "eval_steps", "eval_train_losses", "eval_test_losses",
+                 "eval_test_accuracies")
 
 
 @dataclass
 class RunResult:
-    """Everything recorded for one run (the hybrid GD–ODE optimizer's evaluation metrics: convergence speed as
-    steps-to-target, final loss, computational efficiency as time per step and memory).
+    """Everything recorded for one run (the hybrid GD–ODE optimizer's evaluation metrics:
+    convergence speed as steps-to-target, final loss, computational efficiency as time per step and
+    memory).
 
     Losses: ``train_losses[t]`` is the minibatch loss at the parameters before step ``t`` (the
     closure's first evaluation in that step); ``eval_*`` are full-batch losses on the training and
@@ -100,12 +102,13 @@ def _median(values: Iterable[float]) -> float:
 
 SUMMARY_COLUMNS = (
     "optimizer", "family", "runs", "diverged", "final_norm_loss_median", "final_train_loss_mean",
-    "final_test_loss_mean", "test_acc_mean", "gen_gap_mean", "reached_target", "steps_to_target_median",
-    "grad_evals_mean", "ms_per_step", "peak_mem_kb", "state_kb",
+    "final_test_loss_mean", "test_acc_mean", "gen_gap_mean", "reached_target",
+    "steps_to_target_median", "grad_evals_mean", "ms_per_step", "peak_mem_kb", "state_kb",
 )
 
 
-def summarize(results: Sequence[RunResult], by: Sequence[str] = ("optimizer", "family")) -> list[dict[str, Any]]:
+def summarize(results: Sequence[RunResult],
+              by: Sequence[str] = ("optimizer", "family")) -> list[dict[str, Any]]:
     """One row per group. Loss/accuracy statistics are over the runs that did not diverge;
     ``diverged`` and ``reached_target`` are fractions over all runs of the group (and
     ``diverged_runs`` the count, which ``format_table`` shows as ``diverged`` = ``k/n``);
@@ -126,7 +129,8 @@ def summarize(results: Sequence[RunResult], by: Sequence[str] = ("optimizer", "f
             final_norm_loss_median=_median(r.final_normalized_loss for r in ok),
             final_train_loss_mean=_mean(r.final_train_loss for r in ok),
             final_test_loss_mean=_mean(r.final_test_loss for r in ok),
-            test_acc_mean=_mean(r.final_test_accuracy for r in ok if r.final_test_accuracy is not None),
+            test_acc_mean=_mean(r.final_test_accuracy for r in ok
+                                if r.final_test_accuracy is not None),
             gen_gap_mean=_mean(r.generalization_gap for r in ok),
             reached_target=len(reached) / len(runs),
             steps_to_target_median=_median(float(r.steps_to_target) for r in reached),

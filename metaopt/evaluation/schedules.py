@@ -40,7 +40,8 @@ class CosineAdam(torch.optim.Adam):
         loss = super().step(closure)
         self.schedule_step += 1
         progress = min(self.schedule_step, self.total_steps) / self.total_steps
-        factor = self.final_fraction + (1 - self.final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        factor = self.final_fraction + (1 - self.final_fraction) * 0.5 * (
+            1 + math.cos(math.pi * progress))
         for group in self.param_groups:
             group["lr"] = group["base_lr"] * factor
         return loss

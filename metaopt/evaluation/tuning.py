@@ -41,7 +41,8 @@ def log_grid(low: float, high: float, num: int) -> list[float]:
         raise ValueError(f"need 0 < low <= high and num >= 1, got {low}, {high}, {num}")
     if num == 1:
         return [float(low)]
-    return [float(v) for v in torch.logspace(math.log10(low), math.log10(high), num, dtype=torch.float64)]
+    return [float(v)
+            for v in torch.logspace(math.log10(low), math.log10(high), num, dtype=torch.float64)]
 
 
 def _score(runs: Sequence[RunResult], criterion: str, normalize) -> float:
@@ -52,7 +53,8 @@ def _score(runs: Sequence[RunResult], criterion: str, normalize) -> float:
     elif criterion == "final_test_loss":
         values = [normalize(r, r.final_test_loss) for r in runs]
     else:
-        values = [sum(normalize(r, v) for v in r.train_losses) / max(len(r.train_losses), 1) for r in runs]
+        values = [sum(normalize(r, v) for v in r.train_losses) / max(len(r.train_losses), 1)
+                  for r in runs]
     score = sum(values) / len(values)
     return score if math.isfinite(score) else math.inf
 
@@ -72,7 +74,8 @@ class TuningResult:
     def to_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer, "criterion": self.criterion, "best_lr": self.best_lr,
                 "best_score": self.best_score if math.isfinite(self.best_score) else None,
-                "scores": {str(k): (v if math.isfinite(v) else None) for k, v in self.scores.items()},
+                "scores": {str(k): (v if math.isfinite(v) else None)
+                           for k, v in self.scores.items()},
                 "task_seeds": list(self.task_seeds), "seeds": list(self.seeds)}
 
 
@@ -83,7 +86,8 @@ def tune_lr(
     *,
     lrs: Sequence[float] | None = None,
     criterion: str = "final_train_loss",
-    task_seeds: Sequence[int] = tuple(range(HELD_OUT_TASK_SEED_OFFSET, HELD_OUT_TASK_SEED_OFFSET + 2)),
+    task_seeds: Sequence[int] = tuple(
+        range(HELD_OUT_TASK_SEED_OFFSET, HELD_OUT_TASK_SEED_OFFSET + 2)),
     seeds: Sequence[int] = (0,),
     **run_kwargs: Any,
 ) -> TuningResult:
@@ -106,12 +110,14 @@ def tune_lr(
     best_lr, best_score = grid[0], math.inf
     for lr in grid:
         candidate = factory.with_hyperparameters(lr=lr)
-        runs = [run_task(task, candidate, steps, seed=seed, task_seed=task_seed, track_memory=False, **run_kwargs)
+        runs = [run_task(task, candidate, steps, seed=seed, task_seed=task_seed, track_memory=False,
+                         **run_kwargs)
                 for task_seed, task in tasks for seed in seeds]
         scores[lr] = _score(runs, criterion, normalize)
         if scores[lr] < best_score:
             best_lr, best_score = lr, scores[lr]
-    return TuningResult(factory.label, criterion, best_lr, best_score, scores, tuple(task_seeds), tuple(seeds))
+    return TuningResult(factory.label, criterion, best_lr, best_score, scores, tuple(task_seeds),
+                        tuple(seeds))
 
 
 def tune_lr_interior(
@@ -156,5 +162,5 @@ def tune_lr_interior(
         elif index == len(lrs) - 1 and lrs[-1] * 10 <= limits[1] * (1 + 1e-9):
             todo = grid(lrs[-1], lrs[-1] * 10)[1:]
     best = min(sorted(scores), key=lambda lr: (scores[lr], lr))
-    return TuningResult(factory.label, result.criterion, best, scores[best], dict(sorted(scores.items())),
-                        result.task_seeds, result.seeds)
+    return TuningResult(factory.label, result.criterion, best, scores[best],
+                        dict(sorted(scores.items())), result.task_seeds, result.seeds)

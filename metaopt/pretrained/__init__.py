@@ -14,10 +14,11 @@ descriptions prefixed with what they are for); ``describe=True`` gives each one'
     -0.39 (untrained) -> -3.21. Pass ``num_training_steps``. Measured against tuned baselines by
     ``scripts/benchmark.py learned`` (README card).
     ``garo_quadratics`` (a pipeline fixture, listed last): GARO (global GRU, hidden 16, sgd
-    direction) meta-trained by ``configs/garo.yaml`` (seed 0, 300 outer steps, truncated BPTT) on ill-conditioned and noisy
-    quadratics (when it was trained, on the loop engine with 4 runs); held-out meta-loss 0.548
-    (untrained) -> 0.0094. Kept as the quick start's demonstration and a regression fixture, not a
-    general-purpose optimizer: it has only seen quadratics and is not loss-scale invariant.
+    direction) meta-trained by ``configs/garo.yaml`` (seed 0, 300 outer steps, truncated BPTT) on
+    ill-conditioned and noisy quadratics (when it was trained, on the loop engine with 4 runs);
+    held-out meta-loss 0.548 (untrained) -> 0.0094. Kept as the quick start's demonstration and a
+    regression fixture, not a general-purpose optimizer: it has only seen quadratics and is not
+    loss-scale invariant.
     ``hybrid_general``: the GD/ODE switching policy (``SwitchingPolicy``, hidden 16) of a
     ``HybridGDODE`` (momentum SGD lr 0.02 / RK4 step 0.05 capped at 1/curvature), meta-trained
     by ``configs/hybrid.yaml`` (seed 0, 150 outer steps, truncated BPTT with the straight-through
