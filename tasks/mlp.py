@@ -215,8 +215,8 @@ class MLPFamily(TaskFamily):
         self.batch_sizes, self.train_fraction = tuple(batch_sizes), tuple(train_fraction)
         self.l2, self.test_fraction = float(l2), float(test_fraction)
         self.synthetic_examples = int(synthetic_examples)
-        self.synthetic_features = int(synthetic_features)
-        self.synthetic_classes = int(synthetic_classes)
+        self.synthetic_features, self.synthetic_classes = (int(synthetic_features),
+                                                           int(synthetic_classes))
 
     def sample(self, generator: torch.Generator) -> MLPTask:
         dataset = sample_choice(generator, self.datasets)

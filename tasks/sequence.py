@@ -258,8 +258,8 @@ class SequenceFamily(TaskFamily):
         self.kinds, self.models, self.activations = kinds, models, activations
         self.vocab, self.length = tuple(map(int, vocab)), tuple(map(int, length))
         self.hidden, self.temperature = tuple(map(int, hidden)), tuple(map(float, temperature))
-        self.batch_sizes = tuple(batch_sizes)
-        self.num_train, self.num_test = int(num_train), int(num_test)
+        self.batch_sizes, self.num_train, self.num_test = (tuple(batch_sizes), int(num_train),
+                                                           int(num_test))
 
     def sample(self, generator: torch.Generator) -> SequenceTask:
         kind, model = sample_choice(generator, self.kinds), sample_choice(generator, self.models)

@@ -27,8 +27,10 @@ evaluate_script = _load_script()
 
 TINY = [
     "steps=6", "eval_every=3", "task_seeds=[0]", "seeds=[0,1]",
-    "tasks=[{name: quadratic, kwargs: {dim: [2, 3]}}, {name: rosenbrock, label: rb, kwargs: {initial_point: [-1.5, 2.0]}}]",
-    "optimizers=[{name: sgd, hyperparameters: {lr: 0.01}}, {name: adam, label: adam_tuned, tune_lr: true}]",
+    "tasks=[{name: quadratic, kwargs: {dim: [2, 3]}}, "
+    "{name: rosenbrock, label: rb, kwargs: {initial_point: [-1.5, 2.0]}}]",
+    "optimizers=[{name: sgd, hyperparameters: {lr: 0.01}}, "
+    "{name: adam, label: adam_tuned, tune_lr: true}]",
     "tuning.num_lrs=2", "tuning.steps=3", "tuning.task_seeds=[10000]",
 ]
 
@@ -77,7 +79,8 @@ def test_tiny_run_writes_csv_and_json(tmp_path, capsys):
     results = evaluate_script.main([f"out_dir={out_dir}", "num_threads=1", *TINY])
     assert len(results) == 2 * 2 * 1 * 2  # families x optimizers x task seeds x seeds
     printed = capsys.readouterr().out
-    assert "adam_tuned" in printed and "tuned adam_tuned on rb" in printed and "final_norm_loss_median" in printed
+    assert ("adam_tuned" in printed and "tuned adam_tuned on rb" in printed
+            and "final_norm_loss_median" in printed)
     with (out_dir / "runs.csv").open() as handle:
         runs = list(csv.DictReader(handle))
     assert len(runs) == 8 and {r["family"] for r in runs} == {"quadratic", "rb"}
@@ -101,7 +104,8 @@ def test_wandb_offline_writes_inside_out_dir(tmp_path, monkeypatch):
 
 def test_command_line_exit_code_and_message(tmp_path):
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--config", str(BASELINES), f"out_dir={tmp_path / 'o'}", "stepz=3"],
+        [sys.executable, str(SCRIPT), "--config", str(BASELINES), f"out_dir={tmp_path / 'o'}",
+         "stepz=3"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "disabled"},
     )
     assert completed.returncode == 2

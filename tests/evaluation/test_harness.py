@@ -27,19 +27,23 @@ def rosenbrock_from_journal_start():
 def test_sgd_momentum_099_lr_001_diverges_on_rosenbrock():
     """Journal Entry 4: beta=0.99, lr=0.01 from (-1.5, 2.0) blows up. Measured: f goes
     12.5 -> 625 -> 4.1e3 -> 6.2e8 (step 3, > 1e6 x the initial gap 12.5) -> inf at step 7."""
-    result = run_task(rosenbrock_from_journal_start(), make_optimizer("sgd_momentum", lr=0.01, momentum=0.99), 100)
+    result = run_task(rosenbrock_from_journal_start(),
+                      make_optimizer("sgd_momentum", lr=0.01, momentum=0.99), 100)
     assert result.diverged and result.divergence_step == 3
     assert "exceeds" in result.divergence_reason
     assert math.isnan(result.final_train_loss) and result.steps_completed == 4
     # without the 1e6 threshold the run reaches a non-finite loss, still an outcome, not a crash
-    unbounded = run_task(rosenbrock_from_journal_start(), make_optimizer("sgd_momentum", lr=0.01, momentum=0.99),
+    unbounded = run_task(rosenbrock_from_journal_start(),
+                         make_optimizer("sgd_momentum", lr=0.01, momentum=0.99),
                          100, divergence_factor=math.inf)
     assert unbounded.diverged and unbounded.divergence_reason == "non-finite loss"
 
 
 def test_sgd_momentum_099_lr_0001_is_stable_on_rosenbrock():
-    """Journal Entry 4's fix: lr=0.001 stays bounded and converges (measured f = 5.6e-4 after 1000 steps)."""
-    result = run_task(rosenbrock_from_journal_start(), make_optimizer("sgd_momentum", lr=0.001, momentum=0.99),
+    """Journal Entry 4's fix: lr=0.001 stays bounded and converges (measured f = 5.6e-4 after 1000
+    steps)."""
+    result = run_task(rosenbrock_from_journal_start(),
+                      make_optimizer("sgd_momentum", lr=0.001, momentum=0.99),
                       1000, eval_every=100)
     assert not result.diverged
     assert max(result.train_losses) < 100.0
@@ -49,7 +53,8 @@ def test_sgd_momentum_099_lr_0001_is_stable_on_rosenbrock():
 def test_run_matches_hand_written_gradient_descent():
     task = tasks.get("quadratic", dim=(5, 5), condition_number=(20, 20), dtype=F64).sample_seed(0)
     lr, steps = 1.0, 60
-    result = run_task(task, make_optimizer("sgd", lr=lr), steps, eval_every=7, target=1e-2, target_kind="relative")
+    result = run_task(task, make_optimizer("sgd", lr=lr), steps, eval_every=7, target=1e-2,
+                      target_kind="relative")
     x = task.init_params()["x"].clone()
     losses = []
     for _ in range(steps):  # oracle: x <- x - lr A (x - x*), f = 1/2 (x - x*)^T A (x - x*)
@@ -103,7 +108,8 @@ def test_closure_based_optimizer_and_gradient_evaluation_count():
     task = tasks.get("quadratic", dim=(3, 3), condition_number=(1, 5), dtype=F64).sample_seed(0)
     result = run_task(task, lambda params: HeunGradientFlow(params, lr=1.0), 20, target=1e-2)
     assert result.grad_evals == 40 and not result.diverged
-    # the recorded loss is the closure's first evaluation (at x_t), so it decreases monotonically here
+    # the recorded loss is the closure's first evaluation (at x_t), so it decreases monotonically
+    # here
     assert all(b <= a for a, b in zip(result.train_losses, result.train_losses[1:]))
     assert result.steps_to_target is not None
     assert result.grad_evals_to_target == 2 * result.steps_to_target
@@ -139,11 +145,13 @@ def test_logistic_regression_on_digits_reaches_92_percent_with_sgd():
     """Measured: 94.0%, 96.4%, 96.7% test accuracy for task seeds 0, 1, 2 (SGD lr=0.1, batch 64,
     500 steps; 25% held-out test split, standardised with training statistics)."""
     family = tasks.get("logistic_regression", datasets=("digits",), batch_sizes=(64,))
-    results = run_family(family, make_optimizer("sgd", lr=0.1), 500, task_seeds=(0, 1, 2), eval_every=100)
+    results = run_family(family, make_optimizer("sgd", lr=0.1), 500, task_seeds=(0, 1, 2),
+                         eval_every=100)
     accuracies = [r.final_test_accuracy for r in results]
     assert all(a >= 0.92 for a in accuracies), accuracies
     assert all(0 < r.final_train_accuracy <= 1 for r in results)
-    assert all(r.generalization_gap == pytest.approx(r.final_test_loss - r.final_train_loss) for r in results)
+    assert all(r.generalization_gap == pytest.approx(r.final_test_loss - r.final_train_loss)
+               for r in results)
 
 
 def test_results_serialise_and_summarise():

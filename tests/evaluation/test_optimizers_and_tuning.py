@@ -59,5 +59,6 @@ def test_tune_lr_ties_go_to_the_smaller_rate_and_criteria_are_checked():
     assert result.best_lr == 5.0 and math.isinf(result.best_score)
     with pytest.raises(ValueError, match="criterion"):
         tune_lr(make_optimizer("sgd"), family, 5, criterion="vibes")
-    area = tune_lr(make_optimizer("sgd"), family, 20, lrs=[0.1, 1.0], criterion="mean_train_loss", eval_every=20)
+    area = tune_lr(make_optimizer("sgd"), family, 20, lrs=[0.1, 1.0], criterion="mean_train_loss",
+                   eval_every=20)
     assert area.best_lr == 1.0

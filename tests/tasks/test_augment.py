@@ -58,7 +58,8 @@ def test_mlp_gradients_are_c_s_times_the_base_gradients_of_the_module_path():
             p.copy_(task.scales[name] * theta[name])
     task.base.module_loss(module, batch).backward()
     for (name, p), grad in zip(module.named_parameters(), grads):
-        assert torch.allclose(grad, task.c * task.scales[name] * p.grad, rtol=1e-11, atol=1e-14), name
+        assert torch.allclose(grad, task.c * task.scales[name] * p.grad, rtol=1e-11,
+                              atol=1e-14), name
     # and a central finite difference along a random direction
     direction = {k: torch.randn(v.shape, generator=generator_from_seed(4), dtype=F64)
                  for k, v in theta.items()}
@@ -128,7 +129,8 @@ def _augmented_mixture():
 
 def test_batched_losses_equal_each_tasks_loss():
     family = _augmented_mixture()
-    group = [t for t in (family.sample_seed(s) for s in range(30)) if t.base.name == "quadratic"][:4]
+    group = [t for t in (family.sample_seed(s) for s in range(30))
+             if t.base.name == "quadratic"][:4]
     assert len({t.batch_key() for t in group}) == 1 and len({t.c for t in group}) == 4
     batch = type(group[0]).stack(group)
     params = [t.init_params(generator_from_seed(i)) for i, t in enumerate(group)]
@@ -163,4 +165,5 @@ def test_vectorised_meta_gradient_equals_the_loop_on_augmented_tasks():
         keys = [r.task.batch_key() for r in pools[1].runs if r is not None]
         assert None not in keys and max(keys.count(k) for k in keys) >= 2  # a stacked group
         scale = max(float(g.abs().max()) for g in grads[0].values())
-        assert max(float((grads[0][k] - grads[1][k]).abs().max()) for k in grads[0]) <= 1e-12 * scale
+        assert max(float((grads[0][k] - grads[1][k]).abs().max())
+                   for k in grads[0]) <= 1e-12 * scale

@@ -24,7 +24,8 @@ def test_loss_is_the_mse_of_a_hand_written_forward_and_targets_are_inputs():
     # normaliser: the error of reconstructing every pixel as its training mean (0)
     x_train, _ = task.eval_batch("train")
     assert task.loss_scale == pytest.approx(float(x_train.pow(2).mean()), rel=1e-12)
-    zero = float(task.normalized_loss(torch.nn.functional.mse_loss(torch.zeros_like(x_train), x_train)))
+    zero = float(task.normalized_loss(
+        torch.nn.functional.mse_loss(torch.zeros_like(x_train), x_train)))
     assert zero == pytest.approx(1.0, rel=1e-12)
 
 

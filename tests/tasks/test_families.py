@@ -105,16 +105,21 @@ def test_sampled_variations_cover_their_ranges():
 
 
 def test_real_datasets_are_standardised_with_train_statistics():
-    task = fast_family("logistic_regression", datasets=("wine",), dtype=torch.float64).sample_seed(0)
-    assert torch.allclose(task.x_train.mean(0), torch.zeros(task.num_features, dtype=torch.float64), atol=1e-10)
-    assert torch.allclose(task.x_train.std(0, unbiased=False), torch.ones(task.num_features, dtype=torch.float64), atol=1e-10)
+    task = fast_family("logistic_regression", datasets=("wine",),
+                       dtype=torch.float64).sample_seed(0)
+    assert torch.allclose(task.x_train.mean(0), torch.zeros(task.num_features, dtype=torch.float64),
+                          atol=1e-10)
+    assert torch.allclose(task.x_train.std(0, unbiased=False),
+                          torch.ones(task.num_features, dtype=torch.float64), atol=1e-10)
     # test statistics are not forced to 0/1 (they were not used)
-    assert not torch.allclose(task.x_test.mean(0), torch.zeros(task.num_features, dtype=torch.float64), atol=1e-6)
+    assert not torch.allclose(task.x_test.mean(0),
+                              torch.zeros(task.num_features, dtype=torch.float64), atol=1e-6)
     assert task.num_train + task.x_test.shape[0] == 178 and task.num_classes == 3
 
 
 def test_noisy_quadratic_gradient_is_unbiased_and_test_loss_exact():
-    task = fast_family("noisy_quadratic", dim=(5, 5), noise_std=(0.5, 0.5), dtype=torch.float64).sample_seed(0)
+    task = fast_family("noisy_quadratic", dim=(5, 5), noise_std=(0.5, 0.5),
+                       dtype=torch.float64).sample_seed(0)
     x = task.init_params()["x"].requires_grad_()
     generator = generator_from_seed(0)
     grads = torch.stack([torch.autograd.grad(task.loss({"x": x}, task.train_batch(generator)), x)[0]

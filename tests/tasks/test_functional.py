@@ -29,8 +29,9 @@ def test_functional_gradient_matches_module_gradient(name):
         assert torch.allclose(parameter.grad, grad, rtol=1e-10, atol=1e-12), name_
 
 
-@pytest.mark.parametrize("name", ["quadratic", "rosenbrock", "mlp", "logistic_regression", "cnn_digits",
-                                  "augmented", "sequence", "char_mlp", "autoencoder_digits"])
+@pytest.mark.parametrize("name", ["quadratic", "rosenbrock", "mlp", "logistic_regression",
+                                  "cnn_digits", "augmented", "sequence", "char_mlp",
+                                  "autoencoder_digits"])
 def test_second_order_gradient_through_an_unrolled_step(name):
     """The meta-gradient of F(theta) = L(theta - lr * grad L(theta)) w.r.t. theta (which needs
     create_graph=True: it contains the Hessian) matches a central finite difference of F."""
@@ -39,7 +40,8 @@ def test_second_order_gradient_through_an_unrolled_step(name):
     lr = 1e-2
 
     def unrolled(params):
-        grads = torch.autograd.grad(task.loss(params, batch), list(params.values()), create_graph=True)
+        grads = torch.autograd.grad(task.loss(params, batch), list(params.values()),
+                                    create_graph=True)
         return task.loss({k: v - lr * g for (k, v), g in zip(params.items(), grads)}, batch)
 
     params = {k: v.requires_grad_() for k, v in task.init_params().items()}
@@ -49,7 +51,8 @@ def test_second_order_gradient_through_an_unrolled_step(name):
     eps = 1e-6
 
     def shifted(sign):
-        return {k: (v.detach() + sign * eps * direction[k]).requires_grad_() for k, v in params.items()}
+        return {k: (v.detach() + sign * eps * direction[k]).requires_grad_()
+                for k, v in params.items()}
 
     finite_difference = (float(unrolled(shifted(1))) - float(unrolled(shifted(-1)))) / (2 * eps)
     analytic = sum(float((g * direction[k]).sum()) for k, g in zip(params, meta_grads))
@@ -61,7 +64,8 @@ def test_logistic_loss_matches_a_hand_written_formula():
     params = task.init_params(generator_from_seed(3))
     x, y = task.eval_batch("train")
     logits = x @ params["weight"].T + params["bias"]
-    expected = -logits.log_softmax(1)[torch.arange(len(y)), y].mean() + 0.5 * task.l2 * params["weight"].pow(2).sum()
+    expected = (-logits.log_softmax(1)[torch.arange(len(y)), y].mean()
+                + 0.5 * task.l2 * params["weight"].pow(2).sum())
     assert float(task.loss(params, (x, y))) == pytest.approx(float(expected), rel=1e-12)
     accuracy = (logits.argmax(1) == y).double().mean()
     assert float(task.accuracy(params, (x, y))) == pytest.approx(float(accuracy))
@@ -74,7 +78,8 @@ def test_mlp_matches_a_hand_written_forward_pass():
     hidden = torch.tanh(x @ params["0.weight"].T + params["0.bias"])
     hidden = torch.tanh(hidden @ params["2.weight"].T + params["2.bias"])
     logits = hidden @ params["4.weight"].T + params["4.bias"]
-    assert float(task.loss(params, (x, y))) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-12)
+    assert float(task.loss(params, (x, y))) == pytest.approx(float(F.cross_entropy(logits, y)),
+                                                             rel=1e-12)
 
 
 def test_default_init_has_the_pytorch_fan_in_bound():

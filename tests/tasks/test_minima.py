@@ -15,8 +15,8 @@ F64 = torch.float64
 MINIMISABLE_2D = [n for n, f in TEST_FUNCTIONS_2D.items() if f.minimum_value is not None]
 
 # literature values (e.g. Jamil & Yang 2013, "A literature survey of benchmark functions")
-PUBLISHED_MINIMUM = {"rosenbrock": 0.0, "beale": 0.0, "himmelblau": 0.0, "rastrigin": 0.0, "ackley": 0.0,
-                     "six_hump_camel": -1.0316, "styblinski_tang": -78.332}
+PUBLISHED_MINIMUM = {"rosenbrock": 0.0, "beale": 0.0, "himmelblau": 0.0, "rastrigin": 0.0,
+                     "ackley": 0.0, "six_hump_camel": -1.0316, "styblinski_tang": -78.332}
 
 
 def _value_and_grad(task, params, batch=None):
@@ -46,7 +46,8 @@ def test_2d_minimum_is_global_on_a_dense_grid(name):
     values = torch.vmap(lambda x: task.loss({"x": x}, None))(grid)
     assert values.min().item() >= task.minimum_value - 1e-12
     # and the grid gets close to it (the minimiser is inside the box)
-    assert values.min().item() - task.minimum_value < 0.2 * (values.max().item() - task.minimum_value)
+    assert (values.min().item() - task.minimum_value
+            < 0.2 * (values.max().item() - task.minimum_value))
 
 
 @pytest.mark.parametrize("name", ["saddle", "monkey_saddle"])
@@ -75,7 +76,8 @@ def test_nd_minimisers(name, argmin):
         assert torch.equal(minimiser["x"], torch.full((task.dim,), argmin, dtype=F64))
         value, grad = _value_and_grad(task, minimiser)
         assert value == 0.0 and grad.abs().max().item() < 1e-12
-        perturbed = {"x": minimiser["x"] + 1e-3 * torch.randn(task.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)}
+        perturbed = {"x": minimiser["x"] + 1e-3 * torch.randn(
+            task.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)}
         assert float(task.loss(perturbed, None)) > 0.0
 
 
@@ -104,7 +106,8 @@ def test_least_squares_minimiser_is_the_lstsq_solution():
     # independent oracle: the normal equations X^T X w = X^T y
     solution = torch.linalg.solve(design.T @ design, design.T @ y)
     (minimiser,) = task.minimizers
-    assert torch.allclose(torch.cat([minimiser["weight"].reshape(-1), minimiser["bias"]]), solution, atol=1e-9)
+    assert torch.allclose(torch.cat([minimiser["weight"].reshape(-1), minimiser["bias"]]), solution,
+                          atol=1e-9)
     value, grad = _value_and_grad(task, minimiser, task.eval_batch("train"))
     assert value == pytest.approx(task.minimum_value, abs=1e-12) and grad.abs().max().item() < 1e-10
 
@@ -113,7 +116,8 @@ def test_lasso_loss_matches_sklearn_and_its_solution_is_optimal():
     sklearn_linear = pytest.importorskip("sklearn.linear_model")
     task = fast_family("lasso", dtype=F64).sample_seed(2)
     x, y = task.eval_batch("train")
-    model = sklearn_linear.Lasso(alpha=task.l1, tol=1e-12, max_iter=100_000).fit(x.numpy(), y.numpy())
+    model = sklearn_linear.Lasso(alpha=task.l1, tol=1e-12, max_iter=100_000).fit(x.numpy(),
+                                                                                 y.numpy())
     params = {"weight": torch.tensor(model.coef_, dtype=F64).reshape(1, -1),
               "bias": torch.tensor([model.intercept_], dtype=F64)}
     # same objective: (1/2n)||y - Xw - b||^2 + alpha ||w||_1
@@ -123,19 +127,23 @@ def test_lasso_loss_matches_sklearn_and_its_solution_is_optimal():
     assert value == pytest.approx(float(expected), rel=1e-12)
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):  # the sklearn solution is a (global, convex) minimiser of our loss
-        step = {k: v + 1e-4 * torch.randn(v.shape, generator=generator, dtype=F64) for k, v in params.items()}
+        step = {k: v + 1e-4 * torch.randn(v.shape, generator=generator, dtype=F64)
+                for k, v in params.items()}
         assert float(task.loss(step, (x, y))) >= value - 1e-12
 
 
 @pytest.mark.parametrize("dataset", ["digits", "wine"])
 def test_logistic_regression_minimiser_matches_sklearn(dataset):
     sklearn_linear = pytest.importorskip("sklearn.linear_model")
-    task = fast_family("logistic_regression", datasets=(dataset,), l2=(1e-2, 1e-2), dtype=F64).sample_seed(0)
+    task = fast_family("logistic_regression", datasets=(dataset,), l2=(1e-2, 1e-2),
+                       dtype=F64).sample_seed(0)
     x, y = task.eval_batch("train")
     # sklearn minimises C * sum CE + 1/2 ||W||^2 = C n * (mean CE + 1/(2 C n) ||W||^2)
-    model = sklearn_linear.LogisticRegression(C=1.0 / (task.l2 * task.num_train), tol=1e-10, max_iter=10_000)
+    model = sklearn_linear.LogisticRegression(C=1.0 / (task.l2 * task.num_train), tol=1e-10,
+                                              max_iter=10_000)
     model.fit(x.numpy(), y.numpy())
-    params = {"weight": torch.tensor(model.coef_, dtype=F64), "bias": torch.tensor(model.intercept_, dtype=F64)}
+    params = {"weight": torch.tensor(model.coef_, dtype=F64),
+              "bias": torch.tensor(model.intercept_, dtype=F64)}
     # sklearn's multinomial solution is determined up to a shift of the biases; ours too
     _, grad = _value_and_grad(task, params, (x, y))
     assert grad.abs().max().item() < 1e-5

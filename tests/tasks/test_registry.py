@@ -6,11 +6,11 @@ import torch
 import tasks
 from metaopt.task import TaskFamily
 
-EXPECTED = {"quadratic", "noisy_quadratic", "rosenbrock", "beale", "himmelblau", "rastrigin", "ackley",
-            "six_hump_camel", "styblinski_tang", "saddle", "monkey_saddle", "rosenbrock_nd", "rastrigin_nd",
-            "least_squares", "lasso", "logistic_regression", "mlp", "cnn_digits", "mixture", "augmented",
-            "sequence", "char_mlp", "autoencoder_digits", "residual_mlp", "attention",
-            "tabular_regression"}
+EXPECTED = {"quadratic", "noisy_quadratic", "rosenbrock", "beale", "himmelblau", "rastrigin",
+            "ackley", "six_hump_camel", "styblinski_tang", "saddle", "monkey_saddle",
+            "rosenbrock_nd", "rastrigin_nd", "least_squares", "lasso", "logistic_regression", "mlp",
+            "cnn_digits", "mixture", "augmented", "sequence", "char_mlp", "autoencoder_digits",
+            "residual_mlp", "attention", "tabular_regression"}
 
 
 def test_names_lists_every_family():

@@ -22,7 +22,8 @@ def test_parity_and_copy_targets_match_a_python_loop():
             assert expected == running
     assert mask.all()
     tokens, targets, mask = make_sequences("copy", generator_from_seed(1), 5, 10, 6, delay=3)
-    assert torch.equal(targets[:, 3:], tokens[:, :-3]) and not mask[:, :3].any() and mask[:, 3:].all()
+    assert (torch.equal(targets[:, 3:], tokens[:, :-3]) and not mask[:, :3].any()
+            and mask[:, 3:].all())
 
 
 def test_markov_transitions_have_the_sampled_frequencies():
@@ -31,8 +32,8 @@ def test_markov_transitions_have_the_sampled_frequencies():
                                         transitions=transitions)
     assert torch.equal(inputs[:, 1:], targets[:, :-1])  # the target is the next token
     counts = torch.zeros(3, 3, dtype=F64)
-    counts.index_put_((inputs.reshape(-1), targets.reshape(-1)), torch.ones(inputs.numel(), dtype=F64),
-                      accumulate=True)
+    counts.index_put_((inputs.reshape(-1), targets.reshape(-1)),
+                      torch.ones(inputs.numel(), dtype=F64), accumulate=True)
     empirical = counts / counts.sum(1, keepdim=True)
     standard_error = (transitions * (1 - transitions) / counts.sum(1, keepdim=True)).sqrt()
     assert ((empirical - transitions).abs() < 5 * standard_error + 1e-12).all()
@@ -58,7 +59,8 @@ def test_gru_equals_torch_nn_gru():
     tokens, targets, _ = task.train_batch(generator_from_seed(2))
     hidden, _ = reference(torch.nn.functional.one_hot(tokens, task.vocab_in).to(F64))
     logits = hidden @ params["readout.weight"].T + params["readout.bias"]
-    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, task.vocab_out), targets.reshape(-1))
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, task.vocab_out),
+                                                 targets.reshape(-1))
     loss = task.loss(params, (tokens, targets, torch.ones_like(tokens, dtype=torch.bool)))
     assert float(loss) == pytest.approx(float(expected.detach()), rel=1e-12)
 

@@ -41,7 +41,8 @@ def test_quadratics_of_any_dimension_and_noise_stack_exactly(split):
     family = tasks.get("mixture", dtype=DT, components={
         "quadratic": {"dim": (2, 9)}, "noisy_quadratic": {"dim": (2, 9), "noise_std": (0.1, 1.0)}})
     batch, grads = _check_rows(family, range(8), split)
-    assert len({t.dim for t in batch.tasks}) > 1 and len({t.noise_std > 0 for t in batch.tasks}) == 2
+    assert (len({t.dim for t in batch.tasks}) > 1
+            and len({t.noise_std > 0 for t in batch.tasks}) == 2)
     padding = torch.arange(batch.width) >= torch.tensor(batch.dims).unsqueeze(1)
     assert torch.all(grads[0][padding] == 0)  # padded coordinates get exactly zero gradient
 
