@@ -11,15 +11,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..optim._checked_state import (
+from ..adapters.closure_rule import check_non_negative, check_positive
+from ..adapters.grad_evals import GradEvalCounter
+from ..adapters.non_finite import NonFiniteSteps, all_finite, check_loss, loss_is_finite
+from ..adapters.state_loading import (
     CheckedStateLoad,
     StateDictError,
     check_counter,
     check_tensor_like,
 )
-from ..optim._grad_evals import GradEvalCounter
-from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
-from ..optim._rule_optimizer import check_non_negative, check_positive
 from ..rules.curvature import CurvatureProbe, probe_curvature
 from ..rules.hvp import CreateGraphBackward, gradient_hvp
 from ..rules.lanczos import DEFAULT_TOL
@@ -98,7 +98,7 @@ class DCAO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, torch.optim.Optimi
     the guard; with it 5.6 after 1,000, 4.0 after 5,000 and 0.010 after 20,000 steps
     (``scripts/benchmarks/dcao_stall.py``).
 
-    Non-finite steps (shared policy, ``metaopt.optim._guard``): a step whose loss or gradient
+    Non-finite steps (shared policy, ``metaopt.adapters.non_finite``): a step whose loss or gradient
     is not finite is refused before the probe and the update (parameters, momentum and the last
     probe kept, ``RuntimeWarning``; ``FloatingPointError`` after ``max_consecutive_skips`` in a
     row). Zero-size parameters take no part in the probe (they have no curvature); with only

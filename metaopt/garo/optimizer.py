@@ -21,16 +21,16 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from ..hub_mixin import PretrainedOptimizerMixin
-from ..optim._checked_state import (
+from ..adapters.closure_rule import check_non_negative
+from ..adapters.grad_evals import GradEvalCounter
+from ..adapters.non_finite import NonFiniteSteps
+from ..adapters.state_loading import (
     CheckedStateLoad,
     StateDictError,
     check_counter,
     check_tensor_like,
 )
-from ..optim._grad_evals import GradEvalCounter
-from ..optim._guard import NonFiniteSteps
-from ..optim._rule_optimizer import check_non_negative
+from ..hub_mixin import PretrainedOptimizerMixin
 from .controller import GAROController
 from .host_state import HostState
 from .rule import GARORule

@@ -20,16 +20,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..hub_mixin import PretrainedOptimizerMixin
-from ..optim._checked_state import (
+from ..adapters.closure_rule import ClosureGradient, check_non_negative, check_positive
+from ..adapters.grad_evals import GradEvalCounter
+from ..adapters.non_finite import NonFiniteSteps, all_finite, check_loss, loss_is_finite
+from ..adapters.state_loading import (
     CheckedStateLoad,
     StateDictError,
     check_counter,
     check_tensor_like,
 )
-from ..optim._grad_evals import GradEvalCounter
-from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
-from ..optim._rule_optimizer import ClosureGradient, check_non_negative, check_positive
+from ..hub_mixin import PretrainedOptimizerMixin
 from ..registry import match_name
 from ..rules.adam import AdamRule
 from ..rules.gradient_flow import GradientFlowRule
@@ -123,7 +123,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
     dwell, loss window), so a resume is bit-exact; ``load_state_dict`` validates all of it
     before it changes anything.
 
-    Non-finite steps (the policy shared with every metaopt optimizer, ``metaopt.optim._guard``):
+    Non-finite steps (the policy every metaopt optimizer shares, ``metaopt.adapters.non_finite``):
     a step whose loss, gradient or new parameters are not finite is refused — parameters, both
     modules' state and the switch's memories stay those of the last finite step, a
     ``RuntimeWarning`` says so, and after ``max_consecutive_skips`` refusals in a row ``step``

@@ -4,8 +4,8 @@ Adapters over ``metaopt.rules.GradientFlowRule`` and ``metaopt.rules.NesterovFlo
 """
 from __future__ import annotations
 
+from ..adapters.closure_rule import ClosureRuleOptimizer, check_positive
 from ..rules import GradientFlowRule, NesterovFlowRule
-from ._rule_optimizer import ClosureRuleOptimizer, check_positive
 
 
 def _check_tolerances(rtol, atol, step_size):

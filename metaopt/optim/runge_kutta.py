@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..adapters.closure_rule import ClosureRuleOptimizer, check_positive
 from ..rules import AdaptiveRungeKuttaRule, RungeKuttaRule, get_tableau
-from ._rule_optimizer import ClosureRuleOptimizer, check_positive
 
 
 class RungeKutta(ClosureRuleOptimizer):

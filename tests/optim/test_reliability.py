@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import metaopt
+from metaopt.adapters.state_loading import StateDictError
 from metaopt.garo.controller import GAROController
-from metaopt.optim._checked_state import StateDictError
 
 from .specs import SPECS, OptimizerSpec
 

@@ -35,7 +35,7 @@ class GradEvalCounter:
         state_dict = dict(state_dict)
         count = state_dict.pop("num_grad_evals", None)  # absent in states saved before the count
         if count is not None:  # checked before anything loads: a refused load changes nothing
-            from ._checked_state import check_counter
+            from .state_loading import check_counter
             count = check_counter("state_dict['num_grad_evals']", count)
         super().load_state_dict(state_dict)
         if count is not None:

@@ -7,10 +7,11 @@ writes any point into the parameters and re-evaluates the closure there, calls t
 After the step ``p.grad`` holds the gradient at the starting point (the one the returned loss
 belongs to), whatever points the rule visited.
 
-Shared reliability (``_guard``, ``_checked_state``): the closure's loss must be a real scalar; a
-step whose loss, start gradient or new parameters are not finite is refused (θ and state kept,
-a warning, ``FloatingPointError`` after ``max_consecutive_skips`` in a row); ``load_state_dict``
-validates everything before it changes anything.
+Shared reliability (``metaopt.adapters.non_finite``, ``metaopt.adapters.state_loading``): the
+closure's loss must be a real scalar; a step whose loss, start gradient or new parameters are
+not finite is refused (θ and state kept, a warning, ``FloatingPointError`` after
+``max_consecutive_skips`` in a row); ``load_state_dict`` validates everything before it changes
+anything.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ import torch
 from torch import Tensor
 
 from ..rules.base import Rule
-from ._checked_state import CheckedStateLoad
-from ._grad_evals import GradEvalCounter
-from ._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
+from .grad_evals import GradEvalCounter
+from .non_finite import NonFiniteSteps, all_finite, check_loss, loss_is_finite
+from .state_loading import CheckedStateLoad
 
 
 def check_non_negative(name: str, value: Any) -> None:
@@ -76,7 +77,7 @@ class ClosureRuleOptimizer(GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
                            torch.optim.Optimizer):
     """Base class: a subclass passes its rule; ``_update`` may be overridden by a faster in-place
     path (then a float64 test must hold it equal to the pure rule). ``num_grad_evals`` counts
-    the closure calls of all steps (``metaopt.optim._grad_evals``).
+    the closure calls of all steps (``metaopt.adapters.grad_evals``).
 
     ``max_consecutive_skips`` (attribute, default 20): refused non-finite steps in a row before
     ``step`` raises ``FloatingPointError``."""
