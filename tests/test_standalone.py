@@ -69,3 +69,45 @@ def test_tasks_fills_the_library_registry():
     assert tasks.names() == task_registry.family_names()
     assert "quadratic" in task_registry.family_names()
     assert tasks._REGISTRY is task_registry._FAMILIES  # the old private name still works
+
+
+def test_no_import_cycle_between_subpackages():
+    """Module-level imports between metaopt's subpackages form no cycle (lazy imports inside
+    functions are allowed: they run after every module is loaded)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "metaopt"
+
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    edges: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        is_package = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_package else parts)
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = module.split(".") if is_package else module.split(".")[:-1]
+                base = base[:len(base) - (node.level - 1)]
+                targets = [".".join([*base, node.module])] if node.module else \
+                    [".".join([*base, alias.name]) for alias in node.names]
+            else:
+                targets = [node.module or ""]
+            for target in targets:
+                a, b = package(module), package(target)
+                if target.startswith("metaopt") and a and b and a != b:
+                    edges.setdefault(a, set()).add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in edges.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = sorted(a for a in edges if reaches(a, a, {a}))
+    assert not cycles, f"subpackages on an import cycle: {cycles} ({edges})"
