@@ -278,7 +278,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                 p.grad = g
         if closure is not None:
             self.gradient_evaluations += grad_fn.evaluations
-        if not all_finite(list(new_params)):  # θ is still the snapshot: refuse the step
+        if new_state is state or not all_finite(list(new_params)):  # the rule undid the step
+            # (or θ is still the snapshot of a failed solve): refuse it
             self._refuse_step("update")
             return loss
         torch._foreach_copy_(params, list(new_params))
