@@ -224,7 +224,7 @@ class HybridRule:
                 "prev_grads": [torch.zeros_like(p) for p in params],
                 "displacement_norm": zeros.clone(), "grad_norm0": zeros.clone(),
                 "prev_grad_norm": zeros.clone(),
-                "curvature": zeros.clone(), "losses": zeros.expand(self.window, *shape).clone(),
+                "curvature": zeros.clone(), "stage_curvature": zeros.clone(), "losses": zeros.expand(self.window, *shape).clone(),
                 "features": torch.zeros(*shape, NUM_FEATURES, dtype=ref.dtype,
                                         device=ref.device)}
 
@@ -284,11 +284,17 @@ class HybridRule:
         gate = locked * state["mode"] + (1 - locked) * gate
         gd_rule = hyper.get("gd_rule", self.gd)
         gd_params, gd_state = gd_rule.apply(params, grads, state["gd"], hyper["gd"], loss)
+        # κ̂ for GD: the secant along the last step, or — right after an ODE step, whose motion
+        # along the flow can miss the stiff direction — the curvature along that step's
+        # gradient from its first stage, whichever is larger.
         kappa = memory["curvature"].detach()
-        with torch.no_grad():  # the GD module's step per unit gradient (module stability)
+        gd_kappa = torch.maximum(kappa, state.get("stage_curvature", kappa * 0).to(kappa.dtype))
+        with torch.no_grad():  # η of the GD step (metaopt.hybrid.stability.gd_step_size)
             gd_lr = gd_step_size([a - p for a, p in zip(gd_params, params)],
-                                 memory["prev_grad_norm"], lambda t: run_norms(t, self.batched))
-        gd_params = shorten(params, gd_params, cap_scale(gd_lr, kappa, SAFETY * GD_STABILITY_BOUND),
+                                 memory["prev_grad_norm"], lambda t: run_norms(t, self.batched),
+                                 hyper.get("stability_lr", 0.0),
+                                 hyper["gd"].get("momentum", 0.0), state["mode"])
+        gd_params = shorten(params, gd_params, cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
                             lambda s, like: _expand(s, like, self.batched))
         ode_hyper = dict(hyper["ode"])
         ode_lrs = per_tensor(ode_hyper["lr"], len(params))
@@ -304,6 +310,7 @@ class HybridRule:
         if capped is not None:
             ode_lrs = ode_hyper["lr"] = capped
         counted = _Counted(grad_fn, params, (loss, grads))
+        stage_kappa = torch.zeros_like(kappa)
         branch = self.branchless or self.batched or not hard
         if branch or bool(gate > 0.5):
             ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
@@ -311,11 +318,12 @@ class HybridRule:
             # curvature: the secant between θ and the first stage point checks every step, and
             # a step past the limit is re-taken at h = c/κ̂ (its stages counted), at most
             # _RETRIES times.
-            for _ in range(_RETRIES if limit is not None else 0):
+            for attempt in range(_RETRIES if limit is not None else 0):
                 if counted.stage is None:
                     break
                 stage = stage_curvature(counted.stage[0], counted.stage[1], params, grads,
                                         lambda t: run_norms(t, self.batched))
+                stage_kappa = stage if attempt == 0 else stage_kappa
                 capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched)
                 if capped is None:
                     break
@@ -357,7 +365,8 @@ class HybridRule:
             "prev_grads": memory["prev_grads"], "displacement_norm": moved,
             "grad_norm0": memory["grad_norm0"], "curvature": memory["curvature"],
             "prev_grad_norm": memory["prev_grad_norm"],
-            "losses": memory["losses"], "features": feats}
+            "losses": memory["losses"], "features": feats,
+            "stage_curvature": stage_kappa * mode}
         if not self.batched or bool(ok.all()):
             return new_params, new_state
         # Undo the non-finite runs only: their θ and state stay those of the last finite step.

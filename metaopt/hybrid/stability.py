@@ -98,13 +98,27 @@ def cap_scale(eta: Tensor | float, kappa: Tensor, c: float) -> Tensor:
                        torch.ones_like(product))
 
 
-def gd_step_size(displacement: Sequence[Tensor], grad_norm: Tensor, norms) -> Tensor:
-    """η = ‖θ_gd − θ‖ / ‖g‖, the GD module's step length per unit gradient (0 where g = 0)."""
+def _largest(value) -> float:
+    if isinstance(value, (list, tuple)):
+        return max((_largest(v) for v in value), default=0.0)
+    return float(value.detach().max()) if isinstance(value, Tensor) else float(value)
+
+
+def gd_step_size(displacement: Sequence[Tensor], grad_norm: Tensor, norms, lr=0.0,
+                 momentum=0.0, after_ode: Tensor | None = None) -> Tensor:
+    """η = max(lr, (1 − μ)·‖θ_gd − θ‖/‖g‖), the factor (1 − μ) dropped on the first GD step
+    after an ODE step (``after_ode`` > 0.5) (module docstring; lr where g = 0)."""
     moved = norms([d.detach() for d in displacement])
     positive = grad_norm > 0
-    return torch.where(positive, moved / torch.where(positive, grad_norm,
-                                                     torch.ones_like(grad_norm)),
-                       torch.zeros_like(moved))
+    per_gradient = torch.where(positive, moved / torch.where(positive, grad_norm,
+                                                             torch.ones_like(grad_norm)),
+                               torch.zeros_like(moved))
+    discount = torch.full_like(per_gradient, 1.0 - min(max(_largest(momentum), 0.0), 1.0))
+    if after_ode is not None:
+        discount = torch.where(after_ode.detach() > 0.5, torch.ones_like(discount), discount)
+    lr = torch.as_tensor(lr.detach() if isinstance(lr, Tensor) else lr, dtype=moved.dtype,
+                         device=moved.device)
+    return torch.maximum(lr, per_gradient * discount)
 
 
 def shorten(params: Sequence[Tensor], proposed: Sequence[Tensor], scale: Tensor,
