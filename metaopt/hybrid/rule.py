@@ -28,13 +28,14 @@ Every step evaluates ``(L_t, g_t)`` at θ_t once, then
    V = (θ_{t+1} − θ_t)/h, and its clock advances by the ODE step h, so an ODE step after a switch
    continues the trajectory with its inertia; adaptive step sizes carry over unchanged.
 4. **stability guard** (``metaopt.hybrid.stability``; no policy can turn it off): a GD step
-   with lr·κ̂ > c_GD = 1.9, or a fixed-step Runge–Kutta step with h·κ̂ > c = 0.95·β (β the
-   tableau's real stability-interval bound, 2.785 for RK4), is shortened to η_eff = c/κ̂, κ̂ the
-   secant curvature of step 1 (the Lanczos probe where configured) or, for an RK step, the
-   secant between θ and its first stage point (so it holds from the very first step); a step
-   within the limit is bit-identical. A step whose loss, gradient or new parameters are not
-   finite is undone: θ and the whole state (mode, dwell, loss window, both modules) are
-   returned unchanged — the same object, so a caller can tell (per run when ``batched``).
+   with η·κ̂ > c_GD = 1.9 (η = max(lr, (1 − μ)‖Δθ_gd‖/‖g‖), exactly lr for plain SGD), or a
+   fixed-step Runge–Kutta step with h·κ̂ > c = 0.95·β (β the tableau's real stability-interval
+   bound, 2.785 for RK4), is shortened to η_eff = c/κ̂, κ̂ the secant curvature of step 1 (the
+   Lanczos probe where configured) or, for an RK step, also the secant between θ and its first
+   stage point (so it holds from the very first step); a step within the limit is
+   bit-identical. A step whose loss, gradient or new parameters are not finite is undone: θ
+   and the whole state (mode, dwell, loss window, both modules) are returned unchanged — the
+   same object, so a caller can tell (per run when ``batched``).
 5. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first)``; with a soft
    gate this is the expected count, differentiable, so a meta-loss can charge it.
 
@@ -54,15 +55,6 @@ import torch
 from torch import Tensor
 
 from ..rules.base import GradFn, State, TensorList, per_tensor
-from .stability import (
-    GD_STABILITY_BOUND,
-    SAFETY,
-    cap_scale,
-    gd_step_size,
-    ode_stability_limit,
-    shorten,
-    stage_curvature,
-)
 from .criteria import (
     _TINY,
     CRITERIA,
@@ -76,6 +68,15 @@ from .criteria import (
     run_norms,
     secant_curvature,
     switch_features,
+)
+from .stability import (
+    GD_STABILITY_BOUND,
+    SAFETY,
+    cap_scale,
+    gd_step_size,
+    ode_stability_limit,
+    shorten,
+    stage_curvature,
 )
 
 __all__ = ["CRITERIA", "FEATURES", "NUM_FEATURES", "ConstantSwitch", "HeuristicSwitch",
@@ -224,7 +225,8 @@ class HybridRule:
                 "prev_grads": [torch.zeros_like(p) for p in params],
                 "displacement_norm": zeros.clone(), "grad_norm0": zeros.clone(),
                 "prev_grad_norm": zeros.clone(),
-                "curvature": zeros.clone(), "stage_curvature": zeros.clone(), "losses": zeros.expand(self.window, *shape).clone(),
+                "curvature": zeros.clone(), "stage_curvature": zeros.clone(),
+                "losses": zeros.expand(self.window, *shape).clone(),
                 "features": torch.zeros(*shape, NUM_FEATURES, dtype=ref.dtype,
                                         device=ref.device)}
 
@@ -293,8 +295,9 @@ class HybridRule:
             gd_lr = gd_step_size([a - p for a, p in zip(gd_params, params)],
                                  memory["prev_grad_norm"], lambda t: run_norms(t, self.batched),
                                  hyper.get("stability_lr", 0.0),
-                                 hyper["gd"].get("momentum", 0.0), state["mode"])
-        gd_params = shorten(params, gd_params, cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
+                                 hyper["gd"].get("momentum", 0.0))
+        gd_params = shorten(params, gd_params,
+                            cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
                             lambda s, like: _expand(s, like, self.batched))
         ode_hyper = dict(hyper["ode"])
         ode_lrs = per_tensor(ode_hyper["lr"], len(params))
