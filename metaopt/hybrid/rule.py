@@ -138,6 +138,9 @@ _RETRIES = 8
 def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched: bool):
     """The step sizes capped at c/κ̂ (``metaopt.hybrid.stability``), or None where every one is
     within the limit (then the caller keeps the originals: bit-identical steps)."""
+    # per-run step sizes may already be expanded against their tensor: back to (R,)
+    lrs = [h.reshape(-1) if batched and isinstance(h, Tensor) and h.dim() > 0 else h
+           for h in lrs]
     scales = [cap_scale(h, kappa, c) for h in lrs]
     if not any(bool((s < 1).any()) for s in scales):
         return None

@@ -163,3 +163,27 @@ def test_state_dict_resume_is_bit_exact_across_a_guarded_step():
         twin.step(closure_for(y, twin))
     assert torch.equal(x.detach(), y.detach())
     assert opt.gradient_evaluations == twin.gradient_evaluations
+
+
+def test_batched_runs_are_guarded_and_undone_independently():
+    # run 0: lr·κ = 0.1 (untouched, plain GD); run 1: lr·κ = 8 (capped at c/κ after step 0);
+    # run 2 starts where its gradient is NaN: undone, its θ and state stay, the others go on.
+    kappa = torch.tensor([[1.0], [80.0], [1.0]], dtype=D)
+
+    def grad_fn(points):
+        (x,) = points
+        g = torch.where(x.abs() > 50, torch.full_like(x, math.nan), kappa * x)
+        return 0.5 * (kappa * x.square()).sum(1), [g]
+    rule = HybridRule(SGDRule(), RungeKuttaRule("rk4"), batched=True)
+    x0 = torch.tensor([[1.0], [1.0], [60.0]], dtype=D)
+    params, state = [x0.clone()], rule.init([x0])
+    xs = [x0.clone()]
+    for _ in range(5):
+        params, state = rule.step(params, grad_fn, state, hyper(ConstantSwitch(0.0), 0.1))
+        xs.append(params[0].clone())
+    assert torch.equal(xs[-1][0], x0[0] * 0.9 ** 5)  # untouched GD, bit for bit
+    assert float(xs[1][1]) == pytest.approx(-7.0, rel=1e-14)
+    for before, after in zip(xs[1:-1], xs[2:]):
+        assert float(after[1]) == pytest.approx((1 - C_GD) * float(before[1]), rel=1e-12)
+        assert torch.equal(after[2], x0[2])  # the non-finite run never moves
+    assert float(state["dwell"][2]) == float(rule.init([x0])["dwell"][2])
