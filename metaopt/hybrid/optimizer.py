@@ -20,6 +20,17 @@ import torch
 from torch import Tensor
 
 from ..hub_mixin import PretrainedOptimizerMixin
+from ..registry import match_name
+from .policy import PolicyGate, SwitchingPolicy
+from ..rules.adam import AdamRule
+from ..rules.gradient_flow import GradientFlowRule
+from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
+from ..rules.nesterov_flow import NesterovFlowRule
+from ..rules.rmsprop import RMSpropRule
+from ..rules.runge_kutta import RungeKuttaRule
+from ..rules.sgd import SGDRule
+from ..rules.step_size_control import AdaptiveRungeKuttaRule
+from ..rules.tableaus import TABLEAUS
 from ..optim._checked_state import (
     CheckedStateLoad,
     StateDictError,
@@ -29,17 +40,6 @@ from ..optim._checked_state import (
 from ..optim._grad_evals import GradEvalCounter
 from ..optim._guard import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 from ..optim._rule_optimizer import ClosureGradient, check_non_negative, check_positive
-from ..registry import match_name
-from ..rules.adam import AdamRule
-from ..rules.gradient_flow import GradientFlowRule
-from ..rules.nesterov_flow import NesterovFlowRule
-from ..rules.rmsprop import RMSpropRule
-from ..rules.runge_kutta import RungeKuttaRule
-from ..rules.sgd import SGDRule
-from ..rules.step_size_control import AdaptiveRungeKuttaRule
-from ..rules.tableaus import TABLEAUS
-from .policy import PolicyGate, SwitchingPolicy
-from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
 
 GD_METHODS = ("sgd", "adam", "rmsprop")
 ODE_METHODS = tuple(sorted(TABLEAUS)) + ("gradient_flow", "nesterov_flow")
@@ -123,7 +123,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
 
     Stability guard (``metaopt.hybrid.stability``, inside the rule, whatever the policy): a GD
     or fixed-step Runge–Kutta step whose secant curvature κ̂ puts it past the method's linear
-    stability limit (lr·κ̂ > 1.9 for GD, h·κ̂ > 0.95·β for a tableau, β = 2.785 for RK4) is
+    stability limit (η·κ̂ > 1.9 for GD, η = lr for plain SGD, h·κ̂ > 0.95·β for a tableau, β = 2.785 for RK4) is
     shortened to step size c/κ̂; a step within the limit is unchanged.
 
     Non-finite steps (the policy shared with every metaopt optimizer, ``metaopt.optim._guard``):
