@@ -13,8 +13,9 @@ The guard estimates the curvature along the motion with the secant
 κ̂ = ‖g_t − g_{t−1}‖ / ‖θ_t − θ_{t−1}‖ the switching features already compute (or the Lanczos
 probe's |λ_max| where the rule has one). The norm form is ≥ the Rayleigh quotient
 |⟨g_t − g_{t−1}, θ_t − θ_{t−1}⟩| / ‖θ_t − θ_{t−1}‖² (Cauchy–Schwarz) and ≤ λ_max on a quadratic,
-so it never caps less than the inner-product secant (measured: with the inner product alone
-``HybridGDODE()`` still diverged on Rosenbrock from (−1.5, 2) in float32). Given a nominal step
+so it never caps less than the inner-product secant (measured on an earlier variant of
+this guard: with the inner product ``HybridGDODE()`` still diverged on Rosenbrock from
+(−1.5, 2) in float32). Given a nominal step
 size η (GD's lr, the ODE's h) the effective step is capped at
 
     η_eff = min(η, c/κ̂),        c = SAFETY · β,   SAFETY = 0.95
