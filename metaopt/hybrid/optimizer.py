@@ -123,6 +123,11 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
     dwell, loss window), so a resume is bit-exact; ``load_state_dict`` validates all of it
     before it changes anything.
 
+    Stability guard (``metaopt.hybrid.stability``, inside the rule, whatever the policy): a GD
+    or fixed-step Runge–Kutta step whose secant curvature κ̂ puts it past the method's linear
+    stability limit (η·κ̂ > 1.9 for GD, η = lr for plain SGD; h·κ̂ > 0.95·β for a tableau,
+    β = 2.785 for RK4) is shortened to step size c/κ̂; a step within the limit is unchanged.
+
     Non-finite steps (the policy every metaopt optimizer shares, ``metaopt.adapters.non_finite``):
     a step whose loss, gradient or new parameters are not finite is refused — parameters, both
     modules' state and the switch's memories stay those of the last finite step, a
@@ -280,7 +285,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                 p.grad = g
         if closure is not None:
             self.gradient_evaluations += grad_fn.evaluations
-        if not all_finite(list(new_params)):  # θ is still the snapshot: refuse the step
+        if new_state is state or not all_finite(list(new_params)):  # the rule undid the step
+            # (or θ is still the snapshot of a failed solve): refuse it
             self._refuse_step("update")
             return loss
         torch._foreach_copy_(params, list(new_params))

@@ -27,7 +27,16 @@ Every step evaluates ``(L_t, g_t)`` at θ_t once, then
    After a GD step the ODE's velocity (Nesterov flow) is handed the motion actually taken,
    V = (θ_{t+1} − θ_t)/h, and its clock advances by the ODE step h, so an ODE step after a switch
    continues the trajectory with its inertia; adaptive step sizes carry over unchanged.
-4. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first)``; with a soft
+4. **stability guard** (``metaopt.hybrid.stability``; no policy can turn it off): a GD step
+   with η·κ̂ > c_GD = 1.9 (η = max(lr, (1 − μ)‖Δθ_gd‖/‖g‖), exactly lr for plain SGD), or a
+   fixed-step Runge–Kutta step with h·κ̂ > c = 0.95·β (β the tableau's real stability-interval
+   bound, 2.785 for RK4), is shortened to η_eff = c/κ̂, κ̂ the secant curvature of step 1 (the
+   Lanczos probe where configured) or, for an RK step, also the secant between θ and its first
+   stage point (so it holds from the very first step); a step within the limit is
+   bit-identical. A step whose loss, gradient or new parameters are not finite is undone: θ
+   and the whole state (mode, dwell, loss window, both modules) are returned unchanged — the
+   same object, so a caller can tell (per run when ``batched``).
+5. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first)``; with a soft
    gate this is the expected count, differentiable, so a meta-loss can charge it.
 
 ``batched=True`` treats the leading dimension of every tensor as independent runs (the study's
@@ -59,6 +68,15 @@ from .criteria import (
     run_norms,
     secant_curvature,
     switch_features,
+)
+from .stability import (
+    GD_STABILITY_BOUND,
+    SAFETY,
+    cap_scale,
+    gd_step_size,
+    ode_stability_limit,
+    shorten,
+    stage_curvature,
 )
 
 __all__ = ["CRITERIA", "FEATURES", "NUM_FEATURES", "ConstantSwitch", "HeuristicSwitch",
@@ -102,12 +120,54 @@ class _Counted:
 
     def __init__(self, grad_fn: GradFn, params: Sequence[Tensor], first):
         self.grad_fn, self.params, self.first, self.count = grad_fn, params, first, 0
+        self.stage = None  # (point, grads) of the first evaluation away from θ
 
     def __call__(self, points):
         if points is self.params:
             return self.first
         self.count += 1
-        return self.grad_fn(points)
+        out = self.grad_fn(points)
+        if self.stage is None:
+            self.stage = (points, out[1])
+        return out
+
+
+_RETRIES = 8
+
+
+def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched: bool):
+    """The step sizes capped at c/κ̂ (``metaopt.hybrid.stability``), or None where every one is
+    within the limit (then the caller keeps the originals: bit-identical steps)."""
+    # per-run step sizes may already be expanded against their tensor: back to (R,)
+    lrs = [h.reshape(-1) if batched and isinstance(h, Tensor) and h.dim() > 0 else h
+           for h in lrs]
+    scales = [cap_scale(h, kappa, c) for h in lrs]
+    if not any(bool((s < 1).any()) for s in scales):
+        return None
+    return [_expand(torch.as_tensor(h, dtype=p.dtype, device=p.device) * s.to(p.dtype), p,
+                    batched) for h, s, p in zip(lrs, scales, like)]
+
+
+def _finite(tensors: Sequence[Tensor], batched: bool) -> Tensor:
+    """Every entry finite: a bool, per run ``(R,)`` when batched."""
+    with torch.no_grad():
+        flags = [torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(dim=1) if batched
+                 else torch.isfinite(t.detach()).all() for t in tensors]
+        return torch.stack(flags).all(dim=0)
+
+
+def _keep_runs(ok: Tensor, new, old):
+    """Per run: ``new`` where ``ok``, ``old`` elsewhere, over nested dicts / lists of tensors
+    whose leading dimension is the run (the loss window, run-last, is handled by the caller);
+    other values (step counters, float clocks) are shared by the runs and taken from ``new``."""
+    if isinstance(new, dict):
+        return {k: _keep_runs(ok, v, old[k]) if k in old else v for k, v in new.items()}
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        return [_keep_runs(ok, a, b) for a, b in zip(new, old)]
+    if (isinstance(new, Tensor) and isinstance(old, Tensor) and new.shape == old.shape
+            and new.dim() >= 1 and new.shape[0] == ok.shape[0]):
+        return torch.where(_expand(ok, new, True), new, old.to(new.dtype))
+    return new
 
 
 @dataclass(frozen=True)
@@ -168,7 +228,8 @@ class HybridRule:
                 "prev_grads": [torch.zeros_like(p) for p in params],
                 "displacement_norm": zeros.clone(), "grad_norm0": zeros.clone(),
                 "prev_grad_norm": zeros.clone(),
-                "curvature": zeros.clone(), "losses": zeros.expand(self.window, *shape).clone(),
+                "curvature": zeros.clone(), "stage_curvature": zeros.clone(),
+                "losses": zeros.expand(self.window, *shape).clone(),
                 "features": torch.zeros(*shape, NUM_FEATURES, dtype=ref.dtype,
                                         device=ref.device)}
 
@@ -228,6 +289,19 @@ class HybridRule:
         gate = locked * state["mode"] + (1 - locked) * gate
         gd_rule = hyper.get("gd_rule", self.gd)
         gd_params, gd_state = gd_rule.apply(params, grads, state["gd"], hyper["gd"], loss)
+        # κ̂ for GD: the secant along the last step, or — right after an ODE step, whose motion
+        # along the flow can miss the stiff direction — the curvature along that step's
+        # gradient from its first stage, whichever is larger.
+        kappa = memory["curvature"].detach()
+        gd_kappa = torch.maximum(kappa, state.get("stage_curvature", kappa * 0).to(kappa.dtype))
+        with torch.no_grad():  # η of the GD step (metaopt.hybrid.stability.gd_step_size)
+            gd_lr = gd_step_size([a - p for a, p in zip(gd_params, params)],
+                                 memory["prev_grad_norm"], lambda t: run_norms(t, self.batched),
+                                 hyper.get("stability_lr", 0.0),
+                                 hyper["gd"].get("momentum", 0.0))
+        gd_params = shorten(params, gd_params,
+                            cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
+                            lambda s, like: _expand(s, like, self.batched))
         ode_hyper = dict(hyper["ode"])
         ode_lrs = per_tensor(ode_hyper["lr"], len(params))
         if self.ode_cfl > 0:
@@ -237,10 +311,31 @@ class HybridRule:
                                              limit), p, self.batched)
                        for h, p in zip(ode_lrs, params)]
             ode_hyper["lr"] = ode_lrs
+        limit = ode_stability_limit(self.ode)
+        capped = None if limit is None else _cap_lrs(ode_lrs, kappa, limit, params, self.batched)
+        if capped is not None:
+            ode_lrs = ode_hyper["lr"] = capped
         counted = _Counted(grad_fn, params, (loss, grads))
+        stage_kappa = torch.zeros_like(kappa)
         branch = self.branchless or self.batched or not hard
         if branch or bool(gate > 0.5):
             ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
+            # Before the first step κ̂ is unknown, and a chord underestimates a steepening
+            # curvature: the secant between θ and the first stage point checks every step, and
+            # a step past the limit is re-taken at h = c/κ̂ (its stages counted), at most
+            # _RETRIES times.
+            for attempt in range(_RETRIES if limit is not None else 0):
+                if counted.stage is None:
+                    break
+                stage = stage_curvature(counted.stage[0], counted.stage[1], params, grads,
+                                        lambda t: run_norms(t, self.batched))
+                stage_kappa = stage if attempt == 0 else stage_kappa
+                capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched)
+                if capped is None:
+                    break
+                ode_lrs = ode_hyper["lr"] = capped
+                counted.stage = None
+                ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
         else:
             ode_params, ode_state = None, None
         if branch:
@@ -256,6 +351,12 @@ class HybridRule:
             new_params = gd_params
             ode_state = gd_handoff(state["ode"], [a - p for a, p in zip(gd_params, params)],
                                    ode_lrs)
+        ok = _finite(list(new_params) + list(grads)
+                     + ([] if loss is None else [loss.reshape(-1) if not self.batched
+                                                 else loss.reshape(loss.shape[0], -1)]),
+                     self.batched)
+        if not self.batched and not bool(ok):
+            return list(params), state  # undone: the same state object (module docstring)
         with torch.no_grad():
             mode = (gate.detach() > 0.5).to(feats.dtype)
             same = (mode == state["mode"]).to(feats.dtype)
@@ -263,14 +364,21 @@ class HybridRule:
         with contextlib.nullcontext() if self.feature_gradients else torch.no_grad():
             moved = run_norms([a - p for a, p in zip(new_params, params)], self.batched)
         evaluations = state["evaluations"] + 1 + memory["probes"] + gate * counted.count
-        return new_params, {
+        new_state = {
             "gd": gd_state, "ode": ode_state, "step": state["step"] + 1, "mode": mode,
             "dwell": dwell, "gate": gate, "probability": probability.to(feats.dtype),
             "evaluations": evaluations,
             "prev_grads": memory["prev_grads"], "displacement_norm": moved,
             "grad_norm0": memory["grad_norm0"], "curvature": memory["curvature"],
             "prev_grad_norm": memory["prev_grad_norm"],
-            "losses": memory["losses"], "features": feats}
+            "losses": memory["losses"], "features": feats,
+            "stage_curvature": stage_kappa * mode}
+        if not self.batched or bool(ok.all()):
+            return new_params, new_state
+        # Undo the non-finite runs only: their θ and state stay those of the last finite step.
+        kept = _keep_runs(ok, dict(new_state, losses=None), dict(state, losses=None))
+        kept["losses"] = torch.where(ok, memory["losses"], state["losses"].to(feats.dtype))
+        return [torch.where(_expand(ok, a, True), a, p) for a, p in zip(new_params, params)], kept
 
 
 def trace(state: State) -> dict[str, Tensor]:
