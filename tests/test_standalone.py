@@ -25,6 +25,18 @@ def test_import_pulls_in_nothing_above_the_library(statement):
     assert out == ""
 
 
+def test_listing_and_loading_checkpoints_pulls_in_no_compiler():
+    """``metaopt list`` describes every shipped checkpoint: their shape checks run on meta-device
+    twins, which must not compute (meta arithmetic imports torch._dynamo, seconds of start-up);
+    nor does ``metaopt list`` import pytorch_optimizer unless asked."""
+    code = ("import sys, metaopt.cli; metaopt.cli.main(['list']); "
+            "print('MODULES', ' '.join(m for m in ('torch._dynamo', 'pytorch_optimizer') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip().splitlines()[-1].strip() == "MODULES"
+
+
 def test_no_sys_path_edits_in_the_library_or_scripts():
     for folder in ("metaopt", "scripts", "tasks"):
         for path in (ROOT / folder).rglob("*.py"):

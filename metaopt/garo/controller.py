@@ -144,6 +144,8 @@ class GAROController(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """GRU weights ~ U(±1/√H) (PyTorch's GRUCell rule, from an explicit generator); SGD
         heads."""
+        if self.head_lr.weight.is_meta:  # a shape-only twin (checkpoint checks): no values, and
+            return                         # meta arithmetic would import torch._dynamo (~2 s)
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         bound = 1.0 / math.sqrt(self.hidden_size)

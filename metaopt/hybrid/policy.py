@@ -53,6 +53,8 @@ class SwitchingPolicy(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        if self.head.weight.is_meta:  # a shape-only twin (checkpoint checks): no values, and
+            return                    # meta arithmetic would import torch._dynamo (~2 s)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         bound = 1.0 / math.sqrt(NUM_FEATURES)
         for w in self.hidden.parameters():
