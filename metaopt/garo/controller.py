@@ -1,7 +1,7 @@
 """The GARO controller: a GRU that turns global gradient features into ``lr_t, mom_t, wd_t``.
 
-Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``. Per step ``t`` and segment
-``s`` (one segment for the seed's global controller; one per group / tensor for its "layer-wise
+GARO (Global Adaptive Recurrent Optimizer). Per step ``t`` and segment
+``s`` (one segment for GARO's original global controller; one per group / tensor for its "layer-wise
 recurrence" next step)::
 
     z_t  = clip(normalise(x_t; running EMA statistics), ±clip)    (masked where x_t is unavailable)
@@ -10,14 +10,13 @@ recurrence" next step)::
     mom_t = tanh    (W_mom h_t + b_mom)
     wd_t  = softplus(W_wd  h_t + b_wd)
 
-The heads are exactly the seed's. They start with zero weights and biases
+The heads are exactly GARO's original ones. They start with zero weights and biases
 ``b_lr = softplus⁻¹(init_lr)``, ``b_mom = atanh(init_momentum)``,
-``b_wd = softplus⁻¹(init_weight_decay)`` (defaults 0.01, 0 and 1e-8, i.e. ``b_wd ≈ −18.42``), so the
-untrained controller emits exactly
-those constants whatever it reads: plain SGD with lr 0.01, no momentum and a negligible decay, as
-the seed's "Initialization" and DESIGN idea 6 ask. The weight-decay bias is pushed that far down
-so ``lr·wd ≈ 1e-10`` cannot move a float32 parameter, yet its gradient (sigmoid(b_wd) ≈ 1e-8) stays
-non-zero for meta-training.
+``b_wd = softplus⁻¹(init_weight_decay)`` (defaults 0.01, 0 and 1e-8, i.e. ``b_wd ≈ −18.42``), so
+the untrained controller emits exactly those constants whatever it reads: plain SGD with lr 0.01,
+no momentum and a negligible decay, as GARO's initialisation asks. The weight-decay bias is pushed
+that far down so ``lr·wd ≈ 1e-10`` cannot move a float32 parameter, yet its gradient
+(sigmoid(b_wd) ≈ 1e-8) stays non-zero for meta-training.
 
 The raw signal features (computed by ``metaopt.garo.rule``) are, per segment, ``SIGNAL_FEATURES``:
 log gradient norm, its change, symlog loss (``sign(L)·log1p|L|``), its change, and the log ratio
@@ -26,7 +25,7 @@ state (``feature_mean``, ``feature_var``) that start from the buffers ``init_fea
 ``init_feature_var``; those buffers are saved in checkpoints, so a meta-trainer can store the
 statistics it saw and a deployed optimizer starts from them.
 
-``features="relative"`` (the general checkpoint's choice, issue 9) feeds the same five signals
+``features="relative"`` (the general checkpoint's choice) feeds the same five signals
 measured relative to the run's start — ``log ‖g_t‖ − log ‖g_0‖`` and ``symlog(L_t / |L_0|)`` — so a
 loss multiplied by any ``c > 0`` gives the controller identical inputs, and adds the training
 progress ``(min(t/T, 1), [T known])`` (VeLO's ``num_training_steps`` input) next to the step
@@ -34,7 +33,8 @@ embedding, un-normalised, so the controller can learn to anneal.
 
 The module is pure: ``forward`` reads only its arguments, weights and buffers, and returns the new
 recurrent state instead of keeping it, so ``torch.func.functional_call`` can swap its weights
-(DESIGN idea 2: the weights are data, the optimizer is built from them).
+(the weights are data, the optimizer is built from them: learned_optimization's
+``theta`` / ``opt_fn`` split).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``GAROController.forward`` on the host (NumPy): the runtime optimizer's controller step.
 
-Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``; the math is the module
+GARO (Global Adaptive Recurrent Optimizer); the math is the module
 docstring of ``metaopt.garo.controller``, whose ``forward`` stays the reference (and the path of
 meta-training). The runtime optimizer reads its features on the host anyway (their finiteness
 decides whether a step is skipped, and its updates take Python scalars), and the controller is a

@@ -11,7 +11,7 @@ Per segment ``s`` the raw signals, in ``SIGNAL_FEATURES`` order, are::
 
     log ‖g‖_s − ref,  Δ log ‖g‖_s,  symlog L,  Δ symlog L,  log(‖Δθ_{t−1}‖_s / ‖θ_{t−1}‖_s)
 
-with ``symlog L = sign(L)·log1p|L|``; ``ref`` is 0 for the seed's features and ``log ‖g_0‖_s`` for
+with ``symlog L = sign(L)·log1p|L|``; ``ref`` is 0 for the original features and ``log ‖g_0‖_s`` for
 ``features="relative"``, which also divides ``L`` by ``|L_0|`` (so a loss ``c·L`` gives the same
 inputs) and adds the training progress ``[min(t/T, 1), T known]`` (VeLO's input). The controller
 normalises each signal by West's running (EMA) mean and variance, frozen where it is missing

@@ -1,8 +1,8 @@
 """``GARO`` / ``GlobalAdaptiveSGD``: the runtime optimizer of the GARO controller.
 
-Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``. A thin torch.optim adapter
-over ``metaopt.rules.GARORule`` (DESIGN idea 1: the update math lives there); the controller
-weights are given to it, not owned by it (DESIGN idea 2)::
+GARO (Global Adaptive Recurrent Optimizer). A thin torch.optim adapter
+over ``metaopt.garo.rule.GARORule`` (the update math lives there, once); the controller
+weights are given to it, not owned by it (docs/architecture.md)::
 
     opt = GlobalAdaptiveSGD(model.parameters())      # untrained controller: SGD, lr 0.01
     loss.backward(); opt.step()                      # a closure is optional
@@ -51,7 +51,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
 
     (``"adam"``: ``g_i`` is replaced by the RMS-normalised ``g_i/(√v̂_i + eps)`` and the decay is
     decoupled; see ``metaopt.garo.rule``.) ``lr`` is the *base learning rate* that the controller
-    scales by ``lr_t / lr₀``: by default ``lr = lr₀``, so steps are ``lr_t`` as emitted (the seed's
+    scales by ``lr_t / lr₀``: by default ``lr = lr₀``, so steps are ``lr_t`` as emitted (GARO's original
     behaviour); ``GARO(params, lr=1e-3)`` with an untrained controller is exactly
     ``SGD(lr=1e-3)``; an LR scheduler scales the base rate; a group with ``lr=0`` is frozen, and
     ``weight_decay=0`` exempts a group (e.g. biases, norms) from decay.
@@ -67,7 +67,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             (``opt.controller`` is the copy in use).
         direction: ``"sgd"`` (the seed) or ``"adam"``.
         granularity: ``"global"`` (one hidden state, the seed), ``"group"`` (one per param group:
-            the seed's layer-wise recurrence when each layer is a group) or ``"tensor"``.
+            GARO's layer-wise recurrence when each layer is a group) or ``"tensor"``.
         beta2, eps: second-moment decay and guard of the ``"adam"`` direction.
         scale: ``"none"`` (the controller's lr_t is the step size, the seed) or ``"distance"``
             (scale-free GARO: lr_t multiplies DoG's online estimate ``d_t = r̄_t/√(t+1)`` of the

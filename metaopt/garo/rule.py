@@ -1,8 +1,8 @@
 """GARO's update math, written once for the runtime optimizer, higher, and meta-training unrolls.
 
-Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md`` ("h_t = RNN(grad_t, h_{t-1}),
+GARO (Global Adaptive Recurrent Optimizer): ("h_t = RNN(grad_t, h_{t-1}),
 θ_{t+1} = θ_t − f(h_t)·update_t"). One step, for tensors ``i`` in segment ``s(i)`` (segment 0
-only for the seed's global controller; one per group or tensor for the layer-wise variant):
+only for GARO's original global controller; one per group or tensor for the layer-wise variant):
 
 1. features of segment ``s`` (see ``metaopt.garo.controller.SIGNAL_FEATURES``)::
 
@@ -17,7 +17,7 @@ only for the seed's global controller; one per group or tensor for the layer-wis
 3. with ``a_i = lr_i·lr_t`` (``lr_i`` the group's lr multiplier), ``μ = mom_t`` and
    ``λ_i = wd_i·wd_t`` (``wd_i`` the group's weight-decay multiplier):
 
-   * ``direction="sgd"`` (the seed's momentum SGD, coupled L2 decay as in ``torch.optim.SGD``)::
+   * ``direction="sgd"`` (GARO's original momentum SGD, coupled L2 decay as in ``torch.optim.SGD``)::
 
          b_i ← μ b_i + (g_i + λ_i θ_i);      θ_i ← θ_i − a_i b_i
 

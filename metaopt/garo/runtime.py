@@ -1,6 +1,6 @@
 """GARO's runtime step, ``GARORule.apply_``: ``GARORule.apply`` computed in place, in few ops.
 
-Seed: ``shared/seeds/garo-global-adaptive-recurrent-optimizer.md``; the math is that of
+GARO (Global Adaptive Recurrent Optimizer); the math is that of
 ``metaopt.garo.rule`` (module docstring there), which stays the reference: the pure ``apply``
 path of meta-training. On a small model a step is dispatch-bound (each tiny tensor op costs a
 few µs whatever its size, and on a warm training loop each *distinct* library entry costs more

@@ -1,6 +1,6 @@
 """The learned GD/ODE switching policy: normalised switching features → P(ODE step).
 
-Seed: hybrid-gd-ode-optimizer.md §2.3 ("Develop criteria for switching"), learned instead of
+The hybrid GD–ODE method's switching criteria ("develop criteria for switching"), learned instead of
 hand-set. It reads exactly the features of the heuristic (``metaopt.hybrid.rule.FEATURES``:
 log gradient ratio, log stability lr·κ, relative progress, current mode, log dwell)::
 
@@ -10,7 +10,7 @@ log gradient ratio, log stability lr·κ, relative progress, current mode, log d
 A feed-forward net is enough because the recurrent part of the decision — hysteresis, dwell —
 is in its inputs (mode and dwell). The output bias starts at ``logit(init_ode_probability)``
 and the read-out weights at 0, so the untrained policy is the constant "almost always GD"
-(DESIGN idea 6: an untrained controller behaves like plain GD), yet every weight gets a gradient.
+(an untrained controller behaves like plain GD), yet every weight gets a gradient.
 ``forward`` is pure (``torch.func.functional_call`` swaps its weights in meta-training).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One Runge–Kutta step vs the cost of its gradient evaluations (issue: RK4 ≤ 1.10×).
+"""One Runge–Kutta step vs the cost of its gradient evaluations (target: RK4 ≤ 1.10×).
 
 For the ~1M-parameter MLP at batch 256: time of one ``opt.step(closure)`` divided by
 ``stages`` × the time of one closure (zero_grad + forward + backward), measured side by side.
