@@ -51,8 +51,8 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
 
     (``"adam"``: ``g_i`` is replaced by the RMS-normalised ``g_i/(√v̂_i + eps)`` and the decay is
     decoupled; see ``metaopt.garo.rule``.) ``lr`` is the *base learning rate* that the controller
-    scales by ``lr_t / lr₀``: by default ``lr = lr₀``, so steps are ``lr_t`` as emitted (GARO's original
-    behaviour); ``GARO(params, lr=1e-3)`` with an untrained controller is exactly
+    scales by ``lr_t / lr₀``: by default ``lr = lr₀``, so steps are ``lr_t`` as emitted (the
+    original behaviour); ``GARO(params, lr=1e-3)`` with an untrained controller is exactly
     ``SGD(lr=1e-3)``; an LR scheduler scales the base rate; a group with ``lr=0`` is frozen, and
     ``weight_decay=0`` exempts a group (e.g. biases, norms) from decay.
 

@@ -17,7 +17,7 @@ only for GARO's original global controller; one per group or tensor for the laye
 3. with ``a_i = lr_i·lr_t`` (``lr_i`` the group's lr multiplier), ``μ = mom_t`` and
    ``λ_i = wd_i·wd_t`` (``wd_i`` the group's weight-decay multiplier):
 
-   * ``direction="sgd"`` (GARO's original momentum SGD, coupled L2 decay as in ``torch.optim.SGD``)::
+   * ``direction="sgd"`` (momentum SGD, coupled L2 decay as in ``torch.optim.SGD``)::
 
          b_i ← μ b_i + (g_i + λ_i θ_i);      θ_i ← θ_i − a_i b_i
 
