@@ -82,7 +82,7 @@ class GAROController(nn.Module):
     Args:
         hidden_size: GRU width ``H``.
         num_step_frequencies: ``K``; the step embedding is ``sin/cos(ω_k·log1p(t))``,
-        ``ω_k = 2^-k``.
+            ``ω_k = 2^-k``.
         init_lr, init_momentum, init_weight_decay: the constant outputs of the untrained controller.
         feature_decay: EMA decay ``β`` of the running feature statistics.
         feature_clip: normalised features are clipped to ``±feature_clip``.

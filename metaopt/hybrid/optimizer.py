@@ -112,9 +112,9 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
         policy: ``"heuristic"`` (``HeuristicSwitch`` with ``criteria``, ``grad_threshold``,
             ``curvature_threshold``, ``stagnation_threshold``, ``hysteresis``), ``"gd"``/``"ode"``
             (one module only), or a ``SwitchingPolicy`` (learned; ODE when p > 0.5).
-        min_dwell, window, ode_cfl, curvature (``"secant"``/``"lanczos"``), probe_every,
-        probe_iters:
-            see ``HybridRule``. ``record_trace``: keep every step's trace in ``history``.
+        min_dwell, window, ode_cfl, curvature, probe_every, probe_iters: see ``HybridRule``
+            (curvature: ``"secant"``/``"lanczos"``). ``record_trace``: keep every step's
+            trace in ``history``.
 
     ``step(closure)`` needs a closure whenever an ODE step may run (any policy but ``"gd"``, or
     the Lanczos probe); with ``policy="gd"`` it works from ``p.grad`` like torch.optim.SGD.
