@@ -22,15 +22,19 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaopt.task import Batch, ModuleTask, Params, TaskFamily, sample_choice
 
-from .data import minibatch
 from .mlp import ACTIVATIONS
 from .residual import init_norms
-from .sequence import SEQUENCE_KINDS, make_sequences, one_hot
+from .sequence import (
+    SEQUENCE_KINDS,
+    TokenSequenceData,
+    make_sequences,
+    masked_token_loss,
+    one_hot,
+)
 
 __all__ = ["AttentionFamily", "AttentionTask", "TinyTransformer"]
 
@@ -68,7 +72,7 @@ class TinyTransformer(nn.Module):
         return self.readout(self.norm_f(x))
 
 
-class AttentionTask(ModuleTask):
+class AttentionTask(TokenSequenceData, ModuleTask):
     """A ``TinyTransformer`` on generated ``(tokens, targets, mask)`` sequences."""
 
     is_classification = False
@@ -93,27 +97,7 @@ class AttentionTask(ModuleTask):
 
     def module_loss(self, module: nn.Module, batch: Batch) -> Tensor:
         tokens, targets, mask = batch
-        losses = F.cross_entropy(module(tokens).reshape(-1, self.vocab), targets.reshape(-1),
-                                 reduction="none")
-        weights = mask.reshape(-1).to(losses.dtype)
-        return (losses * weights).sum() / weights.sum()
-
-    def _select(self, data, generator: torch.Generator) -> Batch:
-        index = minibatch(generator, int(data[0].shape[0]), self.batch_size).to(self.device)
-        return tuple(t[index] for t in data)
-
-    def train_batch(self, generator: torch.Generator) -> Batch:
-        return self._select(self.train_data, generator)
-
-    def eval_batch(self, split: str = "test") -> Batch:
-        if split == "train":
-            return self.train_data
-        if split == "test":
-            return self.test_data
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-
-    def test_batch(self, generator: torch.Generator | None = None) -> Batch:
-        return self.test_data if generator is None else self._select(self.test_data, generator)
+        return masked_token_loss(module(tokens), targets, mask)
 
     @property
     def loss_scale(self) -> float:

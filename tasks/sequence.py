@@ -124,7 +124,37 @@ class CausalConvModel(nn.Module):
         return self.readout(x).transpose(1, 2)  # (N, L, V_out)
 
 
-class SequenceTask(ModuleTask):
+def masked_token_loss(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Cross-entropy over the positions the mask scores (weights 1/0), averaged over them."""
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                             reduction="none")
+    weights = mask.reshape(-1).to(losses.dtype)
+    return (losses * weights).sum() / weights.sum()
+
+
+class TokenSequenceData:
+    """Minibatches of ``(tokens, targets, mask)`` tensors held in ``train_data`` / ``test_data``
+    (a mixin of the sequence-model tasks: needs ``batch_size`` and ``device``)."""
+
+    def _select(self, data, generator: torch.Generator) -> Batch:
+        index = minibatch(generator, int(data[0].shape[0]), self.batch_size).to(self.device)
+        return tuple(t[index] for t in data)
+
+    def train_batch(self, generator: torch.Generator) -> Batch:
+        return self._select(self.train_data, generator)
+
+    def eval_batch(self, split: str = "test") -> Batch:
+        if split == "train":
+            return self.train_data
+        if split == "test":
+            return self.test_data
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+    def test_batch(self, generator: torch.Generator | None = None) -> Batch:
+        return self.test_data if generator is None else self._select(self.test_data, generator)
+
+
+class SequenceTask(TokenSequenceData, ModuleTask):
     """A sequence model (``model``: "gru" / "conv") on generated ``(inputs, targets, mask)``."""
 
     def __init__(self, train: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, Tensor], *,
@@ -148,28 +178,7 @@ class SequenceTask(ModuleTask):
 
     def module_loss(self, module: nn.Module, batch: Batch) -> Tensor:
         tokens, targets, mask = batch
-        logits = module(tokens)
-        losses = F.cross_entropy(logits.reshape(-1, self.vocab_out), targets.reshape(-1),
-                                 reduction="none")
-        weights = mask.reshape(-1).to(losses.dtype)
-        return (losses * weights).sum() / weights.sum()
-
-    def _select(self, data, generator: torch.Generator) -> Batch:
-        index = minibatch(generator, int(data[0].shape[0]), self.batch_size).to(self.device)
-        return tuple(t[index] for t in data)
-
-    def train_batch(self, generator: torch.Generator) -> Batch:
-        return self._select(self.train_data, generator)
-
-    def eval_batch(self, split: str = "test") -> Batch:
-        if split == "train":
-            return self.train_data
-        if split == "test":
-            return self.test_data
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-
-    def test_batch(self, generator: torch.Generator | None = None) -> Batch:
-        return self.test_data if generator is None else self._select(self.test_data, generator)
+        return masked_token_loss(module(tokens), targets, mask)
 
     @property
     def loss_scale(self) -> float:
