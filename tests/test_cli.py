@@ -25,9 +25,17 @@ TINY = ["unroll.num_tasks=2", "unroll.truncation_length=3", "unroll.schedule=con
 def test_python_dash_m_lists_optimizers_pretrained_and_families():
     out = subprocess.run([sys.executable, "-m", "metaopt", "list"], capture_output=True,
                          text=True, check=True, cwd=ROOT).stdout
-    for name in metaopt.list_optimizers() + tasks.names():
+    # the built-in kinds (a name another test registered in this process is not the child's);
+    # pytorch_optimizer's names only on request
+    shown = [n for kind in ("metaopt", "torch", "preset", "pretrained")
+             for n in metaopt.list_optimizers(kind)]
+    for name in shown + tasks.names():
         assert f"  {name} " in out
     assert "pretrained checkpoints" in out and "meta-trained on" in out
+    assert "metaopt list third_party" in out and "  lion " not in out
+    listed = subprocess.run([sys.executable, "-m", "metaopt", "list", "third_party"],
+                            capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert "  lion" in listed
 
 
 def test_tasks_prints_every_keyword_default_from_the_signature(capsys):
