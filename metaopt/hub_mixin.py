@@ -40,8 +40,7 @@ def push_directory(directory: str | os.PathLike, repo_id: str, *, private: bool 
 
 
 class _PushMixin:
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Path:
-        raise NotImplementedError
+    """``push_to_hub`` over the ``save_pretrained`` each subclass defines."""
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str = "Upload metaopt optimizer",
