@@ -40,7 +40,7 @@ class ControllerConfig:
     direction: str = "sgd"  # sgd | adam
     feature_gradients: bool = False  # differentiate through the controller's input features
     features: str = "seed"  # seed | relative (loss-scale invariant + training progress)
-    scale: str = "none"  # none | distance (lr_t multiplies DoG's online step-size estimate)
+    scale: str = "none"  # none | distance | prodigy (lr_t multiplies DoG's / Prodigy's estimate)
 
 
 @dataclass
@@ -174,7 +174,7 @@ CHOICES = {
     "hybrid.gate": ("auto", "relaxed", "straight_through", "hard"),
     "controller.direction": ("sgd", "adam"),
     "controller.features": ("seed", "relative"),
-    "controller.scale": ("none", "distance"),
+    "controller.scale": ("none", "distance", "prodigy"),
     "unroll.schedule": ("constant", "log_uniform"),
     "unroll.engine": ("loop", "vectorised"),
     "meta_loss.kind": ("mean", "final", "log"),

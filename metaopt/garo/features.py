@@ -34,6 +34,7 @@ TINY = 1e-12  # keeps log-norms finite at zero gradients / parameters
 TINY_LOSS = 1e-30  # |L_0| guard of the relative loss feature (a loss of exactly 0)
 VARIANCE_GUARD = 1e-8  # added to the running variance before its square root
 DISTANCE_FLOOR = 1e-4  # DoG's r_ε = 1e-4·(1 + ‖θ_0‖), per coordinate
+TINY_L1 = 1e-30  # ‖s‖₁ guard of Prodigy's ratio (s = 0 only where r = 0 too)
 
 #: The recurrent state's global entries and their shapes (``S`` segments, ``F`` signals, ``H``
 #: hidden units); ``step`` is an int64 count, everything else is in the controller's dtype.
@@ -46,19 +47,27 @@ GLOBAL_STATE = {
     "ref_log_grad_norm": "(S,)", "ref_loss": "()", "horizon": "()",
     # scale="distance" only: r̄_t, the running max displacement (metaopt.garo.rule)
     "distance_max": "(S,)",
+    # scale="prodigy" only: d_t used by the last step and Prodigy's numerator r_t
+    "prodigy_d": "(S,)", "prodigy_numerator": "(S,)",
 }
 RELATIVE_KEYS = ("ref_log_grad_norm", "ref_loss", "horizon")
-DISTANCE_KEYS = ("distance_max",)
-OPTIONAL_KEYS = RELATIVE_KEYS + DISTANCE_KEYS
+#: the global entries each step-size scale adds (``metaopt.garo.rule.SCALES``)
+SCALE_KEYS = {"none": (), "distance": ("distance_max",),
+              "prodigy": ("prodigy_d", "prodigy_numerator")}
+#: the per-tensor buffers each scale adds: the displacement θ − θ_0, Prodigy's weighted Σ g
+SCALE_BUFFERS = {"none": (), "distance": ("displacement",),
+                 "prodigy": ("displacement", "prodigy_sum")}
+OPTIONAL_KEYS = RELATIVE_KEYS + tuple(k for keys in SCALE_KEYS.values() for k in keys)
 #: the entries holding one float per segment that every configuration has
 SEGMENT_KEYS = tuple(k for k, shape in GLOBAL_STATE.items()
                      if shape == "(S,)" and k not in OPTIONAL_KEYS)
 
 
-def state_keys(relative: bool, scaled: bool) -> tuple[str, ...]:
+def state_keys(relative: bool, scale: str) -> tuple[str, ...]:
     """The global entries of a state for these options, in ``GLOBAL_STATE`` order."""
+    others = {k for name, keys in SCALE_KEYS.items() if name != scale for k in keys}
     return tuple(k for k in GLOBAL_STATE if (relative or k not in RELATIVE_KEYS)
-                 and (scaled or k not in DISTANCE_KEYS))
+                 and k not in others)
 
 
 def _host_log(x: float) -> float:
@@ -75,8 +84,10 @@ def _host_clamp(x: float, low=None, high=None) -> float:
 
 #: the elementary operations of each path: tensors (with graphs, under vmap) and host floats
 TENSOR_OPS = SimpleNamespace(log=torch.log, log1p=torch.log1p, sqrt=torch.sqrt,
-                             clamp=lambda x, low=None, high=None: x.clamp(low, high))
-HOST_OPS = SimpleNamespace(log=_host_log, log1p=math.log1p, sqrt=math.sqrt, clamp=_host_clamp)
+                             clamp=lambda x, low=None, high=None: x.clamp(low, high),
+                             maximum=torch.maximum)
+HOST_OPS = SimpleNamespace(log=_host_log, log1p=math.log1p, sqrt=math.sqrt, clamp=_host_clamp,
+                           maximum=max)
 
 
 def signal_row(log_grad_norm, ref_log_grad_norm, prev_log_grad_norm, symlog_loss,
@@ -128,3 +139,22 @@ def distance_floor(param_rms):
 def distance_step_size(lr_t, distance_max, step, ops):
     """Scale-free GARO's step size ``lr_t · d_t`` with DoG's ``d_t = r̄_t / √(t + 1)``."""
     return lr_t * distance_max / ops.sqrt(step + 1)
+
+
+def prodigy_beta(beta2: float) -> float:
+    """Prodigy's β₃ = √β₂: the decay of its numerator ``r`` and of its weighted sum ``s``."""
+    return math.sqrt(beta2)
+
+
+def prodigy_estimate(d_prev, numerator, l1_norm, ops):
+    """Prodigy's (Mishchenko & Defazio 2023) ``d_t = max(d_{t−1}, r_{t−1} / ‖s_{t−1}‖₁)``, the
+    lower bound on the distance to the solution that D-Adaptation introduced, per coordinate.
+
+    With ``λ_k = a_k·d_k`` (the step size taken times the scale it used) and β₃ = √β₂::
+
+        r_k = β₃ r_{k−1} + λ_k ⟨g_k, θ_0 − θ_k⟩,     s_k = β₃ s_{k−1} + λ_k g_k
+
+    While gradients keep their direction ``⟨g_k, θ_0 − θ_k⟩ ≈ ‖g_k‖₁·Σ_j a_j``, so ``d`` grows
+    by a factor ``1 + lr_t`` a step; it stops growing once the iterates pass the minimiser.
+    """
+    return ops.maximum(d_prev, numerator / (l1_norm + TINY_L1))

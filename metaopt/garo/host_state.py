@@ -60,6 +60,9 @@ class HostState:
     horizon: float | None = None
     # scale-free GARO only (None otherwise): r̄_t per segment, the running max displacement
     distance_max: list[float] | None = None
+    # scale="prodigy" only (None otherwise): Prodigy's d_t of the last step and numerator r_t
+    prodigy_d: list[float] | None = None
+    prodigy_numerator: list[float] | None = None
     # the last step's update norm, when the next step reads it (``prev_update_ratio`` is then
     # NaN for the segments that step updated)
     pending: PendingUpdateNorm | None = None

@@ -49,6 +49,17 @@ region they settle in, as Prodigy's and D-Adaptation's ``d`` does; it is differe
 unroll, so meta-training sees how ``lr_t`` moves it. ``state["lr"]`` holds the step size used,
 ``lr_t·d_t``.
 
+With ``scale="prodigy"`` (adam direction only) ``d_t`` is instead Prodigy's (Mishchenko &
+Defazio 2023) lower bound on the distance to the solution, per segment, with ``λ_i = a_i·d_t``
+and ``β₃ = √β₂`` (``metaopt.garo.features.prodigy_estimate``)::
+
+    d_t = max(d_{t−1}, r_{t−1} / ‖s_{t−1}‖₁),    d_0 = r_ε,         a_i = lr_i · lr_t · d_t
+    r_t = β₃ r_{t−1} + Σ_i λ_i ⟨g_i, −δ_i⟩,       s_i ← β₃ s_i + λ_i g_i
+
+It does not decay with ``t`` (the controller owns the schedule) and, while the gradients keep
+their direction, grows by a factor ``1 + lr_t`` a step — from ``r_ε`` to a step size of 1 in
+tens of steps, where DoG's estimate, growing like ``exp(2·lr_t·√t)``, needs hundreds.
+
 With the controller frozen at constants (lr, μ, λ) the first is exactly
 ``torch.optim.SGD(lr, momentum=μ, weight_decay=λ)`` and, for μ = 0, the second is
 ``torch.optim.AdamW(lr, betas=(0, β₂), eps=ε, weight_decay=λ)``; the tests use both as oracles.
@@ -70,11 +81,15 @@ from torch import Tensor
 
 from ..rules.base import GradFn, State, TensorList, per_tensor
 from .features import (
+    SCALE_BUFFERS,
+    SCALE_KEYS,
     TENSOR_OPS,
     TINY,
     TINY_LOSS,
     distance_floor,
     distance_step_size,
+    prodigy_beta,
+    prodigy_estimate,
     progress,
     signal_row,
     symlog,
@@ -82,8 +97,9 @@ from .features import (
 )
 
 DIRECTIONS = ("sgd", "adam")
-#: ``"none"``: lr_t is the step size (the seed); ``"distance"``: lr_t multiplies DoG's d_t
-SCALES = ("none", "distance")
+#: ``"none"``: lr_t is the step size (the seed); ``"distance"``: lr_t multiplies DoG's d_t;
+#: ``"prodigy"``: lr_t multiplies Prodigy's d_t
+SCALES = tuple(SCALE_KEYS)
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
@@ -118,6 +134,14 @@ def segment_norms(norms: Sequence[Tensor], segment_ids: Tensor | None,
     return total.sqrt()
 
 
+def _root_numel(params, ids_t, num_segments: int, dtype, device) -> Tensor:
+    """(S,) √n_s: the square root of each segment's number of elements."""
+    sizes = torch.tensor([float(p.numel()) for p in params], dtype=dtype, device=device)
+    numel = sizes.sum().reshape(1) if num_segments == 1 else \
+        sizes.new_zeros(num_segments).index_add(0, ids_t, sizes)
+    return numel.clamp_min(1).sqrt()
+
+
 def _relative(controller) -> bool:
     return getattr(controller, "features", "seed") == "relative"
 
@@ -131,8 +155,9 @@ class GARORule:
         beta2, eps: the second-moment decay and denominator guard of the ``"adam"`` direction.
         feature_gradients: keep the graph from the parameters into the controller's features
             (default False: features are detached, see the module docstring).
-        scale: ``"none"`` (lr_t is the step size, the seed) or ``"distance"`` (lr_t multiplies
-            the online estimate d_t; module docstring).
+        scale: ``"none"`` (lr_t is the step size, the seed), ``"distance"`` (lr_t multiplies
+            DoG's online estimate d_t) or ``"prodigy"`` (lr_t multiplies Prodigy's d_t; adam
+            direction); module docstring.
 
     ``hyper`` keys for ``step``/``apply``:
         ``controller`` (required): a ``GAROController`` or ``BoundController``;
@@ -151,6 +176,9 @@ class GARORule:
             raise ValueError(f"direction: must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.scale not in SCALES:
             raise ValueError(f"scale: must be one of {SCALES}, got {self.scale!r}")
+        if self.scale == "prodigy" and self.direction != "adam":
+            raise ValueError("scale='prodigy' needs direction='adam' (Prodigy's d is a step size "
+                             "for unit-scale coordinates)")
         if not 0.0 <= self.beta2 < 1.0:
             raise ValueError(f"beta2: must lie in [0, 1), got {self.beta2!r}")
         if not self.eps > 0:
@@ -161,7 +189,7 @@ class GARORule:
         """State entries that are lists with one tensor per parameter (the rest are global)."""
         keys = ("momentum_buffer", "exp_avg_sq") if self.direction == "adam" \
             else ("momentum_buffer",)
-        return keys + (("displacement",) if self.scale == "distance" else ())
+        return keys + SCALE_BUFFERS[self.scale]
 
     def init_global(self, controller, num_segments: int = 1, device=None,
                     horizon: int | None = None) -> State:
@@ -182,8 +210,7 @@ class GARORule:
         if _relative(controller):
             state.update(ref_log_grad_norm=zeros.clone(), ref_loss=ref.new_ones(()),
                          horizon=ref.new_tensor(float(horizon or 0)))
-        if self.scale == "distance":
-            state.update(distance_max=zeros.clone())
+        state.update({key: zeros.clone() for key in SCALE_KEYS[self.scale]})
         return state
 
     def init_tensor_state(self, param: Tensor) -> dict[str, Tensor]:
@@ -223,6 +250,7 @@ class GARORule:
         new_params, new_state = [], {k: [] for k in self.per_tensor_keys}
         directions, step_sizes = [], []
         bias_correction2 = None
+        contributions, beta3 = [], prodigy_beta(self.beta2)
         if self.direction == "adam":
             bias_correction2 = 1 - self.beta2 ** (state["step"] + 1).to(params[0].dtype)
         for i, (p, g) in enumerate(zip(params, grads)):
@@ -241,11 +269,22 @@ class GARORule:
                 direction = torch.addcmul(buf, p, wd_i)
             new_state["momentum_buffer"].append(buf)
             new_params.append(torch.addcmul(p, direction, lr_i, value=-1))
-            if self.scale == "distance":
+            if self.scale != "none":
+                if self.scale == "prodigy":  # λ_i = a_i·d_t; ⟨g, θ_0 − θ⟩ = −⟨g, δ⟩ before the step
+                    weight = lr_i * pick(ctx["extra"]["prodigy_d"], i)
+                    contributions.append(-weight * (g * state["displacement"][i]).sum())
+                    new_state["prodigy_sum"].append(
+                        torch.add(state["prodigy_sum"][i] * beta3, g * weight))
                 new_state["displacement"].append(
                     torch.addcmul(state["displacement"][i], direction, lr_i, value=-1))
             directions.append(direction)
             step_sizes.append(lr_i.abs())
+        if self.scale == "prodigy":  # r_t = β₃ r_{t−1} + Σ_i λ_i ⟨g_i, θ_0 − θ_i⟩, per segment
+            dtype = state["hidden"].dtype
+            total = torch.stack(contributions).to(dtype)
+            total = total.sum().reshape(1) if ctx["ids_t"] is None else \
+                total.new_zeros(len(state["prodigy_d"])).index_add(0, ctx["ids_t"], total)
+            ctx["extra"]["prodigy_numerator"] = state["prodigy_numerator"] * beta3 + total
         # ‖Δθ_i‖ = |a_i|·‖direction_i‖, read by the next step's update-ratio feature
         step_norms = [a * d for a, d in zip(step_sizes, tensor_norms(directions))]
         result = self._finish(ctx, state, step_norms)
@@ -336,6 +375,10 @@ class GARORule:
                                                        pnorm, started)
             step_size = distance_step_size(out.lr, extra["distance_max"], step.to(ctrl_dtype),
                                            TENSOR_OPS)
+        elif self.scale == "prodigy":
+            extra["prodigy_d"] = self._prodigy_d(params, state, ids_t, num_segments, pnorm,
+                                                 started)
+            step_size = out.lr * extra["prodigy_d"]
         return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
                     step_size=step_size,
                     lr_mult=per_tensor(hyper.get("lr", 1.0), n),
@@ -346,15 +389,22 @@ class GARORule:
     def _distance_max(self, params, state, ids_t, num_segments, pnorm, started) -> Tensor:
         """r̄_t = max(r̄_{t−1}, ‖δ‖_s/√n_s), r̄_0 = r_ε (module docstring), per segment."""
         dtype = state["hidden"].dtype
-        sizes = torch.tensor([float(p.numel()) for p in params], dtype=dtype,
-                             device=state["hidden"].device)
-        numel = sizes.sum().reshape(1) if num_segments == 1 else \
-            sizes.new_zeros(num_segments).index_add(0, ids_t, sizes)
-        root_n = numel.clamp_min(1).sqrt()
+        root_n = _root_numel(params, ids_t, num_segments, dtype, state["hidden"].device)
         rms = segment_norms(tensor_norms(state["displacement"]), ids_t, num_segments)
         floor = distance_floor(pnorm.to(dtype) / root_n)
         return torch.where(started > 0,
                            torch.maximum(state["distance_max"], rms.to(dtype) / root_n), floor)
+
+    def _prodigy_d(self, params, state, ids_t, num_segments, pnorm, started) -> Tensor:
+        """Prodigy's d_t = max(d_{t−1}, r_{t−1}/‖s_{t−1}‖₁), d_0 = r_ε, per segment."""
+        dtype = state["hidden"].dtype
+        root_n = _root_numel(params, ids_t, num_segments, dtype, state["hidden"].device)
+        l1 = torch.stack([s.abs().sum() for s in state["prodigy_sum"]]).to(dtype)
+        l1 = l1.sum().reshape(1) if num_segments == 1 else \
+            l1.new_zeros(num_segments).index_add(0, ids_t, l1)
+        estimate = prodigy_estimate(state["prodigy_d"], state["prodigy_numerator"], l1,
+                                    TENSOR_OPS)
+        return torch.where(started > 0, estimate, distance_floor(pnorm.to(dtype) / root_n))
 
     def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
         """The new global state (step 4); segments without tensors this step keep theirs."""

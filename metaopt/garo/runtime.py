@@ -47,6 +47,8 @@ from .features import (
     TINY_LOSS,
     distance_floor,
     distance_step_size,
+    prodigy_beta,
+    prodigy_estimate,
     progress,
     signal_row,
     symlog,
@@ -146,14 +148,19 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # 1. features, per segment, from the segment norms of gradients and parameters (and of the
     # last step's directions, when it left them to be read here: ``PendingUpdateNorm``)
     pending = host.pending
-    scaled = rule.scale == "distance"
+    scaled, prodigy = rule.scale == "distance", rule.scale == "prodigy"
     displacements = list(buffers["displacement"]) if scaled else []
     tensors = params + displacements + (pending.directions if pending is not None else [])
     if grad_norms is None:
-        norms = fused_norms(grads + tensors).tolist()
+        values = fused_norms(grads + tensors)
     else:
-        norms = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
-                           fused_norms(tensors)]).tolist()
+        values = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
+                            fused_norms(tensors)])
+    if prodigy:  # ⟨g_i, δ_i⟩ and ‖s_i‖₁, in the same host read
+        values = torch.cat([values, _prodigy_reads(grads, buffers)])
+    norms = values.tolist()
+    if prodigy:
+        norms, dots, l1s = norms[:-2 * n], norms[-2 * n:-n], norms[-n:]
     squares = [v * v for v in norms[:2 * n]]
     gnorms, pnorms = _segment_norms(squares[:n], ids, S), _segment_norms(squares[n:], ids, S)
     k = (3 if scaled else 2) * n
@@ -186,14 +193,21 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # ε relative to the first gradient norm keeps the adam direction scale-free
     eps_scales = [math.exp(r) for r in refs] if relative and rule.direction == "adam" \
         else [1.0] * S
-    lrs, distance_max = out.lr, None
+    lrs, distance_max, prodigy_d, numerator = out.lr, None, None, None
     if scaled:  # scale-free GARO: lr_t multiplies DoG's d_t = r̄_t / √(t+1)
         distance_max = _distance_max(host, params, ids, pnorms, norms[2 * n:3 * n])
         lrs = [distance_step_size(c, r, step, HOST_OPS) for c, r in zip(out.lr, distance_max)]
+    elif prodigy:  # lr_t multiplies Prodigy's d_t
+        prodigy_d = _prodigy_d(host, params, ids, pnorms, l1s)
+        lrs = [c * d for c, d in zip(out.lr, prodigy_d)]
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
     directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
-                                     eps_scales, step)
+                                     eps_scales, step, prodigy_d)
+    if prodigy:  # r_t = β₃ r_{t−1} + Σ_i λ_i ⟨g_i, θ_0 − θ_i⟩, λ_i = a_i·d_t
+        numerator = [prodigy_beta(rule.beta2) * r for r in host.prodigy_numerator]
+        for i, s_i in enumerate(ids):
+            numerator[s_i] -= step_sizes[i] * prodigy_d[s_i] * dots[i]
 
     # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
     # read by the next step with its own norms where keeping the directions costs no memory
@@ -206,10 +220,13 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         pending = None
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
+    zeros = [0.0] * S
     flat = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
-                         *refs, *(distance_max or [0.0] * S), *stats])
+                         *refs, *(distance_max or zeros), *(prodigy_d or zeros),
+                         *(numerator or zeros), *stats])
     keys = ("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
-            "prev_update_ratio", "ref_log_grad_norm", "distance_max")
+            "prev_update_ratio", "ref_log_grad_norm", "distance_max", "prodigy_d",
+            "prodigy_numerator")
     new = {key: flat[k * S:(k + 1) * S] for k, key in enumerate(keys)}
     F = len(stats) // (2 * S)
     stats = flat[len(keys) * S:]
@@ -220,6 +237,8 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         new["ref_log_grad_norm"] = None
     if not scaled:
         new["distance_max"] = None
+    if not prodigy:
+        new["prodigy_d"] = new["prodigy_numerator"] = None
     active = set(ids)
     if len(active) < S:  # segments without tensors this step keep theirs
         idle = [s not in active for s in range(S)]
@@ -246,6 +265,28 @@ def _distance_max(host: HostState, params, ids, pnorms, displacement_norms) -> l
     if host.step == 0:
         return host.rounded([distance_floor(p / r) for p, r in zip(pnorms, root_n)])
     return host.rounded([max(prev, x) for prev, x in zip(host.distance_max, rms)])
+
+
+def _prodigy_reads(grads, buffers) -> Tensor:
+    """(2n,) ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
+    dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, buffers["displacement"])]
+    return torch.stack(dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1)))
+
+
+def _prodigy_d(host: HostState, params, ids, pnorms, l1_norms) -> list[float]:
+    """Prodigy's ``d_t`` per segment (``GARORule._prodigy_d``) from the ‖s_i‖₁ of the last step."""
+    S = host.num_segments
+    if host.step == 0:
+        numel = [0] * S
+        for p, s in zip(params, ids):
+            numel[s] += p.numel()
+        return host.rounded([distance_floor(p / math.sqrt(max(m, 1)))
+                             for p, m in zip(pnorms, numel)])
+    l1 = [0.0] * S
+    for s, v in zip(ids, l1_norms):
+        l1[s] += v
+    return host.rounded([prodigy_estimate(d, r, v, HOST_OPS) for d, r, v in
+                         zip(host.prodigy_d, host.prodigy_numerator, l1)])
 
 
 def update_ratios(host: HostState, direction_norms: Sequence[float],
@@ -287,9 +328,10 @@ def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
                       feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
 
 
-def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step):
-    """Step 3 in place (``lrs``: the step sizes per segment); returns (directions, step sizes
-    |a_i|) for the update norms."""
+def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,
+            prodigy_d=None):
+    """Step 3 in place (``lrs``: the step sizes per segment; ``prodigy_d``: Prodigy's d_t per
+    segment, or None); returns (directions, step sizes |a_i|) for the update norms."""
     n = len(params)
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.get("lr", 1.0), n)
@@ -297,13 +339,13 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
     buckets: dict[tuple, list[int]] = {}
     for i, s_i in enumerate(ids):
         key = (lrs[s_i] * float(lr_mult[i]), moms[s_i], wds[s_i] * float(wd_mult[i]),
-               rule.eps * eps_scales[s_i])
+               rule.eps * eps_scales[s_i], prodigy_d[s_i] if prodigy_d else 0.0)
         buckets.setdefault(key, []).append(i)
     directions: list[Tensor | None] = [None] * n
     step_sizes = [0.0] * n
     sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
     momentum_buffers = buffers["momentum_buffer"]
-    for (lr, mom, wd, eps), index in buckets.items():
+    for (lr, mom, wd, eps, d), index in buckets.items():
         ps = [params[i] for i in index]
         gs = [grads[i] for i in index]
         bufs = [momentum_buffers[i] for i in index]
@@ -336,6 +378,10 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
             torch._foreach_mul_(bufs, mom)
             torch._foreach_addcdiv_(bufs, gs, denom, value=sqrt_bias_correction2)
             dirs = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
+        if prodigy_d:  # s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum)
+            sums = [buffers["prodigy_sum"][i] for i in index]
+            torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
+            torch._foreach_add_(sums, gs, alpha=lr * d)
         torch._foreach_add_(ps, dirs, alpha=-lr)
         _displace(buffers, index, dirs, lr)
         for i, d in zip(index, dirs):

@@ -24,13 +24,13 @@ from metaopt.garo.host_state import HostState
 
 
 @pytest.mark.parametrize("features", ["seed", "relative"])
-@pytest.mark.parametrize("scale", ["none", "distance"])
+@pytest.mark.parametrize("scale", ["none", "distance", "prodigy"])
 def test_rule_state_follows_the_one_layout(features, scale):
     rule = GARORule(direction="adam", scale=scale)
     controller = GAROController(hidden_size=4, features=features)
     state = rule.init([torch.zeros(3), torch.zeros(2, 2)], controller, horizon=10)
     global_keys = set(state) - set(rule.per_tensor_keys)
-    assert global_keys == set(state_keys(features == "relative", scale == "distance"))
+    assert global_keys == set(state_keys(features == "relative", scale))
     assert global_keys <= set(GLOBAL_STATE)
     # the host copy round-trips every entry of the layout, bit for bit
     host = HostState.from_tensors(state).to_tensors()
