@@ -69,9 +69,11 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         granularity: ``"global"`` (one hidden state, the seed), ``"group"`` (one per param group:
             GARO's layer-wise recurrence when each layer is a group) or ``"tensor"``.
         beta2, eps: second-moment decay and guard of the ``"adam"`` direction.
-        scale: ``"none"`` (the controller's lr_t is the step size, the seed) or ``"distance"``
-            (scale-free GARO: lr_t multiplies DoG's online estimate ``d_t = r̄_t/√(t+1)`` of the
-            task's step size, from the distance the steps have travelled; ``metaopt.garo.rule``).
+        scale: ``"none"`` (the controller's lr_t is the step size, the seed); scale-free GARO,
+            where lr_t multiplies an online estimate ``d_t`` of the task's step size
+            (``metaopt.garo.rule``): ``"distance"`` (DoG's ``d_t = r̄_t/√(t+1)``, from the
+            distance the steps have travelled) or ``"prodigy"`` (Prodigy's lower bound on the
+            distance to the solution, ``d_t = max(d_{t−1}, r_t/‖s_t‖₁)``; adam direction).
         num_training_steps: the planned length of training ``T``; a controller with relative
             features reads the progress ``min(t/T, 1)`` (VeLO's input) and can anneal. ``None``:
             progress unknown (the controller sees it flagged as missing).
