@@ -33,6 +33,7 @@ from ..adapters.state_loading import (
 from ..hub_mixin import PretrainedOptimizerMixin
 from .controller import GAROController
 from .host_state import HostState
+from .hyper import GAROHyper
 from .rule import GARORule
 from .runtime import host_apply, settle
 
@@ -245,7 +246,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         buffers = {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
         new_state = host_apply(
             self.rule, params, grads, buffers, self._host,
-            {"controller": self.controller, "lr": lr, "weight_decay": wd, "segment_ids": ids},
+            GAROHyper(self.controller, lr_scale=lr, weight_decay_scale=wd, segment_ids=ids),
             loss=loss_value)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self._refuse_step("gradient, loss or controller output")  # (the shared policy)
