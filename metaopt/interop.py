@@ -62,8 +62,8 @@ class DifferentiableGARO(higher.optim.DifferentiableOptimizer):
                     continue
                 params.append(p)
                 grads.append(g)
-                lr.append(group["lr"] / self.base_lr)  # the base rate, as in GARO
-                wd.append(group["weight_decay"])
+                lr.append(group["lr"] / self.base_lr)  # lr_scale, as in GARO
+                wd.append(group["weight_decay_scale"])
                 ids.append(segment)
                 where.append((group_idx, p_idx))
         if not params:
