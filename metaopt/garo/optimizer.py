@@ -176,9 +176,8 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             param_group = dict(param_group)
             param_group["weight_decay_scale"] = renamed_weight_decay(
                 param_group.get("weight_decay_scale"), param_group.pop("weight_decay"), "group")
-        for key in ("lr", "weight_decay_scale"):
-            if isinstance(param_group, dict) and key in param_group:
-                check_non_negative(key, param_group[key])
+        if isinstance(param_group, dict) and "weight_decay_scale" in param_group:
+            check_non_negative("weight_decay_scale", param_group["weight_decay_scale"])
         super().add_param_group(param_group)
         if hasattr(self, "_host"):  # a late group gets fresh recurrent rows of its own
             missing = self._num_segments() - self._host.num_segments
