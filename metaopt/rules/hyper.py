@@ -133,6 +133,11 @@ class Hyper:
                          f"hyper.{key} (fields: {', '.join(self.field_names())})"
                          if key in self.field_names() else self._unknown(key))
 
+    def __contains__(self, key: Any):  # (else ``in`` would iterate through __getitem__)
+        raise HyperError(f"{type(self).__name__} is read by field, not by key: every field is "
+                         f"always present ({self._listing()}); test the value, e.g. "
+                         f"hyper.{self.field_names()[0]} is None")
+
 
 @dataclasses.dataclass(frozen=True, init=False, eq=False)
 class GDHyper(Hyper):

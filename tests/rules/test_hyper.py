@@ -48,6 +48,7 @@ def test_fields_defaults_and_positional_order():
     (lambda: GDHyper.coerce({"lr": 0.1, "weight_decy": 0.1}), "did you mean 'weight_decay'"),
     (lambda: GDHyper.coerce([0.1]), "expected a GDHyper (or a mapping of its fields"),
     (lambda: GDHyper(0.1)["lr"], "read by field, not by key: use hyper.lr"),
+    (lambda: "controller" in GAROHyper("c"), "read by field, not by key: every field is"),
     (lambda: GDHyper(0.1).replace(betas=1), "unknown field 'betas'"),
 ])
 def test_bad_fields_are_one_line_errors_naming_the_valid_ones(build, message):
