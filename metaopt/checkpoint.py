@@ -48,8 +48,10 @@ FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 #: the ``GARO`` constructor options a checkpoint may store
-OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay", "direction", "granularity", "beta2",
-                                   "eps", "scale"})
+OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay_scale", "weight_decay", "direction",
+                                   "granularity", "beta2", "eps", "scale"})
+#: GARO options stored under an older name -> the current one (read, never written)
+RENAMED_GARO_OPTIONS = {"weight_decay": "weight_decay_scale"}
 #: ``controller_class`` metadata -> module class (files without ``optimizer_class`` are GARO's)
 CONTROLLER_CLASSES = {"GAROController": GAROController, "SwitchingPolicy": SwitchingPolicy}
 #: ``optimizer_class`` metadata -> the controller class it takes
@@ -159,6 +161,7 @@ def _json_field(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any
 def _check_optimizer_options(options: dict[str, Any], path: Path) -> None:
     """Stored GARO options must be values GARO can step with (finite; lr bounded by ``MAX_LR``)."""
     bounds = {"lr": (0.0, MAX_LR, False), "weight_decay": (0.0, math.inf, False),
+              "weight_decay_scale": (0.0, math.inf, False),
               "eps": (0.0, math.inf, True), "beta2": (0.0, 1.0, None)}
     for key, (low, high, low_open) in bounds.items():
         if key not in options:
@@ -330,14 +333,18 @@ def load_optimizer(name_or_path: PathLike, params, **overrides):
     ``optimizer_class`` says so) from a checkpoint file or shipped name.
 
     ``overrides`` replace the stored optimizer options or add group defaults (``lr``,
-    ``weight_decay``, ``direction``, ``granularity``, …).
+    ``weight_decay_scale``, ``direction``, ``granularity``, …). A GARO file that stored the
+    multiplier under its old name ``weight_decay`` loads as ``weight_decay_scale``.
     """
     from .garo.optimizer import GARO
     from .hybrid.optimizer import HybridGDODE
     path = resolve(name_or_path)
     ckpt = load_checkpoint(path)
-    options = {**ckpt.optimizer_config, **overrides}
     name = ckpt.metadata.get("optimizer_class", "GARO")
+    stored = dict(ckpt.optimizer_config)
+    if name == "GARO":  # files written before the multiplier said what it was
+        stored = {RENAMED_GARO_OPTIONS.get(k, k): v for k, v in stored.items()}
+    options = {**stored, **overrides}
     try:
         if name == "HybridGDODE":  # the learned switching policy inside a hybrid optimizer
             return HybridGDODE(params, policy=ckpt.controller, **options)

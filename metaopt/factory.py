@@ -26,11 +26,12 @@ with ``ndim <= 1`` (biases, LayerNorm / BatchNorm / GroupNorm scales) and names 
 ``.bias`` or listed by the module's ``no_weight_decay()`` go to a group with
 ``weight_decay=0``; the rest get ``weight_decay``. Explicit param-group dicts are passed as given.
 
-``lr=None`` and ``weight_decay=0.0`` leave the optimizer's own default in place for the
-learned optimizers (``GARO`` family and checkpoints), where ``weight_decay`` multiplies the
-controller's wd_t (default 1.0) rather than being a rate; for them a non-zero ``weight_decay``
-sets that multiplier on the decayed group and the no-decay group gets 0 (exempt). For every other
-optimizer ``weight_decay`` is the usual rate and ``lr=None`` keeps the class default.
+``weight_decay`` is the usual decay rate, and ``lr=None`` keeps the class default. The learned
+optimizers (``GARO`` family and checkpoints) learn their decay: ``weight_decay_scale=s``
+multiplies the controller's wd_t (default 1.0) on the decayed group and the no-decay group gets
+0 (exempt); ``lr=None`` and ``weight_decay=0.0`` leave their own defaults in place. (A non-zero
+``weight_decay`` given to GARO is the deprecated name of ``weight_decay_scale``: it still sets
+the multiplier, with a ``DeprecationWarning``.)
 """
 from __future__ import annotations
 
@@ -73,8 +74,10 @@ def _accepts(build: Any, keyword: str) -> bool:
 
 
 def param_groups(model_or_params: nn.Module | Iterable[Any], weight_decay: float,
-                 filter_bias_and_norm: bool = True) -> list[dict[str, Any]] | list[Any]:
-    """The parameter list the optimizer receives (see the module doc for the no-decay rule)."""
+                 filter_bias_and_norm: bool = True, key: str = "weight_decay"
+                 ) -> list[dict[str, Any]] | list[Any]:
+    """The parameter list the optimizer receives (see the module doc for the no-decay rule);
+    ``key``: the group key that holds the decay (``weight_decay_scale`` for GARO)."""
     if isinstance(model_or_params, nn.Module):
         named = [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
         skip = set(getattr(model_or_params, "no_weight_decay", lambda: ())())
@@ -89,8 +92,7 @@ def param_groups(model_or_params: nn.Module | Iterable[Any], weight_decay: float
     for n, p in named:
         exempt = p.ndim <= 1 or (n is not None and (n.endswith(".bias") or n in skip))
         (no_decay if exempt else decay).append(p)
-    groups = [{"params": no_decay, "weight_decay": 0.0},
-              {"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": no_decay, key: 0.0}, {"params": decay, key: weight_decay}]
     return [g for g in groups if g["params"]]
 
 
@@ -113,8 +115,12 @@ def create_optimizer(model_or_params: nn.Module | Iterable[Any],
     spec = registry.get(text)
     if weight_decay and weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    params = param_groups(model_or_params, weight_decay, filter_bias_and_norm)
     options = dict(kwargs)
+    scale = options.get("weight_decay_scale") if spec.learned else None
+    if scale:  # GARO's multiplier of wd_t: 0 on the no-decay group, as a rate would be
+        params = param_groups(model_or_params, scale, filter_bias_and_norm, "weight_decay_scale")
+    else:
+        params = param_groups(model_or_params, weight_decay, filter_bias_and_norm)
     if lr is not None:
         options["lr"] = lr
     if weight_decay or not spec.learned:

@@ -26,6 +26,7 @@ from typing import Any
 import higher
 import higher.optim
 
+from .garo.hyper import GAROHyper
 from .garo.optimizer import GARO
 
 
@@ -61,8 +62,8 @@ class DifferentiableGARO(higher.optim.DifferentiableOptimizer):
                     continue
                 params.append(p)
                 grads.append(g)
-                lr.append(group["lr"] / self.base_lr)  # the base rate, as in GARO
-                wd.append(group["weight_decay"])
+                lr.append(group["lr"] / self.base_lr)  # lr_scale, as in GARO
+                wd.append(group["weight_decay_scale"])
                 ids.append(segment)
                 where.append((group_idx, p_idx))
         if not params:
@@ -75,8 +76,9 @@ class DifferentiableGARO(higher.optim.DifferentiableOptimizer):
                           for v, p in zip(state[key], params)]
         loss = self._loss.reshape(()) if self._loss is not None else None
         new_params, new_state = self.rule.apply(
-            params, grads, state, {"controller": self.controller, "lr": lr, "weight_decay": wd,
-                                   "segment_ids": ids}, loss=loss)
+            params, grads, state,
+            GAROHyper(self.controller, lr_scale=lr, weight_decay_scale=wd, segment_ids=ids),
+            loss=loss)
         for i, (gi, pi) in enumerate(where):
             self.param_groups[gi]["params"][pi] = new_params[i]
             for key in keys:

@@ -79,8 +79,9 @@ class OptimizerSpec:
     """One registered optimizer: ``spec(params, **options)`` builds it with ``defaults`` under
     the caller's ``options``.
 
-    ``learned`` marks optimizers whose ``weight_decay`` multiplies a learned ``wd_t`` (GARO and
-    its checkpoints) instead of being a decay rate; ``create_optimizer`` treats those apart.
+    ``learned`` marks optimizers that learn their weight decay ``wd_t`` (GARO and its
+    checkpoints): they take a multiplier, ``weight_decay_scale``, not a decay rate, and
+    ``create_optimizer`` builds their no-decay groups with it.
     """
 
     name: str

@@ -35,11 +35,13 @@ import tasks
 from metaopt.checkpoint import load_checkpoint, resolve
 from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize
 from metaopt.evaluation.tuning import tune_lr_interior
+from metaopt.hybrid.hyper import HybridHyper
 from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
 from metaopt.hybrid.policy import PolicyGate
 from metaopt.hybrid.rule import ConstantSwitch, HeuristicSwitch, HybridRule
 from metaopt.logging import WANDB_MODES, make_logger
 from metaopt.rules.adam import AdamRule
+from metaopt.rules.hyper import GDHyper, ODEHyper
 from metaopt.rules.sgd import SGDRule
 from scripts.config_checks import check_values
 from tasks.test_functions import TEST_FUNCTIONS_2D
@@ -146,8 +148,8 @@ def run_hybrid(name, x0, policy, h: HybridSettings, steps):
     rule = HybridRule(make_gd_rule(h.gd), make_ode_rule(h.ode), min_dwell=h.min_dwell,
                       window=h.window, ode_cfl=h.ode_cfl, batched=True)
     grad_fn = batched_grad_fn(name)
-    hyper = {"gd": {"lr": h.lr, "momentum": h.momentum}, "ode": {"lr": h.lr * h.ode_scale},
-             "policy": policy, "stability_lr": h.lr}
+    hyper = HybridHyper(gd=GDHyper(h.lr, h.momentum), ode=ODEHyper(h.lr * h.ode_scale),
+                        policy=policy, stability_lr=h.lr)
     params, state = [x0.clone()], rule.init([x0])
     path, evals, modes = [x0.clone()], [], []
     with torch.no_grad():
@@ -161,7 +163,7 @@ def run_hybrid(name, x0, policy, h: HybridSettings, steps):
 
 def run_baseline(name, x0, kind, lr, steps):
     rule = AdamRule() if kind == "adam" else SGDRule()
-    hyper = {"lr": lr} if kind == "adam" else {"lr": lr, "momentum": 0.9}
+    hyper = GDHyper(lr) if kind == "adam" else GDHyper(lr, momentum=0.9)
     grad_fn = batched_grad_fn(name)
     params, state, path = [x0.clone()], rule.init([x0]), [x0.clone()]
     with torch.no_grad():

@@ -155,12 +155,17 @@ def test_pretrained_by_name_or_path_equals_load_optimizer(by_path):
         assert torch.equal(a, b)
 
 
-def test_learned_optimizer_weight_decay_is_a_multiplier_with_exempt_group():
+def test_learned_optimizer_weight_decay_scale_is_a_multiplier_with_exempt_group():
     name = metaopt.list_pretrained()[0]
     default = metaopt.create_optimizer(_model(), name)
-    assert [g["weight_decay"] for g in default.param_groups] == [1.0]  # stored default kept
-    grouped = metaopt.create_optimizer(_model(), "garo", weight_decay=2.0)
-    assert [g["weight_decay"] for g in grouped.param_groups] == [0.0, 2.0]
+    assert [g["weight_decay_scale"] for g in default.param_groups] == [1.0]  # default kept
+    assert "weight_decay" not in default.param_groups[0]  # GARO has no decay rate to show
+    grouped = metaopt.create_optimizer(_model(), "garo", weight_decay_scale=2.0)
+    assert [g["weight_decay_scale"] for g in grouped.param_groups] == [0.0, 2.0]
+    with pytest.warns(DeprecationWarning, match="now called weight_decay_scale"):
+        old = metaopt.create_optimizer(_model(), "garo", weight_decay=2.0)
+    assert [g["weight_decay_scale"] for g in old.param_groups] == [0.0, 2.0]
+    assert all("weight_decay" not in g for g in old.param_groups)
 
 
 @pytest.mark.parametrize("name, defaults", [("sgd_momentum", {"momentum": 0.9}),

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import metaopt  # noqa: F401  (registers GARO with higher)
-from metaopt.garo import GARORule
+from metaopt.garo import GAROHyper, GARORule
 from metaopt.interop import DifferentiableGARO
 from metaopt.optim import GARO
 from tests.garo.helpers import awake_controller
@@ -59,8 +59,8 @@ def test_higher_meta_gradient_equals_functional_meta_gradient(direction, granula
     rule = GARORule(direction=direction)
     ps = list(layers)
     state = rule.init(ps, controller, 2 if granularity == "group" else 1)
-    hyper = {"controller": controller, "lr": [1.0, 1.0, 0.7, 0.7],
-             "segment_ids": [0, 0, 1, 1] if granularity == "group" else None}
+    hyper = GAROHyper(controller, lr_scale=[1.0, 1.0, 0.7, 0.7],
+                      segment_ids=[0, 0, 1, 1] if granularity == "group" else None)
     for _ in range(STEPS):
         ps, state = rule.step(ps, grad_fn, state, hyper)
     meta_loss_functional = loss_at(ps, xv, yv)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..rules.base import Rule
+from ..rules.hyper import ODEHyper
 from .grad_evals import GradEvalCounter
 from .non_finite import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 from .state_loading import CheckedStateLoad
@@ -83,8 +84,9 @@ class ClosureRuleOptimizer(GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
     ``step`` raises ``FloatingPointError``."""
 
     rule: Rule
-    #: group keys passed to the rule as per-tensor hyperparameters
+    #: group keys passed to the rule as per-tensor hyperparameters, fields of ``hyper_type``
     hyper_keys: tuple[str, ...] = ("lr", "weight_decay")
+    hyper_type: type = ODEHyper
 
     def __init__(self, params, defaults: dict, rule: Rule):
         check_non_negative("lr", defaults.get("lr"))
@@ -104,7 +106,8 @@ class ClosureRuleOptimizer(GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
         return {key: value[0] if isinstance(value, list) else value
                 for key, value in self.rule.init([param]).items()}
 
-    def _active_params(self) -> tuple[list[Tensor], dict[str, list]]:
+    def _active_params(self) -> tuple[list[Tensor], Any]:
+        """The parameters with a gradient and the rule's hyper, one entry per tensor."""
         params, hyper = [], {k: [] for k in self.hyper_keys}
         for group in self.param_groups:
             for p in group["params"]:
@@ -115,7 +118,7 @@ class ClosureRuleOptimizer(GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
                 params.append(p)
                 for k in self.hyper_keys:
                     hyper[k].append(group[k])
-        return params, hyper
+        return params, self.hyper_type(**hyper)
 
     def _load_rule_state(self, params: list[Tensor]) -> dict:
         """Per-tensor entries from each param's own state (fresh where it has none yet); scalar
@@ -191,7 +194,7 @@ class ClosureRuleOptimizer(GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
         self._accept_step()
         return loss
 
-    def _update(self, params: list[Tensor], hyper: dict, grad_fn: ClosureGradient) -> dict:
+    def _update(self, params: list[Tensor], hyper: Any, grad_fn: ClosureGradient) -> dict:
         """Run the pure rule and copy its result into the live parameters; returns rule state."""
         # The rule sees a snapshot of θ: grad_fn moves the live tensors to the stage points.
         grad_fn.start = torch._foreach_mul(params, 1.0)

@@ -10,7 +10,9 @@ one after the other, so a failure half-way leaves a half-loaded optimizer.
 
 1. *validate*, without touching the optimizer: the layout (``state`` / ``param_groups`` and the
    optimizer's own top-level entries, nothing else), the groups (same count and sizes, every
-   hyperparameter key of the live group present, ``lr`` / ``weight_decay`` finite and >= 0),
+   hyperparameter key of the live group present — a key the optimizer has renamed is read under
+   its old name, so state dicts saved before the rename load unchanged — ``lr`` /
+   ``weight_decay`` / ``weight_decay_scale`` finite and >= 0),
    every per-parameter entry against the parameter's *template* (the state a fresh optimizer
    would create for it: known keys only, each tensor of the template's shape and dtype kind —
    floating state may differ in precision, ``torch.optim`` casts it to the parameter's dtype),
@@ -92,12 +94,15 @@ class CheckedStateLoad:
     * ``_param_state_complete``: True when a non-empty entry must hold every template key (the
       step reads them all); False when missing keys start fresh.
     * ``_extra_state_keys``: ``{top-level key: required}`` of its own entries.
+    * ``_renamed_group_keys``: ``{old group key: current key}``: saved groups are read with the
+      old keys translated (both present is refused).
     * ``_check_extra_state(extra)`` / ``_apply_extra_state(prepared)``: validate the own entries
       (raise ``StateDictError``, touch nothing) and return what ``_apply_extra_state`` assigns.
     """
 
     _extra_state_keys: Mapping[str, bool] = {}
     _param_state_complete = False
+    _renamed_group_keys: Mapping[str, str] = {}
 
     def _param_state_template(self, param: Tensor) -> dict[str, Any]:
         return {}
@@ -130,10 +135,12 @@ class CheckedStateLoad:
             raise StateDictError(f"state_dict['param_groups']: {len(groups)} groups, this "
                                  f"optimizer has {len(self.param_groups)}")
         params_by_id: dict[Any, Tensor] = {}
+        groups = list(groups)
         for i, (saved, live) in enumerate(zip(groups, self.param_groups, strict=True)):
             where = f"state_dict['param_groups'][{i}]"
             if not isinstance(saved, Mapping) or not isinstance(saved.get("params"), list):
                 raise StateDictError(f"{where}: must be a dict with a 'params' list")
+            saved = groups[i] = self._translate_group(where, saved)
             if len(saved["params"]) != len(live["params"]):
                 raise StateDictError(f"{where}: {len(saved['params'])} parameters, this "
                                      f"optimizer's group has {len(live['params'])}")
@@ -141,7 +148,7 @@ class CheckedStateLoad:
             if absent:
                 raise StateDictError(f"{where}: missing hyperparameters {absent} (a state dict "
                                      f"of another optimizer?)")
-            for key in ("lr", "weight_decay"):
+            for key in ("lr", "weight_decay", "weight_decay_scale"):
                 if key in saved:
                     _check_hyper(f"{where}[{key!r}]", saved[key])
             params_by_id.update(zip(saved["params"], live["params"], strict=True))
@@ -166,6 +173,19 @@ class CheckedStateLoad:
         extra = {k: state_dict[k] for k in self._extra_state_keys if k in state_dict}
         base = {"state": state, "param_groups": groups}
         return base, self._check_extra_state(extra)
+
+    def _translate_group(self, where: str, saved: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``saved`` with the old names of renamed group keys replaced by the current ones."""
+        old = [k for k in self._renamed_group_keys if k in saved]
+        if not old:
+            return saved
+        saved = dict(saved)
+        for key in old:
+            new = self._renamed_group_keys[key]
+            if new in saved:
+                raise StateDictError(f"{where}: both {key!r} (the old name) and {new!r}")
+            saved[new] = saved.pop(key)
+        return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load ``state_dict`` entirely or not at all (see the module doc)."""

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from metaopt.registry import match_name
+from metaopt.rules.hyper import ODEHyper
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.tableaus import TABLEAUS
 
@@ -121,7 +122,7 @@ class BatchedOptimizer:
         h = self.hyper
         if self.name in TABLEAUS:
             rule = state.setdefault("rule", RungeKuttaRule(self.name))
-            new, _ = rule.step([x], lambda ps: _as_list(grad_fn(ps[0])), {}, h)
+            new, _ = rule.step([x], lambda ps: _as_list(grad_fn(ps[0])), {}, ODEHyper(**h))
             return new[0]
         _, g = grad_fn(x)
         state["step"] += 1

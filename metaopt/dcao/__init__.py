@@ -2,6 +2,6 @@
 estimate of the Hessian's extreme eigenvalues (``rule``) and the ``torch.optim`` adapter
 (``optimizer``). The curvature numerics it shares with the hybrid live in ``metaopt.rules``."""
 from .optimizer import DCAO
-from .rule import DCAORule, dcao_schedule
+from .rule import DCAOHyper, DCAORule, dcao_schedule
 
-__all__ = ["DCAO", "DCAORule", "dcao_schedule"]
+__all__ = ["DCAO", "DCAOHyper", "DCAORule", "dcao_schedule"]

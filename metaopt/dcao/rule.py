@@ -34,13 +34,16 @@ Everything is out of place and works on floats or tensors, so a differentiable u
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..rules.base import GradFn, Scalar, State, TensorList, per_tensor
+from ..rules.hyper import Hyper
 
 SCHEDULES = ("exponential", "edge_of_stability")
 Number = float | Tensor
@@ -108,13 +111,25 @@ def momentum_sgd(params: Sequence[Tensor], grads: Sequence[Tensor], buffers: Seq
     return new_params, new_buffers
 
 
-class DCAORule:
-    """Pure DCAO step: ``state = {"momentum_buffer": [...]}``.
+@dataclasses.dataclass(frozen=True, init=False, eq=False)
+class DCAOHyper(Hyper):
+    """DCAO's hyperparameters (``metaopt.rules.hyper``): the base values ``lr``, ``momentum``,
+    ``weight_decay`` (η₀, μ₀, λ₀: scalars or one per tensor, what the group holds, as in
+    ``torch.optim.SGD``) and the curvature of the last probe, ``spectral_radius`` and
+    ``spectral_gap`` (floats or tensors; pass them detached in a differentiable unroll)."""
 
-    ``hyper`` holds ``lr``, ``momentum``, ``weight_decay`` (base values η₀, μ₀, λ₀: scalars or one
-    per tensor) and the curvature of the last probe, ``spectral_radius`` and ``spectral_gap``
-    (floats or tensors; pass them detached in a differentiable unroll). Probing is the caller's
-    job (``curvature.probe_curvature``): it needs Hessian-vector products, not just ``grad_fn``.
+    lr: Any
+    momentum: Any = 0.0
+    weight_decay: Any = 0.0
+    spectral_radius: Any = 0.0
+    spectral_gap: Any = 0.0
+
+
+class DCAORule:
+    """Pure DCAO step: ``state = {"momentum_buffer": [...]}``; ``hyper`` a ``DCAOHyper``.
+
+    Probing is the caller's job (``curvature.probe_curvature``): it needs Hessian-vector
+    products, not just ``grad_fn``.
     """
 
     def __init__(self, alpha: float, beta: float, gamma: float, schedule: str = "exponential",
@@ -128,18 +143,19 @@ class DCAORule:
     def init(self, params: Sequence[Tensor]) -> State:
         return {"momentum_buffer": [torch.zeros_like(p) for p in params]}
 
-    def effective(self, hyper: Mapping, n: int) -> tuple[list, list, list]:
+    def effective(self, hyper: DCAOHyper, n: int) -> tuple[list, list, list]:
         """Per-tensor (η, μ, λ) after the curvature schedule."""
-        rho, gap = hyper.get("spectral_radius", 0.0), hyper.get("spectral_gap", 0.0)
+        hyper = DCAOHyper.coerce(hyper)
+        rho, gap = hyper.spectral_radius, hyper.spectral_gap
         triples = [dcao_schedule(rho, gap, eta, mu, wd, self.alpha, self.beta, self.gamma,
                                  self.schedule, self.stability_factor, self.stall_ratio)
-                   for eta, mu, wd in zip(per_tensor(hyper["lr"], n),
-                                          per_tensor(hyper.get("momentum", 0.0), n),
-                                          per_tensor(hyper.get("weight_decay", 0.0), n))]
+                   for eta, mu, wd in zip(per_tensor(hyper.lr, n),
+                                          per_tensor(hyper.momentum, n),
+                                          per_tensor(hyper.weight_decay, n))]
         return [t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples]
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping) -> tuple[TensorList, State]:
+             hyper: DCAOHyper) -> tuple[TensorList, State]:
         _, grads = grad_fn(params)
         lr, momentum, weight_decay = self.effective(hyper, len(params))
         new_params, buffers = momentum_sgd(params, grads, state["momentum_buffer"], lr,

@@ -3,7 +3,8 @@ emits ``lr_t, momentum_t, weight_decay_t`` every step.
 
 * ``features``: the controller's inputs and the recurrent state layout, defined once;
 * ``controller``: the GRU (``GAROController``) and its functional binding (``BoundController``);
-* ``rule``: the pure, differentiable step (``GARORule``) of meta-training unrolls and ``higher``;
+* ``rule``: the pure, differentiable step (``GARORule``) of meta-training unrolls and ``higher``,
+  and ``hyper``: what it reads each step (``GAROHyper``: the controller and its multipliers);
 * ``runtime`` (with ``controller_host`` and ``host_state``): the same step computed in place with
   the recurrent state on the host, the runtime optimizer's fast path, proven equal to ``rule``
   in float64;
@@ -13,9 +14,10 @@ emits ``lr_t, momentum_t, weight_decay_t`` every step.
 """
 from .controller import BoundController, ControllerOutput, GAROController, inverse_softplus
 from .features import FEATURE_SETS, NUM_SIGNAL_FEATURES, SIGNAL_FEATURES
+from .hyper import GAROHyper
 from .optimizer import GARO, GlobalAdaptiveSGD
 from .rule import GARORule
 
 __all__ = ["GARO", "GlobalAdaptiveSGD", "GAROController", "BoundController", "ControllerOutput",
-           "GARORule", "inverse_softplus", "SIGNAL_FEATURES", "NUM_SIGNAL_FEATURES",
+           "GARORule", "GAROHyper", "inverse_softplus", "SIGNAL_FEATURES", "NUM_SIGNAL_FEATURES",
            "FEATURE_SETS"]

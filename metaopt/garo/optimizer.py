@@ -33,6 +33,7 @@ from ..adapters.state_loading import (
 from ..hub_mixin import PretrainedOptimizerMixin
 from .controller import GAROController
 from .host_state import HostState
+from .hyper import GAROHyper
 from .rule import GARORule
 from .runtime import host_apply, settle
 
@@ -44,22 +45,29 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
            torch.optim.Optimizer):
     r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
 
-    For tensor ``θ_i`` in a group with base rate ``lr`` and decay multiplier ``weight_decay``
-    (direction ``"sgd"``), with ``lr₀ = controller.init_lr`` the rate of the untrained controller::
+    For tensor ``θ_i`` in a group with learning rate ``lr`` and weight-decay multiplier
+    ``weight_decay_scale`` (direction ``"sgd"``), with ``lr₀ = controller.init_lr`` the rate of
+    the untrained controller::
 
-        b_i ← mom_t·b_i + (g_i + weight_decay·wd_t·θ_i);     θ_i ← θ_i − lr·(lr_t / lr₀)·b_i
+        b_i ← mom_t·b_i + (g_i + weight_decay_scale·wd_t·θ_i);   θ_i ← θ_i − lr·(lr_t / lr₀)·b_i
 
     (``"adam"``: ``g_i`` is replaced by the RMS-normalised ``g_i/(√v̂_i + eps)`` and the decay is
-    decoupled; see ``metaopt.garo.rule``.) ``lr`` is the *base learning rate* that the controller
-    scales by ``lr_t / lr₀``: by default ``lr = lr₀``, so steps are ``lr_t`` as emitted (the
-    original behaviour); ``GARO(params, lr=1e-3)`` with an untrained controller is exactly
-    ``SGD(lr=1e-3)``; an LR scheduler scales the base rate; a group with ``lr=0`` is frozen, and
-    ``weight_decay=0`` exempts a group (e.g. biases, norms) from decay.
+    decoupled; see ``metaopt.garo.rule``.) ``lr`` is a learning rate as in ``torch.optim``: the
+    rate the untrained controller steps with, which a trained one modulates by ``lr_t / lr₀``
+    each step. By default ``lr = lr₀``, so steps are ``lr_t`` as emitted; ``GARO(params,
+    lr=1e-3)`` with an untrained controller is exactly ``SGD(lr=1e-3)``; an LR scheduler scales
+    every step through it; a group with ``lr=0`` is frozen. (With ``scale="distance"`` the step
+    is ``lr·(lr_t / lr₀)·d_t``: ``lr`` multiplies DoG's step-size estimate ``d_t``, as DoG's and
+    Prodigy's ``lr`` do.) GARO has no fixed weight decay, it learns ``wd_t``; the group's
+    ``weight_decay_scale`` multiplies it, and ``weight_decay_scale=0`` exempts a group (e.g.
+    biases, norms) from decay. ``weight_decay``, this multiplier's old name, still works as a
+    constructor keyword or group key with a ``DeprecationWarning``; a state dict saved under the
+    old key loads unchanged.
 
     Args:
         params: tensors or param-group dicts.
-        lr: base learning rate (>= 0; default: the controller's ``init_lr``).
-        weight_decay: multiplier of wd_t (>= 0).
+        lr: learning rate (>= 0; default: the controller's ``init_lr``).
+        weight_decay_scale: multiplier of the learned wd_t (>= 0, default 1).
         controller: a ``GAROController`` (default: the untrained one, which behaves like SGD with
             lr 0.01, momentum 0, weight decay 1e-8). The optimizer keeps its own copy
             (``copy.deepcopy``), moved to the parameters' device: the caller's module is never
@@ -95,25 +103,26 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
     weights (loaded into a twin first) are checked before anything changes.
     """
 
-    def __init__(self, params, lr: float | None = None, weight_decay: float = 1.0, *,
-                 controller: GAROController | None = None, direction: str = "sgd",
+    def __init__(self, params, lr: float | None = None, weight_decay_scale: float | None = None,
+                 *, controller: GAROController | None = None, direction: str = "sgd",
                  granularity: str = "global", beta2: float = 0.999, eps: float = 1e-8,
                  scale: str = "none", num_training_steps: int | None = None,
-                 max_consecutive_skips: int = 20):
+                 max_consecutive_skips: int = 20, weight_decay: float | None = None):
         controller_given = controller is not None
         # A private copy: moving or loading it must never change the caller's module or another
         # optimizer built from the same one.
         controller = GAROController() if controller is None else copy.deepcopy(controller)
         lr = controller.init_lr if lr is None else lr
+        weight_decay_scale = renamed_weight_decay(weight_decay_scale, weight_decay)
         check_non_negative("lr", lr)
-        check_non_negative("weight_decay", weight_decay)
+        check_non_negative("weight_decay_scale", weight_decay_scale)
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity: must be one of {GRANULARITIES}, got {granularity!r}")
         if not (isinstance(max_consecutive_skips, int) and max_consecutive_skips >= 1):
             raise ValueError(f"max_consecutive_skips: must be an int >= 1, "
                              f"got {max_consecutive_skips!r}")
         rule = GARORule(direction=direction, beta2=beta2, eps=eps, scale=scale)  # validates
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, weight_decay_scale=weight_decay_scale))
         self.rule, self.granularity = rule, granularity
         device = self.param_groups[0]["params"][0].device
         if device.type == "meta":  # no data to step; refused before any controller is touched
@@ -165,6 +174,12 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         return sum(len(g["params"]) for g in self.param_groups)
 
     def add_param_group(self, param_group: dict) -> None:
+        if isinstance(param_group, dict) and "weight_decay" in param_group:  # the old key
+            param_group = dict(param_group)
+            param_group["weight_decay_scale"] = renamed_weight_decay(
+                param_group.get("weight_decay_scale"), param_group.pop("weight_decay"), "group")
+        if isinstance(param_group, dict) and "weight_decay_scale" in param_group:
+            check_non_negative("weight_decay_scale", param_group["weight_decay_scale"])
         super().add_param_group(param_group)
         if hasattr(self, "_host"):  # a late group gets fresh recurrent rows of its own
             missing = self._num_segments() - self._host.num_segments
@@ -205,7 +220,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         per_group, per_tensor = self.granularity == "group", self.granularity == "tensor"
         base_lr, tensor_index = self.base_lr, 0
         for group_index, group in enumerate(self.param_groups):
-            group_lr, group_wd = group["lr"] / base_lr, group["weight_decay"]
+            group_lr, group_wd = group["lr"] / base_lr, group["weight_decay_scale"]
             for p in group["params"]:
                 grad = p.grad
                 if grad is not None:
@@ -247,7 +262,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         buffers = {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
         new_state = host_apply(
             self.rule, params, grads, buffers, self._host,
-            {"controller": self.controller, "lr": lr, "weight_decay": wd, "segment_ids": ids},
+            GAROHyper(self.controller, lr_scale=lr, weight_decay_scale=wd, segment_ids=ids),
             loss=loss_value)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self._refuse_step("gradient, loss or controller output")  # (the shared policy)
@@ -276,6 +291,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
 
     # validate-then-apply load_state_dict (CheckedStateLoad): every buffer of a non-empty entry
     _extra_state_keys = {"garo": True}
+    _renamed_group_keys = {"weight_decay": "weight_decay_scale"}  # state dicts saved before
     _param_state_complete = True
 
     def _param_state_template(self, param: Tensor) -> dict[str, Any]:
@@ -326,6 +342,21 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                 "max_consecutive_skips": self.max_consecutive_skips,
                 "num_training_steps": self.num_training_steps,
                 "_hyperparam_hooks": self._hyperparam_hooks}
+
+
+def renamed_weight_decay(weight_decay_scale: float | None, weight_decay: float | None,
+                         where: str = "keyword") -> float:
+    """``weight_decay_scale``, or the value passed under its old name ``weight_decay`` (with a
+    DeprecationWarning: GARO's weight decay is learned, the number only multiplies it)."""
+    if weight_decay is None:
+        return 1.0 if weight_decay_scale is None else weight_decay_scale
+    if weight_decay_scale is not None:
+        raise ValueError("weight_decay: GARO's old name of weight_decay_scale; pass "
+                         "weight_decay_scale only")
+    warnings.warn(f"GARO: the {where} weight_decay is deprecated: it multiplies the learned "
+                  f"wd_t and is now called weight_decay_scale", DeprecationWarning,
+                  stacklevel=_caller_level())
+    return weight_decay
 
 
 def _caller_level() -> int:

@@ -14,8 +14,8 @@ only for GARO's original global controller; one per group or tensor for the laye
    loss ``c·L`` (any ``c > 0``) gives the same inputs; it also reads the training progress
    ``[min(t/T, 1), 1]`` when the run's horizon ``T`` is known (``[0, 0]`` otherwise);
 2. ``lr_t, mom_t, wd_t, h_t = controller(features, h_{t-1})`` (one value per segment);
-3. with ``a_i = lr_i·lr_t`` (``lr_i`` the group's lr multiplier), ``μ = mom_t`` and
-   ``λ_i = wd_i·wd_t`` (``wd_i`` the group's weight-decay multiplier):
+3. with ``a_i = lr_i·lr_t`` (``lr_i`` the tensor's ``lr_scale``), ``μ = mom_t`` and
+   ``λ_i = wd_i·wd_t`` (``wd_i`` its ``weight_decay_scale``; ``metaopt.garo.hyper``):
 
    * ``direction="sgd"`` (momentum SGD, coupled L2 decay as in ``torch.optim.SGD``)::
 
@@ -72,9 +72,8 @@ approximation of Andrychowicz et al. (2016) that avoids second derivatives of th
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,6 +94,7 @@ from .features import (
     symlog,
     validity,
 )
+from .hyper import GAROHyper
 
 DIRECTIONS = ("sgd", "adam")
 #: ``"none"``: lr_t is the step size (the seed); ``"distance"``: lr_t multiplies DoG's d_t;
@@ -159,10 +159,10 @@ class GARORule:
             DoG's online estimate d_t) or ``"prodigy"`` (lr_t multiplies Prodigy's d_t; adam
             direction); module docstring.
 
-    ``hyper`` keys for ``step``/``apply``:
+    ``hyper`` for ``step``/``apply``: a ``GAROHyper`` (``metaopt.garo.hyper``):
         ``controller`` (required): a ``GAROController`` or ``BoundController``;
-        ``lr``, ``weight_decay``: per-tensor multipliers of lr_t and wd_t (float or tensor,
-        default 1.0); ``segment_ids``: per-tensor segment index (default all 0).
+        ``lr_scale``, ``weight_decay_scale``: per-tensor multipliers of lr_t and wd_t (float or
+        tensor, default 1.0); ``segment_ids``: per-tensor segment index (default all 0).
     """
 
     direction: str = "sgd"
@@ -229,13 +229,13 @@ class GARORule:
         return state
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+             hyper: GAROHyper) -> tuple[TensorList, State]:
         """The ``Rule`` interface: evaluate ``grad_fn`` at ``params``, then ``apply``."""
         loss, grads = grad_fn(params)
         return self.apply(params, grads, state, hyper, loss=loss)
 
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-              hyper: Mapping[str, Any], loss: Tensor | None = None,
+              hyper: GAROHyper, loss: Tensor | None = None,
               grad_norms: Sequence[Tensor] | None = None) -> tuple[TensorList, State]:
         """One GARO step from given gradients (``loss`` optional; ``grad_norms`` if known).
 
@@ -293,7 +293,7 @@ class GARORule:
 
     @torch.no_grad()
     def apply_(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-               hyper: Mapping[str, Any], loss: Tensor | None = None,
+               hyper: GAROHyper, loss: Tensor | None = None,
                grad_norms: Sequence[Tensor] | None = None) -> State | None:
         """The runtime fast path: ``apply`` computed in place with fused foreach kernels.
 
@@ -319,10 +319,11 @@ class GARORule:
         n = len(params)
         if n == 0:
             raise ValueError("params: GARORule.apply needs at least one tensor")
-        controller = hyper["controller"]
+        hyper = GAROHyper.coerce(hyper)
+        controller = hyper.controller
         hidden = state["hidden"]
         num_segments = hidden.shape[0]
-        ids = list(hyper.get("segment_ids") or [0] * n)
+        ids = list(hyper.segment_ids or [0] * n)
         if len(ids) != n:
             raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
         ids_t = None if num_segments == 1 else torch.tensor(ids, device=hidden.device)
@@ -381,8 +382,8 @@ class GARORule:
             step_size = out.lr * extra["prodigy_d"]
         return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
                     step_size=step_size,
-                    lr_mult=per_tensor(hyper.get("lr", 1.0), n),
-                    wd_mult=per_tensor(hyper.get("weight_decay", 1.0), n),
+                    lr_mult=per_tensor(hyper.lr_scale, n),
+                    wd_mult=per_tensor(hyper.weight_decay_scale, n),
                     log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra,
                     eps_scale=eps_scale.detach())
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +54,7 @@ from .features import (
     validity,
 )
 from .host_state import HostState, PendingUpdateNorm, host_array
+from .hyper import GAROHyper
 
 _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
 # up to here (elements in all), the update directions of a step are kept until the next one reads
@@ -96,7 +96,7 @@ def _segment_norms(squares: Sequence[float], ids: Sequence[int], num_segments: i
 
 
 def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-                  hyper: Mapping[str, Any], loss: Tensor | None = None,
+                  hyper: GAROHyper, loss: Tensor | None = None,
                   grad_norms: Sequence[Tensor] | None = None) -> State | None:
     """``GARORule.apply_`` (see its docstring; it runs this under ``torch.no_grad``): the state
     as tensors, through ``host_apply``."""
@@ -111,7 +111,7 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
 
 def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                buffers: Mapping[str, Sequence[Tensor]], host: HostState,
-               hyper: Mapping[str, Any], loss: Tensor | float | None = None,
+               hyper: GAROHyper, loss: Tensor | float | None = None,
                grad_norms: Sequence[Tensor] | None = None) -> HostState | None:
     """One in-place GARO step with the global state on the host (``HostState``).
 
@@ -123,9 +123,10 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     n = len(params)
     if n == 0:
         raise ValueError("params: GARORule.apply needs at least one tensor")
-    controller = hyper["controller"]
+    hyper = GAROHyper.coerce(hyper)
+    controller = hyper.controller
     S = host.num_segments
-    ids = list(hyper.get("segment_ids") or [0] * n)
+    ids = list(hyper.segment_ids or [0] * n)
     if len(ids) != n:
         raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
     relative = host.ref_log_grad_norm is not None
@@ -334,8 +335,8 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
     segment, or None); returns (directions, step sizes |a_i|) for the update norms."""
     n = len(params)
     moms, wds = out.momentum, out.weight_decay
-    lr_mult = per_tensor(hyper.get("lr", 1.0), n)
-    wd_mult = per_tensor(hyper.get("weight_decay", 1.0), n)
+    lr_mult = per_tensor(hyper.lr_scale, n)
+    wd_mult = per_tensor(hyper.weight_decay_scale, n)
     buckets: dict[tuple, list[int]] = {}
     for i, s_i in enumerate(ids):
         key = (lrs[s_i] * float(lr_mult[i]), moms[s_i], wds[s_i] * float(wd_mult[i]),

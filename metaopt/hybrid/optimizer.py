@@ -33,12 +33,14 @@ from ..hub_mixin import PretrainedOptimizerMixin
 from ..registry import match_name
 from ..rules.adam import AdamRule
 from ..rules.gradient_flow import GradientFlowRule
+from ..rules.hyper import GDHyper, ODEHyper
 from ..rules.nesterov_flow import NesterovFlowRule
 from ..rules.rmsprop import RMSpropRule
 from ..rules.runge_kutta import RungeKuttaRule
 from ..rules.sgd import SGDRule
 from ..rules.step_size_control import AdaptiveRungeKuttaRule
 from ..rules.tableaus import TABLEAUS
+from .hyper import HybridHyper
 from .policy import PolicyGate, SwitchingPolicy
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
 
@@ -271,10 +273,9 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
         state = _join({**per_param, **shared})
         for module in ("gd", "ode"):  # a stateless module (fixed-step RK) has no entries
             state.setdefault(module, {})
-        hyper = {"gd": {"lr": h["lr"], "momentum": h["momentum"],
-                        "weight_decay": h["weight_decay"]},
-                 "ode": {"lr": h["ode_lr"], "weight_decay": h["weight_decay"]},
-                 "policy": self.gate, "stability_lr": float(max(h["lr"]))}
+        hyper = HybridHyper(gd=GDHyper(h["lr"], h["momentum"], h["weight_decay"]),
+                            ode=ODEHyper(h["ode_lr"], h["weight_decay"]),
+                            policy=self.gate, stability_lr=float(max(h["lr"])))
         try:
             new_params, new_state = self.rule.step(snapshot, grad_fn, state, hyper)
         except FloatingPointError:  # an ODE solve met a non-finite field: a refused step below

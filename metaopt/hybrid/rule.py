@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..rules.base import GradFn, State, TensorList, per_tensor
+from ..rules.base import GradFn, Scalar, State, TensorList, per_tensor
 from .criteria import (
     _TINY,
     CRITERIA,
@@ -69,6 +69,7 @@ from .criteria import (
     secant_curvature,
     switch_features,
 )
+from .hyper import HybridHyper
 from .stability import (
     GD_STABILITY_BOUND,
     SAFETY,
@@ -148,6 +149,11 @@ def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched
                     batched) for h, s, p in zip(lrs, scales, like)]
 
 
+def _gd_momentum(gd) -> Scalar:
+    """The GD module's momentum (0 for a rule without one, e.g. GARO, whose mom_t is learned)."""
+    return gd.get("momentum", 0.0) if isinstance(gd, Mapping) else getattr(gd, "momentum", 0.0)
+
+
 def _finite(tensors: Sequence[Tensor], batched: bool) -> Tensor:
     """Every entry finite: a bool, per run ``(R,)`` when batched."""
     with torch.no_grad():
@@ -185,10 +191,10 @@ class HybridRule:
     ``feature_gradients`` (keep the graph from θ into the features; default False: features are
     detached, Andrychowicz et al.'s approximation, as GARO's).
 
-    hyper: ``gd`` (the GD rule's hyper), ``ode`` (``lr`` = h and ``weight_decay``), ``policy``
-    (``.gate(features) -> p`` and ``.hard``), ``stability_lr`` (the lr of the stability feature),
-    optional ``gd_rule`` (a GD rule bound per step, e.g. GARO with controller weights) and
-    ``generator`` (Lanczos start vectors).
+    hyper: a ``HybridHyper`` (``metaopt.hybrid.hyper``): ``gd`` (the GD rule's hyper), ``ode``
+    (``lr`` = h and ``weight_decay``), ``policy`` (``.gate(features) -> p`` and ``.hard``),
+    ``stability_lr`` (the lr of the stability feature), optional ``gd_rule`` (a GD rule bound per
+    step, e.g. GARO with controller weights) and ``generator`` (Lanczos start vectors).
     """
 
     gd: Any
@@ -250,12 +256,12 @@ class HybridRule:
             elif state["step"] % self.probe_every == 0:
                 counted = _Counted(grad_fn, None, None)
                 kappa = lanczos_curvature(counted, params, grads, self.probe_iters,
-                                          hyper.get("generator") or torch.Generator()
+                                          hyper.generator or torch.Generator()
                                           .manual_seed(state["step"]))
                 probes = counted.count
             else:
                 kappa = state["curvature"]
-            lr = hyper.get("stability_lr", 0.0)
+            lr = hyper.stability_lr
             lr = lr.detach() if isinstance(lr, Tensor) else lr
             stability = torch.log(kappa * lr + _TINY)
             losses = state["losses"]
@@ -272,11 +278,12 @@ class HybridRule:
                        "prev_grads": grads, "probes": probes}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+             hyper: HybridHyper) -> tuple[TensorList, State]:
+        hyper = HybridHyper.coerce(hyper)
         params = params if isinstance(params, list) else list(params)  # keep identity: the
         loss, grads = grad_fn(params)  # runtime's grad_fn recognises θ and returns its cache
         feats, memory = self.features(params, grads, loss, state, hyper, grad_fn)
-        policy = hyper["policy"]
+        policy = hyper.policy
         hard = bool(policy.hard)
         gate = policy.gate(feats)
         probability = gate.detach() if isinstance(gate, Tensor) else torch.as_tensor(gate)
@@ -287,8 +294,8 @@ class HybridRule:
         elif getattr(policy, "straight_through", False):  # hard forward, gradient through p
             gate = (gate.detach() > 0.5).to(gate.dtype) + gate - gate.detach()
         gate = locked * state["mode"] + (1 - locked) * gate
-        gd_rule = hyper.get("gd_rule", self.gd)
-        gd_params, gd_state = gd_rule.apply(params, grads, state["gd"], hyper["gd"], loss)
+        gd_rule = self.gd if hyper.gd_rule is None else hyper.gd_rule
+        gd_params, gd_state = gd_rule.apply(params, grads, state["gd"], hyper.gd, loss)
         # κ̂ for GD: the secant along the last step, or — right after an ODE step, whose motion
         # along the flow can miss the stiff direction — the curvature along that step's
         # gradient from its first stage, whichever is larger.
@@ -297,24 +304,23 @@ class HybridRule:
         with torch.no_grad():  # η of the GD step (metaopt.hybrid.stability.gd_step_size)
             gd_lr = gd_step_size([a - p for a, p in zip(gd_params, params)],
                                  memory["prev_grad_norm"], lambda t: run_norms(t, self.batched),
-                                 hyper.get("stability_lr", 0.0),
-                                 hyper["gd"].get("momentum", 0.0))
+                                 hyper.stability_lr, _gd_momentum(hyper.gd))
         gd_params = shorten(params, gd_params,
                             cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
                             lambda s, like: _expand(s, like, self.batched))
-        ode_hyper = dict(hyper["ode"])
-        ode_lrs = per_tensor(ode_hyper["lr"], len(params))
+        ode_hyper = hyper.ode_hyper()
+        ode_lrs = per_tensor(ode_hyper.lr, len(params))
         if self.ode_cfl > 0:
             kappa = memory["curvature"]
             limit = self.ode_cfl / torch.where(kappa > 0, kappa, torch.full_like(kappa, _TINY))
             ode_lrs = [_expand(torch.minimum(torch.as_tensor(h, dtype=p.dtype, device=p.device),
                                              limit), p, self.batched)
                        for h, p in zip(ode_lrs, params)]
-            ode_hyper["lr"] = ode_lrs
+            ode_hyper = ode_hyper.replace(lr=ode_lrs)
         limit = ode_stability_limit(self.ode)
         capped = None if limit is None else _cap_lrs(ode_lrs, kappa, limit, params, self.batched)
         if capped is not None:
-            ode_lrs = ode_hyper["lr"] = capped
+            ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
         counted = _Counted(grad_fn, params, (loss, grads))
         stage_kappa = torch.zeros_like(kappa)
         branch = self.branchless or self.batched or not hard
@@ -333,7 +339,7 @@ class HybridRule:
                 capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched)
                 if capped is None:
                     break
-                ode_lrs = ode_hyper["lr"] = capped
+                ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
                 counted.stage = None
                 ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
         else:

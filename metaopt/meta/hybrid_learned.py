@@ -38,10 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from ..garo.controller import BoundController, GAROController
+from ..garo.hyper import GAROHyper
 from ..garo.rule import GARORule
+from ..hybrid.hyper import HybridHyper
 from ..hybrid.policy import PolicyGate, SwitchingPolicy
 from ..hybrid.rule import HybridRule, trace
 from ..rules.base import GradFn, State, TensorList
+from ..rules.hyper import GDHyper, ODEHyper
 
 
 def _scalar(value: Tensor) -> Tensor:
@@ -54,18 +57,20 @@ class HybridLearnedRule:
     Args:
         policy: the module whose parameters are φ.
         rule: the hybrid step (GD and ODE modules, dwell, window, curvature estimate).
-        gd_hyper: the GD module's hyperparameters (``lr``, ``momentum``, ``weight_decay``).
+        gd_hyper: the GD module's hyperparameters, a ``GDHyper`` (``lr``, ``momentum``,
+            ``weight_decay``) or a mapping of its fields.
         ode_lr: the ODE step h. relaxed: blend by the gate (BPTT) or hard decisions (ES).
         compute_cost: c of the compute charge (0: none).
     """
 
-    def __init__(self, policy: SwitchingPolicy, rule: HybridRule, gd_hyper: Mapping[str, Any],
+    def __init__(self, policy: SwitchingPolicy, rule: HybridRule,
+                 gd_hyper: GDHyper | Mapping[str, Any],
                  ode_lr: float, *, relaxed: bool = True, compute_cost: float = 0.0,
                  straight_through: bool = False):
         if not compute_cost >= 0:
             raise ValueError(f"compute_cost: must be >= 0, got {compute_cost!r}")
         self.module, self.rule = policy, rule
-        self.gd_hyper, self.ode_lr = dict(gd_hyper), float(ode_lr)
+        self.gd_hyper, self.ode_lr = GDHyper.coerce(gd_hyper), float(ode_lr)
         self.relaxed, self.compute_cost = bool(relaxed), float(compute_cost)
         self.straight_through = bool(straight_through) and self.relaxed
 
@@ -80,10 +85,10 @@ class HybridLearnedRule:
              horizon: int | None = None) -> State:
         return self.rule.init(list(params))
 
-    def _hyper(self, weights) -> dict:
-        return {"gd": self.gd_hyper, "ode": {"lr": self.ode_lr, "weight_decay":
-                                             self.gd_hyper.get("weight_decay", 0.0)},
-                "policy": self._gate(weights), "stability_lr": self.gd_hyper["lr"]}
+    def _hyper(self, weights) -> HybridHyper:
+        return HybridHyper(gd=self.gd_hyper,
+                           ode=ODEHyper(self.ode_lr, self.gd_hyper.weight_decay),
+                           policy=self._gate(weights), stability_lr=self.gd_hyper.lr)
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
@@ -102,14 +107,14 @@ class HybridLearnedRule:
 class HybridGAROLearnedRule(HybridLearnedRule):
     """Policy and GARO trained jointly: φ = {``policy.*``, ``garo.*``} (see module docstring).
 
-    ``gd_hyper`` here holds GARO's per-tensor multipliers (``lr``, ``weight_decay``, default 1);
-    the stability feature reads GARO's previous lr_t (its ``init_lr`` at the first step).
+    GARO's multipliers are 1 (``GAROHyper``'s defaults); the stability feature reads GARO's
+    previous lr_t (its ``init_lr`` at the first step).
     """
 
     def __init__(self, policy: SwitchingPolicy, controller: GAROController, garo: GARORule,
                  rule: HybridRule, ode_lr: float, *, relaxed: bool = True,
                  compute_cost: float = 0.0, straight_through: bool = False):
-        super().__init__(policy, rule, {"lr": 1.0, "weight_decay": 1.0}, ode_lr,
+        super().__init__(policy, rule, GDHyper(lr=1.0), ode_lr,
                          relaxed=relaxed, compute_cost=compute_cost,
                          straight_through=straight_through)
         self.module = nn.ModuleDict({"policy": policy, "garo": controller})
@@ -133,11 +138,12 @@ class HybridGAROLearnedRule(HybridLearnedRule):
         stability_lr = torch.where(state["gd"]["step"] > 0, previous_lr,
                                    torch.full_like(previous_lr,
                                                    self.module["garo"].init_lr))
-        hyper = {"gd": {"controller": controller}, "gd_rule": self.garo,
-                 "ode": {"lr": self.ode_lr},
-                 "policy": PolicyGate(self.module["policy"], policy, hard=not self.relaxed,
-                                      straight_through=self.straight_through),
-                 "stability_lr": stability_lr}
+        hyper = HybridHyper(gd=GAROHyper(controller), gd_rule=self.garo,
+                            ode=ODEHyper(self.ode_lr),
+                            policy=PolicyGate(self.module["policy"], policy,
+                                              hard=not self.relaxed,
+                                              straight_through=self.straight_through),
+                            stability_lr=stability_lr)
         return self.rule.step(list(params), grad_fn, state, hyper)
 
     def trace(self, state: State) -> dict[str, Tensor]:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..garo.controller import BoundController, GAROController
+from ..garo.hyper import GAROHyper
 from ..garo.rule import GARORule
 from ..rules.base import GradFn, State, TensorList
 
@@ -67,7 +68,7 @@ class GAROLearnedRule:
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
-        return self.rule.step(params, grad_fn, state, {"controller": self._bound(weights)})
+        return self.rule.step(params, grad_fn, state, GAROHyper(self._bound(weights)))
 
     def trace(self, state: State) -> dict[str, Tensor]:
         """The hyperparameters emitted by the last step: ``lr_t``, ``momentum_t``, ``wd_t``."""

@@ -6,19 +6,20 @@ PyTorch's Adam; Kingma & Ba 2015), with ``t`` the 1-based step count::
     d ← g + λ·θ;   m ← β₁m + (1−β₁)d;   v ← β₂v + (1−β₂)d²
     θ ← θ − lr · (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)
 
-``lr`` and ``weight_decay`` come from ``hyper`` (floats or tensors, per tensor or shared); the
+``lr`` and ``weight_decay`` come from ``hyper`` (a ``GDHyper``; its ``momentum`` is unused: the
+first moment's decay is β₁; floats or tensors, per tensor or shared); the
 betas and ε are constants of the rule. Pure and differentiable.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .base import GradFn, State, TensorList, per_tensor, with_weight_decay
+from .hyper import GDHyper
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ class AdamRule:
                 "exp_avg_sq": [torch.zeros_like(p) for p in params], "step": 0}
 
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-              hyper: Mapping[str, Any], loss: Tensor | None = None
+              hyper: GDHyper, loss: Tensor | None = None
               ) -> tuple[TensorList, State]:
-        n = len(params)
-        lrs = per_tensor(hyper["lr"], n)
-        d = with_weight_decay(grads, params, per_tensor(hyper.get("weight_decay", 0.0), n))
+        hyper, n = GDHyper.coerce(hyper), len(params)
+        lrs = per_tensor(hyper.lr, n)
+        d = with_weight_decay(grads, params, per_tensor(hyper.weight_decay, n))
         t = state["step"] + 1
         bc1, bc2 = 1 - self.beta1 ** t, 1 - self.beta2 ** t
         ms = [m * self.beta1 + (1 - self.beta1) * di for m, di in zip(state["exp_avg"], d)]
@@ -57,6 +58,6 @@ class AdamRule:
         return new, {**state, "exp_avg": ms, "exp_avg_sq": vs, "step": t}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+             hyper: GDHyper) -> tuple[TensorList, State]:
         loss, grads = grad_fn(params)
         return self.apply(params, grads, state, hyper, loss)

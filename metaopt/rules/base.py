@@ -7,14 +7,17 @@ A rule is pure tensor code over a list of parameter tensors::
     params, state = rule.step(params, grad_fn, state, hyper)
 
 ``grad_fn(points) -> (loss, grads)`` evaluates the objective's gradient at any point (Runge-Kutta
-stages and Hessian-vector probes need gradients away from the current iterate). ``hyper`` maps
-names to floats or tensors, so a controller can set them every step and gradients flow through
-them. A rule never mutates its inputs: the runtime optimizer calls it under ``no_grad`` and copies
-the result into the parameters; the meta path calls it with a differentiable ``grad_fn``.
+stages and Hessian-vector probes need gradients away from the current iterate). ``hyper`` is the
+rule family's typed container (``metaopt.rules.hyper``: ``GDHyper``, ``ODEHyper``, GARO's,
+DCAO's, the hybrid's), read by field; its fields hold floats or tensors, so a controller can set
+them every step and gradients flow through them (a plain mapping of the same fields is converted
+by the container's ``coerce``). A rule never mutates its inputs: the runtime optimizer calls it
+under ``no_grad`` and copies the result into the parameters; the meta path calls it with a
+differentiable ``grad_fn``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -32,7 +35,7 @@ class Rule(Protocol):
     def init(self, params: Sequence[Tensor]) -> State: ...
 
     def step(
-        self, params: Sequence[Tensor], grad_fn: GradFn, state: State, hyper: Mapping[str, Any]
+        self, params: Sequence[Tensor], grad_fn: GradFn, state: State, hyper: Any
     ) -> tuple[TensorList, State]: ...
 
 

@@ -13,17 +13,19 @@ against the size of the update, which is scale-free in the parameters' magnitude
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .base import GradFn, State, TensorList, per_tensor, with_weight_decay
+from .hyper import ODEHyper
 from .ode_common import check_method, flatten, integrate_unit_interval, per_element, unflatten
 
 
 class GradientFlowRule:
-    """hyper: ``lr`` (flow time per step, shared or per tensor), ``weight_decay``.
+    """hyper: ``ODEHyper(lr, weight_decay=0)``, ``lr`` the flow time per step (shared or per
+    tensor).
     state: ``first_step`` (solver step in units of lr, or None), ``accepted``, ``rejected``.
     ``step_size`` (fixed-grid methods) is also in units of lr: 1.0 means one solver step.
     """
@@ -37,11 +39,11 @@ class GradientFlowRule:
         return {"first_step": None, "accepted": 0, "rejected": 0}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping) -> tuple[TensorList, State]:
-        n = len(params)
-        weight_decay = per_tensor(hyper.get("weight_decay", 0.0), n)
+             hyper: ODEHyper) -> tuple[TensorList, State]:
+        hyper, n = ODEHyper.coerce(hyper), len(params)
+        weight_decay = per_tensor(hyper.weight_decay, n)
         theta, shapes = flatten(params)
-        time_scale = per_element(per_tensor(hyper["lr"], n), params)
+        time_scale = per_element(per_tensor(hyper.lr, n), params)
 
         def field(s, z):
             points = unflatten(theta + z, shapes)

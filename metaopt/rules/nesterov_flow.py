@@ -13,17 +13,18 @@ stays bit-exactly at rest.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .base import GradFn, State, TensorList, per_tensor, with_weight_decay
+from .hyper import ODEHyper
 from .ode_common import check_method, flatten, integrate_unit_interval, per_element, unflatten
 
 
 class NesterovFlowRule:
-    """hyper: ``lr`` (clock advance per step), ``weight_decay``.
+    """hyper: ``ODEHyper(lr, weight_decay=0)``, ``lr`` the clock advance per step.
     state: ``velocity`` (list like params), ``time`` (per tensor), ``first_step``, counts.
     """
 
@@ -38,10 +39,10 @@ class NesterovFlowRule:
                 "accepted": 0, "rejected": 0}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping) -> tuple[TensorList, State]:
-        n = len(params)
-        lrs = per_tensor(hyper["lr"], n)
-        weight_decay = per_tensor(hyper.get("weight_decay", 0.0), n)
+             hyper: ODEHyper) -> tuple[TensorList, State]:
+        hyper, n = ODEHyper.coerce(hyper), len(params)
+        lrs = per_tensor(hyper.lr, n)
+        weight_decay = per_tensor(hyper.weight_decay, n)
         x0, shapes = flatten(params)
         v0, _ = flatten(state["velocity"])
         clock_rate = per_element(lrs, params)

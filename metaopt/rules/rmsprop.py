@@ -5,18 +5,19 @@ Tieleman & Hinton 2012)::
 
     d ← g + λ·θ;   s ← α·s + (1−α)·d²;   b ← μ·b + d / (√s + ε);   θ ← θ − lr·b
 
-``lr``, ``momentum`` and ``weight_decay`` come from ``hyper``; α and ε are rule constants.
+``lr``, ``momentum`` and ``weight_decay`` come from ``hyper`` (a ``GDHyper``); α and ε are rule
+constants.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .base import GradFn, State, TensorList, per_tensor, with_weight_decay
+from .hyper import GDHyper
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,12 @@ class RMSpropRule:
                 "momentum_buffer": [torch.zeros_like(p) for p in params]}
 
     def apply(self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
-              hyper: Mapping[str, Any], loss: Tensor | None = None
+              hyper: GDHyper, loss: Tensor | None = None
               ) -> tuple[TensorList, State]:
-        n = len(params)
-        lrs = per_tensor(hyper["lr"], n)
-        moms = per_tensor(hyper.get("momentum", 0.0), n)
-        d = with_weight_decay(grads, params, per_tensor(hyper.get("weight_decay", 0.0), n))
+        hyper, n = GDHyper.coerce(hyper), len(params)
+        lrs = per_tensor(hyper.lr, n)
+        moms = per_tensor(hyper.momentum, n)
+        d = with_weight_decay(grads, params, per_tensor(hyper.weight_decay, n))
         sq = [s * self.alpha + (1 - self.alpha) * di * di for s, di in zip(state["square_avg"], d)]
         bufs = [b * m + di / (s.sqrt() + self.eps)
                 for b, m, di, s in zip(state["momentum_buffer"], moms, d, sq)]
@@ -50,6 +51,6 @@ class RMSpropRule:
         return new, {**state, "square_avg": sq, "momentum_buffer": bufs}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping[str, Any]) -> tuple[TensorList, State]:
+             hyper: GDHyper) -> tuple[TensorList, State]:
         loss, grads = grad_fn(params)
         return self.apply(params, grads, state, hyper, loss)

@@ -11,7 +11,7 @@ Embedded pairs also return ``error = h · Σ_i (b_i − b̂_i) k_i``, the local 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,7 @@ from .base import (
     scale_into,
     with_weight_decay,
 )
+from .hyper import ODEHyper
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -78,7 +79,7 @@ def explicit_rk_step(params: Sequence[Tensor], slope_fn: GradFn, tableau: Butche
 class RungeKuttaRule:
     """Fixed-step explicit Runge–Kutta integration of the gradient flow, one step per call.
 
-    hyper: ``lr`` (the step size h, shared or per tensor), ``weight_decay`` (optional).
+    hyper: ``ODEHyper(lr, weight_decay=0)``, ``lr`` the step size h (shared or per tensor).
     """
 
     def __init__(self, method: str = "rk4"):
@@ -88,14 +89,14 @@ class RungeKuttaRule:
         return {}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping) -> tuple[TensorList, State]:
-        n = len(params)
-        slope_fn = gradient_slope(grad_fn, per_tensor(hyper.get("weight_decay", 0.0), n))
-        result = explicit_rk_step(params, slope_fn, self.tableau, per_tensor(hyper["lr"], n))
+             hyper: ODEHyper) -> tuple[TensorList, State]:
+        hyper, n = ODEHyper.coerce(hyper), len(params)
+        slope_fn = gradient_slope(grad_fn, per_tensor(hyper.weight_decay, n))
+        result = explicit_rk_step(params, slope_fn, self.tableau, per_tensor(hyper.lr, n))
         return result.params, state
 
     def step_(self, params: list[Tensor], evaluate, first: tuple[Tensor, TensorList],
-              hyper: Mapping, workspace: tuple[TensorList, TensorList, TensorList]) -> None:
+              hyper: ODEHyper, workspace: tuple[TensorList, TensorList, TensorList]) -> None:
         """In-place twin of ``step`` for the runtime optimizer (``no_grad``; mutates ``params``).
 
         ``evaluate()`` returns (loss, grads) at wherever ``params`` currently are, grads owned by
@@ -109,9 +110,9 @@ class RungeKuttaRule:
         summed in a different order (``tests/rules/test_runge_kutta.py`` holds them equal in
         float64).
         """
-        tableau, n = self.tableau, len(params)
-        neg_h = [-h for h in per_tensor(hyper["lr"], n)]
-        weight_decay = per_tensor(hyper.get("weight_decay", 0.0), n)
+        tableau, n, hyper = self.tableau, len(params), ODEHyper.coerce(hyper)
+        neg_h = [-h for h in per_tensor(hyper.lr, n)]
+        weight_decay = per_tensor(hyper.weight_decay, n)
         theta, weighted_sum, first_grad = workspace
         torch._foreach_copy_(theta, params)
         first_grads = first[1]

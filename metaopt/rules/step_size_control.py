@@ -16,12 +16,13 @@ controller would otherwise grow the step ×10 per call until it overflows.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .base import GradFn, State, TensorList, per_tensor
+from .hyper import ODEHyper
 from .runge_kutta import explicit_rk_step, gradient_slope
 from .tableaus import get_tableau
 
@@ -56,7 +57,8 @@ def step_factor(ratio: float, order: int, safety: float, ifactor: float, dfactor
 class AdaptiveRungeKuttaRule:
     """One accepted embedded-pair step per call; rejected attempts retry with a smaller step.
 
-    hyper: ``lr`` (the unit of step size; the first step is h = lr), ``weight_decay``.
+    hyper: ``ODEHyper(lr, weight_decay=0)``, ``lr`` the unit of step size (the first step is
+    h = lr).
     state: ``step_scale`` (h / lr for the next attempt), ``accepted``, ``rejected``, ``time``.
     """
 
@@ -76,10 +78,10 @@ class AdaptiveRungeKuttaRule:
         return {"step_scale": 1.0, "accepted": 0, "rejected": 0, "time": 0.0}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
-             hyper: Mapping) -> tuple[TensorList, State]:
-        n = len(params)
-        lrs = per_tensor(hyper["lr"], n)
-        slope_fn = gradient_slope(grad_fn, per_tensor(hyper.get("weight_decay", 0.0), n))
+             hyper: ODEHyper) -> tuple[TensorList, State]:
+        hyper, n = ODEHyper.coerce(hyper), len(params)
+        lrs = per_tensor(hyper.lr, n)
+        slope_fn = gradient_slope(grad_fn, per_tensor(hyper.weight_decay, n))
         first = slope_fn(params)
         scale, rejected = state["step_scale"], state["rejected"]
         for _ in range(self.max_rejections + 1):

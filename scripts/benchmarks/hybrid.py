@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from metaopt.hybrid.hyper import HybridHyper
 from metaopt.hybrid.optimizer import HybridGDODE
 from metaopt.hybrid.policy import PolicyGate, SwitchingPolicy
 from metaopt.hybrid.rule import HeuristicSwitch, HybridRule, run_norms
+from metaopt.rules.hyper import GDHyper, ODEHyper
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
 
@@ -48,7 +50,8 @@ def run(args) -> list[dict]:
     policy = SwitchingPolicy().to(args.device)
     for label, gate in (("policy_learned", PolicyGate(policy)),
                         ("policy_heuristic", HeuristicSwitch())):
-        hyper = {"policy": gate, "stability_lr": 1e-2}
+        hyper = HybridHyper(gd=GDHyper(1e-2), ode=ODEHyper(1e-2), policy=gate,
+                            stability_lr=1e-2)
 
         def policy_step(gate=gate, hyper=hyper):
             feats, _ = rule.features(params, grads, loss, state, hyper, None)

@@ -61,7 +61,8 @@ def test_lr_is_the_base_learning_rate_a_pytorch_user_expects():
     params, loss_fn = regression()
     ours = [p.clone().requires_grad_() for p in params]
     theirs = [p.clone().requires_grad_() for p in params]
-    opt = GARO(ours, lr=1e-3, weight_decay=0.0, controller=constant_controller(0.01, 0.0, 1e-8))
+    opt = GARO(ours, lr=1e-3, weight_decay_scale=0.0,
+               controller=constant_controller(0.01, 0.0, 1e-8))
     sgd = torch.optim.SGD(theirs, lr=1e-3)
     for _ in range(5):
         opt.step(closure_over(opt, loss_fn, ours))

@@ -39,7 +39,7 @@ def test_seed_usage_snippet_verbatim():
 def test_first_step_of_untrained_optimizer_is_sgd_with_lr_001():
     params, loss_fn = regression(dtype=torch.float32)
     live = [p.clone().requires_grad_() for p in params]
-    opt = GARO(live, weight_decay=0.0)
+    opt = GARO(live, weight_decay_scale=0.0)
     loss_fn(live).backward()
     expected = [(p - 0.01 * p.grad).detach() for p in live]
     opt.step()

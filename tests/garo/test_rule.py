@@ -78,14 +78,14 @@ def test_frozen_controller_is_torch_sgd_with_momentum_and_weight_decay():
         torch.testing.assert_close(a, b.detach(), atol=1e-13, rtol=1e-12)
 
 
-def test_group_lr_is_the_base_rate_the_controller_scales():
-    # lr is the base rate: step = lr · lr_t / init_lr; a constant controller (lr_t = init_lr)
-    # therefore steps with exactly the group's lr, and the default lr is init_lr itself.
+def test_group_lr_is_the_rate_the_controller_scales():
+    # lr is the untrained controller's rate: step = lr · lr_t / init_lr; a constant controller
+    # (lr_t = init_lr) therefore steps with exactly the group's lr; the default lr is init_lr.
     params, loss_fn = regression()
     controller = constant_controller(0.02, 0.0, 1e-8)
     live = [p.clone().requires_grad_() for p in params]
     opt = GARO([{"params": live[:2], "lr": 0.06}, {"params": live[2:]}], controller=controller,
-               weight_decay=0.0)
+               weight_decay_scale=0.0)
     loss_fn(live).backward()
     grads = [p.grad.clone() for p in live]
     before = [p.detach().clone() for p in live]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaopt.garo import GARORule
+from metaopt.garo import GAROHyper, GARORule
 from metaopt.garo.runtime import fused_norms
 
 from .helpers import awake_controller, regression
@@ -42,8 +42,8 @@ def test_runtime_step_equals_functional_step_float64(features, direction, with_l
     ids, S = {"global": (None, 1), "tensor": ([0, 1, 2], 3),
               "idle segment": ([0, 0, 2], 3)}[segments]
     horizon = 15 if features == "relative" else None
-    hyper = {"controller": controller, "segment_ids": ids, "lr": [1.0, 0.5, 1.0],
-             "weight_decay": [1.0, 0.0, 3.0]}
+    hyper = GAROHyper(controller, segment_ids=ids, lr_scale=[1.0, 0.5, 1.0],
+                      weight_decay_scale=[1.0, 0.0, 3.0])
     live = [p.clone() for p in params]
     ps = [p.clone() for p in params]
     runtime = rule.init(live, controller, S, horizon=horizon)

@@ -56,9 +56,11 @@ SPECS: list[OptimizerSpec] = [
                   _negative_lr + _tolerances + [({"t0": 0.0}, "t0")]),
 ]
 
-# GARO: ``lr`` is the base rate the controller scales by lr_t / init_lr; untrained, lr=0.05 is
-# SGD with lr 0.05.
-_garo_invalid = _negative_lr + [({"direction": "nope"}, "direction"),
+# GARO: ``lr`` is the untrained controller's rate, which a trained one scales by lr_t / init_lr;
+# untrained, lr=0.05 is SGD with lr 0.05. Its weight decay is learned: weight_decay_scale
+# multiplies it.
+_garo_invalid = [({"lr": -1.0}, "lr"), ({"weight_decay_scale": -0.1}, "weight_decay_scale"),
+                 ({"direction": "nope"}, "direction"),
                                 ({"granularity": "layer"}, "granularity"),
                                 ({"beta2": 1.5}, "beta2"), ({"eps": 0.0}, "eps")]
 SPECS += [
