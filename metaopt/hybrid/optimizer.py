@@ -110,7 +110,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             ``controller`` (default the untrained one) with ``direction`` (default ``"adam"``),
             ``scale`` (default ``"distance"``: scale-free GARO), ``betas[1]`` as its β₂, ``eps``,
             ``num_training_steps``; then ``lr`` (default the controller's lr₀) and
-            ``weight_decay`` multiply GARO's lr_t/lr₀ and wd_t as in ``GARO``, and the ODE step
+            ``weight_decay`` (default 1; 0 otherwise) multiply GARO's lr_t/lr₀ and wd_t as in
+            ``GARO``, and the ODE step
             is h = ode_scale·(lr/lr₀)·a_t·ρ_t from GARO's step size a_t
             (``metaopt.hybrid.garo_module`` states the formula and what the switch reads).
         ode: a tableau (``rk4``, ``heun``, ``ralston``, ``midpoint``, ``rk4_38``, ``euler``…;
@@ -144,7 +145,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
 
     def __init__(self, params, lr: float | None = None, *, gd: str = "sgd",
                  momentum: float = 0.9,
-                 weight_decay: float = 0.0, betas=(0.9, 0.999), alpha: float = 0.99,
+                 weight_decay: float | None = None, betas=(0.9, 0.999), alpha: float = 0.99,
                  eps: float = 1e-8, ode: str = "rk4", ode_scale: float = 1.0, rtol: float = 1e-3,
                  atol: float = 1e-6, t0: float = 1.0,
                  policy: str | SwitchingPolicy = "heuristic",
@@ -163,6 +164,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         elif controller is not None:
             raise ValueError(f"controller: a GARO controller needs gd='garo', got gd={gd!r}")
         lr = (self.garo_controller.init_lr if garo else 1e-2) if lr is None else lr
+        weight_decay = (1.0 if garo else 0.0) if weight_decay is None else weight_decay
         check_non_negative("lr", lr)
         check_non_negative("weight_decay", weight_decay)
         check_non_negative("ode_scale", ode_scale)
