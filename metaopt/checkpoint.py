@@ -276,6 +276,7 @@ def describe_checkpoint(path: PathLike) -> str:
     if ckpt.training.get("description"):
         return str(ckpt.training["description"])
     config = json.loads(ckpt.metadata.get("controller_config", "{}"))
+    config = config.get("garo", config)  # a hybrid's HybridControllers: GARO's options
     options = ", ".join(f"{k}={v}" for k, v in sorted(ckpt.optimizer_config.items()))
     trained = ", ".join(f"{k} {ckpt.training[k]}" for k in ("task", "steps") if k in ckpt.training)
     return (f"{ckpt.metadata.get('optimizer_class', 'GARO')} ({options}; features "
