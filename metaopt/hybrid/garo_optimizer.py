@@ -66,6 +66,15 @@ class GAROGDSupport:
         if extra and self.garo_controller is None:
             raise ValueError(f"policy: reads GARO's state ({list(extra)}) but gd is not 'garo'")
 
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        """GARO's latest step size a_t (lr_t·d_t when scale-free), momentum_t and wd_t, as
+        ``GARO.hyperparams`` reports them; None before the first step or without GARO."""
+        state = getattr(self, "hybrid_state", {})
+        if self.garo_controller is None or "gd.step" not in state or int(state["gd.step"]) == 0:
+            return {"lr": None, "momentum": None, "weight_decay": None}
+        return {key: float(state[f"gd.{key}"][0]) for key in ("lr", "momentum", "weight_decay")}
+
     # -- persistence ---------------------------------------------------------------------------
     def _garo_state_entry(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.garo_controller.state_dict().items()}
