@@ -98,3 +98,20 @@ def test_shipped_policy_only_hybrid_general_loads_as_its_file_says():
                                                   trajectory(direct, ref_loss, 30)))
     modes = [h["mode"] for h in loaded.history]
     assert 0.0 in modes and 1.0 in modes  # the comparison crossed switches
+
+
+def test_hub_round_trip_of_both_modules(tmp_path, monkeypatch):
+    """The Hub path, offline: a stand-in snapshot_download serves a save_pretrained directory."""
+    hub = pytest.importorskip("huggingface_hub")
+    params, loss_fn = make_problem(dtype=D)
+    original = _switching(params)
+    original.garo_controller.float()
+    original.policy_module.float()
+    local = original.save_pretrained(tmp_path / "snapshot")
+    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, revision=None,
+                        allow_patterns=None: str(local))
+    twin, twin_loss = make_problem(dtype=D)
+    opt = mo.HybridGDODE.from_pretrained("owner/hybrid-garo", twin)
+    assert all(torch.equal(a, b) for a, b in zip(trajectory(original, loss_fn),
+                                                  trajectory(opt, twin_loss)))
+    assert "HybridGDODE" in (local / "README.md").read_text()
