@@ -50,7 +50,8 @@ def gd_handoff(ode_state: State, displacement: Sequence[Tensor], ode_lrs: Sequen
     if "velocity" in out:
         out["velocity"] = [_safe_div(d, h) for d, h in zip(displacement, ode_lrs)]
     if isinstance(out.get("time"), list):
-        out["time"] = [t + float(h) for t, h in zip(out["time"], ode_lrs)]
+        out["time"] = [t + float(h.detach() if isinstance(h, Tensor) else h)  # (h may carry a
+                       for t, h in zip(out["time"], ode_lrs)]             # GARO graph)
     return out
 
 
