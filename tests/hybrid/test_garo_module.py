@@ -174,3 +174,16 @@ def test_a_garo_state_is_refused_by_a_hybrid_without_garo_and_another_controller
     before = copy.deepcopy(other.state_dict())
     assert all(torch.equal(v, before["hybrid"]["garo_controller"][k])
                for k, v in other.garo_controller.state_dict().items())
+
+
+@pytest.mark.parametrize("ode", ["nesterov_flow", "heun", "dopri5"])
+def test_every_ode_module_takes_garos_step_size(ode, recwarn):
+    params, loss_fn = make_problem(dtype=D)
+    opt = mo.HybridGDODE(params, gd="garo", controller=controller(7), ode=ode,
+                         grad_threshold=0.5, min_dwell=2, criteria=("gradient",),
+                         record_trace=True)
+    initial = loss_fn().item()
+    run(opt, loss_fn, 25)
+    assert loss_fn().item() < 0.1 * initial
+    assert 1.0 in [h["mode"] for h in opt.history]
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

@@ -100,3 +100,17 @@ def test_meta_gradient_reaches_the_policy_garo_and_the_ode_step():
     for prefix in ("policy.head", "garo.head_lr", "garo.head_momentum"):
         assert any(g is not None and float(g.abs().sum()) > 0
                    for k, g in grads.items() if k.startswith(prefix)), prefix
+
+
+def test_a_flow_ode_module_unrolls_with_garos_differentiable_step_size(recwarn):
+    from metaopt.hybrid.optimizer import make_ode_rule
+    rule = HybridRule(SGDRule(), make_ode_rule("nesterov_flow"), min_dwell=2)
+    learned = HybridGAROLearnedRule(alternating_policy(), controller(5), GARORule(), rule,
+                                    relaxed=True, straight_through=True)
+    weights = learned.meta_parameters()
+    loss = segment(learned, family().sample_seed(4), steps=5)
+    grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
+    assert torch.isfinite(loss) and any(g is not None for g in grads)
+    # (metaopt.rules.ode_common reads the adaptive solver's dt with float() and warns itself)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)
+                and "/hybrid/" in w.filename]
