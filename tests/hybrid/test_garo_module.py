@@ -187,3 +187,16 @@ def test_every_ode_module_takes_garos_step_size(ode, recwarn):
     assert loss_fn().item() < 0.1 * initial
     assert 1.0 in [h["mode"] for h in opt.history]
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_garos_distance_counts_the_motion_of_ode_steps_too():
+    # scale-free GARO's δ = θ_t − θ_0 (DoG's distance) must be the displacement actually taken,
+    # ODE steps included (metaopt.hybrid.handoff.observe_motion), not the GD proposals'.
+    params, loss_fn = make_problem(dtype=D)
+    start = [p.detach().clone() for p in params]
+    opt = _switching(params)
+    run(opt, loss_fn, 6)
+    assert 1.0 in [h["mode"] for h in opt.history]
+    for p, p0 in zip(params, start):
+        torch.testing.assert_close(opt.state[p]["gd.displacement"], p.detach() - p0,
+                                   rtol=1e-12, atol=1e-14)
