@@ -9,7 +9,9 @@ its string metadata says everything needed to rebuild the runtime optimizer from
 ``format``             ``"metaopt.garo"``
 ``format_version``     ``"1"`` (files of any other version are refused)
 ``metaopt_version``    the package version that wrote it
-``controller_class``   ``"GAROController"`` or ``"SwitchingPolicy"`` (``CONTROLLER_CLASSES``)
+``controller_class``   ``"GAROController"``, ``"SwitchingPolicy"`` or ``"HybridControllers"``
+                       (``CONTROLLER_CLASSES``; the last: a hybrid's policy and its GARO GD
+                       module, both trained)
 ``optimizer_class``    ``"GARO"`` (the default when absent) or ``"HybridGDODE"``
 ``controller_config``  JSON: ``GAROController`` constructor arguments
 ``optimizer_config``   JSON: ``GARO`` options (direction, granularity, beta2, eps)
@@ -42,6 +44,7 @@ from safetensors.torch import save as _safetensors_bytes
 from .atomic import atomic_write
 from .garo.controller import GAROController
 from .hub_mixin import PretrainedCheckpointMixin
+from .hybrid.garo_module import HybridControllers
 from .hybrid.policy import SwitchingPolicy
 
 FORMAT = "metaopt.garo"
@@ -53,9 +56,13 @@ OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay_scale", "weight_decay", "
 #: GARO options stored under an older name -> the current one (read, never written)
 RENAMED_GARO_OPTIONS = {"weight_decay": "weight_decay_scale"}
 #: ``controller_class`` metadata -> module class (files without ``optimizer_class`` are GARO's)
-CONTROLLER_CLASSES = {"GAROController": GAROController, "SwitchingPolicy": SwitchingPolicy}
+CONTROLLER_CLASSES = {"GAROController": GAROController, "SwitchingPolicy": SwitchingPolicy,
+                      "HybridControllers": HybridControllers}
 #: ``optimizer_class`` metadata -> the controller class it takes
 OPTIMIZER_CLASSES = {"GARO": "GAROController", "HybridGDODE": "SwitchingPolicy"}
+#: ... and every controller class it accepts (a hybrid with a GARO GD module carries both)
+OPTIMIZER_CONTROLLERS = {"GARO": ("GAROController",),
+                         "HybridGDODE": ("SwitchingPolicy", "HybridControllers")}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 #: the largest stored base ``lr`` accepted: the runtime step is lr·lr_t/lr₀, which overflows long
 #: before lr = 1e308, and no optimizer's base rate is anywhere near 1e6
@@ -105,9 +112,9 @@ def save_checkpoint(path: PathLike, controller: torch.nn.Module,
     if bad:  # load_checkpoint would refuse the file: never write it
         raise CheckpointError(f"{path}: refusing to write a checkpoint with non-finite values in "
                               f"{bad}")
-    if OPTIMIZER_CLASSES.get(optimizer_class) != type(controller).__name__:
+    if type(controller).__name__ not in OPTIMIZER_CONTROLLERS.get(optimizer_class, ()):
         raise CheckpointError(f"{path}: optimizer_class {optimizer_class!r} does not take a "
-                              f"{type(controller).__name__} (known: {OPTIMIZER_CLASSES})")
+                              f"{type(controller).__name__} (known: {OPTIMIZER_CONTROLLERS})")
     if optimizer_class == "GARO":
         _check_optimizer_options(optimizer_config or {}, path)
     metadata = {
@@ -201,10 +208,10 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     if optimizer_class not in OPTIMIZER_CLASSES:
         raise CheckpointError(f"{path}: unknown optimizer_class {optimizer_class!r} "
                               f"(known: {sorted(OPTIMIZER_CLASSES)})")
-    if metadata.get("controller_class") != OPTIMIZER_CLASSES[optimizer_class]:
+    if metadata.get("controller_class") not in OPTIMIZER_CONTROLLERS[optimizer_class]:
         raise CheckpointError(f"{path}: unknown controller_class "
                               f"{metadata.get('controller_class')!r} for {optimizer_class}")
-    controller_cls = CONTROLLER_CLASSES[OPTIMIZER_CLASSES[optimizer_class]]
+    controller_cls = CONTROLLER_CLASSES[metadata["controller_class"]]
     config = _json_field(metadata, "controller_config", path)
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
@@ -272,6 +279,7 @@ def describe_checkpoint(path: PathLike) -> str:
     if ckpt.training.get("description"):
         return str(ckpt.training["description"])
     config = json.loads(ckpt.metadata.get("controller_config", "{}"))
+    config = config.get("garo", config)  # a hybrid's HybridControllers: GARO's options
     options = ", ".join(f"{k}={v}" for k, v in sorted(ckpt.optimizer_config.items()))
     trained = ", ".join(f"{k} {ckpt.training[k]}" for k in ("task", "steps") if k in ckpt.training)
     return (f"{ckpt.metadata.get('optimizer_class', 'GARO')} ({options}; features "
@@ -337,6 +345,7 @@ def load_optimizer(name_or_path: PathLike, params, **overrides):
     multiplier under its old name ``weight_decay`` loads as ``weight_decay_scale``.
     """
     from .garo.optimizer import GARO
+    from .hybrid.garo_optimizer import unpack_controllers
     from .hybrid.optimizer import HybridGDODE
     path = resolve(name_or_path)
     ckpt = load_checkpoint(path)
@@ -346,8 +355,8 @@ def load_optimizer(name_or_path: PathLike, params, **overrides):
         stored = {RENAMED_GARO_OPTIONS.get(k, k): v for k, v in stored.items()}
     options = {**stored, **overrides}
     try:
-        if name == "HybridGDODE":  # the learned switching policy inside a hybrid optimizer
-            return HybridGDODE(params, policy=ckpt.controller, **options)
+        if name == "HybridGDODE":  # the learned switching policy (and GARO) inside a hybrid
+            return HybridGDODE(params, **unpack_controllers(ckpt.controller), **options)
         return GARO(params, controller=ckpt.controller, **options)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build {name} with options {options} "

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from metaopt.checkpoint import save_checkpoint
+from metaopt.hybrid.garo_module import GARO_FEATURES, HybridControllers
 from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
 from metaopt.hybrid.policy import SwitchingPolicy
 from metaopt.hybrid.rule import HybridRule
@@ -31,16 +32,18 @@ def gate_kind(cfg) -> str:
 def build_learned(cfg, garo_controller, garo_rule, device, dtype):
     """The learned rule of ``controller.kind`` (``hybrid`` or ``hybrid_garo``)."""
     h = cfg.hybrid
+    joint = cfg.controller.kind == "hybrid_garo"
     policy = SwitchingPolicy(hidden_size=h.policy_hidden,
                              init_ode_probability=h.init_ode_probability,
+                             extra_features=GARO_FEATURES if joint and h.garo_features else (),
                              generator=torch.Generator().manual_seed(cfg.seed + 1)
                              ).to(device=device, dtype=dtype)
     rule = HybridRule(make_gd_rule(h.gd), make_ode_rule(h.ode), min_dwell=h.min_dwell,
                       window=h.window, ode_cfl=h.ode_cfl)
     gate = dict(relaxed=gate_kind(cfg) != "hard", compute_cost=h.compute_cost,
                 straight_through=gate_kind(cfg) == "straight_through")
-    if cfg.controller.kind == "hybrid_garo":
-        return HybridGAROLearnedRule(policy, garo_controller, garo_rule, rule, h.ode_lr, **gate)
+    if joint:
+        return HybridGAROLearnedRule(policy, garo_controller, garo_rule, rule, h.ode_scale, **gate)
     return HybridLearnedRule(policy, rule, {"lr": h.lr, "momentum": h.momentum,
                                             "weight_decay": h.weight_decay}, h.ode_lr, **gate)
 
@@ -48,6 +51,10 @@ def build_learned(cfg, garo_controller, garo_rule, device, dtype):
 def optimizer_options(cfg) -> dict:
     """``HybridGDODE`` options that reproduce the trained setting at runtime."""
     h = cfg.hybrid
+    if cfg.controller.kind == "hybrid_garo":  # GARO's step size sets both modules' (garo_module)
+        return {"gd": "garo", "direction": cfg.controller.direction,
+                "scale": cfg.controller.scale, "ode": h.ode, "ode_scale": h.ode_scale,
+                "ode_cfl": h.ode_cfl, "min_dwell": h.min_dwell, "window": h.window}
     return {"lr": h.lr, "gd": h.gd, "momentum": h.momentum, "weight_decay": h.weight_decay,
             "ode": h.ode, "ode_scale": h.ode_lr / h.lr, "ode_cfl": h.ode_cfl,
             "min_dwell": h.min_dwell, "window": h.window}
@@ -62,23 +69,26 @@ def cfg_kind(learned) -> str:
 
 
 def export(cfg, learned, path: Path, training: dict) -> Path:
-    """The trained policy as a ``HybridGDODE`` checkpoint (``metaopt.load_optimizer``).
-
-    For ``hybrid_garo`` the policy is exported with the fixed GD module of ``hybrid.*``; the
-    jointly trained GARO controller stays in the training state (``state.pt``).
-    """
-    return save_checkpoint(path, policy_module(learned), optimizer_options(cfg),
+    """The trained policy as a ``HybridGDODE`` checkpoint (``metaopt.load_optimizer``); for
+    ``hybrid_garo`` both trained modules, the policy and the GARO controller
+    (``HybridControllers``), with GARO as the GD module."""
+    module = HybridControllers.of(learned.module["policy"], learned.module["garo"]) \
+        if cfg_kind(learned) == "hybrid_garo" else learned.module
+    return save_checkpoint(path, module, optimizer_options(cfg),
                            {**training, "kind": cfg.controller.kind}, optimizer_class="HybridGDODE")
 
 
 def evaluation_factories(cfg, learned, untrained) -> dict:
     """Learned policy vs the heuristic vs GD only vs ODE only, all with the same modules."""
     options = optimizer_options(cfg)
-    untrained_policy = untrained["policy"] if cfg_kind(learned) == "hybrid_garo" else untrained
-    variants = {"hybrid_learned": {"policy": policy_module(learned)},
-                "hybrid_untrained": {"policy": untrained_policy},
-                "hybrid_heuristic": {"policy": "heuristic"},
-                "gd_only": {"policy": "gd"}, "ode_only": {"policy": "ode"}}
+    joint = cfg_kind(learned) == "hybrid_garo"
+    untrained_policy = untrained["policy"] if joint else untrained
+    trained = {"controller": learned.module["garo"]} if joint else {}  # (GARO: the GD module)
+    variants = {"hybrid_learned": {"policy": policy_module(learned), **trained},
+                "hybrid_untrained": {"policy": untrained_policy,
+                                     **({"controller": untrained["garo"]} if joint else {})},
+                "hybrid_heuristic": {"policy": "heuristic", **trained},
+                "gd_only": {"policy": "gd", **trained}, "ode_only": {"policy": "ode", **trained}}
     out = {}
     for label, extra in variants.items():
         def factory(params, extra=extra):

@@ -53,6 +53,8 @@ class HybridConfig:
     weight_decay: float = 0.0
     ode: str = "rk4"  # a fixed tableau, bosh3/dopri5, gradient_flow, nesterov_flow
     ode_lr: float = 0.05
+    ode_scale: float = 1.0  # hybrid_garo: h = ode_scale·a_t·ρ_t from GARO's step size a_t
+    garo_features: bool = True  # hybrid_garo: the policy also reads GARO's momentum and lr
     ode_cfl: float = 1.0  # ODE step capped at ode_cfl / curvature (0: off)
     min_dwell: int = 1  # hard decisions (ES / runtime): steps before the mode may change
     window: int = 10  # stagnation window
@@ -206,6 +208,7 @@ RANGES = {
     "hybrid.init_ode_probability": (0.0, 1.0, True, True),
     "hybrid.weight_decay": (0.0, math.inf, False, True),
     "hybrid.ode_cfl": (0.0, math.inf, False, True),
+    "hybrid.ode_scale": (0.0, math.inf, True, True),
     "hybrid.compute_cost": (0.0, math.inf, False, True),
 }
 POSITIVE_LISTS = ("evaluation.tuning_lrs",)  # the lr grid of tuned baselines

@@ -11,10 +11,12 @@ from ..rules.hyper import Hyper, ODEHyper
 @dataclasses.dataclass(frozen=True, init=False, eq=False)
 class HybridHyper(Hyper):
     """``gd``: the GD rule's hyper (a ``GDHyper``, or a ``GAROHyper`` with ``gd_rule`` GARO);
-    ``ode``: the ODE rule's ``ODEHyper`` (``lr`` = h, ``weight_decay``); ``policy`` (required:
-    ``.gate(features) -> p`` and ``.hard``); ``stability_lr`` (the lr of the stability feature);
-    ``gd_rule`` (a GD rule bound per step, e.g. GARO with controller weights; default the
-    ``HybridRule``'s own) and ``generator`` (Lanczos start vectors; default seeded by the step).
+    ``ode``: the ODE rule's ``ODEHyper`` (``lr`` = h or a callable ``(gd_state, ‖g_t‖) -> h``,
+    ``weight_decay``); ``policy`` (required: ``.gate(features) -> p`` and ``.hard``);
+    ``stability_lr`` (the lr of the stability feature); ``gd_rule`` (a GD rule bound per step,
+    e.g. GARO with controller weights; default the ``HybridRule``'s own); ``generator`` (Lanczos
+    start vectors; default seeded by the step); ``gd_momentum`` (the GD module's momentum for the
+    stability estimate, e.g. GARO's last mom_t; default ``gd``'s ``momentum``, 0 without one).
 
     ``gd`` and ``ode`` may also be mappings of their fields (the GD / ODE rule converts them)."""
 
@@ -24,6 +26,7 @@ class HybridHyper(Hyper):
     stability_lr: Any = 0.0
     gd_rule: Any = None
     generator: Any = None
+    gd_momentum: Any = None
 
     def ode_hyper(self) -> ODEHyper:
         """``ode`` as an ``ODEHyper``."""

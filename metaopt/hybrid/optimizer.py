@@ -30,51 +30,18 @@ from ..adapters.state_loading import (
     check_tensor_like,
 )
 from ..hub_mixin import PretrainedOptimizerMixin
-from ..registry import match_name
-from ..rules.adam import AdamRule
-from ..rules.gradient_flow import GradientFlowRule
 from ..rules.hyper import GDHyper, ODEHyper
-from ..rules.nesterov_flow import NesterovFlowRule
-from ..rules.rmsprop import RMSpropRule
-from ..rules.runge_kutta import RungeKuttaRule
-from ..rules.sgd import SGDRule
-from ..rules.step_size_control import AdaptiveRungeKuttaRule
-from ..rules.tableaus import TABLEAUS
+from .garo_optimizer import GAROGDSupport
 from .hyper import HybridHyper
+from .modules import (  # noqa: F401  (GD_METHODS, ODE_METHODS: public names kept here)
+    GD_METHODS,
+    ODE_METHODS,
+    POLICIES,
+    make_gd_rule,
+    make_ode_rule,
+)
 from .policy import PolicyGate, SwitchingPolicy
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
-
-GD_METHODS = ("sgd", "adam", "rmsprop")
-ODE_METHODS = tuple(sorted(TABLEAUS)) + ("gradient_flow", "nesterov_flow")
-POLICIES = ("heuristic", "gd", "ode")
-
-
-def make_gd_rule(gd: str, betas=(0.9, 0.999), alpha: float = 0.99, eps: float = 1e-8):
-    """The GD module by name, spelt as in the optimizer registry (``"sgd"``, ``"Adam"``, ...)."""
-    gd = match_name(gd, GD_METHODS, "gd")
-    if gd == "sgd":
-        return SGDRule()
-    if gd == "adam":
-        return AdamRule(beta1=betas[0], beta2=betas[1], eps=eps)
-    if gd == "rmsprop":
-        return RMSpropRule(alpha=alpha, eps=eps)
-    raise AssertionError(gd)  # match_name returned a name of GD_METHODS
-
-
-def make_ode_rule(ode: str, rtol: float = 1e-3, atol: float = 1e-6, t0: float = 1.0):
-    """The ODE module by name: any Butcher tableau (adaptive pairs get error control), or a
-    torchdiffeq flow (``gradient_flow`` with dopri5, ``nesterov_flow``), in any spelling the
-    optimizer registry accepts (``"RK4"``, ``"rk4"``)."""
-    ode = match_name(ode, ODE_METHODS, "ode")
-    if ode == "gradient_flow":
-        return GradientFlowRule("dopri5", rtol=rtol, atol=atol)
-    if ode == "nesterov_flow":
-        return NesterovFlowRule("dopri5", rtol=rtol, atol=atol, t0=t0)
-    if ode in TABLEAUS:
-        if TABLEAUS[ode].adaptive:
-            return AdaptiveRungeKuttaRule(ode, rtol=rtol, atol=atol)
-        return RungeKuttaRule(ode)
-    raise AssertionError(ode)  # match_name returned a name of ODE_METHODS
 
 
 def _split(state: dict) -> tuple[dict, dict]:
@@ -99,15 +66,22 @@ def _join(flat: dict) -> dict:
     return out
 
 
-class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimizerMixin,
-                  torch.optim.Optimizer):
+class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSupport,
+                  PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Chooses per step between a GD module and an ODE module (``metaopt.hybrid.rule``).
 
     Args:
-        lr: the GD step (group key). ``ode_scale`` (group key): the ODE step is h = lr·ode_scale,
-            so LR schedulers scale both modules.
+        lr: the GD step (group key; default 1e-2). ``ode_scale`` (group key): the ODE step is
+            h = lr·ode_scale, so LR schedulers scale both modules.
         gd: ``"sgd"`` (momentum), ``"adam"`` or ``"rmsprop"``; ``momentum``, ``weight_decay``
-            (group keys), ``betas``, ``alpha``, ``eps`` as in torch.optim.
+            (group keys), ``betas``, ``alpha``, ``eps`` as in torch.optim. ``"garo"``: a GARO
+            ``controller`` (default the untrained one) with ``direction`` (default ``"adam"``),
+            ``scale`` (default ``"distance"``: scale-free GARO), ``betas[1]`` as its β₂, ``eps``,
+            ``num_training_steps`` (the run's horizon, read by relative-feature controllers;
+            the other GD modules ignore it). Then ``lr`` (default the controller's lr₀) and
+            ``weight_decay`` (default 1; 0 otherwise) multiply GARO's lr_t/lr₀ and wd_t as in
+            ``GARO``, and the ODE step is h = ode_scale·(lr/lr₀)·a_t·ρ_t from GARO's step size
+            a_t (``metaopt.hybrid.garo_module`` states the formula and what the switch reads).
         ode: a tableau (``rk4``, ``heun``, ``ralston``, ``midpoint``, ``rk4_38``, ``euler``…;
             ``bosh3``/``dopri5`` with error control: ``rtol``, ``atol``), ``gradient_flow`` or
             ``nesterov_flow`` (``t0``).
@@ -137,8 +111,9 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
     raises ``FloatingPointError``.
     """
 
-    def __init__(self, params, lr: float = 1e-2, *, gd: str = "sgd", momentum: float = 0.9,
-                 weight_decay: float = 0.0, betas=(0.9, 0.999), alpha: float = 0.99,
+    def __init__(self, params, lr: float | None = None, *, gd: str = "sgd",
+                 momentum: float = 0.9,
+                 weight_decay: float | None = None, betas=(0.9, 0.999), alpha: float = 0.99,
                  eps: float = 1e-8, ode: str = "rk4", ode_scale: float = 1.0, rtol: float = 1e-3,
                  atol: float = 1e-6, t0: float = 1.0,
                  policy: str | SwitchingPolicy = "heuristic",
@@ -147,7 +122,17 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                  hysteresis: float = 2.0, min_dwell: int = 5, window: int = 10,
                  ode_cfl: float = 1.0,
                  curvature: str = "secant", probe_every: int = 10, probe_iters: int = 5,
-                 record_trace: bool = False, max_consecutive_skips: int = 20):
+                 record_trace: bool = False, max_consecutive_skips: int = 20,
+                 controller=None, direction: str = "adam", scale: str = "distance",
+                 num_training_steps: int | None = None):
+        garo = isinstance(gd, str) and gd.lower() == "garo"
+        if garo:
+            gd_rule = self._garo_module(controller, direction, scale, betas[1], eps,
+                                        num_training_steps)
+        elif controller is not None:
+            raise ValueError(f"controller: a GARO controller needs gd='garo', got gd={gd!r}")
+        lr = (self.garo_controller.init_lr if garo else 1e-2) if lr is None else lr
+        weight_decay = (1.0 if garo else 0.0) if weight_decay is None else weight_decay
         check_non_negative("lr", lr)
         check_non_negative("weight_decay", weight_decay)
         check_non_negative("ode_scale", ode_scale)
@@ -155,11 +140,12 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
             raise ValueError(f"momentum: must lie in [0, 1), got {momentum!r}")
         for name, value in (("rtol", rtol), ("atol", atol), ("t0", t0)):
             check_positive(name, value)
-        gd_rule = make_gd_rule(gd, betas, alpha, eps)
+        gd_rule = gd_rule if garo else make_gd_rule(gd, betas, alpha, eps)
         ode_rule = make_ode_rule(ode, rtol, atol, t0)
         heuristic = HeuristicSwitch(tuple(criteria), grad_threshold, curvature_threshold,
                                     stagnation_threshold, hysteresis)  # validated whatever policy
         if isinstance(policy, SwitchingPolicy):
+            self._check_policy_inputs(policy)
             self.policy_module: SwitchingPolicy | None = policy
             gate = PolicyGate(policy, hard=True)
         elif policy == "heuristic":
@@ -176,6 +162,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                                       ode_scale=ode_scale))
         self.rule, self.gate, self.policy_name = rule, gate, \
             policy if isinstance(policy, str) else "learned"
+        self._place_garo()
         self.needs_closure = policy != "gd" or curvature == "lanczos"
         self.config = dict(gd=gd, ode=ode, betas=list(betas), alpha=alpha, eps=eps, rtol=rtol,
                            atol=atol, t0=t0, criteria=list(criteria),
@@ -184,6 +171,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                            min_dwell=min_dwell, window=window, ode_cfl=ode_cfl,
                            curvature=curvature,
                            probe_every=probe_every, probe_iters=probe_iters)
+        if garo:
+            self.config.update(gd="garo", direction=direction, scale=scale)
         self.hybrid_state: dict[str, Any] = {}
         self.gradient_evaluations = 0
         self.record_trace = record_trace
@@ -224,7 +213,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
 
     # -- the step ------------------------------------------------------------------------------
     def _active(self):
-        params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr")}
+        params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr",
+                                             "ode_scale")}
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -232,7 +222,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                 if p.grad.is_sparse:
                     raise RuntimeError("HybridGDODE does not support sparse gradients")
                 params.append(p)
-                for k in ("lr", "momentum", "weight_decay"):
+                for k in ("lr", "momentum", "weight_decay", "ode_scale"):
                     hyper[k].append(group[k])
                 hyper["ode_lr"].append(group["lr"] * group["ode_scale"])
         return params, hyper
@@ -273,9 +263,10 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
         state = _join({**per_param, **shared})
         for module in ("gd", "ode"):  # a stateless module (fixed-step RK) has no entries
             state.setdefault(module, {})
-        hyper = HybridHyper(gd=GDHyper(h["lr"], h["momentum"], h["weight_decay"]),
-                            ode=ODEHyper(h["ode_lr"], h["weight_decay"]),
-                            policy=self.gate, stability_lr=float(max(h["lr"])))
+        hyper = self._garo_step_hyper(state, snapshot, h) if self.garo_controller is not None \
+            else HybridHyper(gd=GDHyper(h["lr"], h["momentum"], h["weight_decay"]),
+                             ode=ODEHyper(h["ode_lr"], h["weight_decay"]),
+                             policy=self.gate, stability_lr=float(max(h["lr"])))
         try:
             new_params, new_state = self.rule.step(snapshot, grad_fn, state, hyper)
         except FloatingPointError:  # an ODE solve met a non-finite field: a refused step below
@@ -312,6 +303,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
         if self.policy_module is not None:
             out["hybrid"]["policy"] = {k: v.clone()
                                        for k, v in self.policy_module.state_dict().items()}
+        if self.garo_controller is not None:
+            out["hybrid"]["garo_controller"] = self._garo_state_entry()
         return out
 
     # validate-then-apply load_state_dict (CheckedStateLoad)
@@ -356,15 +349,18 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                 raise StateDictError(f"{where}['policy']: does not fit this optimizer's policy "
                                      f"({type(error).__name__}: {first})") from None
             policy = twin.state_dict()
-        return state, evaluations, policy
+        return state, evaluations, policy, self._check_garo_weights(hybrid, where)
 
     def _apply_extra_state(self, prepared) -> None:
-        self.hybrid_state, self.gradient_evaluations, policy = prepared
+        self.hybrid_state, self.gradient_evaluations, policy, garo = prepared
         if policy is not None:
             self.policy_module.load_state_dict(policy)
+        if garo is not None:
+            self.garo_controller.load_state_dict(garo)
 
     def __getstate__(self):
         return {**super().__getstate__(), **{k: getattr(self, k) for k in (
-            "rule", "gate", "policy_name", "policy_module", "needs_closure", "config",
+            "rule", "gate", "policy_name", "policy_module", "garo_controller", "needs_closure",
+            "config",
             "hybrid_state", "gradient_evaluations", "record_trace", "history",
             "skipped_steps", "consecutive_skips", "max_consecutive_skips")}}

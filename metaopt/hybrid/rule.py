@@ -26,7 +26,10 @@ Every step evaluates ``(L_t, g_t)`` at θ_t once, then
 
    After a GD step the ODE's velocity (Nesterov flow) is handed the motion actually taken,
    V = (θ_{t+1} − θ_t)/h, and its clock advances by the ODE step h, so an ODE step after a switch
-   continues the trajectory with its inertia; adaptive step sizes carry over unchanged.
+   continues the trajectory with its inertia; adaptive step sizes carry over unchanged. A
+   displacement the GD module accumulates (scale-free GARO's δ) is the motion actually taken
+   (``metaopt.hybrid.handoff``). The ODE step h may be derived from the GD module's step size
+   after it observed the step (GARO's a_t; ``metaopt.hybrid.garo_module``).
 4. **stability guard** (``metaopt.hybrid.stability``; no policy can turn it off): a GD step
    with η·κ̂ > c_GD = 1.9 (η = max(lr, (1 − μ)‖Δθ_gd‖/‖g‖), exactly lr for plain SGD), or a
    fixed-step Runge–Kutta step with h·κ̂ > c = 0.95·β (β the tableau's real stability-interval
@@ -69,6 +72,7 @@ from .criteria import (
     secant_curvature,
     switch_features,
 )
+from .handoff import _expand, blend, gd_handoff, observe_motion
 from .hyper import HybridHyper
 from .stability import (
     GD_STABILITY_BOUND,
@@ -83,37 +87,6 @@ from .stability import (
 __all__ = ["CRITERIA", "FEATURES", "NUM_FEATURES", "ConstantSwitch", "HeuristicSwitch",
            "HybridRule", "blend", "difference_norm", "gd_handoff", "lanczos_curvature",
            "relative_progress", "run_norms", "secant_curvature", "switch_features", "trace"]
-
-
-def _expand(scalar: Tensor, like: Tensor, batched: bool) -> Tensor:
-    return scalar.reshape(-1, *([1] * (like.dim() - 1))) if batched else scalar
-
-
-def blend(gd: Sequence[Tensor], ode: Sequence[Tensor], gate: Tensor, hard: bool,
-          batched: bool = False) -> TensorList:
-    """θ_gd + p·(θ_ode − θ_gd); with a hard gate, an exact selection."""
-    out = []
-    for a, b in zip(gd, ode):
-        p = _expand(gate, a, batched).to(a.dtype)
-        out.append(torch.where(p > 0.5, b, a) if hard else a + p * (b - a))
-    return out
-
-
-def _safe_div(d: Tensor, h) -> Tensor:
-    """d / h, and 0 where h == 0 (a frozen group has no velocity)."""
-    if isinstance(h, Tensor):
-        return torch.where(h > 0, d / torch.where(h > 0, h, torch.ones_like(h)), d * 0)
-    return d / h if h != 0 else d * 0
-
-
-def gd_handoff(ode_state: State, displacement: Sequence[Tensor], ode_lrs: Sequence) -> State:
-    """The ODE module's state after a GD step: velocity = Δθ/h, clock + h (module docstring)."""
-    out = dict(ode_state)
-    if "velocity" in out:
-        out["velocity"] = [_safe_div(d, h) for d, h in zip(displacement, ode_lrs)]
-    if isinstance(out.get("time"), list):
-        out["time"] = [t + float(h) for t, h in zip(out["time"], ode_lrs)]
-    return out
 
 
 class _Counted:
@@ -149,8 +122,12 @@ def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched
                     batched) for h, s, p in zip(lrs, scales, like)]
 
 
-def _gd_momentum(gd) -> Scalar:
-    """The GD module's momentum (0 for a rule without one, e.g. GARO, whose mom_t is learned)."""
+def _gd_momentum(hyper) -> Scalar:
+    """The GD module's momentum: ``hyper.gd_momentum`` if given (GARO's last mom_t), else its
+    hyper's ``momentum`` (0 for a rule without one)."""
+    if hyper.gd_momentum is not None:
+        return hyper.gd_momentum
+    gd = hyper.gd
     return gd.get("momentum", 0.0) if isinstance(gd, Mapping) else getattr(gd, "momentum", 0.0)
 
 
@@ -192,8 +169,10 @@ class HybridRule:
     detached, Andrychowicz et al.'s approximation, as GARO's).
 
     hyper: a ``HybridHyper`` (``metaopt.hybrid.hyper``): ``gd`` (the GD rule's hyper), ``ode``
-    (``lr`` = h and ``weight_decay``), ``policy`` (``.gate(features) -> p`` and ``.hard``),
-    ``stability_lr`` (the lr of the stability feature), optional ``gd_rule`` (a GD rule bound per
+    (``lr`` = h, or a callable ``(gd_state, ‖g_t‖) -> h`` read after the GD module observed the
+    step, and ``weight_decay``), ``policy`` (``.gate(features) -> p`` and ``.hard``),
+    ``stability_lr`` (the lr of the stability feature), optional ``gd_momentum`` (the GD module's
+    momentum for the stability estimate, default its hyper's), ``gd_rule`` (a GD rule bound per
     step, e.g. GARO with controller weights) and ``generator`` (Lanczos start vectors).
     """
 
@@ -304,11 +283,14 @@ class HybridRule:
         with torch.no_grad():  # η of the GD step (metaopt.hybrid.stability.gd_step_size)
             gd_lr = gd_step_size([a - p for a, p in zip(gd_params, params)],
                                  memory["prev_grad_norm"], lambda t: run_norms(t, self.batched),
-                                 hyper.stability_lr, _gd_momentum(hyper.gd))
+                                 hyper.stability_lr, _gd_momentum(hyper))
+        proposed = gd_params  # (the GD module's own, before the guard: observe_motion)
         gd_params = shorten(params, gd_params,
                             cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
                             lambda s, like: _expand(s, like, self.batched))
         ode_hyper = hyper.ode_hyper()
+        if callable(ode_hyper.lr):  # h from the GD module's scale (metaopt.hybrid.garo_module)
+            ode_hyper = ode_hyper.replace(lr=ode_hyper.lr(gd_state, memory["prev_grad_norm"]))
         ode_lrs = per_tensor(ode_hyper.lr, len(params))
         if self.ode_cfl > 0:
             kappa = memory["curvature"]
@@ -357,6 +339,7 @@ class HybridRule:
             new_params = gd_params
             ode_state = gd_handoff(state["ode"], [a - p for a, p in zip(gd_params, params)],
                                    ode_lrs)
+        gd_state = observe_motion(gd_state, proposed, new_params)
         ok = _finite(list(new_params) + list(grads)
                      + ([] if loss is None else [loss.reshape(-1) if not self.batched
                                                  else loss.reshape(loss.shape[0], -1)]),

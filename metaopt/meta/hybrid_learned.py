@@ -7,8 +7,9 @@ Both rules run ``metaopt.hybrid.rule.HybridRule``, the same code as ``HybridGDOD
 * ``HybridLearnedRule``: φ = the ``SwitchingPolicy`` weights; the GD module (SGD/Adam/RMSprop)
   has fixed hyperparameters.
 * ``HybridGAROLearnedRule``: φ = policy + GARO controller (``module`` is a ``ModuleDict`` with
-  ``policy`` and ``garo``): GARO sets the GD module's lr/momentum/wd every step, the policy picks
-  the mode. GARO is imported and composed (``GARORule.apply`` is the GD module), never edited.
+  ``policy`` and ``garo``): GARO is the GD module and sets the ODE step from its own step size,
+  the policy picks the mode (reading GARO's state); the same math as ``HybridGDODE(gd="garo")``
+  (``metaopt.hybrid.garo_module``), exported as one checkpoint with both modules.
 
 **Relaxation** (``relaxed=True``, for truncated BPTT): the unroll blends the two updates by the
 gate, θ ← θ_gd + p·(θ_ode − θ_gd), so ∂meta-loss/∂φ exists; both modules run every step.
@@ -24,22 +25,23 @@ trajectories, so its own validation, −0.61, overstates it), straight-through B
 (5.8 s/step), ES with 4 antithetic pairs 0.716 (15.2 s/step). Straight-through BPTT is the
 default: the best deployed result at the lowest cost.
 
-**Compute charge** (``compute_cost`` = c ≥ 0): ``segment_penalty`` adds
-c·(gradient evaluations per inner step − 1) to the segment's meta-loss (``unroll_segment`` calls
-it), with the relaxed gate's *expected* evaluations 1 + p·(ODE stages − 1), so the policy learns
-when an ODE step pays for its extra stages.
+**Compute charge** (``compute_cost`` = c ≥ 0), in gradient evaluations (an RK4 step is
+four: θ's gradient and three more stages; the guard's re-taken steps count theirs):
+``segment_penalty`` adds c·(gradient evaluations per inner step − 1) to the segment's
+meta-loss (``unroll_segment`` calls it), with the relaxed gate's *expected* evaluations
+1 + p·(ODE stages − 1), so the policy learns when an ODE step pays for its extra stages.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..garo.controller import BoundController, GAROController
-from ..garo.hyper import GAROHyper
 from ..garo.rule import GARORule
+from ..hybrid.garo_module import GAROModule, garo_hyper
 from ..hybrid.hyper import HybridHyper
 from ..hybrid.policy import PolicyGate, SwitchingPolicy
 from ..hybrid.rule import HybridRule, trace
@@ -107,18 +109,24 @@ class HybridLearnedRule:
 class HybridGAROLearnedRule(HybridLearnedRule):
     """Policy and GARO trained jointly: φ = {``policy.*``, ``garo.*``} (see module docstring).
 
-    GARO's multipliers are 1 (``GAROHyper``'s defaults); the stability feature reads GARO's
-    previous lr_t (its ``init_lr`` at the first step).
+    GARO is the GD module (``metaopt.hybrid.garo_module.GAROModule``) and each step's hyper is
+    ``garo_hyper`` — the function ``HybridGDODE(gd="garo")`` calls at runtime — so the unroll
+    runs the runtime's math: the ODE step h_t = ode_scale·a_t·ρ_t from GARO's step size a_t,
+    the stability feature from GARO's last step, and, for a policy built with
+    ``extra_features=GARO_FEATURES``, GARO's μ_{t−1} and log lr multiplier as inputs.
+    ``rule``'s GD module is replaced by GARO (its ODE module, dwell, window are kept).
     """
 
     def __init__(self, policy: SwitchingPolicy, controller: GAROController, garo: GARORule,
-                 rule: HybridRule, ode_lr: float, *, relaxed: bool = True,
+                 rule: HybridRule, ode_scale: float = 1.0, *, relaxed: bool = True,
                  compute_cost: float = 0.0, straight_through: bool = False):
-        super().__init__(policy, rule, GDHyper(lr=1.0), ode_lr,
-                         relaxed=relaxed, compute_cost=compute_cost,
-                         straight_through=straight_through)
+        if not (isinstance(ode_scale, (int, float)) and ode_scale > 0):
+            raise ValueError(f"ode_scale: must be a number > 0, got {ode_scale!r}")
+        super().__init__(policy, dataclasses.replace(rule, gd=GAROModule(garo, controller)),
+                         GDHyper(lr=1.0, weight_decay=1.0), ode_scale, relaxed=relaxed,
+                         compute_cost=compute_cost, straight_through=straight_through)
         self.module = nn.ModuleDict({"policy": policy, "garo": controller})
-        self.garo = garo
+        self.garo, self.ode_scale = garo, float(ode_scale)
 
     def _split(self, weights: Mapping[str, Tensor]) -> tuple[dict, BoundController]:
         policy = {k[len("policy."):]: v for k, v in weights.items() if k.startswith("policy.")}
@@ -129,22 +137,19 @@ class HybridGAROLearnedRule(HybridLearnedRule):
              horizon: int | None = None) -> State:
         _, controller = self._split(weights)
         params = list(params)
-        return self.rule.init(params, gd_state=self.garo.init(params, controller))
+        return self.rule.init(params, gd_state=GAROModule(self.garo, controller, horizon)
+                              .init(params))
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
         policy, controller = self._split(weights)
-        previous_lr = state["gd"]["lr"][0].detach()
-        stability_lr = torch.where(state["gd"]["step"] > 0, previous_lr,
-                                   torch.full_like(previous_lr,
-                                                   self.module["garo"].init_lr))
-        hyper = HybridHyper(gd=GAROHyper(controller), gd_rule=self.garo,
-                            ode=ODEHyper(self.ode_lr),
-                            policy=PolicyGate(self.module["policy"], policy,
-                                              hard=not self.relaxed,
-                                              straight_through=self.straight_through),
-                            stability_lr=stability_lr)
-        return self.rule.step(list(params), grad_fn, state, hyper)
+        params = list(params)
+        gate = PolicyGate(self.module["policy"], policy, hard=not self.relaxed,
+                          straight_through=self.straight_through)
+        hyper = garo_hyper(self.rule.gd, state, controller, gate,
+                           sum(p.numel() for p in params), ode_scale=self.ode_scale,
+                           extra_features=self.module["policy"].extra_features)
+        return self.rule.step(params, grad_fn, state, hyper)
 
     def trace(self, state: State) -> dict[str, Tensor]:
         out = super().trace(state)

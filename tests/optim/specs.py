@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import metaopt.optim as mo
+from metaopt.garo import GAROController
 
 
 @dataclass
@@ -107,4 +108,12 @@ SPECS += [
                   _hybrid_invalid),
     OptimizerSpec("HybridGDODE-gd-only", mo.HybridGDODE, {"lr": 0.01, "policy": "gd"},
                   _hybrid_invalid, needs_closure=False),
+    # the GD module a scale-free GARO controller, the ODE step from its step size
+    OptimizerSpec("HybridGDODE-garo", mo.HybridGDODE,
+                  {**HYBRID_SWITCHING, "gd": "garo", "lr": 1.0,
+                   "controller": GAROController(hidden_size=8, init_lr=1.0, init_momentum=0.5,
+                                                features="relative")},
+                  _hybrid_invalid + [({"direction": "nope"}, "direction"),
+                                     ({"scale": "nope"}, "scale")],
+                  steps=20),  # (DoG's estimate starts at 1e-4 of the parameters' scale)
 ]
