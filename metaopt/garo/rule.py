@@ -85,61 +85,27 @@ from .features import (
     TENSOR_OPS,
     TINY,
     TINY_LOSS,
-    distance_floor,
     distance_step_size,
     prodigy_beta,
-    prodigy_estimate,
     progress,
     signal_row,
     symlog,
     validity,
 )
 from .hyper import GAROHyper
+from .scale import (
+    distance_max,
+    prodigy_d,
+    prodigy_numerator,
+    safe_sqrt,
+    segment_norms,
+    tensor_norms,
+)
 
 DIRECTIONS = ("sgd", "adam")
 #: ``"none"``: lr_t is the step size (the seed); ``"distance"``: lr_t multiplies DoG's d_t;
 #: ``"prodigy"``: lr_t multiplies Prodigy's d_t
 SCALES = tuple(SCALE_KEYS)
-
-
-def safe_sqrt(x: Tensor) -> Tensor:
-    """√x for x ≥ 0 whose derivative at 0 is 0 instead of ∞ (the double-``where`` trick)."""
-    positive = x > 0
-    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(),
-                       torch.zeros_like(x))
-
-
-def tensor_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Per-tensor 2-norms: one fused foreach kernel when no graph is needed, else plain ops.
-
-    (``torch._foreach_norm`` has no double-backward, so the differentiable path takes the loop.)
-    """
-    if not tensors:
-        return []
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return [torch.linalg.vector_norm(t) for t in tensors]
-    # A BLAS dot is a plain streaming read, ~2x faster on CPU than the norm kernel (measured by
-    # scripts/benchmarks/garo.py); norms past ~1e19 overflow to inf, which apply_ treats as a
-    # non-finite step.
-    return [torch.dot(t.reshape(-1), t.reshape(-1)).sqrt() for t in tensors]
-
-
-def segment_norms(norms: Sequence[Tensor], segment_ids: Tensor | None,
-                  num_segments: int) -> Tensor:
-    """(S,) 2-norms of each segment from per-tensor norms: sqrt(Σ_{i∈s} ‖x_i‖²)."""
-    if num_segments == 1:
-        return torch.linalg.vector_norm(torch.stack(list(norms))).reshape(1)
-    squares = torch.stack(list(norms)).square()
-    total = squares.new_zeros(num_segments).index_add(0, segment_ids, squares)
-    return total.sqrt()
-
-
-def _root_numel(params, ids_t, num_segments: int, dtype, device) -> Tensor:
-    """(S,) √n_s: the square root of each segment's number of elements."""
-    sizes = torch.tensor([float(p.numel()) for p in params], dtype=dtype, device=device)
-    numel = sizes.sum().reshape(1) if num_segments == 1 else \
-        sizes.new_zeros(num_segments).index_add(0, ids_t, sizes)
-    return numel.clamp_min(1).sqrt()
 
 
 def _relative(controller) -> bool:
@@ -269,22 +235,19 @@ class GARORule:
                 direction = torch.addcmul(buf, p, wd_i)
             new_state["momentum_buffer"].append(buf)
             new_params.append(torch.addcmul(p, direction, lr_i, value=-1))
+            if self.scale == "prodigy":  # λ_i = a_i·d_t (scale.prodigy_numerator)
+                weight = lr_i * pick(ctx["extra"]["prodigy_d"], i)
+                contributions.append(-weight * (g * state["displacement"][i]).sum())
+                new_state["prodigy_sum"].append(
+                    torch.add(state["prodigy_sum"][i] * beta3, g * weight))
             if self.scale != "none":
-                if self.scale == "prodigy":  # λ_i = a_i·d_t; ⟨g, θ_0 − θ⟩ = −⟨g, δ⟩ before the step
-                    weight = lr_i * pick(ctx["extra"]["prodigy_d"], i)
-                    contributions.append(-weight * (g * state["displacement"][i]).sum())
-                    new_state["prodigy_sum"].append(
-                        torch.add(state["prodigy_sum"][i] * beta3, g * weight))
                 new_state["displacement"].append(
                     torch.addcmul(state["displacement"][i], direction, lr_i, value=-1))
             directions.append(direction)
             step_sizes.append(lr_i.abs())
-        if self.scale == "prodigy":  # r_t = β₃ r_{t−1} + Σ_i λ_i ⟨g_i, θ_0 − θ_i⟩, per segment
-            dtype = state["hidden"].dtype
-            total = torch.stack(contributions).to(dtype)
-            total = total.sum().reshape(1) if ctx["ids_t"] is None else \
-                total.new_zeros(len(state["prodigy_d"])).index_add(0, ctx["ids_t"], total)
-            ctx["extra"]["prodigy_numerator"] = state["prodigy_numerator"] * beta3 + total
+        if self.scale == "prodigy":
+            ctx["extra"]["prodigy_numerator"] = prodigy_numerator(state, contributions,
+                                                                  ctx["ids_t"], beta3)
         # ‖Δθ_i‖ = |a_i|·‖direction_i‖, read by the next step's update-ratio feature
         step_norms = [a * d for a, d in zip(step_sizes, tensor_norms(directions))]
         result = self._finish(ctx, state, step_norms)
@@ -372,13 +335,12 @@ class GARORule:
         eps_scale = extra["ref_log_grad_norm"].exp() if relative else torch.ones_like(log_gnorm)
         step_size = out.lr
         if self.scale == "distance":
-            extra["distance_max"] = self._distance_max(params, state, ids_t, num_segments,
+            extra["distance_max"] = distance_max(params, state, ids_t, num_segments,
                                                        pnorm, started)
             step_size = distance_step_size(out.lr, extra["distance_max"], step.to(ctrl_dtype),
                                            TENSOR_OPS)
         elif self.scale == "prodigy":
-            extra["prodigy_d"] = self._prodigy_d(params, state, ids_t, num_segments, pnorm,
-                                                 started)
+            extra["prodigy_d"] = prodigy_d(params, state, ids_t, num_segments, pnorm, started)
             step_size = out.lr * extra["prodigy_d"]
         return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
                     step_size=step_size,
@@ -386,26 +348,6 @@ class GARORule:
                     wd_mult=per_tensor(hyper.weight_decay_scale, n),
                     log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra,
                     eps_scale=eps_scale.detach())
-
-    def _distance_max(self, params, state, ids_t, num_segments, pnorm, started) -> Tensor:
-        """r̄_t = max(r̄_{t−1}, ‖δ‖_s/√n_s), r̄_0 = r_ε (module docstring), per segment."""
-        dtype = state["hidden"].dtype
-        root_n = _root_numel(params, ids_t, num_segments, dtype, state["hidden"].device)
-        rms = segment_norms(tensor_norms(state["displacement"]), ids_t, num_segments)
-        floor = distance_floor(pnorm.to(dtype) / root_n)
-        return torch.where(started > 0,
-                           torch.maximum(state["distance_max"], rms.to(dtype) / root_n), floor)
-
-    def _prodigy_d(self, params, state, ids_t, num_segments, pnorm, started) -> Tensor:
-        """Prodigy's d_t = max(d_{t−1}, r_{t−1}/‖s_{t−1}‖₁), d_0 = r_ε, per segment."""
-        dtype = state["hidden"].dtype
-        root_n = _root_numel(params, ids_t, num_segments, dtype, state["hidden"].device)
-        l1 = torch.stack([s.abs().sum() for s in state["prodigy_sum"]]).to(dtype)
-        l1 = l1.sum().reshape(1) if num_segments == 1 else \
-            l1.new_zeros(num_segments).index_add(0, ids_t, l1)
-        estimate = prodigy_estimate(state["prodigy_d"], state["prodigy_numerator"], l1,
-                                    TENSOR_OPS)
-        return torch.where(started > 0, estimate, distance_floor(pnorm.to(dtype) / root_n))
 
     def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
         """The new global state (step 4); segments without tensors this step keep theirs."""
