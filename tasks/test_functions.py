@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metaopt.task import Batch, TaskFamily
+from metaopt.task import Batch, TaskBatch, TaskFamily
 
 from .point import PointTask
 
-__all__ = ["TEST_FUNCTIONS_2D", "TestFunction", "TestFunctionFamily", "TestFunctionTask"]
+__all__ = ["TEST_FUNCTIONS_2D", "TestFunction", "TestFunctionBatch", "TestFunctionFamily",
+           "TestFunctionTask"]
 
 
 def rosenbrock(v: Tensor) -> Tensor:
@@ -168,6 +169,64 @@ class TestFunctionTask(PointTask):
             else:
                 self._loss_scale = max(initial - self.minimum_value, 1e-12)
         return self._loss_scale
+
+    # -- vectorised meta-batches: every test function, of any dimension, joins one batch ---------
+    def batch_key(self):
+        return ("test_function", self.device, self.dtype)
+
+    @classmethod
+    def stack(cls, tasks: Sequence[TestFunctionTask]) -> TestFunctionBatch:
+        return TestFunctionBatch(tasks)
+
+
+class TestFunctionBatch(TaskBatch):
+    """Test functions of any kind and dimension, their points zero-padded to the largest ``D``::
+
+        L_b(x) = f_b(x_b[:d_b])
+
+    evaluated as one ``vmap`` of ``f`` per (function, dimension) subgroup of rows, the values put
+    back in row order. The padded coordinates never enter a loss, so their gradient is exactly 0
+    (a rule that keeps ``θ = g = state = 0`` at 0 leaves them there), and each row's loss and
+    gradient are its own task's, computed by the same function.
+    """
+
+    __test__ = False
+
+    def __init__(self, tasks: Sequence[TestFunctionTask]):
+        super().__init__(tasks)
+        self.width = max(t.dim for t in self.tasks)
+        self._subgroups()
+
+    def _subgroups(self) -> None:
+        groups: dict = {}
+        for row, task in enumerate(self.tasks):
+            groups.setdefault((task.function, task.dim), []).append(row)
+        self.parts = [(function, dim, torch.tensor(rows, device=self.device))
+                      for (function, dim), rows in groups.items()]
+        order = torch.cat([rows for _, _, rows in self.parts])
+        self.inverse = torch.empty_like(order)
+        self.inverse[order] = torch.arange(len(order), device=self.device)
+
+    def select(self, rows):
+        out = super().select(rows)
+        out._subgroups()
+        return out
+
+    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
+        return torch.stack([torch.nn.functional.pad(v, (0, self.width - v.shape[0]))
+                            for v in values])
+
+    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
+        return [row[:task.dim] for row, task in zip(value.unbind(0), self.tasks)]
+
+    def loss(self, params, batch: Batch) -> Tensor:
+        x = params["x"]
+        values = [torch.func.vmap(function)(x.index_select(0, rows)[:, :dim])
+                  for function, dim, rows in self.parts]
+        return torch.cat(values)[self.inverse]
+
+    def train_batch(self, generators) -> Batch:
+        return None
 
 
 class TestFunctionFamily(TaskFamily):
