@@ -20,7 +20,7 @@ from metaopt.task import Batch, TaskBatch, TaskFamily
 
 from .point import PointTask
 
-__all__ = ["TEST_FUNCTIONS_2D", "TestFunction", "TestFunctionBatch", "TestFunctionFamily",
+__all__ = ["TEST_FUNCTIONS_2D", "FunctionPart", "TestFunction", "TestFunctionFamily",
            "TestFunctionTask"]
 
 
@@ -170,60 +170,26 @@ class TestFunctionTask(PointTask):
                 self._loss_scale = max(initial - self.minimum_value, 1e-12)
         return self._loss_scale
 
-    # -- vectorised meta-batches: every test function, of any dimension, joins one batch ---------
-    def batch_key(self):
-        return ("test_function", self.device, self.dtype)
+    # -- vectorised meta-batches: a part of a PointBatch per function and dimension -------------
+    def point_part_key(self):
+        return ("test_function", self.function, self.dim)
 
     @classmethod
-    def stack(cls, tasks: Sequence[TestFunctionTask]) -> TestFunctionBatch:
-        return TestFunctionBatch(tasks)
+    def stack_part(cls, tasks: Sequence[TestFunctionTask]) -> FunctionPart:
+        return FunctionPart(tasks)
 
 
-class TestFunctionBatch(TaskBatch):
-    """Test functions of any kind and dimension, their points zero-padded to the largest ``D``::
-
-        L_b(x) = f_b(x_b[:d_b])
-
-    evaluated as one ``vmap`` of ``f`` per (function, dimension) subgroup of rows, the values put
-    back in row order. The padded coordinates never enter a loss, so their gradient is exactly 0
-    (a rule that keeps ``θ = g = state = 0`` at 0 leaves them there), and each row's loss and
-    gradient are its own task's, computed by the same function.
-    """
-
-    __test__ = False
+class FunctionPart(TaskBatch):
+    """Tasks of one test function and dimension ``width`` inside a ``PointBatch``:
+    ``L_b = f(x_b)``, one ``vmap`` of ``f``; deterministic (its batch is None)."""
 
     def __init__(self, tasks: Sequence[TestFunctionTask]):
         super().__init__(tasks)
-        self.width = max(t.dim for t in self.tasks)
-        self._subgroups()
-
-    def _subgroups(self) -> None:
-        groups: dict = {}
-        for row, task in enumerate(self.tasks):
-            groups.setdefault((task.function, task.dim), []).append(row)
-        self.parts = [(function, dim, torch.tensor(rows, device=self.device))
-                      for (function, dim), rows in groups.items()]
-        order = torch.cat([rows for _, _, rows in self.parts])
-        self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(len(order), device=self.device)
-
-    def select(self, rows):
-        out = super().select(rows)
-        out._subgroups()
-        return out
-
-    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
-        return torch.stack([torch.nn.functional.pad(v, (0, self.width - v.shape[0]))
-                            for v in values])
-
-    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
-        return [row[:task.dim] for row, task in zip(value.unbind(0), self.tasks)]
+        self.width = self.tasks[0].dim
+        self._loss = torch.func.vmap(self.tasks[0].function)
 
     def loss(self, params, batch: Batch) -> Tensor:
-        x = params["x"]
-        values = [torch.func.vmap(function)(x.index_select(0, rows)[:, :dim])
-                  for function, dim, rows in self.parts]
-        return torch.cat(values)[self.inverse]
+        return self._loss(params["x"])
 
     def train_batch(self, generators) -> Batch:
         return None

@@ -43,7 +43,7 @@ def test_quadratics_of_any_dimension_and_noise_stack_exactly(split):
     batch, grads = _check_rows(family, range(8), split)
     assert (len({t.dim for t in batch.tasks}) > 1
             and len({t.noise_std > 0 for t in batch.tasks}) == 2)
-    padding = torch.arange(batch.width) >= torch.tensor(batch.dims).unsqueeze(1)
+    padding = torch.arange(batch.width) >= torch.tensor([t.dim for t in batch.tasks]).unsqueeze(1)
     assert torch.all(grads[0][padding] == 0)  # padded coordinates get exactly zero gradient
 
 
@@ -96,12 +96,15 @@ def test_keys_separate_architectures(padding):
             == tasks.get("rastrigin_nd", dim=(5, 5)).sample_seed(0).batch_key())
 
 
-def test_test_functions_of_any_kind_and_dimension_stack_exactly():
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_point_tasks_of_any_kind_and_dimension_stack_exactly(split):
+    # test functions and (noisy) quadratics share one PointBatch
     family = tasks.get("mixture", dtype=DT, components={
         "rastrigin_nd": {"dim": (2, 6)}, "himmelblau": {}, "beale": {}, "ackley": {},
-        "styblinski_tang": {}, "six_hump_camel": {}})
-    batch, grads = _check_rows(family, range(10), "train")
-    assert len({t.name for t in batch.tasks}) > 2 and len({t.dim for t in batch.tasks}) > 1
+        "styblinski_tang": {}, "six_hump_camel": {}, "quadratic": {"dim": (2, 7)},
+        "noisy_quadratic": {"dim": (2, 7), "noise_std": (0.1, 1.0)}})
+    batch, grads = _check_rows(family, range(14), split)
+    assert len({t.name for t in batch.tasks}) > 4 and len({t.dim for t in batch.tasks}) > 2
     padding = torch.arange(batch.width) >= torch.tensor([t.dim for t in batch.tasks]).unsqueeze(1)
     assert torch.all(grads[0][padding] == 0)  # padded coordinates get exactly zero gradient
 
