@@ -36,7 +36,8 @@ from metaopt.task import Batch, TaskBatch
 
 from .data import minibatch
 
-__all__ = ["ACTIVATION_CODES", "DenseBatch", "DenseLayout"]
+__all__ = ["ACTIVATION_CODES", "DenseBatch", "DenseLayout", "draw_rows", "select_activation",
+           "weighted_rows"]
 
 # each maps 0 to 0 (what makes hidden-width padding exact)
 _FUNCTIONAL = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
@@ -73,6 +74,47 @@ def _targets(task, labels: Tensor, layout: DenseLayout) -> tuple[Tensor, Tensor]
                                           device=task.device)
     real = labels.reshape(n, -1).to(task.dtype)
     return torch.zeros(n, dtype=torch.long, device=task.device), real
+
+
+def weighted_rows(indices: Sequence[Tensor], dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``indices[b]`` of task ``b``'s stacked set, padded to the longest: the ``(B, m)``
+    gather index (padding: row 0), the row weights (``1/n_b`` on task ``b``'s own ``n_b`` rows,
+    0 on the padding, so a weighted sum is task ``b``'s mean) and the ``(B, 1)`` task index."""
+    size = max(len(i) for i in indices)
+    index = torch.zeros(len(indices), size, dtype=torch.long)
+    weights = torch.zeros(len(indices), size, dtype=dtype)
+    for b, rows in enumerate(indices):
+        index[b, :len(rows)] = rows
+        weights[b, :len(rows)] = 1.0 / len(rows)
+    rows = torch.arange(len(indices), device=device).unsqueeze(1)
+    return index.to(device), weights.to(device), rows
+
+
+def draw_rows(tasks, generators, split: str) -> list[Tensor]:
+    """Per task the minibatch rows of ``SupervisedTask.train_batch`` / ``test_batch``, with the
+    same draws from ``generators[b]``; None: its first rows (train) or its whole set (test)."""
+    out = []
+    for task, g in zip(tasks, generators):
+        n = task.num_train if split == "train" else int(task.x_test.shape[0])
+        if g is None:
+            out.append(torch.arange(min(task.batch_size, n) if split == "train" else n))
+        else:
+            out.append(minibatch(g, n, task.batch_size))
+    return out
+
+
+def select_activation(h: Tensor, codes: Tensor, present: Sequence[int]) -> Tensor:
+    """``act_b(h_b)`` with task ``b``'s activation given by ``codes[b]`` (``ACTIVATION_CODES``),
+    selected by ``torch.where`` among the ``present`` codes (the others get zero cotangent)."""
+    names = list(ACTIVATION_CODES)
+    if len(present) == 1:
+        return _FUNCTIONAL[names[present[0]]](h)
+    out = None
+    for code in present:
+        value = _FUNCTIONAL[names[code]](h)
+        out = value if out is None else torch.where(
+            (codes == code).view(-1, *[1] * (h.dim() - 1)), value, out)
+    return out
 
 
 class DenseBatch(TaskBatch):
@@ -144,16 +186,6 @@ class DenseBatch(TaskBatch):
                 for row, lay in zip(value.unbind(0), self.layouts)]
 
     # -- the loss --------------------------------------------------------------------------------
-    def _activation(self, h: Tensor) -> Tensor:
-        if len(self.activations) == 1:
-            return _FUNCTIONAL[list(ACTIVATION_CODES)[self.activations[0]]](h)
-        out = None
-        for code in self.activations:
-            value = _FUNCTIONAL[list(ACTIVATION_CODES)[code]](h)
-            out = value if out is None else torch.where(
-                (self.act == code).view(-1, 1, 1), value, out)
-        return out
-
     def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         x, weights, classes, real = batch
         h = x
@@ -162,7 +194,7 @@ class DenseBatch(TaskBatch):
             weight, bias = params[prefix + "weight"], params[prefix + "bias"]
             h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             if k < last:
-                h = self._activation(h)
+                h = select_activation(h, self.act, self.activations)
         parts = []
         for kind, rows in self.kinds:
             out = h if len(self.kinds) == 1 else h.index_select(0, rows)
@@ -190,27 +222,12 @@ class DenseBatch(TaskBatch):
 
     # -- minibatches -----------------------------------------------------------------------------
     def _gather(self, split: str, indices: Sequence[Tensor]) -> Batch:
-        """Rows ``indices[b]`` of task ``b``'s set, padded to the longest with weight-0 rows."""
-        size = max(len(i) for i in indices)
-        index = torch.zeros(len(indices), size, dtype=torch.long)
-        weights = torch.zeros(len(indices), size, dtype=self.dtype)
-        for b, rows in enumerate(indices):
-            index[b, :len(rows)] = rows
-            weights[b, :len(rows)] = 1.0 / len(rows)
-        index, weights = index.to(self.device), weights.to(self.device)
-        rows = torch.arange(len(indices), device=self.device).unsqueeze(1)
+        index, weights, rows = weighted_rows(indices, self.dtype, self.device)
         x, c, r = (getattr(self, f"{name}_{split}") for name in "xcr")
         return x[rows, index], weights, c[rows, index], r[rows, index]
 
     def train_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
-        # SupervisedTask.train_batch's draw per task; None: its first rows, no draw
-        return self._gather("train", [
-            torch.arange(min(t.batch_size, t.num_train)) if g is None
-            else minibatch(g, t.num_train, t.batch_size) for t, g in zip(self.tasks, generators)])
+        return self._gather("train", draw_rows(self.tasks, generators, "train"))
 
     def test_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
-        # SupervisedTask.test_batch: the whole test set, or a drawn minibatch of it
-        return self._gather("test", [
-            torch.arange(int(t.x_test.shape[0])) if g is None
-            else minibatch(g, int(t.x_test.shape[0]), t.batch_size)
-            for t, g in zip(self.tasks, generators)])
+        return self._gather("test", draw_rows(self.tasks, generators, "test"))

@@ -81,6 +81,16 @@ def test_cnns_of_one_architecture_stack_exactly(split):
     _check_rows(family, range(3), split)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cnns_of_sampled_channels_activations_and_batch_sizes_stack_exactly(split):
+    family = tasks.get("cnn_digits", channels=(1, 4), batch_sizes=(8, 16), l2=1e-3,
+                       train_fraction=(0.05, 0.1), dtype=DT)
+    batch, grads = _check_rows(family, range(6), split)
+    assert len({t.channels for t in batch.tasks}) > 1
+    assert len({t.activation for t in batch.tasks}) > 1
+    _check_padding_gets_zero_gradient(batch, grads)
+
+
 @pytest.mark.parametrize("padding", [False, True])
 def test_keys_separate_architectures(padding):
     family = tasks.get("mlp", datasets=("synthetic",), width=(4, 32), padding=padding, dtype=DT)
