@@ -90,12 +90,14 @@ def weighted_rows(indices: Sequence[Tensor], dtype, device) -> tuple[Tensor, Ten
     return index.to(device), weights.to(device), rows
 
 
-def draw_rows(tasks, generators, split: str) -> list[Tensor]:
-    """Per task the minibatch rows of ``SupervisedTask.train_batch`` / ``test_batch``, with the
-    same draws from ``generators[b]``; None: its first rows (train) or its whole set (test)."""
+def draw_rows(tasks, generators, split: str, sizes: Sequence[int] | None = None) -> list[Tensor]:
+    """Per task the minibatch rows of ``SupervisedTask.train_batch`` / ``test_batch`` (of sets of
+    ``sizes[b]`` rows; default the supervised task's own), with the same draws from
+    ``generators[b]``; None: its first rows (train) or its whole set (test)."""
     out = []
-    for task, g in zip(tasks, generators):
-        n = task.num_train if split == "train" else int(task.x_test.shape[0])
+    for b, (task, g) in enumerate(zip(tasks, generators)):
+        n = sizes[b] if sizes is not None else (
+            task.num_train if split == "train" else int(task.x_test.shape[0]))
         if g is None:
             out.append(torch.arange(min(task.batch_size, n) if split == "train" else n))
         else:

@@ -44,6 +44,8 @@ FAMILIES = {
                                        "synthetic_classes": [2, 4]},
                "least_squares": {"num_features": [2, 6], "num_train": [20, 40]},
                "lasso": {"num_features": [2, 6], "num_train": [20, 40]}},
+    "sequence": {"sequence": {"vocab": [3, 5], "length": [4, 6], "hidden": [2, 4],
+                              "batch_sizes": [4, 8], "num_train": 12, "num_test": 6}},
     "cnn": {"cnn_digits": {"channels": [1, 3], "batch_sizes": [8, 16], "l2": 1e-3,
                            "train_fraction": [0.05, 0.1]}},
     "autoencoder": {"autoencoder_digits": {"hidden": [3, 6], "bottleneck": [2, 3],
