@@ -41,6 +41,19 @@ def _pad(value: Tensor, shape) -> Tensor:
                          for p in (0, size - have)])
 
 
+def _pad_state(state, shapes):
+    """``state`` with every list of per-parameter tensors zero-padded to ``shapes`` (what
+    ``TaskBatch.stack_values`` does to the rule state in the engine)."""
+    if isinstance(state, dict):
+        return {k: _pad_state(v, shapes) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        if len(state) == len(shapes) and all(isinstance(t, Tensor) and t.shape == s for t, s
+                                             in zip(state, _PROBE_SHAPES)):
+            return type(state)(_pad(t, s) for t, s in zip(state, shapes))
+        return type(state)(_pad_state(v, shapes) for v in state)
+    return state
+
+
 def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3) -> bool:
     """True when ``learned``'s steps on zero-padded parameters equal its steps on the unpadded
     ones (module docstring, question 1)."""
@@ -53,6 +66,8 @@ def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3)
 
     # per real tensor: start θ_0, curvature a > 0, linear term b
     real = [(draw(s) - 0.5, draw(s, 0.5), draw(s) - 0.5) for s in _PROBE_SHAPES]
+    with torch.no_grad():  # as in the engine: the state is made unpadded, then padded
+        initial = learned.init([r[0] for r in real], weights, horizon=10)
     runs = []
     for shapes in (_PROBE_SHAPES, _PADDED_SHAPES):
         start, curv, lin = ([_pad(r[i], s) for r, s in zip(real, shapes)] for i in range(3))
@@ -61,7 +76,7 @@ def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3)
             loss = sum((0.5 * a * p * p + b * p).sum() for a, b, p in zip(curv, lin, points))
             return loss, [a * p + b for a, b, p in zip(curv, lin, points)]
         with torch.no_grad():
-            params, state = start, learned.init(start, weights, horizon=10)
+            params, state = start, _pad_state(initial, shapes)
             for _ in range(steps):
                 params, state = learned.step(params, grad_fn, state, weights)
         runs.append([p - s for p, s in zip(params, start)])
