@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..task import TaskFamily
+from .batched_unroll import batched_step, stack_tree
 
-__all__ = ["loop_report", "rule_pads_exactly", "task_label"]
+__all__ = ["loop_report", "rule_batch_error", "rule_pads_exactly", "task_label"]
 
 _PROBE_SHAPES = ((3,), (2, 2))        # real parameter shapes of the probe
 _PADDED_SHAPES = ((5,), (3, 4))       # the same, zero-padded
@@ -91,6 +92,34 @@ def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3)
                 or float((block - small).abs().max()) > tolerance * scale):
             return False
     return True
+
+
+class _Stacker:
+    """The ``TaskBatch`` interface ``stack_tree`` needs, for same-shape probe runs."""
+
+    def stack_values(self, name, values):
+        return torch.stack(list(values))
+
+
+def rule_batch_error(learned, weights: Mapping[str, Tensor]) -> str | None:
+    """Why ``learned`` cannot advance stacked runs (its state does not stack, or its step fails
+    under ``vmap``, e.g. it evaluates the gradient away from the current point or reads a value
+    on the host), or None when it can: one batched step of two copies of the probe."""
+    weights = {k: v.detach() for k, v in weights.items()}
+    dtype = next(iter(weights.values())).dtype if weights else torch.float64
+    params = [torch.full(s, 0.5, dtype=dtype) for s in _PROBE_SHAPES]
+    names = [str(i) for i in range(len(params))]
+    try:
+        with torch.no_grad():
+            state = learned.init(params, weights, horizon=10)
+            shapes = [[p.shape for p in params]] * 2
+            stacked = stack_tree([state, state], _Stacker(), names, shapes)
+            batched_step(learned, weights)([torch.stack([p, p]) for p in params],
+                                           torch.ones(2, dtype=dtype),
+                                           [torch.stack([p, p]) for p in params], stacked)
+    except (TypeError, RuntimeError, NotImplementedError) as error:
+        return str(error).splitlines()[0].removeprefix("vectorised engine: ")
+    return None
 
 
 def task_label(task) -> str:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..rules.base import State, TensorList
-from .batch_plan import loop_report, rule_pads_exactly, task_label
+from .batch_plan import loop_report, rule_batch_error, rule_pads_exactly, task_label
 from .batched_unroll import batched_step, stack_tree, unroll_group, unstack_tree
 from .inner_runs import InnerRunPool, SegmentBatch
 from .learned import detach_state
@@ -106,6 +106,10 @@ class VectorisedPool(InnerRunPool):
         batched form and those often alone in their group, from ``probe`` sampled tasks."""
         self._check_padding(weights)
         rule = type(getattr(self.learned, "rule", self.learned)).__name__
+        error = rule_batch_error(self.learned, weights)
+        if error is not None:
+            return (f"vectorised engine: {rule} cannot advance stacked runs ({error}): every run "
+                    f"takes the loop")
         lines = [f"vectorised engine: {rule} " + (
             "pads exactly, so tasks of different sizes share a padded batch" if self._pads_exactly
             else "depends on the number of parameters (its step on zero-padded tensors differs), "

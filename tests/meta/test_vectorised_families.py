@@ -123,3 +123,49 @@ def test_the_comparison_sees_a_rule_that_pads_inexactly():
     results, mixed = run_both("point", "distance", force_padding=True)
     assert mixed
     assert max(relative_error(loop.grads, vec.grads) for (loop, vec), _ in results) > 1e-6
+
+
+class _KeylessFamily(tasks.TaskFamily):
+    """Rosenbrock tasks that opt out of batching."""
+
+    def __init__(self):
+        super().__init__(dtype=DT)
+        self.inner = tasks.get("rosenbrock", dtype=DT)
+
+    def sample(self, generator):
+        task = self.inner.sample(generator)
+        task.batch_key = lambda: None
+        return task
+
+
+class _OffPointRule:
+    """GARO that also evaluates the gradient away from the current point (as a Runge-Kutta
+    stage would): the vectorised engine cannot run it."""
+
+    def __init__(self, inner):
+        self.inner, self.module = inner, inner.module
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, params, grad_fn, state, weights):
+        grad_fn([p + 1.0 for p in params])
+        return self.inner.step(params, grad_fn, state, weights)
+
+
+def _pool(rule, components):
+    return VectorisedPool(rule, tasks.MixtureFamily(components), 8, 3,
+                          make_horizon("constant", 4), MetaLoss("mean", "train"))
+
+
+def test_the_start_up_report_says_what_takes_the_loop_and_why():
+    quadratics = tasks.get("quadratic", dim=(2, 5), dtype=DT)
+    rule = learned("none")
+    text = _pool(rule, [quadratics, _KeylessFamily()]).describe(rule.meta_parameters(), probe=16)
+    assert "pads exactly" in text and "no batched form" in text and "TestFunctionTask" in text
+    rule = learned("distance")
+    text = _pool(rule, [quadratics]).describe(rule.meta_parameters(), probe=16)
+    assert "identical parameter shapes" in text and "QuadraticTask" in text  # alone: dims differ
+    rule = _OffPointRule(learned("none"))
+    text = _pool(rule, [quadratics]).describe(rule.meta_parameters(), probe=16)
+    assert "cannot advance stacked runs" in text and "away from the current" in text, text
