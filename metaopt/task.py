@@ -322,6 +322,12 @@ class ModuleTask(Task):
         if template is None:
             template = _ModuleObjective(self, self._materialize())
             self._template_objective = template
+            names = [n for n, _ in template.named_parameters(remove_duplicate=False)]
+            # the names functional_call must be given (strict: buffers too), and whether any
+            # weight is tied (without ties, no tie search per call)
+            self._template_names = frozenset(
+                names + [n for n, _ in template.named_buffers(remove_duplicate=False)])
+            self._template_tied = len(names) != len(dict(template.named_parameters()))
         return template
 
     def _materialize(self) -> nn.Module:
@@ -338,8 +344,18 @@ class ModuleTask(Task):
         return module
 
     def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        template = self._template()
         prefixed = {f"model.{name}": value for name, value in params.items()}
-        return torch.func.functional_call(self._template(), prefixed, (batch,), strict=True)
+        if self._template_tied:
+            return torch.func.functional_call(template, prefixed, (batch,), strict=True)
+        # functional_call's strict check and tie search walk the module tree on every call
+        # (about a tenth of a loop-engine inner step); the key check below is the same test
+        if prefixed.keys() != self._template_names:
+            missing = sorted(self._template_names - prefixed.keys())
+            unexpected = sorted(prefixed.keys() - self._template_names)
+            raise RuntimeError(f"{type(self).__name__}.loss: parameters missing {missing}, "
+                               f"unexpected {unexpected}")
+        return torch.func.functional_call(template, prefixed, (batch,), tie_weights=False)
 
     def parameter_shapes(self) -> dict[str, torch.Size]:
         return {name: p.shape for name, p in self._template().model.named_parameters()}

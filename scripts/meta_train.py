@@ -365,6 +365,8 @@ def _help_epilog(argv: list[str] | None) -> str:
 def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str, Any]:
     """Meta-train, checkpoint, export and evaluate (rank 0 alone logs, exports and evaluates)."""
     family, learned, trainer = build(cfg, device)
+    if rank == 0 and isinstance(trainer.pool, VectorisedPool):  # once: what takes the loop, why
+        print(trainer.pool.describe(learned.meta_parameters()), flush=True)
     untrained = copy.deepcopy(learned.module)
     out_dir = Path(cfg.out_dir)
     prepare_run_dir(cfg, out_dir, rank, world, trainer)

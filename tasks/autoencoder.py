@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from metaopt.task import TaskFamily, sample_choice, sample_int_log_uniform
 
 from .data import SplitData, load_real, split_and_standardize
+from .dense import DenseBatch, DenseLayout, dense_key
 from .mlp import ACTIVATIONS
 from .supervised import SupervisedTask
 
@@ -43,6 +44,20 @@ class AutoencoderTask(SupervisedTask):
 
     def data_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(prediction, target)
+
+    # -- vectorised meta-batches: padded widths, shared with depth-3 MLPs (``tasks.dense``) -------
+    def dense_layout(self) -> DenseLayout:
+        d = self.num_features
+        return DenseLayout(("0.", "2.", "4.", "6."), (d, self.hidden, self.bottleneck,
+                                                      self.hidden, d),
+                           self.activation, "mse", mse_coefficient=1.0 / d)
+
+    def batch_key(self):
+        return dense_key(self, self.dense_layout())
+
+    @classmethod
+    def stack(cls, tasks: Sequence[AutoencoderTask]) -> DenseBatch:
+        return DenseBatch(tasks)
 
     @property
     def loss_scale(self) -> float:

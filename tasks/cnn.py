@@ -9,18 +9,20 @@ training subset.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from metaopt.task import TaskFamily, sample_choice, sample_int_log_uniform
+from metaopt.task import TaskBatch, TaskFamily, sample_choice, sample_int_log_uniform
 
 from .data import load_real, split_and_standardize
+from .dense import ACTIVATION_CODES, draw_rows, select_activation, weighted_rows
 from .mlp import ACTIVATIONS
-from .supervised import ClassificationTask
+from .supervised import ClassificationTask, stack_padded
 
-__all__ = ["CNNDigitsFamily", "CNNTask"]
+__all__ = ["CNNBatch", "CNNDigitsFamily", "CNNTask"]
 
 IMAGE_SIDE = 8  # load_digits images are 8x8
 
@@ -52,15 +54,98 @@ class CNNTask(ClassificationTask):
         )
 
     def batch_key(self):
-        """CNNs of one width (channels) and activation, penalty and batch size stack
-        (``SupervisedBatch``: only data and parameters differ)."""
-        return self._supervised_batch_key("cnn", self.channels, self.activation)
+        """CNNs of every width (channels), activation, penalty and batch size share one padded
+        ``CNNBatch``."""
+        return ("cnn", self.num_classes, self.device, self.dtype)
+
+    @classmethod
+    def stack(cls, tasks: Sequence[CNNTask]) -> CNNBatch:
+        return CNNBatch(tasks)
 
     def describe(self) -> str:
         return (
             f"{self.name}(channels={self.channels}, act={self.activation}, "
             f"n_train={self.num_train}, bs={self.batch_size})"
         )
+
+
+class CNNBatch(TaskBatch):
+    """CNNs of any channel counts ``c_b``, activations and penalties, padded to the largest ``C``
+    (``tasks.dense`` for the minibatch rows and the activation as data).
+
+    Task ``b``'s parameters sit in the top-left corner of the padded ones: the first convolution's
+    ``c_b`` of ``C`` output channels, the second's ``2c_b`` of ``2C`` outputs and ``c_b`` inputs,
+    the read-out's first ``2c_b·16`` inputs (the flatten is channel-major, so a padded channel's
+    16 features come after the real ones). The padding is exact: a padded channel has zero
+    weights and bias, so it is ``act(0) = 0`` everywhere and meets only zero weights downstream;
+    every padded weight's gradient is exactly 0. One ``vmap`` over the tasks of the functional
+    network evaluates all of them.
+    """
+
+    stacked_attributes = ("x_train", "y_train", "x_test", "y_test", "act", "l2")
+
+    def __init__(self, tasks: Sequence[CNNTask]):
+        super().__init__(tasks)
+        self.channels = max(t.channels for t in self.tasks)
+        self.x_train, self.y_train = stack_padded([(t.x_train, t.y_train) for t in self.tasks])
+        self.x_test, self.y_test = stack_padded([(t.x_test, t.y_test) for t in self.tasks])
+        self.act = torch.tensor([ACTIVATION_CODES[t.activation] for t in self.tasks],
+                                device=self.device)
+        self.l2 = torch.tensor([t.l2 for t in self.tasks], dtype=self.dtype, device=self.device)
+        self._present()
+        self._forward = torch.func.vmap(self._one)
+
+    def _present(self) -> None:
+        self.activations = sorted({int(a) for a in self.act.tolist()})
+        self.penalised = bool(self.l2.any())
+
+    def select(self, rows):
+        out = super().select(rows)
+        out._present()
+        return out
+
+    def _shape(self, name: str, channels: int) -> tuple[int, ...]:
+        c, side = channels, IMAGE_SIDE // 2
+        return {"0.weight": (c, 1, 3, 3), "0.bias": (c,), "2.weight": (2 * c, c, 3, 3),
+                "2.bias": (2 * c,), "5.weight": (self.tasks[0].num_classes, 2 * c * side ** 2),
+                "5.bias": (self.tasks[0].num_classes,)}[name]
+
+    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
+        shape = self._shape(name, self.channels)
+        return torch.stack([F.pad(v, [p for size, have in zip(reversed(shape), reversed(v.shape))
+                                      for p in (0, size - have)]) for v in values])
+
+    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
+        return [row[tuple(slice(0, n) for n in self._shape(name, t.channels))]
+                for row, t in zip(value.unbind(0), self.tasks)]
+
+    def _one(self, params: dict, x: Tensor, code: Tensor) -> Tensor:
+        def act(h):
+            return select_activation(h.unsqueeze(0), code.view(1), self.activations)[0]
+        h = act(F.conv2d(x, params["0.weight"], params["0.bias"], padding=1))
+        h = act(F.conv2d(h, params["2.weight"], params["2.bias"], stride=2, padding=1))
+        return F.linear(h.flatten(1), params["5.weight"], params["5.bias"])
+
+    def loss(self, params: Mapping[str, Tensor], batch) -> Tensor:
+        x, weights, y = batch
+        logits = self._forward(dict(params), x, self.act)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        loss = (ce.view_as(weights) * weights).sum(1)
+        if self.penalised:
+            for name in ("0.weight", "2.weight", "5.weight"):
+                loss = loss + 0.5 * self.l2 * params[name].flatten(1).square().sum(1)
+        return loss
+
+    def _gather(self, split: str, indices) -> tuple[Tensor, Tensor, Tensor]:
+        index, weights, rows = weighted_rows(indices, self.dtype, self.device)
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        return x[rows, index], weights, y[rows, index]
+
+    def train_batch(self, generators):
+        return self._gather("train", draw_rows(self.tasks, generators, "train"))
+
+    def test_batch(self, generators):
+        return self._gather("test", draw_rows(self.tasks, generators, "test"))
 
 
 class CNNDigitsFamily(TaskFamily):

@@ -18,6 +18,7 @@ from torch import nn
 from metaopt.task import TaskFamily, sample_choice, sample_log_uniform
 
 from .data import REAL_DATASETS, load_real, make_blobs, split_and_standardize
+from .dense import DenseBatch, DenseLayout, dense_key
 from .supervised import ClassificationTask
 
 __all__ = ["LogisticRegressionFamily", "LogisticRegressionTask"]
@@ -28,6 +29,17 @@ class LogisticRegressionTask(ClassificationTask):
 
     def build_module(self) -> nn.Module:
         return nn.Linear(self.num_features, self.num_classes)
+
+    # -- vectorised meta-batches: one padded batch with least squares (``tasks.dense``) -----------
+    def dense_layout(self) -> DenseLayout:
+        return DenseLayout(("",), (self.num_features, self.num_classes), None, "ce")
+
+    def batch_key(self):
+        return dense_key(self, self.dense_layout())
+
+    @classmethod
+    def stack(cls, tasks: Sequence[LogisticRegressionTask]) -> DenseBatch:
+        return DenseBatch(tasks)
 
     def describe(self) -> str:
         return (

@@ -8,28 +8,26 @@ The family samples width log-uniformly in 8..128, depth in 1..3, the activation 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from metaopt.task import Batch, TaskBatch, TaskFamily, sample_choice, sample_int_log_uniform
+from metaopt.task import TaskFamily, sample_choice, sample_int_log_uniform
 
-from .data import REAL_DATASETS, load_real, make_blobs, minibatch, split_and_standardize
-from .supervised import ClassificationTask, stack_padded
+from .data import REAL_DATASETS, load_real, make_blobs, split_and_standardize
+from .dense import DenseBatch, DenseLayout, dense_key
+from .supervised import ClassificationTask
 
 __all__ = ["ACTIVATIONS", "MLPBatch", "MLPFamily", "MLPTask"]
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
-# the same functions, for the batched forward; each maps 0 to 0 (what makes width padding exact)
-_FUNCTIONAL = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
 
 
 class MLPTask(ClassificationTask):
     """``Linear(d, w) -> act -> [Linear(w, w) -> act] * (depth - 1) -> Linear(w, C)``."""
 
-    def __init__(self, data, *, width: int, depth: int, activation: str, padding: bool = False,
+    def __init__(self, data, *, width: int, depth: int, activation: str, padding: bool = True,
                  **kwargs):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; "
@@ -49,18 +47,25 @@ class MLPTask(ClassificationTask):
         layers.append(nn.Linear(fan_in, self.num_classes))
         return nn.Sequential(*layers)
 
+    def dense_layout(self) -> DenseLayout:
+        return DenseLayout(tuple(f"{2 * k}." for k in range(self.depth + 1)),
+                           (self.num_features, *[self.width] * self.depth, self.num_classes),
+                           self.activation, "ce")
+
     def batch_key(self):
-        """MLPs of one architecture (depth, activation, width) and minibatch size on data of one
-        shape stack; with ``padding``, whatever their widths and minibatch sizes (``MLPBatch``
-        pads both exactly, trading memory and padded arithmetic for larger groups)."""
-        sizes = None if self.padding else (self.width, min(self.batch_size, self.num_train),
-                                           min(self.batch_size, int(self.x_test.shape[0])))
+        """With ``padding`` (the default): every MLP of this depth, whatever its width,
+        activation, data set, penalty and minibatch size (``DenseBatch`` pads them exactly, and
+        shares the batch with the other dense tasks of the same layer names). Without: MLPs of
+        one architecture and minibatch size on data of one shape only."""
+        if self.padding:
+            return dense_key(self, self.dense_layout())
         return (MLPTask, self.depth, self.activation, self.num_features, self.num_classes,
-                self.l2, self.l1, sizes, self.device, self.dtype)
+                self.l2, self.l1, self.width, min(self.batch_size, self.num_train),
+                min(self.batch_size, int(self.x_test.shape[0])), self.device, self.dtype)
 
     @classmethod
-    def stack(cls, tasks: Sequence[MLPTask]) -> MLPBatch:
-        return MLPBatch(tasks)
+    def stack(cls, tasks: Sequence[MLPTask]) -> DenseBatch:
+        return DenseBatch(tasks)
 
     def describe(self) -> str:
         return (
@@ -69,99 +74,8 @@ class MLPTask(ClassificationTask):
         )
 
 
-class MLPBatch(TaskBatch):
-    """MLPs of one depth and activation; hidden widths and minibatch sizes padded to the largest
-    (none to pad unless the tasks were built with ``padding``: see ``MLPTask.batch_key``).
-
-    Task ``b``'s parameters sit in the top-left corner of the padded ones (``W`` hidden units, the
-    group's largest width); the rest is zero. The padding is exact: a padded unit has zero
-    incoming weights and bias, so its activation is ``act(0) = 0`` (tanh, ReLU and GELU all map 0
-    to 0), and zero outgoing weights, so it adds exact zeros to every sum; its weights' gradients
-    are exactly 0 (``∂/∂W_out = act(0)·δ = 0``, ``∂/∂W_in = (W_outᵀ δ ⊙ act'(0))·xᵀ = 0``), and the
-    penalty sees only zeros there. A rule that maps ``θ = g = state = 0`` to 0 and reads parameters
-    only through sums (GARO) therefore computes task ``b``'s own step, up to the summation order.
-    Minibatches are padded to the largest with rows of weight 0: ``L_b = Σ_i w_bi·CE_bi + penalty``
-    with ``w_bi = 1/n_b`` on task ``b``'s own ``n_b`` rows (its mean).
-    """
-
-    stacked_attributes = ("x_train", "y_train", "x_test", "y_test")
-
-    def __init__(self, tasks: Sequence[MLPTask]):
-        super().__init__(tasks)
-        first = self.tasks[0]
-        self.depth, self.act = first.depth, _FUNCTIONAL[first.activation]
-        self.widths = [t.width for t in self.tasks]
-        self.width = max(self.widths)
-        self.l2, self.l1 = first.l2, first.l1
-        self.x_train, self.y_train = stack_padded([(t.x_train, t.y_train) for t in self.tasks])
-        self.x_test, self.y_test = stack_padded([(t.x_test, t.y_test) for t in self.tasks])
-
-    def select(self, rows):
-        out = super().select(rows)
-        out.widths = [t.width for t in out.tasks]
-        return out
-
-    def _shape(self, name: str, width: int) -> tuple[int, ...]:
-        """Parameter ``name``'s shape in an MLP of hidden width ``width`` (nn.Sequential names:
-        Linear ``k`` is module ``2k``)."""
-        layer, kind = name.split(".")
-        index = int(layer) // 2
-        rows = self.tasks[0].num_classes if index == self.depth else width
-        if kind == "bias":
-            return (rows,)
-        return (rows, self.tasks[0].num_features if index == 0 else width)
-
-    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
-        shape = self._shape(name, self.width)
-        return torch.stack([F.pad(v, [p for size, have in zip(reversed(shape), reversed(v.shape))
-                                      for p in (0, size - have)]) for v in values])
-
-    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
-        return [row[tuple(slice(0, size) for size in self._shape(name, width))]
-                for row, width in zip(value.unbind(0), self.widths)]
-
-    def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        x, y, weights = batch
-        h = x
-        for k in range(self.depth + 1):
-            weight, bias = params[f"{2 * k}.weight"], params[f"{2 * k}.bias"]
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
-            if k < self.depth:
-                h = self.act(h)
-        ce = F.cross_entropy(h.flatten(0, 1), y.flatten(), reduction="none").view_as(weights)
-        loss = (ce * weights).sum(1)
-        for k in range(self.depth + 1):
-            weight = params[f"{2 * k}.weight"].flatten(1)
-            if self.l2:
-                loss = loss + 0.5 * self.l2 * weight.pow(2).sum(1)
-            if self.l1:
-                loss = loss + self.l1 * weight.abs().sum(1)
-        return loss
-
-    def _gather(self, x: Tensor, y: Tensor, indices: Sequence[Tensor]) -> Batch:
-        """Rows ``indices[b]`` of task ``b``'s set, padded to the longest with weight-0 rows."""
-        size = max(len(i) for i in indices)
-        index = torch.zeros(len(indices), size, dtype=torch.long)
-        weights = torch.zeros(len(indices), size, dtype=self.dtype)
-        for b, rows in enumerate(indices):
-            index[b, :len(rows)] = rows
-            weights[b, :len(rows)] = 1.0 / len(rows)
-        index, weights = index.to(self.device), weights.to(self.device)
-        rows = torch.arange(len(indices), device=self.device).unsqueeze(1)
-        return x[rows, index], y[rows, index], weights
-
-    def train_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
-        # each task's own draw (SupervisedTask.train_batch); None: its first rows, no draw
-        return self._gather(self.x_train, self.y_train, [
-            torch.arange(min(t.batch_size, t.num_train)) if g is None
-            else minibatch(g, t.num_train, t.batch_size) for t, g in zip(self.tasks, generators)])
-
-    def test_batch(self, generators: Sequence[torch.Generator | None]) -> Batch:
-        # SupervisedTask.test_batch: the whole test set, or a drawn minibatch of it
-        return self._gather(self.x_test, self.y_test, [
-            torch.arange(int(t.x_test.shape[0])) if g is None
-            else minibatch(g, int(t.x_test.shape[0]), t.batch_size)
-            for t, g in zip(self.tasks, generators)])
+#: the batched form of MLPs (one ``DenseBatch`` for every dense task; the name stays public)
+MLPBatch = DenseBatch
 
 
 class MLPFamily(TaskFamily):
@@ -169,10 +83,10 @@ class MLPFamily(TaskFamily):
     ``width`` (log-uniform integers), depth in ``depth`` (uniform integers), activation from
     ``activations``, batch size from ``batch_sizes`` and a training subset fraction.
 
-    ``padding``: vectorised meta-training groups the sampled MLPs by depth and activation only,
-    padding widths and minibatch sizes (``MLPBatch``): larger groups, paid for in memory and
-    padded arithmetic (``scripts/benchmark.py meta_throughput`` measures both). Off: groups of
-    one architecture and minibatch size."""
+    ``padding`` (default true): vectorised meta-training groups the sampled MLPs by depth only,
+    padding widths, data shapes and minibatch sizes (``tasks.dense.DenseBatch``): larger
+    groups, paid for in memory and padded arithmetic (``scripts/benchmark.py meta_throughput``
+    measures both). Off: groups of one architecture and minibatch size."""
 
     name = "mlp"
 
@@ -189,7 +103,7 @@ class MLPFamily(TaskFamily):
         synthetic_examples: int = 512,
         synthetic_features: int = 16,
         synthetic_classes: int = 4,
-        padding: bool = False,
+        padding: bool = True,
         *,
         device=None,
         dtype=None,

@@ -7,13 +7,14 @@ task's ``objective(x, batch)``. Deterministic objectives use ``batch = None``.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from metaopt.task import Batch, ModuleTask, Params
+from metaopt.task import Batch, ModuleTask, Params, TaskBatch
 
-__all__ = ["PointModule", "PointTask"]
+__all__ = ["PointBatch", "PointModule", "PointTask"]
 
 
 class PointModule(nn.Module):
@@ -75,3 +76,79 @@ class PointTask(ModuleTask):
         start = ", ".join(f"{v:.3g}" for v in self.initial_point[:3].tolist())
         more = ", ..." if self.dim > 3 else ""
         return f"{self.name}(dim={self.dim}, x0=({start}{more}))"
+
+    # -- vectorised meta-batches: every point task of every dimension joins one PointBatch ------
+    def batch_key(self) -> Hashable | None:
+        return ("point", self.device, self.dtype)
+
+    @classmethod
+    def stack(cls, tasks: Sequence[PointTask]) -> PointBatch:
+        return PointBatch(tasks)
+
+    def point_part_key(self) -> Hashable:
+        """Tasks of one part key are evaluated by one ``stack_part`` batch inside a
+        ``PointBatch``."""
+        raise NotImplementedError(f"{type(self).__name__} has no batched form")
+
+    @classmethod
+    def stack_part(cls, tasks: Sequence[PointTask]) -> TaskBatch:
+        """A ``TaskBatch`` of tasks of one ``point_part_key`` over points of their width
+        (attribute ``width``)."""
+        raise NotImplementedError(f"{cls.__name__} has no batched form")
+
+
+class PointBatch(TaskBatch):
+    """Point tasks of any kinds and dimensions (quadratics, test functions), the points
+    zero-padded to the largest ``D``::
+
+        L_b(x) = f_b(x_b[:w_p])      for task b in part p (its ``point_part_key``)
+
+    Each part's rows are evaluated by the part's own batch (``stack_part``: a ``QuadraticBatch``,
+    padded inside to its width ``w_p``; one ``vmap`` of a test function) and the values put back
+    in row order. Coordinates beyond ``w_p`` never enter a loss, and the parts pad exactly inside
+    ``w_p``, so every padded coordinate's gradient is exactly 0 (a rule that keeps
+    ``θ = g = state = 0`` at 0 leaves it there) and each row is its own task's loss.
+    A batch is the list of the parts' batches.
+    """
+
+    def __init__(self, tasks: Sequence[PointTask]):
+        super().__init__(tasks)
+        self.width = max(t.dim for t in self.tasks)
+        self._parts()
+
+    def _parts(self) -> None:
+        groups: dict = {}
+        for row, task in enumerate(self.tasks):
+            groups.setdefault(task.point_part_key(), []).append(row)
+        self.parts = [(torch.tensor(rows, device=self.device),
+                       type(self.tasks[rows[0]]).stack_part([self.tasks[r] for r in rows]))
+                      for rows in groups.values()]
+        self.part_rows = list(groups.values())
+        order = torch.cat([rows for rows, _ in self.parts])
+        self.inverse = torch.empty_like(order)
+        self.inverse[order] = torch.arange(len(order), device=self.device)
+
+    def select(self, rows):
+        out = super().select(rows)
+        out._parts()
+        return out
+
+    def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
+        return torch.stack([nn.functional.pad(v, (0, self.width - v.shape[0])) for v in values])
+
+    def unstack_values(self, name: str, value: Tensor) -> list[Tensor]:
+        return [row[:task.dim] for row, task in zip(value.unbind(0), self.tasks)]
+
+    def loss(self, params, batch: Batch) -> Tensor:
+        x = params["x"]
+        values = [part.loss({"x": x.index_select(0, rows)[:, :part.width]}, data)
+                  for (rows, part), data in zip(self.parts, batch)]
+        return values[0] if len(values) == 1 else torch.cat(values)[self.inverse]
+
+    def train_batch(self, generators) -> Batch:
+        return [part.train_batch([generators[r] for r in rows])
+                for rows, (_, part) in zip(self.part_rows, self.parts)]
+
+    def test_batch(self, generators) -> Batch:
+        return [part.test_batch([generators[r] for r in rows])
+                for rows, (_, part) in zip(self.part_rows, self.parts)]

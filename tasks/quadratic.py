@@ -69,12 +69,13 @@ class QuadraticTask(PointTask):
         noise = f", sigma={self.noise_std:.2g}" if self.noise_std else ""
         return f"{self.name}(dim={self.dim}, kappa={self.condition_number:.3g}{noise})"
 
-    def batch_key(self):
-        # Every quadratic, noisy or not, of any dimension, joins one zero-padded batch.
-        return ("quadratic", self.device, self.dtype)
+    # Every quadratic, noisy or not, of any dimension, joins one zero-padded QuadraticBatch, a
+    # part of the PointBatch it shares with the test functions (PointTask.batch_key).
+    def point_part_key(self):
+        return ("quadratic",)
 
     @classmethod
-    def stack(cls, tasks: Sequence[QuadraticTask]) -> QuadraticBatch:
+    def stack_part(cls, tasks: Sequence[QuadraticTask]) -> QuadraticBatch:
         return QuadraticBatch(tasks)
 
 

@@ -15,12 +15,15 @@ as independent oracles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from metaopt.task import TaskFamily, sample_choice, sample_int_log_uniform, sample_log_uniform
 
 from .data import SplitData
+from .dense import DenseBatch, DenseLayout, dense_key
 from .supervised import SupervisedTask
 
 __all__ = ["LinearRegressionFamily", "LinearRegressionTask"]
@@ -50,6 +53,17 @@ class LinearRegressionTask(SupervisedTask):
 
     def data_loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         return 0.5 * (prediction.squeeze(-1) - target).pow(2).mean()
+
+    # -- vectorised meta-batches: one padded batch with logistic regression (``tasks.dense``) ----
+    def dense_layout(self) -> DenseLayout:
+        return DenseLayout(("",), (self.num_features, 1), None, "mse", mse_coefficient=0.5)
+
+    def batch_key(self):
+        return dense_key(self, self.dense_layout())
+
+    @classmethod
+    def stack(cls, tasks: Sequence[LinearRegressionTask]) -> DenseBatch:
+        return DenseBatch(tasks)
 
     def describe(self) -> str:
         kind = f"lasso(l1={self.l1:.2g})" if self.l1 else "least_squares"

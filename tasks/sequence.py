@@ -42,6 +42,7 @@ from metaopt.task import (
 
 from .data import minibatch
 from .mlp import ACTIVATIONS
+from .sequence_batch import PaddedSequenceBatch
 
 __all__ = ["SEQUENCE_KINDS", "SEQUENCE_MODELS", "SequenceBatch", "SequenceFamily", "SequenceTask",
            "make_sequences", "one_hot"]
@@ -186,14 +187,13 @@ class SequenceTask(TokenSequenceData, ModuleTask):
 
     # -- vectorised meta-batches: tasks of one architecture and data shape differ only in data -----
     def batch_key(self):
-        sizes = tuple(int(d[0].shape[0]) for d in (self.train_data, self.test_data))
-        activation = self.activation if self.model_name == "conv" else None  # the GRU has none
-        return (type(self), self.model_name, activation, self.vocab_in, self.vocab_out,
-                self.hidden, self.length, self.batch_size, sizes, self.device, self.dtype)
+        """Every sequence task of one model type, whatever its kind, vocabulary, length, width,
+        activation and batch size (``tasks.sequence_batch.PaddedSequenceBatch`` pads them)."""
+        return ("sequence", self.model_name, self.device, self.dtype)
 
     @classmethod
-    def stack(cls, tasks: Sequence[SequenceTask]) -> SequenceBatch:
-        return SequenceBatch(tasks)
+    def stack(cls, tasks: Sequence[SequenceTask]) -> TaskBatch:
+        return PaddedSequenceBatch(tasks)
 
     def describe(self) -> str:
         return (f"{self.name}(V={self.vocab_in}->{self.vocab_out}, L={self.length}, "

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metaopt.task import Batch, TaskFamily
+from metaopt.task import Batch, TaskBatch, TaskFamily
 
 from .point import PointTask
 
-__all__ = ["TEST_FUNCTIONS_2D", "TestFunction", "TestFunctionFamily", "TestFunctionTask"]
+__all__ = ["TEST_FUNCTIONS_2D", "FunctionPart", "TestFunction", "TestFunctionFamily",
+           "TestFunctionTask"]
 
 
 def rosenbrock(v: Tensor) -> Tensor:
@@ -168,6 +169,30 @@ class TestFunctionTask(PointTask):
             else:
                 self._loss_scale = max(initial - self.minimum_value, 1e-12)
         return self._loss_scale
+
+    # -- vectorised meta-batches: a part of a PointBatch per function and dimension -------------
+    def point_part_key(self):
+        return ("test_function", self.function, self.dim)
+
+    @classmethod
+    def stack_part(cls, tasks: Sequence[TestFunctionTask]) -> FunctionPart:
+        return FunctionPart(tasks)
+
+
+class FunctionPart(TaskBatch):
+    """Tasks of one test function and dimension ``width`` inside a ``PointBatch``:
+    ``L_b = f(x_b)``, one ``vmap`` of ``f``; deterministic (its batch is None)."""
+
+    def __init__(self, tasks: Sequence[TestFunctionTask]):
+        super().__init__(tasks)
+        self.width = self.tasks[0].dim
+        self._loss = torch.func.vmap(self.tasks[0].function)
+
+    def loss(self, params, batch: Batch) -> Tensor:
+        return self._loss(params["x"])
+
+    def train_batch(self, generators) -> Batch:
+        return None
 
 
 class TestFunctionFamily(TaskFamily):

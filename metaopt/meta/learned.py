@@ -43,6 +43,14 @@ class LearnedRule(Protocol):
     def trace(self, state: State) -> dict[str, Tensor]: ...
 
 
+class _UntiedBoundController(BoundController):
+    """``BoundController`` of a controller without tied weights: the same ``functional_call``
+    without its per-call search for ties (a walk of the module tree at every inner step)."""
+
+    def __call__(self, *args):
+        return torch.func.functional_call(self.module, self.weights, args, tie_weights=False)
+
+
 class GAROLearnedRule:
     """``GARORule`` driven by a ``GAROController`` evaluated at meta-parameters ``φ``.
 
@@ -54,12 +62,15 @@ class GAROLearnedRule:
 
     def __init__(self, controller: GAROController, rule: GARORule):
         self.module, self.rule = controller, rule
+        self._tied = len(list(controller.named_parameters(remove_duplicate=False))) != \
+            len(dict(controller.named_parameters()))
 
     def meta_parameters(self) -> dict[str, Tensor]:
         return dict(self.module.named_parameters())
 
     def _bound(self, weights: Mapping[str, Tensor]) -> BoundController:
-        return BoundController(self.module, dict(weights))
+        bound = BoundController if self._tied else _UntiedBoundController
+        return bound(self.module, dict(weights))
 
     def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor],
              horizon: int | None = None) -> State:

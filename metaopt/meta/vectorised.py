@@ -18,7 +18,10 @@ A run that diverges leaves the batch at the step it diverged (one host sync per 
 the loop has one per run step) and gives no loss; its slice of the earlier batched steps gets a
 zero cotangent. Groups of one run, tasks without a ``batch_key`` (one notice per task type),
 groups whose rule state cannot be stacked, and every run once the rule fails under vmap (e.g. it
-reads a tensor on the host; one notice, ``VectorisedPool.fallback``) take the loop.
+reads a tensor on the host; one notice, ``VectorisedPool.fallback``) take the loop. Tasks of
+different parameter sizes share a zero-padded batch only when the rule pads exactly (probed once,
+``metaopt.meta.batch_plan.rule_pads_exactly``); otherwise the group key adds the exact shapes.
+``describe`` says all this in plain words before training starts.
 
 The learned rule is called through ``torch.func.vmap`` generically; its ``grad_fn`` returns the
 precomputed ``(L_b, g_b)`` and must only be evaluated at the current parameters (GARO's is).
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..rules.base import State, TensorList
+from .batch_plan import loop_report, rule_batch_error, rule_pads_exactly, task_label
 from .batched_unroll import batched_step, stack_tree, unroll_group, unstack_tree
 from .inner_runs import InnerRunPool, SegmentBatch
 from .learned import detach_state
@@ -76,16 +80,53 @@ class VectorisedPool(InnerRunPool):
         self.compile = bool(compile)
         self._noticed: set[str] = set()
         self.fallback: str | None = None  # why the rule took the loop, once it could not vmap
+        self._pads_exactly: bool | None = None  # rule_pads_exactly, probed at the first segment
+
+    def group_key(self, task, shapes=None):
+        """The key runs are grouped by: ``task.batch_key()``, refined by the exact parameter
+        ``shapes`` (default: the task's own) when the rule does not pad exactly
+        (``metaopt.meta.batch_plan``), so then no parameter is padded; None: no batched form."""
+        key = task.batch_key()
+        if key is None or self._pads_exactly:
+            return key
+        if shapes is None:
+            shapes = [p.shape for p in task.init_params().values()]
+        return key, tuple(tuple(s) for s in shapes)
+
+    def _check_padding(self, weights) -> None:
+        if self._pads_exactly is None:
+            try:
+                self._pads_exactly = rule_pads_exactly(self.learned, weights)
+            except Exception:  # noqa: BLE001 (a rule the probe cannot drive: do not pad)
+                self._pads_exactly = False
+
+    def describe(self, weights: Mapping[str, Tensor], *, probe: int = 64) -> str:
+        """What the engine will batch and what takes the loop, in plain words (the trainer prints
+        it once at start): the rule's padding (``rule_pads_exactly``), the task types without a
+        batched form and those often alone in their group, from ``probe`` sampled tasks."""
+        self._check_padding(weights)
+        rule = type(getattr(self.learned, "rule", self.learned)).__name__
+        error = rule_batch_error(self.learned, weights)
+        if error is not None:
+            return (f"vectorised engine: {rule} cannot advance stacked runs ({error}): every run "
+                    f"takes the loop")
+        lines = [f"vectorised engine: {rule} " + (
+            "pads exactly, so tasks of different sizes share a padded batch" if self._pads_exactly
+            else "depends on the number of parameters (its step on zero-padded tensors differs), "
+                 "so only tasks of identical parameter shapes share a batch")]
+        lines += ["  " + line for line in loop_report(self.family, len(self.runs),
+                                                      self.group_key, probe=probe)]
+        return "\n".join(lines)
 
     def _groups(self, indices: Sequence[int]) -> tuple[list[list[int]], list[int]]:
-        """Runs grouped by ``batch_key`` (first-seen order) and the runs left to the loop."""
+        """Runs grouped by ``group_key`` (first-seen order) and the runs left to the loop."""
         groups: dict = {}
         alone = []
         for i in indices:
             task = self.runs[i].task
-            key = task.batch_key()
+            key = self.group_key(task, [p.shape for p in self.runs[i].params])
             if key is None:
-                name = type(task).__name__
+                name = task_label(task)
                 if name not in self._noticed:
                     self._noticed.add(name)
                     log.warning("vectorised engine: %s has no batch_key(); its runs take the "
@@ -115,6 +156,7 @@ class VectorisedPool(InnerRunPool):
         begin = [(run.params, run.state) if starts is None or starts[i] is None else starts[i]
                  for i, run in enumerate(self.runs)]
         count = len(self.runs)
+        self._check_padding(weights)
         losses: list = [None] * count
         finals: list = [None] * count  # (params, state) at the segment's end, None if diverged
         groups, alone = self._groups(range(count))

@@ -9,9 +9,12 @@ loop | vectorised, on
 (b) digits MLPs of one architecture (64-32-10 tanh, batch 64; data subset and initialisation
     sampled) — what vectorises;
 (c) the full digits MLP family (width 8–128, depth 1–3, three activations, three batch sizes
-    sampled): runs group by architecture and batch size, mostly groups of one;
-(d) the same family with ``padding=true``: widths and batch sizes padded (``tasks.mlp.MLPBatch``),
-    runs group by depth × activation (at most 9 groups), paid for in memory.
+    sampled) with ``padding=false``: runs group by architecture and batch size, mostly groups of
+    one;
+(d) the same family padded (the default): widths, batch sizes and activations padded or carried
+    as data (``tasks.dense.DenseBatch``), runs group by depth (at most 3 groups), paid for in
+    memory. (Padding parameters needs a rule that pads exactly; GARO's ``scale="none"``, the
+    config's, does.)
 
 Inner steps per second = inner steps advanced (Σ over runs of the segment length) / wall time of
 refresh + meta-step, the two engines interleaved round by round (same seed: both trainers follow
@@ -42,7 +45,7 @@ FAMILIES = {
     "(b) digits MLP, one architecture": {
         "datasets": ["digits"], "width": [32, 32], "depth": [1, 1], "activations": ["tanh"],
         "batch_sizes": [64]},
-    "(c) digits MLP, sampled architectures": {"datasets": ["digits"]},
+    "(c) digits MLP, sampled architectures": {"datasets": ["digits"], "padding": False},
     "(d) digits MLP, sampled architectures, padded": {"datasets": ["digits"], "padding": True},
 }
 ROUNDS = {4: 3, 32: 2, 128: 1}

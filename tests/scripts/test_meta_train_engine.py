@@ -48,3 +48,11 @@ def test_engines_train_the_same_controller_and_resume_across(script, tmp_path):
 def test_unknown_engine_is_a_config_error(script, tmp_path):
     with pytest.raises(script.ConfigError, match="unroll.engine"):
         _run(script, tmp_path, "unroll.engine=jit")
+
+
+def test_the_vectorised_engine_says_once_at_start_what_takes_the_loop(script, tmp_path, capsys):
+    _run(script, tmp_path / "vec", "steps=2", "unroll.engine=vectorised")
+    out = capsys.readouterr().out
+    assert out.count("vectorised engine:") == 1 and "probe runs batched" in out, out
+    _run(script, tmp_path / "loop", "steps=1", "unroll.engine=loop")
+    assert "vectorised engine:" not in capsys.readouterr().out

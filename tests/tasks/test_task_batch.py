@@ -43,7 +43,7 @@ def test_quadratics_of_any_dimension_and_noise_stack_exactly(split):
     batch, grads = _check_rows(family, range(8), split)
     assert (len({t.dim for t in batch.tasks}) > 1
             and len({t.noise_std > 0 for t in batch.tasks}) == 2)
-    padding = torch.arange(batch.width) >= torch.tensor(batch.dims).unsqueeze(1)
+    padding = torch.arange(batch.width) >= torch.tensor([t.dim for t in batch.tasks]).unsqueeze(1)
     assert torch.all(grads[0][padding] == 0)  # padded coordinates get exactly zero gradient
 
 
@@ -64,7 +64,8 @@ def test_mlps_of_sampled_widths_and_batch_sizes_stack_exactly(split, activation)
                        activations=(activation,), batch_sizes=(8, 16, 32),
                        synthetic_examples=80, l2=1e-3, padding=True, dtype=DT)
     batch, grads = _check_rows(family, range(6), split)
-    assert len(set(batch.widths)) > 1 and len({t.batch_size for t in batch.tasks}) > 1
+    assert (len({t.width for t in batch.tasks}) > 1
+            and len({t.batch_size for t in batch.tasks}) > 1)
     names = list(batch.tasks[0].init_params())
     for name, grad in zip(names, grads):  # the padding gets exactly zero gradient
         for b, own in enumerate(batch.unstack_values(name, grad)):
@@ -80,6 +81,16 @@ def test_cnns_of_one_architecture_stack_exactly(split):
     _check_rows(family, range(3), split)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cnns_of_sampled_channels_activations_and_batch_sizes_stack_exactly(split):
+    family = tasks.get("cnn_digits", channels=(1, 4), batch_sizes=(8, 16), l2=1e-3,
+                       train_fraction=(0.05, 0.1), dtype=DT)
+    batch, grads = _check_rows(family, range(6), split)
+    assert len({t.channels for t in batch.tasks}) > 1
+    assert len({t.activation for t in batch.tasks}) > 1
+    _check_padding_gets_zero_gradient(batch, grads)
+
+
 @pytest.mark.parametrize("padding", [False, True])
 def test_keys_separate_architectures(padding):
     family = tasks.get("mlp", datasets=("synthetic",), width=(4, 32), padding=padding, dtype=DT)
@@ -87,7 +98,74 @@ def test_keys_separate_architectures(padding):
     keys = [t.batch_key() for t in group]
     for a, ka in zip(group, keys):
         for b, kb in zip(group, keys):  # with padding, widths and batch sizes may differ
-            same = (a.depth, a.activation) == (b.depth, b.activation) and (
-                padding or (a.width, a.batch_size) == (b.width, b.batch_size))
+            same = a.depth == b.depth and (padding or (a.activation, a.width, a.batch_size)
+                                           == (b.activation, b.width, b.batch_size))
             assert (ka == kb) == same
-    assert tasks.get("rosenbrock").sample_seed(0).batch_key() is None
+    # every test function, whatever its kind and dimension, shares one key
+    assert (tasks.get("rosenbrock").sample_seed(0).batch_key()
+            == tasks.get("rastrigin_nd", dim=(5, 5)).sample_seed(0).batch_key())
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_point_tasks_of_any_kind_and_dimension_stack_exactly(split):
+    # test functions and (noisy) quadratics share one PointBatch
+    family = tasks.get("mixture", dtype=DT, components={
+        "rastrigin_nd": {"dim": (2, 6)}, "himmelblau": {}, "beale": {}, "ackley": {},
+        "styblinski_tang": {}, "six_hump_camel": {}, "quadratic": {"dim": (2, 7)},
+        "noisy_quadratic": {"dim": (2, 7), "noise_std": (0.1, 1.0)}})
+    batch, grads = _check_rows(family, range(14), split)
+    assert len({t.name for t in batch.tasks}) > 4 and len({t.dim for t in batch.tasks}) > 2
+    padding = torch.arange(batch.width) >= torch.tensor([t.dim for t in batch.tasks]).unsqueeze(1)
+    assert torch.all(grads[0][padding] == 0)  # padded coordinates get exactly zero gradient
+
+
+def _check_padding_gets_zero_gradient(batch, grads):
+    # where the batch's own stacking of all-ones puts a 0, the gradient must be exactly 0
+    names = list(batch.tasks[0].init_params())
+    for name, grad in zip(names, grads):
+        real = batch.stack_values(name, [torch.ones_like(own)
+                                         for own in batch.unstack_values(name, grad)])
+        assert torch.all(grad[real == 0] == 0), name
+        assert int((real == 0).sum()) > 0 or name.endswith("bias"), name
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_dense_tasks_of_different_data_activations_and_losses_stack_exactly(split):
+    # MLPs on two data sets (features and classes padded), three activations (as data), with
+    # depth-3 MLPs sharing the batch with autoencoders (cross-entropy and squared-error rows)
+    family = tasks.get("mixture", dtype=DT, components={
+        "mlp": {"datasets": ["synthetic", "wine"], "width": [3, 9], "depth": [3, 3],
+                "batch_sizes": [8, 16], "synthetic_examples": 60, "synthetic_features": 5,
+                "synthetic_classes": 4, "l2": 1e-3},
+        "autoencoder_digits": {"hidden": [4, 8], "bottleneck": [2, 3], "batch_sizes": [8]}})
+    batch, grads = _check_rows(family, range(10), split)
+    kinds = {type(t).__name__ for t in batch.tasks}
+    assert kinds == {"MLPTask", "AutoencoderTask"}, kinds
+    assert len({t.num_classes for t in batch.tasks if kinds}) > 1
+    assert len({t.activation for t in batch.tasks}) > 1
+    _check_padding_gets_zero_gradient(batch, grads)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_logistic_and_least_squares_share_one_padded_batch_exactly(split):
+    family = tasks.get("mixture", dtype=DT, components={
+        "logistic_regression": {"datasets": ["wine", "synthetic"], "batch_sizes": [8, 32],
+                                "synthetic_features": [3, 7], "synthetic_classes": [2, 4]},
+        "least_squares": {"num_features": [2, 9], "num_train": [20, 40]},
+        "lasso": {"num_features": [2, 9], "num_train": [20, 40]}})
+    batch, grads = _check_rows(family, range(10), split)
+    assert {type(t).__name__ for t in batch.tasks} == {"LogisticRegressionTask",
+                                                       "LinearRegressionTask"}
+    assert any(t.l1 > 0 for t in batch.tasks) and len({t.num_features for t in batch.tasks}) > 2
+    _check_padding_gets_zero_gradient(batch, grads)
+
+
+@pytest.mark.parametrize("model", ["gru", "conv"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_sequence_tasks_of_any_kind_vocabulary_length_and_width_stack_exactly(split, model):
+    family = tasks.get("sequence", models=[model], vocab=(3, 6), length=(4, 7), hidden=(2, 5),
+                       batch_sizes=(4, 8), num_train=12, num_test=6, dtype=DT)
+    batch, grads = _check_rows(family, range(6), split)
+    for attribute in ("kind", "vocab_in", "length", "hidden", "batch_size"):
+        assert len({getattr(t, attribute) for t in batch.tasks}) > 1, attribute
+    _check_padding_gets_zero_gradient(batch, grads)

@@ -1,0 +1,157 @@
+"""Which inner runs the vectorised engine can batch, decided once and said once.
+
+Two questions decide it (``metaopt.meta.vectorised``):
+
+1. **Does the rule pad exactly?** Tasks whose parameters differ in size share a batch by
+   zero-padding (``TaskBatch.stack_values``); that is exact only for a rule that maps a padded
+   coordinate (``θ = g = state = 0``) to 0 *and* whose step on the real coordinates does not
+   depend on how many padded ones there are. A rule that reads the element count (GARO's
+   ``scale="distance"`` normalises DoG's distance by ``√n``, Ivgi, Hinder & Carmon 2023) is not:
+   then only tasks of identical parameter shapes share a batch. ``rule_pads_exactly`` tests it
+   directly on a probe: a separable quadratic ``f(θ) = Σ_k (½ a_k θ_k² + b_k θ_k)``, unpadded and
+   zero-padded (``a = b = 0`` in the padding, so ``∇f = 0`` there at 0), stepped ``steps``
+   times by the rule; exact when the padded coordinates stay exactly 0 and the real updates
+   ``θ_T − θ_0`` agree to rounding (a rule that does not move the probe counts as not exact).
+   A probe, not a declaration: it follows the rule when the rule changes.
+2. **Which runs are left alone?** Tasks without a ``batch_key`` and runs whose group has one
+   member take the loop. ``loop_report`` samples probe tasks from the family (seeds above the
+   training range, so the training stream is untouched), groups them as the engine would in
+   meta-batches of ``num_runs``, and returns the plain-words summary the trainer prints at start.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..task import TaskFamily
+from .batched_unroll import batched_step, stack_tree
+
+__all__ = ["loop_report", "rule_batch_error", "rule_pads_exactly", "task_label"]
+
+_PROBE_SHAPES = ((3,), (2, 2))        # real parameter shapes of the probe
+_PADDED_SHAPES = ((5,), (3, 4))       # the same, zero-padded
+_PROBE_SEED_BASE = 2 ** 30 + 10 ** 6  # probe tasks: far from training and validation seeds
+
+
+def _pad(value: Tensor, shape) -> Tensor:
+    return F.pad(value, [p for size, have in zip(reversed(shape), reversed(value.shape))
+                         for p in (0, size - have)])
+
+
+def _pad_state(state, shapes):
+    """``state`` with every list of per-parameter tensors zero-padded to ``shapes`` (what
+    ``TaskBatch.stack_values`` does to the rule state in the engine)."""
+    if isinstance(state, dict):
+        return {k: _pad_state(v, shapes) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        if len(state) == len(shapes) and all(isinstance(t, Tensor) and t.shape == s for t, s
+                                             in zip(state, _PROBE_SHAPES)):
+            return type(state)(_pad(t, s) for t, s in zip(state, shapes))
+        return type(state)(_pad_state(v, shapes) for v in state)
+    return state
+
+
+def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3) -> bool:
+    """True when ``learned``'s steps on zero-padded parameters equal its steps on the unpadded
+    ones (module docstring, question 1)."""
+    weights = {k: v.detach() for k, v in weights.items()}
+    dtype = next(iter(weights.values())).dtype if weights else torch.float64
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(shape, low=0.0):
+        return low + torch.rand(shape, generator=generator, dtype=torch.float64).to(dtype)
+
+    # per real tensor: start θ_0, curvature a > 0, linear term b
+    real = [(draw(s) - 0.5, draw(s, 0.5), draw(s) - 0.5) for s in _PROBE_SHAPES]
+    with torch.no_grad():  # as in the engine: the state is made unpadded, then padded
+        initial = learned.init([r[0] for r in real], weights, horizon=10)
+    runs = []
+    for shapes in (_PROBE_SHAPES, _PADDED_SHAPES):
+        start, curv, lin = ([_pad(r[i], s) for r, s in zip(real, shapes)] for i in range(3))
+
+        def grad_fn(points, curv=curv, lin=lin):
+            loss = sum((0.5 * a * p * p + b * p).sum() for a, b, p in zip(curv, lin, points))
+            return loss, [a * p + b for a, b, p in zip(curv, lin, points)]
+        with torch.no_grad():
+            params, state = start, _pad_state(initial, shapes)
+            for _ in range(steps):
+                params, state = learned.step(params, grad_fn, state, weights)
+        runs.append([p - s for p, s in zip(params, start)])
+    # the updates θ_T − θ_0 are compared, not θ_T: a scale-free rule's first steps are tiny
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-3
+    for small, padded in zip(*runs):
+        block = padded[tuple(slice(0, n) for n in small.shape)]
+        rest = padded.clone()
+        rest[tuple(slice(0, n) for n in small.shape)] = 0
+        scale = float(small.abs().max())
+        if (not torch.all(rest == 0) or scale == 0
+                or float((block - small).abs().max()) > tolerance * scale):
+            return False
+    return True
+
+
+class _Stacker:
+    """The ``TaskBatch`` interface ``stack_tree`` needs, for same-shape probe runs."""
+
+    def stack_values(self, name, values):
+        return torch.stack(list(values))
+
+
+def rule_batch_error(learned, weights: Mapping[str, Tensor]) -> str | None:
+    """Why ``learned`` cannot advance stacked runs (its state does not stack, or its step fails
+    under ``vmap``, e.g. it evaluates the gradient away from the current point or reads a value
+    on the host), or None when it can: one batched step of two copies of the probe."""
+    weights = {k: v.detach() for k, v in weights.items()}
+    dtype = next(iter(weights.values())).dtype if weights else torch.float64
+    params = [torch.full(s, 0.5, dtype=dtype) for s in _PROBE_SHAPES]
+    names = [str(i) for i in range(len(params))]
+    try:
+        with torch.no_grad():
+            state = learned.init(params, weights, horizon=10)
+            shapes = [[p.shape for p in params]] * 2
+            stacked = stack_tree([state, state], _Stacker(), names, shapes)
+            batched_step(learned, weights)([torch.stack([p, p]) for p in params],
+                                           torch.ones(2, dtype=dtype),
+                                           [torch.stack([p, p]) for p in params], stacked)
+    except (TypeError, RuntimeError, NotImplementedError) as error:
+        return str(error).splitlines()[0].removeprefix("vectorised engine: ")
+    return None
+
+
+def task_label(task) -> str:
+    """A task's type in words: ``AugmentedTask(MLPTask)`` for wrappers with a ``base``."""
+    base = getattr(task, "base", None)
+    name = type(task).__name__
+    return f"{name}({task_label(base)})" if base is not None else name
+
+
+def loop_report(family: TaskFamily, num_runs: int, group_key, *, probe: int = 64) -> list[str]:
+    """Plain-words lines on which runs of ``family`` would take the loop (module docstring,
+    question 2). ``group_key(task)`` is the engine's grouping key (None: no batched form)."""
+    tasks = [family.sample_seed(_PROBE_SEED_BASE + i) for i in range(probe)]
+    keys = [group_key(t) for t in tasks]
+    no_key = Counter(task_label(t) for t, k in zip(tasks, keys) if k is None)
+    alone: Counter = Counter()
+    groups = 0
+    for begin in range(0, probe, num_runs):
+        chunk = [(t, k) for t, k in zip(tasks[begin:begin + num_runs],
+                                        keys[begin:begin + num_runs]) if k is not None]
+        sizes = Counter(k for _, k in chunk)
+        groups += sum(1 for n in sizes.values() if n > 1)
+        alone.update(task_label(t) for t, k in chunk if sizes[k] == 1)
+    lines = []
+    if no_key:
+        lines.append("no batched form (every run of it takes the loop): "
+                     + ", ".join(f"{name} ({n}/{probe})" for name, n in no_key.most_common()))
+    if alone:
+        lines.append(f"alone in their group in a meta-batch of {num_runs} (those runs take the "
+                     "loop): " + ", ".join(f"{name} ({n}/{probe})"
+                                           for name, n in alone.most_common()))
+    batched = probe - sum(no_key.values()) - sum(alone.values())
+    lines.append(f"{batched}/{probe} probe runs batched, in {groups} groups over "
+                 f"{-(-probe // num_runs)} meta-batches of {num_runs}")
+    return lines
