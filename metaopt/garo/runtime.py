@@ -19,7 +19,7 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the controller runs on the host (``metaopt.garo.controller_host``: NumPy, fused GRU and
   heads) when it is a stock ``GAROController``, through its own ``forward`` otherwise;
 * then foreach updates with Python scalars, tensors grouped by equal hyperparameters
-  (``torch.optim.SGD``'s fused kernel for the sgd direction).
+  (``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU tensors chunk by chunk).
 
 On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
 controller's inputs must) and no controller kernels.
@@ -58,6 +58,8 @@ _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benc
 # up to here (elements in all), the update directions of a step are kept until the next one reads
 # their norms with its own: one norm call and one host read per step instead of two
 _DEFER_NUMEL = 1 << 20
+# adam's updates of a CPU tensor from this many elements on run in chunks of _CHUNK (cache-sized)
+_CHUNK_FROM, _CHUNK = 1 << 17, 1 << 16
 
 
 def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
@@ -197,12 +199,17 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
 
     # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
     # read by the next step with its own norms where keeping the directions costs no memory
-    # (they are the momentum buffers) or little (a small model); now otherwise.
+    # (they are the momentum buffers) or little (a small model); now otherwise (and where
+    # ``_update`` already read some of them).
     pending = PendingUpdateNorm(directions, step_sizes, ids, pnorms)
     ratios = [math.nan] * S  # (until read: ``settle``)
-    if not (all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
+    tensors = [d for d in directions if isinstance(d, Tensor)]
+    if len(tensors) < n or not (
+            all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
             sum(d.numel() for d in directions) <= _DEFER_NUMEL):
-        ratios = update_ratios(host, fused_norms(directions).tolist(), pending)
+        read = iter(fused_norms(tensors).tolist() if tensors else [])
+        ratios = update_ratios(host, [next(read) if isinstance(d, Tensor) else d
+                                      for d in directions], pending)
         pending = None
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
@@ -289,7 +296,7 @@ def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
 
 def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step):
     """Step 3 in place (``lrs``: the step sizes per segment); returns (directions, step sizes
-    |a_i|) for the update norms."""
+    |a_i|) for the update norms; a tensor updated in chunks gives its direction's norm."""
     n = len(params)
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.get("lr", 1.0), n)
@@ -328,6 +335,17 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
             dirs = bufs
         else:
             vs = [buffers["exp_avg_sq"][i] for i in index]
+            chunked = [k for k in range(len(index)) if _chunkable(ps[k], gs[k], vs[k], bufs[k])]
+            for k in chunked:  # large CPU tensors: the same ops, a cache-sized chunk at a time
+                i = index[k]
+                directions[i], step_sizes[i] = _adam_chunked(
+                    rule, ps[k], gs[k], vs[k], bufs[k], buffers.get("displacement", [None] * n)[i],
+                    mom, wd, lr, eps, sqrt_bias_correction2), abs(lr)
+            if chunked:
+                keep = [k for k in range(len(index)) if k not in set(chunked)]
+                index, ps, gs, bufs, vs = ([x[k] for k in keep] for x in (index, ps, gs, bufs, vs))
+                if not index:
+                    continue
             torch._foreach_mul_(vs, rule.beta2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - rule.beta2)
             # g / (√(v / c) + ε) = √c · g / (√v + ε√c), c = 1 − β₂^{t+1}: one op fewer
@@ -341,6 +359,39 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         for i, d in zip(index, dirs):
             directions[i], step_sizes[i] = d, abs(lr)
     return directions, step_sizes
+
+
+def _chunkable(*tensors: Tensor) -> bool:
+    """Whether ``_adam_chunked`` takes this tensor: large, float32/64, contiguous, on the CPU."""
+    return tensors[0].numel() >= _CHUNK_FROM and all(t.device.type == "cpu" and t.dtype in (
+        torch.float32, torch.float64) and t.is_contiguous() for t in tensors)
+
+
+def _adam_chunked(rule, p, g, v, m, displacement, mom, wd, lr, eps, sqrt_c) -> float:
+    """The adam bucket's ops of ``_update`` on one tensor, chunk by chunk: each element goes
+    through the same ops in the same order (the same bits), but a chunk's operands stay in
+    cache from one op to the next, where whole-tensor passes would stream every operand from
+    memory once per op (on a ~1M-parameter CPU model those passes are the step's cost).
+    Returns the direction's 2-norm, summed over the chunks while they are in cache, so the
+    direction ``m + λ·θ`` is never stored whole."""
+    flat = [t.view(-1) for t in (p, g, v, m)] + ([] if displacement is None else
+                                                 [displacement.view(-1)])
+    n = p.numel()
+    scratch = torch.empty(2, min(n, _CHUNK), dtype=p.dtype)
+    squares = []
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        pc, gc, vc, mc, *dc = (t[start:stop] for t in flat)
+        denom, dirc = scratch[0, :stop - start], scratch[1, :stop - start]
+        vc.mul_(rule.beta2).addcmul_(gc, gc, value=1 - rule.beta2)
+        torch.sqrt(vc, out=denom).add_(eps * sqrt_c)
+        mc.mul_(mom).addcdiv_(gc, denom, value=sqrt_c)
+        dirc = mc if wd == 0.0 else torch.add(mc, pc, alpha=wd, out=dirc)
+        squares.append(torch.dot(dirc, dirc))
+        pc.add_(dirc, alpha=-lr)
+        if dc:
+            dc[0].add_(dirc, alpha=-lr)
+    return math.sqrt(sum(torch.stack(squares).tolist()))
 
 
 def _displace(buffers, index, directions, lr: float) -> None:
