@@ -290,8 +290,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedO
                 p.grad = g
         if closure is not None:
             self.gradient_evaluations += grad_fn.evaluations
-        if new_state is state or not all_finite(list(new_params)):  # the rule undid the step
-            # (or θ is still the snapshot of a failed solve): refuse it
+        if new_state is None or new_state is state:  # a failed solve, or the rule undid the
+            # step (it checks the new parameters, gradient and loss itself): refuse it
             self._refuse_step("update")
             return loss
         torch._foreach_copy_(params, list(new_params))
