@@ -9,9 +9,12 @@ forever. A finite step resets the run of refusals. torch.optim writes NaN parame
 word; a learned or adaptive optimizer whose controller or step-size logic reads those values
 would carry the NaN on in its own state, so these optimizers refuse instead.
 
-Finiteness is read with one fused max-norm per tensor list (``torch._foreach_norm(·, inf)``):
-the largest magnitude is finite exactly when every entry is (NaN propagates), and unlike a sum
-or a 2-norm it cannot overflow on large finite values.
+Finiteness is read with one fused 2-norm per tensor list (``torch._foreach_norm``): a sum of
+squares is finite only when every entry is (NaN and ±inf propagate through it), so a finite
+2-norm settles the common case at the cost of one read of the data. A 2-norm can also overflow
+on large finite values, so a non-finite one is re-checked with the max-norm (``ord=inf``: the
+largest magnitude is finite exactly when every entry is, and it cannot overflow). The max-norm
+alone gives the same answer but is about 15× slower on CPU (no vectorised kernel).
 """
 from __future__ import annotations
 
@@ -34,7 +37,13 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
     tensors = [t for t in tensors if t is not None and t.numel() > 0]
     if not tensors:
         return True
-    norms = torch._foreach_norm(tensors, math.inf)
+    if _norms_finite(torch._foreach_norm(tensors)):
+        return True
+    # A non-finite 2-norm is either a non-finite entry or an overflowed sum of large finite ones.
+    return _norms_finite(torch._foreach_norm(tensors, math.inf))
+
+
+def _norms_finite(norms: Sequence[Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([n.to(torch.float64) for n in norms])).all())
 
 

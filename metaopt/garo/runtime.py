@@ -19,7 +19,7 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the controller runs on the host (``metaopt.garo.controller_host``: NumPy, fused GRU and
   heads) when it is a stock ``GAROController``, through its own ``forward`` otherwise;
 * then foreach updates with Python scalars, tensors grouped by equal hyperparameters
-  (``torch.optim.SGD``'s fused kernel for the sgd direction).
+  (``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU tensors chunk by chunk).
 
 On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
 controller's inputs must) and no controller kernels.
@@ -38,16 +38,15 @@ import torch
 from torch import Tensor
 
 from ..rules.base import State, per_tensor
+from .chunked import adam_chunked, chunkable
 from .controller import GAROController
 from .controller_host import HostOutput, host_dtype, host_step
 from .features import (
     HOST_OPS,
     TINY,
     TINY_LOSS,
-    distance_floor,
     distance_step_size,
     prodigy_beta,
-    prodigy_estimate,
     progress,
     signal_row,
     symlog,
@@ -55,6 +54,7 @@ from .features import (
 )
 from .host_state import HostState, PendingUpdateNorm, host_array
 from .hyper import GAROHyper
+from .scale import host_distance_max, host_prodigy_d, host_segment_norms, prodigy_reads
 
 _DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
 # up to here (elements in all), the update directions of a step are kept until the next one reads
@@ -85,14 +85,6 @@ def _fusable(*lists: Sequence[Tensor]) -> bool:
     return all(t.dtype == first.dtype and t.device == first.device and not t.is_sparse
                for ts in lists for t in ts) and first.is_floating_point() and \
         first.device.type in ("cpu", "cuda")
-
-
-def _segment_norms(squares: Sequence[float], ids: Sequence[int], num_segments: int) -> list[float]:
-    """Segment 2-norms from per-tensor squared norms (host floats)."""
-    total = [0.0] * num_segments
-    for s, sq in zip(ids, squares):
-        total[s] += sq
-    return [math.sqrt(t) for t in total]
 
 
 def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
@@ -158,12 +150,13 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         values = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
                             fused_norms(tensors)])
     if prodigy:  # ⟨g_i, δ_i⟩ and ‖s_i‖₁, in the same host read
-        values = torch.cat([values, _prodigy_reads(grads, buffers)])
+        values = torch.cat([values, prodigy_reads(grads, buffers)])
     norms = values.tolist()
     if prodigy:
         norms, dots, l1s = norms[:-2 * n], norms[-2 * n:-n], norms[-n:]
     squares = [v * v for v in norms[:2 * n]]
-    gnorms, pnorms = _segment_norms(squares[:n], ids, S), _segment_norms(squares[n:], ids, S)
+    gnorms = host_segment_norms(squares[:n], ids, S)
+    pnorms = host_segment_norms(squares[n:], ids, S)
     k = (3 if scaled else 2) * n
     prev_ratio = host.prev_update_ratio if pending is None else update_ratios(host, norms[k:])
     log_g = [HOST_OPS.log(g + TINY) for g in gnorms]  # (NaN stays NaN)
@@ -196,10 +189,10 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         else [1.0] * S
     lrs, distance_max, prodigy_d, numerator = out.lr, None, None, None
     if scaled:  # scale-free GARO: lr_t multiplies DoG's d_t = r̄_t / √(t+1)
-        distance_max = _distance_max(host, params, ids, pnorms, norms[2 * n:3 * n])
+        distance_max = host_distance_max(host, params, ids, pnorms, norms[2 * n:3 * n])
         lrs = [distance_step_size(c, r, step, HOST_OPS) for c, r in zip(out.lr, distance_max)]
     elif prodigy:  # lr_t multiplies Prodigy's d_t
-        prodigy_d = _prodigy_d(host, params, ids, pnorms, l1s)
+        prodigy_d = host_prodigy_d(host, params, ids, pnorms, l1s)
         lrs = [c * d for c, d in zip(out.lr, prodigy_d)]
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
@@ -212,12 +205,17 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
 
     # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
     # read by the next step with its own norms where keeping the directions costs no memory
-    # (they are the momentum buffers) or little (a small model); now otherwise.
+    # (they are the momentum buffers) or little (a small model); now otherwise (and where
+    # ``_update`` already read some of them).
     pending = PendingUpdateNorm(directions, step_sizes, ids, pnorms)
     ratios = [math.nan] * S  # (until read: ``settle``)
-    if not (all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
+    tensors = [d for d in directions if isinstance(d, Tensor)]
+    if len(tensors) < n or not (
+            all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
             sum(d.numel() for d in directions) <= _DEFER_NUMEL):
-        ratios = update_ratios(host, fused_norms(directions).tolist(), pending)
+        read = iter(fused_norms(tensors).tolist() if tensors else [])
+        ratios = update_ratios(host, [next(read) if isinstance(d, Tensor) else d
+                                      for d in directions], pending)
         pending = None
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
@@ -254,49 +252,13 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                      horizon=host.horizon, pending=pending, **new)
 
 
-def _distance_max(host: HostState, params, ids, pnorms, displacement_norms) -> list[float]:
-    """``r̄_t`` per segment (``GARORule._distance_max``) from the displacements' norms."""
-    S = host.num_segments
-    numel = [0] * S
-    for p, s in zip(params, ids):
-        numel[s] += p.numel()
-    root_n = [math.sqrt(max(m, 1)) for m in numel]
-    rms = [d / r for d, r in zip(_segment_norms([v * v for v in displacement_norms], ids, S),
-                                 root_n)]
-    if host.step == 0:
-        return host.rounded([distance_floor(p / r) for p, r in zip(pnorms, root_n)])
-    return host.rounded([max(prev, x) for prev, x in zip(host.distance_max, rms)])
-
-
-def _prodigy_reads(grads, buffers) -> Tensor:
-    """(2n,) ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
-    dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, buffers["displacement"])]
-    return torch.stack(dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1)))
-
-
-def _prodigy_d(host: HostState, params, ids, pnorms, l1_norms) -> list[float]:
-    """Prodigy's ``d_t`` per segment (``GARORule._prodigy_d``) from the ‖s_i‖₁ of the last step."""
-    S = host.num_segments
-    if host.step == 0:
-        numel = [0] * S
-        for p, s in zip(params, ids):
-            numel[s] += p.numel()
-        return host.rounded([distance_floor(p / math.sqrt(max(m, 1)))
-                             for p, m in zip(pnorms, numel)])
-    l1 = [0.0] * S
-    for s, v in zip(ids, l1_norms):
-        l1[s] += v
-    return host.rounded([prodigy_estimate(d, r, v, HOST_OPS) for d, r, v in
-                         zip(host.prodigy_d, host.prodigy_numerator, l1)])
-
-
 def update_ratios(host: HostState, direction_norms: Sequence[float],
                   pending: PendingUpdateNorm | None = None) -> list[float]:
     """``‖Δθ‖_s / ‖θ‖_s`` of a step (``pending``, default ``host``'s) from its directions' norms,
     rounded to the state's dtype; segments the step did not update keep ``host``'s ratio."""
     pending = pending or host.pending
     S = host.num_segments
-    update_norms = _segment_norms([(a * d) ** 2 for a, d in zip(
+    update_norms = host_segment_norms([(a * d) ** 2 for a, d in zip(
         pending.step_sizes, direction_norms)], pending.segment_ids, S)
     ratios = host.rounded([u / (p + TINY) for u, p in zip(update_norms, pending.param_norms)])
     if S > 1:
@@ -332,7 +294,8 @@ def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
 def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,
             prodigy_d=None):
     """Step 3 in place (``lrs``: the step sizes per segment; ``prodigy_d``: Prodigy's d_t per
-    segment, or None); returns (directions, step sizes |a_i|) for the update norms."""
+    segment, or None); returns (directions, step sizes |a_i|) for the update norms; a tensor
+    updated in chunks gives its direction's norm."""
     n = len(params)
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.lr_scale, n)
@@ -350,6 +313,10 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         ps = [params[i] for i in index]
         gs = [grads[i] for i in index]
         bufs = [momentum_buffers[i] for i in index]
+        if prodigy_d:  # s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum)
+            sums = [buffers["prodigy_sum"][i] for i in index]
+            torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
+            torch._foreach_add_(sums, gs, alpha=lr * d)
         if rule.direction == "sgd":
             if mom != 0.0 and _fusable(ps, gs, bufs):
                 # torch.optim.SGD's fused kernel is this step exactly (zero-started buffers):
@@ -371,6 +338,17 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
             dirs = bufs
         else:
             vs = [buffers["exp_avg_sq"][i] for i in index]
+            chunked = [k for k in range(len(index)) if chunkable(ps[k], gs[k], vs[k], bufs[k])]
+            for k in chunked:  # large CPU tensors: the same ops, a cache-sized chunk at a time
+                i = index[k]
+                directions[i], step_sizes[i] = adam_chunked(
+                    rule, ps[k], gs[k], vs[k], bufs[k], buffers.get("displacement", [None] * n)[i],
+                    mom, wd, lr, eps, sqrt_bias_correction2), abs(lr)
+            if chunked:
+                keep = [k for k in range(len(index)) if k not in set(chunked)]
+                index, ps, gs, bufs, vs = ([x[k] for k in keep] for x in (index, ps, gs, bufs, vs))
+                if not index:
+                    continue
             torch._foreach_mul_(vs, rule.beta2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - rule.beta2)
             # g / (√(v / c) + ε) = √c · g / (√v + ε√c), c = 1 − β₂^{t+1}: one op fewer
@@ -379,14 +357,10 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
             torch._foreach_mul_(bufs, mom)
             torch._foreach_addcdiv_(bufs, gs, denom, value=sqrt_bias_correction2)
             dirs = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
-        if prodigy_d:  # s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum)
-            sums = [buffers["prodigy_sum"][i] for i in index]
-            torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
-            torch._foreach_add_(sums, gs, alpha=lr * d)
         torch._foreach_add_(ps, dirs, alpha=-lr)
         _displace(buffers, index, dirs, lr)
-        for i, d in zip(index, dirs):
-            directions[i], step_sizes[i] = d, abs(lr)
+        for i, direction in zip(index, dirs):
+            directions[i], step_sizes[i] = direction, abs(lr)
     return directions, step_sizes
 
 

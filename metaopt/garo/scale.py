@@ -1,18 +1,20 @@
-"""Scale-free GARO's online step-size estimates on the meta path (tensors, differentiable).
+"""Scale-free GARO's online step-size estimates, for both paths, and the segment norms.
 
-``GARORule`` (``metaopt.garo.rule``, whose module docstring states the formulas) reads them;
-the runtime computes the same quantities from host floats (``metaopt.garo.runtime``) and
-``tests/garo/test_runtime.py`` proves the two equal in float64. Also the per-tensor and
-per-segment norms both GARO paths share.
+The meta path (``GARORule``, ``metaopt.garo.rule``, whose module docstring states the formulas)
+computes them on tensors, differentiably; the runtime (``metaopt.garo.runtime``) from host
+floats and one host read (the ``host_*`` functions). ``tests/garo/test_runtime.py`` proves the
+two equal in float64.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .features import TENSOR_OPS, distance_floor, prodigy_estimate
+from .features import HOST_OPS, TENSOR_OPS, distance_floor, prodigy_estimate
+from .host_state import HostState
 
 
 def safe_sqrt(x: Tensor) -> Tensor:
@@ -89,3 +91,50 @@ def prodigy_numerator(state, contributions: Sequence[Tensor], ids_t, beta3: floa
     total = segment_sums(torch.stack(list(contributions)).to(previous.dtype), ids_t,
                          len(previous))
     return previous * beta3 + total
+
+
+# -- the runtime's host-float twins -----------------------------------------------------------
+
+def host_segment_norms(squares: Sequence[float], ids: Sequence[int],
+                       num_segments: int) -> list[float]:
+    """Segment 2-norms from per-tensor squared norms (host floats)."""
+    total = [0.0] * num_segments
+    for s, sq in zip(ids, squares):
+        total[s] += sq
+    return [math.sqrt(t) for t in total]
+
+
+def host_distance_max(host: HostState, params, ids, pnorms, displacement_norms) -> list[float]:
+    """``r̄_t`` per segment (``GARORule._distance_max``) from the displacements' norms."""
+    S = host.num_segments
+    numel = [0] * S
+    for p, s in zip(params, ids):
+        numel[s] += p.numel()
+    root_n = [math.sqrt(max(m, 1)) for m in numel]
+    rms = [d / r for d, r in zip(host_segment_norms([v * v for v in displacement_norms], ids, S),
+                                 root_n)]
+    if host.step == 0:
+        return host.rounded([distance_floor(p / r) for p, r in zip(pnorms, root_n)])
+    return host.rounded([max(prev, x) for prev, x in zip(host.distance_max, rms)])
+
+
+def prodigy_reads(grads, buffers) -> Tensor:
+    """(2n,) ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
+    dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, buffers["displacement"])]
+    return torch.stack(dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1)))
+
+
+def host_prodigy_d(host: HostState, params, ids, pnorms, l1_norms) -> list[float]:
+    """Prodigy's ``d_t`` per segment (``GARORule._prodigy_d``) from the ‖s_i‖₁ of the last step."""
+    S = host.num_segments
+    if host.step == 0:
+        numel = [0] * S
+        for p, s in zip(params, ids):
+            numel[s] += p.numel()
+        return host.rounded([distance_floor(p / math.sqrt(max(m, 1)))
+                             for p, m in zip(pnorms, numel)])
+    l1 = [0.0] * S
+    for s, v in zip(ids, l1_norms):
+        l1[s] += v
+    return host.rounded([prodigy_estimate(d, r, v, HOST_OPS) for d, r, v in
+                         zip(host.prodigy_d, host.prodigy_numerator, l1)])

@@ -66,6 +66,14 @@ def _join(flat: dict) -> dict:
     return out
 
 
+def _own_copy(value: Tensor, buffer) -> Tensor:
+    """``value.clone()``, written into ``buffer`` where it is a tensor of the same kind."""
+    if (isinstance(buffer, Tensor) and buffer is not value and buffer.shape == value.shape
+            and buffer.dtype == value.dtype and buffer.device == value.device):
+        return buffer.copy_(value)
+    return value.clone()
+
+
 class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSupport,
                   PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Chooses per step between a GD module and an ODE module (``metaopt.hybrid.rule``).
@@ -256,11 +264,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         else:
             def grad_fn(points):
                 return loss_t, start_grads
-        fresh_lists, fresh_shared = _split(self.rule.init(params))
-        per_param = {k: [self.state[p].get(k, v) for p, v in zip(params, fresh)]
-                     for k, fresh in fresh_lists.items()}
-        shared = {k: self.hybrid_state.get(k, v) for k, v in fresh_shared.items()}
-        state = _join({**per_param, **shared})
+        state = _join(self._rule_state(params))
         for module in ("gd", "ode"):  # a stateless module (fixed-step RK) has no entries
             state.setdefault(module, {})
         hyper = self._garo_step_hyper(state, snapshot, h) if self.garo_controller is not None \
@@ -272,13 +276,14 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         except FloatingPointError:  # an ODE solve met a non-finite field: a refused step below
             new_params, new_state = [torch.full_like(snapshot[0], math.nan)], None
         finally:
-            torch._foreach_copy_(params, snapshot)  # a failed step leaves θ where it was
+            if closure is not None and grad_fn.evaluations:  # the live θ visited stage points:
+                torch._foreach_copy_(params, snapshot)  # a failed step leaves θ where it was
             for p, g in zip(params, start_grads):
                 p.grad = g
         if closure is not None:
             self.gradient_evaluations += grad_fn.evaluations
-        if new_state is state or not all_finite(list(new_params)):  # the rule undid the step
-            # (or θ is still the snapshot of a failed solve): refuse it
+        if new_state is None or new_state is state:  # a failed solve, or the rule undid the
+            # step (it checks the new parameters, gradient and loss itself): refuse it
             self._refuse_step("update")
             return loss
         torch._foreach_copy_(params, list(new_params))
@@ -287,12 +292,32 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         for key, values in lists.items():
             for p, v in zip(params, values):
                 # θ's gradient is handed back in p.grad; a closure may zero it in place, so the
-                # secant's memory keeps its own copy.
-                self.state[p][key] = v.clone() if v is p.grad else v
+                # secant's memory keeps its own copy (in last step's buffer, which the new state
+                # no longer holds: no allocation). The rule hands it back detached: a new tensor
+                # over p.grad's memory, so the test is on the memory.
+                aliased = (isinstance(v, Tensor) and p.grad is not None
+                           and v.data_ptr() == p.grad.data_ptr())
+                self.state[p][key] = _own_copy(v, self.state[p].get(key)) if aliased else v
         self.hybrid_state = shared
         if self.record_trace:
             self.history.append(self.last_trace)
         return loss
+
+    def _rule_state(self, params: list[Tensor]) -> dict:
+        """The rule's state for ``params`` in ``_split`` form: each param's own entries, the
+        optimizer-wide ones from ``hybrid_state``; the rule's fresh state only where an entry is
+        missing (the first step, a new param), so a running step allocates no zeros."""
+        probe = params[0].new_zeros(1)  # the state's keys, at no cost
+        list_keys, shared_keys = (set(part) for part in _split(self.rule.init([probe])))
+        complete = all(key in self.hybrid_state for key in shared_keys) and all(
+            key in self.state[p] for p in params for key in list_keys)
+        if complete:
+            return {**{k: [self.state[p][k] for p in params] for k in list_keys},
+                    **{k: self.hybrid_state[k] for k in shared_keys}}
+        fresh_lists, fresh_shared = _split(self.rule.init(params))
+        per_param = {k: [self.state[p].get(k, v) for p, v in zip(params, fresh)]
+                     for k, fresh in fresh_lists.items()}
+        return {**per_param, **{k: self.hybrid_state.get(k, v) for k, v in fresh_shared.items()}}
 
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

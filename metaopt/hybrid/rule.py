@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..adapters.non_finite import all_finite
 from ..rules.base import GradFn, Scalar, State, TensorList, per_tensor
 from .criteria import (
     _TINY,
@@ -133,6 +134,8 @@ def _gd_momentum(hyper) -> Scalar:
 
 def _finite(tensors: Sequence[Tensor], batched: bool) -> Tensor:
     """Every entry finite: a bool, per run ``(R,)`` when batched."""
+    if not batched:  # one fused norm, not an elementwise pass per tensor (``all_finite``)
+        return torch.tensor(all_finite([t.detach() for t in tensors]))
     with torch.no_grad():
         flags = [torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(dim=1) if batched
                  else torch.isfinite(t.detach()).all() for t in tensors]

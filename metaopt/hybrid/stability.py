@@ -132,6 +132,8 @@ def gd_step_size(displacement: Sequence[Tensor], grad_norm: Tensor, norms, lr=0.
 def shorten(params: Sequence[Tensor], proposed: Sequence[Tensor], scale: Tensor,
             expand) -> list[Tensor]:
     """θ + s·(θ' − θ) where s < 1, θ' itself (bit-identical) where s = 1."""
+    if scale.dim() == 0 and not bool(scale < 1):  # one step, within the limit: nothing to do
+        return list(proposed)
     out = []
     for p, q in zip(params, proposed):
         s = expand(scale, q).to(q.dtype)

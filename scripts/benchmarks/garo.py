@@ -4,7 +4,9 @@ the 1M MLP, ≤ 1.3× Adam on the small models).
 Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in one process.
 
 * ``mlp_1m``: the ~1M-parameter MLP at batch 256; GARO (the specification's controller; ``sgd`` and
-  ``adam`` directions, no loss given) against ``torch.optim.SGD(momentum=0.9, foreach=True)``.
+  ``adam`` directions, no loss given) against ``torch.optim.SGD(momentum=0.9, foreach=True)``;
+  the adam direction (also scale-free, ``scale="distance"``) against
+  ``torch.optim.Adam(foreach=True)`` by their ``step_ms``.
   GARO's extra work per step is the norms of gradients, parameters and update directions, a 32-unit
   GRU step on the host and one host read.
 * ``char_mlp`` (the 18k-parameter character model of the learned-optimizer benchmark) and
@@ -103,6 +105,9 @@ def _mlp_1m_rows(args) -> list[dict]:
                                                             foreach=True),
         "garo_sgd": lambda ps: mo.GARO(ps),
         "garo_adam": lambda ps: mo.GARO(ps, direction="adam"),
+        # the adam direction against its torch.optim counterpart (compare their step_ms)
+        "adam_foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+        "garo_adam_distance": lambda ps: mo.GARO(ps, direction="adam", scale="distance"),
     }
     n_params = 0
     for name, build in builders.items():
