@@ -1,6 +1,6 @@
 """Benchmarks with side-by-side ratios in one process (never timed unit tests).
 
-    python scripts/benchmark.py [NAME ...] [--rounds N] [--device DEV] [--out DIR]
+    python scripts/benchmark.py [NAME ...] [--rounds N] [--device DEV] [--out DIR] [--mode M]
 
 Each NAME is a module of ``scripts/benchmarks`` exposing ``run(args) -> list[dict]``; with no
 NAME every registered benchmark runs. Rows are printed and written to ``DIR/<name>.csv``.
@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument("--mode", default=None,
+                        help="a benchmark's variant (meta_throughput: engines, the default, or "
+                             "scaling: 1 vs 2 processes on the user's commands)")
     parser.add_argument("--config", type=Path, default=None,
                         help="a YAML config for benchmarks that take one (learned)")
     args = parser.parse_args(argv)

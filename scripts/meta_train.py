@@ -17,9 +17,14 @@ is checked (saved config, ``state.pt`` version/keys/finite weights, loadable) be
 running meta-step, save ``state.pt`` and exit 128+signal; a run whose meta-updates were all
 skipped exits 3 without writing ``optimizer.safetensors``; bad input exits 2; every error is one
 line naming its key or file. ``--config`` is required (no silent default run); ``out_dir`` may be
-neither empty (the current directory) nor the filesystem root. Under torchrun every rank resumes
-its own state file; unless all of them are at the same meta-step (none older or missing), every
-rank refuses before anything trains or is written.
+neither empty (the current directory) nor the filesystem root.
+
+Under torchrun (``torchrun --standalone --nproc_per_node 2 scripts/meta_train.py --config ...``)
+each process unrolls its share of the ``unroll.num_tasks`` runs and the meta-gradients are
+combined into the 1-process one of the same runs; rank 0 alone writes ``state.pt`` (every rank's
+part in one file), the logs, W&B and the export. A resume is checked on every rank, and unless
+every rank can resume the same ``state.pt`` all of them refuse before anything trains or is
+written (``scripts/distributed_run.py``).
 """
 from __future__ import annotations
 
@@ -27,7 +32,6 @@ import argparse
 import copy
 import functools
 import hashlib
-import os
 import signal
 import sys
 import time
@@ -63,12 +67,11 @@ from metaopt.meta import (
     load_training_state,
     make_estimator,
     make_horizon,
-    save_training_state,
     validate,
 )
-from metaopt.meta.training_state import TrainingStateError
+from metaopt.meta.training_state import TrainingStateError, rank_state
 from metaopt.meta.vectorised import VectorisedPool
-from scripts import hybrid_train, run_dir
+from scripts import distributed_run, hybrid_train, run_dir
 from scripts.meta_train_config import (
     ConfigError,
     MetaTrainConfig,
@@ -86,27 +89,7 @@ EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "fina
 def init_distributed(device: str) -> tuple[int, int, str]:
     """Under torchrun (``WORLD_SIZE`` > 1) join the process group: gloo on CPU, nccl on CUDA,
     one GPU per process. Returns ``(rank, world_size, device)``."""
-    world_size, local_rank = _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
-    if world_size > 1 and not torch.distributed.is_initialized():
-        cuda = torch.device(device).type == "cuda"
-        if cuda:
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    rank, world = distributed_world()
-    return rank, world, device
-
-
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name, str(default))
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"environment variable {name}={text!r}: must be an int >= 0 (set by "
-                          "torchrun)")
-    return value
+    return distributed_run.init_distributed(device, ConfigError)[:3]
 
 
 def _key_error(section: str, error: Exception, names) -> ConfigError:
@@ -117,11 +100,14 @@ def _key_error(section: str, error: Exception, names) -> ConfigError:
     return ConfigError(f"invalid config key {key!r}: {error}")
 
 
-def build(cfg: MetaTrainConfig, device: str | None = None):
+def build(cfg: MetaTrainConfig, device: str | None = None,
+          shard: tuple[int, int] | None = None):
     """Validation family, learned rule and trainer from the config (plain arguments below).
 
     The training family lives in the trainer's pool; the returned family is the one validation
     and the final table use (``validation.task``, else the training family's held-out seeds).
+    ``shard=(rank, world)``: the pool holds that rank's share of the meta-batch (default: this
+    process's place in ``torch.distributed``, the whole meta-batch outside it).
     """
     kwargs = OmegaConf.to_container(cfg.task.kwargs, resolve=True)
     device = device or cfg.device
@@ -174,8 +160,11 @@ def build(cfg: MetaTrainConfig, device: str | None = None):
     horizon = make_horizon(u.schedule, u.horizon, u.min_horizon, u.max_horizon)
     engine = {"vectorised": functools.partial(VectorisedPool, compile=u.compile)}.get(
         u.engine, InnerRunPool)  # same runs and numbers; vectorised: one program per task shape
-    pool = engine(learned, family, u.num_tasks, u.truncation_length, horizon, meta_loss,
-                  second_order=u.second_order)
+    try:
+        pool = engine(learned, family, u.num_tasks, u.truncation_length, horizon, meta_loss,
+                      second_order=u.second_order, shard=shard or distributed_world())
+    except ValueError as error:  # fewer runs than processes
+        raise ConfigError(f"invalid config key 'unroll.num_tasks': {error}") from error
     estimator = make_estimator(cfg.estimator.name, cfg.estimator.num_pairs, cfg.estimator.sigma)
     trainer = MetaTrainer(learned, pool, estimator, outer_lr=cfg.outer.lr,
                           clip_norm=cfg.outer.clip_norm, seed=cfg.seed)
@@ -222,20 +211,20 @@ def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROContr
     return summarize(results)
 
 
-def state_file(rank: int) -> str:
-    """Rank 0's resumable state is ``state.pt``; under torchrun rank r > 0 keeps its own tasks and
-    generator in ``state.rank<r>.pt``."""
-    return STATE_FILE if rank == 0 else f"state.rank{rank}.pt"
-
-
-def read_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: int = 1,
+def read_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: int | None = 1,
                  trainer: MetaTrainer | None = None) -> dict | None:
     """A resumed run's saved state, validated without writing anything (None for a new run):
     the saved config must be readable and match, the state file readable, of a known version,
-    complete and finite, and (given ``trainer``) loadable into it."""
+    complete and finite (every rank's part of it), written by ``world`` processes (None: any)
+    and (given ``trainer``) rank ``rank``'s part loadable into it."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"invalid config key 'out_dir': {str(out_dir)!r} is not a directory")
-    path = out_dir / state_file(rank)
+    path = out_dir / STATE_FILE
+    legacy = sorted(p.name for p in out_dir.glob("state.rank*.pt")) if out_dir.is_dir() else []
+    if legacy:  # one file per rank: an older layout whose ranks could disagree
+        raise TrainingStateError(f"{out_dir}: {', '.join(legacy)} from an older metaopt that "
+                                 "kept one state file per rank; resume with that version or "
+                                 "train into a new out_dir")
     if not path.exists():
         return None
     saved = run_dir.read_config(out_dir / "config.yaml")
@@ -244,12 +233,12 @@ def read_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: int 
         raise ConfigError(f"{out_dir} holds a run with a different config ({', '.join(differ)}"
                           f" differ); use another out_dir or the same settings to resume")
     state = load_training_state(path)
-    if int(state.get("world_size", 1)) != world:
+    if world is not None and int(state.get("world_size", 1)) != world:
         raise ConfigError(f"{out_dir} was trained with {state.get('world_size', 1)} "
                           f"processes; resume it with the same number (got {world})")
     if trainer is not None:
         try:
-            trainer.load_state_dict(state)
+            trainer.load_state_dict(rank_state(state, rank))
         except Exception as error:  # noqa: BLE001 (a state from other code: shapes, pool…)
             raise TrainingStateError(f"{path}: does not fit this run's trainer "
                                      f"({type(error).__name__}: {error})") from None
@@ -261,17 +250,17 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
     """Validate a resume (``read_run_dir``, nothing written), then lock ``out_dir`` (rank 0),
     remove stale temp files, cut ``metrics.jsonl`` back to the checkpoint and write
     ``config.yaml``; return the saved state (or None)."""
-    if rank == 0 and out_dir.is_dir():
-        run_dir.lock(out_dir)  # before reading: another process may be training into it
     try:
+        if rank == 0 and out_dir.is_dir():
+            run_dir.lock(out_dir)  # before reading: another process may be training into it
         state, failure = read_run_dir(cfg, out_dir, rank, world, trainer), None
-    except (ConfigError, run_dir.RunDirError, TrainingStateError) as error:
-        if world == 1:
+    except Exception as error:  # noqa: BLE001 (under torchrun any failure must reach every rank,
+        if world == 1:          # or the others wait for it in the gather below for ever)
             raise
         state, failure = None, error  # reported after the other ranks heard of it
     if world > 1:  # (the gather is also the barrier: every rank has read the old config.yaml
         # before rank 0 replaces it)
-        agree_on_resume(state, failure, out_dir, world)
+        distributed_run.agree_on_resume(state, failure, out_dir / STATE_FILE, out_dir, world)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_dir.lock(out_dir)
@@ -281,18 +270,6 @@ def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: i
         yaml = OmegaConf.to_yaml(cfg).encode("utf-8")
         atomic_write(out_dir / "config.yaml", lambda f: f.write(yaml))
     return state
-
-
-def agree_on_resume(state: dict | None, failure: Exception | None, out_dir: Path,
-                    world: int) -> None:
-    """All ranks refuse together unless every one resumes the same meta-step (or none does)."""
-    mine = run_dir.UNREADABLE if failure is not None else \
-        None if state is None else int(state["step"])
-    steps: list = [None] * world
-    torch.distributed.all_gather_object(steps, mine)
-    if failure is not None:
-        raise failure
-    run_dir.check_resume_agreement(steps, [state_file(r) for r in range(world)], out_dir)
 
 
 def _is_final_record(record: dict) -> bool:
@@ -319,19 +296,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _import_user_modules(args.imports)
     cfg = load_config(args.config, args.overrides)
     if args.check:
-        _, _, trainer = build(cfg, cfg.device)
-        state = read_run_dir(cfg, Path(cfg.out_dir), trainer=trainer)
-        print(f"config OK ({'resumes step ' + str(state['step']) if state else 'new run'})")
-        return {"config": cfg, "state": state}
+        return _check(cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    rank, world, device = init_distributed(cfg.device)
+    rank, world, device, created = distributed_run.init_distributed(cfg.device, ConfigError)
     try:
         return train(cfg, rank, world, device)
     finally:
         run_dir.release_all()
-        if world > 1:
+        if created:
             torch.distributed.destroy_process_group()
+
+
+def _check(cfg: MetaTrainConfig) -> dict[str, Any]:
+    """``--check``: the config, and a resume's files with every rank's part loaded into a trainer
+    built for that rank; writes nothing."""
+    _, _, trainer = build(cfg, cfg.device)
+    state = read_run_dir(cfg, Path(cfg.out_dir), world=None)
+    world = int(state.get("world_size", 1)) if state else 1
+    for rank in range(world):
+        if world > 1:
+            _, _, trainer = build(cfg, cfg.device, shard=(rank, world))
+        read_run_dir(cfg, Path(cfg.out_dir), rank, world, trainer)
+    processes = f" with {world} processes" if world > 1 else ""
+    print(f"config OK ({'resumes step ' + str(state['step']) + processes if state else 'new run'})")
+    return {"config": cfg, "state": state}
 
 
 def _import_user_modules(imports: list[str]) -> None:
@@ -382,9 +371,8 @@ def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str,
         logger.log({"val/meta_loss": before["meta_loss"], "val/diverged": before["diverged"]}, 0)
         logger.log_series("hyperparameters_untrained", _named(before["traces"]), 0)
 
-    def checkpoint():
-        save_training_state(trainer.state_dict(), out_dir / state_file(rank),
-                            extra={"world_size": world})
+    def checkpoint():  # a collective under torchrun: rank 0 writes every rank's part
+        distributed_run.save_state(trainer.state_dict(), out_dir / STATE_FILE, world)
 
     bar = tqdm(total=cfg.steps, initial=min(trainer.step_count, cfg.steps), desc="meta-train",
                disable=not cfg.progress or rank > 0, dynamic_ncols=True)
@@ -404,7 +392,7 @@ def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str,
         raise TrainingFailed(
             f"all {trainer.step_count} meta-updates were skipped (non-finite meta-gradients, "
             f"non-finite updates or every inner run diverged); {out_dir / EXPORT_FILE} not "
-            f"written, {out_dir / state_file(rank)} kept for inspection")
+            f"written, {out_dir / STATE_FILE} kept for inspection")
     if rank > 0:  # the controllers are identical on every rank: rank 0 reports for all
         return {"trainer": trainer, "out_dir": out_dir}
     return _finish(cfg, trainer, learned, family, untrained, logger, before, started, out_dir,
@@ -422,7 +410,7 @@ def _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, ra
             name = signal.Signals(stop.signum or signal.SIGTERM).name
             raise run_dir.Interrupted(
                 f"{name}: stopped at meta-step {trainer.step_count}, checkpoint saved to "
-                f"{Path(cfg.out_dir) / state_file(rank)}; re-run the same command to resume",
+                f"{Path(cfg.out_dir) / STATE_FILE}; re-run the same command to resume",
                 stop.signum or signal.SIGTERM)
         metrics = trainer.step()
         step = trainer.step_count

@@ -10,9 +10,10 @@ saved-config reading and graceful interrupts.
 * ``cut_metrics``: a resume drops the records logged after its checkpoint, and the final records
   (evaluation table, held-out summary) of the checkpoint's step, which the run writes again when
   it finishes, so re-running a finished run does not duplicate them.
-* ``check_resume_agreement``: under torchrun every rank resumes its own state file; ranks whose
-  files are at different meta-steps (one older, missing or unreadable) must all refuse before
-  anything trains, or rank 0 trains on and exports while another rank dies.
+* ``check_resume_agreement``: under torchrun every rank checks the shared state file and its own
+  part of it (``scripts/distributed_run.py``); unless every rank can resume the same file (or
+  every rank starts afresh) all of them refuse with the same line before anything trains, or
+  rank 0 would train on and export while another rank dies.
 * ``GracefulStop``: SIGINT/SIGTERM set a flag; the script finishes the running meta-step, saves a
   checkpoint and exits non-zero with one line. A second signal stops at once (the last
   checkpoint stays valid: every write is atomic).
@@ -38,9 +39,6 @@ from metaopt.atomic import atomic_write
 
 __all__ = ["GracefulStop", "Interrupted", "RunDirError", "check_resume_agreement", "cut_metrics",
            "lock", "read_config", "release_all", "remove_stale_temp_files"]
-
-#: what a rank reports when its state file could not be read (its own error says why)
-UNREADABLE = "unreadable"
 
 _TEMP = re.compile(r"^\..+\.[^.]+\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
 _LOCKS: dict[Path, int] = {}
@@ -110,18 +108,30 @@ def read_config(path: Path) -> dict[str, Any]:
     return OmegaConf.to_container(loaded, resolve=True)
 
 
-def check_resume_agreement(steps: list[int | None | str], files: list[str],
-                           out_dir: Path) -> None:
-    """Every rank's resume point (the meta-step of its state file, None for none,
-    ``UNREADABLE``) must be the same; ``RunDirError`` listing them otherwise."""
-    if len(set(steps)) <= 1:
+def check_resume_agreement(reports: list[dict], file_name: str, out_dir: Path) -> None:
+    """Per rank ``{"error": its one-line refusal or None, "digest": SHA-256 of the state file it
+    read or None (none there), "step": its meta-step or None}``: every rank must have resumed
+    (or found nothing) without error, from the same bytes; ``RunDirError`` in one line
+    naming the ranks otherwise (the same on every rank: all of them hold every report)."""
+    world = len(reports)
+    failed = [(rank, report["error"]) for rank, report in enumerate(reports) if report["error"]]
+    if failed:
+        rank, error = failed[0]
+        also = f" (ranks {[r for r, _ in failed[1:]]} too)" if len(failed) > 1 else ""
+        raise RunDirError(f"{out_dir}: rank {rank} of {world} cannot resume{also}: "
+                          f"{' '.join(str(error).split())}; no rank trains")
+    if len({report["digest"] for report in reports}) <= 1:
         return
-    described = ", ".join(
-        f"{name} {'missing' if step is None else step if step == UNREADABLE else f'at step {step}'}"
-        for name, step in zip(files, steps, strict=True))
+
+    def describe(rank: int, report: dict) -> str:
+        if report["digest"] is None:
+            return f"rank {rank} has no {file_name}"
+        return (f"rank {rank} read one at step {report['step']} "
+                f"(sha256 {report['digest'][:12]})")
+    described = ", ".join(describe(rank, report) for rank, report in enumerate(reports))
     raise RunDirError(f"{out_dir}: the ranks' training states disagree ({described}); every rank "
-                      "must resume from the same meta-step: restore the missing or older files, "
-                      "or train into a new out_dir")
+                      f"must read the same {file_name}: copy it to every node, or train into a "
+                      "new out_dir")
 
 
 def cut_metrics(path: Path, step: int, is_final: Callable[[dict], bool]) -> None:

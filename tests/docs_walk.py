@@ -9,7 +9,9 @@ title="FILE"`` and ```python title="FILE"`` blocks) interleaved as ``("write", F
 * ``("metaopt", args)``: ``metaopt ...``, ``python -m metaopt ...`` and the scripts that
   ``metaopt`` dispatches to (``.venv/bin/python scripts/meta_train.py ...`` is ``train``);
 * ``("make", target)``: a Makefile target (``make quickstart`` is the train run it documents);
-* ``("help", script)``: other scripts (long studies and benchmarks): only ``--help``.
+* ``("help", script)``: other scripts (long studies and benchmarks): only ``--help``;
+* ``("torchrun", (nproc, args))``: ``torchrun ... scripts/meta_train.py ...`` (or ``-m
+  scripts.meta_train``): the ``metaopt`` args of the script, run by ``nproc`` processes.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def commands(docs: list[Path] | None = None):
 
 
 def classify(argv: list[str]) -> tuple[str, object]:
+    if Path(argv[0]).name == "torchrun":
+        return "torchrun", _torchrun(argv)
     if argv[0] == "make":
         return "make", argv[1] if len(argv) > 1 else "all"
     if argv[0] == "metaopt":
@@ -68,6 +72,24 @@ def classify(argv: list[str]) -> tuple[str, object]:
         return "help", argv[1]
     raise ValueError(f"the docs' command {shlex.join(argv)!r}: the walk does not know how to run "
                      "it (extend tests/docs_walk.py)")
+
+
+def _torchrun(argv: list[str]) -> tuple[int, list[str]]:
+    """``(nproc_per_node, metaopt args)`` of a torchrun command of a ``SCRIPT_COMMANDS`` script."""
+    nproc, rest = 1, argv[1:]
+    while rest:
+        head = rest.pop(0)
+        if head == "--nproc_per_node":
+            nproc = int(rest.pop(0))
+        elif head == "-m" and rest[0].startswith("scripts."):
+            script = rest.pop(0).split(".", 1)[1] + ".py"
+            break
+        elif head.endswith(".py"):
+            script = Path(head).name
+            break
+    else:
+        raise ValueError(f"the docs' command {shlex.join(argv)!r}: torchrun of what script?")
+    return nproc, [SCRIPT_COMMANDS[script], *rest]
 
 
 def make_recipe(target: str) -> list[str]:

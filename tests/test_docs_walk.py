@@ -10,6 +10,7 @@ with the same name (so the same default run directory) whose unroll is tiny, and
 a resumed run may change (steps, validation, evaluation, W&B) are appended as overrides."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,15 @@ def _script_help(script: str) -> None:
     assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr[-400:])
 
 
+def _torchrun(nproc: int, args: list[str], workdir: Path, where: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", str(nproc), "-m", "scripts.meta_train", *args],
+                          capture_output=True, text=True, timeout=600, cwd=workdir,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, f"{where}: torchrun exited {done.returncode}: " \
+        f"{done.stderr[-600:]}"
+
+
 def _walk(workdir: Path, run: bool, capsys) -> dict[str, float]:
     shutil.copytree(ROOT / "configs", workdir / "configs")
     seconds: dict[str, float] = {}
@@ -49,6 +59,13 @@ def _walk(workdir: Path, run: bool, capsys) -> dict[str, float]:
         if kind == "help":
             _script_help(target)
             continue
+        if kind == "torchrun" and run:  # the processes, for real (tiny work)
+            nproc, target = target
+            args, _ = metaopt_argv(list(target), workdir, run)
+            _torchrun(nproc, args[1:], workdir, where)
+            continue
+        if kind == "torchrun":  # its config and run directory, checked by one process
+            target = target[1]
         args, is_help = metaopt_argv(list(target), workdir, run)
         started = time.perf_counter()
         if is_help:
@@ -89,5 +106,6 @@ def test_every_documented_command_runs_in_order(clean_registry, capsys):
     assert (runs / "garo" / "optimizer.safetensors").is_file()          # the quick start
     assert (runs / "garo-task=mlp" / "optimizer.safetensors").is_file()  # the README's next run
     assert (runs / "sine" / "optimizer.safetensors").is_file()           # the tutorial's
+    assert (runs / "garo_general-2proc" / "optimizer.safetensors").is_file()  # torchrun's
     with capsys.disabled():
         print("\n".join(f"{s:7.1f} s  {name}" for name, s in seconds.items()))

@@ -7,6 +7,8 @@
 * ``truncation``: horizon schedules; ``meta_losses``: how segments are scored;
 * ``estimators``: truncated BPTT, antithetic ES and persistent ES behind ``GradientEstimator``;
 * ``trainer``: ``MetaTrainer`` (Adam on the controller, clipping, all-reduce, resumable state);
+* ``distributed``: the meta-batch sharded over torch.distributed processes (torchrun), combined
+  into the 1-process meta-gradient; ``training_state``: the resumable state file;
 * ``validation``: held-out meta-loss of a controller.
 """
 from .estimators import (

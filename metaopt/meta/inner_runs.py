@@ -16,6 +16,11 @@ returns where each run ended (``SegmentBatch.ends``); ``run_keys()`` identifies 
 an estimator notices a slot was given a new task. Everything random comes from the generator given
 to ``refresh`` and from per-run batch seeds, so ``state_dict`` / ``load_state_dict`` resume
 bit-exactly.
+
+``shard=(rank, world)`` (data-parallel meta-training, ``metaopt.meta.distributed``): the pool
+holds only the slots ``rank, rank + world, ...`` of the ``num_runs``-run meta-batch, while
+``refresh`` draws every slot's new task in slot order from the (shared) generator, so the runs
+it holds are those the 1-process pool holds in the same slots.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from torch import Tensor
 
 from ..rules.base import State, TensorList
 from ..task import Task, TaskFamily
+from .distributed import shard_slots, wanted_slots
 from .learned import LearnedRule, detach_state
 from .meta_losses import MetaLoss
 from .truncation import segment_length
@@ -64,11 +70,12 @@ class SegmentBatch:
 
 
 class InnerRunPool:
-    """``num_runs`` truncated inner runs over ``family`` (see the module docstring)."""
+    """``num_runs`` truncated inner runs over ``family`` (see the module docstring); with
+    ``shard=(rank, world)`` only this process's share of them (``runs`` lists those)."""
 
     def __init__(self, learned: LearnedRule, family: TaskFamily, num_runs: int,
                  truncation_length: int, horizon, meta_loss: MetaLoss, *,
-                 second_order: bool = True):
+                 second_order: bool = True, shard: tuple[int, int] = (0, 1)):
         if num_runs < 1:
             raise ValueError(f"num_runs: must be >= 1, got {num_runs!r}")
         if truncation_length < 1:
@@ -76,7 +83,9 @@ class InnerRunPool:
         self.learned, self.family, self.horizon = learned, family, horizon
         self.truncation_length, self.meta_loss = truncation_length, meta_loss
         self.second_order = second_order
-        self.runs: list[InnerRun | None] = [None] * num_runs
+        self.num_runs, self.shard = int(num_runs), (int(shard[0]), int(shard[1]))
+        self.slots = shard_slots(self.num_runs, *self.shard)  # the meta-batch slots held here
+        self.runs: list[InnerRun | None] = [None] * len(self.slots)
         self._tasks: dict[int, Task] = {}
 
     def _task(self, seed: int) -> Task:
@@ -84,20 +93,33 @@ class InnerRunPool:
             self._tasks[seed] = self.family.sample_seed(seed)
         return self._tasks[seed]
 
-    def _new_run(self, weights: Mapping[str, Tensor], generator: torch.Generator) -> InnerRun:
+    def _draw(self, generator: torch.Generator) -> tuple[int, int, int]:
+        """A new run's ``(task_seed, batch_seed, horizon)``: all it takes from the generator."""
         task_seed = int(torch.randint(TRAIN_TASK_SEED_LIMIT, (), generator=generator))
         batch_seed = int(torch.randint(2 ** 62, (), generator=generator))
-        horizon = self.horizon.sample(generator)
+        return task_seed, batch_seed, self.horizon.sample(generator)
+
+    def _new_run(self, weights: Mapping[str, Tensor], task_seed: int, batch_seed: int,
+                 horizon: int) -> InnerRun:
         task = self._task(task_seed)
         names, params, state = initial_run(self.learned, weights, task, horizon=horizon)
         return InnerRun(task_seed, horizon, batch_seed, 0, names, params, state, task)
 
     def refresh(self, weights: Mapping[str, Tensor], generator: torch.Generator) -> int:
-        """Start new runs in empty or finished slots; returns how many were started."""
+        """Start new runs in empty or finished slots; returns how many were started here.
+
+        Sharded, every slot of the meta-batch that needs a run draws one, in slot order, on every
+        rank (a collective: every rank calls ``refresh`` together); a rank builds only its own."""
+        mine = [run is None or run.step >= run.horizon for run in self.runs]
+        wanted = wanted_slots(mine, self.slots, self.num_runs, self.shard[1])
+        local = {slot: i for i, slot in enumerate(self.slots)}
         started = 0
-        for i, run in enumerate(self.runs):
-            if run is None or run.step >= run.horizon:
-                self.runs[i] = self._new_run(weights, generator)
+        for slot, want in enumerate(wanted):
+            if not want:
+                continue
+            draw = self._draw(generator)
+            if slot in local:
+                self.runs[local[slot]] = self._new_run(weights, *draw)
                 started += 1
         live = {run.task_seed for run in self.runs if run is not None}
         self._tasks = {s: t for s, t in self._tasks.items() if s in live}
@@ -156,7 +178,8 @@ class InnerRunPool:
 
     # -- persistence (weights_only-loadable: ints, lists and tensors) ------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"runs": [None if r is None else
+        return {"shard": list(self.shard), "num_runs": self.num_runs,
+                "runs": [None if r is None else
                          {"task_seed": r.task_seed, "horizon": r.horizon,
                           "batch_seed": r.batch_seed, "step": r.step, "names": list(r.names),
                           "params": [p.clone() for p in r.params],
@@ -165,6 +188,11 @@ class InnerRunPool:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved = list(state["runs"])
+        shard = [int(x) for x in state.get("shard", (0, 1))]  # absent: saved before sharding
+        if shard != list(self.shard) or int(state.get("num_runs", len(saved))) != self.num_runs:
+            raise ValueError(f"state: saved by rank {shard[0]} of {shard[1]} processes with "
+                             f"{state.get('num_runs', len(saved))} runs, this pool is rank "
+                             f"{self.shard[0]} of {self.shard[1]} with {self.num_runs}")
         if len(saved) != len(self.runs):
             raise ValueError(f"state: {len(saved)} runs saved, this pool has {len(self.runs)}")
         self._tasks = {}

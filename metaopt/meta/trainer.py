@@ -4,16 +4,20 @@ One ``MetaTrainer.step``::
 
     pool.refresh(φ, generator)                      # new tasks where runs finished or were reset
     ĝ = estimator.estimate(pool, φ, generator)      # advances every run one truncation
-    ĝ ← all_reduce_mean(ĝ)                          # under torch.distributed (torchrun)
+    ĝ ← Σ_r |L_r|·ĝ_r / Σ_r |L_r|                   # under torch.distributed (torchrun):
+                                                    # live-run-weighted over the ranks
     ĝ ← ĝ · min(1, clip_norm / ‖ĝ‖)                 # meta-gradient clipping
     φ ← Adam(φ, ĝ)                                  # skipped if ‖ĝ‖ is not finite
                                                     # or every inner run diverged
 
-Each process of a distributed run draws its own tasks (its generator is seeded with
-``seed + 1_000_003·rank``) and all ranks apply the same averaged update, so their controllers stay
-identical. ``state_dict`` holds everything a bit-exact resume needs: controller weights, Adam
-state, the generator's state, the in-flight inner runs, the estimator's own state (PES particles)
-and the counters.
+Under torch.distributed with a sharded pool (``InnerRunPool(..., shard=(rank, world))``, what
+``scripts/meta_train.py`` builds under torchrun) every rank seeds the same generator and unrolls
+its share of one meta-batch: the combined meta-gradient is the 1-process one of the same runs
+(``metaopt.meta.distributed``). With an unsharded pool each process draws its own tasks (its
+generator is seeded with ``seed + 1_000_003·rank``). Either way all ranks apply the same update,
+so their controllers stay identical. ``state_dict`` holds everything a bit-exact resume needs:
+controller weights, Adam state, the generator's state, the in-flight inner runs (this rank's),
+the estimator's own state (PES particles) and the counters.
 """
 from __future__ import annotations
 
@@ -24,34 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .distributed import all_reduce_mean, distributed_world, reduce_estimate
 from .estimators import GradientEstimator
 from .inner_runs import InnerRunPool
 from .learned import LearnedRule
 from .training_state import load_training_state, save_training_state  # noqa: F401 (re-export)
 
-
-def distributed_world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` outside ``torch.distributed``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def all_reduce_mean(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Average every tensor over the processes of the default group (identity when alone)."""
-    _, world = distributed_world()
-    if world == 1:
-        return dict(tensors)
-    names = list(tensors)
-    flat = torch.cat([tensors[n].reshape(-1) for n in names])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    out, offset = {}, 0
-    for n in names:
-        size = tensors[n].numel()
-        out[n] = flat[offset:offset + size].view_as(tensors[n])
-        offset += size
-    return out
+__all__ = ["MetaTrainer", "all_reduce_mean", "distributed_world", "load_training_state",
+           "save_training_state"]
 
 
 class MetaTrainer:
@@ -77,8 +61,14 @@ class MetaTrainer:
             raise ValueError(f"clip_norm: must be > 0, got {clip_norm!r}")
         self.learned, self.pool, self.estimator = learned, pool, estimator
         self.clip_norm = float(clip_norm)
-        rank, _ = distributed_world()
-        self.generator = torch.Generator().manual_seed(int(seed) + 1_000_003 * rank)
+        rank, world = distributed_world()
+        shard = getattr(pool, "shard", (0, 1))
+        if world > 1 and shard[1] > 1 and tuple(shard) != (rank, world):
+            raise ValueError(f"pool: sharded as rank {shard[0]} of {shard[1]}, but this process "
+                             f"is rank {rank} of {world}")
+        # a sharded meta-batch is drawn by every rank alike; unsharded pools draw their own tasks
+        offset = 0 if shard[1] > 1 else 1_000_003 * rank
+        self.generator = torch.Generator().manual_seed(int(seed) + offset)
         self.optimizer = torch.optim.Adam(learned.module.parameters(), lr=outer_lr, betas=betas)
         self.statistics_decay = float(statistics_decay)
         self.step_count, self.resets, self.skipped_updates = 0, 0, 0
@@ -88,25 +78,27 @@ class MetaTrainer:
         weights = self.learned.meta_parameters()
         started = self.pool.refresh(weights, self.generator)
         estimate = self.estimator.estimate(self.pool, weights, self.generator)
-        grads = all_reduce_mean(estimate.grads)
+        total = reduce_estimate(estimate.grads, estimate.live_runs, estimate.loss,
+                                estimate.resets, started, estimate.traces)
+        grads = total["grads"]
         params = dict(self.learned.module.named_parameters())
         for name, p in params.items():
             p.grad = grads[name].detach().clone().to(p.dtype)
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), self.clip_norm)
         finite = bool(torch.isfinite(norm))
-        if finite and estimate.live_runs > 0:
+        if finite and total["live_runs"] > 0:  # the same on every rank
             self._guarded_update(params)
         else:  # a non-finite meta-gradient (or one from no surviving run) never reaches φ or Adam
             self.skipped_updates += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._absorb_feature_statistics()
         self.step_count += 1
-        self.resets += estimate.resets
-        metrics = {"step": self.step_count, "meta_loss": estimate.loss,
+        self.resets += total["resets"]
+        metrics = {"step": self.step_count, "meta_loss": total["loss"],
                    "meta_grad_norm": float(norm) if finite else math.inf,
                    "resets": self.resets, "skipped_updates": self.skipped_updates,
-                   "live_runs": estimate.live_runs, "new_runs": started}
-        metrics.update({f"{k}_t": v for k, v in estimate.traces.items()})
+                   "live_runs": total["live_runs"], "new_runs": total["new_runs"]}
+        metrics.update({f"{k}_t": v for k, v in total["traces"].items()})
         return metrics
 
     @torch.no_grad()

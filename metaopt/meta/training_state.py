@@ -12,9 +12,20 @@ strings, lists and dicts only: nothing is executed) and checked before anyone ac
 
 A state whose controller holds a NaN/inf is refused when saving too: a non-finite controller is
 never written (the trainer skips such updates, so this only fires on a bug).
+
+**Data-parallel runs** (``world_size`` > 1, a sharded meta-batch: ``metaopt.meta.distributed``)
+keep one file, written by rank 0 alone (``gather_training_state``), so the ranks' parts can never
+be from different meta-steps. The ranks share the controller, Adam's state, the generator and the
+counters (the *shared* part: the file's top level); each owns its runs and its estimator state
+(``shards[r] = {"pool", "estimator", "digest"}``, with rank 0's also at the top level, so the file
+reads as a complete state). ``digest`` is the SHA-256 of the shared part as rank ``r`` held it
+(``shared_digest``): the file is refused unless every shard's digest is that of the top level
+(ranks that drifted apart, or a file pieced together from several runs), and saving refuses when
+the ranks' digests differ. ``rank_state(state, r)`` is what rank ``r``'s trainer loads.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,8 +39,11 @@ REQUIRED_KEYS = ("step", "resets", "skipped_updates", "controller", "outer_optim
                  "generator", "pool")
 _COUNTERS = ("step", "resets", "skipped_updates")
 
-__all__ = ["REQUIRED_KEYS", "STATE_FORMAT_VERSION", "TrainingStateError", "check_training_state",
-           "load_training_state", "save_training_state"]
+SHARED_KEYS = ("step", "resets", "skipped_updates", "controller", "outer_optimizer", "generator")
+
+__all__ = ["REQUIRED_KEYS", "SHARED_KEYS", "STATE_FORMAT_VERSION", "TrainingStateError",
+           "check_training_state", "gather_training_state", "load_training_state", "rank_state",
+           "save_training_state", "shared_digest"]
 
 
 class TrainingStateError(ValueError):
@@ -64,6 +78,8 @@ def check_training_state(state: Any, path: Any = "<state>") -> dict[str, Any]:
     world = state.get("world_size", 1)
     if not isinstance(world, int) or isinstance(world, bool) or world < 1:
         raise TrainingStateError(f"{path}: 'world_size' must be an int >= 1, got {world!r}")
+    if world > 1:
+        _check_shards(state, world, path)
     controller = state["controller"]
     if not isinstance(controller, Mapping) or not controller:
         raise TrainingStateError(f"{path}: 'controller' must be a non-empty dict of tensors")
@@ -74,6 +90,96 @@ def check_training_state(state: Any, path: Any = "<state>") -> dict[str, Any]:
         raise TrainingStateError(f"{path}: 'generator' must be a uint8 tensor (a generator "
                                  "state)")
     return dict(state)
+
+
+def _check_shards(state: Mapping[str, Any], world: int, path: Any) -> None:
+    """Every rank's part is present, is that rank's, and was saved at the same shared state."""
+    shards = state.get("shards")
+    if shards is None:
+        raise TrainingStateError(f"{path}: a {world}-process state without 'shards' (written by "
+                                 "an older metaopt that kept one state file per rank); resume it "
+                                 "with that version or train into a new out_dir")
+    if not isinstance(shards, list) or len(shards) != world:
+        count = len(shards) if isinstance(shards, list) else type(shards).__name__
+        raise TrainingStateError(f"{path}: 'shards' must list the parts of all {world} ranks, "
+                                 f"got {count}")
+    expected = shared_digest(state)
+    for rank, shard in enumerate(shards):
+        if not isinstance(shard, Mapping) or not {"pool", "estimator", "digest"} <= set(shard):
+            raise TrainingStateError(f"{path}: rank {rank}'s part must hold 'pool', 'estimator' "
+                                     "and 'digest'")
+        pool = shard["pool"]
+        owner = list(pool.get("shard", ())) if isinstance(pool, Mapping) else None
+        if owner != [rank, world]:
+            whose = f"rank {owner[0]} of {owner[1]}" if owner else "no rank"
+            raise TrainingStateError(f"{path}: rank {rank}'s part holds the runs of {whose}")
+        if shard["digest"] != expected:
+            raise TrainingStateError(
+                f"{path}: the ranks' states disagree: rank {rank}'s part was saved with other "
+                "controller weights, Adam state, generator or counters than rank 0's (a file "
+                "pieced together from different runs or steps); train into a new out_dir")
+
+
+def _digest_update(digest, value: Any) -> None:
+    """Feed ``value`` (tensors, numbers, strings, None, lists, tuples, dicts) to ``digest`` in a
+    canonical order: dict keys sorted, tensors as dtype, shape and raw bytes."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{flat.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _digest_update(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _digest_update(digest, item)
+    else:
+        digest.update(repr(value).encode())
+
+
+def shared_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the part of a training state every rank holds alike (``SHARED_KEYS``)."""
+    digest = hashlib.sha256()
+    for key in SHARED_KEYS:
+        digest.update(key.encode())
+        _digest_update(digest, state.get(key))
+    return digest.hexdigest()
+
+
+def gather_training_state(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Under torch.distributed: every rank's trainer ``state`` into one, on rank 0 (None on the
+    others; a collective, every rank calls it). ``TrainingStateError`` on every rank, nothing
+    gathered, when the ranks' shared parts differ (module docstring)."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    part = {"pool": state["pool"], "estimator": state.get("estimator", {}),
+            "digest": shared_digest(state)}
+    digests: list = [None] * world
+    dist.all_gather_object(digests, part["digest"])
+    if len(set(digests)) > 1:
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        raise TrainingStateError(f"the ranks' trainers disagree at meta-step {state['step']} "
+                                 f"(ranks {differ} differ from rank 0); the checkpoint was not "
+                                 "written")
+    parts: list | None = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    if rank != 0:
+        return None
+    return {**state, "world_size": world, "shards": parts}
+
+
+def rank_state(state: Mapping[str, Any], rank: int) -> dict[str, Any]:
+    """What rank ``rank``'s trainer loads: the shared part with that rank's runs and estimator
+    state (the state itself when it is not sharded)."""
+    shards = state.get("shards")
+    if not shards:
+        return dict(state)
+    return {**{k: v for k, v in state.items() if k != "shards"},
+            "pool": shards[rank]["pool"], "estimator": shards[rank]["estimator"]}
 
 
 def save_training_state(state: Mapping[str, Any], path, extra: Mapping | None = None) -> None:

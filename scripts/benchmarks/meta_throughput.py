@@ -25,6 +25,9 @@ trainer is built, so one engine's heap never hides the other's.
 
 ``METAOPT_BENCH_COMPILE=1`` adds ``unroll.compile=true`` (``torch.compile`` of the batched rule
 step) on (a) at 32 tasks: its first meta-steps include the compilation.
+
+``--mode scaling`` measures something else: seconds per meta-step of the user's commands end to
+end, one process vs two under torchrun (``scripts/benchmarks/meta_scaling.py``).
 """
 from __future__ import annotations
 
@@ -123,7 +126,16 @@ def _throughput(family: str, num_tasks: int, seed: int, compile: bool = False) -
     return out
 
 
+MODES = ("engines", "scaling")
+
+
 def run(args) -> list[dict]:
+    mode = getattr(args, "mode", None) or "engines"
+    if mode not in MODES:
+        raise SystemExit(f"meta_throughput: --mode must be one of {MODES}, got {mode!r}")
+    if mode == "scaling":
+        from .meta_scaling import run as scaling
+        return scaling(args)
     if torch.device(args.device).type != "cpu":
         print("meta throughput: the configs train on the CPU; measured there")
     rows = []

@@ -1,0 +1,117 @@
+"""Data-parallel meta-training over ``torch.distributed`` processes (torchrun, gloo on CPU).
+
+The meta-batch of ``n`` inner runs is sharded: rank ``r`` of ``W`` owns the slots
+``r, r + W, r + 2W, ...`` (``shard_slots``) and unrolls only those. Every rank holds the same
+trainer generator, and ``InnerRunPool.refresh`` draws every slot's new task in slot order on every
+rank (``wanted_slots`` tells each rank which slots of the others need one), so rank ``r``'s runs
+are exactly the 1-process pool's runs in its slots.
+
+The 1-process BPTT meta-gradient is the mean over the live runs ``L`` (those that did not
+diverge) of their meta-loss gradients; rank ``r`` computes the mean over its own ``L_r``, so the
+ranks' gradients are combined weighted by their live counts (``reduce_estimate``)::
+
+    ĝ = Σ_r |L_r| · ĝ_r / Σ_r |L_r| = (1/|L|) Σ_{i ∈ L} ∇M_i
+
+which is the 1-process meta-gradient up to summation order (``tests/meta/test_distributed.py``
+checks it in float64). For ES / PES, ``ĝ_r`` averages each antithetic pair over the runs that
+survived both probes; weighting by ``|L_r|`` is exact when no run diverges under a probe only.
+The reported meta-loss and traces are combined with the same weights, counts are summed.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["all_reduce_mean", "distributed_world", "reduce_estimate", "shard_slots",
+           "wanted_slots"]
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside ``torch.distributed``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def shard_slots(num_runs: int, rank: int, world: int) -> list[int]:
+    """The meta-batch slots rank ``rank`` of ``world`` owns: ``rank, rank + world, ...``."""
+    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int)
+            and 0 <= rank < world):
+        raise ValueError(f"shard: need 0 <= rank < world_size, got rank {rank!r} of {world!r}")
+    if num_runs < world:
+        raise ValueError(f"num_runs: {num_runs} runs cannot be shared by {world} processes "
+                         "(each needs at least one); raise unroll.num_tasks or use fewer")
+    return list(range(rank, num_runs, world))
+
+
+def wanted_slots(mine: Sequence[bool], slots: Sequence[int], num_runs: int,
+                 world: int) -> list[bool]:
+    """Which of all ``num_runs`` slots need a new run: every rank's own flags, gathered (one
+    integer all-reduce; identity when ``world == 1``)."""
+    if world == 1:
+        return list(mine)
+    flags = torch.zeros(num_runs, dtype=torch.int32)
+    flags[list(slots)] = torch.tensor([int(m) for m in mine], dtype=torch.int32)
+    torch.distributed.all_reduce(flags)
+    return [bool(f) for f in flags.tolist()]
+
+
+def all_reduce_mean(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Average every tensor over the processes of the default group (identity when alone)."""
+    _, world = distributed_world()
+    if world == 1:
+        return dict(tensors)
+    names = list(tensors)
+    flat = torch.cat([tensors[n].reshape(-1) for n in names])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    return _unflatten(flat, tensors, names)
+
+
+def _unflatten(flat: Tensor, like: Mapping[str, Tensor], names: list[str]) -> dict[str, Tensor]:
+    out, offset = {}, 0
+    for n in names:
+        size = like[n].numel()
+        out[n] = flat[offset:offset + size].view_as(like[n])
+        offset += size
+    return out
+
+
+def reduce_estimate(grads: Mapping[str, Tensor], live: int, loss: float, resets: int,
+                    started: int, traces: Mapping[str, float]) -> dict:
+    """Combine the ranks' meta-gradients and metrics (module docstring): returns ``grads``,
+    ``loss``, ``live_runs``, ``resets``, ``new_runs``, ``traces`` of the whole meta-batch.
+    Alone (one process) everything is returned unchanged, bit for bit."""
+    _, world = distributed_world()
+    if world == 1:
+        return {"grads": dict(grads), "loss": loss, "live_runs": live, "resets": resets,
+                "new_runs": started, "traces": dict(traces)}
+    names = list(grads)
+    weight = torch.tensor([float(live)], dtype=next(iter(grads.values())).dtype)
+    flat = torch.cat([grads[n].detach().reshape(-1) * weight for n in names] + [weight])
+    torch.distributed.all_reduce(flat)
+    total = float(flat[-1])
+    flat = flat[:-1] / total if total > 0 else torch.zeros_like(flat[:-1])
+    mine = {"live": live, "loss": loss, "resets": resets, "started": started,
+            "traces": dict(traces)}
+    every: list = [None] * world
+    torch.distributed.all_gather_object(every, mine)  # rank order: the same floats on every rank
+    lives = [r["live"] for r in every]
+    return {"grads": _unflatten(flat, grads, names),
+            "loss": _weighted([r["loss"] for r in every], lives),
+            "live_runs": sum(lives), "resets": sum(r["resets"] for r in every),
+            "new_runs": sum(r["started"] for r in every),
+            "traces": {k: _weighted([r["traces"].get(k, math.nan) for r in every],
+                                    [w if k in r["traces"] else 0 for r, w in zip(every, lives)])
+                       for k in sorted({k for r in every for k in r["traces"]})}}
+
+
+def _weighted(values: list[float], weights: list[int]) -> float:
+    """``Σ w·v / Σ w`` over the entries with ``w > 0`` (NaN when none)."""
+    total = sum(weights)
+    if total == 0:
+        return math.nan
+    return sum(w * v for v, w in zip(values, weights) if w > 0) / total
