@@ -105,7 +105,7 @@ class GAROGDSupport:
                              f"learned switching policy; this one's policy is "
                              f"{self.policy_name!r}")
         group = self.param_groups[0]
-        options = {**self.config, **{k: group[k] for k in ("lr", "weight_decay", "ode_scale")}}
+        options = {**self.config, **{k: group[k] for k in ("lr", self._decay_key, "ode_scale")}}
         return HybridControllers.of(self.policy_module, self.garo_controller), options
 
 

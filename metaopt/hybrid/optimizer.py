@@ -86,10 +86,12 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             ``controller`` (default the untrained one) with ``direction`` (default ``"adam"``),
             ``scale`` (default ``"distance"``: scale-free GARO), ``betas[1]`` as its β₂, ``eps``,
             ``num_training_steps`` (the run's horizon, read by relative-feature controllers;
-            the other GD modules ignore it). Then ``lr`` (default the controller's lr₀) and
-            ``weight_decay`` (default 1; 0 otherwise) multiply GARO's lr_t/lr₀ and wd_t as in
-            ``GARO``, and the ODE step is h = ode_scale·(lr/lr₀)·a_t·ρ_t from GARO's step size
-            a_t (``metaopt.hybrid.garo_module`` states the formula and what the switch reads).
+            the other GD modules ignore it). Then ``lr`` (default the controller's lr₀) scales
+            GARO's lr_t/lr₀ as in ``GARO``, GARO learns its decay wd_t and the group key
+            ``weight_decay_scale`` (default 1; 0 exempts a group) multiplies it — ``weight_decay``
+            is refused there, since it would read as a fixed decay — and the ODE step is
+            h = ode_scale·(lr/lr₀)·a_t·ρ_t from GARO's step size a_t
+            (``metaopt.hybrid.garo_module`` states the formula and what the switch reads).
         ode: a tableau (``rk4``, ``heun``, ``ralston``, ``midpoint``, ``rk4_38``, ``euler``…;
             ``bosh3``/``dopri5`` with error control: ``rtol``, ``atol``), ``gradient_flow`` or
             ``nesterov_flow`` (``t0``).
@@ -132,17 +134,26 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
                  curvature: str = "secant", probe_every: int = 10, probe_iters: int = 5,
                  record_trace: bool = False, max_consecutive_skips: int = 20,
                  controller=None, direction: str = "adam", scale: str = "distance",
-                 num_training_steps: int | None = None):
+                 num_training_steps: int | None = None,
+                 weight_decay_scale: float | None = None):
         garo = isinstance(gd, str) and gd.lower() == "garo"
+        if garo and weight_decay is not None:
+            raise ValueError("weight_decay: gd='garo' learns its weight decay wd_t; pass "
+                             "weight_decay_scale (a multiplier of wd_t, default 1)")
+        if not garo and weight_decay_scale is not None:
+            raise ValueError("weight_decay_scale: multiplies GARO's learned decay and needs "
+                             "gd='garo'; pass weight_decay for a fixed decay")
+        decay_key = "weight_decay_scale" if garo else "weight_decay"
         if garo:
             gd_rule = self._garo_module(controller, direction, scale, betas[1], eps,
                                         num_training_steps)
         elif controller is not None:
             raise ValueError(f"controller: a GARO controller needs gd='garo', got gd={gd!r}")
         lr = (self.garo_controller.init_lr if garo else 1e-2) if lr is None else lr
-        weight_decay = (1.0 if garo else 0.0) if weight_decay is None else weight_decay
+        decay = (1.0 if weight_decay_scale is None else weight_decay_scale) if garo \
+            else (0.0 if weight_decay is None else weight_decay)
         check_non_negative("lr", lr)
-        check_non_negative("weight_decay", weight_decay)
+        check_non_negative(decay_key, decay)
         check_non_negative("ode_scale", ode_scale)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
             raise ValueError(f"momentum: must lie in [0, 1), got {momentum!r}")
@@ -166,8 +177,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         rule = HybridRule(gd_rule, ode_rule, min_dwell=min_dwell, window=window,
                           curvature=curvature, probe_every=probe_every, probe_iters=probe_iters,
                           ode_cfl=ode_cfl)
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      ode_scale=ode_scale))
+        super().__init__(params, {"lr": lr, "momentum": momentum, decay_key: decay,
+                                  "ode_scale": ode_scale})
         self.rule, self.gate, self.policy_name = rule, gate, \
             policy if isinstance(policy, str) else "learned"
         self._place_garo()
@@ -187,6 +198,12 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         self.history: list[dict[str, float]] = []
         self._init_non_finite(max_consecutive_skips)
 
+    @property
+    def _decay_key(self) -> str:
+        """The group key of the decay: ``weight_decay`` (fixed) or, with a GARO GD module,
+        ``weight_decay_scale`` (the multiplier of its learned wd_t)."""
+        return "weight_decay_scale" if "weight_decay_scale" in self.defaults else "weight_decay"
+
     def add_param_group(self, param_group: dict) -> None:
         params = param_group["params"]
         if not isinstance(params, set):  # (torch.optim refuses sets itself)
@@ -196,7 +213,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             raise ValueError("params: HybridGDODE does not support complex parameters (its "
                              "switching features order real norms and losses); optimise the "
                              "real and imaginary parts as real tensors (torch.view_as_real)")
-        for key in ("lr", "weight_decay", "ode_scale"):
+        for key in ("lr", self._decay_key, "ode_scale"):
             if key in param_group:
                 check_non_negative(key, param_group[key])
         if "momentum" in param_group and not 0 <= param_group["momentum"] < 1:
@@ -230,8 +247,9 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
                 if p.grad.is_sparse:
                     raise RuntimeError("HybridGDODE does not support sparse gradients")
                 params.append(p)
-                for k in ("lr", "momentum", "weight_decay", "ode_scale"):
+                for k in ("lr", "momentum", "ode_scale"):
                     hyper[k].append(group[k])
+                hyper["weight_decay"].append(group[self._decay_key])
                 hyper["ode_lr"].append(group["lr"] * group["ode_scale"])
         return params, hyper
 

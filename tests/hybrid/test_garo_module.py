@@ -74,7 +74,7 @@ def test_ode_pinned_takes_torchdiffeq_steps_of_the_garo_step_size():
     ctrl = controller(3)
     params, loss_fn = make_problem(dtype=D)
     opt = mo.HybridGDODE(params, gd="garo", controller=ctrl, policy="ode", ode="rk4_38",
-                         ode_scale=0.5, weight_decay=0.0, ode_cfl=0.0, min_dwell=1)
+                         ode_scale=0.5, weight_decay_scale=0.0, ode_cfl=0.0, min_dwell=1)
     shapes = [p.shape for p in params]
     numel = sum(p.numel() for p in params)
 
@@ -164,7 +164,7 @@ def test_a_garo_state_is_refused_by_a_hybrid_without_garo_and_another_controller
     run(opt, loss_fn, 2)
     saved = opt.state_dict()
     plain = mo.HybridGDODE(make_problem(dtype=D)[0], policy=SwitchingPolicy().double())
-    with pytest.raises(ValueError, match="unknown keys|garo_controller"):
+    with pytest.raises(ValueError, match="unknown keys|garo_controller|missing hyperparameters"):
         plain.load_state_dict(saved)
     other = mo.HybridGDODE(make_problem(dtype=D)[0], gd="garo",
                            controller=controller(num_step_frequencies=2),
@@ -200,3 +200,16 @@ def test_garos_distance_counts_the_motion_of_ode_steps_too():
     for p, p0 in zip(params, start):
         torch.testing.assert_close(opt.state[p]["gd.displacement"], p.detach() - p0,
                                    rtol=1e-12, atol=1e-14)
+
+
+def test_garo_mode_names_its_decay_multiplier_as_one():
+    ctrl = controller(3)
+    params, _ = make_problem(dtype=D)
+    with pytest.raises(ValueError, match="weight_decay_scale"):
+        mo.HybridGDODE(params, gd="garo", controller=ctrl, weight_decay=0.01)
+    with pytest.raises(ValueError, match="needs gd='garo'"):
+        mo.HybridGDODE(params, weight_decay_scale=0.5)
+    opt = mo.HybridGDODE(params, gd="garo", controller=ctrl, weight_decay_scale=0.5)
+    group = opt.param_groups[0]
+    assert group["weight_decay_scale"] == 0.5 and "weight_decay" not in group
+    assert "weight_decay_scale: 0.5" in repr(opt)
