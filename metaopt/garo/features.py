@@ -50,6 +50,11 @@ GLOBAL_STATE = {
     # scale="prodigy" only: d_t used by the last step and Prodigy's numerator r_t
     "prodigy_d": "(S,)", "prodigy_numerator": "(S,)",
 }
+#: Entries ``GARORule.init`` adds that never change during a run: each tensor's element count
+#: (``N`` tensors; scale-free rules), read where the step size needs n_s, so that a vectorised
+#: meta-batch that pads the run's tensors with zeros leaves its step unchanged. The runtime
+#: counts its tensors' elements itself and keeps them out of its host state.
+RUN_CONSTANTS = {"tensor_numel": "(N,)"}
 RELATIVE_KEYS = ("ref_log_grad_norm", "ref_loss", "horizon")
 #: the global entries each step-size scale adds (``metaopt.garo.rule.SCALES``)
 SCALE_KEYS = {"none": (), "distance": ("distance_max",),

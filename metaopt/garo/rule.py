@@ -186,12 +186,15 @@ class GARORule:
 
     def init(self, params: Sequence[Tensor], controller, num_segments: int = 1,
              horizon: int | None = None) -> State:
-        """Full state: ``init_global`` plus per-tensor lists under ``per_tensor_keys``."""
+        """Full state: ``init_global`` plus per-tensor lists under ``per_tensor_keys`` and, for
+        a scale-free rule, the tensors' element counts (``features.RUN_CONSTANTS``)."""
         device = params[0].device if params else None
         state = self.init_global(controller, num_segments, device, horizon)
         for key in self.per_tensor_keys:
             state[key] = [torch.zeros_like(p, memory_format=torch.preserve_format)
                           for p in params]
+        if self.scale != "none":  # (RUN_CONSTANTS: n_s survives a meta-batch's zero padding)
+            state["tensor_numel"] = state["hidden"].new_tensor([float(p.numel()) for p in params])
         return state
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,

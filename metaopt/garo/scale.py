@@ -49,10 +49,16 @@ def segment_norms(norms: Sequence[Tensor], segment_ids: Tensor | None,
     return total.sqrt()
 
 
-def root_numel(params, ids_t, num_segments: int, dtype, device) -> Tensor:
-    """(S,) √n_s: the square root of each segment's number of elements."""
-    sizes = torch.tensor([float(p.numel()) for p in params], dtype=dtype, device=device)
-    return segment_sums(sizes, ids_t, num_segments).clamp_min(1).sqrt()
+def root_numel(params, state, ids_t, num_segments: int) -> Tensor:
+    """(S,) √n_s: the square root of each segment's number of elements — the counts ``init``
+    recorded (``state["tensor_numel"]``) where present, so a run whose tensors a vectorised
+    meta-batch pads with zeros keeps its own n_s, else the tensors' own."""
+    ref = state["hidden"]
+    sizes = state.get("tensor_numel")
+    if sizes is None:
+        sizes = torch.tensor([float(p.numel()) for p in params], dtype=ref.dtype,
+                             device=ref.device)
+    return segment_sums(sizes.to(ref.dtype), ids_t, num_segments).clamp_min(1).sqrt()
 
 
 
@@ -66,7 +72,7 @@ def segment_sums(values: Tensor, segment_ids: Tensor | None, num_segments: int) 
 def distance_max(params, state, ids_t, num_segments, pnorm, started) -> Tensor:
     """r̄_t = max(r̄_{t−1}, ‖δ‖_s/√n_s), r̄_0 = r_ε (module docstring), per segment."""
     dtype = state["hidden"].dtype
-    root_n = root_numel(params, ids_t, num_segments, dtype, state["hidden"].device)
+    root_n = root_numel(params, state, ids_t, num_segments)
     rms = segment_norms(tensor_norms(state["displacement"]), ids_t, num_segments)
     floor = distance_floor(pnorm.to(dtype) / root_n)
     return torch.where(started > 0,
@@ -75,7 +81,7 @@ def distance_max(params, state, ids_t, num_segments, pnorm, started) -> Tensor:
 def prodigy_d(params, state, ids_t, num_segments, pnorm, started) -> Tensor:
     """Prodigy's d_t = max(d_{t−1}, r_{t−1}/‖s_{t−1}‖₁), d_0 = r_ε, per segment."""
     dtype = state["hidden"].dtype
-    root_n = root_numel(params, ids_t, num_segments, dtype, state["hidden"].device)
+    root_n = root_numel(params, state, ids_t, num_segments)
     l1 = segment_sums(torch.stack([s.abs().sum() for s in state["prodigy_sum"]]).to(dtype),
                       ids_t, num_segments)
     estimate = prodigy_estimate(state["prodigy_d"], state["prodigy_numerator"], l1,

@@ -78,7 +78,9 @@ class GAROModule:
     horizon: int | None = None
 
     def init(self, params: Sequence[Tensor]) -> State:
-        return self.rule.init(list(params), self.controller, horizon=self.horizon)
+        state = self.rule.init(list(params), self.controller, horizon=self.horizon)
+        state.pop("tensor_numel", None)  # (the hybrid never pads; GARO then counts its tensors)
+        return state
 
     def apply(self, params, grads, state, hyper, loss=None) -> tuple[TensorList, State]:
         if isinstance(hyper, Mapping) and "controller" not in hyper:

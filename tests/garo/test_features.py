@@ -12,6 +12,7 @@ from metaopt.garo.features import (
     HOST_OPS,
     NUM_PROGRESS_INPUTS,
     NUM_SIGNAL_FEATURES,
+    RUN_CONSTANTS,
     SIGNAL_FEATURES,
     TENSOR_OPS,
     ema_normalise,
@@ -29,7 +30,7 @@ def test_rule_state_follows_the_one_layout(features, scale):
     rule = GARORule(direction="adam", scale=scale)
     controller = GAROController(hidden_size=4, features=features)
     state = rule.init([torch.zeros(3), torch.zeros(2, 2)], controller, horizon=10)
-    global_keys = set(state) - set(rule.per_tensor_keys)
+    global_keys = set(state) - set(rule.per_tensor_keys) - set(RUN_CONSTANTS)
     assert global_keys == set(state_keys(features == "relative", scale))
     assert global_keys <= set(GLOBAL_STATE)
     # the host copy round-trips every entry of the layout, bit for bit

@@ -6,10 +6,11 @@ loss kinds (so they can share a batch only by padding and by carrying constants 
 meta-trained for a few meta-steps by both engines; the meta-gradients, meta-losses and the runs'
 parameters must agree to rounding, which fails if any padded coordinate leaks into a loss, a
 gradient or the rule's step. The rule is scale-free GARO with the adam direction and relative
-features (``configs/garo_general.yaml``), once with its step size as emitted (it pads exactly:
-groups mix sizes) and once with DoG's distance scale (it reads the element count, so the engine
-must bucket by exact shape; forcing it to pad must show a difference, which proves the
-comparison can see a leak).
+features (``configs/garo_general.yaml``): with its step size as emitted, and with DoG's and
+Prodigy's scales, which read each tensor's element count — from the counts ``GARORule.init``
+recorded, so they pad exactly too and groups mix sizes. A rule that reads the padded tensors'
+counts instead (a state without them) must be bucketed by exact shape, and forcing it to pad
+must show a difference, which proves the comparison can see a leak.
 """
 from __future__ import annotations
 
@@ -60,7 +61,17 @@ def family(name):
                      family={"name": "mixture", "kwargs": {"components": FAMILIES[name]}})
 
 
-def learned(scale):
+class _PaddedCounts(GAROLearnedRule):
+    """Scale-free GARO that counts the (padded) tensors' elements at every step: its state
+    lacks the counts ``init`` records, as states made before they were recorded do."""
+
+    def init(self, params, weights, horizon=None):
+        state = super().init(params, weights, horizon=horizon)
+        state.pop("tensor_numel")
+        return state
+
+
+def learned(scale, cls=GAROLearnedRule):
     controller = GAROController(hidden_size=4, features="relative", init_lr=0.05,
                                 generator=torch.Generator().manual_seed(0)).to(DT)
     generator = torch.Generator().manual_seed(1)
@@ -69,11 +80,11 @@ def learned(scale):
                      controller.head_weight_decay):
             head.weight.copy_(0.3 * torch.randn(head.weight.shape, generator=generator,
                                                 dtype=DT))
-    return GAROLearnedRule(controller, GARORule(direction="adam", scale=scale))
+    return cls(controller, GARORule(direction="adam", scale=scale))
 
 
-def run_both(name, scale, *, force_padding=False, steps=2, num_runs=8):
-    rule = learned(scale)
+def run_both(name, scale, *, force_padding=False, steps=2, num_runs=8, cls=GAROLearnedRule):
+    rule = learned(scale, cls)
     weights = rule.meta_parameters()
     pools = [cls(rule, family(name), num_runs, 3, make_horizon("log_uniform", min_length=2,
                                                                  max_length=8),
@@ -104,10 +115,10 @@ def relative_error(a: dict, b: dict) -> float:
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-@pytest.mark.parametrize("scale", ["none", "distance"])
+@pytest.mark.parametrize("scale", ["none", "distance", "prodigy"])
 def test_padded_batches_equal_the_loop(name, scale):
     results, mixed = run_both(name, scale)
-    assert mixed == (scale == "none")  # sizes share a batch exactly when the rule pads exactly
+    assert mixed  # every scale pads exactly, so sizes share a batch
     for (loop, vectorised), (loop_params, vec_params) in results:
         assert abs(loop.loss - vectorised.loss) <= 1e-11 * abs(loop.loss)
         assert relative_error(loop.grads, vectorised.grads) <= 1e-10
@@ -119,8 +130,10 @@ def test_padded_batches_equal_the_loop(name, scale):
 
 def test_the_comparison_sees_a_rule_that_pads_inexactly():
     assert rule_pads_exactly(learned("none"), learned("none").meta_parameters())
-    assert not rule_pads_exactly(learned("distance"), learned("distance").meta_parameters())
-    results, mixed = run_both("point", "distance", force_padding=True)
+    assert rule_pads_exactly(learned("prodigy"), learned("prodigy").meta_parameters())
+    inexact = learned("distance", _PaddedCounts)
+    assert not rule_pads_exactly(inexact, inexact.meta_parameters())
+    results, mixed = run_both("point", "distance", force_padding=True, cls=_PaddedCounts)
     assert mixed
     assert max(relative_error(loop.grads, vec.grads) for (loop, vec), _ in results) > 1e-6
 
@@ -163,7 +176,7 @@ def test_the_start_up_report_says_what_takes_the_loop_and_why():
     rule = learned("none")
     text = _pool(rule, [quadratics, _KeylessFamily()]).describe(rule.meta_parameters(), probe=16)
     assert "pads exactly" in text and "no batched form" in text and "TestFunctionTask" in text
-    rule = learned("distance")
+    rule = learned("distance", _PaddedCounts)
     text = _pool(rule, [quadratics]).describe(rule.meta_parameters(), probe=16)
     assert "identical parameter shapes" in text and "QuadraticTask" in text  # alone: dims differ
     rule = _OffPointRule(learned("none"))
