@@ -44,7 +44,7 @@ from .data import minibatch
 from .mlp import ACTIVATIONS
 from .sequence_batch import PaddedSequenceBatch
 
-__all__ = ["SEQUENCE_KINDS", "SEQUENCE_MODELS", "SequenceBatch", "SequenceFamily", "SequenceTask",
+__all__ = ["SEQUENCE_KINDS", "SEQUENCE_MODELS", "SequenceFamily", "SequenceTask",
            "make_sequences", "one_hot"]
 
 SEQUENCE_KINDS = ("markov", "parity", "copy")
@@ -198,39 +198,6 @@ class SequenceTask(TokenSequenceData, ModuleTask):
     def describe(self) -> str:
         return (f"{self.name}(V={self.vocab_in}->{self.vocab_out}, L={self.length}, "
                 f"hidden={self.hidden}, bs={self.batch_size})")
-
-
-class SequenceBatch(TaskBatch):
-    """Sequence tasks of one ``batch_key``: ``torch.func.vmap`` of the first task's functional
-    loss over the stacked data; task ``b``'s minibatch rows come from its own generator with the
-    draws of ``SequenceTask.train_batch`` (``minibatch``), then one gather."""
-
-    stacked_attributes = ("train_data", "test_data")
-
-    def __init__(self, tasks: Sequence[SequenceTask]):
-        super().__init__(tasks)
-        # (B, 3, n, L)
-        self.train_data = torch.stack([torch.stack(t.train_data) for t in self.tasks])
-        self.test_data = torch.stack([torch.stack(t.test_data) for t in self.tasks])
-        self._loss = torch.func.vmap(self.tasks[0].loss)
-
-    def loss(self, params, batch: Batch) -> Tensor:
-        return self._loss(dict(params), batch)
-
-    def _gather(self, data: Tensor, generators) -> Batch:
-        count, size = int(data.shape[2]), self.tasks[0].batch_size
-        index = torch.stack([torch.arange(min(size, count)) if g is None
-                             else minibatch(g, count, size)
-                             for g in generators]).to(self.device)
-        rows = torch.arange(len(self.tasks), device=self.device).unsqueeze(1)
-        tokens, targets, mask = data.unbind(1)
-        return tokens[rows, index], targets[rows, index], mask[rows, index].bool()
-
-    def train_batch(self, generators) -> Batch:
-        return self._gather(self.train_data, generators)
-
-    def test_batch(self, generators) -> Batch:
-        return self._gather(self.test_data, generators)
 
 
 class SequenceFamily(TaskFamily):
