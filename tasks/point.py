@@ -79,22 +79,27 @@ class PointTask(ModuleTask):
 
     # -- vectorised meta-batches: every point task of every dimension joins one PointBatch ------
     def batch_key(self) -> Hashable | None:
+        """One key for every point task with a batched part (None: this task takes the loop)."""
+        if self.point_part_key() is None:
+            return None
         return ("point", self.device, self.dtype)
 
     @classmethod
     def stack(cls, tasks: Sequence[PointTask]) -> PointBatch:
         return PointBatch(tasks)
 
-    def point_part_key(self) -> Hashable:
+    def point_part_key(self) -> Hashable | None:
         """Tasks of one part key are evaluated by one ``stack_part`` batch inside a
-        ``PointBatch``."""
-        raise NotImplementedError(f"{type(self).__name__} has no batched form")
+        ``PointBatch``; None (this default): the task has no batched form, so no ``batch_key``
+        either, and the vectorised engine runs it in its loop."""
+        return None
 
     @classmethod
     def stack_part(cls, tasks: Sequence[PointTask]) -> TaskBatch:
         """A ``TaskBatch`` of tasks of one ``point_part_key`` over points of their width
-        (attribute ``width``)."""
-        raise NotImplementedError(f"{cls.__name__} has no batched form")
+        (attribute ``width``). Subclasses that return a part key define it."""
+        raise TypeError(f"{cls.__name__} has no batched form: a task whose point_part_key() is "
+                        "not None must define stack_part")
 
 
 class PointBatch(TaskBatch):

@@ -7,6 +7,7 @@ import torch
 
 import tasks
 from metaopt.task import generator_from_seed
+from tasks.point import PointTask
 
 DT = torch.float64
 
@@ -169,3 +170,17 @@ def test_sequence_tasks_of_any_kind_vocabulary_length_and_width_stack_exactly(sp
     for attribute in ("kind", "vocab_in", "length", "hidden", "batch_size"):
         assert len({getattr(t, attribute) for t in batch.tasks}) > 1, attribute
     _check_padding_gets_zero_gradient(batch, grads)
+
+
+def test_a_point_task_without_a_batched_part_takes_the_loop():
+    task = tasks.get("quadratic", dim=(3, 3), dtype=DT).sample(generator_from_seed(0))
+    assert task.batch_key() is not None
+
+    class Unbatched(type(task)):
+        def point_part_key(self):
+            return None
+
+    task.__class__ = Unbatched
+    assert task.batch_key() is None  # so the vectorised engine never stacks it
+    with pytest.raises(TypeError, match="no batched form"):  # the base class's default
+        PointTask.stack_part([task])
