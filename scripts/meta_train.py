@@ -64,6 +64,7 @@ from metaopt.meta import (
     MetaTrainer,
     distributed_world,
     held_out_seeds,
+    leave_process_group,
     load_training_state,
     make_estimator,
     make_horizon,
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         run_dir.release_all()
         if created:
-            torch.distributed.destroy_process_group()
+            leave_process_group()
 
 
 def _check(cfg: MetaTrainConfig) -> dict[str, Any]:

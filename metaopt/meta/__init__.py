@@ -11,6 +11,7 @@
   into the 1-process meta-gradient; ``training_state``: the resumable state file;
 * ``validation``: held-out meta-loss of a controller.
 """
+from .distributed import leave_process_group
 from .estimators import (
                          ESTIMATORS,
                          AntitheticES,
@@ -48,7 +49,7 @@ __all__ = [
     "HybridLearnedRule", "GradientEstimator", "InnerRunPool",
     "LearnedRule", "LogUniformHorizon", "MetaGradient", "MetaLoss", "MetaTrainer", "PersistentES",
     "SegmentResult", "TruncatedBPTT", "VectorisedPool", "all_reduce_mean", "batch_generator",
-    "detach_state",
-    "distributed_world", "held_out_seeds", "load_training_state", "make_estimator",
-    "make_horizon", "save_training_state", "segment_length", "unroll_segment", "validate",
+    "detach_state", "distributed_world", "held_out_seeds", "leave_process_group",
+    "load_training_state", "make_estimator", "make_horizon", "save_training_state",
+    "segment_length", "unroll_segment", "validate",
 ]

@@ -20,13 +20,14 @@ The reported meta-loss and traces are combined with the same weights, counts are
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["all_reduce_mean", "distributed_world", "reduce_estimate", "shard_slots",
-           "wanted_slots"]
+__all__ = ["all_reduce_mean", "distributed_world", "leave_process_group", "reduce_estimate",
+           "shard_slots", "wanted_slots"]
 
 
 def distributed_world() -> tuple[int, int]:
@@ -34,6 +35,17 @@ def distributed_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def leave_process_group(grace: float = 0.1) -> None:
+    """``destroy_process_group()``, then sleep ``grace`` seconds with the GIL released.
+
+    Why: a gloo worker thread frees its last collective's tensors only once it holds the GIL. A
+    process that starts shutting the interpreter down straight after its last collective can get
+    there first, and the waiting worker then aborts the process (``std::terminate``: SIGABRT after
+    a run that succeeded). The sleep hands the GIL to the workers still waiting for it."""
+    torch.distributed.destroy_process_group()
+    time.sleep(grace)
 
 
 def shard_slots(num_runs: int, rank: int, world: int) -> list[int]:

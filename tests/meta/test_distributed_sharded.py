@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import tasks
+from metaopt.meta import leave_process_group
 
 STEPS, RUNS = 4, 5
 
@@ -69,7 +70,7 @@ def _worker(rank, world, init_file, out_dir):
         result = {engine: _train(engine, (rank, world)) for engine in ("loop", "vectorised")}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.fixture(scope="module")

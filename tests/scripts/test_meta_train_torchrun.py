@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from metaopt.meta import leave_process_group
 from metaopt.meta.training_state import shared_digest
 
 from .test_meta_train import ROOT, TINY, _load_script
@@ -49,7 +50,7 @@ def _resume_worker(rank, world, init_file, root, engine):
         run("resumed", 2)  # stopped after 2 meta-steps ...
         run("resumed", 4)  # ... and the same command again resumes both ranks
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.fixture(scope="module", params=["loop", "vectorised"])
@@ -140,7 +141,7 @@ def _refusal_worker(rank, world, init_file, root, cases):
             with open(os.path.join(root, f"{case}.rank{rank}.txt"), "w") as f:
                 f.write(message)
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.fixture(scope="module")
