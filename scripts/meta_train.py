@@ -133,7 +133,7 @@ def build(cfg: MetaTrainConfig, device: str | None = None,
             hidden_size=c.hidden_size, num_step_frequencies=c.num_step_frequencies,
             init_lr=c.init_lr, init_momentum=c.init_momentum,
             init_weight_decay=c.init_weight_decay, features=c.features,
-            generator=torch.Generator().manual_seed(cfg.seed),
+            lr_schedule=c.lr_schedule, generator=torch.Generator().manual_seed(cfg.seed),
         ).to(device=device, dtype=getattr(torch, cfg.dtype))
         rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients,
                         scale=c.scale)

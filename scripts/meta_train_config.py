@@ -41,6 +41,7 @@ class ControllerConfig:
     feature_gradients: bool = False  # differentiate through the controller's input features
     features: str = "seed"  # seed | relative (loss-scale invariant + training progress)
     scale: str = "none"  # none | distance | prodigy (lr_t multiplies DoG's / Prodigy's estimate)
+    lr_schedule: str = "constant"  # constant | cosine (lr_t times cosine annealing over T)
 
 
 @dataclass

@@ -6,7 +6,7 @@ recurrence" next step)::
 
     z_t  = clip(normalise(x_t; running EMA statistics), ±clip)    (masked where x_t is unavailable)
     h_t  = GRUCell([z_t, valid_t, step_embedding(t)], h_{t-1})
-    lr_t  = softplus(W_lr  h_t + b_lr)
+    lr_t  = softplus(W_lr  h_t + b_lr) · c_t
     mom_t = tanh    (W_mom h_t + b_mom)
     wd_t  = softplus(W_wd  h_t + b_wd)
 
@@ -31,6 +31,12 @@ loss multiplied by any ``c > 0`` gives the controller identical inputs, and adds
 progress ``(min(t/T, 1), [T known])`` (VeLO's ``num_training_steps`` input) next to the step
 embedding, un-normalised, so the controller can learn to anneal.
 
+``lr_schedule="cosine"`` (relative features only) multiplies lr_t by a fixed cosine annealing
+over the known horizon, ``c_t = ½(1 + cos(π·min(t/T, 1)))`` (``metaopt.garo.features.lr_prior``;
+``c_t = 1`` for the default ``"constant"`` and whenever T is unknown): the untrained controller is
+then the base optimizer under ``CosineAnnealingLR(T_max=T)``, and meta-training learns
+corrections to that schedule.
+
 The module is pure: ``forward`` reads only its arguments, weights and buffers, and returns the new
 recurrent state instead of keeping it, so ``torch.func.functional_call`` can swap its weights
 (the weights are data, the optimizer is built from them: learned_optimization's
@@ -47,11 +53,13 @@ from torch import Tensor, nn
 
 from .features import (
     FEATURE_SETS,
+    LR_SCHEDULES,
     NUM_PROGRESS_INPUTS,
     NUM_SIGNAL_FEATURES,
     SIGNAL_FEATURES,
     TENSOR_OPS,
     ema_normalise,
+    lr_prior,
     step_frequencies,
 )
 
@@ -96,7 +104,7 @@ class GAROController(nn.Module):
                  init_lr: float = 0.01, init_momentum: float = 0.0,
                  init_weight_decay: float = 1e-8, feature_decay: float = 0.99,
                  feature_clip: float = 5.0, features: str = "seed",
-                 generator: torch.Generator | None = None):
+                 lr_schedule: str = "constant", generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size: must be an int >= 1, got {hidden_size!r}")
@@ -116,12 +124,17 @@ class GAROController(nn.Module):
             raise ValueError(f"feature_clip: must be finite and > 0, got {feature_clip!r}")
         if features not in FEATURE_SETS:
             raise ValueError(f"features: must be one of {FEATURE_SETS}, got {features!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if lr_schedule != "constant" and features != "relative":
+            raise ValueError(f"lr_schedule={lr_schedule!r} reads the training progress: it needs "
+                             "features='relative'")
         self.hidden_size = hidden_size
         self.num_step_frequencies = num_step_frequencies
         self.init_lr, self.init_momentum = float(init_lr), float(init_momentum)
         self.init_weight_decay = float(init_weight_decay)
         self.feature_decay, self.feature_clip = float(feature_decay), float(feature_clip)
-        self.features = features
+        self.features, self.lr_schedule = features, lr_schedule
         # input = normalised signals, their validity mask, the step embedding (, the progress)
         self.input_size = 2 * NUM_SIGNAL_FEATURES + 2 * num_step_frequencies \
             + (NUM_PROGRESS_INPUTS if features == "relative" else 0)
@@ -171,7 +184,10 @@ class GAROController(nn.Module):
         return dict(hidden_size=self.hidden_size, num_step_frequencies=self.num_step_frequencies,
                     init_lr=self.init_lr, init_momentum=self.init_momentum,
                     init_weight_decay=self.init_weight_decay, feature_decay=self.feature_decay,
-                    feature_clip=self.feature_clip, features=self.features)
+                    feature_clip=self.feature_clip, features=self.features,
+                    # (only when set: checkpoints without the key load as "constant")
+                    **({} if self.lr_schedule == "constant" else
+                       {"lr_schedule": self.lr_schedule}))
 
     def initial_state(self, num_segments: int = 1, device=None) -> dict[str, Tensor]:
         """Recurrent state before step 0: ``h = 0`` and the stored feature statistics."""
@@ -223,8 +239,12 @@ class GAROController(nn.Module):
             parts.append(progress.to(dtype))
         inputs = torch.cat(parts, dim=1)
         h = self.cell(inputs, hidden)
+        lr = F.softplus(self.head_lr(h)).squeeze(1)
+        if self.lr_schedule != "constant":
+            progress = progress.to(dtype)
+            lr = lr * lr_prior(self.lr_schedule, progress[:, 0], progress[:, 1], TENSOR_OPS)
         return ControllerOutput(
-            lr=F.softplus(self.head_lr(h)).squeeze(1),
+            lr=lr,
             momentum=torch.tanh(self.head_momentum(h)).squeeze(1),
             weight_decay=F.softplus(self.head_weight_decay(h)).squeeze(1),
             hidden=h, feature_mean=new_mean, feature_var=new_var)

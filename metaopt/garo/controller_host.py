@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .controller import GAROController
-from .features import HOST_OPS, NUM_SIGNAL_FEATURES, ema_normalise, step_frequencies
+from .features import HOST_OPS, NUM_SIGNAL_FEATURES, ema_normalise, lr_prior, step_frequencies
 
 # controller -> (its weights_generation, the weights read, their versions, fused host copies);
 # weak, so it is neither pickled, deep-copied nor kept alive with the module
@@ -150,6 +150,9 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
     n = np.tanh(gates[:, 2 * H:3 * H] + two_sigma[:, :H] * gates[:, 3 * H:])
     h = n + two_sigma[:, H:] * (hidden - n) / 2  # (1 − σ(u))·n + σ(u)·h
     pre = (h @ head + head_bias).tolist()
-    return HostOutput(lr=[_softplus(p[0]) for p in pre], momentum=[math.tanh(p[1]) for p in pre],
+    prior = 1.0 if controller.lr_schedule == "constant" else \
+        lr_prior(controller.lr_schedule, progress[0], progress[1], HOST_OPS)
+    return HostOutput(lr=[_softplus(p[0]) * prior for p in pre],
+                      momentum=[math.tanh(p[1]) for p in pre],
                       weight_decay=[_softplus(p[2]) for p in pre], hidden=h,
                       feature_mean=new_means, feature_var=new_vars)

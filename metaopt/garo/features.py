@@ -29,6 +29,8 @@ SIGNAL_FEATURES = ("log_grad_norm", "delta_log_grad_norm", "symlog_loss", "delta
 NUM_SIGNAL_FEATURES = len(SIGNAL_FEATURES)
 #: ``"seed"``: the raw features; ``"relative"``: invariant to the loss's scale, plus progress
 FEATURE_SETS = ("seed", "relative")
+#: the fixed schedule the controller's lr_t is multiplied by (``lr_prior``)
+LR_SCHEDULES = ("constant", "cosine")
 NUM_PROGRESS_INPUTS = 2  # [min(t/T, 1), 1 if T is known]
 TINY = 1e-12  # keeps log-norms finite at zero gradients / parameters
 TINY_LOSS = 1e-30  # |L_0| guard of the relative loss feature (a loss of exactly 0)
@@ -88,11 +90,11 @@ def _host_clamp(x: float, low=None, high=None) -> float:
 
 
 #: the elementary operations of each path: tensors (with graphs, under vmap) and host floats
-TENSOR_OPS = SimpleNamespace(log=torch.log, log1p=torch.log1p, sqrt=torch.sqrt,
+TENSOR_OPS = SimpleNamespace(log=torch.log, log1p=torch.log1p, sqrt=torch.sqrt, cos=torch.cos,
                              clamp=lambda x, low=None, high=None: x.clamp(low, high),
                              maximum=torch.maximum)
-HOST_OPS = SimpleNamespace(log=_host_log, log1p=math.log1p, sqrt=math.sqrt, clamp=_host_clamp,
-                           maximum=max)
+HOST_OPS = SimpleNamespace(log=_host_log, log1p=math.log1p, sqrt=math.sqrt, cos=math.cos,
+                           clamp=_host_clamp, maximum=max)
 
 
 def signal_row(log_grad_norm, ref_log_grad_norm, prev_log_grad_norm, symlog_loss,
@@ -111,6 +113,21 @@ def validity(one, started, has_loss, had_loss) -> list:
 def progress(step, horizon, known, ops) -> list:
     """``[min(t/T, 1), T known]``: the training progress input of relative features."""
     return [ops.clamp(step / ops.clamp(horizon, 1.0), high=1.0) * known, known]
+
+
+def lr_prior(schedule: str, fraction, known, ops):
+    """The schedule the controller's lr_t is multiplied by, from the progress input
+    ``[p, known] = [min(t/T, 1), T known]``: 1 for ``"constant"``; for ``"cosine"``::
+
+        c_t = ½(1 + cos(π·p))   when T is known,   1 when it is not
+
+    SGDR's annealing without restarts (Loshchilov & Hutter 2017): what
+    ``CosineAnnealingLR(T_max=T)`` does to a learning rate, and what turns Prodigy into the
+    strongest tuning-free baseline of the benchmark. The learned lr_t then corrects a schedule
+    that is already sound instead of discovering one."""
+    if schedule == "constant":
+        return 1.0
+    return 1 - known * (1 - ops.cos(math.pi * fraction)) / 2
 
 
 def symlog(x, ops=TENSOR_OPS):

@@ -3,7 +3,8 @@
 The oracle is ``apply``, the reference path of meta-training: every parameter, buffer and entry of
 the recurrent state must agree after 20 steps, for both feature sets and directions, with and
 without a loss, one or several segments (including a segment without tensors), per-tensor lr and
-decay multipliers (several update buckets), and a horizon shorter than the run (progress clamps).
+decay multipliers (several update buckets), a horizon shorter than the run (progress clamps), and
+the cosine lr prior.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _compare(runtime_state, functional_state, live, ps):
     return error
 
 
-@pytest.mark.parametrize("features", ["seed", "relative"])
+@pytest.mark.parametrize("features", ["seed", "relative", "relative+cosine"])
 @pytest.mark.parametrize("with_loss", [True, False])
 @pytest.mark.parametrize("segments", ["global", "tensor", "idle segment"])
 @pytest.mark.parametrize(("direction", "scale"), [  # (Prodigy's scale: adam direction only)
@@ -37,11 +38,13 @@ def _compare(runtime_state, functional_state, live, ps):
 def test_runtime_step_equals_functional_step_float64(features, direction, with_loss, segments,
                                                      scale):
     params, loss_fn = regression()
-    controller = awake_controller(features=features)
+    feature_set, _, schedule = features.partition("+")
+    controller = awake_controller(features=feature_set, lr_schedule=schedule or "constant")
     rule = GARORule(direction=direction, scale=scale)
     ids, S = {"global": (None, 1), "tensor": ([0, 1, 2], 3),
               "idle segment": ([0, 0, 2], 3)}[segments]
-    horizon = 15 if features == "relative" else None
+    # (the cosine reaches lr 0 at the horizon: a longer one keeps every step moving)
+    horizon = {"seed": None, "relative": 15, "relative+cosine": 40}[features]
     hyper = GAROHyper(controller, segment_ids=ids, lr_scale=[1.0, 0.5, 1.0],
                       weight_decay_scale=[1.0, 0.0, 3.0])
     live = [p.clone() for p in params]
