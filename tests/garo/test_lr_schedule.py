@@ -74,3 +74,20 @@ def test_a_checkpoint_keeps_its_schedule(tmp_path):
     plain = tmp_path / "plain.safetensors"
     save_checkpoint(plain, GAROController(hidden_size=4), optimizer_config={})
     assert load_optimizer(plain, params).controller.lr_schedule == "constant"
+
+
+def test_meta_training_with_the_prior_exports_it(tmp_path):
+    """``controller.lr_schedule=cosine`` reaches the trained controller and its checkpoint; a
+    bad value is refused naming the key, before any work."""
+    from tests.scripts.test_meta_train import ROOT, TINY, _load_script
+
+    script = _load_script()
+    config = ["--config", str(ROOT / "configs" / "garo_quadratic.yaml"), *TINY, "steps=2",
+              "controller.features=relative", "controller.direction=adam"]
+    script.main([*config, f"out_dir={tmp_path / 'run'}", "controller.lr_schedule=cosine"])
+    opt = load_optimizer(tmp_path / "run" / "optimizer.safetensors",
+                         [torch.zeros(2, requires_grad=True)])
+    assert opt.controller.lr_schedule == "cosine"
+    with pytest.raises(script.ConfigError, match="controller.lr_schedule"):
+        script.main([*config, f"out_dir={tmp_path / 'bad'}", "controller.lr_schedule=linear"])
+    assert not (tmp_path / "bad").exists()
