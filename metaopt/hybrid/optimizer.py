@@ -44,15 +44,8 @@ from .policy import PolicyGate, SwitchingPolicy
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
 from .runtime import GDRuntime, applies
 from .runtime import join_state as _join
+from .runtime import own_copy as _own_copy
 from .runtime import split_state as _split
-
-
-def _own_copy(value: Tensor, buffer) -> Tensor:
-    """``value.clone()``, written into ``buffer`` where it is a tensor of the same kind."""
-    if (isinstance(buffer, Tensor) and buffer is not value and buffer.shape == value.shape
-            and buffer.dtype == value.dtype and buffer.device == value.device):
-        return buffer.copy_(value)
-    return value.clone()
 
 
 class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSupport,
@@ -310,14 +303,11 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         return loss
 
     def _gd_runtime(self) -> GDRuntime | None:
-        """The in-place GD path's caches where it applies (momentum SGD; rebuilt after a copy,
-        since they are no state)."""
-        runtime = self.__dict__.get("_runtime", False)
-        if runtime is False:
-            runtime = GDRuntime() if self.garo_controller is None and applies(
+        """The in-place GD path where it applies (its caches are no state: rebuilt on a copy)."""
+        if "_runtime" not in self.__dict__:
+            self._runtime = GDRuntime() if self.garo_controller is None and applies(
                 self.rule, self.gate) else None
-            self._runtime = runtime
-        return runtime
+        return self._runtime
 
     def _rule_state(self, params: list[Tensor]) -> dict:
         """The rule's state for ``params`` in ``_split`` form: each param's own entries, the

@@ -38,7 +38,7 @@ from ..rules.sgd import SGDRule
 from .criteria import _TINY, relative_progress, switch_features
 from .stability import GD_STABILITY_BOUND, SAFETY
 
-__all__ = ["GDRuntime", "split_state", "join_state"]
+__all__ = ["GDRuntime", "applies", "join_state", "own_copy", "split_state"]
 
 _REQUIRED = frozenset(("step", "mode", "dwell", "evaluations", "displacement_norm", "grad_norm0",
                        "prev_grad_norm", "losses", "stage_curvature"))
@@ -67,6 +67,14 @@ def join_state(flat: dict) -> dict:
         else:
             out[name] = value
     return out
+
+
+def own_copy(value: Tensor, buffer) -> Tensor:
+    """``value.clone()``, written into ``buffer`` where it is a tensor of the same kind."""
+    if (isinstance(buffer, Tensor) and buffer is not value and buffer.shape == value.shape
+            and buffer.dtype == value.dtype and buffer.device == value.device):
+        return buffer.copy_(value)
+    return value.clone()
 
 
 def applies(rule, gate) -> bool:
