@@ -108,6 +108,27 @@ def _chunks(tensors: Sequence[Tensor]) -> list[tuple[int, int, int]]:
             for a in range(0, t.numel(), _CHUNK)]
 
 
+def _chunked_norm(dots: list[Tensor]) -> Tensor:
+    return torch.stack(dots).sum().sqrt()
+
+
+def _norms(tensors: Sequence[Tensor], chunks) -> Tensor:
+    """Per-tensor 2-norms, large tensors summed chunk by chunk: the same values the update pass
+    leaves in its cache, so a rebuilt cache (after a copy or a load) decides alike."""
+    big = {i for i, _, _ in chunks}
+    small = [i for i in range(len(tensors)) if i not in big]
+    norms: list = [None] * len(tensors)
+    for i, n in zip(small, torch._foreach_norm([tensors[i] for i in small]) if small else []):
+        norms[i] = n
+    parts: dict[int, list[Tensor]] = {}
+    for i, a, b in chunks:
+        c = tensors[i].view(-1)[a:b]
+        parts.setdefault(i, []).append(torch.dot(c, c))
+    for i, dots in parts.items():
+        norms[i] = _chunked_norm(dots)
+    return torch.stack(norms)
+
+
 def _difference_pass(grads, prev, chunks, scratch) -> tuple[Tensor, Tensor]:
     """Per-tensor ‖g_i‖ and the total ‖g − g_prev‖, reading g and g_prev once."""
     big = {i for i, _, _ in chunks}
@@ -127,8 +148,8 @@ def _difference_pass(grads, prev, chunks, scratch) -> tuple[Tensor, Tensor]:
         torch.sub(g, prev[i].view(-1)[a:b], out=s)
         squares.append(torch.dot(s, s))
     for i, dots in parts.items():
-        norms[i] = torch.stack(dots).sum().sqrt()
-    return torch.stack(norms), torch.stack(squares).sum().sqrt()
+        norms[i] = _chunked_norm(dots)
+    return torch.stack(norms), _chunked_norm(squares)
 
 
 def _update_pass(params, grads, bufs, prev, chunks, lrs, moms, decays) -> Tensor:
@@ -157,7 +178,7 @@ def _update_pass(params, grads, bufs, prev, chunks, lrs, moms, decays) -> Tensor
         parts.setdefault(i, []).append(torch.dot(buf, buf))
         prev[i].view(-1)[a:b].copy_(g)
     for i, dots in parts.items():
-        norms[i] = torch.stack(dots).sum().sqrt()
+        norms[i] = _chunked_norm(dots)
     return torch.stack(norms)
 
 
@@ -204,12 +225,12 @@ class GDRuntime:
             self.scratch = params[0].new_empty(_CHUNK)
         bnorms = self._norms_of(self.buffer_norms, bufs)
         if bnorms is None:
-            bnorms = torch.stack(torch._foreach_norm(bufs))
+            bnorms = _norms(bufs, chunks)
         # ‖θ‖ itself where a decay reads it (then the guard's bound is a function of the state,
         # so a resumed run decides as the original); else a bound, only against overflow
         theta = None if any(decays) else self._norms_of(self.theta_bound, params)
         if theta is None:
-            theta = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)))
+            theta = torch.linalg.vector_norm(_norms(params, chunks))
         dtype, device = params[0].dtype, params[0].device
         # features (HybridRule.features), as tensors in the state's dtype
         gnorms, diff = _difference_pass(grads, prev, chunks, self.scratch)

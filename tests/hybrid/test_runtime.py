@@ -15,6 +15,7 @@ import metaopt.optim as mo
 from metaopt.hybrid.policy import SwitchingPolicy
 from metaopt.hybrid.runtime import GDRuntime
 from tests.optim.specs import HYBRID_SWITCHING
+from tests.optim.test_conformance import weights_only_round_trip
 
 D = torch.float64
 
@@ -190,3 +191,38 @@ def test_runtime_path_applies_to_momentum_sgd_only():
     assert mo.HybridGDODE(params, lr=0.01, ode="heun")._gd_runtime() is not None
     for kw in ({"gd": "adam"}, {"ode": "nesterov_flow"}, {"curvature": "lanczos"}):
         assert mo.HybridGDODE(params, lr=0.01, **kw)._gd_runtime() is None, kw
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_resume_through_a_weights_only_state_dict_is_bit_exact(big):
+    # the runtime path's caches are rebuilt after the load: it must decide and compute alike
+    def start():
+        params, loss_fn = problem(big)
+        opt = make(params, True, lr=0.01, policy=Alternating().double(), min_dwell=1)
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+        return params, opt, closure
+    params, opt, closure = start()
+    for _ in range(14):
+        opt.step(closure)
+    twin_params, twin, twin_closure = start()
+    for _ in range(7):
+        twin.step(twin_closure)
+    saved = weights_only_round_trip(twin.state_dict())
+    snapshot_params = [p.detach().clone() for p in twin_params]
+    twin_params, twin, twin_closure = start()
+    with torch.no_grad():  # the model's own state travels separately
+        for p, q in zip(twin_params, snapshot_params):
+            p.copy_(q)
+    twin.load_state_dict(saved)
+    for _ in range(7):
+        twin.step(twin_closure)
+    for p, q in zip(params, twin_params):
+        assert torch.equal(p, q)
+    assert snapshot(opt, params).keys() == snapshot(twin, twin_params).keys()
+    for key, value in snapshot(opt, params).items():
+        assert torch.equal(value, snapshot(twin, twin_params)[key]), key
