@@ -10,22 +10,28 @@ momentum-SGD module, computed in place.
     guard:     shorten the step when η·κ̂ > 1.9,  η = max(lr, (1 − μ)·‖Δθ_gd‖/‖g‖)
     refusal:   loss, gradient or new θ not finite → nothing changes
 
-Here it runs in few memory passes and one host read: per-tensor norms of g and of g − g_prev
-(into a scratch buffer the optimizer keeps), the features and the gate as tensors, then a single
-read of one flag that says whether this is a GD step the fast path may take. The guard and the
-finiteness of the new θ are decided before anything moves, from bounds: the triangle inequality
-‖b_new‖ ≤ μ‖b‖ + ‖g‖ + λ‖θ‖ (‖b‖ from the previous step, ‖θ‖ bounded by its last exact value
-plus the steps taken since) bounds η and every |θ_new|. When the bound cannot rule out the
-guard, an overflow, a non-finite value or an ODE step, the flag is off and the optimizer takes
-the reference path, which decides exactly — so nothing is mutated before the read. Then
-``torch._fused_sgd_`` (``torch.optim.SGD``'s fused kernel: b and θ in one pass), the new
-buffers' norms (‖Δθ‖ for the next secant) and the copy of g into the previous-gradient buffer.
+Here it runs in few memory passes and one host read. Pass 1 reads g and g_prev once: the
+per-tensor ‖g_i‖ and the exact ‖g − g_prev‖ (large CPU tensors a cache-sized chunk at a time,
+through one chunk of scratch, as ``metaopt.garo.chunked`` does). The features, the gate and the
+checks below are tensors; one read of their verdict says whether this is a GD step this path may
+take. The guard and the finiteness of the new θ are decided before anything moves, from bounds:
+the triangle inequality ‖b_new,i‖ ≤ μ_i‖b_i‖ + ‖g_i‖ + λ_i‖θ‖ (‖b_i‖ left by the previous step,
+‖θ‖ exact where a decay reads it, else bounded by its last exact value plus the steps since,
+against overflow only) bounds η and every |θ_new|. Where a bound cannot rule out the guard, an
+overflow, a non-finite value or an ODE step, the optimizer takes the reference path, which
+decides exactly; nothing was mutated before the read. Pass 2: ``torch._fused_sgd_``
+(``torch.optim.SGD``'s fused kernel: b and θ in one pass), the new ‖b_i‖ (‖Δθ‖ for the next
+secant, ‖b‖ for the next bound) and the copy of g into the previous-gradient buffer, chunk by
+chunk while each chunk is in cache. (After a step of the reference path the mode it left is
+read first: an ODE phase skips this path without computing its features.)
 
 It equals the reference up to rounding (``tests/hybrid/test_runtime.py``, float64): the fused
 kernel rounds θ − lr·b once (as ``torch.optim.SGD`` does), the secant's numerator is always the
-exact ‖g − g_prev‖ (the reference may use the dot-product identity where it does not cancel) and
-‖Δθ‖ is read from lr·‖b‖. Every decision is a function of the optimizer's state, so a resumed
-run takes the same path as the original.
+exact ‖g − g_prev‖ (the reference uses the dot-product identity where it does not cancel), and
+‖Δθ‖ is read from lr·‖b‖ (the motion before θ's rounding; where a step is below θ's rounding
+the reference's measured motion, and so its guard, can differ). Every decision is a function of
+the optimizer's state and the norms computed alike from it, so a run resumed from a state_dict
+takes the same path as the original.
 """
 from __future__ import annotations
 
@@ -236,9 +242,7 @@ class GDRuntime:
         gnorms, diff = _difference_pass(grads, prev, chunks, self.scratch)
         gnorm = torch.linalg.vector_norm(gnorms)
         disp = hs["displacement_norm"]
-        moved = disp > 0
-        kappa = torch.where(moved, diff / torch.where(moved, disp, torch.ones_like(disp)),
-                            torch.zeros_like(diff))
+        kappa = torch.where(disp > 0, diff / disp, 0.0)  # (0/0 and x/0 are not selected)
         ratio = torch.log(gnorm + _TINY) - torch.log(hs["grad_norm0"] + _TINY)
         stability_lr = float(max(lrs))
         stability = torch.log(kappa * stability_lr + _TINY)
@@ -262,19 +266,15 @@ class GDRuntime:
         bound_b = (mom_t * bnorms + gnorms + decay_t * theta) * grow
         step_bound = torch.linalg.vector_norm(lr_t * bound_b) * grow
         discount = 1.0 - min(max(max(moms), 0.0), 1.0)
-        positive = gnorm > 0
-        eta = torch.maximum(torch.as_tensor(stability_lr, dtype=dtype, device=device),
-                            torch.where(positive, step_bound / torch.where(
-                                positive, gnorm, torch.ones_like(gnorm)), step_bound * 0)
-                            * discount)
+        eta = torch.where(gnorm > 0, step_bound / gnorm, 0.0).mul_(discount).clamp_(
+            min=stability_lr)
         gd_kappa = torch.maximum(kappa, hs["stage_curvature"].to(kappa.dtype))
-        limit = torch.finfo(dtype).max / 4
-        ok = (torch.isfinite(gnorm) & torch.isfinite(diff) & (gate < 0.5)
-              & (eta * gd_kappa * grow <= _GD_LIMIT) & (theta + step_bound < limit)
-              & torch.isfinite(bound_b).all())
-        if loss is not None:
-            ok = ok & torch.isfinite(loss.detach()).all()
-        if not bool(ok):  # the one host read
+        # every check ≤ 0 (NaN fails it): a GD step, the guard cleared, no overflow, all finite
+        checks = torch.stack([gate - 0.5, eta * gd_kappa * grow - _GD_LIMIT,
+                              theta + step_bound - torch.finfo(dtype).max / 4,
+                              gnorm * 0, diff * 0, bound_b.sum() * 0]
+                             + ([] if loss is None else [loss.detach().sum().to(dtype) * 0]))
+        if not bool((checks <= 0).all()):  # the one host read
             return False
         new_bnorms = _update_pass(params, grads, bufs, prev, chunks, lrs, moms, decays)
         displacement = torch.linalg.vector_norm(lr_t * new_bnorms)
@@ -286,7 +286,7 @@ class GDRuntime:
         opt.hybrid_state = hs = dict(hs)
         hs.update(step=hs["step"] + 1, mode=mode, dwell=same * hs["dwell"] + 1, gate=gate,
                   probability=probability.to(feats.dtype),
-                  evaluations=hs["evaluations"] + 1 + 0 + gate * 0,
+                  evaluations=hs["evaluations"] + 1,  # (+ probes + gate·stages: 0)
                   displacement_norm=displacement.to(disp.dtype), curvature=kappa,
                   prev_grad_norm=gnorm, losses=losses, features=feats,
                   stage_curvature=torch.zeros_like(kappa) * mode)
