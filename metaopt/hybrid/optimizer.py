@@ -42,36 +42,10 @@ from .modules import (  # noqa: F401  (GD_METHODS, ODE_METHODS: public names kep
 )
 from .policy import PolicyGate, SwitchingPolicy
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
-
-
-def _split(state: dict) -> tuple[dict, dict]:
-    """Per-parameter lists vs optimizer-wide values of a (one-level nested) rule state."""
-    per_param, shared = {}, {}
-    for key, value in state.items():
-        items = value.items() if isinstance(value, dict) else [(None, value)]
-        for sub, v in items:
-            name = key if sub is None else f"{key}.{sub}"
-            (per_param if isinstance(v, list) else shared)[name] = v
-    return per_param, shared
-
-
-def _join(flat: dict) -> dict:
-    out: dict = {}
-    for name, value in flat.items():
-        if "." in name:
-            key, sub = name.split(".", 1)
-            out.setdefault(key, {})[sub] = value
-        else:
-            out[name] = value
-    return out
-
-
-def _own_copy(value: Tensor, buffer) -> Tensor:
-    """``value.clone()``, written into ``buffer`` where it is a tensor of the same kind."""
-    if (isinstance(buffer, Tensor) and buffer is not value and buffer.shape == value.shape
-            and buffer.dtype == value.dtype and buffer.device == value.device):
-        return buffer.copy_(value)
-    return value.clone()
+from .runtime import GDRuntime, applies
+from .runtime import join_state as _join
+from .runtime import own_copy as _own_copy
+from .runtime import split_state as _split
 
 
 class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSupport,
@@ -269,11 +243,18 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         if not params:
             return loss
         start_grads = [p.grad for p in params]
+        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
+        runtime = self._gd_runtime()
+        if runtime is not None and runtime.step(self, params, start_grads, loss_t, h["lr"],
+                                                h["momentum"], h["weight_decay"]):
+            self._accept_step()  # a GD step in place (metaopt.hybrid.runtime)
+            if self.record_trace:
+                self.history.append(self.last_trace)
+            return loss
         if not (loss_is_finite(loss) and all_finite(start_grads)):
             self._refuse_step("loss or gradient")
             return loss
         snapshot = list(torch._foreach_mul(params, 1.0))
-        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
         if closure is not None:
             for p in params:
                 p.grad = None
@@ -320,6 +301,13 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         if self.record_trace:
             self.history.append(self.last_trace)
         return loss
+
+    def _gd_runtime(self) -> GDRuntime | None:
+        """The in-place GD path where it applies (its caches are no state: rebuilt on a copy)."""
+        if "_runtime" not in self.__dict__:
+            self._runtime = GDRuntime() if self.garo_controller is None and applies(
+                self.rule, self.gate) else None
+        return self._runtime
 
     def _rule_state(self, params: list[Tensor]) -> dict:
         """The rule's state for ``params`` in ``_split`` form: each param's own entries, the

@@ -7,8 +7,9 @@ For the ~1M-parameter MLP at batch 256 (``common.py``), timed side by side in on
   ``HybridRule.features`` (gradient norm, secant curvature ‖g_t − g_{t−1}‖/‖Δθ‖ with the
   previous gradient copied, loss window) plus the decision (learned net or heuristic) and its
   host sync; the ratio to ``sgd_step`` is the number the target reads;
-* ``hybrid_gd_step``: a whole ``HybridGDODE`` step in GD mode (policy and the pure SGD rule,
-  which allocates its results instead of updating in place) for context.
+* ``hybrid_gd_step``: a whole ``HybridGDODE`` step in GD mode with the learned policy: the
+  runtime path of ``metaopt.hybrid.runtime`` (features, policy, the fused momentum-SGD update in
+  place, one host read); its ratio to ``sgd_step`` is the hybrid's whole overhead in GD mode.
 """
 from __future__ import annotations
 
