@@ -32,7 +32,7 @@ def test_new_file_gets_the_permissions_of_a_plain_open_not_mkstemps_0600(tmp_pat
 
 
 def test_folder_is_fsynced_after_the_replace(tmp_path, monkeypatch):
-    # POSIX makes a rename durable only once its directory is synced (issue 13, item 6).
+    # POSIX makes a rename durable only once its directory is synced.
     import os
 
     import metaopt.atomic as atomic

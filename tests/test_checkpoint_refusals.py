@@ -1,5 +1,5 @@
 """Checkpoints with out-of-range GARO options or buffers are refused naming the file; a
-non-finite controller is never written (issue 13, items 1 and 7)."""
+non-finite controller is never written."""
 from __future__ import annotations
 
 import json

@@ -70,7 +70,7 @@ def test_train_help_lists_the_config_keys(capsys):
 
 
 def test_train_switches_family_in_one_override(tmp_path, capsys):
-    """issue 14's report: `--config configs/garo.yaml task.name=mlp` failed on stale kwargs."""
+    """a reported failure: `--config configs/garo.yaml task.name=mlp` failed on stale kwargs."""
     code = cli.main(["train", "--config", str(ROOT / "configs" / "garo.yaml"), "task.name=mlp",
                      "task.kwargs.width=[4,8]", "task.kwargs.depth=[1,1]",
                      f"out_dir={tmp_path}", *TINY])

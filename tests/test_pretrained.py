@@ -1,5 +1,5 @@
 """The shipped GARO checkpoints: listed and described, loadable by name, better than their
-initialisation; garo_general's fixes of issue 9 (no divergence, loss-scale invariance)."""
+initialisation; garo_general's guarantees (no divergence, loss-scale invariance)."""
 from __future__ import annotations
 
 import math

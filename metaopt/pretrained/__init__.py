@@ -8,11 +8,12 @@ Shipped, in the order ``metaopt.list_pretrained()`` lists them (``RECOMMENDED`` 
 user should pick; then anything else alphabetically; ``FIXTURES`` last, their one-line
 descriptions prefixed with what they are for); ``describe=True`` gives each one's line:
     ``garo_general``: GARO (global GRU, hidden 16, adam direction, loss-scale invariant relative
-    features + training progress) meta-trained by ``configs/garo_general.yaml`` (seed 0, 600
-    outer steps, truncated second-order BPTT, 8 runs x 20-step truncations of 100..1000-step
-    horizons) on an augmented mixture of 12 task families; held-out-family meta-loss (log)
-    -0.39 (untrained) -> -3.21. Pass ``num_training_steps``. Measured against tuned baselines by
-    ``scripts/benchmark.py learned`` (README card).
+    features + training progress) whose lr_t multiplies Prodigy's distance estimate and a cosine
+    annealing over ``num_training_steps``, meta-trained by ``configs/garo_general.yaml`` (seed 0,
+    1,000 outer steps, truncated second-order BPTT, 16 runs x 20-step truncations of
+    100..2000-step horizons) on an augmented mixture of 13 task families; the validation-best
+    snapshot (step 400). Pass ``num_training_steps``. Measured against tuned Adam and the
+    tuning-free optimizers by ``scripts/benchmark.py learned`` (README card).
     ``garo_quadratics`` (a pipeline fixture, listed last): GARO (global GRU, hidden 16, sgd
     direction) meta-trained by ``configs/garo.yaml`` (seed 0, 300 outer steps, truncated BPTT) on
     ill-conditioned and noisy quadratics (when it was trained, on the loop engine with 4 runs);

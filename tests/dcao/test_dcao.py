@@ -194,7 +194,7 @@ def test_probe_refuses_a_closure_whose_gradients_carry_no_graph():
         opt.step(closure)
 
 
-# ------------------------------------------------------------------ issue 13: unusual input
+# -------------------------------------------------------------------------- unusual input
 def test_complex_parameters_are_a_clear_error():
     z = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
     with pytest.raises(ValueError, match="complex"):

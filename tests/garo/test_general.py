@@ -1,4 +1,4 @@
-"""GARO as a general-purpose optimizer (issue 9): the defects a new user hit, each pinned down.
+"""GARO as a general-purpose optimizer: the defects a new user hit, each pinned down.
 
 Oracles: torch.optim.SGD for the meaning of ``lr``; the same run at another loss scale for
 scale invariance; the closure path for ``step(loss=...)``.

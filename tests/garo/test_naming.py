@@ -4,11 +4,14 @@ checkpoints step exactly as before the multiplier was renamed.
 ``RECORDED`` holds six steps of ``garo_general`` (float32 and float64) and ``garo_quadratics``
 (float64) computed by the code *before* the rename (group key ``weight_decay``), with a StepLR
 schedule halving ``lr`` every two steps and a second group with its own ``lr`` and no decay: the
-same run today must give the same numbers to the last bit.
+same run today must give the same numbers to the last bit. ``garo_general`` here is the
+checkpoint shipped under that name when they were recorded (DoG's scale,
+``configs/garo_general_dog.yaml``), kept in ``data/``.
 """
 import copy
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from metaopt.checkpoint import save_checkpoint
 from metaopt.garo import GAROController
 from metaopt.optim import GARO
 
+SHIPPED_THEN = {"garo_general": Path(__file__).parent / "data" / "garo_general_dog.safetensors"}
 RECORDED = {
     ("garo_general", "float32"): [
         ([1.5409375429153442, -0.29348745942115784, -2.1787307262420654,
@@ -97,7 +101,7 @@ def run(name, dtype, steps=6, **second_group):
     group_lr = 0.05 if name == "garo_general" else 0.005
     groups = [{"params": [w]}, {"params": [b], "lr": group_lr, **second_group}]
     kwargs = {"num_training_steps": 20} if name == "garo_general" else {}
-    opt = metaopt.load_optimizer(name, groups, **kwargs)
+    opt = metaopt.load_optimizer(SHIPPED_THEN.get(name, name), groups, **kwargs)
     schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     out = []
     for _ in range(steps):

@@ -1,4 +1,4 @@
-"""Meta-training defects of issue 9: first-order BPTT and the exported feature statistics."""
+"""Meta-training defects once found: first-order BPTT and the exported feature statistics."""
 from __future__ import annotations
 
 import torch

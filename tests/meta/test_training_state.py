@@ -1,5 +1,5 @@
 """Resumable training state: versioned, validated on load, never saved non-finite; a non-finite
-outer update is undone and counted (issue 13, items 1-3)."""
+outer update is undone and counted."""
 from __future__ import annotations
 
 import copy

@@ -29,13 +29,13 @@ SETTINGS = {
     # the defaults keep the adaptive solvers to a few stages a step (this is not an accuracy test)
     "NesterovFlow": {"lr": 0.3, "rtol": 1e-2, "atol": 1e-4},
     "GradientFlow": {"lr": 0.01, "rtol": 1e-2, "atol": 1e-4},
-    "GARO": {},  # the untrained controller is SGD(lr 0.01) whatever lr means (issue 9 changes it)
+    "GARO": {},  # the untrained controller is SGD(lr 0.01) whatever lr means
     "GlobalAdaptiveSGD": {},
     "DCAO": {"lr": 0.01, "momentum": 0.5, "probe_every": 20, "k": 2, "lanczos_iters": 4},
 }
 #: known defects being fixed elsewhere, as {(class, dtype): reason}; strict xfails, so a fix
-#: shows. Issue 13's two (GradientFlow float16, DCAO complex) are fixed: DCAO now refuses
-#: complex parameters with a ValueError, GradientFlow runs float16.
+#: shows. The reliability review's two (GradientFlow float16, DCAO complex) are fixed: DCAO
+#: now refuses complex parameters with a ValueError, GradientFlow runs float16.
 KNOWN: dict[tuple[str, str], str] = {}
 
 

@@ -133,7 +133,7 @@ def test_non_finite_operator_reports_nan_instead_of_failing():
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_default_tolerance_gives_top5_to_1e6_within_40_hvps(mlp_oracle, seed):
     # λ_4 and λ_5 of this 918-parameter MLP are 1.4 % apart; the probe's old default (1e-3)
-    # stopped after ~32 HVPs with the 5th eigenvalue 2-4e-6 off (issue 13, item 8).
+    # stopped after ~32 HVPs with the 5th eigenvalue 2-4e-6 off.
     params, loss_fn, exact = mlp_oracle
     top = top_by_magnitude(exact, 5)
     assert (top[3] - top[4]).abs() / top[3].abs() < 0.02

@@ -1,4 +1,4 @@
-"""Oracle tests for the explicit Runge–Kutta rule, float64 (issue 2, point 5)."""
+"""Oracle tests for the explicit Runge–Kutta rule, float64."""
 from __future__ import annotations
 
 import math

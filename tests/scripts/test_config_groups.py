@@ -1,5 +1,5 @@
 """scripts/config_groups.py through meta_train's load_config: groups replace, a family switch
-drops stale kwargs (issue 14's `task.name=mlp` failure), {} / null clear, --help is complete."""
+drops stale kwargs (the reported `task.name=mlp` failure), {} / null clear, --help is complete."""
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,4 @@
-"""Config fuzz (issue 13): ±inf, NaN, empty lists, wrong types and unknown keys for EVERY key of
+"""Config fuzz: ±inf, NaN, empty lists, wrong types and unknown keys for EVERY key of
 the ``MetaTrainConfig`` schema, found by walking the dataclasses (keys added later are covered
 without editing this file).
 

@@ -1,4 +1,4 @@
-"""scripts/meta_train.py under attack (issue 13): bad values, bad files, failed resumes, interrupts,
+"""scripts/meta_train.py under attack: bad values, bad files, failed resumes, interrupts,
 hygiene. Every refusal is one line naming its key or file and leaves the run directory as it was.
 """
 from __future__ import annotations
