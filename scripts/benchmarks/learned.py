@@ -92,7 +92,7 @@ class TuningSpec:
 
 @dataclass
 class LearnedBenchmarkConfig:
-    checkpoints: list[str] = field(default_factory=lambda: ["garo_general"])
+    checkpoints: list[str] = field(default_factory=lambda: ["garo_general", "hybrid_general"])
     contenders: list[ContenderSpec] = field(default_factory=list)
     seeds: int = 2
     reference_extension: int = 2
