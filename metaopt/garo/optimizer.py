@@ -130,6 +130,11 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                              "data); materialise them first (e.g. module.to_empty(device=...))")
         self.controller = controller.to(device)
         self.num_training_steps = num_training_steps
+        if controller.lr_schedule != "constant" and num_training_steps is None:
+            warnings.warn(f"GARO: this controller multiplies lr_t by a {controller.lr_schedule} "
+                          "annealing over num_training_steps; without it the factor stays 1 and "
+                          "the progress input is 'unknown' (pass num_training_steps=the run's "
+                          "total steps)", stacklevel=2)
         # the recurrent state lives on the host, where the controller runs (host_apply)
         self.garo_state = rule.init_global(self.controller, self._num_segments(),
                                            torch.device("cpu"), num_training_steps)

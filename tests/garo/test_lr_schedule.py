@@ -91,3 +91,15 @@ def test_meta_training_with_the_prior_exports_it(tmp_path):
     with pytest.raises(script.ConfigError, match="controller.lr_schedule"):
         script.main([*config, f"out_dir={tmp_path / 'bad'}", "controller.lr_schedule=linear"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_scheduled_controller_without_a_horizon_warns_once():
+    controller = GAROController(hidden_size=4, features="relative", lr_schedule="cosine")
+    with pytest.warns(UserWarning, match="num_training_steps"):
+        GARO([torch.zeros(2, requires_grad=True)], controller=controller)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GARO([torch.zeros(2, requires_grad=True)], controller=controller, num_training_steps=5)
+        GARO([torch.zeros(2, requires_grad=True)],
+             controller=GAROController(hidden_size=4, features="relative"))
