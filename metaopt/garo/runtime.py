@@ -52,6 +52,7 @@ from .features import (
     symlog,
     validity,
 )
+from .flat import FlatBuffers
 from .host_state import HostState, PendingUpdateNorm, host_array
 from .hyper import GAROHyper
 from .scale import host_distance_max, host_prodigy_d, host_segment_norms, prodigy_reads
@@ -104,12 +105,15 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
 def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                buffers: Mapping[str, Sequence[Tensor]], host: HostState,
                hyper: GAROHyper, loss: Tensor | float | None = None,
-               grad_norms: Sequence[Tensor] | None = None) -> HostState | None:
+               grad_norms: Sequence[Tensor] | None = None,
+               flat: FlatBuffers | None = None) -> HostState | None:
     """One in-place GARO step with the global state on the host (``HostState``).
 
     ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
     ``params``; ``loss``: a scalar tensor or float. Returns the new global state, or None —
     touching nothing — when a gradient, the loss or the controller's output is not finite.
+    ``flat``: ``buffers`` as views of flat tensors (``metaopt.garo.flat``), used when the step has
+    one update bucket (one segment, equal lr and decay multipliers).
     """
     params, grads = list(params), list(grads)
     n = len(params)
@@ -124,6 +128,10 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     relative = host.ref_log_grad_norm is not None
     if relative != (getattr(controller, "features", "seed") == "relative"):
         raise ValueError("state: made for a controller with other features (init it again)")
+    if flat is not None and (flat.flat is None or S > 1 or not _uniform(hyper.lr_scale) or
+                             not _uniform(hyper.weight_decay_scale)):
+        flat = None  # (several update buckets: the per-tensor path, on the same buffers)
+    flat_grad = flat.gather(grads) if flat is not None else None
     np_dtype = host_dtype(host.dtype)
     step, started, loss_seen = host.step, host.step > 0, host.loss_seen
     has_loss = loss is not None
@@ -150,7 +158,8 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         values = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
                             fused_norms(tensors)])
     if prodigy:  # ⟨g_i, δ_i⟩ and ‖s_i‖₁, in the same host read
-        values = torch.cat([values, prodigy_reads(grads, buffers)])
+        values = torch.cat([values, flat.prodigy_reads(flat_grad) if flat is not None
+                            else prodigy_reads(grads, buffers)])
     norms = values.tolist()
     if prodigy:
         norms, dots, l1s = norms[:-2 * n], norms[-2 * n:-n], norms[-n:]
@@ -197,7 +206,7 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
     directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
-                                     eps_scales, step, prodigy_d)
+                                     eps_scales, step, prodigy_d, flat, flat_grad)
     if prodigy:  # r_t = β₃ r_{t−1} + Σ_i λ_i ⟨g_i, θ_0 − θ_i⟩, λ_i = a_i·d_t
         numerator = [prodigy_beta(rule.beta2) * r for r in host.prodigy_numerator]
         for i, s_i in enumerate(ids):
@@ -291,11 +300,19 @@ def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
                       feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
 
 
+def _uniform(values) -> bool:
+    """Whether a multiplier (a number, or one per tensor) is the same for every tensor."""
+    if isinstance(values, Tensor):
+        return values.dim() == 0
+    return not isinstance(values, (list, tuple)) or all(v == values[0] for v in values)
+
+
 def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,
-            prodigy_d=None):
+            prodigy_d=None, flat=None, flat_grad=None):
     """Step 3 in place (``lrs``: the step sizes per segment; ``prodigy_d``: Prodigy's d_t per
-    segment, or None); returns (directions, step sizes |a_i|) for the update norms; a tensor
-    updated in chunks gives its direction's norm."""
+    segment, or None; ``flat``: one bucket on flat buffers, ``flat_grad`` the gathered
+    gradients); returns (directions, step sizes |a_i|) for the update norms; a tensor updated
+    in chunks gives its direction's norm."""
     n = len(params)
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.lr_scale, n)
@@ -308,6 +325,10 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
     directions: list[Tensor | None] = [None] * n
     step_sizes = [0.0] * n
     sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
+    if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
+        (lr, mom, wd, eps, d), = buckets
+        return flat.adam_update(rule, params, flat_grad, mom, wd, lr, eps, sqrt_bias_correction2,
+                                d if prodigy_d else None), [abs(lr)] * n
     momentum_buffers = buffers["momentum_buffer"]
     for (lr, mom, wd, eps, d), index in buckets.items():
         ps = [params[i] for i in index]

@@ -1,0 +1,117 @@
+"""GARO's per-tensor buffers as views of one flat tensor per kind: the small-model adam path.
+
+On a small CPU model each foreach op costs a few µs *per tensor* (a CPU foreach op is a loop of
+single-tensor kernels), so a step that runs ~16 such ops on 18 tensors spends ~1.3 ms in
+dispatch, twice ``torch.optim.Adam``'s step. The runtime optimizer (``metaopt.optim.GARO``)
+therefore keeps each per-tensor buffer kind (``GARORule.per_tensor_keys``: m, v, Prodigy's
+δ and s) as one flat tensor whose slices are the per-parameter state entries (views: the state
+dict, a checkpoint and ``opt.state[p]`` see the usual per-parameter tensors). When a step has
+one update bucket (one segment, equal lr and decay multipliers: the default), its adam update
+runs on the flat tensors, one kernel per op, with the gradients and parameters gathered by one
+``torch.cat`` each and written back by one foreach add::
+
+    s ← β₃ s + λ g,   v ← β₂ v + (1 − β₂) g²,   m ← μ m + √c · g / (√v + ε√c)
+    u = m + wd·θ,     θ ← θ − a·u,   δ ← δ − a·u          (the ops of ``runtime._update``)
+
+Each element goes through the same ops in the same order as the per-tensor foreach path, so
+the result is the same bits (elementwise kernels do not depend on where a tensor starts);
+``tests/garo/test_flat.py`` checks both paths against each other and against the pure rule.
+Prodigy's reads ``⟨g_i, δ_i⟩`` and ``‖s_i‖₁`` stay per tensor (the same kernels on slices).
+
+A buffer replaced from outside (``load_state_dict``, a hand edit) is no longer a view: the next
+step sees it and gathers the flat tensors again from the per-parameter entries (their values,
+so a resumed run continues bit for bit).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from operator import is_
+
+import torch
+from torch import Tensor
+
+from .features import prodigy_beta
+
+# up to this many elements in all (a small model) the buffers are flat; beyond it the step is
+# bandwidth-bound and the per-tensor path (chunked on the CPU) is the faster one
+FLAT_NUMEL = 1 << 20
+
+
+class FlatBuffers:
+    """The flat buffers of one optimizer's parameter list (``flat``: key → 1-D tensor, None when
+    these parameters do not qualify), and their per-parameter views (``views``)."""
+
+    def __init__(self, params: Sequence[Tensor], states: Sequence[dict], keys: Sequence[str],
+                 eligible: bool):
+        self.params, self.keys = list(params), tuple(keys)
+        self.sizes = [p.numel() for p in params]
+        self.flat: dict[str, Tensor] | None = {} if eligible else None
+        self.views: dict[str, list[Tensor]] = {}
+        self.rows: dict[str, list[Tensor]] = {}  # the same views, 1-D
+        if not eligible:
+            return
+        for key in keys:
+            flat = torch.cat([state[key].reshape(-1) for state in states])
+            views = [v.view_as(p) for v, p in zip(flat.split(self.sizes), params)]
+            for state, view in zip(states, views):
+                state[key] = view
+            self.flat[key], self.views[key] = flat, views
+            self.rows[key] = list(flat.split(self.sizes))
+
+    @classmethod
+    def build(cls, rule, params: Sequence[Tensor], states: Sequence[dict]) -> FlatBuffers:
+        """Flat buffers for these parameters (their states already initialised), when they
+        qualify: the adam direction, ≥ 2 dense contiguous floating tensors of one dtype and
+        device, at most ``FLAT_NUMEL`` elements, buffers of the same dtype and device."""
+        first = params[0]
+        keys = rule.per_tensor_keys
+        eligible = rule.direction == "adam" and len(params) > 1 and \
+            first.is_floating_point() and sum(p.numel() for p in params) <= FLAT_NUMEL and \
+            all(p.dtype == first.dtype and p.device == first.device and not p.is_sparse and
+                p.is_contiguous() and all(s[k].dtype == first.dtype and
+                                          s[k].device == first.device for k in keys)
+                for p, s in zip(params, states))
+        return cls(params, states, keys, eligible)
+
+    def matches(self, params: Sequence[Tensor], states: Sequence[Mapping]) -> bool:
+        """Whether these are still the parameters and state entries the buffers were built for."""
+        if len(params) != len(self.params) or not all(map(is_, params, self.params)):
+            return False
+        if self.flat is None:
+            return True
+        first = params[0]
+        return next(iter(self.flat.values())).dtype == first.dtype and all(
+            all(map(is_, (s[key] for s in states), self.views[key])) for key in self.keys)
+
+    def gather(self, tensors: Sequence[Tensor]) -> Tensor:
+        """One flat copy of tensors shaped like the parameters (gradients, parameters)."""
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def prodigy_reads(self, flat_grad: Tensor) -> Tensor:
+        """(2n,) ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁`` (``scale.prodigy_reads``, the same kernels on
+        slices of the flat tensors: the same bits, without reshaping each tensor)."""
+        dots = [torch.dot(g, d) for g, d in zip(flat_grad.split(self.sizes),
+                                                 self.rows["displacement"])]
+        return torch.stack(dots + list(torch._foreach_norm(self.rows["prodigy_sum"], 1)))
+
+    def adam_update(self, rule, params: Sequence[Tensor], flat_grad: Tensor, mom: float,
+                    wd: float, lr: float, eps: float, sqrt_c: float,
+                    prodigy_d: float | None) -> list[Tensor]:
+        """The one bucket's adam update (module docstring) on the flat buffers; returns the
+        per-tensor directions ``u_i`` (views)."""
+        buffers, g = self.flat, flat_grad
+        if prodigy_d is not None:
+            buffers["prodigy_sum"].mul_(prodigy_beta(rule.beta2)).add_(g, alpha=lr * prodigy_d)
+        v, m = buffers["exp_avg_sq"], buffers["momentum_buffer"]
+        v.mul_(rule.beta2).addcmul_(g, g, value=1 - rule.beta2)
+        denom = v.sqrt().add_(eps * sqrt_c)
+        m.mul_(mom).addcdiv_(g, denom, value=sqrt_c)
+        if wd != 0.0:
+            direction = m.add(self.gather(params), alpha=wd)
+            directions = [d.view_as(p) for d, p in zip(direction.split(self.sizes), params)]
+        else:
+            direction, directions = m, self.views["momentum_buffer"]
+        torch._foreach_add_(list(params), directions, alpha=-lr)
+        if "displacement" in buffers:
+            buffers["displacement"].add_(direction, alpha=-lr)
+        return directions
