@@ -85,7 +85,7 @@ class FlatBuffers:
 
     def gather(self, tensors: Sequence[Tensor]) -> Tensor:
         """One flat copy of tensors shaped like the parameters (gradients, parameters)."""
-        return torch.cat([t.reshape(-1) for t in tensors])
+        return torch._C._nn.flatten_dense_tensors(list(tensors))  # (torch.cat of views, in C++)
 
     def prodigy_reads(self, flat_grad: Tensor) -> Tensor:
         """(2n,) ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁`` (``scale.prodigy_reads``, the same kernels on

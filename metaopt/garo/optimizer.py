@@ -261,14 +261,8 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         for p, state in zip(params, states):
             if not state:
                 state.update(self.rule.init_tensor_state(p))
-        # (small adam models: the buffers as views of flat tensors, metaopt.garo.flat; rebuilt
-        # when the parameters or a buffer changed, e.g. after load_state_dict. Not while dynamo
-        # traces the step: it does not replay the rebinding of the state entries.)
-        flat = None if torch.compiler.is_compiling() else self._flat
-        if flat is not None and not flat.matches(params, states):
-            flat = None
-        if flat is None and not torch.compiler.is_compiling():
-            flat = self._flat = FlatBuffers.build(self.rule, params, states)
+        # (not while dynamo traces the step: it does not replay the state's rebinding to views)
+        flat = None if torch.compiler.is_compiling() else self._flat_buffers(params, states)
         buffers = flat.views if flat is not None and flat.flat is not None else \
             {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
         new_state = host_apply(
@@ -287,6 +281,13 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             for hook in list(self._hyperparam_hooks.values()):
                 hook(self, report)
         return loss
+
+    def _flat_buffers(self, params, states) -> FlatBuffers:
+        """Small adam models: the buffers as views of flat tensors (``metaopt.garo.flat``);
+        gathered again when the parameters or a buffer changed (e.g. ``load_state_dict``)."""
+        if self._flat is None or not self._flat.matches(params, states):
+            self._flat = FlatBuffers.build(self.rule, params, states)
+        return self._flat
 
     # -- persistence -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
