@@ -14,9 +14,11 @@ runs on the flat tensors, one kernel per op, with the gradients and parameters g
     u = m + wd·θ,     θ ← θ − a·u,   δ ← δ − a·u          (the ops of ``runtime._update``)
 
 Each element goes through the same ops in the same order as the per-tensor foreach path, so
-the result is the same bits (elementwise kernels do not depend on where a tensor starts);
-``tests/garo/test_flat.py`` checks both paths against each other and against the pure rule.
-Prodigy's reads ``⟨g_i, δ_i⟩`` and ``‖s_i‖₁`` stay per tensor (the same kernels on slices).
+the update is the same bits (elementwise kernels do not depend on where a tensor starts). Such
+a step also reads its reductions over the concatenated tensors (``one_bucket``), which the flat
+buffers are; the per-tensor path (under ``torch.compile``, or ``GARORule.apply_``) gathers them,
+so both paths give the same bits. ``tests/garo/test_flat.py`` checks both paths against each
+other and against the pure rule.
 
 A buffer replaced from outside (``load_state_dict``, a hand edit) is no longer a view: the next
 step sees it and gathers the flat tensors again from the per-parameter entries (their values,
@@ -37,6 +39,35 @@ from .features import prodigy_beta
 FLAT_NUMEL = 1 << 20
 
 
+def gather(tensors: Sequence[Tensor]) -> Tensor:
+    """The tensors' elements concatenated into one new 1-D tensor (``torch.cat`` of views, in
+    one C++ call)."""
+    return torch._C._nn.flatten_dense_tensors(list(tensors))
+
+
+def one_bucket(params: Sequence[Tensor], hyper, num_segments: int) -> bool:
+    """Whether a step of the runtime reads its segment sums over the concatenated tensors: a
+    small model (at most ``FLAT_NUMEL`` elements, ≥ 2 dense floating tensors of one dtype and
+    device) whose step has one update bucket (one segment, equal lr and decay multipliers).
+    Then ``‖g‖``, ``‖θ‖``, ``‖Δθ‖`` (one step size), Prodigy's ``Σ_i ⟨g_i, δ_i⟩`` and
+    ``Σ_i ‖s_i‖₁`` are one reduction each over the concatenation, which the flat buffers hold
+    already, instead of one per tensor (the same sums, added in another order)."""
+    if num_segments != 1 or len(params) < 2 or not (
+            _uniform(hyper.lr_scale) and _uniform(hyper.weight_decay_scale)):
+        return False
+    first = params[0]
+    return first.is_floating_point() and sum(p.numel() for p in params) <= FLAT_NUMEL and \
+        all(p.dtype == first.dtype and p.device == first.device and not p.is_sparse
+            for p in params)
+
+
+def _uniform(values) -> bool:
+    """Whether a multiplier (a number, or one per tensor) is the same for every tensor."""
+    if isinstance(values, Tensor):
+        return values.dim() == 0
+    return not isinstance(values, (list, tuple)) or all(v == values[0] for v in values)
+
+
 class FlatBuffers:
     """The flat buffers of one optimizer's parameter list (``flat``: key → 1-D tensor, None when
     these parameters do not qualify), and their per-parameter views (``views``)."""
@@ -47,7 +78,6 @@ class FlatBuffers:
         self.sizes = [p.numel() for p in params]
         self.flat: dict[str, Tensor] | None = {} if eligible else None
         self.views: dict[str, list[Tensor]] = {}
-        self.rows: dict[str, list[Tensor]] = {}  # the same views, 1-D
         if not eligible:
             return
         for key in keys:
@@ -56,7 +86,6 @@ class FlatBuffers:
             for state, view in zip(states, views):
                 state[key] = view
             self.flat[key], self.views[key] = flat, views
-            self.rows[key] = list(flat.split(self.sizes))
 
     @classmethod
     def build(cls, rule, params: Sequence[Tensor], states: Sequence[dict]) -> FlatBuffers:
@@ -83,22 +112,11 @@ class FlatBuffers:
         return next(iter(self.flat.values())).dtype == first.dtype and all(
             all(map(is_, (s[key] for s in states), self.views[key])) for key in self.keys)
 
-    def gather(self, tensors: Sequence[Tensor]) -> Tensor:
-        """One flat copy of tensors shaped like the parameters (gradients, parameters)."""
-        return torch._C._nn.flatten_dense_tensors(list(tensors))  # (torch.cat of views, in C++)
-
-    def prodigy_reads(self, flat_grad: Tensor) -> Tensor:
-        """(2n,) ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁`` (``scale.prodigy_reads``, the same kernels on
-        slices of the flat tensors: the same bits, without reshaping each tensor)."""
-        dots = [torch.dot(g, d) for g, d in zip(flat_grad.split(self.sizes),
-                                                 self.rows["displacement"])]
-        return torch.stack(dots + list(torch._foreach_norm(self.rows["prodigy_sum"], 1)))
-
-    def adam_update(self, rule, params: Sequence[Tensor], flat_grad: Tensor, mom: float,
-                    wd: float, lr: float, eps: float, sqrt_c: float,
-                    prodigy_d: float | None) -> list[Tensor]:
-        """The one bucket's adam update (module docstring) on the flat buffers; returns the
-        per-tensor directions ``u_i`` (views)."""
+    def adam_update(self, rule, params: Sequence[Tensor], flat_grad: Tensor, flat_param: Tensor,
+                    mom: float, wd: float, lr: float, eps: float, sqrt_c: float,
+                    prodigy_d: float | None) -> Tensor:
+        """The one bucket's adam update (module docstring) on the flat buffers, from the
+        gathered gradients and parameters; returns the flat direction ``u``."""
         buffers, g = self.flat, flat_grad
         if prodigy_d is not None:
             buffers["prodigy_sum"].mul_(prodigy_beta(rule.beta2)).add_(g, alpha=lr * prodigy_d)
@@ -106,12 +124,9 @@ class FlatBuffers:
         v.mul_(rule.beta2).addcmul_(g, g, value=1 - rule.beta2)
         denom = v.sqrt().add_(eps * sqrt_c)
         m.mul_(mom).addcdiv_(g, denom, value=sqrt_c)
-        if wd != 0.0:
-            direction = m.add(self.gather(params), alpha=wd)
-            directions = [d.view_as(p) for d, p in zip(direction.split(self.sizes), params)]
-        else:
-            direction, directions = m, self.views["momentum_buffer"]
-        torch._foreach_add_(list(params), directions, alpha=-lr)
+        direction = m.add(flat_param, alpha=wd) if wd != 0.0 else m
+        torch._foreach_add_(list(params), [d.view_as(p) for d, p in zip(
+            direction.split(self.sizes), params)], alpha=-lr)
         if "displacement" in buffers:
             buffers["displacement"].add_(direction, alpha=-lr)
-        return directions
+        return direction

@@ -43,6 +43,7 @@ from .controller import GAROController
 from .controller_host import HostOutput, host_dtype, host_step
 from .features import (
     HOST_OPS,
+    SCALE_BUFFERS,
     TINY,
     TINY_LOSS,
     distance_step_size,
@@ -52,7 +53,7 @@ from .features import (
     symlog,
     validity,
 )
-from .flat import FlatBuffers
+from .flat import FlatBuffers, gather, one_bucket
 from .host_state import HostState, PendingUpdateNorm, host_array
 from .hyper import GAROHyper
 from .scale import host_distance_max, host_prodigy_d, host_segment_norms, prodigy_reads
@@ -112,8 +113,9 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
     ``params``; ``loss``: a scalar tensor or float. Returns the new global state, or None —
     touching nothing — when a gradient, the loss or the controller's output is not finite.
-    ``flat``: ``buffers`` as views of flat tensors (``metaopt.garo.flat``), used when the step has
-    one update bucket (one segment, equal lr and decay multipliers).
+    ``flat``: ``buffers`` as views of flat tensors (``metaopt.garo.flat``). A small model's step
+    with one update bucket (``one_bucket``) reads its norms, dots and L1 norms over the
+    concatenated tensors (the flat ones, or gathered), one kernel each.
     """
     params, grads = list(params), list(grads)
     n = len(params)
@@ -128,10 +130,15 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     relative = host.ref_log_grad_norm is not None
     if relative != (getattr(controller, "features", "seed") == "relative"):
         raise ValueError("state: made for a controller with other features (init it again)")
-    if flat is not None and (flat.flat is None or S > 1 or not _uniform(hyper.lr_scale) or
-                             not _uniform(hyper.weight_decay_scale)):
+    whole = grad_norms is None and one_bucket(params, hyper, S)
+    if not whole or (flat is not None and flat.flat is None):
         flat = None  # (several update buckets: the per-tensor path, on the same buffers)
-    flat_grad = flat.gather(grads) if flat is not None else None
+    # what the reads see: the tensors, or (one bucket) each kind concatenated as one tensor
+    r_grads, r_params, r_ids = ([gather(grads)], [gather(params)], [0]) if whole else \
+        (grads, params, ids)
+    r_buffers = ({key: [flat.flat[key] if flat is not None else gather(buffers[key])]
+                  for key in SCALE_BUFFERS[rule.scale]} if whole else buffers)
+    r_n = len(r_ids)
     np_dtype = host_dtype(host.dtype)
     step, started, loss_seen = host.step, host.step > 0, host.loss_seen
     has_loss = loss is not None
@@ -150,23 +157,22 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # last step's directions, when it left them to be read here: ``PendingUpdateNorm``)
     pending = host.pending
     scaled, prodigy = rule.scale == "distance", rule.scale == "prodigy"
-    displacements = list(buffers["displacement"]) if scaled else []
-    tensors = params + displacements + (pending.directions if pending is not None else [])
+    displacements = list(r_buffers["displacement"]) if scaled else []
+    tensors = r_params + displacements + (pending.directions if pending is not None else [])
     if grad_norms is None:
-        values = fused_norms(grads + tensors)
+        values = fused_norms(r_grads + tensors)
     else:
         values = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
                             fused_norms(tensors)])
     if prodigy:  # ⟨g_i, δ_i⟩ and ‖s_i‖₁, in the same host read
-        values = torch.cat([values, flat.prodigy_reads(flat_grad) if flat is not None
-                            else prodigy_reads(grads, buffers)])
+        values = torch.cat([values, prodigy_reads(r_grads, r_buffers)])
     norms = values.tolist()
     if prodigy:
-        norms, dots, l1s = norms[:-2 * n], norms[-2 * n:-n], norms[-n:]
-    squares = [v * v for v in norms[:2 * n]]
-    gnorms = host_segment_norms(squares[:n], ids, S)
-    pnorms = host_segment_norms(squares[n:], ids, S)
-    k = (3 if scaled else 2) * n
+        norms, dots, l1s = norms[:-2 * r_n], norms[-2 * r_n:-r_n], norms[-r_n:]
+    squares = [v * v for v in norms[:2 * r_n]]
+    gnorms = host_segment_norms(squares[:r_n], r_ids, S)
+    pnorms = host_segment_norms(squares[r_n:], r_ids, S)
+    k = (3 if scaled else 2) * r_n
     prev_ratio = host.prev_update_ratio if pending is None else update_ratios(host, norms[k:])
     log_g = [HOST_OPS.log(g + TINY) for g in gnorms]  # (NaN stays NaN)
     # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
@@ -198,28 +204,31 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         else [1.0] * S
     lrs, distance_max, prodigy_d, numerator = out.lr, None, None, None
     if scaled:  # scale-free GARO: lr_t multiplies DoG's d_t = r̄_t / √(t+1)
-        distance_max = host_distance_max(host, params, ids, pnorms, norms[2 * n:3 * n])
+        distance_max = host_distance_max(host, r_params, r_ids, pnorms, norms[2 * r_n:3 * r_n])
         lrs = [distance_step_size(c, r, step, HOST_OPS) for c, r in zip(out.lr, distance_max)]
     elif prodigy:  # lr_t multiplies Prodigy's d_t
-        prodigy_d = host_prodigy_d(host, params, ids, pnorms, l1s)
+        prodigy_d = host_prodigy_d(host, r_params, r_ids, pnorms, l1s)
         lrs = [c * d for c, d in zip(out.lr, prodigy_d)]
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
     directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
-                                     eps_scales, step, prodigy_d, flat, flat_grad)
+                                     eps_scales, step, prodigy_d, flat, r_grads, r_params, whole)
+    if whole:  # (one bucket: one step size; the directions as one tensor)
+        directions, step_sizes = [gather(directions) if len(directions) > 1 else directions[0]], \
+            step_sizes[:1]
     if prodigy:  # r_t = β₃ r_{t−1} + Σ_i λ_i ⟨g_i, θ_0 − θ_i⟩, λ_i = a_i·d_t
         numerator = [prodigy_beta(rule.beta2) * r for r in host.prodigy_numerator]
-        for i, s_i in enumerate(ids):
+        for i, s_i in enumerate(r_ids):
             numerator[s_i] -= step_sizes[i] * prodigy_d[s_i] * dots[i]
 
     # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
     # read by the next step with its own norms where keeping the directions costs no memory
     # (they are the momentum buffers) or little (a small model); now otherwise (and where
     # ``_update`` already read some of them).
-    pending = PendingUpdateNorm(directions, step_sizes, ids, pnorms)
+    pending = PendingUpdateNorm(directions, step_sizes, r_ids, pnorms)
     ratios = [math.nan] * S  # (until read: ``settle``)
     tensors = [d for d in directions if isinstance(d, Tensor)]
-    if len(tensors) < n or not (
+    if len(tensors) < len(directions) or not (
             all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
             sum(d.numel() for d in directions) <= _DEFER_NUMEL):
         read = iter(fused_norms(tensors).tolist() if tensors else [])
@@ -300,19 +309,13 @@ def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
                       feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
 
 
-def _uniform(values) -> bool:
-    """Whether a multiplier (a number, or one per tensor) is the same for every tensor."""
-    if isinstance(values, Tensor):
-        return values.dim() == 0
-    return not isinstance(values, (list, tuple)) or all(v == values[0] for v in values)
-
-
 def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,
-            prodigy_d=None, flat=None, flat_grad=None):
+            prodigy_d=None, flat=None, r_grads=None, r_params=None, whole=False):
     """Step 3 in place (``lrs``: the step sizes per segment; ``prodigy_d``: Prodigy's d_t per
-    segment, or None; ``flat``: one bucket on flat buffers, ``flat_grad`` the gathered
-    gradients); returns (directions, step sizes |a_i|) for the update norms; a tensor updated
-    in chunks gives its direction's norm."""
+    segment, or None; ``flat``: one bucket on flat buffers, ``r_grads``/``r_params`` the
+    gathered tensors; ``whole``: one bucket, no chunks); returns (directions, step sizes |a_i|)
+    for the update norms (``flat``: the one flat direction); a tensor updated in chunks gives
+    its direction's norm."""
     n = len(params)
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.lr_scale, n)
@@ -327,8 +330,8 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
     sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
     if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
         (lr, mom, wd, eps, d), = buckets
-        return flat.adam_update(rule, params, flat_grad, mom, wd, lr, eps, sqrt_bias_correction2,
-                                d if prodigy_d else None), [abs(lr)] * n
+        return [flat.adam_update(rule, params, r_grads[0], r_params[0], mom, wd, lr, eps,
+                                 sqrt_bias_correction2, d if prodigy_d else None)], [abs(lr)]
     momentum_buffers = buffers["momentum_buffer"]
     for (lr, mom, wd, eps, d), index in buckets.items():
         ps = [params[i] for i in index]
@@ -359,7 +362,8 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
             dirs = bufs
         else:
             vs = [buffers["exp_avg_sq"][i] for i in index]
-            chunked = [k for k in range(len(index)) if chunkable(ps[k], gs[k], vs[k], bufs[k])]
+            chunked = [] if whole else \
+                [k for k in range(len(index)) if chunkable(ps[k], gs[k], vs[k], bufs[k])]
             for k in chunked:  # large CPU tensors: the same ops, a cache-sized chunk at a time
                 i = index[k]
                 directions[i], step_sizes[i] = adam_chunked(

@@ -1,9 +1,10 @@
 """The runtime optimizer's flat buffers (``metaopt.garo.flat``): the same step as the per-tensor
 path, bit for bit, and the pure ``GARORule.apply`` in float64.
 
-Oracles: the per-tensor path of the same optimizer (flat buffers switched off), which
-``tests/garo/test_runtime.py`` ties to ``apply``; and ``apply`` itself. A buffer replaced from
-outside (``load_state_dict``, a hand edit) must be read, never a stale flat copy.
+Oracles: the per-tensor path of the same optimizer (flat buffers switched off: what a step
+under ``torch.compile`` runs), which ``tests/garo/test_runtime.py`` ties to ``apply``; and
+``apply`` itself. A buffer replaced from outside (``load_state_dict``, a hand edit) must be read,
+never a stale flat copy.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import copy
 import pytest
 import torch
 
-import metaopt.garo.flat as flat_module
 from metaopt.garo import GAROHyper, GARORule
+from metaopt.garo.flat import FlatBuffers
 from metaopt.optim import GARO
 
 from .helpers import awake_controller, regression
@@ -30,6 +31,12 @@ def _optimizer(params, scale, dtype=torch.float32, groups=False, **kwargs):
                           num_training_steps=40, **kwargs)
     return live, GARO(live, controller=controller, direction="adam", scale=scale,
                       num_training_steps=40, **kwargs)
+
+
+def _per_tensor(monkeypatch):
+    """Optimizers built from now on keep per-tensor buffers."""
+    monkeypatch.setattr(GARO, "_flat_buffers", lambda self, params, states: FlatBuffers(
+        params, states, (), eligible=False))
 
 
 def _run(opt, live, loss_fn, steps):
@@ -65,7 +72,7 @@ def test_flat_step_equals_the_per_tensor_step_bit_for_bit(monkeypatch, scale,
                                      weight_decay_scale=weight_decay_scale)
     _run(flat_opt, flat_live, loss_fn, 12)
     assert _is_flat(flat_opt, flat_live)
-    monkeypatch.setattr(flat_module, "FLAT_NUMEL", 0)  # no model qualifies
+    _per_tensor(monkeypatch)
     live, opt = _optimizer(params, scale, groups=groups, weight_decay_scale=weight_decay_scale)
     _run(opt, live, loss_fn, 12)
     assert not _is_flat(opt, live)
@@ -111,7 +118,7 @@ def test_resume_and_replaced_buffers_continue_bit_exactly(monkeypatch, scale):
         _run(o, ps, loss_fn, 5)
     assert _is_flat(resumed, resumed_live)
     assert _same(live, opt, resumed_live, resumed)
-    monkeypatch.setattr(flat_module, "FLAT_NUMEL", 0)  # the same run on the per-tensor path
+    _per_tensor(monkeypatch)  # the same run on the per-tensor path
     ref_live, ref = _optimizer(params, scale)
     _run(ref, ref_live, loss_fn, 5)
     ref.state[ref_live[1]]["momentum_buffer"] = torch.full_like(ref_live[1], 0.01)
