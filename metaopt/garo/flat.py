@@ -45,18 +45,24 @@ def gather(tensors: Sequence[Tensor]) -> Tensor:
     return torch._C._nn.flatten_dense_tensors(list(tensors))
 
 
-def one_bucket(params: Sequence[Tensor], hyper, num_segments: int) -> bool:
+def one_bucket(params: Sequence[Tensor], hyper, num_segments: int,
+               flat: FlatBuffers | None = None) -> bool:
     """Whether a step of the runtime reads its segment sums over the concatenated tensors: a
-    small model (at most ``FLAT_NUMEL`` elements, ≥ 2 dense floating tensors of one dtype and
-    device) whose step has one update bucket (one segment, equal lr and decay multipliers).
-    Then ``‖g‖``, ``‖θ‖``, ``‖Δθ‖`` (one step size), Prodigy's ``Σ_i ⟨g_i, δ_i⟩`` and
-    ``Σ_i ‖s_i‖₁`` are one reduction each over the concatenation, which the flat buffers hold
-    already, instead of one per tensor (the same sums, added in another order)."""
-    if num_segments != 1 or len(params) < 2 or not (
-            _uniform(hyper.lr_scale) and _uniform(hyper.weight_decay_scale)):
-        return False
+    small model (``small_model``; ``flat`` knows it for its parameters) whose step has one
+    update bucket (one segment, equal lr and decay multipliers). Then ``‖g‖``, ``‖θ‖``,
+    ``‖Δθ‖`` (one step size), Prodigy's ``Σ_i ⟨g_i, δ_i⟩`` and ``Σ_i ‖s_i‖₁`` are one reduction
+    each over the concatenation, which the flat buffers hold already, instead of one per tensor
+    (the same sums, added in another order)."""
+    return num_segments == 1 and _uniform(hyper.lr_scale) and \
+        _uniform(hyper.weight_decay_scale) and (flat.small if flat is not None
+                                                else small_model(params))
+
+
+def small_model(params: Sequence[Tensor]) -> bool:
+    """At most ``FLAT_NUMEL`` elements in ≥ 2 dense floating tensors of one dtype and device."""
     first = params[0]
-    return first.is_floating_point() and sum(p.numel() for p in params) <= FLAT_NUMEL and \
+    return len(params) > 1 and first.is_floating_point() and \
+        sum(p.numel() for p in params) <= FLAT_NUMEL and \
         all(p.dtype == first.dtype and p.device == first.device and not p.is_sparse
             for p in params)
 
@@ -76,6 +82,11 @@ class FlatBuffers:
                  eligible: bool):
         self.params, self.keys = list(params), tuple(keys)
         self.sizes = [p.numel() for p in params]
+        self.dtype, self.small = params[0].dtype, small_model(params)
+        # u = m + wd·θ when wd ≠ 0: one buffer (and its views) reused by every step; the next
+        # step reads its norm before overwriting it
+        self.direction: Tensor | None = None
+        self.direction_views: list[Tensor] = []
         self.flat: dict[str, Tensor] | None = {} if eligible else None
         self.views: dict[str, list[Tensor]] = {}
         if not eligible:
@@ -104,12 +115,10 @@ class FlatBuffers:
 
     def matches(self, params: Sequence[Tensor], states: Sequence[Mapping]) -> bool:
         """Whether these are still the parameters and state entries the buffers were built for."""
-        if len(params) != len(self.params) or not all(map(is_, params, self.params)):
+        if len(params) != len(self.params) or not all(map(is_, params, self.params)) or \
+                params[0].dtype != self.dtype:
             return False
-        if self.flat is None:
-            return True
-        first = params[0]
-        return next(iter(self.flat.values())).dtype == first.dtype and all(
+        return self.flat is None or all(
             all(map(is_, (s[key] for s in states), self.views[key])) for key in self.keys)
 
     def adam_update(self, rule, params: Sequence[Tensor], flat_grad: Tensor, flat_param: Tensor,
@@ -124,9 +133,16 @@ class FlatBuffers:
         v.mul_(rule.beta2).addcmul_(g, g, value=1 - rule.beta2)
         denom = v.sqrt().add_(eps * sqrt_c)
         m.mul_(mom).addcdiv_(g, denom, value=sqrt_c)
-        direction = m.add(flat_param, alpha=wd) if wd != 0.0 else m
-        torch._foreach_add_(list(params), [d.view_as(p) for d, p in zip(
-            direction.split(self.sizes), params)], alpha=-lr)
+        if wd != 0.0:
+            if self.direction is None:
+                self.direction = torch.empty_like(m)
+                self.direction_views = [d.view_as(p) for d, p in zip(
+                    self.direction.split(self.sizes), params)]
+            direction, views = torch.add(m, flat_param, alpha=wd, out=self.direction), \
+                self.direction_views
+        else:
+            direction, views = m, self.views["momentum_buffer"]
+        torch._foreach_add_(list(params), views, alpha=-lr)
         if "displacement" in buffers:
             buffers["displacement"].add_(direction, alpha=-lr)
         return direction

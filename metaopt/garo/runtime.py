@@ -130,7 +130,7 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     relative = host.ref_log_grad_norm is not None
     if relative != (getattr(controller, "features", "seed") == "relative"):
         raise ValueError("state: made for a controller with other features (init it again)")
-    whole = grad_norms is None and one_bucket(params, hyper, S)
+    whole = grad_norms is None and one_bucket(params, hyper, S, flat)
     if not whole or (flat is not None and flat.flat is None):
         flat = None  # (several update buckets: the per-tensor path, on the same buffers)
     # what the reads see: the tensors, or (one bucket) each kind concatenated as one tensor
