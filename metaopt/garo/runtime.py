@@ -66,9 +66,14 @@ _DEFER_NUMEL = 1 << 20
 
 def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
     """(len,) 2-norms without a graph: one ``_foreach_norm`` call, large tensors by BLAS dot."""
+    return torch.stack(norm_list(tensors))
+
+
+def norm_list(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """``fused_norms`` as a list of 0-d tensors (to stack with other reads)."""
     big = [i for i, t in enumerate(tensors) if t.numel() >= _DOT_NUMEL]
     if not big:
-        return torch.stack(torch._foreach_norm(list(tensors)))
+        return list(torch._foreach_norm(list(tensors)))
     norms: list[Tensor | None] = [None] * len(tensors)
     small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_NUMEL]
     if small:
@@ -77,7 +82,7 @@ def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
     for i in big:
         flat = tensors[i].reshape(-1)
         norms[i] = torch.dot(flat, flat).sqrt()
-    return torch.stack(norms)
+    return norms
 
 
 def _fusable(*lists: Sequence[Tensor]) -> bool:
@@ -159,13 +164,11 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     scaled, prodigy = rule.scale == "distance", rule.scale == "prodigy"
     displacements = list(r_buffers["displacement"]) if scaled else []
     tensors = r_params + displacements + (pending.directions if pending is not None else [])
-    if grad_norms is None:
-        values = fused_norms(r_grads + tensors)
-    else:
-        values = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
-                            fused_norms(tensors)])
-    if prodigy:  # ⟨g_i, δ_i⟩ and ‖s_i‖₁, in the same host read
-        values = torch.cat([values, prodigy_reads(r_grads, r_buffers)])
+    # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one stack and one host read)
+    values = torch.stack(norm_list(tensors if grad_norms is not None else r_grads + tensors) +
+                         (prodigy_reads(r_grads, r_buffers) if prodigy else []))
+    if grad_norms is not None:
+        values = torch.cat([torch.stack(list(grad_norms)).to(values.dtype), values])
     norms = values.tolist()
     if prodigy:
         norms, dots, l1s = norms[:-2 * r_n], norms[-2 * r_n:-r_n], norms[-r_n:]
@@ -238,15 +241,15 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
     zeros = [0.0] * S
-    flat = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
+    rounded = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
                          *refs, *(distance_max or zeros), *(prodigy_d or zeros),
                          *(numerator or zeros), *stats])
     keys = ("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
             "prev_update_ratio", "ref_log_grad_norm", "distance_max", "prodigy_d",
             "prodigy_numerator")
-    new = {key: flat[k * S:(k + 1) * S] for k, key in enumerate(keys)}
+    new = {key: rounded[k * S:(k + 1) * S] for k, key in enumerate(keys)}
     F = len(stats) // (2 * S)
-    stats = flat[len(keys) * S:]
+    stats = rounded[len(keys) * S:]
     new["feature_mean"] = [stats[s * F:(s + 1) * F] for s in range(S)]
     new["feature_var"] = [stats[(S + s) * F:(S + s + 1) * F] for s in range(S)]
     new["hidden"] = out.hidden
