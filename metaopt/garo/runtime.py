@@ -19,7 +19,10 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the controller runs on the host (``metaopt.garo.controller_host``: NumPy, fused GRU and
   heads) when it is a stock ``GAROController``, through its own ``forward`` otherwise;
 * then foreach updates with Python scalars, tensors grouped by equal hyperparameters
-  (``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU tensors chunk by chunk).
+  (``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU tensors chunk by chunk);
+* a small model's step with one update bucket (``metaopt.garo.flat``) reads each reduction
+  over the concatenated tensors (one kernel each), and the optimizer's adam update runs on
+  flat buffers whose slices are the per-parameter state (one kernel per op).
 
 On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
 controller's inputs must) and no controller kernels.
@@ -40,7 +43,7 @@ from torch import Tensor
 from ..rules.base import State, per_tensor
 from .chunked import adam_chunked, chunkable
 from .controller import GAROController
-from .controller_host import HostOutput, host_dtype, host_step
+from .controller_host import HostOutput, host_dtype, host_step, module_step
 from .features import (
     HOST_OPS,
     SCALE_BUFFERS,
@@ -54,7 +57,7 @@ from .features import (
     validity,
 )
 from .flat import FlatBuffers, gather, one_bucket
-from .host_state import HostState, PendingUpdateNorm, host_array
+from .host_state import HostState, PendingUpdateNorm
 from .hyper import GAROHyper
 from .scale import host_distance_max, host_prodigy_d, host_segment_norms, prodigy_reads
 
@@ -197,7 +200,9 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         out = host_step(controller, rows, valid, step, inputs, host.hidden,
                         host.feature_mean, host.feature_var)
     else:  # any other controller (e.g. a BoundController) through its own forward
-        out = _forward(controller, rows, valid, inputs, host)
+        # (its forward reads no update ratio: a pending update norm need not be read for it)
+        out = module_step(controller, rows, valid, inputs,
+                          replace(host, pending=None).to_tensors())
     # Skip equally when the controller itself emits a non-finite lr/momentum/decay (e.g.
     # corrupted weights): parameters must never go NaN.
     if not all(math.isfinite(v) for v in out.lr + out.momentum + out.weight_decay):
@@ -295,21 +300,6 @@ def settle(host: HostState) -> HostState:
         return host
     return replace(host, prev_update_ratio=update_ratios(
         host, fused_norms(host.pending.directions).tolist()), pending=None)
-
-
-def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
-    """A controller that is not a stock ``GAROController`` through its own ``forward``."""
-    state = host.to_tensors()
-    x = torch.tensor(rows, dtype=host.dtype, device=host.device)
-    args = [x, x.new_tensor(valid).expand(x.shape[0], -1), state["step"], state["hidden"],
-            state["feature_mean"], state["feature_var"]]
-    if progress is not None:
-        args.append(x.new_tensor(progress).expand(x.shape[0], -1))
-    out = controller(*args)
-    return HostOutput(lr=out.lr.tolist(), momentum=out.momentum.tolist(),
-                      weight_decay=out.weight_decay.tolist(),
-                      hidden=host_array(out.hidden),
-                      feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
 
 
 def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,
