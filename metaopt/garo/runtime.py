@@ -330,11 +330,9 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         ps = [params[i] for i in index]
         gs = [grads[i] for i in index]
         bufs = [momentum_buffers[i] for i in index]
-        if prodigy_d:  # s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum)
-            sums = [buffers["prodigy_sum"][i] for i in index]
-            torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
-            torch._foreach_add_(sums, gs, alpha=lr * d)
+        sums = [buffers["prodigy_sum"][i] for i in index] if prodigy_d else None
         if rule.direction == "sgd":
+            _prodigy_sum(rule, sums, gs, lr * d)
             if mom != 0.0 and _fusable(ps, gs, bufs):
                 # torch.optim.SGD's fused kernel is this step exactly (zero-started buffers):
                 # b ← μ·b + (g + λ·θ), θ ← θ − a·b, one pass, one call
@@ -355,18 +353,21 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
             dirs = bufs
         else:
             vs = [buffers["exp_avg_sq"][i] for i in index]
-            chunked = [] if whole else \
-                [k for k in range(len(index)) if chunkable(ps[k], gs[k], vs[k], bufs[k])]
+            chunked = [] if whole else [k for k in range(len(index)) if chunkable(
+                ps[k], gs[k], vs[k], bufs[k], *([sums[k]] if sums else []))]
             for k in chunked:  # large CPU tensors: the same ops, a cache-sized chunk at a time
                 i = index[k]
                 directions[i], step_sizes[i] = adam_chunked(
                     rule, ps[k], gs[k], vs[k], bufs[k], buffers.get("displacement", [None] * n)[i],
-                    mom, wd, lr, eps, sqrt_bias_correction2), abs(lr)
+                    mom, wd, lr, eps, sqrt_bias_correction2,
+                    sums[k] if sums else None, lr * d), abs(lr)
             if chunked:
                 keep = [k for k in range(len(index)) if k not in set(chunked)]
                 index, ps, gs, bufs, vs = ([x[k] for k in keep] for x in (index, ps, gs, bufs, vs))
+                sums = [sums[k] for k in keep] if sums else None
                 if not index:
                     continue
+            _prodigy_sum(rule, sums, gs, lr * d)
             torch._foreach_mul_(vs, rule.beta2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - rule.beta2)
             # g / (√(v / c) + ε) = √c · g / (√v + ε√c), c = 1 − β₂^{t+1}: one op fewer
@@ -380,6 +381,13 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         for i, direction in zip(index, dirs):
             directions[i], step_sizes[i] = direction, abs(lr)
     return directions, step_sizes
+
+
+def _prodigy_sum(rule, sums, grads, weight: float) -> None:
+    """s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum; ``sums`` None: no scale)."""
+    if sums:
+        torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
+        torch._foreach_add_(sums, grads, alpha=weight)
 
 
 def _displace(buffers, index, directions, lr: float) -> None:
