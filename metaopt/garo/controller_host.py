@@ -31,6 +31,7 @@ import torch
 
 from .controller import GAROController
 from .features import HOST_OPS, NUM_SIGNAL_FEATURES, ema_normalise, lr_prior, step_frequencies
+from .host_state import host_array
 
 # controller -> (its weights_generation, the weights read, their versions, fused host copies);
 # weak, so it is neither pickled, deep-copied nor kept alive with the module
@@ -156,3 +157,17 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
                       momentum=[math.tanh(p[1]) for p in pre],
                       weight_decay=[_softplus(p[2]) for p in pre], hidden=h,
                       feature_mean=new_means, feature_var=new_vars)
+
+
+def module_step(controller, rows, valid, progress, state) -> HostOutput:
+    """A controller that is not a stock ``GAROController`` through its own ``forward``, from the
+    host rows and the state as tensors (``HostState.to_tensors``)."""
+    x = torch.tensor(rows, dtype=state["hidden"].dtype, device=state["hidden"].device)
+    args = [x, x.new_tensor(valid).expand(x.shape[0], -1), state["step"], state["hidden"],
+            state["feature_mean"], state["feature_var"]]
+    if progress is not None:
+        args.append(x.new_tensor(progress).expand(x.shape[0], -1))
+    out = controller(*args)
+    return HostOutput(lr=out.lr.tolist(), momentum=out.momentum.tolist(),
+                      weight_decay=out.weight_decay.tolist(), hidden=host_array(out.hidden),
+                      feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())

@@ -32,6 +32,7 @@ from ..adapters.state_loading import (
 )
 from ..hub_mixin import PretrainedOptimizerMixin
 from .controller import GAROController
+from .flat import FlatBuffers
 from .host_state import HostState
 from .hyper import GAROHyper
 from .rule import GARORule
@@ -139,6 +140,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         self.garo_state = rule.init_global(self.controller, self._num_segments(),
                                            torch.device("cpu"), num_training_steps)
         self._init_non_finite(max_consecutive_skips)
+        self._flat: FlatBuffers | None = None  # (built by the first step)
         self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
         # a given controller was (presumably) meta-trained reading the loss; the default one is
         # plain SGD whatever it reads
@@ -264,11 +266,14 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         for p, state in zip(params, states):
             if not state:
                 state.update(self.rule.init_tensor_state(p))
-        buffers = {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
+        # (not while dynamo traces the step: it does not replay the state's rebinding to views)
+        flat = None if torch.compiler.is_compiling() else self._flat_buffers(params, states)
+        buffers = flat.views if flat is not None and flat.flat is not None else \
+            {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
         new_state = host_apply(
             self.rule, params, grads, buffers, self._host,
             GAROHyper(self.controller, lr_scale=lr, weight_decay_scale=wd, segment_ids=ids),
-            loss=loss_value)
+            loss=loss_value, flat=flat)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self._refuse_step("gradient, loss or controller output")  # (the shared policy)
             return loss
@@ -281,6 +286,13 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             for hook in list(self._hyperparam_hooks.values()):
                 hook(self, report)
         return loss
+
+    def _flat_buffers(self, params, states) -> FlatBuffers:
+        """Small adam models: the buffers as views of flat tensors (``metaopt.garo.flat``);
+        gathered again when the parameters or a buffer changed (e.g. ``load_state_dict``)."""
+        if self._flat is None or not self._flat.matches(params, states):
+            self._flat = FlatBuffers.build(self.rule, params, states)
+        return self._flat
 
     # -- persistence -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -346,7 +358,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                 "consecutive_skips": self.consecutive_skips,
                 "max_consecutive_skips": self.max_consecutive_skips,
                 "num_training_steps": self.num_training_steps,
-                "_hyperparam_hooks": self._hyperparam_hooks}
+                "_hyperparam_hooks": self._hyperparam_hooks, "_flat": None}
 
 
 def renamed_weight_decay(weight_decay_scale: float | None, weight_decay: float | None,

@@ -19,7 +19,10 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the controller runs on the host (``metaopt.garo.controller_host``: NumPy, fused GRU and
   heads) when it is a stock ``GAROController``, through its own ``forward`` otherwise;
 * then foreach updates with Python scalars, tensors grouped by equal hyperparameters
-  (``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU tensors chunk by chunk).
+  (``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU tensors chunk by chunk);
+* a small model's step with one update bucket (``metaopt.garo.flat``) reads each reduction
+  over the concatenated tensors (one kernel each), and the optimizer's adam update runs on
+  flat buffers whose slices are the per-parameter state (one kernel per op).
 
 On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
 controller's inputs must) and no controller kernels.
@@ -40,9 +43,10 @@ from torch import Tensor
 from ..rules.base import State, per_tensor
 from .chunked import adam_chunked, chunkable
 from .controller import GAROController
-from .controller_host import HostOutput, host_dtype, host_step
+from .controller_host import HostOutput, host_dtype, host_step, module_step
 from .features import (
     HOST_OPS,
+    SCALE_BUFFERS,
     TINY,
     TINY_LOSS,
     distance_step_size,
@@ -52,7 +56,8 @@ from .features import (
     symlog,
     validity,
 )
-from .host_state import HostState, PendingUpdateNorm, host_array
+from .flat import FlatBuffers, gather, one_bucket
+from .host_state import HostState, PendingUpdateNorm
 from .hyper import GAROHyper
 from .scale import host_distance_max, host_prodigy_d, host_segment_norms, prodigy_reads
 
@@ -64,9 +69,14 @@ _DEFER_NUMEL = 1 << 20
 
 def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
     """(len,) 2-norms without a graph: one ``_foreach_norm`` call, large tensors by BLAS dot."""
+    return torch.stack(norm_list(tensors))
+
+
+def norm_list(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """``fused_norms`` as a list of 0-d tensors (to stack with other reads)."""
     big = [i for i, t in enumerate(tensors) if t.numel() >= _DOT_NUMEL]
     if not big:
-        return torch.stack(torch._foreach_norm(list(tensors)))
+        return list(torch._foreach_norm(list(tensors)))
     norms: list[Tensor | None] = [None] * len(tensors)
     small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_NUMEL]
     if small:
@@ -75,7 +85,7 @@ def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
     for i in big:
         flat = tensors[i].reshape(-1)
         norms[i] = torch.dot(flat, flat).sqrt()
-    return torch.stack(norms)
+    return norms
 
 
 def _fusable(*lists: Sequence[Tensor]) -> bool:
@@ -104,12 +114,16 @@ def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state
 def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                buffers: Mapping[str, Sequence[Tensor]], host: HostState,
                hyper: GAROHyper, loss: Tensor | float | None = None,
-               grad_norms: Sequence[Tensor] | None = None) -> HostState | None:
+               grad_norms: Sequence[Tensor] | None = None,
+               flat: FlatBuffers | None = None) -> HostState | None:
     """One in-place GARO step with the global state on the host (``HostState``).
 
     ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
     ``params``; ``loss``: a scalar tensor or float. Returns the new global state, or None —
     touching nothing — when a gradient, the loss or the controller's output is not finite.
+    ``flat``: ``buffers`` as views of flat tensors (``metaopt.garo.flat``). A small model's step
+    with one update bucket (``one_bucket``) reads its norms, dots and L1 norms over the
+    concatenated tensors (the flat ones, or gathered), one kernel each.
     """
     params, grads = list(params), list(grads)
     n = len(params)
@@ -124,6 +138,15 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     relative = host.ref_log_grad_norm is not None
     if relative != (getattr(controller, "features", "seed") == "relative"):
         raise ValueError("state: made for a controller with other features (init it again)")
+    whole = grad_norms is None and one_bucket(params, hyper, S, flat)
+    if not whole or (flat is not None and flat.flat is None):
+        flat = None  # (several update buckets: the per-tensor path, on the same buffers)
+    # what the reads see: the tensors, or (one bucket) each kind concatenated as one tensor
+    r_grads, r_params, r_ids = ([gather(grads)], [gather(params)], [0]) if whole else \
+        (grads, params, ids)
+    r_buffers = ({key: [flat.flat[key] if flat is not None else gather(buffers[key])]
+                  for key in SCALE_BUFFERS[rule.scale]} if whole else buffers)
+    r_n = len(r_ids)
     np_dtype = host_dtype(host.dtype)
     step, started, loss_seen = host.step, host.step > 0, host.loss_seen
     has_loss = loss is not None
@@ -142,22 +165,20 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # last step's directions, when it left them to be read here: ``PendingUpdateNorm``)
     pending = host.pending
     scaled, prodigy = rule.scale == "distance", rule.scale == "prodigy"
-    displacements = list(buffers["displacement"]) if scaled else []
-    tensors = params + displacements + (pending.directions if pending is not None else [])
-    if grad_norms is None:
-        values = fused_norms(grads + tensors)
-    else:
-        values = torch.cat([torch.stack(list(grad_norms)).to(params[0].dtype),
-                            fused_norms(tensors)])
-    if prodigy:  # ⟨g_i, δ_i⟩ and ‖s_i‖₁, in the same host read
-        values = torch.cat([values, prodigy_reads(grads, buffers)])
+    displacements = list(r_buffers["displacement"]) if scaled else []
+    tensors = r_params + displacements + (pending.directions if pending is not None else [])
+    # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one stack and one host read)
+    values = torch.stack(norm_list(tensors if grad_norms is not None else r_grads + tensors) +
+                         (prodigy_reads(r_grads, r_buffers) if prodigy else []))
+    if grad_norms is not None:
+        values = torch.cat([torch.stack(list(grad_norms)).to(values.dtype), values])
     norms = values.tolist()
     if prodigy:
-        norms, dots, l1s = norms[:-2 * n], norms[-2 * n:-n], norms[-n:]
-    squares = [v * v for v in norms[:2 * n]]
-    gnorms = host_segment_norms(squares[:n], ids, S)
-    pnorms = host_segment_norms(squares[n:], ids, S)
-    k = (3 if scaled else 2) * n
+        norms, dots, l1s = norms[:-2 * r_n], norms[-2 * r_n:-r_n], norms[-r_n:]
+    squares = [v * v for v in norms[:2 * r_n]]
+    gnorms = host_segment_norms(squares[:r_n], r_ids, S)
+    pnorms = host_segment_norms(squares[r_n:], r_ids, S)
+    k = (3 if scaled else 2) * r_n
     prev_ratio = host.prev_update_ratio if pending is None else update_ratios(host, norms[k:])
     log_g = [HOST_OPS.log(g + TINY) for g in gnorms]  # (NaN stays NaN)
     # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
@@ -179,7 +200,9 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         out = host_step(controller, rows, valid, step, inputs, host.hidden,
                         host.feature_mean, host.feature_var)
     else:  # any other controller (e.g. a BoundController) through its own forward
-        out = _forward(controller, rows, valid, inputs, host)
+        # (its forward reads no update ratio: a pending update norm need not be read for it)
+        out = module_step(controller, rows, valid, inputs,
+                          replace(host, pending=None).to_tensors())
     # Skip equally when the controller itself emits a non-finite lr/momentum/decay (e.g.
     # corrupted weights): parameters must never go NaN.
     if not all(math.isfinite(v) for v in out.lr + out.momentum + out.weight_decay):
@@ -189,28 +212,31 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         else [1.0] * S
     lrs, distance_max, prodigy_d, numerator = out.lr, None, None, None
     if scaled:  # scale-free GARO: lr_t multiplies DoG's d_t = r̄_t / √(t+1)
-        distance_max = host_distance_max(host, params, ids, pnorms, norms[2 * n:3 * n])
+        distance_max = host_distance_max(host, r_params, r_ids, pnorms, norms[2 * r_n:3 * r_n])
         lrs = [distance_step_size(c, r, step, HOST_OPS) for c, r in zip(out.lr, distance_max)]
     elif prodigy:  # lr_t multiplies Prodigy's d_t
-        prodigy_d = host_prodigy_d(host, params, ids, pnorms, l1s)
+        prodigy_d = host_prodigy_d(host, r_params, r_ids, pnorms, l1s)
         lrs = [c * d for c, d in zip(out.lr, prodigy_d)]
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
     directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
-                                     eps_scales, step, prodigy_d)
+                                     eps_scales, step, prodigy_d, flat, r_grads, r_params, whole)
+    if whole:  # (one bucket: one step size; the directions as one tensor)
+        directions, step_sizes = [gather(directions) if len(directions) > 1 else directions[0]], \
+            step_sizes[:1]
     if prodigy:  # r_t = β₃ r_{t−1} + Σ_i λ_i ⟨g_i, θ_0 − θ_i⟩, λ_i = a_i·d_t
         numerator = [prodigy_beta(rule.beta2) * r for r in host.prodigy_numerator]
-        for i, s_i in enumerate(ids):
+        for i, s_i in enumerate(r_ids):
             numerator[s_i] -= step_sizes[i] * prodigy_d[s_i] * dots[i]
 
     # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
     # read by the next step with its own norms where keeping the directions costs no memory
     # (they are the momentum buffers) or little (a small model); now otherwise (and where
     # ``_update`` already read some of them).
-    pending = PendingUpdateNorm(directions, step_sizes, ids, pnorms)
+    pending = PendingUpdateNorm(directions, step_sizes, r_ids, pnorms)
     ratios = [math.nan] * S  # (until read: ``settle``)
     tensors = [d for d in directions if isinstance(d, Tensor)]
-    if len(tensors) < n or not (
+    if len(tensors) < len(directions) or not (
             all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
             sum(d.numel() for d in directions) <= _DEFER_NUMEL):
         read = iter(fused_norms(tensors).tolist() if tensors else [])
@@ -220,15 +246,15 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
     zeros = [0.0] * S
-    flat = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
+    rounded = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
                          *refs, *(distance_max or zeros), *(prodigy_d or zeros),
                          *(numerator or zeros), *stats])
     keys = ("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
             "prev_update_ratio", "ref_log_grad_norm", "distance_max", "prodigy_d",
             "prodigy_numerator")
-    new = {key: flat[k * S:(k + 1) * S] for k, key in enumerate(keys)}
+    new = {key: rounded[k * S:(k + 1) * S] for k, key in enumerate(keys)}
     F = len(stats) // (2 * S)
-    stats = flat[len(keys) * S:]
+    stats = rounded[len(keys) * S:]
     new["feature_mean"] = [stats[s * F:(s + 1) * F] for s in range(S)]
     new["feature_var"] = [stats[(S + s) * F:(S + s + 1) * F] for s in range(S)]
     new["hidden"] = out.hidden
@@ -276,26 +302,13 @@ def settle(host: HostState) -> HostState:
         host, fused_norms(host.pending.directions).tolist()), pending=None)
 
 
-def _forward(controller, rows, valid, progress, host: HostState) -> HostOutput:
-    """A controller that is not a stock ``GAROController`` through its own ``forward``."""
-    state = host.to_tensors()
-    x = torch.tensor(rows, dtype=host.dtype, device=host.device)
-    args = [x, x.new_tensor(valid).expand(x.shape[0], -1), state["step"], state["hidden"],
-            state["feature_mean"], state["feature_var"]]
-    if progress is not None:
-        args.append(x.new_tensor(progress).expand(x.shape[0], -1))
-    out = controller(*args)
-    return HostOutput(lr=out.lr.tolist(), momentum=out.momentum.tolist(),
-                      weight_decay=out.weight_decay.tolist(),
-                      hidden=host_array(out.hidden),
-                      feature_mean=out.feature_mean.tolist(), feature_var=out.feature_var.tolist())
-
-
 def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,
-            prodigy_d=None):
+            prodigy_d=None, flat=None, r_grads=None, r_params=None, whole=False):
     """Step 3 in place (``lrs``: the step sizes per segment; ``prodigy_d``: Prodigy's d_t per
-    segment, or None); returns (directions, step sizes |a_i|) for the update norms; a tensor
-    updated in chunks gives its direction's norm."""
+    segment, or None; ``flat``: one bucket on flat buffers, ``r_grads``/``r_params`` the
+    gathered tensors; ``whole``: one bucket, no chunks); returns (directions, step sizes |a_i|)
+    for the update norms (``flat``: the one flat direction); a tensor updated in chunks gives
+    its direction's norm."""
     n = len(params)
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.lr_scale, n)
@@ -308,16 +321,18 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
     directions: list[Tensor | None] = [None] * n
     step_sizes = [0.0] * n
     sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
+    if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
+        (lr, mom, wd, eps, d), = buckets
+        return [flat.adam_update(rule, params, r_grads[0], r_params[0], mom, wd, lr, eps,
+                                 sqrt_bias_correction2, d if prodigy_d else None)], [abs(lr)]
     momentum_buffers = buffers["momentum_buffer"]
     for (lr, mom, wd, eps, d), index in buckets.items():
         ps = [params[i] for i in index]
         gs = [grads[i] for i in index]
         bufs = [momentum_buffers[i] for i in index]
-        if prodigy_d:  # s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum)
-            sums = [buffers["prodigy_sum"][i] for i in index]
-            torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
-            torch._foreach_add_(sums, gs, alpha=lr * d)
+        sums = [buffers["prodigy_sum"][i] for i in index] if prodigy_d else None
         if rule.direction == "sgd":
+            _prodigy_sum(rule, sums, gs, lr * d)
             if mom != 0.0 and _fusable(ps, gs, bufs):
                 # torch.optim.SGD's fused kernel is this step exactly (zero-started buffers):
                 # b ← μ·b + (g + λ·θ), θ ← θ − a·b, one pass, one call
@@ -338,17 +353,21 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
             dirs = bufs
         else:
             vs = [buffers["exp_avg_sq"][i] for i in index]
-            chunked = [k for k in range(len(index)) if chunkable(ps[k], gs[k], vs[k], bufs[k])]
+            chunked = [] if whole else [k for k in range(len(index)) if chunkable(
+                ps[k], gs[k], vs[k], bufs[k], *([sums[k]] if sums else []))]
             for k in chunked:  # large CPU tensors: the same ops, a cache-sized chunk at a time
                 i = index[k]
                 directions[i], step_sizes[i] = adam_chunked(
                     rule, ps[k], gs[k], vs[k], bufs[k], buffers.get("displacement", [None] * n)[i],
-                    mom, wd, lr, eps, sqrt_bias_correction2), abs(lr)
+                    mom, wd, lr, eps, sqrt_bias_correction2,
+                    sums[k] if sums else None, lr * d), abs(lr)
             if chunked:
                 keep = [k for k in range(len(index)) if k not in set(chunked)]
                 index, ps, gs, bufs, vs = ([x[k] for k in keep] for x in (index, ps, gs, bufs, vs))
+                sums = [sums[k] for k in keep] if sums else None
                 if not index:
                     continue
+            _prodigy_sum(rule, sums, gs, lr * d)
             torch._foreach_mul_(vs, rule.beta2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - rule.beta2)
             # g / (√(v / c) + ε) = √c · g / (√v + ε√c), c = 1 − β₂^{t+1}: one op fewer
@@ -362,6 +381,13 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         for i, direction in zip(index, dirs):
             directions[i], step_sizes[i] = direction, abs(lr)
     return directions, step_sizes
+
+
+def _prodigy_sum(rule, sums, grads, weight: float) -> None:
+    """s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum; ``sums`` None: no scale)."""
+    if sums:
+        torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
+        torch._foreach_add_(sums, grads, alpha=weight)
 
 
 def _displace(buffers, index, directions, lr: float) -> None:

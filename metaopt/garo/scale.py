@@ -124,10 +124,10 @@ def host_distance_max(host: HostState, params, ids, pnorms, displacement_norms) 
     return host.rounded([max(prev, x) for prev, x in zip(host.distance_max, rms)])
 
 
-def prodigy_reads(grads, buffers) -> Tensor:
-    """(2n,) ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
+def prodigy_reads(grads, buffers) -> list[Tensor]:
+    """2n 0-d tensors, ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
     dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, buffers["displacement"])]
-    return torch.stack(dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1)))
+    return dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1))
 
 
 def host_prodigy_d(host: HostState, params, ids, pnorms, l1_norms) -> list[float]:

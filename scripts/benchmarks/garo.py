@@ -5,12 +5,15 @@ Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in 
 
 * ``mlp_1m``: the ~1M-parameter MLP at batch 256; GARO (the specification's controller; ``sgd`` and
   ``adam`` directions, no loss given) against ``torch.optim.SGD(momentum=0.9, foreach=True)``;
-  the adam direction (also scale-free, ``scale="distance"``) against
-  ``torch.optim.Adam(foreach=True)`` by their ``step_ms``.
+  the adam direction (also scale-free, ``scale="distance"``, and the shipped ``garo_general``:
+  Prodigy's scale, cosine prior, ``step(loss=loss)``) against ``torch.optim.Adam(foreach=True)``
+  by their ``step_ms``.
   GARO's extra work per step is the norms of gradients, parameters and update directions, a 32-unit
   GRU step on the host and one host read.
-* ``char_mlp`` (the 18k-parameter character model of the learned-optimizer benchmark) and
-  ``digits_mlp`` (64-64-10 tanh) at batch 64, where the step is dispatch-bound: the shipped
+* ``char_mlp`` (the 18k-parameter character model of the learned-optimizer benchmark),
+  ``digits_mlp`` (64-64-10 tanh) at batch 64, and the learned benchmark's ``residual_mlp_64``
+  (22k parameters, 18 tensors) and ``logreg_iris`` (2 tensors), where the step is
+  dispatch-bound: the shipped
   ``garo_general`` (adam direction, relative features, ``num_training_steps`` set,
   ``step(loss=loss)``) and GARO-sgd with the GARO specification's controller (``step(loss=loss)``),
   against ``torch.optim.Adam(foreach=True)``; SGD-momentum for reference. There GARO's cost is its
@@ -40,13 +43,21 @@ STEADY_BLOCK = 20  # consecutive steps per steady-state sample
 
 
 def _small_models(seed: int, device):
-    """name -> (module factory, batch, loss function) of the two dispatch-bound models."""
+    """name -> (module factory, batch, loss function) of the dispatch-bound models: the two
+    above and two of the learned benchmark (``configs/benchmark_learned.yaml``: its width-64
+    residual MLP and logistic regression on iris)."""
     char = tasks.get("char_mlp", batch_size=SMALL_BATCH, device=device).sample_seed(seed)
     digits = tasks.get("mlp", datasets=["digits"], width=(64, 64), depth=(1, 1),
                        activations=("tanh",), batch_sizes=[SMALL_BATCH],
                        device=device).sample_seed(seed)
+    residual = tasks.get("residual_mlp", norms=["layernorm"], width=[64, 64], depth=[2, 2],
+                         activations=["relu"], train_fraction=[1.0, 1.0],
+                         device=device).sample_seed(seed)
+    logistic = tasks.get("logistic_regression", datasets=["iris"], batch_sizes=[32],
+                         l2=[1e-4, 1e-4], device=device).sample_seed(seed)
     out = {}
-    for name, task in (("char_mlp", char), ("digits_mlp", digits)):
+    for name, task in (("char_mlp", char), ("digits_mlp", digits),
+                       ("residual_mlp_64", residual), ("logreg_iris", logistic)):
         out[name] = (task.module, task.train_batch(torch.Generator().manual_seed(seed)),
                      task.module_loss)
     return out
@@ -108,6 +119,9 @@ def _mlp_1m_rows(args) -> list[dict]:
         # the adam direction against its torch.optim counterpart (compare their step_ms)
         "adam_foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
         "garo_adam_distance": lambda ps: mo.GARO(ps, direction="adam", scale="distance"),
+        # the shipped checkpoint: adam direction, Prodigy's scale, cosine prior, reading the loss
+        "garo_general": lambda ps: metaopt.load_optimizer("garo_general", ps,
+                                                           num_training_steps=10_000),
     }
     n_params = 0
     for name, build in builders.items():
@@ -116,9 +130,9 @@ def _mlp_1m_rows(args) -> list[dict]:
         opt = build(model.parameters())
         closure = make_closure(model, opt, x, y)
 
-        def train_step(o=opt, c=closure):
-            c()  # zero_grad, forward, backward
-            o.step()
+        def train_step(o=opt, c=closure, pass_loss=name == "garo_general"):
+            loss = c()  # zero_grad, forward, backward
+            o.step(loss=loss) if pass_loss else o.step()
         candidates[name] = train_step
     return _timed_rows(candidates, args, args.rounds, 3, "sgd_momentum_foreach",
                        model="mlp_1m", params=n_params)

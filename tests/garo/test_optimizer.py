@@ -179,3 +179,35 @@ def test_segments_without_gradients_keep_their_recurrent_state():
         assert torch.equal(opt.garo_state[key][1], value), key
     assert not torch.equal(opt.garo_state["hidden"][0], opt.garo_state["hidden"][1])
     assert int(opt.garo_state["step"]) == 4
+
+
+def test_a_controller_with_its_own_forward_steps_as_the_stock_one():
+    """A subclass that overrides ``forward`` runs through it (not the host controller), also
+    from the second step on, when the last step's update norm is still pending; it steps as
+    the stock controller (the host controller equals ``forward``, float64)."""
+    from metaopt.garo import GAROController
+
+    class OwnForward(GAROController):
+        calls = 0
+
+        def forward(self, *args):
+            OwnForward.calls += 1
+            return super().forward(*args)
+
+    params, loss_fn = regression()
+    stock = awake_controller()
+    own = OwnForward(init_lr=0.05, init_momentum=0.5, init_weight_decay=1e-3).double()
+    own.load_state_dict(stock.state_dict())
+    runs = []
+    for controller in (stock, own):
+        live = [p.clone().requires_grad_() for p in params]
+        opt = GARO(live, controller=controller, direction="adam", scale="prodigy")
+        for _ in range(4):
+            opt.zero_grad()
+            loss = loss_fn(live)
+            loss.backward()
+            opt.step(loss=loss)
+        runs.append(live)
+    assert OwnForward.calls == 4
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -1,7 +1,7 @@
 """GARO's runtime adam update in cache-sized chunks (``metaopt.garo.chunked.adam_chunked``, for
-large CPU tensors) equals the whole-tensor update bit for bit, and the pure ``GARORule.apply`` in
-float64. Chunks are made tiny here, with ragged tails, so the small regression model takes the
-chunked path."""
+large CPU tensors; with Prodigy's weighted sum) equals the whole-tensor update bit for bit, and
+the pure ``GARORule.apply`` in float64. Chunks are made tiny here, with ragged tails, so the
+small regression model takes the chunked path."""
 from __future__ import annotations
 
 import pytest
@@ -35,11 +35,13 @@ def run(monkeypatch, scale, chunk_from, chunk, steps=15, dtype=torch.float64):
 
 def assert_same_bits(a, b, a_state, b_state, scale):
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    for key in ("momentum_buffer", "exp_avg_sq") + (("displacement",) if scale != "none" else ()):
+    extra = {"none": (), "distance": ("displacement",),
+             "prodigy": ("displacement", "prodigy_sum")}[scale]
+    for key in ("momentum_buffer", "exp_avg_sq") + extra:
         assert all(torch.equal(x, y) for x, y in zip(a_state[key], b_state[key])), key
 
 
-@pytest.mark.parametrize("scale", ["none", "distance"])
+@pytest.mark.parametrize("scale", ["none", "distance", "prodigy"])
 def test_chunked_adam_update_equals_whole_tensor_update_and_the_rule(monkeypatch, scale):
     # 24- and 12-element tensors in chunks of 5 (ragged tails); the 6-element bias stays whole.
     # One step: the same bits. Later steps read the update-ratio feature from the direction

@@ -1,0 +1,126 @@
+"""The runtime optimizer's flat buffers (``metaopt.garo.flat``): the same step as the per-tensor
+path, bit for bit, and the pure ``GARORule.apply`` in float64.
+
+Oracles: the per-tensor path of the same optimizer (flat buffers switched off: what a step
+under ``torch.compile`` runs), which ``tests/garo/test_runtime.py`` ties to ``apply``; and
+``apply`` itself. A buffer replaced from outside (``load_state_dict``, a hand edit) must be read,
+never a stale flat copy.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from metaopt.garo import GAROHyper, GARORule
+from metaopt.garo.flat import FlatBuffers
+from metaopt.optim import GARO
+
+from .helpers import awake_controller, regression
+
+SCALES = ["none", "distance", "prodigy"]
+
+
+def _optimizer(params, scale, dtype=torch.float32, groups=False, **kwargs):
+    controller = awake_controller(dtype=dtype, features="relative", lr_schedule="cosine")
+    live = [p.clone().requires_grad_() for p in params]
+    if groups:  # two update buckets: the per-tensor path on the same (flat) buffers
+        live_groups = [{"params": live[:2]}, {"params": live[2:], "lr": 0.02}]
+        return live, GARO(live_groups, controller=controller, direction="adam", scale=scale,
+                          num_training_steps=40, **kwargs)
+    return live, GARO(live, controller=controller, direction="adam", scale=scale,
+                      num_training_steps=40, **kwargs)
+
+
+def _per_tensor(monkeypatch):
+    """Optimizers built from now on keep per-tensor buffers."""
+    monkeypatch.setattr(GARO, "_flat_buffers", lambda self, params, states: FlatBuffers(
+        params, states, (), eligible=False))
+
+
+def _run(opt, live, loss_fn, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(live)
+        loss.backward()
+        opt.step(loss=loss)
+
+
+def _is_flat(opt, live) -> bool:
+    """Whether every buffer of ``live`` is a view of one storage per kind."""
+    return all(len({opt.state[p][key].untyped_storage().data_ptr() for p in live}) == 1
+               for key in opt.rule.per_tensor_keys)
+
+
+def _same(a_live, a_opt, b_live, b_opt) -> bool:
+    same = all(torch.equal(a, b) for a, b in zip(a_live, b_live))
+    for p, q in zip(a_live, b_live):
+        same &= all(torch.equal(a_opt.state[p][k], b_opt.state[q][k])
+                    for k in a_opt.rule.per_tensor_keys)
+    ga, gb = a_opt.garo_state, b_opt.garo_state
+    return same and all(torch.equal(ga[k], gb[k]) for k in ga)
+
+
+@pytest.mark.parametrize("groups", [False, True])
+@pytest.mark.parametrize("weight_decay_scale", [1.0, 0.0])
+@pytest.mark.parametrize("scale", SCALES)
+def test_flat_step_equals_the_per_tensor_step_bit_for_bit(monkeypatch, scale,
+                                                          weight_decay_scale, groups):
+    params, loss_fn = regression(dtype=torch.float32)
+    flat_live, flat_opt = _optimizer(params, scale, groups=groups,
+                                     weight_decay_scale=weight_decay_scale)
+    _run(flat_opt, flat_live, loss_fn, 12)
+    assert _is_flat(flat_opt, flat_live)
+    _per_tensor(monkeypatch)
+    live, opt = _optimizer(params, scale, groups=groups, weight_decay_scale=weight_decay_scale)
+    _run(opt, live, loss_fn, 12)
+    assert not _is_flat(opt, live)
+    assert _same(flat_live, flat_opt, live, opt)
+    assert not torch.equal(flat_live[0], params[0])  # (the run moved)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_flat_step_equals_the_functional_step_float64(scale):
+    params, loss_fn = regression(dtype=torch.float64)
+    live, opt = _optimizer(params, scale, dtype=torch.float64)
+    rule, controller = GARORule(direction="adam", scale=scale), copy.deepcopy(opt.controller)
+    ps, state = [p.clone() for p in params], None
+    state = rule.init(ps, controller, 1, horizon=40)
+    for _ in range(20):
+        _run(opt, live, loss_fn, 1)
+        tracked = [p.clone().requires_grad_() for p in ps]
+        loss = loss_fn(tracked)
+        grads = torch.autograd.grad(loss, tracked)
+        ps, state = rule.apply(ps, list(grads), state, GAROHyper(controller), loss=loss.detach())
+    assert _is_flat(opt, live)
+    error = max((a - b).abs().max().item() for a, b in zip(live, ps))
+    for key, value in opt.garo_state.items():
+        error = max(error, (value.double() - state[key].double()).abs().max().item())
+    for key in rule.per_tensor_keys:
+        error = max([error] + [(opt.state[p][key] - b).abs().max().item()
+                               for p, b in zip(live, state[key])])
+    assert error < 1e-12
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_resume_and_replaced_buffers_continue_bit_exactly(monkeypatch, scale):
+    params, loss_fn = regression(dtype=torch.float32)
+    live, opt = _optimizer(params, scale)
+    _run(opt, live, loss_fn, 5)
+    saved = copy.deepcopy(opt.state_dict())
+    resumed_live = [p.detach().clone().requires_grad_() for p in live]
+    _, resumed = _optimizer(params, scale)
+    resumed.param_groups[0]["params"] = resumed_live
+    resumed.load_state_dict(saved)
+    for o, ps in ((opt, live), (resumed, resumed_live)):  # a hand edit of one buffer
+        o.state[ps[1]]["momentum_buffer"] = torch.full_like(ps[1], 0.01)
+        _run(o, ps, loss_fn, 5)
+    assert _is_flat(resumed, resumed_live)
+    assert _same(live, opt, resumed_live, resumed)
+    _per_tensor(monkeypatch)  # the same run on the per-tensor path
+    ref_live, ref = _optimizer(params, scale)
+    _run(ref, ref_live, loss_fn, 5)
+    ref.state[ref_live[1]]["momentum_buffer"] = torch.full_like(ref_live[1], 0.01)
+    _run(ref, ref_live, loss_fn, 5)
+    assert _same(live, opt, ref_live, ref)
