@@ -12,8 +12,8 @@ descriptions prefixed with what they are for); ``describe=True`` gives each one'
     annealing over ``num_training_steps``, meta-trained by ``configs/garo_general.yaml`` (seed 0,
     1,000 outer steps, truncated second-order BPTT, 16 runs x 20-step truncations of
     100..2000-step horizons) on an augmented mixture of 13 task families; the validation-best
-    snapshot (step 400). Pass ``num_training_steps``. Measured against tuned Adam and the
-    tuning-free optimizers by ``scripts/benchmark.py learned`` (README card).
+    snapshot of two seeds (seed 1, step 800). Pass ``num_training_steps``. Measured against
+    tuned Adam and the tuning-free optimizers by ``scripts/benchmark.py learned`` (README card).
     ``garo_quadratics`` (a pipeline fixture, listed last): GARO (global GRU, hidden 16, sgd
     direction) meta-trained by ``configs/garo.yaml`` (seed 0, 300 outer steps, truncated BPTT) on
     ill-conditioned and noisy quadratics (when it was trained, on the loop engine with 4 runs);
