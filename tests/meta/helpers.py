@@ -33,3 +33,20 @@ def pool(learned, family, num_runs=2, truncation_length=5, horizon=5, kind="mean
     return InnerRunPool(learned, family, num_runs, truncation_length,
                         make_horizon("constant", horizon), MetaLoss(kind, split),
                         second_order=second_order)
+
+
+def task_objectives(task, names, batch, live, opt):
+    """The same loss two ways: ``closure`` for the runtime optimizer ``opt`` stepping ``live``,
+    and ``grad_fn(points) -> (loss, grads)`` for the functional rule."""
+    def closure():
+        opt.zero_grad()
+        loss = task.loss(dict(zip(names, live)), batch)
+        loss.backward()
+        return loss
+
+    def grad_fn(points):
+        points = [p.detach().requires_grad_() for p in points]
+        with torch.enable_grad():
+            loss = task.loss(dict(zip(names, points)), batch)
+            return loss.detach(), list(torch.autograd.grad(loss, points))
+    return closure, grad_fn

@@ -16,6 +16,7 @@ from metaopt.meta.unroll import initial_run
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
 from tests.hybrid.test_garo_module import alternating_policy, controller
+from tests.meta.helpers import task_objectives
 
 D = torch.float64
 
@@ -44,17 +45,7 @@ def test_joint_rule_is_the_runtime_hybrid_with_garo(gate):
                       policy=learned.module["policy"], ode="rk4", ode_scale=0.7, min_dwell=2,
                       ode_cfl=1.0, record_trace=True)
 
-    def closure():
-        opt.zero_grad()
-        loss = task.loss(dict(zip(names, live)), batch)
-        loss.backward()
-        return loss
-
-    def grad_fn(points):
-        points = [p.detach().requires_grad_() for p in points]
-        with torch.enable_grad():
-            loss = task.loss(dict(zip(names, points)), batch)
-            return loss.detach(), list(torch.autograd.grad(loss, points))
+    closure, grad_fn = task_objectives(task, names, batch, live, opt)
     modes, evaluations = [], []
     for _ in range(9):
         with torch.no_grad():

@@ -15,6 +15,7 @@ from metaopt.meta.hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
 from metaopt.meta.unroll import initial_run
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
+from tests.meta.helpers import task_objectives
 
 D = torch.float64
 
@@ -91,17 +92,7 @@ def test_hard_rule_is_the_runtime_optimizer():
     opt = HybridGDODE(live, lr=0.05, momentum=0.5, ode="heun", policy=learned.module,
                       min_dwell=1, ode_cfl=0.0, record_trace=True)
 
-    def closure():
-        opt.zero_grad()
-        loss = task.loss(dict(zip(names, live)), batch)
-        loss.backward()
-        return loss
-
-    def grad_fn(points):
-        points = [p.detach().requires_grad_() for p in points]
-        with torch.enable_grad():
-            loss = task.loss(dict(zip(names, points)), batch)
-            return loss.detach(), list(torch.autograd.grad(loss, points))
+    closure, grad_fn = task_objectives(task, names, batch, live, opt)
     modes = []
     for _ in range(8):
         with torch.no_grad():
