@@ -72,6 +72,7 @@ from metaopt.meta import (
 )
 from metaopt.meta.training_state import TrainingStateError, rank_state
 from metaopt.meta.vectorised import VectorisedPool
+from metaopt.meta.warm_start import load_controller_weights
 from scripts import distributed_run, hybrid_train, run_dir
 from scripts.meta_train_config import (
     ConfigError,
@@ -139,6 +140,11 @@ def build(cfg: MetaTrainConfig, device: str | None = None,
                         scale=c.scale)
     except ValueError as error:
         raise _key_error("controller", error, c) from error
+    if c.init_from is not None:  # fine-tuning (a resume then loads its own weights over these)
+        try:
+            load_controller_weights(controller, rule, c.init_from)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"invalid config key 'controller.init_from': {error}") from error
     if c.kind == "garo":
         learned = GAROLearnedRule(controller, rule)
     else:  # the GD/ODE switching policy, alone or with GARO (scripts/hybrid_train.py)
@@ -465,6 +471,8 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                 "task_kwargs": OmegaConf.to_container(cfg.task.kwargs, resolve=True),
                 "seconds": round(time.perf_counter() - started, 1),
                 "hardware": f"{cfg.device}, {torch.get_num_threads()} threads"}
+    if cfg.controller.init_from is not None:  # fine-tuned: the card names the starting point
+        training["init_from"] = cfg.controller.init_from
     if cfg.controller.kind == "garo":
         export = _export_garo(cfg, learned, out_dir / EXPORT_FILE, training)
     else:  # a HybridGDODE checkpoint around the trained switching policy

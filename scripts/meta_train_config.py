@@ -42,6 +42,7 @@ class ControllerConfig:
     features: str = "seed"  # seed | relative (loss-scale invariant + training progress)
     scale: str = "none"  # none | distance | prodigy (lr_t multiplies DoG's / Prodigy's estimate)
     lr_schedule: str = "constant"  # constant | cosine (lr_t times cosine annealing over T)
+    init_from: str | None = None  # a GARO checkpoint (name, file, dir) whose weights start the run
 
 
 @dataclass

@@ -5,10 +5,12 @@ the snapshot a user would be best served by on tasks it never saw, measured the 
 benchmark measures it (VeLO, arXiv 2211.09760; Celo, arXiv 2501.12670): per validation task of
 horizon ``T`` and held-out task seed,
 
-    speedup = (steps lr-tuned Adam needs to reach the candidate's final train loss) / T
+    speedup = (gradient evaluations lr-tuned Adam needs to reach the candidate's final train
+               loss) / (the candidate's gradient evaluations in its T steps)
 
 with Adam's lr tuned on those seeds on a log grid widened until the best is interior
-(``tune_lr_interior``) and its curve run to ``extension · T`` so that speedups above 1 resolve.
+(``tune_lr_interior``) and its curve run to ``extension · T`` so that speedups above 1 resolve;
+an optimizer that evaluates the gradient k times a step (the hybrid's RK4 steps) pays k.
 A candidate's score is its median speedup over tasks × seeds (a diverged run scores 0); a
 candidate that diverged anywhere ranks below every one that did not (a user would rather lose
 speed than a run), then the best score wins, ties going to the later snapshot. The validation
@@ -16,7 +18,6 @@ tasks must be neither in the training mixture nor among the benchmark's test fam
 """
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from ..task import TaskFamily
 from .harness import run_family
 from .optimizers import make_optimizer
 from .results import RunResult
-from .speedup import speedup
+from .speedup import speedup_in_grad_evals
 from .tuning import tune_lr_interior
 
 #: ``(num_training_steps) -> (params -> optimizer)``: a candidate told the run's horizon
@@ -57,10 +58,6 @@ class CandidateScore:
     per_task: dict[str, float]  # median speedup per validation task
 
 
-def _final(run: RunResult) -> float:
-    return math.inf if run.diverged else float(run.final_train_loss)
-
-
 def tuned_references(tasks: Sequence[ValidationTask], seeds: Sequence[int], *,
                      extension: int = 4, low: float = 1e-3, high: float = 0.1,
                      per_decade: int = 2) -> dict[str, Reference]:
@@ -88,8 +85,7 @@ def score_candidate(name: str, build: CandidateBuilder, tasks: Sequence[Validati
         ups = []
         for run in runs:
             ref = refs[task.label].runs[run.task_seed]
-            ups.append(speedup(ref.eval_steps, ref.eval_train_losses, _final(run),
-                               task.steps).value)
+            ups.append(speedup_in_grad_evals(ref, run).value)
             diverged += int(run.diverged)
         per_task[task.label] = statistics.median(ups)
         everything += ups

@@ -25,8 +25,9 @@ GD module is a GARO controller (``metaopt.garo``), typically scale-free GARO
       x_garo = [μ_{t−1},  log(m_{t−1} / lr₀)]      ([init_momentum, 0] before the first step)
 
   μ the controller's momentum, m its raw lr multiplier (``a/d`` for scale-free GARO: ``d_{t−1} =
-  r̄_{t−1}/√t`` from the state's ``distance_max`` and step count), lr₀ its untrained rate; both
-  are scale-free. The GD guard's momentum is μ_{t−1}.
+  r̄_{t−1}/√t`` from the state's ``distance_max`` and step count for DoG's scale, the state's
+  ``prodigy_d`` for Prodigy's), lr₀ its untrained rate; both are scale-free. The GD guard's
+  momentum is μ_{t−1}.
 
 ``garo_hyper`` builds the hyper of one step from the state, and both the runtime
 (``HybridGDODE(gd="garo")``) and meta-training (``metaopt.meta.hybrid_learned``) call it, so the
@@ -113,6 +114,8 @@ def garo_features(gd_state: State, rule: GARORule, controller,
         d = distance_step_size(1.0, gd_state["distance_max"][0].detach(),
                                (step - 1).clamp_min(0).to(size.dtype), TENSOR_OPS)
         size = _safe_ratio(size, d)
+    elif rule.scale == "prodigy":  # m = a/d, Prodigy's d of the last step
+        size = _safe_ratio(size, gd_state["prodigy_d"][0].detach())
     log_lr = torch.log(size.clamp_min(_TINY) / module.init_lr)
     values = {"garo_momentum": torch.where(started, momentum,
                                            torch.full_like(momentum, module.init_momentum)),
