@@ -32,3 +32,31 @@ def test_selection_scores_by_speedup_against_tuned_adam_and_ranks_divergence_las
     assert by_name["slow"].median_speedup < 0.5
     assert by_name["diverges"].diverged == 2 or by_name["diverges"].median_speedup < 0.5
     assert best == "tuned"
+
+
+class _TwiceAdam(torch.optim.Adam):
+    """Adam that evaluates the closure twice a step (same batch, same gradient): the trajectory
+    of Adam at twice the gradient evaluations, like a hybrid's multi-stage steps."""
+
+    def step(self, closure=None):
+        if closure is not None:
+            with torch.enable_grad():
+                closure()
+        return super().step(closure)
+
+
+def test_selection_charges_a_candidate_every_gradient_evaluation():
+    family = tasks.get("quadratic", dim=[5, 5], condition_number=[10, 10])
+    validation = [ValidationTask("quadratic", family, 40)]
+    seeds = [2 ** 30, 2 ** 30 + 1]
+    refs = tuned_references(validation, seeds, extension=4, low=1e-2, high=1.0)
+    lr = refs["quadratic"].lr / 3
+
+    def twice(steps):
+        def factory(params):
+            return _TwiceAdam(params, lr=lr)
+        return factory
+
+    _, (once, two) = select({"once": adam_at(lr), "twice": twice}, validation, seeds, refs)
+    assert 0.1 < once.median_speedup < 1.0
+    assert two.median_speedup == once.median_speedup / 2
