@@ -377,6 +377,9 @@ def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str,
     if rank == 0 and trainer.step_count == 0:
         logger.log({"val/meta_loss": before["meta_loss"], "val/diverged": before["diverged"]}, 0)
         logger.log_series("hyperparameters_untrained", _named(before["traces"]), 0)
+        if cfg.controller.init_from is not None:  # the starting point is a candidate too
+            _export(cfg, learned, out_dir / "snapshots" / f"step_{0:06d}{SUFFIX}",
+                    {"steps": 0, "val_meta_loss": before["meta_loss"]})
 
     def checkpoint():  # a collective under torchrun: rank 0 writes every rank's part
         distributed_run.save_state(trainer.state_dict(), out_dir / STATE_FILE, world)
@@ -430,12 +433,17 @@ def _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, ra
             logger.log({"val/meta_loss": val["meta_loss"], "val/diverged": val["diverged"],
                         "val/final_normalized_loss": val["final_normalized_loss"]}, step)
             logger.log_series("hyperparameters", _named(val["traces"]), step)
-            if cfg.controller.kind == "garo":  # candidates for selection by the benchmark
-                _export_garo(cfg, learned, Path(cfg.out_dir) / "snapshots" /
-                             f"step_{step:06d}{SUFFIX}",
-                             {"steps": step, "val_meta_loss": val["meta_loss"]})
+            _export(cfg, learned, Path(cfg.out_dir) / "snapshots" / f"step_{step:06d}{SUFFIX}",
+                    {"steps": step, "val_meta_loss": val["meta_loss"]})  # selection candidates
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
+
+
+def _export(cfg: MetaTrainConfig, learned, path: Path, training: dict) -> Path:
+    """The trained controller(s) as a ``load_optimizer`` checkpoint: GARO's, or a hybrid's."""
+    if cfg.controller.kind == "garo":
+        return _export_garo(cfg, learned, path, training)
+    return hybrid_train.export(cfg, learned, path, training)
 
 
 def _export_garo(cfg: MetaTrainConfig, learned, path: Path, training: dict) -> Path:
@@ -473,10 +481,7 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                 "hardware": f"{cfg.device}, {torch.get_num_threads()} threads"}
     if cfg.controller.init_from is not None:  # fine-tuned: the card names the starting point
         training["init_from"] = cfg.controller.init_from
-    if cfg.controller.kind == "garo":
-        export = _export_garo(cfg, learned, out_dir / EXPORT_FILE, training)
-    else:  # a HybridGDODE checkpoint around the trained switching policy
-        export = hybrid_train.export(cfg, learned, out_dir / EXPORT_FILE, training)
+    export = _export(cfg, learned, out_dir / EXPORT_FILE, training)
     logger.log_artifact(export, name=f"garo-{run_id}", type="model")
     train_seconds = time.perf_counter() - started
     print(f"held-out meta-loss ({cfg.validation.kind}/{cfg.validation.split}, "

@@ -83,6 +83,8 @@ def test_meta_training_starts_from_init_from_and_its_card_says_so(tmp_path):
     assert not torch.equal(weights["head_lr.bias"], GAROController(
         hidden_size=16, init_lr=0.1, features="relative").head_lr.bias)
     assert trained.training["init_from"] == "garo_general"
+    start = load_checkpoint(tmp_path / "run" / "snapshots" / "step_000000.safetensors")
+    assert _same(start.controller, load_checkpoint(resolve("garo_general")).controller)
     for bad, why in [("no_such_checkpoint", "no checkpoint file"),
                      ("garo_quadratics", "does not fit this run's controller")]:
         with pytest.raises(script.ConfigError, match=f"controller.init_from.*{why}"):
