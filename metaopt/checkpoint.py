@@ -356,7 +356,8 @@ def load_optimizer(name_or_path: PathLike, params, **overrides):
     options = {**stored, **overrides}
     try:
         if name == "HybridGDODE":  # the learned switching policy (and GARO) inside a hybrid
-            return HybridGDODE(params, **unpack_controllers(ckpt.controller), **options)
+            # (an override wins here too: policy="gd" pins the switch, keeping the trained GARO)
+            return HybridGDODE(params, **{**unpack_controllers(ckpt.controller), **options})
         return GARO(params, controller=ckpt.controller, **options)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build {name} with options {options} "
