@@ -88,6 +88,13 @@ class GAROModule:
             hyper = {**hyper, "controller": self.controller}
         return self.rule.apply(params, grads, state, GAROHyper.coerce(hyper), loss=loss)
 
+    @property
+    def normalised(self) -> bool:
+        """True for the adam direction, whose step is bounded per coordinate whatever the
+        curvature, |Δθ_i| ≤ a·|b_i| with |u_i| ≲ 1: the hybrid's GD stability guard leaves its
+        steps alone (``metaopt.hybrid.stability``)."""
+        return self.rule.direction == "adam"
+
 
 def _safe_ratio(num, den: Tensor) -> Tensor:
     positive = den > 0

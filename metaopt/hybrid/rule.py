@@ -36,9 +36,11 @@ Every step evaluates ``(L_t, g_t)`` at θ_t once, then
    bound, 2.785 for RK4), is shortened to η_eff = c/κ̂, κ̂ the secant curvature of step 1 (the
    Lanczos probe where configured) or, for an RK step, also the secant between θ and its first
    stage point (so it holds from the very first step); a step within the limit is
-   bit-identical. A step whose loss, gradient or new parameters are not finite is undone: θ
-   and the whole state (mode, dwell, loss window, both modules) are returned unchanged — the
-   same object, so a caller can tell (per run when ``batched``).
+   bit-identical. A normalised GD module's steps (GARO's adam direction) are bounded per
+   coordinate and left alone (measured: guarding them did harm; ``metaopt.hybrid.stability``).
+   A step whose loss, gradient or new parameters are not finite is undone: θ and the whole state
+   (mode, dwell, loss window, both modules) are returned unchanged — the same object, so a
+   caller can tell (per run when ``batched``).
 5. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first)``; with a soft
    gate this is the expected count, differentiable, so a meta-loss can charge it.
 
@@ -288,9 +290,10 @@ class HybridRule:
                                  memory["prev_grad_norm"], lambda t: run_norms(t, self.batched),
                                  hyper.stability_lr, _gd_momentum(hyper))
         proposed = gd_params  # (the GD module's own, before the guard: observe_motion)
-        gd_params = shorten(params, gd_params,
-                            cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
-                            lambda s, like: _expand(s, like, self.batched))
+        if not getattr(gd_rule, "normalised", False):  # (normalised steps: stability docstring)
+            gd_params = shorten(params, gd_params,
+                                cap_scale(gd_lr, gd_kappa, SAFETY * GD_STABILITY_BOUND),
+                                lambda s, like: _expand(s, like, self.batched))
         ode_hyper = hyper.ode_hyper()
         if callable(ode_hyper.lr):  # h from the GD module's scale (metaopt.hybrid.garo_module)
             ode_hyper = ode_hyper.replace(lr=ode_hyper.lr(gd_state, memory["prev_grad_norm"]))

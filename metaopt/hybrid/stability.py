@@ -42,6 +42,18 @@ exists; a step past the limit is re-taken at h = c/κ̂ (its stages are charged;
 since on a steepening landscape the shorter chord sees a larger curvature). The larger of
 the two secants also guards the GD step that follows an ODE step, whose motion along the flow
 can miss the stiff direction.
+
+**Normalised GD modules are not guarded.** A GD module that divides the gradient by its own
+running RMS (GARO's adam direction, ``GAROModule.normalised``) moves each coordinate by at most
+about its step size a whatever the curvature, so its steps cannot blow up the way GD's do; at
+its edge of stability (Cohen et al. 2022, *Adaptive Gradient Methods at the Edge of Stability*)
+it oscillates, and the loss it then sees is what its controller reacts to. Both guards we tried
+did harm there, measured on the hybrid with ``garo_general`` as its GD module: the Euclidean
+secant (a flat coordinate moves as far as a stiff one) shortened nearly every step and cut the
+validation speedup vs tuned Adam from 1.28 to 0.18; the same guard in the preconditioner's
+metric (κ̂ = ‖D^{−1/2}Δg‖/‖D^{1/2}Δθ‖ against heavy ball's 2(1 + μ)) hid the oscillation from
+the controller, whose Prodigy-scaled step kept growing until one step the secant missed blew
+Rosenbrock up at 10x its horizon (GARO alone recovers). Non-finite steps are still undone.
 """
 from __future__ import annotations
 

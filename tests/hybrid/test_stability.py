@@ -187,3 +187,38 @@ def test_batched_runs_are_guarded_and_undone_independently():
         assert float(after[1]) == pytest.approx((1 - C_GD) * float(before[1]), rel=1e-12)
         assert torch.equal(after[2], x0[2])  # the non-finite run never moves
     assert float(state["dwell"][2]) == float(rule.init([x0])["dwell"][2])
+
+
+def test_a_garo_adam_step_is_not_shortened_by_the_euclidean_guard():
+    """On a badly scaled quadratic (curvatures 1 and 1e4) the Euclidean secant says GARO's adam
+    steps are past the GD limit — its flat coordinate moves as far as the stiff one — yet they
+    are bounded per coordinate by construction: pinned to GD, the hybrid takes exactly GARO's
+    steps, through its edge of stability (the Euclidean guard shortened them)."""
+    import metaopt.optim as mo
+    from metaopt.garo import GAROController
+    curv = torch.tensor([1.0, 1e4], dtype=torch.float64)
+
+    def problem():
+        x = torch.nn.Parameter(torch.tensor([3.0, 0.02], dtype=torch.float64))
+        return x, lambda: 0.5 * (curv * x * x).sum()
+
+    def run(opt, x, loss, steps):
+        for _ in range(steps):
+            def closure():
+                opt.zero_grad()
+                value = loss()
+                value.backward()
+                return value
+            opt.step(closure)
+        return x.detach()
+
+    ctrl = GAROController(hidden_size=4, init_lr=0.05, init_momentum=0.5,
+                          features="relative").double()
+    x, loss = problem()
+    hybrid = mo.HybridGDODE([x], gd="garo", controller=ctrl, scale="none", policy="gd",
+                            record_trace=True)
+    y, loss_y = problem()
+    garo = mo.GARO([y], controller=ctrl, direction="adam", scale="none")
+    torch.testing.assert_close(run(hybrid, x, loss, 40), run(garo, y, loss_y, 40), rtol=1e-12,
+                               atol=0)
+    assert max(h["log_stability"] for h in hybrid.history) > math.log(1.9)  # Euclidean: past
