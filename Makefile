@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: setup quickstart garo_general lint test test-slow bench docs clean
+.PHONY: setup quickstart garo_general hybrid_general lint test test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ quickstart: setup
 garo_general: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m scripts.meta_train --config configs/garo_general.yaml
 	$(PY) -m scripts.select_checkpoint runs/garo_general --config configs/select_garo_general.yaml
+
+# The shipped hybrid_general the same way: the switch and garo_general's controller trained
+# jointly (configs/hybrid_general.yaml), then the validation-best snapshot, counted per
+# gradient evaluation, copied to runs/hybrid_general/selected.safetensors.
+hybrid_general: setup
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m scripts.meta_train --config configs/hybrid_general.yaml
+	$(PY) -m scripts.select_checkpoint runs/hybrid_general --config configs/select_garo_general.yaml
 
 # ruff with the rule set of pyproject.toml ([tool.ruff.lint]); CI runs it before the tests.
 lint: setup
