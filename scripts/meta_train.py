@@ -72,7 +72,7 @@ from metaopt.meta import (
 )
 from metaopt.meta.training_state import TrainingStateError, rank_state
 from metaopt.meta.vectorised import VectorisedPool
-from metaopt.meta.warm_start import load_controller_weights
+from metaopt.meta.warm_start import load_controller_weights, provenance
 from scripts import distributed_run, hybrid_train, run_dir
 from scripts.meta_train_config import (
     ConfigError,
@@ -480,7 +480,7 @@ def _finish(cfg, trainer, learned, family, untrained, logger, before, started, o
                 "seconds": round(time.perf_counter() - started, 1),
                 "hardware": f"{cfg.device}, {torch.get_num_threads()} threads"}
     if cfg.controller.init_from is not None:  # fine-tuned: the card names the starting point
-        training["init_from"] = cfg.controller.init_from
+        training.update(provenance(cfg.controller.init_from))
     export = _export(cfg, learned, out_dir / EXPORT_FILE, training)
     logger.log_artifact(export, name=f"garo-{run_id}", type="model")
     train_seconds = time.perf_counter() - started

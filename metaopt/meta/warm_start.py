@@ -12,6 +12,7 @@ trained to multiply Prodigy's d_t means something else on top of DoG's.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 
@@ -23,7 +24,7 @@ from ..garo.optimizer import GARO
 from ..garo.rule import GARORule
 from ..hybrid.optimizer import HybridGDODE
 
-__all__ = ["load_controller_weights"]
+__all__ = ["load_controller_weights", "provenance"]
 
 #: the step-rule options a controller's outputs are defined against
 RULE_OPTIONS = ("direction", "scale")
@@ -51,8 +52,7 @@ def load_controller_weights(controller: GAROController, rule: GARORule,
     directory or Hub id, as ``metaopt.load_optimizer`` resolves it) into ``controller``.
 
     Raises ``ValueError`` naming what differs when the checkpoint's controller does not fit
-    ``controller`` and ``rule``; ``controller`` is untouched then. Returns a provenance record
-    (``{"init_from": ..., "file": ...}``) for the run's training metadata.
+    ``controller`` and ``rule``; ``controller`` is untouched then. Returns ``provenance``.
     """
     path = resolve(name_or_path)
     checkpoint = load_checkpoint(path)
@@ -72,4 +72,12 @@ def load_controller_weights(controller: GAROController, rule: GARORule,
         raise ValueError(f"{os.fspath(name_or_path)!r} does not fit this run's controller "
                          f"({detail})")
     controller.load_state_dict(source.state_dict())
-    return {"init_from": os.fspath(name_or_path), "file": path.name}
+    return provenance(name_or_path)
+
+
+def provenance(name_or_path: str | os.PathLike) -> dict[str, str]:
+    """The record a fine-tuned run's checkpoint card keeps: what it started from, and the
+    SHA-256 of that file (a shipped name can later name another file)."""
+    path = resolve(name_or_path)
+    return {"init_from": os.fspath(name_or_path),
+            "init_from_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -1,6 +1,8 @@
 """Fine-tuning from a trained checkpoint: ``controller.init_from`` / ``load_controller_weights``."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -28,7 +30,8 @@ def test_a_shipped_garo_checkpoint_starts_a_matching_controller():
     record = load_controller_weights(controller, GARORule(direction="adam", scale="prodigy"),
                                      "garo_general")
     assert _same(controller, load_checkpoint(resolve("garo_general")).controller)
-    assert record == {"init_from": "garo_general", "file": "garo_general.safetensors"}
+    digest = hashlib.sha256(resolve("garo_general").read_bytes()).hexdigest()
+    assert record == {"init_from": "garo_general", "init_from_sha256": digest}
 
 
 def test_the_garo_part_of_a_hybrid_checkpoint_starts_it_too(tmp_path):
@@ -83,6 +86,8 @@ def test_meta_training_starts_from_init_from_and_its_card_says_so(tmp_path):
     assert not torch.equal(weights["head_lr.bias"], GAROController(
         hidden_size=16, init_lr=0.1, features="relative").head_lr.bias)
     assert trained.training["init_from"] == "garo_general"
+    assert trained.training["init_from_sha256"] == hashlib.sha256(
+        resolve("garo_general").read_bytes()).hexdigest()
     start = load_checkpoint(tmp_path / "run" / "snapshots" / "step_000000.safetensors")
     assert _same(start.controller, load_checkpoint(resolve("garo_general")).controller)
     for bad, why in [("no_such_checkpoint", "no checkpoint file"),
