@@ -10,6 +10,8 @@ box, every method given the same budget of ``budget`` gradient evaluations:
   the last step may overshoot by up to three);
 * **hybrid, switch pinned to GD**: the same checkpoint with ``policy="gd"`` — the same GD
   module (for a GARO-driven hybrid, the same trained controller), never an ODE step;
+* **hybrid, switch pinned to ODE**: the same checkpoint with ``policy="ode"`` — what the ODE
+  module does on its own at this budget (a quarter of the steps for RK4);
 * **tuned Adam**: ``torch.optim.Adam`` with its lr tuned per function on a log grid widened until
   the best (lowest mean final gap) is interior, ``budget`` steps.
 
@@ -39,7 +41,7 @@ DESCRIPTION = ("what the hybrid's ODE steps buy: global-basin fraction, evaluati
                "and final gap vs tuned Adam and the same hybrid pinned to GD, at equal "
                "gradient evaluations")
 SMOKE = ["grid=2", "budget=12", "functions=[himmelblau]", "tuning_low=0.01", "tuning_high=0.1"]
-METHODS = ("hybrid", "hybrid_gd_pinned", "adam_tuned")
+METHODS = ("hybrid", "hybrid_gd_pinned", "hybrid_ode_pinned", "adam_tuned")
 
 
 @dataclass
@@ -115,6 +117,8 @@ def _factories(cfg: Config, name: str, lattice: torch.Tensor) -> dict:
                                                        num_training_steps=steps),
             "hybrid_gd_pinned": lambda p: metaopt.load_optimizer(
                 cfg.checkpoint, p, num_training_steps=steps, policy="gd"),
+            "hybrid_ode_pinned": lambda p: metaopt.load_optimizer(
+                cfg.checkpoint, p, num_training_steps=steps, policy="ode"),
             "adam_tuned": lambda p: torch.optim.Adam(p, lr=lr)}, lr
 
 
@@ -167,8 +171,8 @@ def run(cfg: Config, out_dir: Path, logger) -> dict:
     write_report(out_dir / "report.md", "What the ODE module buys", [
         ("Setup", f"`{cfg.checkpoint}`, {cfg.grid}×{cfg.grid} starts per function, "
                   f"{cfg.budget} gradient evaluations per run, target gap {cfg.target:g}. "
-                  "Methods: the hybrid as shipped, the same hybrid pinned to GD, Adam with its lr "
-                  "tuned per function.\n"),
+                  "Methods: the hybrid as shipped, the same hybrid pinned to GD and to ODE, Adam "
+                  "with its lr tuned per function.\n"),
         ("Global basin", f"The hybrid's global-basin fraction is above tuned Adam's on {wins} of "
                          f"{len(cfg.functions)} functions.\n"),
         ("Table", markdown_table(rows, columns)),
