@@ -32,6 +32,7 @@ from operator import is_
 import torch
 from torch import Tensor
 
+from . import chunked
 from .features import prodigy_beta
 
 # up to this many elements in all (a small model) the buffers are flat; beyond it the step is
@@ -40,8 +41,10 @@ FLAT_NUMEL = 1 << 20
 
 
 def gather(tensors: Sequence[Tensor]) -> Tensor:
-    """The tensors' elements concatenated into one new 1-D tensor (``torch.cat`` of views, in
-    one C++ call)."""
+    """The tensors' elements concatenated into one 1-D tensor (``torch.cat`` of views, in one
+    C++ call); one contiguous tensor is its own flat view (read only, like the gathered copy)."""
+    if len(tensors) == 1 and tensors[0].is_contiguous():
+        return tensors[0].reshape(-1)
     return torch._C._nn.flatten_dense_tensors(list(tensors))
 
 
@@ -59,12 +62,19 @@ def one_bucket(params: Sequence[Tensor], hyper, num_segments: int,
 
 
 def small_model(params: Sequence[Tensor]) -> bool:
-    """At most ``FLAT_NUMEL`` elements in ≥ 2 dense floating tensors of one dtype and device."""
+    """At most ``FLAT_NUMEL`` elements in dense floating tensors of one dtype and device: ≥ 2
+    tensors, or one below ``adam_chunked``'s size (a larger one is updated chunk by chunk)."""
     first = params[0]
-    return len(params) > 1 and first.is_floating_point() and \
+    return _enough(params) and first.is_floating_point() and \
         sum(p.numel() for p in params) <= FLAT_NUMEL and \
         all(p.dtype == first.dtype and p.device == first.device and not p.is_sparse
             for p in params)
+
+
+def _enough(params: Sequence[Tensor]) -> bool:
+    """≥ 2 tensors, or one that ``adam_chunked`` would not take (a one-tensor model such as a
+    test function: its plain ops on the flat view cost less than the foreach ones)."""
+    return len(params) > 1 or (len(params) == 1 and params[0].numel() < chunked._CHUNK_FROM)
 
 
 def _uniform(values) -> bool:
@@ -101,11 +111,12 @@ class FlatBuffers:
     @classmethod
     def build(cls, rule, params: Sequence[Tensor], states: Sequence[dict]) -> FlatBuffers:
         """Flat buffers for these parameters (their states already initialised), when they
-        qualify: the adam direction, ≥ 2 dense contiguous floating tensors of one dtype and
-        device, at most ``FLAT_NUMEL`` elements, buffers of the same dtype and device."""
+        qualify: the adam direction, ``small_model``'s number of dense contiguous floating
+        tensors of one dtype and device, at most ``FLAT_NUMEL`` elements, buffers of the same
+        dtype and device."""
         first = params[0]
         keys = rule.per_tensor_keys
-        eligible = rule.direction == "adam" and len(params) > 1 and \
+        eligible = rule.direction == "adam" and _enough(params) and \
             first.is_floating_point() and sum(p.numel() for p in params) <= FLAT_NUMEL and \
             all(p.dtype == first.dtype and p.device == first.device and not p.is_sparse and
                 p.is_contiguous() and all(s[k].dtype == first.dtype and
