@@ -138,12 +138,17 @@ class FlatBuffers:
         """The one bucket's adam update (module docstring) on the flat buffers, from the
         gathered gradients and parameters; returns the flat direction ``u``."""
         buffers, g = self.flat, flat_grad
-        if prodigy_d is not None:
-            buffers["prodigy_sum"].mul_(prodigy_beta(rule.beta2)).add_(g, alpha=lr * prodigy_d)
         v, m = buffers["exp_avg_sq"], buffers["momentum_buffer"]
-        v.mul_(rule.beta2).addcmul_(g, g, value=1 - rule.beta2)
+        # s ← β₃ s, v ← β₂ v, m ← μ m in one call (each buffer's own op, as tensor.mul_)
+        if prodigy_d is not None:
+            s = buffers["prodigy_sum"]
+            torch._foreach_mul_([s, v, m], [prodigy_beta(rule.beta2), rule.beta2, mom])
+            s.add_(g, alpha=lr * prodigy_d)
+        else:
+            torch._foreach_mul_([v, m], [rule.beta2, mom])
+        v.addcmul_(g, g, value=1 - rule.beta2)
         denom = v.sqrt().add_(eps * sqrt_c)
-        m.mul_(mom).addcdiv_(g, denom, value=sqrt_c)
+        m.addcdiv_(g, denom, value=sqrt_c)
         if wd != 0.0:
             if self.direction is None:
                 self.direction = torch.empty_like(m)
@@ -153,7 +158,10 @@ class FlatBuffers:
                 self.direction_views
         else:
             direction, views = m, self.views["momentum_buffer"]
-        torch._foreach_add_(list(params), views, alpha=-lr)
+        if len(params) == 1:  # (one tensor: its plain op)
+            params[0].add_(views[0], alpha=-lr)
+        else:
+            torch._foreach_add_(list(params), views, alpha=-lr)
         if "displacement" in buffers:
             buffers["displacement"].add_(direction, alpha=-lr)
         return direction

@@ -313,6 +313,12 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.lr_scale, n)
     wd_mult = per_tensor(hyper.weight_decay_scale, n)
+    sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
+    if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
+        lr, wd = lrs[0] * float(lr_mult[0]), wds[0] * float(wd_mult[0])
+        return [flat.adam_update(rule, params, r_grads[0], r_params[0], moms[0], wd, lr,
+                                 rule.eps * eps_scales[0], sqrt_bias_correction2,
+                                 prodigy_d[0] if prodigy_d else None)], [abs(lr)]
     buckets: dict[tuple, list[int]] = {}
     for i, s_i in enumerate(ids):
         key = (lrs[s_i] * float(lr_mult[i]), moms[s_i], wds[s_i] * float(wd_mult[i]),
@@ -320,11 +326,6 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         buckets.setdefault(key, []).append(i)
     directions: list[Tensor | None] = [None] * n
     step_sizes = [0.0] * n
-    sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
-    if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
-        (lr, mom, wd, eps, d), = buckets
-        return [flat.adam_update(rule, params, r_grads[0], r_params[0], mom, wd, lr, eps,
-                                 sqrt_bias_correction2, d if prodigy_d else None)], [abs(lr)]
     momentum_buffers = buffers["momentum_buffer"]
     for (lr, mom, wd, eps, d), index in buckets.items():
         ps = [params[i] for i in index]

@@ -126,8 +126,13 @@ def host_distance_max(host: HostState, params, ids, pnorms, displacement_norms) 
 
 def prodigy_reads(grads, buffers) -> list[Tensor]:
     """2n 0-d tensors, ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
-    dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, buffers["displacement"])]
+    dots = [torch.dot(_flat(g), _flat(d)) for g, d in zip(grads, buffers["displacement"])]
     return dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1))
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``t`` as a 1-D tensor (itself when it is one: no call on the flat path)."""
+    return t if t.dim() == 1 else t.reshape(-1)
 
 
 def host_prodigy_d(host: HostState, params, ids, pnorms, l1_norms) -> list[float]:
