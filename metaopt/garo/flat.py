@@ -44,7 +44,7 @@ def gather(tensors: Sequence[Tensor]) -> Tensor:
     """The tensors' elements concatenated into one 1-D tensor (``torch.cat`` of views, in one
     C++ call); one contiguous tensor is its own flat view (read only, like the gathered copy)."""
     if len(tensors) == 1 and tensors[0].is_contiguous():
-        return tensors[0].reshape(-1)
+        return tensors[0] if tensors[0].dim() == 1 else tensors[0].reshape(-1)
     return torch._C._nn.flatten_dense_tensors(list(tensors))
 
 

@@ -261,7 +261,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             return loss
         loss_value = None  # (one host read; on a GPU it waits for the forward pass)
         if loss is not None:
-            loss_value = float(loss.detach() if isinstance(loss, Tensor) else loss)
+            loss_value = loss.item() if isinstance(loss, Tensor) else float(loss)
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
             if not state:
@@ -270,10 +270,8 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         flat = None if torch.compiler.is_compiling() else self._flat_buffers(params, states)
         buffers = flat.views if flat is not None and flat.flat is not None else \
             {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
-        new_state = host_apply(
-            self.rule, params, grads, buffers, self._host,
-            GAROHyper(self.controller, lr_scale=lr, weight_decay_scale=wd, segment_ids=ids),
-            loss=loss_value, flat=flat)
+        new_state = host_apply(self.rule, params, grads, buffers, self._host,
+                               self._hyper(lr, wd, ids), loss=loss_value, flat=flat)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self._refuse_step("gradient, loss or controller output")  # (the shared policy)
             return loss
@@ -286,6 +284,15 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             for hook in list(self._hyperparam_hooks.values()):
                 hook(self, report)
         return loss
+
+    def _hyper(self, lr, wd, ids) -> GAROHyper:
+        """The step's ``GAROHyper``: the last one while the multipliers and segments stay."""
+        last = getattr(self, "_last_hyper", None)
+        if last is None or last.controller is not self.controller or last.lr_scale != lr or \
+                last.weight_decay_scale != wd or last.segment_ids != ids:
+            last = self._last_hyper = GAROHyper(self.controller, lr_scale=lr,
+                                                weight_decay_scale=wd, segment_ids=ids)
+        return last
 
     def _flat_buffers(self, params, states) -> FlatBuffers:
         """Small adam models: the buffers as views of flat tensors (``metaopt.garo.flat``);
@@ -358,7 +365,8 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                 "consecutive_skips": self.consecutive_skips,
                 "max_consecutive_skips": self.max_consecutive_skips,
                 "num_training_steps": self.num_training_steps,
-                "_hyperparam_hooks": self._hyperparam_hooks, "_flat": None}
+                "_hyperparam_hooks": self._hyperparam_hooks, "_flat": None,
+                "_last_hyper": None}
 
 
 def renamed_weight_decay(weight_decay_scale: float | None, weight_decay: float | None,
