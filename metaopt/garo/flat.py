@@ -107,6 +107,7 @@ class FlatBuffers:
             for state, view in zip(states, views):
                 state[key] = view
             self.flat[key], self.views[key] = flat, views
+        self._view_ids = [id(v) for key in keys for v in self.views[key]]
 
     @classmethod
     def build(cls, rule, params: Sequence[Tensor], states: Sequence[dict]) -> FlatBuffers:
@@ -129,8 +130,9 @@ class FlatBuffers:
         if len(params) != len(self.params) or not all(map(is_, params, self.params)) or \
                 params[0].dtype != self.dtype:
             return False
-        return self.flat is None or all(
-            all(map(is_, (s[key] for s in states), self.views[key])) for key in self.keys)
+        # (one comparison of identities: the views, alive in ``views``, keep their ids)
+        return self.flat is None or \
+            [id(s[key]) for key in self.keys for s in states] == self._view_ids
 
     def adam_update(self, rule, params: Sequence[Tensor], flat_grad: Tensor, flat_param: Tensor,
                     mom: float, wd: float, lr: float, eps: float, sqrt_c: float,
