@@ -13,6 +13,12 @@ runs on the flat tensors, one kernel per op, with the gradients and parameters g
     s ← β₃ s + λ g,   v ← β₂ v + (1 − β₂) g²,   m ← μ m + √c · g / (√v + ε√c)
     u = m + wd·θ,     θ ← θ − a·u,   δ ← δ − a·u          (the ops of ``runtime._update``)
 
+A one-tensor model (a test function such as Rosenbrock) takes this path too, its flat tensor
+a view of the tensor itself: one plain op costs less than a foreach op over one tensor, and its
+reads are the per-tensor ones (``tests/garo/test_flat.py``). The three buffer decays
+(``s``, ``v``, ``m``) are one ``_foreach_mul_`` call with a scalar per buffer (on the CPU each
+buffer's own ``mul_``; the buffers are distinct, so their order does not matter).
+
 Each element goes through the same ops in the same order as the per-tensor foreach path, so
 the update is the same bits (elementwise kernels do not depend on where a tensor starts). Such
 a step also reads its reductions over the concatenated tensors (``one_bucket``), which the flat
