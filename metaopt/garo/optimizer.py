@@ -35,6 +35,7 @@ from .controller import GAROController
 from .flat import FlatBuffers
 from .host_state import HostState
 from .hyper import GAROHyper
+from .renames import _caller_level, renamed_weight_decay
 from .rule import GARORule
 from .runtime import host_apply, settle
 
@@ -367,34 +368,6 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                 "num_training_steps": self.num_training_steps,
                 "_hyperparam_hooks": self._hyperparam_hooks, "_flat": None,
                 "_last_hyper": None}
-
-
-def renamed_weight_decay(weight_decay_scale: float | None, weight_decay: float | None,
-                         where: str = "keyword") -> float:
-    """``weight_decay_scale``, or the value passed under its old name ``weight_decay`` (with a
-    DeprecationWarning: GARO's weight decay is learned, the number only multiplies it)."""
-    if weight_decay is None:
-        return 1.0 if weight_decay_scale is None else weight_decay_scale
-    if weight_decay_scale is not None:
-        raise ValueError("weight_decay: GARO's old name of weight_decay_scale; pass "
-                         "weight_decay_scale only")
-    warnings.warn(f"GARO: the {where} weight_decay is deprecated: it multiplies the learned "
-                  f"wd_t and is now called weight_decay_scale", DeprecationWarning,
-                  stacklevel=_caller_level())
-    return weight_decay
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside torch and this module: the user's
-    ``opt.step()`` (torch wraps ``step`` in a varying number of frames)."""
-    import os
-    import sys
-    frame, level = sys._getframe(1), 1
-    torch_dir = os.path.dirname(torch.__file__)
-    while frame is not None and (frame.f_code.co_filename == __file__
-                                 or frame.f_code.co_filename.startswith(torch_dir)):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 GlobalAdaptiveSGD = GARO

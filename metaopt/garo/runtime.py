@@ -9,7 +9,7 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the recurrent state stays on the host between steps (``HostState``: floats rounded to the
   state's dtype, the hidden state one array); tensors are built only when the state is read;
 * one foreach norm call per step for the gradients, the parameters and the previous step's
-  update directions (a BLAS dot for tensors from ``_DOT_NUMEL`` elements on), and one host
+  update directions (``scale.norm_list``: a BLAS dot for large tensors), and one host
   read of the results: a step leaves its update norm to the next one (``PendingUpdateNorm``)
   when its directions are the momentum buffers or the model is small (``_DEFER_NUMEL``), and
   reads it itself otherwise, so keeping them never costs a large model memory;
@@ -59,33 +59,18 @@ from .features import (
 from .flat import FlatBuffers, gather, one_bucket
 from .host_state import HostState, PendingUpdateNorm
 from .hyper import GAROHyper
-from .scale import host_distance_max, host_prodigy_d, host_segment_norms, prodigy_reads
+from .scale import (
+    fused_norms,
+    host_distance_max,
+    host_prodigy_d,
+    host_segment_norms,
+    norm_list,
+    prodigy_reads,
+)
 
-_DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
 # up to here (elements in all), the update directions of a step are kept until the next one reads
 # their norms with its own: one norm call and one host read per step instead of two
 _DEFER_NUMEL = 1 << 20
-
-
-def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
-    """(len,) 2-norms without a graph: one ``_foreach_norm`` call, large tensors by BLAS dot."""
-    return torch.stack(norm_list(tensors))
-
-
-def norm_list(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """``fused_norms`` as a list of 0-d tensors (to stack with other reads)."""
-    big = [i for i, t in enumerate(tensors) if t.numel() >= _DOT_NUMEL]
-    if not big:
-        return list(torch._foreach_norm(list(tensors)))
-    norms: list[Tensor | None] = [None] * len(tensors)
-    small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_NUMEL]
-    if small:
-        for i, norm in zip(small, torch._foreach_norm([tensors[i] for i in small])):
-            norms[i] = norm
-    for i in big:
-        flat = tensors[i].reshape(-1)
-        norms[i] = torch.dot(flat, flat).sqrt()
-    return norms
 
 
 def _fusable(*lists: Sequence[Tensor]) -> bool:
