@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -42,6 +43,7 @@ _FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_i
                   ("head_weight_decay", "weight"), ("head_lr", "bias"),
                   ("head_momentum", "bias"), ("head_weight_decay", "bias"))
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place version counter
 _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's: above it softplus(x) is x
 
 
@@ -79,7 +81,7 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
     """
     cached = _FUSED.get(controller)
     if cached is not None and cached[0] == controller.weights_generation and \
-            [t._version for t in cached[1]] == cached[2]:
+            list(map(_VERSION, cached[1])) == cached[2]:
         return cached[3]
     tensors = [controller._modules[m]._parameters[name] for m, name in _FUSED_SOURCES]
     H, D = controller.hidden_size, controller.input_size
