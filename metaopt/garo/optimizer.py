@@ -11,6 +11,7 @@ weights are given to it, not owned by it (docs/architecture.md)::
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -40,6 +41,20 @@ from .rule import GARORule
 from .runtime import host_apply, settle
 
 GRANULARITIES = ("global", "group", "tensor")
+
+
+def _without_grad(step):
+    """``@torch.no_grad()`` without its context objects: they cost a few µs a step, which a
+    dispatch-bound (tiny) model's step notices. (torch.compile traces the grad-mode switch.)"""
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):
+        previous = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return step(*args, **kwargs)
+        finally:
+            torch._C._set_grad_enabled(previous)
+    return wrapper
 HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 
 
@@ -242,7 +257,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                 tensor_index += 1
         return params, grads, lr, wd, ids
 
-    @torch.no_grad()
+    @_without_grad
     def step(self, closure: Callable[[], Tensor] | None = None, *, loss=None):
         """One GARO step from ``p.grad``; the loss (from ``closure`` or given as ``loss``, after
         ``loss.backward()``) also feeds the controller."""
