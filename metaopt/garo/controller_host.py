@@ -21,7 +21,9 @@ folded into the weights).
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -41,6 +43,7 @@ _FUSED_SOURCES = (("cell", "weight_ih"), ("cell", "weight_hh"), ("cell", "bias_i
                   ("head_weight_decay", "weight"), ("head_lr", "bias"),
                   ("head_momentum", "bias"), ("head_weight_decay", "bias"))
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place version counter
 _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's: above it softplus(x) is x
 
 
@@ -78,7 +81,7 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
     """
     cached = _FUSED.get(controller)
     if cached is not None and cached[0] == controller.weights_generation and \
-            [t._version for t in cached[1]] == cached[2]:
+            list(map(_VERSION, cached[1])) == cached[2]:
         return cached[3]
     tensors = [controller._modules[m]._parameters[name] for m, name in _FUSED_SOURCES]
     H, D = controller.hidden_size, controller.input_size
@@ -100,12 +103,17 @@ def fused_host_weights(controller: GAROController) -> tuple[np.ndarray, np.ndarr
     return fused
 
 
+@functools.cache
+def _frequencies(num_frequencies: int) -> tuple[float, ...]:
+    return tuple(step_frequencies(num_frequencies))
+
+
 def host_schedule(controller: GAROController, valid: Sequence[float], step: int,
                   progress: Sequence[float] | None = None) -> list[float]:
     """The gradient-independent tail of the GRU input, as host floats:
     ``valid + step_embedding(step) (+ progress)`` (the embedding's formula in float64)."""
     phase = math.log1p(step)
-    freqs = step_frequencies(controller.num_step_frequencies)
+    freqs = _frequencies(controller.num_step_frequencies)
     emb = [math.sin(phase * w) for w in freqs] + [math.cos(phase * w) for w in freqs]
     if controller.features == "relative":
         if progress is None:
@@ -134,23 +142,32 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
     gru, head, head_bias = fused_host_weights(controller)
     beta, clip, H = controller.feature_decay, controller.feature_clip, controller.hidden_size
     tail = host_schedule(controller, valid, step, progress)
+    hidden = np.asarray(hidden, gru.dtype)
     inputs, new_means, new_vars = [], [], []
-    for row, mean, var in zip(signal, feature_mean, feature_var):
+    for row, mean, var, h in zip(signal, feature_mean, feature_var, hidden.tolist()):
         z = [0.0] * NUM_SIGNAL_FEATURES
         mean, var = list(mean), list(var)
         for k, (x, v) in enumerate(zip(row, valid)):
             if v > 0:  # the statistics are frozen where the feature is missing
                 z[k], mean[k], var[k] = ema_normalise(x, mean[k], var[k], beta, clip, HOST_OPS)
-        inputs.append(z + tail)
+        inputs.append([*z, *tail, *h, 1.0])
         new_means.append(mean)
         new_vars.append(var)
-    hidden = np.asarray(hidden, gru.dtype)
-    gates = np.array([[*x, *h, 1.0] for x, h in zip(inputs, hidden.tolist())], gru.dtype) @ gru
-    two_sigma = np.tanh(gates[:, :2 * H])  # 2σ(r), 2σ(u) once 1 is added (the columns are halved)
+    gates = np.array(inputs, gru.dtype) @ gru
+    # in place, each op as written: 2σ(r), 2σ(u) once 1 is added (the columns are halved),
+    # n = tanh(n_x + σ(r)·n_h), h' = n + σ(u)·(h − n) = (1 − σ(u))·n + σ(u)·h
+    two_sigma = np.tanh(gates[:, :2 * H])
     two_sigma += 1
-    n = np.tanh(gates[:, 2 * H:3 * H] + two_sigma[:, :H] * gates[:, 3 * H:])
-    h = n + two_sigma[:, H:] * (hidden - n) / 2  # (1 − σ(u))·n + σ(u)·h
-    pre = (h @ head + head_bias).tolist()
+    n = two_sigma[:, :H] * gates[:, 3 * H:]
+    n += gates[:, 2 * H:3 * H]
+    np.tanh(n, out=n)
+    h = hidden - n
+    h *= two_sigma[:, H:]
+    h /= 2
+    h += n
+    pre = h @ head
+    pre += head_bias
+    pre = pre.tolist()
     prior = 1.0 if controller.lr_schedule == "constant" else \
         lr_prior(controller.lr_schedule, progress[0], progress[1], HOST_OPS)
     return HostOutput(lr=[_softplus(p[0]) * prior for p in pre],

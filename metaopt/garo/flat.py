@@ -13,6 +13,12 @@ runs on the flat tensors, one kernel per op, with the gradients and parameters g
     s ← β₃ s + λ g,   v ← β₂ v + (1 − β₂) g²,   m ← μ m + √c · g / (√v + ε√c)
     u = m + wd·θ,     θ ← θ − a·u,   δ ← δ − a·u          (the ops of ``runtime._update``)
 
+A one-tensor model (a test function such as Rosenbrock) takes this path too, its flat tensor
+a view of the tensor itself: one plain op costs less than a foreach op over one tensor, and its
+reads are the per-tensor ones (``tests/garo/test_flat.py``). The three buffer decays
+(``s``, ``v``, ``m``) are one ``_foreach_mul_`` call with a scalar per buffer (on the CPU each
+buffer's own ``mul_``; the buffers are distinct, so their order does not matter).
+
 Each element goes through the same ops in the same order as the per-tensor foreach path, so
 the update is the same bits (elementwise kernels do not depend on where a tensor starts). Such
 a step also reads its reductions over the concatenated tensors (``one_bucket``), which the flat
@@ -32,6 +38,7 @@ from operator import is_
 import torch
 from torch import Tensor
 
+from . import chunked
 from .features import prodigy_beta
 
 # up to this many elements in all (a small model) the buffers are flat; beyond it the step is
@@ -40,8 +47,10 @@ FLAT_NUMEL = 1 << 20
 
 
 def gather(tensors: Sequence[Tensor]) -> Tensor:
-    """The tensors' elements concatenated into one new 1-D tensor (``torch.cat`` of views, in
-    one C++ call)."""
+    """The tensors' elements concatenated into one 1-D tensor (``torch.cat`` of views, in one
+    C++ call); one contiguous tensor is its own flat view (read only, like the gathered copy)."""
+    if len(tensors) == 1 and tensors[0].is_contiguous():
+        return tensors[0] if tensors[0].dim() == 1 else tensors[0].reshape(-1)
     return torch._C._nn.flatten_dense_tensors(list(tensors))
 
 
@@ -59,12 +68,19 @@ def one_bucket(params: Sequence[Tensor], hyper, num_segments: int,
 
 
 def small_model(params: Sequence[Tensor]) -> bool:
-    """At most ``FLAT_NUMEL`` elements in ≥ 2 dense floating tensors of one dtype and device."""
+    """At most ``FLAT_NUMEL`` elements in dense floating tensors of one dtype and device: ≥ 2
+    tensors, or one below ``adam_chunked``'s size (a larger one is updated chunk by chunk)."""
     first = params[0]
-    return len(params) > 1 and first.is_floating_point() and \
+    return _enough(params) and first.is_floating_point() and \
         sum(p.numel() for p in params) <= FLAT_NUMEL and \
         all(p.dtype == first.dtype and p.device == first.device and not p.is_sparse
             for p in params)
+
+
+def _enough(params: Sequence[Tensor]) -> bool:
+    """≥ 2 tensors, or one that ``adam_chunked`` would not take (a one-tensor model such as a
+    test function: its plain ops on the flat view cost less than the foreach ones)."""
+    return len(params) > 1 or (len(params) == 1 and params[0].numel() < chunked._CHUNK_FROM)
 
 
 def _uniform(values) -> bool:
@@ -97,15 +113,17 @@ class FlatBuffers:
             for state, view in zip(states, views):
                 state[key] = view
             self.flat[key], self.views[key] = flat, views
+        self._view_ids = [id(v) for key in keys for v in self.views[key]]
 
     @classmethod
     def build(cls, rule, params: Sequence[Tensor], states: Sequence[dict]) -> FlatBuffers:
         """Flat buffers for these parameters (their states already initialised), when they
-        qualify: the adam direction, ≥ 2 dense contiguous floating tensors of one dtype and
-        device, at most ``FLAT_NUMEL`` elements, buffers of the same dtype and device."""
+        qualify: the adam direction, ``small_model``'s number of dense contiguous floating
+        tensors of one dtype and device, at most ``FLAT_NUMEL`` elements, buffers of the same
+        dtype and device."""
         first = params[0]
         keys = rule.per_tensor_keys
-        eligible = rule.direction == "adam" and len(params) > 1 and \
+        eligible = rule.direction == "adam" and _enough(params) and \
             first.is_floating_point() and sum(p.numel() for p in params) <= FLAT_NUMEL and \
             all(p.dtype == first.dtype and p.device == first.device and not p.is_sparse and
                 p.is_contiguous() and all(s[k].dtype == first.dtype and
@@ -118,8 +136,9 @@ class FlatBuffers:
         if len(params) != len(self.params) or not all(map(is_, params, self.params)) or \
                 params[0].dtype != self.dtype:
             return False
-        return self.flat is None or all(
-            all(map(is_, (s[key] for s in states), self.views[key])) for key in self.keys)
+        # (one comparison of identities: the views, alive in ``views``, keep their ids)
+        return self.flat is None or \
+            [id(s[key]) for key in self.keys for s in states] == self._view_ids
 
     def adam_update(self, rule, params: Sequence[Tensor], flat_grad: Tensor, flat_param: Tensor,
                     mom: float, wd: float, lr: float, eps: float, sqrt_c: float,
@@ -127,12 +146,17 @@ class FlatBuffers:
         """The one bucket's adam update (module docstring) on the flat buffers, from the
         gathered gradients and parameters; returns the flat direction ``u``."""
         buffers, g = self.flat, flat_grad
-        if prodigy_d is not None:
-            buffers["prodigy_sum"].mul_(prodigy_beta(rule.beta2)).add_(g, alpha=lr * prodigy_d)
         v, m = buffers["exp_avg_sq"], buffers["momentum_buffer"]
-        v.mul_(rule.beta2).addcmul_(g, g, value=1 - rule.beta2)
+        # s ← β₃ s, v ← β₂ v, m ← μ m in one call (each buffer's own op, as tensor.mul_)
+        if prodigy_d is not None:
+            s = buffers["prodigy_sum"]
+            torch._foreach_mul_([s, v, m], [prodigy_beta(rule.beta2), rule.beta2, mom])
+            s.add_(g, alpha=lr * prodigy_d)
+        else:
+            torch._foreach_mul_([v, m], [rule.beta2, mom])
+        v.addcmul_(g, g, value=1 - rule.beta2)
         denom = v.sqrt().add_(eps * sqrt_c)
-        m.mul_(mom).addcdiv_(g, denom, value=sqrt_c)
+        m.addcdiv_(g, denom, value=sqrt_c)
         if wd != 0.0:
             if self.direction is None:
                 self.direction = torch.empty_like(m)
@@ -142,7 +166,10 @@ class FlatBuffers:
                 self.direction_views
         else:
             direction, views = m, self.views["momentum_buffer"]
-        torch._foreach_add_(list(params), views, alpha=-lr)
+        if len(params) == 1:  # (one tensor: its plain op)
+            params[0].add_(views[0], alpha=-lr)
+        else:
+            torch._foreach_add_(list(params), views, alpha=-lr)
         if "displacement" in buffers:
             buffers["displacement"].add_(direction, alpha=-lr)
         return direction

@@ -11,6 +11,7 @@ weights are given to it, not owned by it (docs/architecture.md)::
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -35,10 +36,25 @@ from .controller import GAROController
 from .flat import FlatBuffers
 from .host_state import HostState
 from .hyper import GAROHyper
+from .renames import _caller_level, renamed_weight_decay
 from .rule import GARORule
 from .runtime import host_apply, settle
 
 GRANULARITIES = ("global", "group", "tensor")
+
+
+def _without_grad(step):
+    """``@torch.no_grad()`` without its context objects: they cost a few µs a step, which a
+    dispatch-bound (tiny) model's step notices. (torch.compile traces the grad-mode switch.)"""
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):
+        previous = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return step(*args, **kwargs)
+        finally:
+            torch._C._set_grad_enabled(previous)
+    return wrapper
 HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 
 
@@ -241,7 +257,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                 tensor_index += 1
         return params, grads, lr, wd, ids
 
-    @torch.no_grad()
+    @_without_grad
     def step(self, closure: Callable[[], Tensor] | None = None, *, loss=None):
         """One GARO step from ``p.grad``; the loss (from ``closure`` or given as ``loss``, after
         ``loss.backward()``) also feeds the controller."""
@@ -261,7 +277,7 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             return loss
         loss_value = None  # (one host read; on a GPU it waits for the forward pass)
         if loss is not None:
-            loss_value = float(loss.detach() if isinstance(loss, Tensor) else loss)
+            loss_value = loss.item() if isinstance(loss, Tensor) else float(loss)
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
             if not state:
@@ -270,10 +286,8 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         flat = None if torch.compiler.is_compiling() else self._flat_buffers(params, states)
         buffers = flat.views if flat is not None and flat.flat is not None else \
             {key: [state[key] for state in states] for key in self.rule.per_tensor_keys}
-        new_state = host_apply(
-            self.rule, params, grads, buffers, self._host,
-            GAROHyper(self.controller, lr_scale=lr, weight_decay_scale=wd, segment_ids=ids),
-            loss=loss_value, flat=flat)
+        new_state = host_apply(self.rule, params, grads, buffers, self._host,
+                               self._hyper(lr, wd, ids), loss=loss_value, flat=flat)
         if new_state is None:  # a bad gradient never reaches the GRU (see GARORule.apply_)
             self._refuse_step("gradient, loss or controller output")  # (the shared policy)
             return loss
@@ -286,6 +300,15 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
             for hook in list(self._hyperparam_hooks.values()):
                 hook(self, report)
         return loss
+
+    def _hyper(self, lr, wd, ids) -> GAROHyper:
+        """The step's ``GAROHyper``: the last one while the multipliers and segments stay."""
+        last = getattr(self, "_last_hyper", None)
+        if last is None or last.controller is not self.controller or last.lr_scale != lr or \
+                last.weight_decay_scale != wd or last.segment_ids != ids:
+            last = self._last_hyper = GAROHyper(self.controller, lr_scale=lr,
+                                                weight_decay_scale=wd, segment_ids=ids)
+        return last
 
     def _flat_buffers(self, params, states) -> FlatBuffers:
         """Small adam models: the buffers as views of flat tensors (``metaopt.garo.flat``);
@@ -358,35 +381,8 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
                 "consecutive_skips": self.consecutive_skips,
                 "max_consecutive_skips": self.max_consecutive_skips,
                 "num_training_steps": self.num_training_steps,
-                "_hyperparam_hooks": self._hyperparam_hooks, "_flat": None}
-
-
-def renamed_weight_decay(weight_decay_scale: float | None, weight_decay: float | None,
-                         where: str = "keyword") -> float:
-    """``weight_decay_scale``, or the value passed under its old name ``weight_decay`` (with a
-    DeprecationWarning: GARO's weight decay is learned, the number only multiplies it)."""
-    if weight_decay is None:
-        return 1.0 if weight_decay_scale is None else weight_decay_scale
-    if weight_decay_scale is not None:
-        raise ValueError("weight_decay: GARO's old name of weight_decay_scale; pass "
-                         "weight_decay_scale only")
-    warnings.warn(f"GARO: the {where} weight_decay is deprecated: it multiplies the learned "
-                  f"wd_t and is now called weight_decay_scale", DeprecationWarning,
-                  stacklevel=_caller_level())
-    return weight_decay
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside torch and this module: the user's
-    ``opt.step()`` (torch wraps ``step`` in a varying number of frames)."""
-    import os
-    import sys
-    frame, level = sys._getframe(1), 1
-    torch_dir = os.path.dirname(torch.__file__)
-    while frame is not None and (frame.f_code.co_filename == __file__
-                                 or frame.f_code.co_filename.startswith(torch_dir)):
-        frame, level = frame.f_back, level + 1
-    return level
+                "_hyperparam_hooks": self._hyperparam_hooks, "_flat": None,
+                "_last_hyper": None}
 
 
 GlobalAdaptiveSGD = GARO

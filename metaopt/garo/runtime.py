@@ -9,7 +9,7 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the recurrent state stays on the host between steps (``HostState``: floats rounded to the
   state's dtype, the hidden state one array); tensors are built only when the state is read;
 * one foreach norm call per step for the gradients, the parameters and the previous step's
-  update directions (a BLAS dot for tensors from ``_DOT_NUMEL`` elements on), and one host
+  update directions (``scale.norm_list``: a BLAS dot for large tensors), and one host
   read of the results: a step leaves its update norm to the next one (``PendingUpdateNorm``)
   when its directions are the momentum buffers or the model is small (``_DEFER_NUMEL``), and
   reads it itself otherwise, so keeping them never costs a large model memory;
@@ -59,33 +59,18 @@ from .features import (
 from .flat import FlatBuffers, gather, one_bucket
 from .host_state import HostState, PendingUpdateNorm
 from .hyper import GAROHyper
-from .scale import host_distance_max, host_prodigy_d, host_segment_norms, prodigy_reads
+from .scale import (
+    fused_norms,
+    host_distance_max,
+    host_prodigy_d,
+    host_segment_norms,
+    norm_list,
+    prodigy_reads,
+)
 
-_DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
 # up to here (elements in all), the update directions of a step are kept until the next one reads
 # their norms with its own: one norm call and one host read per step instead of two
 _DEFER_NUMEL = 1 << 20
-
-
-def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
-    """(len,) 2-norms without a graph: one ``_foreach_norm`` call, large tensors by BLAS dot."""
-    return torch.stack(norm_list(tensors))
-
-
-def norm_list(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """``fused_norms`` as a list of 0-d tensors (to stack with other reads)."""
-    big = [i for i, t in enumerate(tensors) if t.numel() >= _DOT_NUMEL]
-    if not big:
-        return list(torch._foreach_norm(list(tensors)))
-    norms: list[Tensor | None] = [None] * len(tensors)
-    small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_NUMEL]
-    if small:
-        for i, norm in zip(small, torch._foreach_norm([tensors[i] for i in small])):
-            norms[i] = norm
-    for i in big:
-        flat = tensors[i].reshape(-1)
-        norms[i] = torch.dot(flat, flat).sqrt()
-    return norms
 
 
 def _fusable(*lists: Sequence[Tensor]) -> bool:
@@ -187,8 +172,10 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     rows = [signal_row(log_g[s], refs[s], prev_lg[s], sym[s], prev_sym[s], prev_ratio[s],
                        HOST_OPS) for s in range(S)]
     # A non-finite gradient or loss shows as a non-finite feature (an overflowing norm too):
-    # skip the step before anything moves; such a value never reaches the controller.
-    if not all(math.isfinite(v) for row in rows for v in row):
+    # skip the step before anything moves; such a value never reaches the controller. (Each
+    # finite signal is a log or a difference of two, |x| < 10⁴: their sum is finite exactly
+    # when they all are.)
+    if not math.isfinite(sum(map(sum, rows))):
         return None
 
     # 2. the controller, on the host (metaopt.garo.controller_host)
@@ -313,6 +300,12 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
     moms, wds = out.momentum, out.weight_decay
     lr_mult = per_tensor(hyper.lr_scale, n)
     wd_mult = per_tensor(hyper.weight_decay_scale, n)
+    sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
+    if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
+        lr, wd = lrs[0] * float(lr_mult[0]), wds[0] * float(wd_mult[0])
+        return [flat.adam_update(rule, params, r_grads[0], r_params[0], moms[0], wd, lr,
+                                 rule.eps * eps_scales[0], sqrt_bias_correction2,
+                                 prodigy_d[0] if prodigy_d else None)], [abs(lr)]
     buckets: dict[tuple, list[int]] = {}
     for i, s_i in enumerate(ids):
         key = (lrs[s_i] * float(lr_mult[i]), moms[s_i], wds[s_i] * float(wd_mult[i]),
@@ -320,11 +313,6 @@ def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_
         buckets.setdefault(key, []).append(i)
     directions: list[Tensor | None] = [None] * n
     step_sizes = [0.0] * n
-    sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
-    if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
-        (lr, mom, wd, eps, d), = buckets
-        return [flat.adam_update(rule, params, r_grads[0], r_params[0], mom, wd, lr, eps,
-                                 sqrt_bias_correction2, d if prodigy_d else None)], [abs(lr)]
     momentum_buffers = buffers["momentum_buffer"]
     for (lr, mom, wd, eps, d), index in buckets.items():
         ps = [params[i] for i in index]

@@ -101,6 +101,31 @@ def prodigy_numerator(state, contributions: Sequence[Tensor], ids_t, beta3: floa
 
 # -- the runtime's host-float twins -----------------------------------------------------------
 
+_DOT_NUMEL = 1 << 16  # from here on a tensor's norm is a BLAS dot (scripts/benchmarks/garo.py)
+
+
+def fused_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """(len,) 2-norms without a graph: one ``_foreach_norm`` call, large tensors by BLAS dot."""
+    return torch.stack(norm_list(tensors))
+
+
+def norm_list(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """``fused_norms`` as a list of 0-d tensors (to stack with other reads)."""
+    big = [i for i, t in enumerate(tensors) if t.numel() >= _DOT_NUMEL]
+    if not big:
+        return list(torch._foreach_norm(list(tensors)))
+    norms: list[Tensor | None] = [None] * len(tensors)
+    small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_NUMEL]
+    if small:
+        for i, norm in zip(small, torch._foreach_norm([tensors[i] for i in small])):
+            norms[i] = norm
+    for i in big:
+        flat = tensors[i].reshape(-1)
+        norms[i] = torch.dot(flat, flat).sqrt()
+    return norms
+
+
+
 def host_segment_norms(squares: Sequence[float], ids: Sequence[int],
                        num_segments: int) -> list[float]:
     """Segment 2-norms from per-tensor squared norms (host floats)."""
@@ -126,8 +151,13 @@ def host_distance_max(host: HostState, params, ids, pnorms, displacement_norms) 
 
 def prodigy_reads(grads, buffers) -> list[Tensor]:
     """2n 0-d tensors, ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
-    dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, buffers["displacement"])]
+    dots = [torch.dot(_flat(g), _flat(d)) for g, d in zip(grads, buffers["displacement"])]
     return dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1))
+
+
+def _flat(t: Tensor) -> Tensor:
+    """``t`` as a 1-D tensor (itself when it is one: no call on the flat path)."""
+    return t if t.dim() == 1 else t.reshape(-1)
 
 
 def host_prodigy_d(host: HostState, params, ids, pnorms, l1_norms) -> list[float]:

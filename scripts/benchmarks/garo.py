@@ -12,7 +12,8 @@ Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in 
   GRU step on the host and one host read.
 * ``char_mlp`` (the 18k-parameter character model of the learned-optimizer benchmark),
   ``digits_mlp`` (64-64-10 tanh) at batch 64, and the learned benchmark's ``residual_mlp_64``
-  (22k parameters, 18 tensors) and ``logreg_iris`` (2 tensors), where the step is
+  (22k parameters, 18 tensors), ``logreg_iris`` (2 tensors), ``cnn_digits_16ch`` and
+  ``rosenbrock`` (one 2-element tensor), where the step is
   dispatch-bound: the shipped
   ``garo_general`` (adam direction, relative features, ``num_training_steps`` set,
   ``step(loss=loss)``) and GARO-sgd with the GARO specification's controller (``step(loss=loss)``),
@@ -44,8 +45,9 @@ STEADY_BLOCK = 20  # consecutive steps per steady-state sample
 
 def _small_models(seed: int, device):
     """name -> (module factory, batch, loss function) of the dispatch-bound models: the two
-    above and two of the learned benchmark (``configs/benchmark_learned.yaml``: its width-64
-    residual MLP and logistic regression on iris)."""
+    above and four of the learned benchmark (``configs/benchmark_learned.yaml``: its width-64
+    residual MLP, logistic regression on iris, the 16-channel CNN on digits and Rosenbrock from
+    (-1.5, 2), one 2-element tensor)."""
     char = tasks.get("char_mlp", batch_size=SMALL_BATCH, device=device).sample_seed(seed)
     digits = tasks.get("mlp", datasets=["digits"], width=(64, 64), depth=(1, 1),
                        activations=("tanh",), batch_sizes=[SMALL_BATCH],
@@ -55,9 +57,14 @@ def _small_models(seed: int, device):
                          device=device).sample_seed(seed)
     logistic = tasks.get("logistic_regression", datasets=["iris"], batch_sizes=[32],
                          l2=[1e-4, 1e-4], device=device).sample_seed(seed)
+    cnn = tasks.get("cnn_digits", channels=[16, 16], activations=["relu"], batch_sizes=[64],
+                    train_fraction=[1.0, 1.0], device=device).sample_seed(seed)
+    rosenbrock = tasks.get("rosenbrock", initial_point=(-1.5, 2.0),
+                           device=device).sample_seed(seed)
     out = {}
     for name, task in (("char_mlp", char), ("digits_mlp", digits),
-                       ("residual_mlp_64", residual), ("logreg_iris", logistic)):
+                       ("residual_mlp_64", residual), ("logreg_iris", logistic),
+                       ("cnn_digits_16ch", cnn), ("rosenbrock", rosenbrock)):
         out[name] = (task.module, task.train_batch(torch.Generator().manual_seed(seed)),
                      task.module_loss)
     return out
@@ -85,18 +92,25 @@ def _timed_rows(candidates, args, rounds: int, warmup: int, baseline: str, **fie
              "steady_ratio": steady[name] / steady[baseline]} for name, t in single.items()]
 
 
+# the SGD rate of the SGD candidates where the default (1e-2) diverges within the timed steps:
+# Rosenbrock's gradient at (-1.5, 2) is ~10³ (a diverged run would skip steps, or time NaNs)
+SGD_LR = {"rosenbrock": 1e-4}
+
+
 def _small_rows(args) -> list[dict]:
     horizon = 10_000
-    builders = {
-        "adam_foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
-        "sgd_momentum_foreach": (lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9,
-                                                             foreach=True), False),
-        "garo_general": (lambda ps: metaopt.load_optimizer("garo_general", ps,
-                                                            num_training_steps=horizon), True),
-        "garo_sgd": (lambda ps: mo.GARO(ps), True),
-    }
     rows = []
     for model_name, (make_module, data, loss_fn) in _small_models(args.seed, args.device).items():
+        sgd_lr = SGD_LR.get(model_name, 1e-2)
+        builders = {
+            "adam_foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
+            "sgd_momentum_foreach": (lambda ps, lr=sgd_lr: torch.optim.SGD(ps, lr=lr, momentum=0.9,
+                                                                 foreach=True), False),
+            "garo_general": (lambda ps: metaopt.load_optimizer("garo_general", ps,
+                                                                num_training_steps=horizon),
+                             True),
+            "garo_sgd": (lambda ps, lr=sgd_lr: mo.GARO(ps, lr=lr), True),
+        }
         candidates, n_params = {}, 0
         for name, (build, pass_loss) in builders.items():
             model = make_module()

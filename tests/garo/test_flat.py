@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from metaopt.garo import GAROHyper, GARORule
+from metaopt.garo import GAROHyper, GARORule, runtime
 from metaopt.garo.flat import FlatBuffers
 from metaopt.optim import GARO
 
@@ -124,3 +124,47 @@ def test_resume_and_replaced_buffers_continue_bit_exactly(monkeypatch, scale):
     ref.state[ref_live[1]]["momentum_buffer"] = torch.full_like(ref_live[1], 0.01)
     _run(ref, ref_live, loss_fn, 5)
     assert _same(live, opt, ref_live, ref)
+
+
+def _rosenbrock(ps):
+    x, y = ps[0][0], ps[0][1]
+    return (1 - x) ** 2 + 100 * (y - x ** 2) ** 2
+
+
+@pytest.mark.parametrize("weight_decay_scale", [1.0, 0.0])
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_one_tensor_model_steps_flat_and_as_the_per_tensor_path(monkeypatch, scale,
+                                                                  weight_decay_scale):
+    # a test function (one 2-element tensor) takes the flat path: its plain ops cost less
+    # than foreach ones over one tensor; same bits as the per-tensor reads and updates
+    params = [torch.tensor([-1.5, 2.0])]
+    flat_live, flat_opt = _optimizer(params, scale, weight_decay_scale=weight_decay_scale)
+    _run(flat_opt, flat_live, _rosenbrock, 12)
+    assert flat_opt._flat.flat is not None
+    assert flat_opt.state[flat_live[0]]["exp_avg_sq"].data_ptr() == \
+        flat_opt._flat.flat["exp_avg_sq"].data_ptr()
+    _per_tensor(monkeypatch)
+    monkeypatch.setattr(runtime, "one_bucket", lambda *args: False)  # per-tensor reads too
+    live, opt = _optimizer(params, scale, weight_decay_scale=weight_decay_scale)
+    _run(opt, live, _rosenbrock, 12)
+    assert opt._flat is None  # (never built)
+    assert _same(flat_live, flat_opt, live, opt)
+    assert not torch.equal(flat_live[0], params[0])  # (the run moved)
+
+
+def test_a_one_tensor_model_steps_as_the_functional_rule_float64():
+    params = [torch.tensor([-1.5, 2.0], dtype=torch.float64)]
+    live, opt = _optimizer(params, "prodigy", dtype=torch.float64)
+    rule, controller = GARORule(direction="adam", scale="prodigy"), copy.deepcopy(opt.controller)
+    ps = [p.clone() for p in params]
+    state = rule.init(ps, controller, 1, horizon=40)
+    for _ in range(20):
+        _run(opt, live, _rosenbrock, 1)
+        tracked = [p.clone().requires_grad_() for p in ps]
+        loss = _rosenbrock(tracked)
+        grads = torch.autograd.grad(loss, tracked)
+        ps, state = rule.apply(ps, list(grads), state, GAROHyper(controller), loss=loss.detach())
+    assert opt._flat.flat is not None
+    assert (live[0] - ps[0]).abs().max().item() < 1e-12
+    for key, value in opt.garo_state.items():
+        assert (value.double() - state[key].double()).abs().max().item() < 1e-12, key

@@ -211,3 +211,29 @@ def test_a_controller_with_its_own_forward_steps_as_the_stock_one():
     assert OwnForward.calls == 4
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_step_runs_without_grad_and_restores_the_callers_grad_mode(grad_mode):
+    params, loss_fn = regression(dtype=torch.float64)
+    live = [p.clone().requires_grad_() for p in params]
+    opt = GARO(live, controller=awake_controller(), direction="adam", max_consecutive_skips=1)
+    seen = []
+
+    def closure():  # the closure runs with grad, whatever the caller's mode
+        seen.append(torch.is_grad_enabled())
+        opt.zero_grad()
+        loss = loss_fn(live)
+        loss.backward()
+        return loss
+
+    with torch.set_grad_enabled(grad_mode):
+        opt.step(closure)
+        assert torch.is_grad_enabled() is grad_mode
+        assert all(p.is_leaf and p.grad_fn is None for p in live)  # (no graph built)
+        for p in live:  # a diverged run raises: the mode is restored all the same
+            p.grad = torch.full_like(p, float("nan"))
+        with pytest.raises(FloatingPointError):
+            opt.step(loss=1.0)
+        assert torch.is_grad_enabled() is grad_mode
+    assert seen == [True]
