@@ -37,7 +37,7 @@ from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize
 from metaopt.evaluation.tuning import tune_lr_interior
 from metaopt.hybrid.hyper import HybridHyper
 from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
-from metaopt.hybrid.policy import PolicyGate
+from metaopt.hybrid.policy import PolicyGate, SwitchingPolicy
 from metaopt.hybrid.rule import ConstantSwitch, HeuristicSwitch, HybridRule
 from metaopt.logging import WANDB_MODES, make_logger
 from metaopt.rules.adam import AdamRule
@@ -81,7 +81,7 @@ class StudyConfig:
     grid: int = 20  # grid × grid starts (≥ 400 with the default)
     steps: int = 150
     target: float = 1e-3  # the target gap f − f*
-    learned: str = "hybrid_general"  # a HybridGDODE checkpoint (path or shipped name); "" skips
+    learned: str = ""  # a switch-only HybridGDODE checkpoint (path or shipped name); "" skips
     hybrid: HybridSettings = field(default_factory=HybridSettings)
     tuning_low: float = 1e-3  # initial log grid of the Adam / SGD-momentum lr, widened until
     tuning_high: float = 1.0  # the best lr (mean final gap) is interior
@@ -373,6 +373,11 @@ def main(argv=None) -> dict:
     policy_module = None
     if cfg.learned:
         policy_module = load_checkpoint(resolve(cfg.learned))
+        if not isinstance(policy_module.controller, SwitchingPolicy):  # GARO as its GD module
+            raise SystemExit(f"config error: invalid config key 'learned': {cfg.learned!r} drives "
+                             "its GD steps with a GARO controller, whose one global state does not "
+                             "batch over this study's starts; `metaopt analyze ode_value` studies "
+                             "it (or learned='' skips the learned row)")
     logger = make_logger(out, wandb_mode=cfg.wandb_mode, name="hybrid_study",
                          config=OmegaConf.to_container(cfg), jsonl_name="results.jsonl")
     rows, started = [], time.perf_counter()

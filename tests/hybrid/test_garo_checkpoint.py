@@ -4,6 +4,7 @@ shipped policy-only hybrid_general still loads as it did."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from metaopt.hybrid.garo_module import HybridControllers
 from metaopt.hybrid.policy import SwitchingPolicy
 from tests.hybrid.test_garo_module import D, _switching, alternating_policy, controller
 from tests.optim.test_conformance import make_problem, run
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def trajectory(opt, loss_fn, steps=8):
@@ -76,11 +79,10 @@ def test_refusals_are_one_line():
         save_checkpoint("unused.safetensors", SwitchingPolicy(), optimizer_class="GARO")
 
 
-def test_shipped_policy_only_hybrid_general_loads_as_its_file_says():
-    if "hybrid_general" not in metaopt.list_pretrained():
-        pytest.skip("hybrid_general not shipped in this checkout")
-    from metaopt.checkpoint import resolve
-    path = resolve("hybrid_general")
+def test_a_policy_only_hybrid_loads_as_its_file_says():
+    """The switch-only hybrid (the previous hybrid_general: the learned switch over momentum SGD
+    + RK4) read straight from its file rebuilds the optimizer load_optimizer builds."""
+    path = ROOT / "tests" / "hybrid" / "data" / "hybrid_switch_sgd.safetensors"
     with safe_open(str(path), framework="pt") as f:  # the file read without load_optimizer
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -90,7 +92,7 @@ def test_shipped_policy_only_hybrid_general_loads_as_its_file_says():
     assert policy.num_inputs == 5  # the five switching criteria, no GARO inputs
     params, loss_fn = make_problem()
     reference, ref_loss = make_problem()
-    loaded = metaopt.load_optimizer("hybrid_general", params, record_trace=True)
+    loaded = metaopt.load_optimizer(path, params, record_trace=True)
     direct = mo.HybridGDODE(reference, policy=policy, record_trace=True,
                             **json.loads(meta["optimizer_config"]))
     assert loaded.garo_controller is None
@@ -98,6 +100,31 @@ def test_shipped_policy_only_hybrid_general_loads_as_its_file_says():
                                                   trajectory(direct, ref_loss, 30)))
     modes = [h["mode"] for h in loaded.history]
     assert 0.0 in modes and 1.0 in modes  # the comparison crossed switches
+
+
+def test_shipped_hybrid_general_carries_garo_general_and_its_switch():
+    """The shipped hybrid_general: both modules in one file, GARO's being garo_general's
+    controller (it was trained from it), rebuilt by hand to the optimizer load_optimizer builds."""
+    from metaopt.checkpoint import load_checkpoint, resolve
+    path = resolve("hybrid_general")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["controller_class"] == "HybridControllers"
+    modules = HybridControllers(**json.loads(meta["controller_config"]))
+    modules.load_state_dict(tensors)
+    general = load_checkpoint(resolve("garo_general")).controller
+    assert modules.garo.config == general.config
+    assert modules.policy.extra_features  # the switch reads GARO's state
+    options = json.loads(meta["optimizer_config"])
+    assert (options["gd"], options["scale"], options["ode"]) == ("garo", "prodigy", "rk4")
+    params, loss_fn = make_problem()
+    reference, ref_loss = make_problem()
+    loaded = metaopt.load_optimizer("hybrid_general", params, num_training_steps=30)
+    direct = mo.HybridGDODE(reference, policy=modules.policy, controller=modules.garo,
+                            num_training_steps=30, **options)
+    assert all(torch.equal(a, b) for a, b in zip(trajectory(loaded, loss_fn, 30),
+                                                  trajectory(direct, ref_loss, 30)))
 
 
 def test_hub_round_trip_of_both_modules(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
 from metaopt.rules.tableaus import TABLEAUS
 from tasks.test_functions import rosenbrock
+from tests.scripts.test_hybrid_scripts import SWITCH_ONLY
 
 D = torch.float64
 C_GD = SAFETY * GD_STABILITY_BOUND
@@ -130,9 +131,11 @@ def _rosenbrock_final(make, steps=2000, dtype=D):
     return float(rosenbrock(x.detach()))
 
 
-@pytest.mark.parametrize("make", [lambda p: HybridGDODE(p),
-                                  lambda p: metaopt.load_optimizer("hybrid_general", p)],
-                         ids=["defaults", "hybrid_general"])
+@pytest.mark.parametrize("make", [
+    lambda p: HybridGDODE(p),
+    lambda p: metaopt.load_optimizer("hybrid_general", p, num_training_steps=2000),
+    lambda p: metaopt.load_optimizer(SWITCH_ONLY, p)], ids=["defaults", "hybrid_general",
+                                                            "switch_over_sgd"])
 def test_shipped_hybrids_do_not_diverge_on_rosenbrock(make):
     final = _rosenbrock_final(make)
     assert math.isfinite(final) and final < 12.5  # f(−1.5, 2) = 12.5

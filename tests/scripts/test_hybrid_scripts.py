@@ -12,6 +12,8 @@ import torch
 import metaopt
 
 ROOT = Path(__file__).resolve().parents[2]
+#: a switch-only hybrid (the learned switch over momentum SGD + RK4, the previous hybrid_general)
+SWITCH_ONLY = ROOT / "tests" / "hybrid" / "data" / "hybrid_switch_sgd.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_study_runs_and_counts(scripts, tmp_path):
     _, study = scripts
     result = study.main(["--config", str(ROOT / "configs" / "hybrid_study.yaml"),
                          f"out_dir={tmp_path}", "functions=[himmelblau]", "grid=4", "steps=40",
-                         "learned=hybrid_general", "mlp_tasks=0", "plots=false",
+                         f"learned={SWITCH_ONLY}", "mlp_tasks=0", "plots=false",
                          "timing_steps=2", "tuning_per_decade=1"])
     rows = {r["method"]: r for r in result["rows"]}
     assert set(rows) == {"gd_only", "ode_only", "hybrid_heuristic", "hybrid_learned",
@@ -56,6 +58,8 @@ def test_study_runs_and_counts(scripts, tmp_path):
     assert all(0.0 <= r["global_basin"] <= 1.0 for r in rows.values())
     with open(tmp_path / "table.csv") as f:
         assert len(list(csv.DictReader(f))) == 7
+    with pytest.raises(SystemExit, match="ode_value"):  # GARO-driven: not batched over starts
+        study.main([f"out_dir={tmp_path}", "learned=hybrid_general"])
     with pytest.raises(SystemExit, match="functions"):
         study.main([f"out_dir={tmp_path}", "functions=[nope]"])
     with pytest.raises(SystemExit, match="steps"):
