@@ -43,7 +43,8 @@ def build_learned(cfg, garo_controller, garo_rule, device, dtype):
     gate = dict(relaxed=gate_kind(cfg) != "hard", compute_cost=h.compute_cost,
                 straight_through=gate_kind(cfg) == "straight_through")
     if joint:
-        return HybridGAROLearnedRule(policy, garo_controller, garo_rule, rule, h.ode_scale, **gate)
+        return HybridGAROLearnedRule(policy, garo_controller, garo_rule, rule, h.ode_scale,
+                                     train_garo=h.train_garo, **gate)
     return HybridLearnedRule(policy, rule, {"lr": h.lr, "momentum": h.momentum,
                                             "weight_decay": h.weight_decay}, h.ode_lr, **gate)
 

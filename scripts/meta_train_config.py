@@ -57,6 +57,7 @@ class HybridConfig:
     ode_lr: float = 0.05
     ode_scale: float = 1.0  # hybrid_garo: h = ode_scale·a_t·ρ_t from GARO's step size a_t
     garo_features: bool = True  # hybrid_garo: the policy also reads GARO's momentum and lr
+    train_garo: bool = True  # hybrid_garo: false trains the switch alone over a fixed GARO
     ode_cfl: float = 1.0  # ODE step capped at ode_cfl / curvature (0: off)
     min_dwell: int = 1  # hard decisions (ES / runtime): steps before the mode may change
     window: int = 10  # stagnation window

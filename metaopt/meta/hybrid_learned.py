@@ -77,7 +77,8 @@ class HybridLearnedRule:
         self.straight_through = bool(straight_through) and self.relaxed
 
     def meta_parameters(self) -> dict[str, Tensor]:
-        return dict(self.module.named_parameters())
+        """φ: the module's trainable parameters (a frozen GARO controller is not among them)."""
+        return {k: p for k, p in self.module.named_parameters() if p.requires_grad}
 
     def _gate(self, weights: Mapping[str, Tensor]) -> PolicyGate:
         return PolicyGate(self.module, dict(weights), hard=not self.relaxed,
@@ -115,11 +116,14 @@ class HybridGAROLearnedRule(HybridLearnedRule):
     the stability feature from GARO's last step, and, for a policy built with
     ``extra_features=GARO_FEATURES``, GARO's μ_{t−1} and log lr multiplier as inputs.
     ``rule``'s GD module is replaced by GARO (its ODE module, dwell, window are kept).
+    ``train_garo=False`` freezes the controller: φ is the policy alone, GARO runs with its own
+    weights (a switch trained over a fixed, e.g. shipped, GARO).
     """
 
     def __init__(self, policy: SwitchingPolicy, controller: GAROController, garo: GARORule,
                  rule: HybridRule, ode_scale: float = 1.0, *, relaxed: bool = True,
-                 compute_cost: float = 0.0, straight_through: bool = False):
+                 compute_cost: float = 0.0, straight_through: bool = False,
+                 train_garo: bool = True):
         if not (isinstance(ode_scale, (int, float)) and ode_scale > 0):
             raise ValueError(f"ode_scale: must be a number > 0, got {ode_scale!r}")
         super().__init__(policy, dataclasses.replace(rule, gd=GAROModule(garo, controller)),
@@ -127,11 +131,13 @@ class HybridGAROLearnedRule(HybridLearnedRule):
                          compute_cost=compute_cost, straight_through=straight_through)
         self.module = nn.ModuleDict({"policy": policy, "garo": controller})
         self.garo, self.ode_scale = garo, float(ode_scale)
+        if not train_garo:  # the switch alone is trained, over a fixed (e.g. shipped) GARO
+            controller.requires_grad_(False)
 
     def _split(self, weights: Mapping[str, Tensor]) -> tuple[dict, BoundController]:
         policy = {k[len("policy."):]: v for k, v in weights.items() if k.startswith("policy.")}
         garo = {k[len("garo."):]: v for k, v in weights.items() if k.startswith("garo.")}
-        return policy, BoundController(self.module["garo"], garo)
+        return policy, BoundController(self.module["garo"], garo)  # (frozen: its own weights)
 
     def init(self, params: Sequence[Tensor], weights: Mapping[str, Tensor],
              horizon: int | None = None) -> State:

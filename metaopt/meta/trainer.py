@@ -69,7 +69,8 @@ class MetaTrainer:
         # a sharded meta-batch is drawn by every rank alike; unsharded pools draw their own tasks
         offset = 0 if shard[1] > 1 else 1_000_003 * rank
         self.generator = torch.Generator().manual_seed(int(seed) + offset)
-        self.optimizer = torch.optim.Adam(learned.module.parameters(), lr=outer_lr, betas=betas)
+        self.optimizer = torch.optim.Adam(  # (a frozen part of the module is not trained)
+            [p for p in learned.module.parameters() if p.requires_grad], lr=outer_lr, betas=betas)
         self.statistics_decay = float(statistics_decay)
         self.step_count, self.resets, self.skipped_updates = 0, 0, 0
 
@@ -81,7 +82,8 @@ class MetaTrainer:
         total = reduce_estimate(estimate.grads, estimate.live_runs, estimate.loss,
                                 estimate.resets, started, estimate.traces)
         grads = total["grads"]
-        params = dict(self.learned.module.named_parameters())
+        params = {name: p for name, p in self.learned.module.named_parameters()
+                  if p.requires_grad}
         for name, p in params.items():
             p.grad = grads[name].detach().clone().to(p.dtype)
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), self.clip_norm)
