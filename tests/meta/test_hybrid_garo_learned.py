@@ -25,12 +25,13 @@ def family():
     return tasks.get("quadratic", dim=[3, 5], condition_number=[5, 50], dtype="float64")
 
 
-def joint(relaxed=False, straight_through=False, compute_cost=0.0, policy=None):
+def joint(relaxed=False, straight_through=False, compute_cost=0.0, policy=None,
+          train_garo=True):
     rule = HybridRule(SGDRule(), RungeKuttaRule("rk4"), min_dwell=2, ode_cfl=1.0)
     return HybridGAROLearnedRule(policy or alternating_policy(), controller(5),
                                  GARORule(direction="adam", scale="distance"), rule, 0.7,
                                  relaxed=relaxed, straight_through=straight_through,
-                                 compute_cost=compute_cost)
+                                 compute_cost=compute_cost, train_garo=train_garo)
 
 
 @pytest.mark.parametrize("gate", ["hard", "straight_through"])
@@ -105,3 +106,34 @@ def test_a_flow_ode_module_unrolls_with_garos_differentiable_step_size(recwarn):
     # (metaopt.rules.ode_common reads the adaptive solver's dt with float() and warns itself)
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)
                 and "/hybrid/" in w.filename]
+
+
+def test_a_frozen_garo_trains_the_switch_alone_over_the_same_unroll():
+    """train_garo=False: φ is the policy alone, the unroll is the joint rule's (same losses), the
+    policy's meta-gradient is the joint one's, and meta-training leaves GARO's weights as they
+    were while it moves the policy."""
+    from metaopt.meta import MetaTrainer, TruncatedBPTT
+    from tests.meta.helpers import pool
+    joint_rule = joint(relaxed=True, straight_through=True)
+    frozen = joint(relaxed=True, straight_through=True, train_garo=False)
+    assert set(frozen.meta_parameters()) == {k for k in joint_rule.meta_parameters()
+                                             if k.startswith("policy.")}
+    task = family().sample_seed(3)
+    losses, grads = [], []
+    for learned in (joint_rule, frozen):
+        weights = learned.meta_parameters()
+        loss = segment(learned, task, steps=6)
+        policy = {k: w for k, w in weights.items() if k.startswith("policy.")}
+        losses.append(loss.detach())
+        grads.append(torch.autograd.grad(loss, list(policy.values()), allow_unused=True))
+    assert torch.equal(losses[0], losses[1])
+    for a, b in zip(*grads):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+    garo = {k: v.clone() for k, v in frozen.module["garo"].state_dict().items()}
+    policy = {k: v.clone() for k, v in frozen.module["policy"].state_dict().items()}
+    trainer = MetaTrainer(frozen, pool(frozen, family()), TruncatedBPTT(), outer_lr=1e-2, seed=0)
+    for _ in range(2):
+        trainer.step()
+    assert all(torch.equal(garo[k], v) for k, v in frozen.module["garo"].state_dict().items())
+    assert any(not torch.equal(policy[k], v)
+               for k, v in frozen.module["policy"].state_dict().items())

@@ -24,6 +24,7 @@ def test_the_config_trains_the_switch_with_scale_free_garo_on_the_multimodal_mix
     assert (cfg["controller"]["scale"], cfg["controller"]["features"]) == ("prodigy", "relative")
     general = yaml.safe_load((ROOT / "configs" / "garo_general.yaml").read_text())
     assert cfg["controller"]["init_from"] == "garo_general"
+    assert cfg["hybrid"]["train_garo"] is False  # the switch alone, over the shipped GARO
     shared = ("hidden_size", "direction", "features", "scale", "lr_schedule", "init_lr",
               "init_momentum")
     assert {k: cfg["controller"][k] for k in shared} == \
