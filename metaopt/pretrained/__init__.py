@@ -20,11 +20,12 @@ descriptions prefixed with what they are for); ``describe=True`` gives each one'
     held-out meta-loss 0.548 (untrained) -> 0.0094. Kept as the quick start's demonstration and a
     regression fixture, not a general-purpose optimizer: it has only seen quadratics and is not
     loss-scale invariant.
-    ``hybrid_general``: the GD/ODE switching policy (``SwitchingPolicy``, hidden 16) of a
-    ``HybridGDODE`` (momentum SGD lr 0.02 / RK4 step 0.05 capped at 1/curvature), meta-trained
-    by ``configs/hybrid.yaml`` (seed 0, 150 outer steps, truncated BPTT with the straight-through
-    gate, compute charge 0.02 per extra gradient evaluation) on the five 2-D multimodal test
-    functions and small MLPs; held-out meta-loss (log) 0.592 (untrained = GD) -> -0.369.
+    ``hybrid_general``: a ``HybridGDODE`` whose GD module is ``garo_general``'s controller
+    (Prodigy's scale, cosine prior) and whose ODE module is an RK4 step of GARO's own step
+    size, with a learned GD/ODE switch (``SwitchingPolicy``, hidden 16, reading GARO's state),
+    meta-trained over the fixed GARO by ``configs/hybrid_general.yaml`` and selected by the
+    benchmark's protocol per gradient evaluation; on the benchmark's tasks it takes GD steps
+    only. Load it with ``num_training_steps``.
 """
 
 #: listed first, in this order: the checkpoints a user should pick
