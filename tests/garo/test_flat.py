@@ -80,19 +80,26 @@ def test_flat_step_equals_the_per_tensor_step_bit_for_bit(monkeypatch, scale,
     assert not torch.equal(flat_live[0], params[0])  # (the run moved)
 
 
-@pytest.mark.parametrize("scale", SCALES)
-def test_flat_step_equals_the_functional_step_float64(scale):
-    params, loss_fn = regression(dtype=torch.float64)
-    live, opt = _optimizer(params, scale, dtype=torch.float64)
+def _lockstep_with_the_rule(opt, live, params, loss_fn, scale, steps=20):
+    """``steps`` runtime steps of ``opt`` on ``live`` and, beside them, the functional
+    ``GARORule`` (the reference) from ``params`` with the same controller: the rule, its
+    iterates and its state."""
     rule, controller = GARORule(direction="adam", scale=scale), copy.deepcopy(opt.controller)
-    ps, state = [p.clone() for p in params], None
+    ps = [p.clone() for p in params]
     state = rule.init(ps, controller, 1, horizon=40)
-    for _ in range(20):
+    for _ in range(steps):
         _run(opt, live, loss_fn, 1)
         tracked = [p.clone().requires_grad_() for p in ps]
         loss = loss_fn(tracked)
         grads = torch.autograd.grad(loss, tracked)
         ps, state = rule.apply(ps, list(grads), state, GAROHyper(controller), loss=loss.detach())
+    return rule, ps, state
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_flat_step_equals_the_functional_step_float64(scale):
+    params, loss_fn = regression(dtype=torch.float64)
+    live, opt = _optimizer(params, scale, dtype=torch.float64)
+    rule, ps, state = _lockstep_with_the_rule(opt, live, params, loss_fn, scale)
     assert _is_flat(opt, live)
     error = max((a - b).abs().max().item() for a, b in zip(live, ps))
     for key, value in opt.garo_state.items():
@@ -155,15 +162,7 @@ def test_a_one_tensor_model_steps_flat_and_as_the_per_tensor_path(monkeypatch, s
 def test_a_one_tensor_model_steps_as_the_functional_rule_float64():
     params = [torch.tensor([-1.5, 2.0], dtype=torch.float64)]
     live, opt = _optimizer(params, "prodigy", dtype=torch.float64)
-    rule, controller = GARORule(direction="adam", scale="prodigy"), copy.deepcopy(opt.controller)
-    ps = [p.clone() for p in params]
-    state = rule.init(ps, controller, 1, horizon=40)
-    for _ in range(20):
-        _run(opt, live, _rosenbrock, 1)
-        tracked = [p.clone().requires_grad_() for p in ps]
-        loss = _rosenbrock(tracked)
-        grads = torch.autograd.grad(loss, tracked)
-        ps, state = rule.apply(ps, list(grads), state, GAROHyper(controller), loss=loss.detach())
+    _, ps, state = _lockstep_with_the_rule(opt, live, params, _rosenbrock, "prodigy")
     assert opt._flat.flat is not None
     assert (live[0] - ps[0]).abs().max().item() < 1e-12
     for key, value in opt.garo_state.items():

@@ -199,6 +199,7 @@ def test_a_garo_adam_step_is_not_shortened_by_the_euclidean_guard():
     steps, through its edge of stability (the Euclidean guard shortened them)."""
     import metaopt.optim as mo
     from metaopt.garo import GAROController
+    from tests.optim.test_conformance import run as conformance_run
     curv = torch.tensor([1.0, 1e4], dtype=torch.float64)
 
     def problem():
@@ -206,13 +207,7 @@ def test_a_garo_adam_step_is_not_shortened_by_the_euclidean_guard():
         return x, lambda: 0.5 * (curv * x * x).sum()
 
     def run(opt, x, loss, steps):
-        for _ in range(steps):
-            def closure():
-                opt.zero_grad()
-                value = loss()
-                value.backward()
-                return value
-            opt.step(closure)
+        conformance_run(opt, loss, steps)
         return x.detach()
 
     ctrl = GAROController(hidden_size=4, init_lr=0.05, init_momentum=0.5,
