@@ -37,6 +37,7 @@ from .sequence import SequenceFamily
 from .tabular import TabularRegressionFamily
 from .test_functions import TEST_FUNCTIONS_2D, TestFunctionFamily
 from .test_functions_nd import NDTestFunctionFamily
+from .vision import ResNetDigitsFamily, ViTDigitsFamily
 
 __all__ = ["ModuleTask", "Task", "TaskFamily", "get", "names", "register"]
 
@@ -110,9 +111,12 @@ register("cnn_digits", CNNDigitsFamily)
 register("mixture", _mixture)
 register("augmented", _augmented)
 register("sequence", SequenceFamily)
-# held out of the meta-training mixtures: the learned-vs-tuned benchmark's families
-register("char_mlp", CharMLPFamily)
 register("autoencoder_digits", AutoencoderDigitsFamily)
+register("resnet_digits", ResNetDigitsFamily)
+register("vit_digits", ViTDigitsFamily)
+register("char_mlp", CharMLPFamily)  # validation only: checkpoint selection
+# held out of every meta-training and validation mixture: the learned-vs-tuned benchmark's
+# families (with rosenbrock)
 register("residual_mlp", ResidualMLPFamily)
 register("attention", AttentionFamily)
 register("tabular_regression", TabularRegressionFamily)

@@ -36,7 +36,22 @@ from .sequence import (
     one_hot,
 )
 
-__all__ = ["AttentionFamily", "AttentionTask", "TinyTransformer"]
+__all__ = ["AttentionFamily", "AttentionTask", "TinyTransformer", "self_attention"]
+
+
+def self_attention(qkv: nn.Linear, proj: nn.Linear, x: Tensor, heads: int, head_dim: int, *,
+                   causal: bool) -> Tensor:
+    """Multi-head scaled dot-product self-attention (Vaswani et al. 2017) of ``x`` (N, L, D):
+    ``W_o concat_h softmax(Q_h K_hᵀ / √head_dim [+ causal mask]) V_h`` with ``[Q K V] = qkv(x)``.
+    Written out (not ``scaled_dot_product_attention``) so the unroll can differentiate it twice
+    on every backend."""
+    n, length, _ = x.shape
+    q, k, v = qkv(x).view(n, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)  # (N, H, L, L)
+    if causal:
+        future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return proj((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, length, -1))
 
 
 class TinyTransformer(nn.Module):
@@ -56,12 +71,7 @@ class TinyTransformer(nn.Module):
         self.readout = nn.Linear(width, vocab)
 
     def attention(self, x: Tensor) -> Tensor:
-        n, length, _ = x.shape
-        q, k, v = self.qkv(x).view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (N, H, L, L)
-        future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-        return self.proj((weights @ v).transpose(1, 2).reshape(n, length, -1))
+        return self_attention(self.qkv, self.proj, x, self.heads, self.head_dim, causal=True)
 
     def forward(self, tokens: Tensor) -> Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device)

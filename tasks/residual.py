@@ -32,12 +32,12 @@ from .supervised import ClassificationTask
 __all__ = ["NORMS", "ResidualMLP", "ResidualMLPFamily", "ResidualMLPTask", "init_norms"]
 
 NORMS = ("layernorm", "batchnorm")
-_NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d)
+_NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
 
 
 def init_norms(model: nn.Module, params: Params) -> Params:
-    """``params`` with every LayerNorm / BatchNorm scale set to 1 and shift to 0 (their standard
-    initialisation; the fan-in rule would draw the scales from U(−1, 1))."""
+    """``params`` with every LayerNorm / BatchNorm / GroupNorm scale set to 1 and shift to 0 (their
+    standard initialisation; the fan-in rule would draw the scales from U(−1, 1))."""
     out = dict(params)
     for name, module in model.named_modules():
         if isinstance(module, _NORM_TYPES):

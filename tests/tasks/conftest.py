@@ -24,6 +24,8 @@ FAST_KWARGS = {
     "residual_mlp": {"datasets": ("digits", "iris"), "width": (8, 16), "depth": (1, 2)},
     "attention": {"length": (6, 8), "num_train": 64, "num_test": 32, "head_dim": 4},
     "tabular_regression": {"hidden": (4, 8)},
+    "resnet_digits": {"channels": (2, 4), "batch_sizes": (16,)},
+    "vit_digits": {"patches": (4,), "head_dim": 4, "batch_sizes": (16,)},
     "mixture": {"components": {"quadratic": {"dim": (2, 4)}, "rosenbrock": {},
                                "mlp": {"width": (8, 8)}}},
 }

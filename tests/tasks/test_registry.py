@@ -10,7 +10,7 @@ EXPECTED = {"quadratic", "noisy_quadratic", "rosenbrock", "beale", "himmelblau",
             "ackley", "six_hump_camel", "styblinski_tang", "saddle", "monkey_saddle",
             "rosenbrock_nd", "rastrigin_nd", "least_squares", "lasso", "logistic_regression", "mlp",
             "cnn_digits", "mixture", "augmented", "sequence", "char_mlp", "autoencoder_digits",
-            "residual_mlp", "attention", "tabular_regression"}
+            "residual_mlp", "attention", "tabular_regression", "resnet_digits", "vit_digits"}
 
 
 def test_names_lists_every_family():
