@@ -76,7 +76,9 @@ def _families(node, found: set[str]) -> set[str]:
     return found
 
 
-def test_held_out_benchmark_families_are_in_no_training_or_validation_mixture():
+@pytest.mark.parametrize("config", ["garo_general.yaml", "garo_general_nets.yaml",
+                                    "hybrid_general.yaml"])
+def test_held_out_benchmark_families_are_in_no_training_or_validation_mixture(config):
     bench = yaml.safe_load((REPO / "configs" / "benchmark_learned.yaml").read_text())
     held_out = set()
     for spec in bench["tasks"]:
@@ -84,7 +86,7 @@ def test_held_out_benchmark_families_are_in_no_training_or_validation_mixture():
             held_out |= _families(spec, {spec["family"]}) - {"augmented"}
     assert {"residual_mlp", "attention", "tabular_regression", "rosenbrock"} <= held_out
     assert len(bench["tasks"]) == 10
-    general = yaml.safe_load((REPO / "configs" / "garo_general.yaml").read_text())
+    general = yaml.safe_load((REPO / "configs" / config).read_text())
     trained = _families(general["task"], set())
     assert "mlp" in trained  # the walk sees the mixture
     assert not held_out & trained, held_out & trained
