@@ -7,6 +7,9 @@ config's validation tasks — median speedup vs lr-tuned Adam over tasks x held-
 (``metaopt.evaluation.selection``) — prints the validation curve, writes ``selection.csv`` and
 copies the best to ``RUN_DIR/selected.safetensors``. Further run directories are scored against
 the same tuned references (e.g. runs of other meta-objectives), their rows named ``dir/snapshot``.
+``--average-from STEP`` adds, per run, the mean of its snapshots from meta-step STEP on
+(``metaopt.meta.averaging``: weight averaging against the snapshot-to-snapshot swings), written
+to ``RUN_DIR/average_from_STEP.safetensors``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import metaopt
 import tasks
 from metaopt.evaluation.selection import ValidationTask, select
 from metaopt.meta import held_out_seeds
+from metaopt.meta.averaging import average_snapshots, snapshot_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("others", type=Path, nargs="*", help="more run directories to compare")
     parser.add_argument("--config", type=Path, default=REPO / "configs/select_garo_general.yaml")
+    parser.add_argument("--average-from", type=int, default=None, metavar="STEP",
+                        help="also score the mean of each run's snapshots from STEP on")
     args = parser.parse_args(argv)
     schema = OmegaConf.structured(SelectionConfig)
     cfg = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(args.config)))
@@ -68,6 +74,13 @@ def main(argv=None) -> int:
         if not paths:
             print(f"select_checkpoint: no snapshots in {run}", file=sys.stderr)
             return 2
+        late = [p for p in paths if (snapshot_step(p) or -1) >= (args.average_from or 0)]
+        if args.average_from is not None and len(late) >= 2:
+            paths.append(average_snapshots(
+                late, run / f"average_from_{args.average_from:06d}.safetensors"))
+        elif args.average_from is not None:
+            print(f"select_checkpoint: {run}: {len(late)} snapshot(s) from step "
+                  f"{args.average_from} on, no average (it needs 2)", file=sys.stderr)
         prefix = "" if run == args.run_dir else f"{run.name}/"
         named.update({prefix + p.stem: p for p in paths})
     validation = [ValidationTask(t.label, tasks.get(t.family, **t.kwargs), t.steps)
