@@ -27,8 +27,8 @@ garo_general: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m scripts.meta_train --config configs/garo_general.yaml
 	$(PY) -m scripts.select_checkpoint runs/garo_general --config configs/select_garo_general.yaml
 
-# The shipped hybrid_general the same way: the switch and garo_general's controller trained
-# jointly (configs/hybrid_general.yaml), then the validation-best snapshot, counted per
+# The shipped hybrid_general the same way: the switch trained over garo_general's fixed
+# controller (configs/hybrid_general.yaml), then the validation-best snapshot, counted per
 # gradient evaluation, copied to runs/hybrid_general/selected.safetensors.
 hybrid_general: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m scripts.meta_train --config configs/hybrid_general.yaml
