@@ -38,7 +38,7 @@ from .cnn import IMAGE_SIDE
 from .data import load_real, split_and_standardize
 from .mlp import ACTIVATIONS
 from .residual import init_norms
-from .supervised import ClassificationTask
+from .supervised import ClassificationTask, SupervisedBatch
 
 __all__ = ["IMAGE_NORMS", "PatchTransformer", "PreActResNet", "ResNetDigitsFamily",
            "ViTDigitsFamily"]
@@ -126,11 +126,27 @@ class _DigitsImageTask(ClassificationTask):
     def init_params(self, generator: torch.Generator | None = None) -> Params:
         return init_norms(self._template().model, super().init_params(generator))
 
+    def architecture(self) -> tuple:
+        raise NotImplementedError
+
+    def batch_key(self):
+        """Networks of one architecture, minibatch size and penalty share a ``SupervisedBatch``
+        (``vmap`` of the first task's loss; BatchNorm's statistics stay per task under vmap)."""
+        return (type(self).__name__, self.architecture(), self.batch_size, self.l2, self.device,
+                self.dtype)
+
+    @classmethod
+    def stack(cls, tasks) -> SupervisedBatch:
+        return SupervisedBatch(tasks)
+
 
 class ResNetDigitsTask(_DigitsImageTask):
     def __init__(self, data, *, channels: int, depth: int, norm: str, activation: str, **kwargs):
         self.channels, self.depth, self.norm, self.activation = channels, depth, norm, activation
         super().__init__(data, **kwargs)
+
+    def architecture(self) -> tuple:
+        return self.channels, self.depth, self.norm, self.activation
 
     def build_module(self) -> nn.Module:
         return PreActResNet(self.channels, self.depth, self.num_classes, self.norm,
@@ -147,6 +163,9 @@ class ViTDigitsTask(_DigitsImageTask):
         self.patch, self.heads, self.head_dim = patch, heads, head_dim
         self.depth, self.activation = depth, activation
         super().__init__(data, **kwargs)
+
+    def architecture(self) -> tuple:
+        return self.patch, self.heads, self.head_dim, self.depth, self.activation
 
     def build_module(self) -> nn.Module:
         return PatchTransformer(self.patch, self.heads, self.head_dim, self.depth,

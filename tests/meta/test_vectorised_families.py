@@ -56,9 +56,20 @@ FAMILIES = {
 }
 
 
+# families batched by exact architecture (``SupervisedBatch``: vmap of one task's loss)
+EXACT_FAMILIES = {
+    "resnet": {"resnet_digits": {"channels": [2, 2], "depth": [1, 1], "norms": ["batchnorm"],
+                                 "activations": ["relu"], "batch_sizes": [8],
+                                 "train_fraction": [0.05, 0.1]}},
+    "vit": {"vit_digits": {"patches": [4], "heads": [2], "head_dim": 2, "activations": ["gelu"],
+                           "batch_sizes": [8], "train_fraction": [0.05, 0.1]}},
+}
+
+
 def family(name):
+    components = {**FAMILIES, **EXACT_FAMILIES}[name]
     return tasks.get("augmented", dtype=DT, loss_scale=[0.1, 10.0], param_scale=[0.5, 2.0],
-                     family={"name": "mixture", "kwargs": {"components": FAMILIES[name]}})
+                     family={"name": "mixture", "kwargs": {"components": components}})
 
 
 class _PaddedCounts(GAROLearnedRule):
@@ -124,6 +135,17 @@ def test_padded_batches_equal_the_loop(name, scale):
         assert relative_error(loop.grads, vectorised.grads) <= 1e-10
         for a, b in zip(loop_params, vec_params):
             assert (a is None) == (b is None)
+            for p, q in zip(a or [], b or []):
+                torch.testing.assert_close(q, p, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_FAMILIES))
+def test_batches_of_one_architecture_equal_the_loop(name):
+    results, _ = run_both(name, "prodigy", num_runs=4)
+    for (loop, vectorised), (loop_params, vec_params) in results:
+        assert abs(loop.loss - vectorised.loss) <= 1e-11 * abs(loop.loss)
+        assert relative_error(loop.grads, vectorised.grads) <= 1e-10
+        for a, b in zip(loop_params, vec_params):
             for p, q in zip(a or [], b or []):
                 torch.testing.assert_close(q, p, rtol=1e-11, atol=1e-12)
 
