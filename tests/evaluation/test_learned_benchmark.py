@@ -77,7 +77,7 @@ def _families(node, found: set[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("config", ["garo_general.yaml", "garo_general_nets.yaml",
-                                    "hybrid_general.yaml"])
+                                    "garo_general_finetune.yaml", "hybrid_general.yaml"])
 def test_held_out_benchmark_families_are_in_no_training_or_validation_mixture(config):
     bench = yaml.safe_load((REPO / "configs" / "benchmark_learned.yaml").read_text())
     held_out = set()
