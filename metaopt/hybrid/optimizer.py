@@ -42,7 +42,6 @@ from .modules import (  # noqa: F401  (GD_METHODS, ODE_METHODS: public names kep
 )
 from .policy import PolicyGate, SwitchingPolicy
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
-from .runtime import GDRuntime, applies
 from .runtime import join_state as _join
 from .runtime import own_copy as _own_copy
 from .runtime import split_state as _split
@@ -302,13 +301,6 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             self.history.append(self.last_trace)
         return loss
 
-    def _gd_runtime(self) -> GDRuntime | None:
-        """The in-place GD path where it applies (its caches are no state: rebuilt on a copy)."""
-        if "_runtime" not in self.__dict__:
-            self._runtime = GDRuntime() if self.garo_controller is None and applies(
-                self.rule, self.gate) else None
-        return self._runtime
-
     def _rule_state(self, params: list[Tensor]) -> dict:
         """The rule's state for ``params`` in ``_split`` form: each param's own entries, the
         optimizer-wide ones from ``hybrid_state``; the rule's fresh state only where an entry is
@@ -390,8 +382,9 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             self.garo_controller.load_state_dict(garo)
 
     def __getstate__(self):
-        return {**super().__getstate__(), **{k: getattr(self, k) for k in (
+        settled = self.hybrid_state  # (the runtime path's host copy written into the tensors)
+        return {"_hybrid_state": settled, **super().__getstate__(), **{
+            k: getattr(self, k) for k in (
             "rule", "gate", "policy_name", "policy_module", "garo_controller", "needs_closure",
-            "config",
-            "hybrid_state", "gradient_evaluations", "record_trace", "history",
+            "config", "gradient_evaluations", "record_trace", "history",
             "skipped_steps", "consecutive_skips", "max_consecutive_skips")}}
