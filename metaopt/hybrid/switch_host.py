@@ -20,6 +20,7 @@ to the reference in float64.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from collections.abc import Sequence
 
@@ -91,14 +92,25 @@ def _stock_policy(gate) -> SwitchingPolicy | None:
     return None
 
 
-def _policy_arrays(module: SwitchingPolicy) -> tuple:
-    tensors = (module.hidden.weight, module.hidden.bias, module.head.weight, module.head.bias,
-               module.feature_mean, module.feature_std)
-    key = [(t.data_ptr(), t._version, t.dtype) for t in tensors]
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place version counter
+
+
+def _weights(module: SwitchingPolicy) -> tuple:
+    return (module.hidden.weight, module.hidden.bias, module.head.weight, module.head.bias,
+            module.feature_mean, module.feature_std)
+
+
+def _policy_arrays(module: SwitchingPolicy, tensors: tuple) -> tuple:
+    """``(W₁, b₁, w₂, b₂, μ, σ, the weights' dtype)``, float64 on the host (``tensors``:
+    ``_weights(module)``); read again when a weight changes in place (its version moves) or the
+    module is moved or cast (new storage)."""
+    key = (tensors[0].data_ptr(), tensors[2].data_ptr(), *map(_VERSION, tensors))
     cached = _POLICY.get(module)
     if cached is None or cached[0] != key:
-        arrays = tuple(t.detach().to("cpu", torch.float64).numpy().copy() for t in tensors)
-        cached = _POLICY[module] = (key, arrays)
+        w1, b1, w2, b2, mean, std = (t.detach().to("cpu", torch.float64).numpy().copy()
+                                     for t in tensors)
+        cached = _POLICY[module] = (key, (w1, b1, w2[0], float(b2[0]), mean.tolist(),
+                                          std.tolist(), tensors[2].dtype))
     return cached[1]
 
 
@@ -110,16 +122,19 @@ class HostGate:
     def __init__(self, gate, dtype: torch.dtype, device):
         self.gate, self.dtype, self.device = gate, dtype, device
         self.policy = _stock_policy(gate)
+        self.tensors = _weights(self.policy) if self.policy is not None else ()
 
     def __call__(self, features: Sequence[float], extra: Sequence[float]) -> float | None:
         if isinstance(self.gate, ConstantSwitch):
             return float(self.gate.p)
         if self.policy is not None:
-            w1, b1, w2, b2, mean, std = _policy_arrays(self.policy)
-            x = round_to(self.policy.head.weight.dtype, round_to(self.dtype, [*features, *extra]))
-            z = np.clip((np.asarray(x) - mean) / std, -self.policy.feature_clip,
-                        self.policy.feature_clip)
-            logit = float(w2[0] @ np.tanh(w1 @ z + b1)) + float(b2[0])
+            if self.tensors[2] is not self.policy.head.weight:  # (replaced, e.g. assign=True)
+                self.tensors = _weights(self.policy)
+            w1, b1, w2, b2, mean, std, dtype = _policy_arrays(self.policy, self.tensors)
+            x = round_to(dtype, round_to(self.dtype, [*features, *extra]))
+            c = self.policy.feature_clip
+            z = [_clamp((v - m) / s, -c, c) for v, m, s in zip(x, mean, std)]
+            logit = float(w2 @ np.tanh(w1 @ z + b1)) + b2
             p = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else \
                 math.exp(logit) / (1.0 + math.exp(logit))
             return None if abs(p - 0.5) < MARGIN else p
