@@ -63,6 +63,7 @@ _SCALARS = ("mode", "dwell", "gate", "probability", "evaluations", "displacement
             "grad_norm0", "prev_grad_norm", "curvature", "stage_curvature")
 _MARGIN = 1e-4  # relative slack of the bounds against rounding
 _GD_LIMIT = SAFETY * GD_STABILITY_BOUND
+_LIMITS: dict = {}  # dtype -> a quarter of its largest finite value (the overflow bound)
 
 
 def garo_applies(rule, gate) -> bool:
@@ -105,6 +106,7 @@ class GARORuntime:
         self.hyper: GAROHyper | None = None
         self.gate: HostGate | None = None
         self.scratch: Tensor | None = None
+        self.keys: tuple[str, ...] | None = None
         self.last_params: list[Tensor] | None = None  # those of the last step, on either path
         self.fast_steps = 0
 
@@ -144,6 +146,12 @@ class GARORuntime:
                               hs["features"].tolist())
         return True
 
+    def _keys(self, rule) -> tuple[str, ...]:
+        """The per-parameter state entries this path reads and writes."""
+        if self.keys is None:
+            self.keys = tuple(f"gd.{k}" for k in rule.per_tensor_keys) + ("prev_grads",)
+        return self.keys
+
     def _buffers(self, opt, params: list[Tensor], keys) -> tuple | None:
         """GARO's per-tensor buffers (flat on a small adam model, as GARO's own) and the
         previous gradients (flat with them)."""
@@ -167,17 +175,18 @@ class GARORuntime:
                 flat_prev = torch.cat([s["prev_grads"].reshape(-1) for s in states])
                 for s, v, p in zip(states, flat_prev.split([p.numel() for p in params]), params):
                     s["prev_grads"] = v.view_as(p)
-            cached = self.layout = (params, [id(s[k]) for k in keys for s in states], flat_prev)
+            cached = self.layout = (params, [id(s[k]) for k in keys for s in states], flat_prev,
+                                    sum(p.numel() for p in params))
         flat = self.flat if self.flat.flat is not None else None
         buffers = flat.views if flat is not None else \
             {k[3:]: [s[k] for s in states] for k in keys if k != "prev_grads"}
-        return flat, buffers, [s["prev_grads"] for s in states], cached[2]
+        return flat, buffers, [s["prev_grads"] for s in states], cached[2], cached[3]
 
     # -- the step ----------------------------------------------------------------------------
-    @torch.no_grad()
     def step(self, opt, params: list[Tensor], grads: list[Tensor], loss: Tensor | float | None,
              lrs: list[float], moms: list[float], decays: list[float]) -> bool:
-        """One GD step in place; False (nothing changed) where the reference path must run."""
+        """One GD step in place (called under ``torch.no_grad``); False (nothing changed) where
+        the reference path must run. ``loss``: the closure's, or None."""
         last, self.last_params = self.last_params, params
         if last is not None and (len(last) != len(params) or not all(map(is_, params, last))):
             return False  # the set of parameters with gradients changed (module docstring)
@@ -188,11 +197,10 @@ class GARORuntime:
             return False
         if params[0].dtype != sw.dtype or any(p.shape != g.shape for p, g in zip(params, grads)):
             return False
-        keys = tuple(f"gd.{k}" for k in module.rule.per_tensor_keys) + ("prev_grads",)
-        found = self._buffers(opt, params, keys)
+        found = self._buffers(opt, params, self._keys(module.rule))
         if found is None:
             return False
-        flat, buffers, prev, flat_prev = found
+        flat, buffers, prev, flat_prev, numel = found
         base = module.controller.init_lr
         lr_scale = [lr / base for lr in lrs]
         if self.hyper is None or self.hyper.controller is not module.controller or \
@@ -202,7 +210,8 @@ class GARORuntime:
         if self.gate is None or self.gate.gate is not opt.gate or self.gate.dtype != sw.dtype:
             self.gate = HostGate(opt.gate, sw.dtype, sw.device)
         loss = None if loss is None else float(loss)
-        decision = _Decision(self, opt, params, grads, prev, flat_prev, loss, lr_scale, decays)
+        decision = _Decision(self, opt, params, grads, prev, flat_prev, loss, lr_scale, decays,
+                             numel)
         new = host_apply(module.rule, params, grads, buffers, self.garo, self.hyper, loss,
                          flat=flat, switch=decision)
         if new is None:
@@ -229,10 +238,11 @@ class _Decision:
     """``host_apply``'s ``switch`` for one step: the extra read and the decision."""
 
     def __init__(self, runtime: GARORuntime, opt, params, grads, prev, flat_prev, loss,
-                 lr_scale, decays):
+                 lr_scale, decays, numel: int):
         self.runtime, self.opt, self.params, self.grads, self.prev = runtime, opt, params, grads, \
             prev
         self.flat_prev, self.loss, self.lr_scale, self.decays = flat_prev, loss, lr_scale, decays
+        self.numel = numel
         self.r_grads: list[Tensor] = []
         self.whole_prev = False
         self.need_buffers = False
@@ -287,7 +297,7 @@ class _Decision:
         if disp is None or not math.isfinite(diff + gnorm):
             return False
         kappa = round_to(dtype, [diff / disp if disp > 0 else 0.0])[0]
-        numel = sum(p.numel() for p in self.params)
+        numel = self.numel
         flow = 1.0
         if module.rule.direction == "adam":  # ρ = √n/‖g_prev‖ (metaopt.hybrid.garo_module)
             prev_norm = v["prev_grad_norm"]
@@ -311,7 +321,7 @@ class _Decision:
         a = reads.step_sizes[0] * max(self.lr_scale)
         mu, wd = reads.out.momentum[0], reads.out.weight_decay[0] * max(self.decays)
         pnorm = reads.param_norms[0]
-        limit = torch.finfo(dtype).max / 4
+        limit = _LIMITS.get(dtype) or _LIMITS.setdefault(dtype, torch.finfo(dtype).max / 4)
         if module.rule.direction == "sgd":
             bufs = reads.extra[1] if self.need_buffers else math.sqrt(
                 sum(b * b for b in reads.prev_direction_norms or [math.nan]))

@@ -242,14 +242,14 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         if not params:
             return loss
         start_grads = [p.grad for p in params]
-        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
         runtime = self._gd_runtime()
-        if runtime is not None and runtime.step(self, params, start_grads, loss_t, h["lr"],
+        if runtime is not None and runtime.step(self, params, start_grads, loss, h["lr"],
                                                 h["momentum"], h["weight_decay"]):
             self._accept_step()  # a GD step in place (metaopt.hybrid.runtime)
             if self.record_trace:
                 self.history.append(self.last_trace)
             return loss
+        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
         if not (loss_is_finite(loss) and all_finite(start_grads)):
             self._refuse_step("loss or gradient")
             return loss
