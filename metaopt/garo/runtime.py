@@ -24,6 +24,10 @@ than its arithmetic), so this path runs as little code per step as it can:
   over the concatenated tensors (one kernel each), and the optimizer's adam update runs on
   flat buffers whose slices are the per-parameter state (one kernel per op).
 
+The hybrid GD–ODE optimizer's GD steps with GARO as their GD module run this same step
+(``metaopt.hybrid.garo_runtime``), its switch reading one more norm with these and deciding
+after the controller, before anything moves (``host_apply``'s ``switch``).
+
 On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
 controller's inputs must) and no controller kernels.
 

@@ -10,7 +10,10 @@ Twins, on the host, of the switch's definitions (which stay the reference, with 
 * ``HostGate``: the gate ``p = P(ODE)`` — a stock ``SwitchingPolicy``
   ``p = sigmoid(w₂ᵀ tanh(W₁ clip((x − μ)/σ) + b₁) + b₂)`` in NumPy (float64, from the module's
   weights, cached while they stay), a ``ConstantSwitch`` as its constant, any other gate through
-  its own ``gate`` on a tensor.
+  its own ``gate`` on a tensor;
+* ``SwitchDecision``: ``host_apply``'s ``switch`` for one GD step of the GARO path — the extra
+  read ‖g − g_prev‖ and the decision from the features, the gate and the step's bounds (their
+  derivation in ``metaopt.hybrid.garo_runtime``).
 
 The host twins compute in float64 from values rounded to the reference's dtypes, so they agree
 with the tensors up to rounding; a learned gate within ``MARGIN`` of 0.5 is left undecided (the
@@ -26,17 +29,25 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..garo.features import HOST_OPS, distance_step_size
 from ..garo.host_state import HostState, round_to
+from ..garo.runtime import SwitchReads
 from .criteria import _LOG_CLIP, _TINY, ConstantSwitch
 from .garo_module import AugmentedGate
 from .policy import PolicyGate, SwitchingPolicy
+from .runtime import _CHUNK, _chunked_norm, _chunks
+from .stability import GD_STABILITY_BOUND, SAFETY
 
-__all__ = ["MARGIN", "HostGate", "host_features", "host_garo_inputs", "host_progress"]
+__all__ = ["MARGIN", "HostGate", "SwitchDecision", "host_features", "host_garo_inputs",
+           "host_progress", "norm_of"]
 
 #: a learned gate this close to 0.5 is decided by the reference path (its own dtype)
 MARGIN = 1e-4
+_SLACK = 1e-4  # relative slack of the bounds against rounding
+_GD_LIMIT = SAFETY * GD_STABILITY_BOUND
+_LIMITS: dict = {}  # dtype -> a quarter of its largest finite value (the overflow bound)
 
 
 def _clamp(x: float, low: float, high: float) -> float:
@@ -143,3 +154,119 @@ class HostGate:
         if extra:
             gate = AugmentedGate(gate, torch.tensor(extra, dtype=self.dtype, device=self.device))
         return float(gate.gate(feats))
+
+
+def norm_of(dtype, values) -> float:
+    """√Σv², rounded to ``dtype``."""
+    return round_to(dtype, [math.sqrt(sum(v * v for v in values))])[0]
+
+
+class SwitchDecision:
+    """``host_apply``'s ``switch`` for one step of ``metaopt.hybrid.garo_runtime``: the extra
+    read and the decision (that module's docstring)."""
+
+    def __init__(self, runtime, opt, params, grads, prev, flat_prev, loss,
+                 lr_scale, decays, numel: int):
+        self.runtime, self.opt, self.params, self.grads, self.prev = runtime, opt, params, grads, \
+            prev
+        self.flat_prev, self.loss, self.lr_scale, self.decays = flat_prev, loss, lr_scale, decays
+        self.numel = numel
+        self.r_grads: list[Tensor] = []
+        self.whole_prev = False
+        self.need_buffers = False
+
+    def reads(self, r_grads: list[Tensor]) -> list[Tensor]:
+        """‖g − g_prev‖ (and, for the sgd direction's guard when GARO does not read them,
+        ‖b‖ of the momentum buffers)."""
+        self.r_grads = r_grads
+        out = []
+        if self.flat_prev is not None and len(r_grads) == 1 and \
+                r_grads[0].numel() == self.flat_prev.numel():
+            self.whole_prev = True
+            out.append(torch.dist(r_grads[0], self.flat_prev))
+        else:
+            out.append(self._difference_norm())
+        rule = self.opt.rule.gd.rule
+        if rule.direction == "sgd" and self.runtime.garo.pending is None:
+            self.need_buffers = True
+            bufs = [self.opt.state[p]["gd.momentum_buffer"] for p in self.params]
+            out.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(bufs))))
+        return out
+
+    def _difference_norm(self) -> Tensor:
+        """Exact ‖g − g_prev‖; large CPU tensors a cache-sized chunk at a time."""
+        grads, prev, rt = self.grads, self.prev, self.runtime
+        chunks = _chunks(grads) if all(t.is_contiguous() for t in grads + prev) else []
+        big = {i for i, _, _ in chunks}
+        small = [i for i in range(len(grads)) if i not in big]
+        norms = list(torch._foreach_norm(torch._foreach_sub([grads[i] for i in small],
+                                                            [prev[i] for i in small]))) \
+            if small else []
+        if chunks:
+            if rt.scratch is None or rt.scratch.dtype != grads[0].dtype:
+                rt.scratch = grads[0].new_empty(_CHUNK)
+            dots = []
+            for i, a, b in chunks:
+                s = rt.scratch[:b - a]
+                torch.sub(grads[i].view(-1)[a:b], prev[i].view(-1)[a:b], out=s)
+                dots.append(torch.dot(s, s))
+            norms.append(_chunked_norm(dots))
+        return torch.linalg.vector_norm(torch.stack(norms))
+
+    def decide(self, reads: SwitchReads) -> bool:
+        """The features, the gate and the bounds (module docstring): True for a GD step here."""
+        rt, opt = self.runtime, self.opt
+        sw, host, rule, module = rt.switch, rt.garo, opt.rule, opt.rule.gd
+        dtype = sw.dtype
+        v = sw.values
+        gnorm, diff = reads.grad_norms[0], reads.extra[0]
+        disp = v["displacement_norm"] if reads.prev_update_norms is None else \
+            norm_of(dtype, reads.prev_update_norms)
+        if disp is None or not math.isfinite(diff + gnorm):
+            return False
+        kappa = round_to(dtype, [diff / disp if disp > 0 else 0.0])[0]
+        numel = self.numel
+        flow = 1.0
+        if module.rule.direction == "adam":  # ρ = √n/‖g_prev‖ (metaopt.hybrid.garo_module)
+            prev_norm = v["prev_grad_norm"]
+            flow = math.sqrt(numel) / prev_norm if prev_norm > 0 else 0.0
+        stability_lr = host.lr[0] * flow
+        losses, seen = sw.losses, min(sw.step, rule.window)
+        if self.loss is not None:
+            losses = round_to(dtype, [*losses[1:], self.loss])
+            seen += 1
+        progress = host_progress(losses, seen if self.loss is not None else 0)
+        features = round_to(dtype, host_features(gnorm, v["grad_norm0"], kappa, stability_lr,
+                                                 progress, v["mode"], v["dwell"]))
+        extra = opt.policy_module.extra_features if opt.policy_module is not None else ()
+        p = rt.gate(features, host_garo_inputs(host, module.rule.scale, module.controller,
+                                               extra) if extra else [])
+        if p is None:
+            return False
+        locked = v["dwell"] < rule.min_dwell
+        if (v["mode"] if locked else float(p > 0.5)) > 0.5:
+            return False  # an ODE step
+        a = reads.step_sizes[0] * max(self.lr_scale)
+        mu, wd = reads.out.momentum[0], reads.out.weight_decay[0] * max(self.decays)
+        pnorm = reads.param_norms[0]
+        limit = _LIMITS.get(dtype) or _LIMITS.setdefault(dtype, torch.finfo(dtype).max / 4)
+        if module.rule.direction == "sgd":
+            bufs = reads.extra[1] if self.need_buffers else math.sqrt(
+                sum(b * b for b in reads.prev_direction_norms or [math.nan]))
+            step_bound = a * (abs(mu) * bufs + gnorm + wd * pnorm) * (1 + _SLACK)
+            eta = stability_lr if not gnorm > 0 else max(
+                stability_lr, (1 - min(max(host.momentum[0], 0.0), 1.0)) * step_bound / gnorm)
+            gd_kappa = max(kappa, v["stage_curvature"])
+            if not eta * gd_kappa * (1 + _SLACK) <= _GD_LIMIT:
+                return False  # the guard may shorten this step (or a bound is not finite)
+        else:  # |Δθ_i| ≤ a·(|m_new,i| + λ‖θ‖), |m_new,i| ≤ (t + 2)/√(1 − β₂)
+            step_bound = a * ((host.step + 2) / math.sqrt(1 - module.rule.beta2) + wd * pnorm)
+        if not pnorm + step_bound < limit:  # (NaN fails too)
+            return False
+        self.values = dict(v, mode=0.0, dwell=round_to(dtype, [v["dwell"] + 1])[0], gate=0.0,
+                           probability=round_to(dtype, [p])[0],
+                           evaluations=round_to(dtype, [v["evaluations"] + 1])[0],
+                           curvature=kappa, prev_grad_norm=round_to(dtype, [gnorm])[0],
+                           stage_curvature=0.0)
+        self.losses, self.features = losses, features
+        return True
