@@ -155,6 +155,39 @@ def test_a_stock_learned_policy_reading_garo_equals_the_reference():
     assert fast_steps(runs[1][1]) == sum(m == 0.0 and b == 0.0 for b, m in zip(modes, modes[1:]))
 
 
+def test_a_non_finite_step_is_refused_as_by_the_reference():
+    def run(fast: bool):
+        params, _ = problem()
+        opt = make(params, scale="distance", policy="gd")
+        if not fast:
+            opt._runtime = None
+        records = []
+        for t in range(14):
+            def closure(t=t):
+                opt.zero_grad()
+                loss = loss_fn2(params) * (float("nan") if t == 7 else 1.0)
+                loss.backward()
+                return loss
+            with pytest.warns(RuntimeWarning) if t == 7 else _nothing():
+                opt.step(closure)
+            records.append(snapshot(opt, params))
+        return records, opt
+    (reference, ref_opt), (got, opt) = run(False), run(True)
+    assert_same(reference, got)
+    assert opt.skipped_steps == ref_opt.skipped_steps == 1 and fast_steps(opt) == 12
+    for key in got[6]:  # the refused step left everything as it was
+        if key != "evaluations":
+            assert torch.equal(got[6][key], got[7][key]), key
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_groups_and_the_sgd_guard_go_through_the_reference_where_needed():
     # the sgd direction with a large step: the guard shortens some steps (the reference's);
     # per-group multipliers: several update buckets
