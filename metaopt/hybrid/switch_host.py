@@ -176,8 +176,10 @@ class SwitchDecision:
         self.need_buffers = False
 
     def reads(self, r_grads: list[Tensor]) -> list[Tensor]:
-        """‖g − g_prev‖ (and, for the sgd direction's guard when GARO does not read them,
-        ‖b‖ of the momentum buffers)."""
+        """‖g − g_prev‖ over the flat gradients, else ⟨g, g_prev⟩ (the rule's identity
+        ‖g − g_prev‖² = ‖g‖² + ‖g_prev‖² − 2⟨g, g_prev⟩, ``criteria.difference_norm``: one
+        read of g and g_prev, no temporary); and, for the sgd direction's guard when GARO does
+        not read them, ‖b‖ of the momentum buffers."""
         self.r_grads = r_grads
         out = []
         if self.flat_prev is not None and len(r_grads) == 1 and \
@@ -185,7 +187,8 @@ class SwitchDecision:
             self.whole_prev = True
             out.append(torch.dist(r_grads[0], self.flat_prev))
         else:
-            out.append(self._difference_norm())
+            out.append(torch.stack([torch.dot(g.reshape(-1), p.reshape(-1))
+                                    for g, p in zip(self.grads, self.prev)]).sum())
         rule = self.opt.rule.gd.rule
         if rule.direction == "sgd" and self.runtime.garo.pending is None:
             self.need_buffers = True
@@ -220,6 +223,11 @@ class SwitchDecision:
         dtype = sw.dtype
         v = sw.values
         gnorm, diff = reads.grad_norms[0], reads.extra[0]
+        if not self.whole_prev:  # ⟨g, g_prev⟩: exact where the identity would cancel (<3%)
+            total = gnorm * gnorm + v["prev_grad_norm"] ** 2
+            square = max(total - 2 * diff, 0.0)
+            diff = math.sqrt(square) if square >= 1e-3 * total else \
+                float(self._difference_norm())
         disp = v["displacement_norm"] if reads.prev_update_norms is None else \
             norm_of(dtype, reads.prev_update_norms)
         if disp is None or not math.isfinite(diff + gnorm):
