@@ -13,17 +13,18 @@
 
 Here it is GARO's own runtime step, ``metaopt.garo.runtime.host_apply`` (the same code as
 ``metaopt.optim.GARO``: its state on the host, one host read, the controller in NumPy, fused and
-flat updates), with the switch riding along (``switch`` there): its one extra read, ‖g − g_prev‖
-(the exact difference; one kernel over the flat gradient on a small model), joins GARO's norm
-read; ‖g‖ and ‖Δθ_prev‖ are GARO's own reads (the motion is GARO's update norm ‖a·u‖, read with
-the next step's norms); the features, the gate (``metaopt.hybrid.switch_host``) and the guard
-are host floats, decided after GARO's controller and before anything moves. Where the gate says
-ODE, a learned gate is within rounding of 0.5, the guard's bound cannot clear it, a value is not
-finite, or the new θ's bound nears overflow, nothing has moved and the optimizer takes the
-reference path, which decides exactly; so does a step whose set of parameters with gradients
-differs from the last step's (the rule's secant then reads ‖g_prev‖ of the whole last step,
-which the exact difference here would not). After the update g is copied into the previous-gradient
-buffer (flat, one kernel, on a small model).
+flat updates), with the switch riding along (``switch`` there). Its one extra read joins GARO's
+norm read: ‖g − g_prev‖ exactly (one kernel over the flat gradient) on a small model, else
+⟨g, g_prev⟩ for the rule's identity ‖g‖² + ‖g_prev‖² − 2⟨g, g_prev⟩, read exactly (a second
+read) where that would cancel, as the rule does. ‖g‖ and ‖Δθ_prev‖ are GARO's own reads (the
+motion is GARO's update norm ‖a·u‖, read with the next step's norms). The features, the gate
+(``metaopt.hybrid.switch_host``) and the guard are host floats, decided after GARO's controller
+and before anything moves. Where the gate says ODE, a learned gate is within rounding of 0.5,
+the guard's bound cannot clear it, a value is not finite, or the new θ's bound nears overflow,
+nothing has moved and the optimizer takes the reference path, which decides exactly; so does a
+step whose set of parameters with gradients differs from the last step's (the rule's secant
+then reads ‖g_prev‖ of the whole last step, which the exact difference here would not). After
+the update g is copied into the previous-gradient buffer (flat, one kernel, on a small model).
 
 The switch's memories and GARO's recurrent state stay on the host between fast steps (floats
 rounded to their tensors' dtypes): ``HybridGDODE.hybrid_state`` turns them into the rule's
