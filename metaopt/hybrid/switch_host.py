@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import operator
-import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,15 +82,13 @@ def host_garo_inputs(host: HostState, scale: str, controller, names: Sequence[st
     elif scale == "prodigy":
         d = host.prodigy_d[0]
         size = size / d if d > 0 else 0.0
-    size = round_to(host.dtype, [size])[0]
     log_lr = HOST_OPS.log(max(size, 1e-30) / controller.init_lr)
     values = {"garo_momentum": host.momentum[0] if step > 0 else controller.init_momentum,
               "garo_log_lr": _clamp(log_lr, -30.0, 30.0) if step > 0 else 0.0}
     return [values[name] for name in names]
 
 
-# SwitchingPolicy -> (the weights' identities and versions, their float64 host copies)
-_POLICY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_VERSION = operator.attrgetter("_version")  # a tensor's in-place version counter
 
 
 def _stock_policy(gate) -> SwitchingPolicy | None:
@@ -103,49 +100,56 @@ def _stock_policy(gate) -> SwitchingPolicy | None:
     return None
 
 
-_VERSION = operator.attrgetter("_version")  # a tensor's in-place version counter
-
-
 def _weights(module: SwitchingPolicy) -> tuple:
     return (module.hidden.weight, module.hidden.bias, module.head.weight, module.head.bias,
             module.feature_mean, module.feature_std)
 
 
-def _policy_arrays(module: SwitchingPolicy, tensors: tuple) -> tuple:
-    """``(W₁, b₁, w₂, b₂, μ, σ, the weights' dtype)``, float64 on the host (``tensors``:
-    ``_weights(module)``); read again when a weight changes in place (its version moves) or the
-    module is moved or cast (new storage)."""
-    key = (tensors[0].data_ptr(), tensors[2].data_ptr(), *map(_VERSION, tensors))
-    cached = _POLICY.get(module)
-    if cached is None or cached[0] != key:
-        w1, b1, w2, b2, mean, std = (t.detach().to("cpu", torch.float64).numpy().copy()
-                                     for t in tensors)
-        cached = _POLICY[module] = (key, (w1, b1, w2[0], float(b2[0]), mean.tolist(),
-                                          std.tolist(), tensors[2].dtype))
-    return cached[1]
-
-
 class HostGate:
     """The gate of ``opt.gate`` on host floats: ``p(features + extra)``, or None where a learned
-    gate is within ``MARGIN`` of 0.5 (module docstring). ``dtype``/``device``: the features'
-    (the parameters'), for a gate evaluated through its own ``gate``."""
+    gate is within ``MARGIN`` of 0.5 or not finite (module docstring). ``dtype``/``device``:
+    the features' (the parameters'), for a gate evaluated through its own ``gate``.
+
+    A stock ``SwitchingPolicy`` runs in NumPy on float64 copies of its weights, read again when
+    a weight changes in place (its version moves) or the module is moved or cast (new storage);
+    where no input reaches the clip, its normalisation is folded into the first layer,
+    ``W₁ (x − μ)/σ + b₁ = (W₁/σ) x + (b₁ − (W₁/σ) μ)``."""
 
     def __init__(self, gate, dtype: torch.dtype, device):
         self.gate, self.dtype, self.device = gate, dtype, device
         self.policy = _stock_policy(gate)
         self.tensors = _weights(self.policy) if self.policy is not None else ()
+        self.key: tuple | None = None
+        self.arrays: tuple = ()
+
+    def _arrays(self) -> tuple:
+        tensors = self.tensors
+        if tensors[2] is not self.policy.head.weight:  # (replaced, e.g. assign=True)
+            tensors = self.tensors = _weights(self.policy)
+        key = (tensors[0].data_ptr(), tensors[2].data_ptr(), *map(_VERSION, tensors))
+        if key != self.key:
+            w1, b1, w2, b2, mean, std = (t.detach().to("cpu", torch.float64).numpy().copy()
+                                         for t in tensors)
+            clip = self.policy.feature_clip
+            folded = w1 / std
+            self.arrays = (folded, b1 - folded @ mean, w1, b1, w2[0], float(b2[0]), mean, std,
+                           clip, (mean - clip * std).tolist(), (mean + clip * std).tolist())
+            self.key = key
+        return self.arrays
 
     def __call__(self, features: Sequence[float], extra: Sequence[float]) -> float | None:
         if isinstance(self.gate, ConstantSwitch):
             return float(self.gate.p)
         if self.policy is not None:
-            if self.tensors[2] is not self.policy.head.weight:  # (replaced, e.g. assign=True)
-                self.tensors = _weights(self.policy)
-            w1, b1, w2, b2, mean, std, dtype = _policy_arrays(self.policy, self.tensors)
-            x = round_to(dtype, round_to(self.dtype, [*features, *extra]))
-            c = self.policy.feature_clip
-            z = [_clamp((v - m) / s, -c, c) for v, m, s in zip(x, mean, std)]
-            logit = float(w2 @ np.tanh(w1 @ z + b1)) + b2
+            folded, folded_bias, w1, b1, w2, b2, mean, std, clip, low, high = self._arrays()
+            x = [*features, *extra]
+            if all(map(operator.le, low, x)) and all(map(operator.le, x, high)):
+                pre = folded @ x + folded_bias
+            else:
+                pre = w1 @ np.clip((np.asarray(x) - mean) / std, -clip, clip) + b1
+            logit = float(w2 @ np.tanh(pre)) + b2
+            if not math.isfinite(logit):
+                return None
             p = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else \
                 math.exp(logit) / (1.0 + math.exp(logit))
             return None if abs(p - 0.5) < MARGIN else p
@@ -232,7 +236,7 @@ class SwitchDecision:
             norm_of(dtype, reads.prev_update_norms)
         if disp is None or not math.isfinite(diff + gnorm):
             return False
-        kappa = round_to(dtype, [diff / disp if disp > 0 else 0.0])[0]
+        kappa = diff / disp if disp > 0 else 0.0
         numel = self.numel
         flow = 1.0
         if module.rule.direction == "adam":  # ρ = √n/‖g_prev‖ (metaopt.hybrid.garo_module)
@@ -241,11 +245,11 @@ class SwitchDecision:
         stability_lr = host.lr[0] * flow
         losses, seen = sw.losses, min(sw.step, rule.window)
         if self.loss is not None:
-            losses = round_to(dtype, [*losses[1:], self.loss])
+            losses = [*losses[1:], self.loss]
             seen += 1
         progress = host_progress(losses, seen if self.loss is not None else 0)
-        features = round_to(dtype, host_features(gnorm, v["grad_norm0"], kappa, stability_lr,
-                                                 progress, v["mode"], v["dwell"]))
+        features = host_features(gnorm, v["grad_norm0"], kappa, stability_lr, progress,
+                                 v["mode"], v["dwell"])
         extra = opt.policy_module.extra_features if opt.policy_module is not None else ()
         p = rt.gate(features, host_garo_inputs(host, module.rule.scale, module.controller,
                                                extra) if extra else [])
@@ -271,10 +275,11 @@ class SwitchDecision:
             step_bound = a * ((host.step + 2) / math.sqrt(1 - module.rule.beta2) + wd * pnorm)
         if not pnorm + step_bound < limit:  # (NaN fails too)
             return False
-        self.values = dict(v, mode=0.0, dwell=round_to(dtype, [v["dwell"] + 1])[0], gate=0.0,
-                           probability=round_to(dtype, [p])[0],
-                           evaluations=round_to(dtype, [v["evaluations"] + 1])[0],
-                           curvature=kappa, prev_grad_norm=round_to(dtype, [gnorm])[0],
+        # what the state holds, rounded to its dtype at once (as the rule's tensors hold it)
+        kept = round_to(dtype, [v["dwell"] + 1, p, v["evaluations"] + 1, kappa, gnorm,
+                                losses[-1], *features])
+        self.values = dict(v, mode=0.0, dwell=kept[0], gate=0.0, probability=kept[1],
+                           evaluations=kept[2], curvature=kept[3], prev_grad_norm=kept[4],
                            stage_curvature=0.0)
-        self.losses, self.features = losses, features
+        self.losses, self.features = [*losses[:-1], kept[5]], kept[6:]
         return True
