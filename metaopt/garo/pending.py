@@ -15,7 +15,7 @@ from .features import TINY
 from .host_state import HostState, PendingUpdateNorm
 from .scale import fused_norms, host_segment_norms
 
-__all__ = ["segment_update_norms", "settle", "update_ratios"]
+__all__ = ["ratios_of", "segment_update_norms", "settle", "update_ratios"]
 
 
 def segment_update_norms(pending: PendingUpdateNorm, direction_norms: Sequence[float],
@@ -25,15 +25,21 @@ def segment_update_norms(pending: PendingUpdateNorm, direction_norms: Sequence[f
         pending.step_sizes, direction_norms)], pending.segment_ids, num_segments)
 
 
-def update_ratios(host: HostState, update_norms: Sequence[float],
+def update_ratios(host: HostState, direction_norms: Sequence[float],
                   pending: PendingUpdateNorm | None = None) -> list[float]:
-    """``‖Δθ‖_s / ‖θ‖_s`` of a step (``pending``, default ``host``'s) from its update norms
-    (``segment_update_norms``), rounded to the state's dtype; segments the step did not update
-    keep ``host``'s ratio."""
+    """``‖Δθ‖_s / ‖θ‖_s`` of a step (``pending``, default ``host``'s) from its directions' norms,
+    rounded to the state's dtype; segments the step did not update keep ``host``'s ratio."""
     pending = pending or host.pending
-    S = host.num_segments
+    return ratios_of(host, segment_update_norms(pending, direction_norms, host.num_segments),
+                     pending)
+
+
+def ratios_of(host: HostState, update_norms: Sequence[float],
+              pending: PendingUpdateNorm | None = None) -> list[float]:
+    """``update_ratios`` from the step's update norms ``‖Δθ‖_s`` (``segment_update_norms``)."""
+    pending = pending or host.pending
     ratios = host.rounded([u / (p + TINY) for u, p in zip(update_norms, pending.param_norms)])
-    if S > 1:
+    if host.num_segments > 1:
         active = set(pending.segment_ids)
         ratios = [r if s in active else o for s, (r, o) in
                   enumerate(zip(ratios, host.prev_update_ratio))]
@@ -46,5 +52,5 @@ def settle(host: HostState) -> HostState:
         return host
     norms = segment_update_norms(host.pending, fused_norms(host.pending.directions).tolist(),
                                  host.num_segments)
-    return replace(host, prev_update_ratio=update_ratios(host, norms), pending=None,
+    return replace(host, prev_update_ratio=ratios_of(host, norms), pending=None,
                    update_norm=norms)

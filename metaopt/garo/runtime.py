@@ -64,7 +64,12 @@ from .features import (
 from .flat import FlatBuffers, gather, one_bucket
 from .host_state import HostState, PendingUpdateNorm
 from .hyper import GAROHyper
-from .pending import segment_update_norms, settle, update_ratios
+from .pending import (  # noqa: F401  (settle, update_ratios: public names kept here)
+    ratios_of,
+    segment_update_norms,
+    settle,
+    update_ratios,
+)
 from .scale import (
     fused_norms,
     host_distance_max,
@@ -180,7 +185,7 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     k = (3 if scaled else 2) * r_n
     prev_norms = host.update_norm if pending is None else segment_update_norms(pending, norms[k:],
                                                                                S)
-    prev_ratio = host.prev_update_ratio if pending is None else update_ratios(host, prev_norms)
+    prev_ratio = host.prev_update_ratio if pending is None else ratios_of(host, prev_norms)
     log_g = [HOST_OPS.log(g + TINY) for g in gnorms]  # (NaN stays NaN)
     # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
     refs = (host.ref_log_grad_norm if started else log_g) if relative else [0.0] * S
@@ -249,7 +254,7 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         read = iter(fused_norms(tensors).tolist() if tensors else [])
         update_norm = segment_update_norms(pending, [next(read) if isinstance(d, Tensor) else d
                                                      for d in directions], S)
-        ratios = update_ratios(host, update_norm, pending)
+        ratios = ratios_of(host, update_norm, pending)
         pending = None
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
