@@ -215,17 +215,18 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
     def _active(self):
         params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr",
                                              "ode_scale")}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("HybridGDODE does not support sparse gradients")
-                params.append(p)
-                for k in ("lr", "momentum", "ode_scale"):
-                    hyper[k].append(group[k])
-                hyper["weight_decay"].append(group[self._decay_key])
-                hyper["ode_lr"].append(group["lr"] * group["ode_scale"])
+        decay_key = self._decay_key
+        for group in self.param_groups:  # (per group: the runtime paths' steps are short)
+            chosen = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in chosen):
+                raise RuntimeError("HybridGDODE does not support sparse gradients")
+            params += chosen
+            n = len(chosen)
+            for key, value in (("lr", group["lr"]), ("momentum", group["momentum"]),
+                               ("ode_scale", group["ode_scale"]),
+                               ("weight_decay", group[decay_key]),
+                               ("ode_lr", group["lr"] * group["ode_scale"])):
+                hyper[key] += [value] * n
         return params, hyper
 
     @torch.no_grad()
