@@ -127,6 +127,16 @@ def test_a_forced_ode_phase_and_back_equals_the_reference(direction, scale):
     assert fast_steps(opt) == sum(m == 0.0 and b == 0.0 for b, m in zip(modes, modes[1:]))
 
 
+def test_the_heuristic_switch_equals_the_reference():
+    # the gradient criterion (‖g‖/‖g₀‖ < 0.9) sends the run to ODE after 18 GD steps
+    kw = dict(policy="heuristic", grad_threshold=0.9, criteria=("gradient",))
+    reference, _ = trajectory(False, **kw)
+    got, opt = trajectory(True, **kw)
+    assert_same(reference, got)
+    modes = [float(r["mode"]) for r in got]
+    assert modes == [0.0] * 18 + [1.0] * 12 and fast_steps(opt) == 17
+
+
 def test_a_stock_learned_policy_reading_garo_equals_the_reference():
     # SwitchingPolicy itself (evaluated on the host by the fast path), reading GARO's state;
     # min_dwell 3 keeps GD for three steps, then it asks for ODE (and GD again from there)
