@@ -8,17 +8,17 @@ Twins, on the host, of the switch's definitions (which stay the reference, with 
 * ``host_garo_inputs``: GARO's emitted state ``x_garo = [μ_{t−1}, log(m_{t−1}/lr₀)]``
   (``metaopt.hybrid.garo_module.garo_features``) from GARO's host state (``HostState``);
 * ``HostGate``: the gate ``p = P(ODE)`` — a stock ``SwitchingPolicy``
-  ``p = sigmoid(w₂ᵀ tanh(W₁ clip((x − μ)/σ) + b₁) + b₂)`` in NumPy (float64, from the module's
+  ``p = sigmoid(w₂ᵀ tanh(W₁ clip((x − μ)/σ) + b₁) + b₂)`` in float64 on the host (from the module's
   weights, cached while they stay), a ``ConstantSwitch`` as its constant, any other gate through
   its own ``gate`` on a tensor;
 * ``SwitchDecision``: ``host_apply``'s ``switch`` for one GD step of the GARO path — the extra
   read ‖g − g_prev‖ and the decision from the features, the gate and the step's bounds (their
   derivation in ``metaopt.hybrid.garo_runtime``).
 
-The host twins compute in float64 from values rounded to the reference's dtypes, so they agree
-with the tensors up to rounding; a learned gate within ``MARGIN`` of 0.5 is left undecided (the
-reference path decides it). ``tests/hybrid/test_garo_runtime.py`` proves the whole GD path equal
-to the reference in float64.
+The host twins compute in float64 from the state's values (rounded to its dtypes), so they
+agree with the tensors up to rounding; a learned gate within ``MARGIN`` of 0.5 is left
+undecided (the reference path decides it). ``tests/hybrid/test_garo_runtime.py`` proves the
+whole GD path equal to the reference in float64.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import math
 import operator
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -110,9 +109,10 @@ class HostGate:
     gate is within ``MARGIN`` of 0.5 or not finite (module docstring). ``dtype``/``device``:
     the features' (the parameters'), for a gate evaluated through its own ``gate``.
 
-    A stock ``SwitchingPolicy`` runs in NumPy on float64 copies of its weights, read again when
-    a weight changes in place (its version moves) or the module is moved or cast (new storage);
-    where no input reaches the clip, its normalisation is folded into the first layer,
+    A stock ``SwitchingPolicy`` runs in Python floats on float64 copies of its weights (a layer of
+    16 units is a few µs of arithmetic), read again when a weight changes in place (its version
+    moves) or the module is moved or cast (new storage); where no input reaches the clip, its
+    normalisation is folded into the first layer,
     ``W₁ (x − μ)/σ + b₁ = (W₁/σ) x + (b₁ − (W₁/σ) μ)``."""
 
     def __init__(self, gate, dtype: torch.dtype, device):
@@ -123,17 +123,19 @@ class HostGate:
         self.arrays: tuple = ()
 
     def _arrays(self) -> tuple:
-        tensors = self.tensors
-        if tensors[2] is not self.policy.head.weight:  # (replaced, e.g. assign=True)
+        tensors = self.tensors  # (replaced, e.g. by a load with assign=True: read them again)
+        if tensors[2] is not self.policy._modules["head"]._parameters["weight"]:
             tensors = self.tensors = _weights(self.policy)
-        key = (tensors[0].data_ptr(), tensors[2].data_ptr(), *map(_VERSION, tensors))
+        key = (tensors[2].data_ptr(), *map(_VERSION, tensors))  # (a cast moves every storage)
         if key != self.key:
             w1, b1, w2, b2, mean, std = (t.detach().to("cpu", torch.float64).numpy().copy()
                                          for t in tensors)
             clip = self.policy.feature_clip
             folded = w1 / std
-            self.arrays = (folded, b1 - folded @ mean, w1, b1, w2[0], float(b2[0]), mean, std,
-                           clip, (mean - clip * std).tolist(), (mean + clip * std).tolist())
+            self.arrays = (folded.tolist(), (b1 - folded @ mean).tolist(),
+                           w1.tolist(), b1.tolist(), w2[0].tolist(), float(b2[0]), mean.tolist(),
+                           std.tolist(), clip, (mean - clip * std).tolist(),
+                           (mean + clip * std).tolist())
             self.key = key
         return self.arrays
 
@@ -143,11 +145,12 @@ class HostGate:
         if self.policy is not None:
             folded, folded_bias, w1, b1, w2, b2, mean, std, clip, low, high = self._arrays()
             x = [*features, *extra]
-            if all(map(operator.le, low, x)) and all(map(operator.le, x, high)):
-                pre = folded @ x + folded_bias
-            else:
-                pre = w1 @ np.clip((np.asarray(x) - mean) / std, -clip, clip) + b1
-            logit = float(w2 @ np.tanh(pre)) + b2
+            if not (all(map(operator.le, low, x)) and all(map(operator.le, x, high))):
+                x = [_clamp((v - m) / s, -clip, clip) for v, m, s in zip(x, mean, std)]
+                folded, folded_bias = w1, b1
+            tanh, mul = math.tanh, operator.mul
+            logit = sum(w * tanh(sum(map(mul, row, x)) + b)
+                        for w, row, b in zip(w2, folded, folded_bias)) + b2
             if not math.isfinite(logit):
                 return None
             p = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else \
