@@ -8,7 +8,7 @@ Twins, on the host, of the switch's definitions (which stay the reference, with 
 * ``host_garo_inputs``: GARO's emitted state ``x_garo = [μ_{t−1}, log(m_{t−1}/lr₀)]``
   (``metaopt.hybrid.garo_module.garo_features``) from GARO's host state (``HostState``);
 * ``HostGate``: the gate ``p = P(ODE)`` — a stock ``SwitchingPolicy``
-  ``p = sigmoid(w₂ᵀ tanh(W₁ clip((x − μ)/σ) + b₁) + b₂)`` in float64 on the host (from the module's
+  ``p = sigmoid(w₂ᵀ tanh(W₁ clip((x − μ)/σ) + b₁) + b₂)`` in float64 in NumPy (from the module's
   weights, cached while they stay), a ``ConstantSwitch`` as its constant, any other gate through
   its own ``gate`` on a tensor;
 * ``SwitchDecision``: ``host_apply``'s ``switch`` for one GD step of the GARO path — the extra
@@ -26,6 +26,7 @@ import math
 import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -109,10 +110,9 @@ class HostGate:
     gate is within ``MARGIN`` of 0.5 or not finite (module docstring). ``dtype``/``device``:
     the features' (the parameters'), for a gate evaluated through its own ``gate``.
 
-    A stock ``SwitchingPolicy`` runs in Python floats on float64 copies of its weights (a layer of
-    16 units is a few µs of arithmetic), read again when a weight changes in place (its version
-    moves) or the module is moved or cast (new storage); where no input reaches the clip, its
-    normalisation is folded into the first layer,
+    A stock ``SwitchingPolicy`` runs in NumPy on float64 copies of its weights, read again when
+    a weight changes in place (its version moves) or the module is moved or cast (new storage);
+    where no input reaches the clip, its normalisation is folded into the first layer,
     ``W₁ (x − μ)/σ + b₁ = (W₁/σ) x + (b₁ − (W₁/σ) μ)``."""
 
     def __init__(self, gate, dtype: torch.dtype, device):
@@ -132,8 +132,7 @@ class HostGate:
                                          for t in tensors)
             clip = self.policy.feature_clip
             folded = w1 / std
-            self.arrays = (folded.tolist(), (b1 - folded @ mean).tolist(),
-                           w1.tolist(), b1.tolist(), w2[0].tolist(), float(b2[0]), mean.tolist(),
+            self.arrays = (folded, b1 - folded @ mean, w1, b1, w2[0], float(b2[0]), mean.tolist(),
                            std.tolist(), clip, (mean - clip * std).tolist(),
                            (mean + clip * std).tolist())
             self.key = key
@@ -148,9 +147,7 @@ class HostGate:
             if not (all(map(operator.le, low, x)) and all(map(operator.le, x, high))):
                 x = [_clamp((v - m) / s, -clip, clip) for v, m, s in zip(x, mean, std)]
                 folded, folded_bias = w1, b1
-            tanh, mul = math.tanh, operator.mul
-            logit = sum(w * tanh(sum(map(mul, row, x)) + b)
-                        for w, row, b in zip(w2, folded, folded_bias)) + b2
+            logit = float(w2 @ np.tanh(folded @ np.array(x) + folded_bias)) + b2
             if not math.isfinite(logit):
                 return None
             p = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else \
