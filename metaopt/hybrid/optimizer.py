@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..adapters.closure_rule import ClosureGradient, check_non_negative, check_positive
 from ..adapters.grad_evals import GradEvalCounter
+from ..adapters.grad_mode import call_with_grad, without_grad
 from ..adapters.non_finite import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 from ..adapters.state_loading import (
     CheckedStateLoad,
@@ -229,7 +230,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
                 hyper[key] += [value] * n
         return params, hyper
 
-    @torch.no_grad()
+    @without_grad
     def step(self, closure: Callable[[], Tensor] | None = None):
         if closure is None and self.needs_closure:
             raise RuntimeError(
@@ -238,8 +239,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
                 "at its stage points; only policy='gd' steps from p.grad alone")
         loss = None
         if closure is not None:
-            with torch.enable_grad():
-                loss = check_loss(closure(), "HybridGDODE.step")
+            loss = check_loss(call_with_grad(closure), "HybridGDODE.step")
         self.gradient_evaluations += 1  # the closure's, or the caller's backward into p.grad
         params, h = self._active()
         if not params:
