@@ -96,6 +96,12 @@ class GAROGDSupport:
         if isinstance(runtime, GARORuntime):
             runtime.forget()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "hybrid_state" in state:  # (pickled before hybrid_state became a property)
+            state = {k: v for k, v in state.items() if k != "hybrid_state"} | {
+                "_hybrid_state": state["hybrid_state"]}
+        super().__setstate__(state)
+
     @property
     def hyperparams(self) -> dict[str, Any]:
         """GARO's latest step size a_t (lr_t·d_t when scale-free), momentum_t and wd_t, as
