@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     parser.add_argument("--mode", default=None,
                         help="a benchmark's variant (meta_throughput: engines, the default, or "
-                             "scaling: 1 vs 2 processes on the user's commands)")
+                             "scaling: 1 vs 2 processes on the user's commands; hybrid: garo, "
+                             "the shipped hybrid_general vs garo_general and Adam)")
     parser.add_argument("--config", type=Path, default=None,
                         help="a YAML config for benchmarks that take one (learned)")
     args = parser.parse_args(argv)

@@ -66,6 +66,9 @@ class HostState:
     # the last step's update norm, when the next step reads it (``prev_update_ratio`` is then
     # NaN for the segments that step updated)
     pending: PendingUpdateNorm | None = None
+    # ‖Δθ‖_s of the last step where it was read (not pending, not rebuilt from tensors): what
+    # a caller that also needs the motion (the hybrid's secant) reads instead of re-measuring it
+    update_norm: list[float] | None = None
 
     @property
     def num_segments(self) -> int:
@@ -104,8 +107,13 @@ class HostState:
 
     def rounded(self, values: list[float]) -> list[float]:
         """``values`` rounded to the state's dtype (as its tensors would hold them)."""
-        if self.dtype == torch.float64:
-            return values
-        if self.dtype == torch.float32:
-            return array("f", values).tolist()
-        return torch.tensor(values, dtype=self.dtype).tolist()
+        return round_to(self.dtype, values)
+
+
+def round_to(dtype: torch.dtype, values: list[float]) -> list[float]:
+    """Host floats rounded to ``dtype`` (as a tensor of that dtype would hold them)."""
+    if dtype == torch.float64:
+        return values
+    if dtype == torch.float32:
+        return array("f", values).tolist()
+    return torch.tensor(values, dtype=dtype).tolist()

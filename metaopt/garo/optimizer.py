@@ -11,7 +11,6 @@ weights are given to it, not owned by it (docs/architecture.md)::
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..adapters.closure_rule import check_non_negative
 from ..adapters.grad_evals import GradEvalCounter
+from ..adapters.grad_mode import without_grad
 from ..adapters.non_finite import NonFiniteSteps
 from ..adapters.state_loading import (
     CheckedStateLoad,
@@ -41,20 +41,7 @@ from .rule import GARORule
 from .runtime import host_apply, settle
 
 GRANULARITIES = ("global", "group", "tensor")
-
-
-def _without_grad(step):
-    """``@torch.no_grad()`` without its context objects: they cost a few µs a step, which a
-    dispatch-bound (tiny) model's step notices. (torch.compile traces the grad-mode switch.)"""
-    @functools.wraps(step)
-    def wrapper(*args, **kwargs):
-        previous = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
-        try:
-            return step(*args, **kwargs)
-        finally:
-            torch._C._set_grad_enabled(previous)
-    return wrapper
+_without_grad = without_grad  # (metaopt.adapters.grad_mode; the name kept)
 HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 
 

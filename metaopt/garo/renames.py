@@ -8,8 +8,12 @@ import warnings
 
 import torch
 
-# the frames a warning skips besides torch's: this module and the torch.optim adapter
-_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "optimizer.py")}
+from ..adapters import grad_mode
+
+# the frames a warning skips besides torch's: this module, the torch.optim adapter and the
+# grad-mode wrapper of its step
+_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "optimizer.py"),
+              grad_mode.__file__}
 
 
 def renamed_weight_decay(weight_decay_scale: float | None, weight_decay: float | None,

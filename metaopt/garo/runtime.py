@@ -24,6 +24,10 @@ than its arithmetic), so this path runs as little code per step as it can:
   over the concatenated tensors (one kernel each), and the optimizer's adam update runs on
   flat buffers whose slices are the per-parameter state (one kernel per op).
 
+The hybrid GD–ODE optimizer's GD steps with GARO as their GD module run this same step
+(``metaopt.hybrid.garo_runtime``), its switch reading one more norm with these and deciding
+after the controller, before anything moves (``host_apply``'s ``switch``).
+
 On a GPU that is one host read per step (the norms: it waits for the backward pass, as the
 controller's inputs must) and no controller kernels.
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +64,12 @@ from .features import (
 from .flat import FlatBuffers, gather, one_bucket
 from .host_state import HostState, PendingUpdateNorm
 from .hyper import GAROHyper
+from .pending import (  # noqa: F401  (settle, update_ratios: public names kept here)
+    ratios_of,
+    segment_update_norms,
+    settle,
+    update_ratios,
+)
 from .scale import (
     fused_norms,
     host_distance_max,
@@ -100,7 +111,7 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                buffers: Mapping[str, Sequence[Tensor]], host: HostState,
                hyper: GAROHyper, loss: Tensor | float | None = None,
                grad_norms: Sequence[Tensor] | None = None,
-               flat: FlatBuffers | None = None) -> HostState | None:
+               flat: FlatBuffers | None = None, switch=None) -> HostState | None:
     """One in-place GARO step with the global state on the host (``HostState``).
 
     ``buffers``: the per-tensor lists (``rule.per_tensor_keys``), updated in place with
@@ -109,6 +120,11 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     ``flat``: ``buffers`` as views of flat tensors (``metaopt.garo.flat``). A small model's step
     with one update bucket (``one_bucket``) reads its norms, dots and L1 norms over the
     concatenated tensors (the flat ones, or gathered), one kernel each.
+    ``switch``: a caller's say in the step (the hybrid's GD path, ``metaopt.hybrid.garo_runtime``):
+    ``switch.reads(r_grads)`` gives 0-d tensors read with the step's norms (``r_grads``: the
+    gradients as the reads see them), and ``switch.decide(reads)`` — after the controller, before
+    anything moves — gets them with this step's norms and outputs (``SwitchReads``); False: the
+    step returns None, touching nothing.
     """
     params, grads = list(params), list(grads)
     n = len(params)
@@ -153,18 +169,23 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     displacements = list(r_buffers["displacement"]) if scaled else []
     tensors = r_params + displacements + (pending.directions if pending is not None else [])
     # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one stack and one host read)
+    extra_reads = switch.reads(r_grads) if switch is not None else []
     values = torch.stack(norm_list(tensors if grad_norms is not None else r_grads + tensors) +
-                         (prodigy_reads(r_grads, r_buffers) if prodigy else []))
+                         (prodigy_reads(r_grads, r_buffers) if prodigy else []) + extra_reads)
     if grad_norms is not None:
         values = torch.cat([torch.stack(list(grad_norms)).to(values.dtype), values])
     norms = values.tolist()
+    extra = norms[len(norms) - len(extra_reads):]
+    norms = norms[:len(norms) - len(extra_reads)]
     if prodigy:
         norms, dots, l1s = norms[:-2 * r_n], norms[-2 * r_n:-r_n], norms[-r_n:]
     squares = [v * v for v in norms[:2 * r_n]]
     gnorms = host_segment_norms(squares[:r_n], r_ids, S)
     pnorms = host_segment_norms(squares[r_n:], r_ids, S)
     k = (3 if scaled else 2) * r_n
-    prev_ratio = host.prev_update_ratio if pending is None else update_ratios(host, norms[k:])
+    prev_norms = host.update_norm if pending is None else segment_update_norms(pending, norms[k:],
+                                                                               S)
+    prev_ratio = host.prev_update_ratio if pending is None else ratios_of(host, prev_norms)
     log_g = [HOST_OPS.log(g + TINY) for g in gnorms]  # (NaN stays NaN)
     # relative features read log ‖g‖ − log ‖g_0‖: 0 on the first step, which sets the reference
     refs = (host.ref_log_grad_norm if started else log_g) if relative else [0.0] * S
@@ -204,6 +225,10 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     elif prodigy:  # lr_t multiplies Prodigy's d_t
         prodigy_d = host_prodigy_d(host, r_params, r_ids, pnorms, l1s)
         lrs = [c * d for c, d in zip(out.lr, prodigy_d)]
+    if switch is not None and not switch.decide(SwitchReads(
+            extra, gnorms, pnorms, prev_norms, norms[k:] if pending is not None else None, out,
+            lrs)):
+        return None
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
     directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
@@ -221,14 +246,15 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # (they are the momentum buffers) or little (a small model); now otherwise (and where
     # ``_update`` already read some of them).
     pending = PendingUpdateNorm(directions, step_sizes, r_ids, pnorms)
-    ratios = [math.nan] * S  # (until read: ``settle``)
+    ratios, update_norm = [math.nan] * S, None  # (until read: ``settle``)
     tensors = [d for d in directions if isinstance(d, Tensor)]
     if len(tensors) < len(directions) or not (
             all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
             sum(d.numel() for d in directions) <= _DEFER_NUMEL):
         read = iter(fused_norms(tensors).tolist() if tensors else [])
-        ratios = update_ratios(host, [next(read) if isinstance(d, Tensor) else d
-                                      for d in directions], pending)
+        update_norm = segment_update_norms(pending, [next(read) if isinstance(d, Tensor) else d
+                                                     for d in directions], S)
+        ratios = ratios_of(host, update_norm, pending)
         pending = None
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
     stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
@@ -262,31 +288,18 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
                 new[key] = [o if k else v for k, v, o in zip(idle, value, old)]
     return HostState(dtype=host.dtype, device=host.device, step=step + 1,
                      loss_seen=loss_seen or has_loss, ref_loss=ref_loss if relative else None,
-                     horizon=host.horizon, pending=pending, **new)
+                     horizon=host.horizon, pending=pending, update_norm=update_norm, **new)
 
 
-def update_ratios(host: HostState, direction_norms: Sequence[float],
-                  pending: PendingUpdateNorm | None = None) -> list[float]:
-    """``‖Δθ‖_s / ‖θ‖_s`` of a step (``pending``, default ``host``'s) from its directions' norms,
-    rounded to the state's dtype; segments the step did not update keep ``host``'s ratio."""
-    pending = pending or host.pending
-    S = host.num_segments
-    update_norms = host_segment_norms([(a * d) ** 2 for a, d in zip(
-        pending.step_sizes, direction_norms)], pending.segment_ids, S)
-    ratios = host.rounded([u / (p + TINY) for u, p in zip(update_norms, pending.param_norms)])
-    if S > 1:
-        active = set(pending.segment_ids)
-        ratios = [r if s in active else o for s, (r, o) in
-                  enumerate(zip(ratios, host.prev_update_ratio))]
-    return ratios
-
-
-def settle(host: HostState) -> HostState:
-    """``host`` with a pending update norm read now (what ``to_tensors`` needs)."""
-    if host.pending is None:
-        return host
-    return replace(host, prev_update_ratio=update_ratios(
-        host, fused_norms(host.pending.directions).tolist()), pending=None)
+class SwitchReads(NamedTuple):
+    """What ``host_apply`` hands ``switch.decide``: per segment unless said otherwise."""
+    extra: list[float]                      # the values of ``switch.reads``
+    grad_norms: list[float]                 # ‖g‖_s
+    param_norms: list[float]                # ‖θ‖_s before the step
+    prev_update_norms: list[float] | None   # ‖Δθ‖_s of the last step (None: unknown here)
+    prev_direction_norms: list[float] | None  # its directions' norms, where read now
+    out: HostOutput                         # the controller's outputs
+    step_sizes: list[float]                 # a_t (lr_t·d_t when scale-free)
 
 
 def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,

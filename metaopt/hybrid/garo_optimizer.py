@@ -17,7 +17,9 @@ from ..adapters.state_loading import StateDictError
 from ..garo.controller import GAROController
 from ..garo.rule import GARORule
 from .garo_module import GAROModule, HybridControllers, garo_hyper
+from .garo_runtime import GARORuntime, garo_applies
 from .policy import SwitchingPolicy
+from .runtime import GDRuntime, applies
 
 __all__ = ["GAROGDSupport"]
 
@@ -65,6 +67,40 @@ class GAROGDSupport:
         extra = getattr(policy, "extra_features", ())
         if extra and self.garo_controller is None:
             raise ValueError(f"policy: reads GARO's state ({list(extra)}) but gd is not 'garo'")
+
+    # -- the runtime GD paths ------------------------------------------------------------------
+    def _gd_runtime(self) -> GDRuntime | GARORuntime | None:
+        """The in-place GD path where it applies: ``metaopt.hybrid.runtime`` for momentum SGD,
+        ``metaopt.hybrid.garo_runtime`` for GARO (caches, no state: rebuilt on a copy)."""
+        if "_runtime" not in self.__dict__:
+            if self.garo_controller is None:
+                self._runtime = GDRuntime() if applies(self.rule, self.gate) else None
+            else:
+                self._runtime = GARORuntime() if garo_applies(self.rule, self.gate) else None
+        return self._runtime
+
+    @property
+    def hybrid_state(self) -> dict[str, Any]:
+        """The rule's optimizer-wide state (the switch's memories, GARO's recurrent state):
+        where GARO's runtime GD path keeps it on the host, written into the rule's tensors
+        when read (``GARORuntime.settle``). Replace it whole, never edit it in place."""
+        runtime = self.__dict__.get("_runtime")
+        if isinstance(runtime, GARORuntime) and runtime.dirty:
+            self._hybrid_state = runtime.settle(self._hybrid_state)
+        return self._hybrid_state
+
+    @hybrid_state.setter
+    def hybrid_state(self, state: dict[str, Any]) -> None:
+        self._hybrid_state = state
+        runtime = self.__dict__.get("_runtime")
+        if isinstance(runtime, GARORuntime):
+            runtime.forget()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "hybrid_state" in state:  # (pickled before hybrid_state became a property)
+            state = {k: v for k, v in state.items() if k != "hybrid_state"} | {
+                "_hybrid_state": state["hybrid_state"]}
+        super().__setstate__(state)
 
     @property
     def hyperparams(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..adapters.closure_rule import ClosureGradient, check_non_negative, check_positive
 from ..adapters.grad_evals import GradEvalCounter
+from ..adapters.grad_mode import call_with_grad, without_grad
 from ..adapters.non_finite import NonFiniteSteps, all_finite, check_loss, loss_is_finite
 from ..adapters.state_loading import (
     CheckedStateLoad,
@@ -42,7 +43,6 @@ from .modules import (  # noqa: F401  (GD_METHODS, ODE_METHODS: public names kep
 )
 from .policy import PolicyGate, SwitchingPolicy
 from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
-from .runtime import GDRuntime, applies
 from .runtime import join_state as _join
 from .runtime import own_copy as _own_copy
 from .runtime import split_state as _split
@@ -198,6 +198,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
     @property
     def mode(self) -> str:
         """The mode of the last step (``"gd"`` before the first)."""
+        if getattr(self.__dict__.get("_runtime"), "dirty", False):
+            return "gd"  # (a step of GARO's runtime GD path: no need to settle its state)
         mode = self.hybrid_state.get("mode")
         return "ode" if mode is not None and float(mode) > 0.5 else "gd"
 
@@ -214,20 +216,21 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
     def _active(self):
         params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr",
                                              "ode_scale")}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("HybridGDODE does not support sparse gradients")
-                params.append(p)
-                for k in ("lr", "momentum", "ode_scale"):
-                    hyper[k].append(group[k])
-                hyper["weight_decay"].append(group[self._decay_key])
-                hyper["ode_lr"].append(group["lr"] * group["ode_scale"])
+        decay_key = self._decay_key
+        for group in self.param_groups:  # (per group: the runtime paths' steps are short)
+            chosen = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in chosen):
+                raise RuntimeError("HybridGDODE does not support sparse gradients")
+            params += chosen
+            n = len(chosen)
+            for key, value in (("lr", group["lr"]), ("momentum", group["momentum"]),
+                               ("ode_scale", group["ode_scale"]),
+                               ("weight_decay", group[decay_key]),
+                               ("ode_lr", group["lr"] * group["ode_scale"])):
+                hyper[key] += [value] * n
         return params, hyper
 
-    @torch.no_grad()
+    @without_grad
     def step(self, closure: Callable[[], Tensor] | None = None):
         if closure is None and self.needs_closure:
             raise RuntimeError(
@@ -236,21 +239,20 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
                 "at its stage points; only policy='gd' steps from p.grad alone")
         loss = None
         if closure is not None:
-            with torch.enable_grad():
-                loss = check_loss(closure(), "HybridGDODE.step")
+            loss = check_loss(call_with_grad(closure), "HybridGDODE.step")
         self.gradient_evaluations += 1  # the closure's, or the caller's backward into p.grad
         params, h = self._active()
         if not params:
             return loss
         start_grads = [p.grad for p in params]
-        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
         runtime = self._gd_runtime()
-        if runtime is not None and runtime.step(self, params, start_grads, loss_t, h["lr"],
+        if runtime is not None and runtime.step(self, params, start_grads, loss, h["lr"],
                                                 h["momentum"], h["weight_decay"]):
             self._accept_step()  # a GD step in place (metaopt.hybrid.runtime)
             if self.record_trace:
                 self.history.append(self.last_trace)
             return loss
+        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
         if not (loss_is_finite(loss) and all_finite(start_grads)):
             self._refuse_step("loss or gradient")
             return loss
@@ -301,13 +303,6 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         if self.record_trace:
             self.history.append(self.last_trace)
         return loss
-
-    def _gd_runtime(self) -> GDRuntime | None:
-        """The in-place GD path where it applies (its caches are no state: rebuilt on a copy)."""
-        if "_runtime" not in self.__dict__:
-            self._runtime = GDRuntime() if self.garo_controller is None and applies(
-                self.rule, self.gate) else None
-        return self._runtime
 
     def _rule_state(self, params: list[Tensor]) -> dict:
         """The rule's state for ``params`` in ``_split`` form: each param's own entries, the
@@ -390,8 +385,9 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             self.garo_controller.load_state_dict(garo)
 
     def __getstate__(self):
-        return {**super().__getstate__(), **{k: getattr(self, k) for k in (
+        settled = self.hybrid_state  # (the runtime path's host copy written into the tensors)
+        return {"_hybrid_state": settled, **super().__getstate__(), **{
+            k: getattr(self, k) for k in (
             "rule", "gate", "policy_name", "policy_module", "garo_controller", "needs_closure",
-            "config",
-            "hybrid_state", "gradient_evaluations", "record_trace", "history",
+            "config", "gradient_evaluations", "record_trace", "history",
             "skipped_steps", "consecutive_skips", "max_consecutive_skips")}}

@@ -209,8 +209,10 @@ class GDRuntime:
     @torch.no_grad()
     def step(self, opt, params: list[Tensor], grads: list[Tensor], loss: Tensor | None,
              lrs: list[float], moms: list[float], decays: list[float]) -> bool:
-        """One GD step in place; False (nothing changed) where the reference path must run."""
+        """One GD step in place; False (nothing changed) where the reference path must run.
+        ``loss``: the closure's (a one-element tensor or a number) or None."""
         rule, hs = opt.rule, opt.hybrid_state
+        loss = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
         if not _REQUIRED <= hs.keys() or hs["step"] < 1 or not all(m > 0 for m in moms):
             return False
         # after a step of the reference path: the mode it left (no read after a GD step here)

@@ -10,6 +10,15 @@ For the ~1M-parameter MLP at batch 256 (``common.py``), timed side by side in on
 * ``hybrid_gd_step``: a whole ``HybridGDODE`` step in GD mode with the learned policy: the
   runtime path of ``metaopt.hybrid.runtime`` (features, policy, the fused momentum-SGD update in
   place, one host read); its ratio to ``sgd_step`` is the hybrid's whole overhead in GD mode.
+
+``--mode garo``: the shipped ``hybrid_general`` (GARO as its GD module) against that GD module
+alone, the shipped ``garo_general``, and ``torch.optim.Adam(foreach=True)``, on the residual
+MLP, the CNN on digits, logistic regression on iris, Rosenbrock (``garo.py``'s small models) and
+the ~1M-parameter MLP: every row a whole training step (zero_grad + forward + backward + step,
+the loss handed to both learned optimizers), single steps and steady blocks as in ``garo.py``.
+``hybrid_general_reference`` is the hybrid with its runtime GD path off: every step through
+``HybridRule.step`` (the only path before ``metaopt.hybrid.garo_runtime``). Target: the
+hybrid's GD step ≤ 1.05× ``garo_general``'s (``ratio_to_garo``).
 """
 from __future__ import annotations
 
@@ -25,8 +34,70 @@ from metaopt.rules.sgd import SGDRule
 
 from .common import batch, make_closure, mlp_1m, time_side_by_side
 
+GARO_MODELS = ("residual_mlp_64", "cnn_digits_16ch", "logreg_iris", "rosenbrock")
+HORIZON = 10_000
+
+
+def _garo_candidates(make_module, loss_of) -> dict:
+    """name -> one training step of a fresh model (``loss_of(model)``: its loss)."""
+    import metaopt
+
+    def hybrid(reference: bool):
+        model = make_module()
+        opt = metaopt.load_optimizer("hybrid_general", model.parameters(),
+                                     num_training_steps=HORIZON)
+        if reference:
+            opt._runtime = None  # every step through the rule
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_of(model)
+            loss.backward()
+            return loss
+        return lambda: opt.step(closure)
+
+    def plain(build, pass_loss: bool):
+        model = make_module()
+        opt = build(model.parameters())
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_of(model)
+            loss.backward()
+            opt.step(loss=loss) if pass_loss else opt.step()
+        return train_step
+    return {"hybrid_general": hybrid(False), "hybrid_general_reference": hybrid(True),
+            "garo_general": plain(lambda ps: metaopt.load_optimizer(
+                "garo_general", ps, num_training_steps=HORIZON), True),
+            "adam_foreach": plain(lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False)}
+
+
+def _garo_rows(args) -> list[dict]:
+    from .garo import SMALL_ROUNDS_FACTOR, _small_models, _timed_rows
+    rows = []
+    small = _small_models(args.seed, args.device)
+    for name in GARO_MODELS:
+        make_module, data, loss_fn = small[name]
+        candidates = _garo_candidates(make_module, lambda m, d=data, f=loss_fn: f(m, d))
+        rows += _timed_rows(candidates, args, args.rounds * SMALL_ROUNDS_FACTOR, 20,
+                            "garo_general", model=name,
+                            params=sum(p.numel() for p in make_module().parameters()))
+    x, y = batch(torch.Generator().manual_seed(args.seed), device=args.device)
+    loss = torch.nn.CrossEntropyLoss()
+    candidates = _garo_candidates(
+        lambda: mlp_1m(torch.Generator().manual_seed(args.seed), device=args.device),
+        lambda m: loss(m(x), y))
+    rows += _timed_rows(candidates, args, args.rounds, 3, "garo_general", model="mlp_1m",
+                        params=1_068_810)
+    for row in rows:  # (the baseline is GARO alone: ratio = hybrid / garo_general)
+        row["ratio_to_garo"] = row.pop("ratio")
+        row["steady_ratio_to_garo"] = row.pop("steady_ratio")
+    return rows
+
 
 def run(args) -> list[dict]:
+    if args.mode == "garo":
+        return _garo_rows(args)
     g = torch.Generator().manual_seed(args.seed)
     x, y = batch(g, device=args.device)
     candidates = {}
