@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from operator import is_not
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from ..adapters.state_loading import (
 )
 from ..hub_mixin import PretrainedOptimizerMixin
 from ..rules.hyper import GDHyper, ODEHyper
+from .criteria import run_norms
 from .garo_optimizer import GAROGDSupport
 from .hyper import HybridHyper
 from .modules import (  # noqa: F401  (GD_METHODS, ODE_METHODS: public names kept here)
@@ -266,6 +268,10 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             def grad_fn(points):
                 return loss_t, start_grads
         state = _join(self._rule_state(params))
+        last = getattr(self, "_secant_params", None)  # (after a state_dict resume: unknown)
+        if last is not None and (len(last) != len(params) or any(map(is_not, params, last))):
+            # the secant's ‖g‖² + ‖g_prev‖² − 2⟨g, g_prev⟩ needs ‖g_prev‖ over these parameters
+            state["prev_grad_norm"] = run_norms(state["prev_grads"]).to(state["prev_grad_norm"])
         for module in ("gd", "ode"):  # a stateless module (fixed-step RK) has no entries
             state.setdefault(module, {})
         hyper = self._garo_step_hyper(state, snapshot, h) if self.garo_controller is not None \
@@ -289,6 +295,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             return loss
         torch._foreach_copy_(params, list(new_params))
         self._accept_step()
+        self._secant_params = params
         lists, shared = _split(new_state)
         for key, values in lists.items():
             for p, v in zip(params, values):

@@ -165,3 +165,19 @@ def test_closure_zeroing_grads_in_place_does_not_corrupt_the_secant():
         return params
     for a, b in zip(trajectory(True), trajectory(False)):
         assert torch.equal(a, b)
+
+
+def test_the_secant_reads_the_previous_gradient_of_the_parameters_stepped_now():
+    """When a parameter loses its gradient, κ = ‖g − g_prev‖/‖Δθ_prev‖ is taken over the others:
+    oracle, the difference of their gradients computed directly (float64)."""
+    a = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    b = torch.nn.Parameter(torch.tensor([30.0, 40.0], dtype=torch.float64))
+    opt = mo.HybridGDODE([a, b], lr=0.1, gd="adam", policy="gd")
+    ((a**2).sum() + (b**3).sum()).backward()
+    opt.step()
+    g_prev, moved = a.grad.clone(), opt.hybrid_state["displacement_norm"].clone()
+    opt.zero_grad()
+    (a**2).sum().backward()  # b gets no gradient this step
+    opt.step()
+    expected = torch.linalg.vector_norm(a.grad - g_prev) / moved
+    torch.testing.assert_close(opt.hybrid_state["curvature"], expected, rtol=1e-10, atol=0)
