@@ -25,6 +25,7 @@ the fan-in-uniform initialisation, norms at scale 1 / shift 0.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -126,8 +127,9 @@ class _DigitsImageTask(ClassificationTask):
     def init_params(self, generator: torch.Generator | None = None) -> Params:
         return init_norms(self._template().model, super().init_params(generator))
 
+    @abstractmethod
     def architecture(self) -> tuple:
-        raise NotImplementedError
+        """Everything the network's loss depends on besides parameters and data."""
 
     def batch_key(self):
         """Networks of one architecture, minibatch size and penalty share a ``SupervisedBatch``
