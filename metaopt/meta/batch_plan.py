@@ -29,8 +29,10 @@ from torch import Tensor
 
 from ..task import TaskFamily
 from .batched_unroll import batched_step, stack_tree
+from .flat_buckets import flat_row, flatten_state, unflatten_state
 
-__all__ = ["loop_report", "rule_batch_error", "rule_pads_exactly", "task_label"]
+__all__ = ["loop_report", "rule_batch_error", "rule_flattens_exactly", "rule_pads_exactly",
+           "task_label"]
 
 _PROBE_SHAPES = ((3,), (2, 2))        # real parameter shapes of the probe
 _PADDED_SHAPES = ((5,), (3, 4))       # the same, zero-padded
@@ -94,6 +96,60 @@ def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3)
     return True
 
 
+def _leaves(tree) -> list[Tensor]:
+    if isinstance(tree, Tensor):
+        return [tree]
+    values = tree.values() if isinstance(tree, dict) else tree
+    return [leaf for value in values for leaf in _leaves(value)]
+
+
+def rule_flattens_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3) -> bool:
+    """True when ``learned``'s steps on a run's tensors equal its steps on their concatenation,
+    zero-padded, with the state converted as the engine converts it
+    (``metaopt.meta.flat_buckets``): the probe of ``rule_pads_exactly`` once per tensor and
+    once as one flat vector; the updates and the state given back must agree to rounding."""
+    weights = {k: v.detach() for k, v in weights.items()}
+    dtype = next(iter(weights.values())).dtype if weights else torch.float64
+    generator = torch.Generator().manual_seed(1)
+    real = [tuple(torch.rand(s, generator=generator, dtype=torch.float64).to(dtype) + shift
+                  for shift in (-0.5, 0.5, -0.5)) for s in _PROBE_SHAPES]
+    shapes = [torch.Size(s) for s in _PROBE_SHAPES]
+    count = sum(s.numel() for s in shapes)
+    width = count + 4
+
+    def run(start, curv, lin, state):
+        def grad_fn(points):
+            loss = sum((0.5 * a * p * p + b * p).sum() for a, b, p in zip(curv, lin, points))
+            return loss, [a * p + b for a, b, p in zip(curv, lin, points)]
+        params = start
+        with torch.no_grad():
+            for _ in range(steps):
+                params, state = learned.step(params, grad_fn, state, weights)
+        return params, state
+
+    with torch.no_grad():
+        initial = learned.init([r[0] for r in real], weights, horizon=10)
+        flat_init = learned.init([torch.zeros(count, dtype=dtype)], weights, horizon=10)
+    ends, end_state = run(*([r[i] for r in real] for i in range(3)), initial)
+    flat = [flat_row([r[i] for r in real], width) for i in range(3)]
+    (flat_end,), flat_end_state = run(
+        [flat[0]], [flat[1]], [flat[2]], flatten_state(initial, shapes, flat_init, width))
+    back = unflatten_state(flat_end_state, initial, shapes)
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-3
+    moved = flat_end - flat[0]
+    wanted = torch.cat([(e - r[0]).reshape(-1) for e, r in zip(ends, real)])
+    scale = float(wanted.abs().max())
+    if scale == 0 or not torch.all(moved[count:] == 0) or \
+            float((moved[:count] - wanted).abs().max()) > tolerance * scale:
+        return False
+    for got, want in zip(_leaves(back), _leaves(end_state), strict=True):
+        if got.shape != want.shape or (want.is_floating_point() and not torch.allclose(
+                got, want, rtol=tolerance, atol=tolerance * 1e-3)) or \
+                (not want.is_floating_point() and not torch.equal(got, want)):
+            return False
+    return True
+
+
 class _Stacker:
     """The ``TaskBatch`` interface ``stack_tree`` needs, for same-shape probe runs."""
 
@@ -129,9 +185,12 @@ def task_label(task) -> str:
     return f"{name}({task_label(base)})" if base is not None else name
 
 
-def loop_report(family: TaskFamily, num_runs: int, group_key, *, probe: int = 64) -> list[str]:
+def loop_report(family: TaskFamily, num_runs: int, group_key, *, probe: int = 64,
+                flat: bool = False) -> list[str]:
     """Plain-words lines on which runs of ``family`` would take the loop (module docstring,
-    question 2). ``group_key(task)`` is the engine's grouping key (None: no batched form)."""
+    question 2). ``group_key(task)`` is the engine's grouping key (None: no batched form);
+    ``flat``: the rule's steps are shared across groups (``metaopt.meta.flat_buckets``), so a
+    group of one run is batched too."""
     tasks = [family.sample_seed(_PROBE_SEED_BASE + i) for i in range(probe)]
     keys = [group_key(t) for t in tasks]
     no_key = Counter(task_label(t) for t, k in zip(tasks, keys) if k is None)
@@ -141,8 +200,9 @@ def loop_report(family: TaskFamily, num_runs: int, group_key, *, probe: int = 64
         chunk = [(t, k) for t, k in zip(tasks[begin:begin + num_runs],
                                         keys[begin:begin + num_runs]) if k is not None]
         sizes = Counter(k for _, k in chunk)
-        groups += sum(1 for n in sizes.values() if n > 1)
-        alone.update(task_label(t) for t, k in chunk if sizes[k] == 1)
+        groups += sum(1 for n in sizes.values() if n > 1 or flat)
+        if not flat:
+            alone.update(task_label(t) for t, k in chunk if sizes[k] == 1)
     lines = []
     if no_key:
         lines.append("no batched form (every run of it takes the loop): "
@@ -153,5 +213,7 @@ def loop_report(family: TaskFamily, num_runs: int, group_key, *, probe: int = 64
                                            for name, n in alone.most_common()))
     batched = probe - sum(no_key.values()) - sum(alone.values())
     lines.append(f"{batched}/{probe} probe runs batched, in {groups} groups over "
-                 f"{-(-probe // num_runs)} meta-batches of {num_runs}")
+                 f"{-(-probe // num_runs)} meta-batches of {num_runs}"
+                 + (" (one loss call per group; the rule steps of all groups share flat "
+                    "buckets)" if flat else ""))
     return lines

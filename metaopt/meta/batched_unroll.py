@@ -69,13 +69,13 @@ def unstack_tree(value, batch: TaskBatch, names: Sequence[str], params: Sequence
     raise TypeError(f"vectorised engine: cannot unstack a rule-state entry of type {type(value)}")
 
 
-def _take(tree, index: Tensor):
+def take_rows(tree, index: Tensor):
     """Rows ``index`` of every tensor of a pytree."""
     if isinstance(tree, Tensor):
         return tree.index_select(0, index)
     if isinstance(tree, dict):
-        return {k: _take(v, index) for k, v in tree.items()}
-    return type(tree)(_take(v, index) for v in tree)
+        return {k: take_rows(v, index) for k, v in tree.items()}
+    return type(tree)(take_rows(v, index) for v in tree)
 
 
 def _flatten(tree, leaves: list):
@@ -165,12 +165,19 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
             points = [p if differentiable and p.requires_grad else p.detach().requires_grad_()
                       for p in params]
             with torch.enable_grad():
-                loss = sub.loss(dict(zip(names, points)),
-                                sub.train_batch([generators[b] for b in rows]))
-                grads = None
-                if any(stepping):
-                    grads = torch.autograd.grad(loss.sum(), points, retain_graph=differentiable,
-                                                create_graph=differentiable and second_order)
+                batch_k = sub.train_batch([generators[b] for b in rows])
+                if hasattr(sub, "loss_and_grad"):  # a FlatBatch places its groups' gradients
+                    loss, grad = sub.loss_and_grad(
+                        points[0], batch_k, grad=any(stepping), retain_graph=differentiable,
+                        create_graph=differentiable and second_order)
+                    grads = None if grad is None else (grad,)
+                else:
+                    loss = sub.loss(dict(zip(names, points)), batch_k)
+                    grads = None
+                    if any(stepping):
+                        grads = torch.autograd.grad(loss.sum(), points,
+                                                    retain_graph=differentiable,
+                                                    create_graph=differentiable and second_order)
             if not differentiable:
                 loss = loss.detach()
             normalized = sub.normalized_loss(loss)
@@ -192,8 +199,8 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
                     new = step(list(params), loss_in, grads_in, state)
                 else:  # train split: runs at their final term do not step
                     at = torch.tensor(inner, device=device)
-                    new = step(_take(list(params), at), _take(loss_in, at),
-                               _take(grads_in, at), _take(state, at))
+                    new = step(take_rows(list(params), at), take_rows(loss_in, at),
+                               take_rows(grads_in, at), take_rows(state, at))
                 if not train:  # every run in the batch steps: held-out terms at θ_{k+1}
                     wanted = [every or k == lengths[b] - 1 for b in rows]
                     test = sub.test_batch([generators[b] if w else None
@@ -216,15 +223,15 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
                 source, where = ((params, state), finished) if train else \
                     (new, [inner_of[i] for i in finished])
                 at = torch.tensor(where, device=device)
-                ends.append(([rows[i] for i in finished], _take(list(source[0]), at),
-                             _take(source[1], at)))
+                ends.append(([rows[i] for i in finished], take_rows(list(source[0]), at),
+                             take_rows(source[1], at)))
             if new is None or not keep:
                 break
             params, state = new
             kept = [inner_of[i] for i in keep]
             if kept != list(range(len(inner_of))):
                 at = torch.tensor(kept, device=device)
-                params, state = _take(list(params), at), _take(state, at)
+                params, state = take_rows(list(params), at), take_rows(state, at)
             if len(keep) != len(rows):
                 rows = [rows[i] for i in keep]
                 sub = batch.select(rows)

@@ -16,12 +16,17 @@ early leave the batch), the divergence test and the batch streams are those of
 (``tests/meta/test_vectorised.py``).
 A run that diverges leaves the batch at the step it diverged (one host sync per group step, where
 the loop has one per run step) and gives no loss; its slice of the earlier batched steps gets a
-zero cotangent. Groups of one run, tasks without a ``batch_key`` (one notice per task type),
-groups whose rule state cannot be stacked, and every run once the rule fails under vmap (e.g. it
-reads a tensor on the host; one notice, ``VectorisedPool.fallback``) take the loop. Tasks of
+zero cotangent. Groups of one run (unless the rule's steps are shared, below), tasks without a
+``batch_key`` (one notice per task type), groups whose rule state cannot be stacked, and every
+run once the rule fails under vmap (e.g. it reads a tensor on the host; one notice,
+``VectorisedPool.fallback``) take the loop. Tasks of
 different parameter sizes share a zero-padded batch only when the rule pads exactly (probed once,
 ``metaopt.meta.batch_plan.rule_pads_exactly``); otherwise the group key adds the exact shapes.
-``describe`` says all this in plain words before training starts.
+When the rule also steps a run's tensors exactly as one flat vector (GARO with one segment;
+``rule_flattens_exactly``), groups of every family, groups of one included, share the rule's
+steps: each group's loss is one call, and the rule runs once per bucket of runs of similar size
+(``metaopt.meta.flat_buckets``). ``describe`` says all this in plain words before training
+starts.
 
 The learned rule is called through ``torch.func.vmap`` generically; its ``grad_fn`` returns the
 precomputed ``(L_b, g_b)`` and must only be evaluated at the current parameters (GARO's is).
@@ -38,8 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..rules.base import State, TensorList
-from .batch_plan import loop_report, rule_batch_error, rule_pads_exactly, task_label
+from .batch_plan import (
+    loop_report,
+    rule_batch_error,
+    rule_flattens_exactly,
+    rule_pads_exactly,
+    task_label,
+)
 from .batched_unroll import batched_step, stack_tree, unroll_group, unstack_tree
+from .flat_unroll import unroll_flat
 from .inner_runs import InnerRunPool, SegmentBatch
 from .learned import detach_state
 from .truncation import segment_length
@@ -81,6 +93,7 @@ class VectorisedPool(InnerRunPool):
         self._noticed: set[str] = set()
         self.fallback: str | None = None  # why the rule took the loop, once it could not vmap
         self._pads_exactly: bool | None = None  # rule_pads_exactly, probed at the first segment
+        self._flat: bool | None = None  # rule_flattens_exactly (then runs share flat buckets)
 
     def group_key(self, task, shapes=None):
         """The key runs are grouped by: ``task.batch_key()``, refined by the exact parameter
@@ -97,8 +110,9 @@ class VectorisedPool(InnerRunPool):
         if self._pads_exactly is None:
             try:
                 self._pads_exactly = rule_pads_exactly(self.learned, weights)
+                self._flat = self._pads_exactly and rule_flattens_exactly(self.learned, weights)
             except Exception:  # noqa: BLE001 (a rule the probe cannot drive: do not pad)
-                self._pads_exactly = False
+                self._pads_exactly = self._flat = False
 
     def describe(self, weights: Mapping[str, Tensor], *, probe: int = 64) -> str:
         """What the engine will batch and what takes the loop, in plain words (the trainer prints
@@ -111,15 +125,19 @@ class VectorisedPool(InnerRunPool):
             return (f"vectorised engine: {rule} cannot advance stacked runs ({error}): every run "
                     f"takes the loop")
         lines = [f"vectorised engine: {rule} " + (
+            "steps a run's tensors as one flat vector, so runs of every family share its steps "
+            "(flat buckets by size)" if self._flat else
             "pads exactly, so tasks of different sizes share a padded batch" if self._pads_exactly
             else "depends on the number of parameters (its step on zero-padded tensors differs), "
                  "so only tasks of identical parameter shapes share a batch")]
         lines += ["  " + line for line in loop_report(self.family, len(self.runs),
-                                                      self.group_key, probe=probe)]
+                                                      self.group_key, probe=probe,
+                                                      flat=bool(self._flat))]
         return "\n".join(lines)
 
     def _groups(self, indices: Sequence[int]) -> tuple[list[list[int]], list[int]]:
-        """Runs grouped by ``group_key`` (first-seen order) and the runs left to the loop."""
+        """Runs grouped by ``group_key`` (first-seen order) and the runs left to the loop (those
+        without a key, and groups of one unless the runs share flat buckets)."""
         groups: dict = {}
         alone = []
         for i in indices:
@@ -134,8 +152,8 @@ class VectorisedPool(InnerRunPool):
                 alone.append(i)
             else:
                 groups.setdefault(key, []).append(i)
-        batched = [g for g in groups.values() if len(g) > 1]
-        alone += [g[0] for g in groups.values() if len(g) == 1]
+        batched = [g for g in groups.values() if len(g) > 1 or self._flat]
+        alone += [g[0] for g in groups.values() if len(g) == 1 and not self._flat]
         return batched, sorted(alone)
 
     def _step_fn(self, weights):
@@ -164,7 +182,10 @@ class VectorisedPool(InnerRunPool):
             groups, alone = [], list(range(count))
         try:
             step = self._step_fn(weights) if groups else None
-            for group in groups:
+            if self._flat and groups:
+                unroll_flat(self, groups, begin, weights, differentiable=differentiable,
+                            step=step, losses=losses, finals=finals)
+            for group in [] if self._flat else groups:
                 if not self._group(group, begin, weights, differentiable, step, losses, finals):
                     alone += group
         except RuntimeError as error:  # the rule cannot run under vmap (a host sync, ...)

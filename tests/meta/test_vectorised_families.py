@@ -197,7 +197,7 @@ def test_the_start_up_report_says_what_takes_the_loop_and_why():
     quadratics = tasks.get("quadratic", dim=(2, 5), dtype=DT)
     rule = learned("none")
     text = _pool(rule, [quadratics, _KeylessFamily()]).describe(rule.meta_parameters(), probe=16)
-    assert "pads exactly" in text and "no batched form" in text and "TestFunctionTask" in text
+    assert "one flat vector" in text and "no batched form" in text and "TestFunctionTask" in text
     rule = learned("distance", _PaddedCounts)
     text = _pool(rule, [quadratics]).describe(rule.meta_parameters(), probe=16)
     assert "identical parameter shapes" in text and "QuadraticTask" in text  # alone: dims differ

@@ -1,0 +1,240 @@
+"""Runs of different families through one rule step: each run's parameters as one flat vector.
+
+A rule whose step on a run's tensors equals its step on their concatenation (GARO with one
+segment: its features are global norms and sums, its update elementwise; probed by
+``metaopt.meta.batch_plan.rule_flattens_exactly``) can advance runs of *any* families together:
+
+    θ_b = [vec θ_b,1, …, vec θ_b,K_b, 0, …, 0] ∈ ℝᴺ     run b's own tensors, zero-padded
+    L_b = task_b.loss(θ_b as the group's tensors)      one ``loss`` call per same-key group
+    θ', s' = vmap(learned.step)(θ, (L, ∂L/∂θ), s)      ONE rule call for the whole bucket
+
+``FlatBatch`` is that bucket as a ``TaskBatch`` with a single parameter ``"flat"`` of shape
+``(R, N)``; ``unroll_group`` advances it unchanged (truncation, divergence, meta-loss terms).
+A run's row holds only its real coordinates, so the rule never works on a group's padding: a
+group whose tasks differ in shape (``TaskBatch.stack_values`` pads them) reads its padded
+tensors from the rows by one ``gather`` whose padding entries point at the row's last column,
+which every row keeps at 0 (``N`` = the longest run + 1; the rule pads exactly). Its gradient
+comes back by the inverse ``gather``. The rule's state is flattened the same way, run by run:
+per-parameter lists become one padded vector, global entries stay as they are, and entries whose
+shape depends on the number of tensors are run constants (GARO's element counts), taken from
+``learned.init`` of the flat run (``flatten_state``) and given back from the run's own state
+afterwards (``unflatten_state``). Runs are merged into buckets by length (``plan_buckets``): one
+more rule call is cheaper than padding beyond ``PAD_BUDGET`` elements.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..task import TaskBatch
+
+__all__ = ["PAD_BUDGET", "FlatBatch", "GroupLayout", "flat_row", "flatten_state", "plan_buckets",
+           "unflatten_state"]
+
+# A rule step's fixed cost (~150 dispatched ops under vmap, forward and backward) is worth about
+# this many padded elements of its elementwise work (~40 ops, forward and backward), on CPU.
+PAD_BUDGET = 1 << 15
+
+
+def flat_row(tensors: Sequence[Tensor], width: int) -> Tensor:
+    """One run's tensors -> their concatenation, zero-padded to ``width``."""
+    row = torch.cat([t.reshape(-1) for t in tensors])
+    return F.pad(row, (0, width - row.numel()))
+
+
+def split_row(row: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
+    """The inverse of ``flat_row``: the run's tensors (views of ``row``)."""
+    out, start = [], 0
+    for shape in shapes:
+        size = int(torch.Size(shape).numel())
+        out.append(row[start:start + size].view(shape))
+        start += size
+    return out
+
+
+def _is_param_list(value, shapes) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == len(shapes) and
+            all(isinstance(t, Tensor) and t.shape == s for t, s in zip(value, shapes)))
+
+
+def flatten_state(state, shapes: Sequence[torch.Size], flat_init, width: int):
+    """A run's rule state -> its flat form (module docstring); ``flat_init``: ``learned.init``
+    of the run as one flat tensor (its run constants)."""
+    if _is_param_list(state, shapes):
+        return type(state)([flat_row(list(state), width)])
+    if isinstance(state, Tensor):
+        return state if state.shape == flat_init.shape else flat_init
+    if isinstance(state, dict):
+        if set(state) != set(flat_init):
+            raise TypeError("vectorised engine: the flat rule state has other entries")
+        return {k: flatten_state(v, shapes, flat_init[k], width) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(flatten_state(v, shapes, c, width)
+                           for v, c in zip(state, flat_init, strict=True))
+    raise TypeError(f"vectorised engine: cannot flatten a rule-state entry of type {type(state)}")
+
+
+def unflatten_state(flat, start, shapes: Sequence[torch.Size]):
+    """The inverse of ``flatten_state``: ``flat`` back to the form of ``start`` (the run's state
+    at the segment's start, whose run constants it gives back)."""
+    if _is_param_list(start, shapes):
+        return type(start)(split_row(flat[0], shapes))
+    if isinstance(start, Tensor):
+        return flat if flat.shape == start.shape else start
+    if isinstance(start, dict):
+        return {k: unflatten_state(flat[k], v, shapes) for k, v in start.items()}
+    return type(start)(unflatten_state(f, v, shapes) for f, v in zip(flat, start))
+
+
+def row_of(tree, b: int):
+    """Row ``b`` of every tensor of a stacked pytree."""
+    if isinstance(tree, Tensor):
+        return tree[b]
+    if isinstance(tree, dict):
+        return {k: row_of(v, b) for k, v in tree.items()}
+    return type(tree)(row_of(v, b) for v in tree)
+
+
+def plan_buckets(lengths: Sequence[Sequence[int]], budget: int = PAD_BUDGET) -> list[list[int]]:
+    """Groups (``lengths[i]``: the flat lengths of group ``i``'s runs) merged into buckets: in
+    order of their longest run, a group joins the current bucket while the bucket's padding,
+    Σ over its runs of (longest − length), stays within ``budget`` elements."""
+    order = sorted(range(len(lengths)), key=lambda i: max(lengths[i]))
+    buckets: list[list[int]] = []
+    rows = real = 0
+    for i in order:
+        longest, count, total = max(lengths[i]), len(lengths[i]), sum(lengths[i])
+        if not buckets or (rows + count) * longest - real - total > budget:
+            buckets.append([])
+            rows = real = 0
+        buckets[-1].append(i)
+        rows, real = rows + count, real + total
+    return buckets
+
+
+class GroupLayout:
+    """Where a group's stacked (padded) tensors sit in its runs' rows (module docstring):
+    ``index`` (B, P) reads them from the rows (None: they are the rows' first P columns), and
+    ``inverse`` (B, N) reads the rows' coordinates back from them (P: a zero appended).
+
+    Derived from the group's own ``stack_values``: each run's coordinate numbers 1, 2, … are
+    stacked like its parameters, so wherever the group pads (at the end of each dimension, or
+    per gate block of a GRU), a 0 marks the padding.
+    """
+
+    def __init__(self, batch: TaskBatch, names: Sequence[str],
+                 shapes: Sequence[Sequence[torch.Size]], width: int, device):
+        numbers, starts, self.padded = [], [0] * len(shapes), []
+        for j, name in enumerate(names):
+            values = []
+            for b, run in enumerate(shapes):
+                count = run[j].numel()
+                values.append(torch.arange(starts[b] + 1, starts[b] + count + 1,
+                                           dtype=torch.float64, device=device).view(run[j]))
+                starts[b] += count
+            stacked = batch.stack_values(name, values)
+            self.padded.append(stacked.shape[1:])
+            numbers.append(stacked.reshape(len(shapes), -1))
+        index = torch.cat(numbers, dim=1).long() - 1
+        self.size = index.shape[1]
+        self.index = self.inverse = None
+        if torch.equal(index, torch.arange(self.size, device=device).expand_as(index)):
+            return
+        rows = torch.arange(len(shapes), device=device).unsqueeze(1).expand_as(index)
+        real = index >= 0
+        inverse = torch.full((len(shapes), width), self.size, dtype=torch.long, device=device)
+        inverse[rows[real], index[real]] = torch.arange(
+            self.size, device=device).expand_as(index)[real]
+        self.index = torch.where(real, index, width - 1)
+        self.inverse = inverse
+
+    def tensors(self, rows: Tensor) -> list[Tensor]:
+        """The group's stacked tensors from its rows."""
+        padded = rows[:, :self.size] if self.index is None else rows.gather(1, self.index)
+        out, start = [], 0
+        for shape in self.padded:
+            out.append(padded[:, start:start + shape.numel()].view(len(rows), *shape))
+            start += shape.numel()
+        return out
+
+    def rows(self, tensors: Sequence[Tensor], width: int) -> Tensor:
+        """The inverse of ``tensors``, for the tensors' gradients."""
+        padded = torch.cat([t.reshape(len(t), -1) for t in tensors], dim=1)
+        if self.index is None:
+            return F.pad(padded, (0, width - self.size))
+        return F.pad(padded, (0, 1)).gather(1, self.inverse)
+
+    def select(self, local: Sequence[int]) -> GroupLayout:
+        out = GroupLayout.__new__(GroupLayout)
+        out.padded, out.size = self.padded, self.size
+        out.index = out.inverse = None
+        if self.index is not None:
+            at = torch.tensor(list(local), device=self.index.device)
+            out.index, out.inverse = self.index[at], self.inverse[at]
+        return out
+
+
+class FlatBatch(TaskBatch):
+    """Same-key ``TaskBatch`` groups whose runs are rows of one ``(R, N)`` parameter ``"flat"``:
+    group ``i`` holds rows ``offsets[i]:offsets[i+1]``, its tensors ``names[i]`` placed by
+    ``layouts[i]``."""
+
+    def __init__(self, groups: Sequence[TaskBatch], names: Sequence[Sequence[str]],
+                 layouts: Sequence[GroupLayout], width: int):
+        super().__init__([task for group in groups for task in group.tasks])
+        self.groups, self.names, self.layouts = list(groups), list(names), list(layouts)
+        self.width = int(width)
+        self.offsets = [0]
+        for group in self.groups:
+            self.offsets.append(self.offsets[-1] + len(group))
+
+    def _parts(self, flat: Tensor, batch):
+        for i, (group, part) in enumerate(zip(self.groups, batch)):
+            tensors = self.layouts[i].tensors(flat[self.offsets[i]:self.offsets[i + 1]])
+            yield group, part, tensors
+
+    def loss(self, params, batch) -> Tensor:
+        return torch.cat([group.loss(dict(zip(names, tensors)), part) for names, (
+            group, part, tensors) in zip(self.names, self._parts(params["flat"], batch))])
+
+    def loss_and_grad(self, flat: Tensor, batch, *, grad: bool, retain_graph: bool,
+                      create_graph: bool) -> tuple[Tensor, Tensor | None]:
+        """``(L, ∂ Σ L / ∂ flat)`` (None when ``grad`` is False), each group's gradient taken
+        with respect to its own tensors and placed back by its layout."""
+        losses, inputs = [], []
+        for names, (group, part, tensors) in zip(self.names, self._parts(flat, batch)):
+            losses.append(group.loss(dict(zip(names, tensors)), part))
+            inputs.append(tensors)
+        loss = torch.cat(losses)
+        if not grad:
+            return loss, None
+        grads = torch.autograd.grad(loss.sum(), [t for ts in inputs for t in ts],
+                                    retain_graph=retain_graph, create_graph=create_graph)
+        rows, at = [], 0
+        for layout, tensors in zip(self.layouts, inputs):
+            rows.append(layout.rows(grads[at:at + len(tensors)], self.width))
+            at += len(tensors)
+        return loss, torch.cat(rows)
+
+    def _split(self, generators):
+        return [generators[a:b] for a, b in zip(self.offsets, self.offsets[1:])]
+
+    def train_batch(self, generators):
+        return [g.train_batch(part) for g, part in zip(self.groups, self._split(generators))]
+
+    def test_batch(self, generators):
+        return [g.test_batch(part) for g, part in zip(self.groups, self._split(generators))]
+
+    def select(self, rows: Sequence[int]) -> FlatBatch:
+        """The rows ``rows`` (ascending), each group keeping its own."""
+        kept = []
+        for i, group in enumerate(self.groups):
+            local = [r - self.offsets[i] for r in rows
+                     if self.offsets[i] <= r < self.offsets[i + 1]]
+            if local:
+                kept.append((group.select(local), self.names[i], self.layouts[i].select(local)))
+        return FlatBatch([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept],
+                         self.width)

@@ -1,0 +1,88 @@
+"""The vectorised engine's flat path: same-key groups of runs, of any families, unrolled through
+shared rule steps as rows of flat buckets (``metaopt.meta.flat_buckets`` states the layout)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .batched_unroll import stack_tree, unroll_group
+from .flat_buckets import (
+    FlatBatch,
+    GroupLayout,
+    flat_row,
+    flatten_state,
+    plan_buckets,
+    row_of,
+    split_row,
+    unflatten_state,
+)
+from .truncation import segment_length
+from .unroll import batch_generator
+
+__all__ = ["unroll_flat"]
+
+
+class _Rows:
+    """``stack_tree``'s batch for flat runs: every per-parameter entry is one row."""
+
+    def stack_values(self, name, values):
+        return torch.stack(list(values))
+
+
+def unroll_flat(pool, groups: Sequence[Sequence[int]], begin, weights, *, differentiable: bool,
+                step, losses: list, finals: list) -> None:
+    """Unroll the runs of ``groups`` (run indices, one ``batch_key`` each) in flat buckets,
+    writing each run's meta-loss into ``losses`` and where it ended, ``(params, state)`` (None
+    if it diverged), into ``finals``."""
+    kinds: dict = {}
+    for group in groups:
+        first = begin[group[0]][0][0]
+        kinds.setdefault((first.dtype, first.device), []).append(list(group))
+    inits: dict = {}
+    for members in kinds.values():
+        lengths = [[sum(p.numel() for p in begin[i][0]) for i in g] for g in members]
+        for bucket in plan_buckets(lengths):
+            _unroll_bucket(pool, [members[i] for i in bucket], begin, weights, inits,
+                           differentiable, step, losses, finals)
+
+
+def _unroll_bucket(pool, groups, begin, weights, inits, differentiable, step, losses,
+                   finals) -> None:
+    learned = pool.learned
+    indices = [i for g in groups for i in g]
+    runs = [pool.runs[i] for i in indices]
+    shapes = [[p.shape for p in begin[i][0]] for i in indices]
+    real = [sum(s.numel() for s in run) for run in shapes]
+    width = max(real) + 1  # the last column stays 0: a group's padding reads it
+    first = begin[indices[0]][0][0]
+    batches, names, layouts = [], [], []
+    for g in groups:
+        batch = type(pool.runs[g[0]].task).stack([pool.runs[i].task for i in g])
+        batches.append(batch)
+        names.append(pool.runs[g[0]].names)
+        layouts.append(GroupLayout(batch, names[-1], [[p.shape for p in begin[i][0]] for i in g],
+                               width, first.device))
+    flat = FlatBatch(batches, names, layouts, width)
+    states = []
+    for i, run, run_shapes, n in zip(indices, runs, shapes, real):
+        key = (n, run.horizon)
+        if key not in inits:
+            with torch.no_grad():
+                inits[key] = learned.init([first.new_zeros(n)], weights, horizon=run.horizon)
+        states.append(flatten_state(begin[i][1], run_shapes, inits[key], width))
+    params = torch.stack([flat_row(begin[i][0], width) for i in indices])
+    state = stack_tree(states, _Rows(), ["flat"], [[torch.Size([width])]] * len(indices))
+    lengths = [segment_length(pool.truncation_length, run.step, run.horizon) for run in runs]
+    generators = [batch_generator(run.batch_seed, run.step) for run in runs]
+    bucket_losses, ends = unroll_group(
+        learned, weights, flat, ["flat"], [params], state, lengths, generators, pool.meta_loss,
+        differentiable=differentiable, second_order=pool.second_order, step=step)
+    for b, i in enumerate(indices):
+        losses[i] = bucket_losses[b]
+    for members, (end_params,), end_state in ends:
+        for k, b in enumerate(members):
+            i = indices[b]
+            if losses[i] is not None:
+                finals[i] = (split_row(end_params[k], shapes[b]),
+                             unflatten_state(row_of(end_state, k), begin[i][1], shapes[b]))

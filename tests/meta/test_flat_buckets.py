@@ -1,0 +1,131 @@
+"""Runs of every family through shared rule steps (``metaopt.meta.flat_buckets``), float64,
+against the loop engine (each run unrolled on its own, its tensors stepped as they are).
+
+The oracle sees everything the flat path could get wrong: a group's padding read from the wrong
+column, a gradient placed at another coordinate, a run constant (GARO's element counts) taken
+from the flat run instead of the real one, a state given back to the wrong run. A rule whose
+step is not the same on the concatenation (each tensor normalised by its own norm) is refused
+by the probe, and forcing it through the flat path must show a difference.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import metaopt.meta.flat_unroll as flat_unroll
+import tasks
+from metaopt.meta import InnerRunPool, MetaLoss, TruncatedBPTT, VectorisedPool, make_horizon
+from metaopt.meta.batch_plan import rule_flattens_exactly, task_label
+from metaopt.meta.flat_buckets import plan_buckets
+
+from .test_vectorised_families import DT, EXACT_FAMILIES, FAMILIES, learned, relative_error
+
+EVERY_FAMILY = {**FAMILIES["point"], **FAMILIES["mlp"], **FAMILIES["linear"],
+                **FAMILIES["sequence"], **FAMILIES["cnn"],
+                "autoencoder_digits": FAMILIES["autoencoder"]["autoencoder_digits"],
+                **EXACT_FAMILIES["vit"]}
+
+
+def mixture():
+    return tasks.get("augmented", dtype=DT, loss_scale=[0.1, 10.0], param_scale=[0.5, 2.0],
+                     family={"name": "mixture", "kwargs": {"components": EVERY_FAMILY}})
+
+
+def run_both(rule, *, num_runs=12, steps=2, force_flat=False):
+    weights = rule.meta_parameters()
+    pools = [cls(rule, mixture(), num_runs, 3, make_horizon("log_uniform", min_length=2,
+                                                              max_length=8),
+                 MetaLoss("mean", "train", divergence_threshold=100.0))
+             for cls in (InnerRunPool, VectorisedPool)]
+    if force_flat:
+        pools[1]._pads_exactly = pools[1]._flat = True
+    generators = [torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)]
+    results = []
+    for _ in range(steps):
+        step = []
+        for pool, generator in zip(pools, generators):
+            pool.refresh(weights, generator)
+            step.append(TruncatedBPTT().estimate(pool, weights, generator))
+        results.append((step, [[list(r.params) if r else None for r in p.runs] for p in pools]))
+    return results
+
+
+@pytest.mark.parametrize("scale", ["none", "prodigy"])
+def test_runs_of_every_family_share_buckets_and_equal_the_loop(scale, monkeypatch):
+    buckets = []
+    original = flat_unroll._unroll_bucket
+
+    def record(pool, groups, *args):
+        buckets.append({task_label(pool.runs[g[0]].task) for g in groups})
+        return original(pool, groups, *args)
+    monkeypatch.setattr(flat_unroll, "_unroll_bucket", record)
+    results = run_both(learned(scale))
+    assert any(len(kinds) >= 3 for kinds in buckets), buckets  # families share a rule step
+    for (loop, vectorised), (loop_params, vec_params) in results:
+        assert abs(loop.loss - vectorised.loss) <= 1e-11 * abs(loop.loss)
+        assert relative_error(loop.grads, vectorised.grads) <= 1e-10
+        for a, b in zip(loop_params, vec_params):
+            assert (a is None) == (b is None)
+            for p, q in zip(a or [], b or []):
+                torch.testing.assert_close(q, p, rtol=1e-11, atol=1e-12)
+
+
+class _PerTensorNormalised:
+    """θ_i ← θ_i − η g_i/‖g_i‖ per tensor: pads exactly, but is not its step on the
+    concatenation (one norm over all tensors)."""
+
+    def __init__(self):
+        self.module = nn.Module()
+        self.module.log_lr = nn.Parameter(torch.tensor(-2.0, dtype=DT))
+
+    def meta_parameters(self):
+        return dict(self.module.named_parameters())
+
+    def init(self, params, weights, horizon=None):
+        return {"step": torch.zeros((), dtype=DT)}
+
+    def step(self, params, grad_fn, state, weights):
+        _, grads = grad_fn(params)
+        lr = weights["log_lr"].exp()
+        return ([p - lr * g / (g.square().sum() + 1e-30).sqrt() for p, g in zip(params, grads)],
+                {"step": state["step"] + 1})
+
+    def trace(self, state):
+        return {}
+
+
+def test_the_probe_refuses_a_rule_that_does_not_flatten_and_the_oracle_sees_it():
+    for scale in ("none", "distance", "prodigy"):
+        rule = learned(scale)
+        assert rule_flattens_exactly(rule, rule.meta_parameters())
+    rule = _PerTensorNormalised()
+    assert not rule_flattens_exactly(rule, rule.meta_parameters())
+    for (loop, vectorised), _ in run_both(rule, steps=1):  # its groups keep their tensors
+        assert relative_error(loop.grads, vectorised.grads) <= 1e-10
+    forced = run_both(rule, steps=1, force_flat=True)
+    assert max(relative_error(loop.grads, vec.grads) for (loop, vec), _ in forced) > 1e-6
+
+
+def test_buckets_merge_groups_by_size_within_the_padding_budget():
+    lengths = [[100], [2, 2], [3], [90, 95]]
+    assert plan_buckets(lengths, budget=5) == [[1, 2], [3], [0]]
+    assert plan_buckets(lengths, budget=20) == [[1, 2], [3, 0]]  # 3·100 − 285 = 15
+    assert plan_buckets(lengths, budget=10 ** 6) == [[1, 2, 3, 0]]
+    for budget in (0, 5, 50, 500):
+        for bucket in plan_buckets(lengths, budget=budget):
+            runs = [n for i in bucket for n in lengths[i]]
+            assert len(bucket) == 1 or len(runs) * max(runs) - sum(runs) <= budget
+
+
+def test_the_start_up_report_says_the_groups_share_the_rule_steps():
+    rule = learned("prodigy")
+    pool = VectorisedPool(rule, mixture(), 8, 3, make_horizon("constant", 4),
+                          MetaLoss("mean", "train"))
+    text = pool.describe(rule.meta_parameters(), probe=16)
+    assert "one flat vector" in text and "share flat buckets" in text and "alone" not in text
+    rule = _PerTensorNormalised()  # pads exactly, does not flatten: groups keep their tensors
+    pool = VectorisedPool(rule, mixture(), 8, 3, make_horizon("constant", 4),
+                          MetaLoss("mean", "train"))
+    text = pool.describe(rule.meta_parameters(), probe=16)
+    assert "pads exactly" in text and "alone in their group" in text and "flat" not in text
