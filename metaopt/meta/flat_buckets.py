@@ -122,11 +122,14 @@ class GroupLayout:
 
     Derived from the group's own ``stack_values``: each run's coordinate numbers 1, 2, … are
     stacked like its parameters, so wherever the group pads (at the end of each dimension, or
-    per gate block of a GRU), a 0 marks the padding.
+    per gate block of a GRU), a 0 marks the padding. When every real coordinate already sits at
+    its own column (one tensor padded at its end: points, quadratics), the padding reads the
+    row's own zero tail, so no gather is needed (``identity``; the rows must then be at least
+    ``size`` long: ``place``).
     """
 
     def __init__(self, batch: TaskBatch, names: Sequence[str],
-                 shapes: Sequence[Sequence[torch.Size]], width: int, device):
+                 shapes: Sequence[Sequence[torch.Size]], device):
         numbers, starts, self.padded = [], [0] * len(shapes), []
         for j, name in enumerate(names):
             values = []
@@ -138,18 +141,29 @@ class GroupLayout:
             stacked = batch.stack_values(name, values)
             self.padded.append(stacked.shape[1:])
             numbers.append(stacked.reshape(len(shapes), -1))
-        index = torch.cat(numbers, dim=1).long() - 1
-        self.size = index.shape[1]
+        self._numbers = torch.cat(numbers, dim=1).long() - 1
+        self.size = self._numbers.shape[1]
+        positions = torch.arange(self.size, device=device).expand_as(self._numbers)
+        real = self._numbers >= 0
+        self.identity = torch.equal(self._numbers[real], positions[real])
         self.index = self.inverse = None
-        if torch.equal(index, torch.arange(self.size, device=device).expand_as(index)):
-            return
-        rows = torch.arange(len(shapes), device=device).unsqueeze(1).expand_as(index)
+
+    def place(self, width: int) -> GroupLayout:
+        """The gather indices for rows ``width`` long (none for an ``identity`` layout)."""
+        index = self._numbers
+        if self.identity:
+            if width < self.size:
+                raise ValueError(f"width: {width} < this group's {self.size} columns")
+            return self
+        rows = torch.arange(len(index), device=index.device).unsqueeze(1).expand_as(index)
         real = index >= 0
-        inverse = torch.full((len(shapes), width), self.size, dtype=torch.long, device=device)
+        inverse = torch.full((len(index), width), self.size, dtype=torch.long,
+                             device=index.device)
         inverse[rows[real], index[real]] = torch.arange(
-            self.size, device=device).expand_as(index)[real]
+            self.size, device=index.device).expand_as(index)[real]
         self.index = torch.where(real, index, width - 1)
         self.inverse = inverse
+        return self
 
     def tensors(self, rows: Tensor) -> list[Tensor]:
         """The group's stacked tensors from its rows."""
@@ -169,7 +183,7 @@ class GroupLayout:
 
     def select(self, local: Sequence[int]) -> GroupLayout:
         out = GroupLayout.__new__(GroupLayout)
-        out.padded, out.size = self.padded, self.size
+        out.padded, out.size, out.identity = self.padded, self.size, self.identity
         out.index = out.inverse = None
         if self.index is not None:
             at = torch.tensor(list(local), device=self.index.device)

@@ -54,7 +54,6 @@ def _unroll_bucket(pool, groups, begin, weights, inits, differentiable, step, lo
     runs = [pool.runs[i] for i in indices]
     shapes = [[p.shape for p in begin[i][0]] for i in indices]
     real = [sum(s.numel() for s in run) for run in shapes]
-    width = max(real) + 1  # the last column stays 0: a group's padding reads it
     first = begin[indices[0]][0][0]
     batches, names, layouts = [], [], []
     for g in groups:
@@ -62,7 +61,10 @@ def _unroll_bucket(pool, groups, begin, weights, inits, differentiable, step, lo
         batches.append(batch)
         names.append(pool.runs[g[0]].names)
         layouts.append(GroupLayout(batch, names[-1], [[p.shape for p in begin[i][0]] for i in g],
-                               width, first.device))
+                                   first.device))
+    # the last column stays 0 (a group's padding reads it); an identity layout reads its own
+    width = max([max(real) + 1] + [layout.size for layout in layouts if layout.identity])
+    layouts = [layout.place(width) for layout in layouts]
     flat = FlatBatch(batches, names, layouts, width)
     states = []
     for i, run, run_shapes, n in zip(indices, runs, shapes, real):

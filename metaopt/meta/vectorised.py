@@ -182,10 +182,11 @@ class VectorisedPool(InnerRunPool):
             groups, alone = [], list(range(count))
         try:
             step = self._step_fn(weights) if groups else None
-            if self._flat and groups:
+            flat = self._flat and len(groups) > 1  # (one group: its own batch is the bucket)
+            if flat:
                 unroll_flat(self, groups, begin, weights, differentiable=differentiable,
                             step=step, losses=losses, finals=finals)
-            for group in [] if self._flat else groups:
+            for group in [] if flat else groups:
                 if not self._group(group, begin, weights, differentiable, step, losses, finals):
                     alone += group
         except RuntimeError as error:  # the rule cannot run under vmap (a host sync, ...)
