@@ -19,9 +19,10 @@ W&B is off (``wandb.mode=disabled``), validation is reduced to one short held-ou
 at the start and the end, which cancel), the evaluation table is off. ``cpu s/step`` is the
 same difference of the CPU time of the command's whole process tree (``RUSAGE_CHILDREN``): with
 P processes on P free cores the wall time per step approaches it divided by P. ``speedup`` =
-s/step with 1 process / with 2 (target ≥ 1.7). ``load`` is ``os.getloadavg()``'s 1-minute
-figure before → after the pair of runs: a machine whose load exceeds its free cores makes the
-2-process figure meaningless.
+s/step with 1 process / with 2 (target ≥ 1.7). ``peak_rss_mib``: the peak resident memory of
+the N-step command's largest process (one rank under torchrun), start-up included. ``load`` is
+``os.getloadavg()``'s 1-minute figure before → after the pair of runs: a machine whose load
+exceeds its free cores makes the 2-process figure meaningless.
 
 Knobs (environment): ``METAOPT_BENCH_STEPS="M,N"`` (every config), ``METAOPT_BENCH_CONFIGS``
 (comma-separated config paths), ``METAOPT_BENCH_ENGINES``, ``METAOPT_BENCH_SIZES`` (default
@@ -59,13 +60,22 @@ def command(config: str, engine: str, runs: int, procs: int, steps: int, out_dir
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
          "--nproc_per_node", str(procs)]
     pin = ["taskset", "-c", cpus] if cpus else []
-    return [*pin, *launcher, str(ROOT / "scripts" / "meta_train.py"), "--config",
+    return [*pin, sys.executable, "-c", _PEAK_RSS, *launcher,
+            str(ROOT / "scripts" / "meta_train.py"), "--config",
             str(ROOT / config), f"out_dir={out_dir}", f"unroll.engine={engine}",
             f"unroll.num_tasks={runs}", f"steps={steps}", *QUIET]
 
 
-def _timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds (the whole process tree) of ``cmd``; raises on a non-zero exit."""
+# Runs the command it is given and reports, last on stderr, the peak RSS of its largest process
+# (a fresh parent per command: RUSAGE_CHILDREN's maximum never resets within one process).
+_PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+             "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+             "file=sys.stderr); sys.exit(code)")
+
+
+def _timed(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall and CPU seconds (the whole process tree) of ``cmd`` and the peak RSS in MiB of its
+    largest process; raises on a non-zero exit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -76,7 +86,9 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{' '.join(cmd[-12:])}: exit {proc.returncode}: {tail[0]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    peak = [line.split()[1] for line in proc.stderr.splitlines()
+            if line.startswith("peak_rss_kib ")]
+    return wall, cpu, int(peak[-1]) / 1024 if peak else float("nan")
 
 
 def measure(config: str, engine: str, runs: int, procs: int, steps: tuple[int, int],
@@ -84,7 +96,7 @@ def measure(config: str, engine: str, runs: int, procs: int, steps: tuple[int, i
     """s/meta-step (wall and CPU) of one command, from M-step and N-step runs (median of
     ``repeats`` pairs)."""
     load_before = os.getloadavg()[0]
-    walls, cpus_per_step = [], []
+    walls, cpus_per_step, peaks = [], [], []
     span = steps[1] - steps[0]
     for _ in range(repeats):
         times = []
@@ -92,12 +104,14 @@ def measure(config: str, engine: str, runs: int, procs: int, steps: tuple[int, i
             with tempfile.TemporaryDirectory() as out_dir:
                 times.append(_timed(command(config, engine, runs, procs, count,
                                             str(Path(out_dir) / "run"), cpus)))
-        (wall_m, cpu_m), (wall_n, cpu_n) = times
+        (wall_m, cpu_m, _), (wall_n, cpu_n, peak) = times
         walls.append((wall_n - wall_m) / span)
         cpus_per_step.append((cpu_n - cpu_m) / span)
+        peaks.append(peak)
     return {"config": Path(config).name, "engine": engine, "runs": runs, "procs": procs,
             "steps": f"{steps[0]}->{steps[1]}", "s_per_step": statistics.median(walls),
             "cpu_s_per_step": statistics.median(cpus_per_step),
+            "peak_rss_mib": round(max(peaks)),
             "load": f"{load_before:.2f}->{os.getloadavg()[0]:.2f}"}
 
 
