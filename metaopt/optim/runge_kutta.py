@@ -27,31 +27,26 @@ class RungeKutta(ClosureRuleOptimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay),
                          RungeKuttaRule(method))
         self.method = method
-        # Scratch buffers, never pickled. Created here rather than with getattr(..., default):
-        # torch.compile(opt.step) cannot trace an attribute that appears mid-step.
-        self._workspace: tuple = ([], [], [])
+        # The θ snapshot, scratch, never pickled. Created here rather than with
+        # getattr(..., default): torch.compile(opt.step) cannot trace an attribute that appears
+        # mid-step.
+        self._workspace: list = []
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._workspace = ([], [], [])  # rebuilt on the next step
+        self._workspace = []  # rebuilt on the next step
 
     def _update(self, params, hyper, grad_fn):
-        # The benchmark asks for the in-place path: no per-step allocations beyond the closure's.
-        workspace = self._workspace
-        theta = workspace[0]
+        # The benchmark asks for the in-place path (metaopt/rules/runge_kutta_inplace.py): the
+        # stage points are written into the live tensors, no allocation beyond the closure's.
+        theta = self._workspace
         if len(theta) != len(params) or any(t.shape != p.shape or t.dtype != p.dtype or
                                              t.device != p.device
                                              for t, p in zip(theta, params)):
-            for buffers in workspace:  # refilled in place (compile-friendly: no rebinding)
-                buffers[:] = [torch.empty_like(p) for p in params]
+            theta[:] = [torch.empty_like(p) for p in params]  # in place: compile-friendly
+        torch._foreach_copy_(theta, params)
         grad_fn.start = theta  # the θ snapshot, restored if the step fails
-        try:
-            self.rule.step_(params, grad_fn.at_params, (grad_fn.start_loss, grad_fn.start_grads),
-                            hyper, workspace)
-        except BaseException:
-            if any(g is None for g in grad_fn.start_grads):
-                grad_fn.start_grads[:] = [g.clone() for g in workspace[2]]
-            raise
+        self.rule.step_(params, grad_fn.at_params, grad_fn.start_grads, hyper, theta)
         return {}
 
 
