@@ -27,26 +27,35 @@ class RungeKutta(ClosureRuleOptimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay),
                          RungeKuttaRule(method))
         self.method = method
-        # The θ snapshot, scratch, never pickled. Created here rather than with
-        # getattr(..., default): torch.compile(opt.step) cannot trace an attribute that appears
-        # mid-step.
-        self._workspace: list = []
+        # Scratch buffers (θ snapshot, first gradient's copy, sum), never pickled. Created here
+        # rather than with getattr(..., default): torch.compile(opt.step) cannot trace an
+        # attribute that appears mid-step.
+        self._workspace: tuple = ([], [], [])
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._workspace = []  # rebuilt on the next step
+        self._workspace = ([], [], [])  # rebuilt on the next step
 
     def _update(self, params, hyper, grad_fn):
         # The benchmark asks for the in-place path (metaopt/rules/runge_kutta_inplace.py): the
         # stage points are written into the live tensors, no allocation beyond the closure's.
-        theta = self._workspace
+        workspace = self._workspace
+        theta = workspace[0]
         if len(theta) != len(params) or any(t.shape != p.shape or t.dtype != p.dtype or
                                              t.device != p.device
                                              for t, p in zip(theta, params)):
-            theta[:] = [torch.empty_like(p) for p in params]  # in place: compile-friendly
-        torch._foreach_copy_(theta, params)
-        grad_fn.start = theta  # the θ snapshot, restored if the step fails
-        self.rule.step_(params, grad_fn.at_params, grad_fn.start_grads, hyper, theta)
+            for buffers in workspace:  # refilled in place (compile-friendly: no rebinding)
+                buffers[:] = [torch.empty_like(p) for p in params]
+        first_grads = grad_fn.start_grads
+        # θ's snapshot and the first gradient's copy in one fused call
+        torch._foreach_copy_(theta + workspace[1], params + first_grads)
+        grad_fn.start = theta  # restored if the step fails
+        try:
+            self.rule.step_(params, grad_fn.at_params, first_grads, hyper, workspace)
+        except BaseException:
+            if any(g is None for g in first_grads):  # dropped mid-step: give back the copy
+                first_grads[:] = [g.clone() for g in workspace[1]]
+            raise
         return {}
 
 

@@ -5,20 +5,20 @@ the gradient flow, slopes ``k_i = ∇L(y_i) + wd·y_i``, step h = lr)::
 
     y_i = θ − h · Σ_{j<i} a_ij k_j,      θ_next = θ − h · Σ_i b_i k_i
 
-with the parameters themselves as the stage points, written in as few passes over memory as the
-tableau allows (on a 1M-parameter model every pass costs ~1% of a gradient evaluation):
+with the live parameters as the stage points, in as few passes over memory as the tableau
+allows (on a 1M-parameter model each pass costs about 1% of a gradient evaluation):
 
-* θ is copied once, by the caller (the snapshot the stage points and the update are taken
-  from, and what a refused step restores); stage 1's point is then an in-place add on the live
-  tensors;
-* Σ_i b_i k_i is never built in a buffer of its own. It is carried in the tensors of one slope
-  ``k_c`` (the *carrier*: the first stage after the first, ``b_c ≠ 0``, whose slope no later
-  stage point reads) as ``k_c + Σ_{j≠c} (b_j / b_c) k_j``, one in-place add per slope, and
-  θ_next = θ − h b_c · carrier in one pass. The carrier is a fresh gradient the closure
-  handed over, so nothing is scaled or copied to start the sum;
-* the first slope's gradient (``p.grad`` at θ after the step) is only read, never copied;
-* a slope is released as soon as no stage point and no fold reads it, so backward can reuse
-  its memory in the next closure.
+* the caller snapshots θ and copies the first gradient (``p.grad`` at θ after the step) in one
+  fused call; stage 1's point is then one in-place add on the live tensors;
+* Σ_i b_i k_i is started only when its second term arrives, as ``k_w + (b_v / b_w) k_v`` in one
+  pass (never ``b_v k_v`` alone first), kept as ``Σ_j (b_j / b_w) k_j`` and scaled by ``−h b_w``
+  in the final ``θ_next = θ − h b_w · sum`` pass; when that second term is the last stage's, the
+  sum is formed in that slope's own tensors (no closure follows);
+* no gradient the closure returned is alive during a later closure: each is released (and the
+  caller's reference to the first dropped) as soon as nothing reads it, and what later stages
+  need of the first slope is read from its copy. Holding one across a closure makes glibc
+  return and re-fault heap memory (measured: hundreds of extra page faults per RK4 step, more
+  than the pass it saves).
 
 The plan is derived from the tableau once (``InPlaceSchedule.of``); ``run`` executes it. The
 pure rule and this schedule sum in different orders; ``tests/rules/test_runge_kutta.py`` holds
@@ -40,18 +40,20 @@ Terms = tuple[tuple[int, float], ...]
 
 @dataclass(frozen=True)
 class InPlaceSchedule:
-    """What happens after slope ``k_t`` arrives, for each stage t (all derived from a tableau).
+    """What happens after slope ``k_t`` arrives, for each stage t (derived from a tableau).
 
     ``points[t]``: the nonzero ``(j, a_{t+1,j})`` of stage t+1's point (empty for the last
-    stage); ``carrier``: the stage whose slope carries the weighted sum (None: only ``b_0 ≠ 0``);
-    ``folds[t]``: ``(j, b_j / b_c)`` added into the carrier at time t; ``releases[t]``: slopes
-    no longer read after time t.
+    stage); ``start``: ``(w, v, b_v / b_w)`` — when ``k_w`` arrives the sum starts as
+    ``k_w + (b_v / b_w) k_v`` (None when one slope alone is weighted: ``lone`` names it);
+    ``folds[t]``: ``(t, b_t / b_w)`` added to the sum at time t; ``weight``: ``b_w`` (or the
+    lone slope's b); ``releases[t]``: slopes nothing reads after time t.
     """
 
     stages: int
-    b: tuple[float, ...]
     points: tuple[Terms, ...]
-    carrier: int | None
+    start: tuple[int, int, float] | None
+    lone: int | None
+    weight: float
     folds: tuple[Terms, ...]
     releases: tuple[tuple[int, ...], ...]
 
@@ -60,48 +62,46 @@ class InPlaceSchedule:
         s, a, b = tableau.stages, tableau.a, tableau.b
         points = tuple(tuple((j, a[t + 1][j]) for j in range(t + 1) if a[t + 1][j] != 0.0)
                        if t + 1 < s else () for t in range(s))
-        # the last time a stage point reads k_j (stage i's point is written at time i − 1)
-        last_read = [max([i - 1 for i in range(j + 1, s) if a[i][j] != 0.0], default=-1)
-                     for j in range(s)]
-        # The carrier is added to in place, so it starts carrying once no stage point reads it
-        # any more: the weighted slope whose reads end first (the last stage's always qualify).
-        start = {c: max(c, last_read[c]) for c in range(1, s) if b[c] != 0.0}
-        carrier = min(start, key=lambda c: (start[c], c)) if start else None
-        folds, releases, folded, released = [], [], set(), set()
-        for t in range(s):
-            fold = ()
-            if carrier is not None and t >= start[carrier]:
-                fold = tuple((j, b[j] / b[carrier]) for j in range(t + 1)
-                             if b[j] != 0.0 and j != carrier and j not in folded)
-                folded.update(j for j, _ in fold)
-            folds.append(fold)
-            # k_0 is the caller's gradient (kept whole); the carrier lives to the end
-            done = tuple(j for j in range(1, t + 1) if j != carrier and j not in released
-                         and last_read[j] <= t and (b[j] == 0.0 or j in folded))
-            released.update(done)
-            releases.append(done)
-        return cls(s, tuple(b), points, carrier, tuple(folds), tuple(releases))
+        weighted = [j for j in range(s) if b[j] != 0.0]
+        if len(weighted) == 1:
+            start, lone, weight = None, weighted[0], b[weighted[0]]
+        else:
+            (v, w), lone, weight = weighted[:2], None, b[weighted[1]]
+            start = (w, v, b[v] / b[w])
+        folds = tuple(((t, b[t] / weight),) if t in weighted[2:] else () for t in range(s))
+        # a slope is released once its arrival, its last stage-point read (stage i's point is
+        # written at time i − 1) and its entry into the sum are all past; the lone one is read
+        # by the final pass
+        last_use = [max([j] + [i - 1 for i in range(j + 1, s) if a[i][j] != 0.0]
+                        + ([start[0]] if start and j in start[:2] else []))
+                    for j in range(s)]
+        releases = tuple(tuple(j for j in range(s) if last_use[j] == t and j != lone)
+                         for t in range(s))
+        return cls(s, points, start, lone, weight, folds, releases)
 
     def run(self, params: list[Tensor], evaluate: Callable[[], tuple[Tensor, TensorList]],
-            first_grads: Sequence[Tensor], neg_h: Sequence[float],
-            weight_decay: Sequence[float], theta: TensorList) -> None:
+            first_grads: list, neg_h: Sequence[float], weight_decay: Sequence[float],
+            theta: TensorList, grad_copy: list, total: TensorList) -> None:
         """Move ``params`` (live, holding θ) to θ_next in place.
 
         ``evaluate()`` returns (loss, grads) at wherever ``params`` are, grads owned by the
-        caller; ``first_grads`` is the gradient at θ (read only); ``neg_h`` and
-        ``weight_decay`` hold one float per tensor; ``theta`` already holds a copy of θ (the
-        caller's snapshot, which it restores if the step fails).
+        caller; ``first_grads`` (a list the caller owns) is the gradient at θ: its entries are
+        dropped during the step and end as the copy's tensors; ``neg_h`` and ``weight_decay``
+        hold one float per tensor; ``theta`` and ``grad_copy`` hold copies of θ and of the first
+        gradient (``grad_copy``'s tensors are handed over and it ends holding spare buffers of
+        the same shapes: the last closure's); ``total`` is a scratch buffer per tensor.
         """
         uniform = all(h == neg_h[0] for h in neg_h)
-        slopes: dict[int, TensorList] = {0: _decayed_first(first_grads, params, weight_decay)}
+        slopes: dict[int, TensorList] = {0: _decayed(first_grads, params, weight_decay)}
+        # spare buffers for the next copy: the last closure's tensors (here, with one stage)
+        spare = list(first_grads) if self.stages == 1 else None
+        first_grads[:] = [None] * len(params)  # the caller's list must not pin them
+        acc = None
         for t in range(self.stages):
-            if t > 0:
-                _, grads = evaluate()
-                for g, p, wd in zip(grads, params, weight_decay):
-                    if wd != 0.0:  # fresh tensors, owned here: decay in place
-                        g.add_(p, alpha=wd)
-                slopes[t] = grads
-                grads = None
+            if t > 0:  # (no local name may keep a slope alive into the next closure)
+                slopes[t] = _decayed_(evaluate()[1], params, weight_decay)
+                if t == self.stages - 1:
+                    spare = slopes[t]
             for n, (j, a_ij) in enumerate(self.points[t]):
                 if n == 0 and t > 0:  # θ − h a k straight into the live tensors: one pass
                     _add_into(params, theta, slopes[j], neg_h, a_ij, uniform)
@@ -109,20 +109,43 @@ class InPlaceSchedule:
                     _axpy(params, slopes[j], neg_h, a_ij, uniform)
             if t > 0 and not self.points[t] and t + 1 < self.stages:
                 torch._foreach_copy_(params, theta)  # a stage point at θ itself
+            if t == 0:  # later reads of k_0 go to the copy (decayed anew where wd ≠ 0)
+                slopes[0] = [c if wd == 0.0 else k
+                             for c, k, wd in zip(grad_copy, slopes[0], weight_decay)]
+            if self.start is not None and t == self.start[0]:
+                w, v, ratio = self.start
+                if t == self.stages - 1:  # no closure follows: sum in k_w's own tensors
+                    torch._foreach_add_(slopes[w], slopes[v], alpha=ratio)
+                    acc = slopes[w]
+                else:
+                    for o, x, y in zip(total, slopes[w], slopes[v]):
+                        torch.add(x, y, alpha=ratio, out=o)
+                    acc = total
             for j, ratio in self.folds[t]:
-                torch._foreach_add_(slopes[self.carrier], slopes[j], alpha=ratio)
+                torch._foreach_add_(acc, slopes[j], alpha=ratio)
             for j in self.releases[t]:
                 slopes.pop(j, None)
-        if self.carrier is None:
-            _add_into(params, theta, slopes[0], neg_h, self.b[0], uniform)
-        else:
-            _add_into(params, theta, slopes[self.carrier], neg_h, self.b[self.carrier], uniform)
+        _add_into(params, theta, slopes[self.lone] if acc is None else acc, neg_h, self.weight,
+                  uniform)
+        # Hand the copy over as θ's gradient; the last closure's tensors are the next copy's
+        # buffers: a swap, not another pass.
+        first_grads[:] = grad_copy
+        grad_copy[:] = spare
 
 
-def _decayed_first(grads: Sequence[Tensor], params: Sequence[Tensor],
-                   weight_decay: Sequence[float]) -> TensorList:
-    """k_0 = g_0 + wd·θ: the caller's gradient where wd = 0, a new tensor elsewhere."""
+def _decayed(grads: Sequence[Tensor], params: Sequence[Tensor],
+             weight_decay: Sequence[float]) -> TensorList:
+    """k = g + wd·y out of place where wd ≠ 0 (the caller's tensors stay the gradient)."""
     return [g if wd == 0.0 else g + wd * p for g, p, wd in zip(grads, params, weight_decay)]
+
+
+def _decayed_(grads: TensorList, params: Sequence[Tensor],
+              weight_decay: Sequence[float]) -> TensorList:
+    """k = g + wd·y in place: the closure's fresh tensors, owned here."""
+    for g, p, wd in zip(grads, params, weight_decay):
+        if wd != 0.0:
+            g.add_(p, alpha=wd)
+    return grads
 
 
 def _axpy(ys: TensorList, xs: TensorList, neg_h: Sequence[float], coeff: float,

@@ -40,4 +40,4 @@ def test_workspace_is_scratch_rebuilt_after_unpickling():
     opt = mo.RK4([w], lr=0.1)
     _run(opt.step, opt, w, steps=1)
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
-        assert clone._workspace == []
+        assert clone._workspace == ([], [], [])
