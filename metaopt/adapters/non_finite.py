@@ -44,13 +44,16 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
 
 
 def _norms_finite(norms: Sequence[Tensor]) -> bool:
-    return bool(torch.isfinite(torch.stack([n.to(torch.float64) for n in norms])).all())
+    # torch.stack promotes mixed dtypes, and a widening cast keeps finiteness: no per-norm cast
+    return bool(torch.isfinite(torch.stack(list(norms))).all())
 
 
 def loss_is_finite(loss: Any) -> bool:
     if loss is None:
         return True
     if isinstance(loss, Tensor):
+        if loss.numel() == 1 and not loss.is_complex():  # one host read, no kernels
+            return math.isfinite(loss.item())
         return bool(torch.isfinite(loss.detach()).all())
     return math.isfinite(float(loss))
 

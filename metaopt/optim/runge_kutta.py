@@ -27,7 +27,7 @@ class RungeKutta(ClosureRuleOptimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay),
                          RungeKuttaRule(method))
         self.method = method
-        # Scratch buffers (θ snapshot, first gradient's copy, sum), never pickled. Created here
+        # Scratch buffers (θ snapshot, spare and sum slots), never pickled. Created here
         # rather than with getattr(..., default): torch.compile(opt.step) cannot trace an
         # attribute that appears mid-step.
         self._workspace: tuple = ([], [], [])
@@ -45,17 +45,11 @@ class RungeKutta(ClosureRuleOptimizer):
                                              t.device != p.device
                                              for t, p in zip(theta, params)):
             for buffers in workspace:  # refilled in place (compile-friendly: no rebinding)
-                buffers[:] = [torch.empty_like(p) for p in params]
-        first_grads = grad_fn.start_grads
-        # θ's snapshot and the first gradient's copy in one fused call
-        torch._foreach_copy_(theta + workspace[1], params + first_grads)
-        grad_fn.start = theta  # restored if the step fails
-        try:
-            self.rule.step_(params, grad_fn.at_params, first_grads, hyper, workspace)
-        except BaseException:
-            if any(g is None for g in first_grads):  # dropped mid-step: give back the copy
-                first_grads[:] = [g.clone() for g in workspace[1]]
-            raise
+                buffers.clear()
+            theta[:] = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(theta, params)
+        grad_fn.start = theta  # the θ snapshot, restored if the step fails
+        self.rule.step_(params, grad_fn.at_params, grad_fn.start_grads, hyper, workspace)
         return {}
 
 

@@ -28,7 +28,6 @@ from .base import (
 )
 from .hyper import ODEHyper
 from .runge_kutta_inplace import InPlaceSchedule
-from .runge_kutta_inplace import InPlaceSchedule
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -89,12 +88,6 @@ class RungeKuttaRule:
         self.__dict__.update(state)
         if "schedule" not in state:  # pickled before the in-place schedule existed
             self.schedule = InPlaceSchedule.of(self.tableau)
-        self.schedule = InPlaceSchedule.of(self.tableau)
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if "schedule" not in state:  # pickled before the in-place schedule existed
-            self.schedule = InPlaceSchedule.of(self.tableau)
 
     def init(self, params: Sequence[Tensor]) -> State:
         return {}
@@ -106,22 +99,18 @@ class RungeKuttaRule:
         result = explicit_rk_step(params, slope_fn, self.tableau, per_tensor(hyper.lr, n))
         return result.params, state
 
-    def step_(self, params: list[Tensor], evaluate, first_grads: list, hyper: ODEHyper,
-              workspace: tuple[TensorList, TensorList, TensorList]) -> None:
+    def step_(self, params: list[Tensor], evaluate, first_grads: Sequence[Tensor],
+              hyper: ODEHyper, workspace: tuple[TensorList, list, list]) -> None:
         """In-place twin of ``step`` for the runtime optimizer (``no_grad``; mutates ``params``).
 
         ``evaluate()`` returns (loss, grads) at wherever ``params`` currently are, grads owned by
-        the caller; ``first_grads`` (the caller's list) is the gradient at θ. ``workspace`` =
-        (θ snapshot, copy of the first gradient, sum buffer), reused across steps; the first two
-        already hold their copies. At the end ``first_grads`` holds the copy's tensors and the
-        workspace the last closure's (a swap). The passes are ``InPlaceSchedule``'s
-        (``runge_kutta_inplace.py``), derived from the same tableau: same math as ``step``,
-        summed in a different order (``tests/rules/test_runge_kutta.py`` holds them equal in
-        float64).
+        the caller; ``first_grads`` is the gradient at θ (only read). ``workspace`` = (θ's
+        snapshot, already taken; the ``spare`` and ``total`` slots), reused across steps. The
+        passes are ``InPlaceSchedule``'s (``runge_kutta_inplace.py``), derived from the same
+        tableau: same math as ``step``, summed in a different order
+        (``tests/rules/test_runge_kutta.py`` holds them equal in float64).
         """
         hyper, n = ODEHyper.coerce(hyper), len(params)
         neg_h = [-float(h) for h in per_tensor(hyper.lr, n)]
         weight_decay = [float(w) for w in per_tensor(hyper.weight_decay, n)]
-        theta, grad_copy, total = workspace
-        self.schedule.run(params, evaluate, first_grads, neg_h, weight_decay, theta, grad_copy,
-                          total)
+        self.schedule.run(params, evaluate, first_grads, neg_h, weight_decay, *workspace)

@@ -56,6 +56,7 @@ class InPlaceSchedule:
     weight: float
     folds: tuple[Terms, ...]
     releases: tuple[tuple[int, ...], ...]
+    in_place: bool  # the sum starts in k_w's own tensors (no stage point reads k_w after)
 
     @classmethod
     def of(cls, tableau: ButcherTableau) -> InPlaceSchedule:
@@ -77,31 +78,29 @@ class InPlaceSchedule:
                     for j in range(s)]
         releases = tuple(tuple(j for j in range(s) if last_use[j] == t and j != lone)
                          for t in range(s))
-        return cls(s, points, start, lone, weight, folds, releases)
+        in_place = start is not None and last_use[start[0]] <= start[0]
+        return cls(s, points, start, lone, weight, folds, releases, in_place)
 
     def run(self, params: list[Tensor], evaluate: Callable[[], tuple[Tensor, TensorList]],
-            first_grads: list, neg_h: Sequence[float], weight_decay: Sequence[float],
-            theta: TensorList, grad_copy: list, total: TensorList) -> None:
+            first_grads: Sequence[Tensor], neg_h: Sequence[float],
+            weight_decay: Sequence[float], theta: TensorList, spare: list, total: list) -> None:
         """Move ``params`` (live, holding θ) to θ_next in place.
 
         ``evaluate()`` returns (loss, grads) at wherever ``params`` are, grads owned by the
-        caller; ``first_grads`` (a list the caller owns) is the gradient at θ: its entries are
-        dropped during the step and end as the copy's tensors; ``neg_h`` and ``weight_decay``
-        hold one float per tensor; ``theta`` and ``grad_copy`` hold copies of θ and of the first
-        gradient (``grad_copy``'s tensors are handed over and it ends holding spare buffers of
-        the same shapes: the last closure's); ``total`` is a scratch buffer per tensor.
+        caller; ``first_grads`` is the gradient at θ (only read); ``neg_h`` and
+        ``weight_decay`` hold one float per tensor; ``theta`` holds a copy of θ. ``spare`` and
+        ``total`` are slots (lists, empty or one tensor per parameter) that keep the number of
+        gradient-sized buffers alive constant from one closure to the next: the first
+        gradient takes spare's place, a sum begun in a slope's own tensors takes total's, and
+        the last closure's tensors become the next step's spare.
         """
         uniform = all(h == neg_h[0] for h in neg_h)
         slopes: dict[int, TensorList] = {0: _decayed(first_grads, params, weight_decay)}
-        # spare buffers for the next copy: the last closure's tensors (here, with one stage)
-        spare = list(first_grads) if self.stages == 1 else None
-        first_grads[:] = [None] * len(params)  # the caller's list must not pin them
+        spare.clear()  # the first gradient, kept whole through the step, takes its place
         acc = None
         for t in range(self.stages):
             if t > 0:  # (no local name may keep a slope alive into the next closure)
                 slopes[t] = _decayed_(evaluate()[1], params, weight_decay)
-                if t == self.stages - 1:
-                    spare = slopes[t]
             for n, (j, a_ij) in enumerate(self.points[t]):
                 if n == 0 and t > 0:  # θ − h a k straight into the live tensors: one pass
                     _add_into(params, theta, slopes[j], neg_h, a_ij, uniform)
@@ -109,28 +108,25 @@ class InPlaceSchedule:
                     _axpy(params, slopes[j], neg_h, a_ij, uniform)
             if t > 0 and not self.points[t] and t + 1 < self.stages:
                 torch._foreach_copy_(params, theta)  # a stage point at θ itself
-            if t == 0:  # later reads of k_0 go to the copy (decayed anew where wd ≠ 0)
-                slopes[0] = [c if wd == 0.0 else k
-                             for c, k, wd in zip(grad_copy, slopes[0], weight_decay)]
             if self.start is not None and t == self.start[0]:
                 w, v, ratio = self.start
-                if t == self.stages - 1:  # no closure follows: sum in k_w's own tensors
+                if self.in_place:  # no stage point reads k_w any more: sum in its tensors
                     torch._foreach_add_(slopes[w], slopes[v], alpha=ratio)
-                    acc = slopes[w]
+                    total[:] = slopes[w]  # (the old buffers go: the count stays the same)
                 else:
+                    if len(total) != len(params):
+                        total[:] = [torch.empty_like(p) for p in params]
                     for o, x, y in zip(total, slopes[w], slopes[v]):
                         torch.add(x, y, alpha=ratio, out=o)
-                    acc = total
+                acc = total
             for j, ratio in self.folds[t]:
                 torch._foreach_add_(acc, slopes[j], alpha=ratio)
+            if t == self.stages - 1 and t > 0:
+                spare[:] = slopes[t]  # the next step's spare (its values are not read)
             for j in self.releases[t]:
                 slopes.pop(j, None)
         _add_into(params, theta, slopes[self.lone] if acc is None else acc, neg_h, self.weight,
                   uniform)
-        # Hand the copy over as θ's gradient; the last closure's tensors are the next copy's
-        # buffers: a swap, not another pass.
-        first_grads[:] = grad_copy
-        grad_copy[:] = spare
 
 
 def _decayed(grads: Sequence[Tensor], params: Sequence[Tensor],
