@@ -112,13 +112,15 @@ class InPlaceSchedule:
                 w, v, ratio = self.start
                 if self.in_place:  # no stage point reads k_w any more: sum in its tensors
                     torch._foreach_add_(slopes[w], slopes[v], alpha=ratio)
-                    total[:] = slopes[w]  # (the old buffers go: the count stays the same)
+                    if t < self.stages - 1:  # held into later closures: in total's place
+                        total[:] = slopes[w]
+                    acc = slopes[w]
                 else:
                     if len(total) != len(params):
                         total[:] = [torch.empty_like(p) for p in params]
                     for o, x, y in zip(total, slopes[w], slopes[v]):
                         torch.add(x, y, alpha=ratio, out=o)
-                acc = total
+                    acc = total
             for j, ratio in self.folds[t]:
                 torch._foreach_add_(acc, slopes[j], alpha=ratio)
             if t == self.stages - 1 and t > 0:
