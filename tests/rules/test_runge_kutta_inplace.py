@@ -25,8 +25,11 @@ def tableau(name, a, b):
 
 
 SYNTHETIC = [
-    # every a_ij ≠ 0: k_1 is read by stage 3, so the sum cannot start in k_1's tensors
-    tableau("dense4", ((), (0.3,), (0.2, 0.4), (0.1, -0.2, 0.6)), (0.1, 0.2, 0.3, 0.4)),
+    # every a_ij ≠ 0: k_1 is read by stage 3, so the sum cannot start in k_1's tensors (and
+    # the final pass is taken from θ: b has fewer nonzero weights than b − a_last)
+    tableau("dense4", ((), (0.3,), (0.2, 0.4), (0.1, -0.2, 0.6)), (0.2, 0.3, 0.0, 0.5)),
+    # the same rows with every weight nonzero: the final pass adds onto the last stage point
+    tableau("dense4_point", ((), (0.3,), (0.2, 0.4), (0.1, -0.2, 0.6)), (0.1, 0.2, 0.3, 0.4)),
     # only k_2 weighted (the lone slope), and stage 1's point is θ itself (a_10 = 0)
     tableau("lone", ((), (0.0,), (0.25, 0.5)), (0.0, 0.0, 1.0)),
     # a stage point at θ after the first stage (row 2 all zero), b_0 = 0
@@ -68,13 +71,22 @@ def test_schedule_equals_the_pure_rule(tab):
 
 
 def test_schedule_shapes_follow_the_tableau():
-    """The plan for classic RK4: the sum starts as k_2 + ½k_1 in k_2's own tensors."""
+    """Classic RK4: y_3 = θ − h k_3 is in the live tensors at the end, so θ_next = y_3 − h Σ d_j k_j
+    with d = b − a_4 = (1/6, 1/3, −2/3, 1/6), the sum starting as k_2 + ½ k_1 in k_2's tensors."""
     rk4 = InPlaceSchedule.of(TABLEAUS["rk4"])
-    assert rk4.start == (1, 0, 0.5) and rk4.in_place and rk4.weight == 1 / 3
-    assert rk4.folds == ((), (), ((2, 1.0),), ((3, 0.5),))
+    assert rk4.from_point and rk4.in_place
+    assert rk4.start == (1, 0, 0.5) and rk4.weight == 1 / 3
+    assert rk4.folds == ((), (), ((2, -2.0),), ((3, 0.5),))
+    heun = InPlaceSchedule.of(TABLEAUS["heun"])  # θ − h/2 (k_1 + k_2) = y_2 + h/2 k_1 − h/2 k_2
+    assert heun.from_point and heun.start == (1, 0, -1.0) and heun.weight == 0.5
+    midpoint = InPlaceSchedule.of(TABLEAUS["midpoint"])  # one weighted slope: θ − h k_2
+    assert not midpoint.from_point and midpoint.lone == 1
     dense = InPlaceSchedule.of(SYNTHETIC[0])
-    assert not dense.in_place  # k_1 is read by stage 3's point after the sum starts
-    lone = InPlaceSchedule.of(SYNTHETIC[1])
+    assert not dense.in_place and not dense.from_point
+    # k_1 is read by stage 3's point after the sum starts
+    assert dense.start == (1, 0, pytest.approx(2 / 3))
+    assert InPlaceSchedule.of(SYNTHETIC[1]).from_point
+    lone = InPlaceSchedule.of(SYNTHETIC[2])
     assert lone.start is None and lone.lone == 2
 
 
