@@ -34,7 +34,7 @@ SYNTHETIC = [
     tableau("lone", ((), (0.0,), (0.25, 0.5)), (0.0, 0.0, 1.0)),
     # a stage point at θ after the first stage (row 2 all zero), b_0 = 0
     tableau("theta_point", ((), (0.5,), (0.0, 0.0), (0.3, 0.0, 0.7)), (0.0, 0.5, 0.25, 0.25)),
-    # the sum starts at stage 1 in a buffer-free way, then two folds
+    # k_1 waits until k_3 arrives (the sum starts as k_3 + k_1 in k_3's tensors), then a fold
     tableau("late_folds", ((), (1.0,), (0.0, 0.5), (0.0, 0.0, 1.0), (0.2, 0.2, 0.2, 0.2)),
             (0.0, 0.3, 0.0, 0.3, 0.4)),
 ]
