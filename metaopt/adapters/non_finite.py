@@ -37,20 +37,25 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
     tensors = [t for t in tensors if t is not None and t.numel() > 0]
     if not tensors:
         return True
-    if _norms_finite(torch._foreach_norm(tensors)):
+    # The norms' float64 sum is finite exactly when they all are (unless it overflows, which the
+    # exact re-check below settles): one host read and fewer kernels than isfinite/all.
+    if math.isfinite(torch.stack(torch._foreach_norm(tensors)).sum(dtype=torch.float64).item()):
         return True
     # A non-finite 2-norm is either a non-finite entry or an overflowed sum of large finite ones.
     return _norms_finite(torch._foreach_norm(tensors, math.inf))
 
 
 def _norms_finite(norms: Sequence[Tensor]) -> bool:
-    return bool(torch.isfinite(torch.stack([n.to(torch.float64) for n in norms])).all())
+    # torch.stack promotes mixed dtypes, and a widening cast keeps finiteness: no per-norm cast
+    return bool(torch.isfinite(torch.stack(list(norms))).all())
 
 
 def loss_is_finite(loss: Any) -> bool:
     if loss is None:
         return True
     if isinstance(loss, Tensor):
+        if loss.numel() == 1 and not loss.is_complex():  # one host read, no kernels
+            return math.isfinite(loss.item())
         return bool(torch.isfinite(loss.detach()).all())
     return math.isfinite(float(loss))
 

@@ -22,14 +22,12 @@ from .base import (
     State,
     StepSize,
     TensorList,
-    add_into,
     add_scaled,
-    axpy_,
     per_tensor,
-    scale_into,
     with_weight_decay,
 )
 from .hyper import ODEHyper
+from .runge_kutta_inplace import InPlaceSchedule
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -84,6 +82,12 @@ class RungeKuttaRule:
 
     def __init__(self, method: str = "rk4"):
         self.tableau = get_tableau(method)
+        self.schedule = InPlaceSchedule.of(self.tableau)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "schedule" not in state:  # pickled before the in-place schedule existed
+            self.schedule = InPlaceSchedule.of(self.tableau)
 
     def init(self, params: Sequence[Tensor]) -> State:
         return {}
@@ -95,70 +99,18 @@ class RungeKuttaRule:
         result = explicit_rk_step(params, slope_fn, self.tableau, per_tensor(hyper.lr, n))
         return result.params, state
 
-    def step_(self, params: list[Tensor], evaluate, first: tuple[Tensor, TensorList],
-              hyper: ODEHyper, workspace: tuple[TensorList, TensorList, TensorList]) -> None:
+    def step_(self, params: list[Tensor], evaluate, first_grads: Sequence[Tensor],
+              hyper: ODEHyper, workspace: tuple[TensorList, list, list]) -> None:
         """In-place twin of ``step`` for the runtime optimizer (``no_grad``; mutates ``params``).
 
         ``evaluate()`` returns (loss, grads) at wherever ``params`` currently are, grads owned by
-        the caller; ``first`` is that pair at θ. ``workspace`` = (θ snapshot, Σ b_i k_i, copy of
-        the first gradient) buffers reused across steps, so a step allocates nothing beyond the
-        closure's own gradients, and every gradient tensor is dropped as soon as no later stage
-        reads it — holding one across closures makes glibc return and re-fault memory every step
-        (measured: ~400 extra page faults per RK4 step). The copy of the first gradient is
-        handed back in the ``first`` list at the end, so the caller can leave ``p.grad`` at θ's
-        gradient; the last stage's tensors become the next copy buffer. Same math as ``step``,
-        summed in a different order (``tests/rules/test_runge_kutta.py`` holds them equal in
-        float64).
+        the caller; ``first_grads`` is the gradient at θ (only read). ``workspace`` = (θ's
+        snapshot, already taken; the ``spare`` and ``total`` slots), reused across steps. The
+        passes are ``InPlaceSchedule``'s (``runge_kutta_inplace.py``), derived from the same
+        tableau: same math as ``step``, summed in a different order
+        (``tests/rules/test_runge_kutta.py`` holds them equal in float64).
         """
-        tableau, n, hyper = self.tableau, len(params), ODEHyper.coerce(hyper)
-        neg_h = [-h for h in per_tensor(hyper.lr, n)]
-        weight_decay = per_tensor(hyper.weight_decay, n)
-        theta, weighted_sum, first_grad = workspace
-        torch._foreach_copy_(theta, params)
-        first_grads = first[1]
-        torch._foreach_copy_(first_grad, first_grads)
-        stage0 = list(first_grads)
-        first_grads[:] = [None] * n  # the caller's list must not pin them through the closures
-        last_use = {j: max([i for i in range(j + 1, tableau.stages) if tableau.a[i][j] != 0.0],
-                           default=0) for j in range(tableau.stages)}
-        slopes: dict[int, TensorList] = {}
-        summed = False
-        grads = None
-        for i in range(tableau.stages):
-            if i > 0:
-                # Release the last slope before the closure runs, so backward can reuse its memory.
-                grads = None
-                terms = [(j, a_ij) for j, a_ij in enumerate(tableau.a[i]) if a_ij != 0.0]
-                for t, (j, a_ij) in enumerate(terms):
-                    scale = [a_ij * h for h in neg_h]
-                    if t == 0 and i > 1:  # θ + a·k straight into the live tensors: one pass
-                        add_into(params, theta, slopes[j], scale)
-                    else:  # (at stage 1 the live tensors still hold θ)
-                        axpy_(params, slopes[j], scale)
-                    if last_use[j] == i:
-                        del slopes[j]
-                if not terms and i > 1:
-                    torch._foreach_copy_(params, theta)
-            if i == 0:
-                grads, stage0 = stage0, None
-            else:
-                _, grads = evaluate()
-            if i > 0:  # stage slopes are fresh tensors owned here: decay them in place
-                for g, p, wd in zip(grads, params, weight_decay):
-                    if wd != 0.0:
-                        g.add_(p, alpha=wd)
-            else:
-                grads = with_weight_decay(grads, params, weight_decay)
-            if tableau.b[i] != 0.0:
-                if summed:
-                    torch._foreach_add_(weighted_sum, grads, alpha=tableau.b[i])
-                else:
-                    scale_into(weighted_sum, grads, tableau.b[i])
-                    summed = True
-            if last_use[i] > i:
-                slopes[i] = grads
-        add_into(params, theta, weighted_sum, neg_h)
-        # Hand the copy of θ's gradient back and keep the last stage's tensors as next step's
-        # copy buffer: a swap, not another pass.
-        first_grads[:] = first_grad
-        first_grad[:] = grads
+        hyper, n = ODEHyper.coerce(hyper), len(params)
+        neg_h = [-float(h) for h in per_tensor(hyper.lr, n)]
+        weight_decay = [float(w) for w in per_tensor(hyper.weight_decay, n)]
+        self.schedule.run(params, evaluate, first_grads, neg_h, weight_decay, *workspace)
