@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..task import TaskFamily
-from .batched_unroll import batched_step, stack_tree
+from .batched_unroll import SameShapes, batched_step, stack_tree
 from .flat_buckets import flat_row, flatten_state, unflatten_state
 
 __all__ = ["loop_report", "rule_batch_error", "rule_flattens_exactly", "rule_pads_exactly",
@@ -150,13 +150,6 @@ def rule_flattens_exactly(learned, weights: Mapping[str, Tensor], *, steps: int 
     return True
 
 
-class _Stacker:
-    """The ``TaskBatch`` interface ``stack_tree`` needs, for same-shape probe runs."""
-
-    def stack_values(self, name, values):
-        return torch.stack(list(values))
-
-
 def rule_batch_error(learned, weights: Mapping[str, Tensor]) -> str | None:
     """Why ``learned`` cannot advance stacked runs (its state does not stack, or its step fails
     under ``vmap``, e.g. it evaluates the gradient away from the current point or reads a value
@@ -169,7 +162,7 @@ def rule_batch_error(learned, weights: Mapping[str, Tensor]) -> str | None:
         with torch.no_grad():
             state = learned.init(params, weights, horizon=10)
             shapes = [[p.shape for p in params]] * 2
-            stacked = stack_tree([state, state], _Stacker(), names, shapes)
+            stacked = stack_tree([state, state], SameShapes(), names, shapes)
             batched_step(learned, weights)([torch.stack([p, p]) for p in params],
                                            torch.ones(2, dtype=dtype),
                                            [torch.stack([p, p]) for p in params], stacked)

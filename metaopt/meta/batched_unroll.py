@@ -33,6 +33,14 @@ def _is_param_list(values: Sequence, shapes: Sequence[Sequence[torch.Size]]) -> 
                for v, s in zip(values, shapes))
 
 
+class SameShapes:
+    """The ``TaskBatch.stack_values`` that ``stack_tree`` needs for runs whose per-parameter
+    entries already share their shapes (no padding)."""
+
+    def stack_values(self, name, values):
+        return torch.stack(list(values))
+
+
 def stack_tree(values: Sequence, batch: TaskBatch, names: Sequence[str],
                shapes: Sequence[Sequence[torch.Size]]):
     """Per-run pytrees of tensors -> one pytree of ``(B, ...)`` tensors (per-parameter entries

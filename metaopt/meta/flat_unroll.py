@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .batched_unroll import stack_tree, unroll_group
+from .batched_unroll import SameShapes, stack_tree, unroll_group
 from .flat_buckets import (
     FlatBatch,
     GroupLayout,
@@ -21,13 +21,6 @@ from .truncation import segment_length
 from .unroll import batch_generator
 
 __all__ = ["unroll_flat"]
-
-
-class _Rows:
-    """``stack_tree``'s batch for flat runs: every per-parameter entry is one row."""
-
-    def stack_values(self, name, values):
-        return torch.stack(list(values))
 
 
 def unroll_flat(pool, groups: Sequence[Sequence[int]], begin, weights, *, differentiable: bool,
@@ -74,7 +67,7 @@ def _unroll_bucket(pool, groups, begin, weights, inits, differentiable, step, lo
                 inits[key] = learned.init([first.new_zeros(n)], weights, horizon=run.horizon)
         states.append(flatten_state(begin[i][1], run_shapes, inits[key], width))
     params = torch.stack([flat_row(begin[i][0], width) for i in indices])
-    state = stack_tree(states, _Rows(), ["flat"], [[torch.Size([width])]] * len(indices))
+    state = stack_tree(states, SameShapes(), ["flat"], [[torch.Size([width])]] * len(indices))
     lengths = [segment_length(pool.truncation_length, run.step, run.horizon) for run in runs]
     generators = [batch_generator(run.batch_seed, run.step) for run in runs]
     bucket_losses, ends = unroll_group(

@@ -182,11 +182,15 @@ class VectorisedPool(InnerRunPool):
             groups, alone = [], list(range(count))
         try:
             step = self._step_fn(weights) if groups else None
-            flat = self._flat and len(groups) > 1  # (one group: its own batch is the bucket)
+            # a run whose tensors differ in dtype or device keeps them (its group is not flat);
+            # one group is a bucket already
+            flat = [g for g in groups if self._flat and len({
+                (p.dtype, p.device) for i in g for p in begin[i][0]}) == 1]
+            flat = flat if len(flat) > 1 else []
             if flat:
-                unroll_flat(self, groups, begin, weights, differentiable=differentiable,
+                unroll_flat(self, flat, begin, weights, differentiable=differentiable,
                             step=step, losses=losses, finals=finals)
-            for group in [] if flat else groups:
+            for group in [g for g in groups if g not in flat]:
                 if not self._group(group, begin, weights, differentiable, step, losses, finals):
                     alone += group
         except RuntimeError as error:  # the rule cannot run under vmap (a host sync, ...)
