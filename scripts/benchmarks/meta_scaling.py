@@ -12,7 +12,7 @@ twice into fresh run directories, for M and for N meta-steps, and
 
 so start-up, imports, the process group, the first meta-step's task construction and the final
 validation and export (the same in both runs) cancel. N − M is chosen per config so that the
-difference is tens of seconds of work (quick start: M, N = 5, 45; garo_general: 3, 11): the
+difference is tens of seconds of work (quick start: M, N = 5, 45; garo_general: 3, 19): the
 start-up of a process varies by seconds on a busy machine, which a few fast meta-steps would not
 outweigh. With ``METAOPT_BENCH_REPEATS=k`` each pair runs k times and the median is reported.
 W&B is off (``wandb.mode=disabled``), validation is reduced to one short held-out task (only
@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ("configs/garo.yaml", "configs/garo_general.yaml")
-STEPS = {"garo.yaml": (5, 45), "garo_general.yaml": (3, 11)}  # (M, N); other configs: (3, 11)
+STEPS = {"garo.yaml": (5, 45), "garo_general.yaml": (3, 19)}  # (M, N); other configs: (3, 11)
 QUIET = ["wandb.mode=disabled", "progress=false", "evaluation.enabled=false",
          "validation.every=1000000", "validation.num_tasks=1", "validation.horizon=10",
          "checkpoint_every=1000000"]
