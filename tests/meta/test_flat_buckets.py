@@ -19,7 +19,14 @@ from metaopt.meta import InnerRunPool, MetaLoss, TruncatedBPTT, VectorisedPool, 
 from metaopt.meta.batch_plan import rule_flattens_exactly, task_label
 from metaopt.meta.flat_buckets import plan_buckets
 
-from .test_vectorised_families import DT, EXACT_FAMILIES, FAMILIES, learned, relative_error
+from .test_vectorised_families import (
+    DT,
+    EXACT_FAMILIES,
+    FAMILIES,
+    assert_engines_agree,
+    learned,
+    relative_error,
+)
 
 EVERY_FAMILY = {**FAMILIES["point"], **FAMILIES["mlp"], **FAMILIES["linear"],
                 **FAMILIES["sequence"], **FAMILIES["cnn"],
@@ -62,13 +69,7 @@ def test_runs_of_every_family_share_buckets_and_equal_the_loop(scale, monkeypatc
     monkeypatch.setattr(flat_unroll, "_unroll_bucket", record)
     results = run_both(learned(scale))
     assert any(len(kinds) >= 3 for kinds in buckets), buckets  # families share a rule step
-    for (loop, vectorised), (loop_params, vec_params) in results:
-        assert abs(loop.loss - vectorised.loss) <= 1e-11 * abs(loop.loss)
-        assert relative_error(loop.grads, vectorised.grads) <= 1e-10
-        for a, b in zip(loop_params, vec_params):
-            assert (a is None) == (b is None)
-            for p, q in zip(a or [], b or []):
-                torch.testing.assert_close(q, p, rtol=1e-11, atol=1e-12)
+    assert_engines_agree(results)
 
 
 class _PerTensorNormalised:
