@@ -158,7 +158,23 @@ class VectorisedPool(InnerRunPool):
 
     def _step_fn(self, weights):
         step = batched_step(self.learned, weights)
-        return torch.compile(step, dynamic=True) if self.compile else step
+        if not self.compile:
+            return step
+        compiled = torch.compile(step, dynamic=True)
+        from torch._dynamo.exc import TorchDynamoException  # (imports dynamo: only when asked)
+
+        def guarded(*args):
+            # A compiler that fails on the rule (inductor on GARO's float multipliers, today)
+            # costs the compilation, not the engine: the step runs eagerly from then on.
+            if self.compile:
+                try:
+                    return compiled(*args)
+                except TorchDynamoException as error:
+                    self.compile = False
+                    log.warning("vectorised engine: torch.compile of the rule step failed (%s); "
+                                "it runs eagerly", str(error).splitlines()[0])
+            return step(*args)
+        return guarded
 
     def segment(self, weights: Mapping[str, Tensor], *, differentiable: bool, advance: bool,
                 starts: Sequence[tuple[TensorList, State] | None] | None = None) -> SegmentBatch:

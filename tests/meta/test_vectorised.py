@@ -215,3 +215,32 @@ def test_a_rule_that_does_not_vmap_takes_the_loop_with_one_notice(caplog):
             assert all(torch.equal(a.grads[k], b.grads[k]) for k in a.grads)
     assert vectorised.fallback is not None and "_HostSyncRule" in vectorised.fallback
     assert len(caplog.records) == 1
+
+
+def test_a_compiler_that_fails_on_the_rule_leaves_the_eager_vectorised_step(monkeypatch, caplog):
+    """``unroll.compile``: a backend failure (inductor rejects GARO's float multipliers under
+    ``dynamic=True`` today) must cost only the compilation, not send every run to the loop."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args):
+            cause = RuntimeError("x must be Tensor or scalar, got SymFloat")
+            raise BackendCompilerFailed("inductor", cause, None)
+        return compiled
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    learned = rule(-2.0)
+    weights = learned.meta_parameters()
+    eager, compiled = (VectorisedPool(learned, mixture(), 6, 4, make_horizon("constant", 5),
+                                      MetaLoss("mean", "train"), compile=flag)
+                       for flag in (False, True))
+    results = []
+    with caplog.at_level(logging.WARNING):
+        for pool in (eager, compiled):
+            generator = torch.Generator().manual_seed(1)
+            pool.refresh(weights, generator)
+            results.append(TruncatedBPTT().estimate(pool, weights, generator))
+    assert compiled.fallback is None and not compiled.compile
+    assert sum("torch.compile of the rule step failed" in r.message for r in caplog.records) == 1
+    assert results[0].loss == results[1].loss
+    for k in results[0].grads:
+        torch.testing.assert_close(results[1].grads[k], results[0].grads[k], rtol=0, atol=0)
