@@ -13,7 +13,8 @@ segment: its features are global norms and sums, its update elementwise; probed 
 A run's row holds only its real coordinates, so the rule never works on a group's padding: a
 group whose tasks differ in shape (``TaskBatch.stack_values`` pads them) reads its padded
 tensors from the rows by one ``gather`` whose padding entries point at the row's last column,
-which every row keeps at 0 (``N`` = the longest run + 1; the rule pads exactly). Its gradient
+which every row keeps at 0 (``N`` = the longest run + 1; the rule pads exactly), or, for a
+group padded only at the end of one tensor, straight from the row's own zero tail. Its gradient
 comes back by the inverse ``gather``. The rule's state is flattened the same way, run by run:
 per-parameter lists become one padded vector, global entries stay as they are, and entries whose
 shape depends on the number of tensors are run constants (GARO's element counts), taken from
@@ -32,7 +33,7 @@ from torch import Tensor
 from ..task import TaskBatch
 
 __all__ = ["PAD_BUDGET", "FlatBatch", "GroupLayout", "flat_row", "flatten_state", "plan_buckets",
-           "unflatten_state"]
+           "row_of", "split_row", "unflatten_state"]
 
 # A rule step's fixed cost (~150 dispatched ops under vmap, forward and backward) is worth about
 # this many padded elements of its elementwise work (~40 ops, forward and backward), on CPU
