@@ -68,17 +68,23 @@ def trajectory(fast: bool, steps: int = 30, every_step: bool = True, dtype=D, gr
     flat = [p for g in opt.param_groups for p in g["params"]]
     if not fast:
         opt._runtime = None
+    return run_steps(opt, flat, lambda t: loss_fn2(flat), steps, every_step), opt
+
+
+def run_steps(opt, params, loss_at, steps: int, every_step: bool = True) -> list[dict]:
+    """``steps`` closure steps of ``opt`` on the loss ``loss_at(t)``; a snapshot after each
+    (or only after the last)."""
     records = []
     for t in range(steps):
-        def closure():
+        def closure(t=t):
             opt.zero_grad()
-            loss = loss_fn2(flat)
+            loss = loss_at(t)
             loss.backward()
             return loss
         opt.step(closure)
         if every_step or t == steps - 1:
-            records.append(snapshot(opt, flat))
-    return records, opt
+            records.append(snapshot(opt, params))
+    return records
 
 
 def loss_fn2(params):
@@ -153,16 +159,7 @@ def test_a_stock_learned_policy_reading_garo_equals_the_reference():
         if not fast:
             opt._runtime = None
         flat = [p for g in opt.param_groups for p in g["params"]]
-        records = []
-        for _ in range(26):
-            def closure():
-                opt.zero_grad()
-                loss = loss_fn2(flat)
-                loss.backward()
-                return loss
-            opt.step(closure)
-            records.append(snapshot(opt, flat))
-        runs.append((records, opt))
+        runs.append((run_steps(opt, flat, lambda t, flat=flat: loss_fn2(flat), 26), opt))
     assert_same(runs[0][0], runs[1][0])
     modes = [float(r["mode"]) for r in runs[1][0]]
     assert 1.0 in modes and modes.count(0.0) > 10
@@ -221,17 +218,7 @@ def test_zero_and_missing_gradients_behave_as_on_the_reference():
         opt = make(params, scale="distance")
         if not fast:
             opt._runtime = None
-        loss = loss_at(params)
-        records = []
-        for t in range(25):
-            def closure(t=t):
-                opt.zero_grad()
-                out = loss(t)
-                out.backward()
-                return out
-            opt.step(closure)
-            records.append(snapshot(opt, params))
-        runs.append((records, opt))
+        runs.append((run_steps(opt, params, loss_at(params), 25), opt))
     assert_same(runs[0][0], runs[1][0])
     assert runs[1][0][16]["param1"].equal(runs[1][0][14]["param1"])  # the bias stayed
     assert fast_steps(runs[1][1]) >= 20
