@@ -259,6 +259,17 @@ class TaskBatch(ABC):
         tasks whose test batch draws nothing (override for sampled test sets)."""
         return self.train_batch([None] * len(self.tasks))
 
+    def loss_and_grads(self, params: Mapping[str, Tensor], batch: Batch, *, grad: bool,
+                       retain_graph: bool = False, create_graph: bool = False
+                       ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """``(L, ∂ Σ_b L_b / ∂ params)``, the gradient in ``params``' order (None when ``grad``
+        is False): what a vectorised inner step needs."""
+        loss = self.loss(params, batch)
+        if not grad:
+            return loss, None
+        return loss, torch.autograd.grad(loss.sum(), list(params.values()),
+                                         retain_graph=retain_graph, create_graph=create_graph)
+
     def stack_values(self, name: str, values: Sequence[Tensor]) -> Tensor:
         """Stack per-task tensors shaped like parameter ``name`` (and its per-parameter state)."""
         return torch.stack(list(values))

@@ -173,19 +173,10 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
             points = [p if differentiable and p.requires_grad else p.detach().requires_grad_()
                       for p in params]
             with torch.enable_grad():
-                batch_k = sub.train_batch([generators[b] for b in rows])
-                if hasattr(sub, "loss_and_grad"):  # a FlatBatch places its groups' gradients
-                    loss, grad = sub.loss_and_grad(
-                        points[0], batch_k, grad=any(stepping), retain_graph=differentiable,
-                        create_graph=differentiable and second_order)
-                    grads = None if grad is None else (grad,)
-                else:
-                    loss = sub.loss(dict(zip(names, points)), batch_k)
-                    grads = None
-                    if any(stepping):
-                        grads = torch.autograd.grad(loss.sum(), points,
-                                                    retain_graph=differentiable,
-                                                    create_graph=differentiable and second_order)
+                loss, grads = sub.loss_and_grads(
+                    dict(zip(names, points)), sub.train_batch([generators[b] for b in rows]),
+                    grad=any(stepping), retain_graph=differentiable,
+                    create_graph=differentiable and second_order)
             if not differentiable:
                 loss = loss.detach()
             normalized = sub.normalized_loss(loss)

@@ -216,10 +216,11 @@ class FlatBatch(TaskBatch):
         return torch.cat([group.loss(dict(zip(names, tensors)), part) for names, (
             group, part, tensors) in zip(self.names, self._parts(params["flat"], batch))])
 
-    def loss_and_grad(self, flat: Tensor, batch, *, grad: bool, retain_graph: bool,
-                      create_graph: bool) -> tuple[Tensor, Tensor | None]:
-        """``(L, ∂ Σ L / ∂ flat)`` (None when ``grad`` is False), each group's gradient taken
+    def loss_and_grads(self, params, batch, *, grad: bool, retain_graph: bool = False,
+                       create_graph: bool = False):
+        """``(L, (∂ Σ L / ∂ flat,))`` (None when ``grad`` is False), each group's gradient taken
         with respect to its own tensors and placed back by its layout."""
+        flat = params["flat"]
         losses, inputs = [], []
         for names, (group, part, tensors) in zip(self.names, self._parts(flat, batch)):
             losses.append(group.loss(dict(zip(names, tensors)), part))
@@ -233,7 +234,7 @@ class FlatBatch(TaskBatch):
         for layout, tensors in zip(self.layouts, inputs):
             rows.append(layout.rows(grads[at:at + len(tensors)], self.width))
             at += len(tensors)
-        return loss, torch.cat(rows)
+        return loss, (torch.cat(rows),)
 
     def _split(self, generators):
         return [generators[a:b] for a, b in zip(self.offsets, self.offsets[1:])]
