@@ -39,6 +39,7 @@ __all__ = [
     "Batch",
     "ModuleTask",
     "Params",
+    "RowPartition",
     "Task",
     "TaskBatch",
     "TaskFamily",
@@ -214,6 +215,29 @@ class Task(ABC):
         """A ``TaskBatch`` of ``tasks`` (all with this task's ``batch_key``)."""
         raise TypeError(f"{cls.__name__} has no batched form: a task with a batch_key() must "
                         f"override stack()")
+
+
+class RowPartition:
+    """The rows of a batch split by a per-row label (activation, loss kind): each label's rows are
+    computed on their own (``take``), then put back in row order (``merge``). Computing every
+    activation on every row and selecting by ``torch.where`` costs each activation, and its first
+    and second derivatives in meta-training, on all rows."""
+
+    def __init__(self, labels: Sequence[Hashable], device, order: Sequence | None = None):
+        """``order``: the labels' order in ``parts`` (default: first appearance)."""
+        order = dict.fromkeys(labels) if order is None else order
+        rows = {label: [r for r, have in enumerate(labels) if have == label] for label in order}
+        self.parts = [(label, torch.tensor(r, device=device)) for label, r in rows.items() if r]
+        self.single = len(self.parts) == 1
+        index = torch.cat([r for _, r in self.parts])
+        self.inverse = torch.empty_like(index)
+        self.inverse[index] = torch.arange(len(index), device=device)
+
+    def take(self, value: Tensor, rows: Tensor) -> Tensor:
+        return value if self.single else value.index_select(0, rows)
+
+    def merge(self, values: Sequence[Tensor]) -> Tensor:
+        return values[0] if self.single else torch.cat(list(values)).index_select(0, self.inverse)
 
 
 class TaskBatch(ABC):

@@ -20,8 +20,8 @@ sum; a padded output is masked out of the loss (its logit set to −1e30 before 
 ``exp`` of which is exactly 0, or its squared error multiplied by 0). Every padded weight's
 gradient is therefore exactly 0, and so is the penalty's. The per-task constants (activation,
 penalties, loss kind and constant, class count) are data, so all tasks with the same layer names
-share one ``batch_key``; activations are selected row-wise by ``torch.where`` (the unselected
-branches get a zero cotangent), loss kinds by evaluating each kind on its own rows.
+share one ``batch_key``; each activation and each loss kind is evaluated on its own rows
+(``metaopt.task.RowPartition``), so no row pays for an activation it does not use.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaopt.task import Batch, TaskBatch
+from metaopt.task import Batch, RowPartition, TaskBatch
 
 from .data import minibatch
 
@@ -42,6 +42,7 @@ __all__ = ["ACTIVATION_CODES", "DenseBatch", "DenseLayout", "draw_rows", "select
 # each maps 0 to 0 (what makes hidden-width padding exact)
 _FUNCTIONAL = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
 ACTIVATION_CODES = {name: code for code, name in enumerate(_FUNCTIONAL)}
+_ACTIVATION_NAMES = tuple(_FUNCTIONAL)
 _MASKED_LOGIT = -1e30  # exp(−1e30 − max) is exactly 0: a padded class gets no probability
 
 
@@ -107,13 +108,13 @@ def draw_rows(tasks, generators, split: str, sizes: Sequence[int] | None = None)
 
 def select_activation(h: Tensor, codes: Tensor, present: Sequence[int]) -> Tensor:
     """``act_b(h_b)`` with task ``b``'s activation given by ``codes[b]`` (``ACTIVATION_CODES``),
-    selected by ``torch.where`` among the ``present`` codes (the others get zero cotangent)."""
-    names = list(ACTIVATION_CODES)
+    selected by ``torch.where`` among the ``present`` codes (the others get zero cotangent): for
+    models evaluated per task under ``vmap``, where rows cannot be split by activation."""
     if len(present) == 1:
-        return _FUNCTIONAL[names[present[0]]](h)
+        return _FUNCTIONAL[_ACTIVATION_NAMES[present[0]]](h)
     out = None
     for code in present:
-        value = _FUNCTIONAL[names[code]](h)
+        value = _FUNCTIONAL[_ACTIVATION_NAMES[code]](h)
         out = value if out is None else torch.where(
             (codes == code).view(-1, *[1] * (h.dim() - 1)), value, out)
     return out
@@ -157,15 +158,13 @@ class DenseBatch(TaskBatch):
 
     def _rows(self) -> None:
         self.layouts = [t.dense_layout() for t in self.tasks]
-        kinds = {"ce": [], "mse": []}
-        for row, lay in enumerate(self.layouts):
-            kinds[lay.loss].append(row)
-        self.kinds = [(kind, torch.tensor(rows, device=self.device))
-                      for kind, rows in kinds.items() if rows]
-        order = torch.cat([rows for _, rows in self.kinds])
-        self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(len(order), device=self.device)
-        self.activations = sorted({int(a) for a in self.act.tolist()})
+        self.kinds = RowPartition([lay.loss for lay in self.layouts], self.device, ("ce", "mse"))
+        # each kind's loss reads only the outputs its own rows have (the others are padding:
+        # masked logits, zero errors), e.g. ten digit classes beside the autoencoder's 64 pixels
+        self.kind_widths = [max(self.layouts[r].sizes[-1] for r in rows.tolist())
+                            for _, rows in self.kinds.parts]
+        self.activations = RowPartition(self.act.tolist(), self.device,
+                                        range(len(ACTIVATION_CODES)))
         self.penalties = (bool(self.l2.any()), bool(self.l1.any()))
 
     def select(self, rows):
@@ -196,24 +195,23 @@ class DenseBatch(TaskBatch):
             weight, bias = params[prefix + "weight"], params[prefix + "bias"]
             h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             if k < last:
-                h = select_activation(h, self.act, self.activations)
-        parts = []
-        for kind, rows in self.kinds:
-            out = h if len(self.kinds) == 1 else h.index_select(0, rows)
-            mask = self.out_mask if len(self.kinds) == 1 else self.out_mask.index_select(0, rows)
-            w = weights if len(self.kinds) == 1 else weights.index_select(0, rows)
+                acts = self.activations
+                h = acts.merge([_FUNCTIONAL[_ACTIVATION_NAMES[code]](acts.take(h, rows))
+                                for code, rows in acts.parts])
+        parts, kinds = [], self.kinds
+        for (kind, rows), width in zip(kinds.parts, self.kind_widths):
+            out, mask = (kinds.take(t, rows)[..., :width] for t in (h, self.out_mask))
+            w = kinds.take(weights, rows)
             if kind == "ce":
                 logits = out.masked_fill(~mask.unsqueeze(1), _MASKED_LOGIT)
-                target = classes if len(self.kinds) == 1 else classes.index_select(0, rows)
-                per_row = F.cross_entropy(logits.flatten(0, 1), target.flatten(),
+                per_row = F.cross_entropy(logits.flatten(0, 1), kinds.take(classes, rows).flatten(),
                                           reduction="none").view_as(w)
             else:
-                target = real if len(self.kinds) == 1 else real.index_select(0, rows)
-                c = self.mse_coefficient if len(self.kinds) == 1 else \
-                    self.mse_coefficient.index_select(0, rows)
+                c = kinds.take(self.mse_coefficient, rows)
+                target = kinds.take(real, rows)[..., :width]
                 per_row = ((out - target) * mask.unsqueeze(1)).square().sum(-1) * c.unsqueeze(1)
             parts.append((per_row * w).sum(1))
-        loss = parts[0] if len(parts) == 1 else torch.cat(parts)[self.inverse]
+        loss = kinds.merge(parts)
         for prefix in self.prefixes:
             weight = params[prefix + "weight"].flatten(1)
             if self.penalties[0]:

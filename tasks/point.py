@@ -12,7 +12,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
-from metaopt.task import Batch, ModuleTask, Params, TaskBatch
+from metaopt.task import Batch, ModuleTask, Params, RowPartition, TaskBatch
 
 __all__ = ["PointBatch", "PointModule", "PointTask"]
 
@@ -122,16 +122,10 @@ class PointBatch(TaskBatch):
         self._parts()
 
     def _parts(self) -> None:
-        groups: dict = {}
-        for row, task in enumerate(self.tasks):
-            groups.setdefault(task.point_part_key(), []).append(row)
-        self.parts = [(torch.tensor(rows, device=self.device),
-                       type(self.tasks[rows[0]]).stack_part([self.tasks[r] for r in rows]))
-                      for rows in groups.values()]
-        self.part_rows = list(groups.values())
-        order = torch.cat([rows for rows, _ in self.parts])
-        self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(len(order), device=self.device)
+        self.rows = RowPartition([t.point_part_key() for t in self.tasks], self.device)
+        self.part_rows = [rows.tolist() for _, rows in self.rows.parts]
+        self.parts = [(rows, type(self.tasks[r[0]]).stack_part([self.tasks[i] for i in r]))
+                      for (_, rows), r in zip(self.rows.parts, self.part_rows)]
 
     def select(self, rows):
         out = super().select(rows)
@@ -146,9 +140,8 @@ class PointBatch(TaskBatch):
 
     def loss(self, params, batch: Batch) -> Tensor:
         x = params["x"]
-        values = [part.loss({"x": x.index_select(0, rows)[:, :part.width]}, data)
-                  for (rows, part), data in zip(self.parts, batch)]
-        return values[0] if len(values) == 1 else torch.cat(values)[self.inverse]
+        return self.rows.merge([part.loss({"x": x.index_select(0, rows)[:, :part.width]}, data)
+                                for (rows, part), data in zip(self.parts, batch)])
 
     def train_batch(self, generators) -> Batch:
         return [part.train_batch([generators[r] for r in rows])
