@@ -118,8 +118,9 @@ def _check_shards(state: Mapping[str, Any], world: int, path: Any) -> None:
         if shard["digest"] != expected:
             raise TrainingStateError(
                 f"{path}: the ranks' states disagree: rank {rank}'s part was saved with other "
-                "controller weights, Adam state, generator or counters than rank 0's (a file "
-                "pieced together from different runs or steps); train into a new out_dir")
+                "controller weights, Adam state, generator, counters or slot owners than rank "
+                "0's (a file pieced together from different runs or steps); train into a new "
+                "out_dir")
 
 
 def _digest_update(digest, value: Any) -> None:
