@@ -17,8 +17,10 @@ fewest runs. Every rank keeps at least one run. The loop engine has no use for k
 go to the rank with the fewest runs (the first refresh deals the slots out in turn: ``r, r + W,
 ...``, the position rule ``shard_slots`` that preceded this one). To know a new run's key every
 rank builds every new task (a few milliseconds each) and keeps only its own. On
-``configs/garo_general.yaml`` with 64 runs (~7.9 groups per meta-batch), a rank holds 4.1 groups
-on average over 200 meta-steps (the busier rank 4.4) where position sharding gave it 7.6 (7.9).
+``configs/garo_general.yaml`` with 64 runs (~8 groups per meta-batch), a rank holds 4.0 groups on
+average over 200 meta-steps (the busier rank 4.0) where position sharding gave it 7.4 (7.8);
+``imbalance`` 0 (run counts kept even) would leave 7.3, 0.125 gives 5.1, 0.5 no better than 0.25
+(``python -m scripts.benchmark meta_owners``).
 
 The 1-process BPTT meta-gradient is the mean over the live runs ``L`` (those that did not
 diverge) of their meta-loss gradients; rank ``r`` computes the mean over its own ``L_r``, so the
