@@ -19,8 +19,8 @@ go to the rank with the fewest runs (the first refresh deals the slots out in tu
 rank builds every new task (a few milliseconds each) and keeps only its own. On
 ``configs/garo_general.yaml`` with 64 runs (~8 groups per meta-batch), a rank holds 4.0 groups on
 average over 200 meta-steps (the busier rank 4.0) where position sharding gave it 7.4 (7.8);
-``imbalance`` 0 (run counts kept even) would leave 7.3, 0.125 gives 5.1, 0.5 no better than 0.25
-(``python -m scripts.benchmark meta_owners``).
+``imbalance`` 0 (run counts kept even) would leave 7.3, 0.125 gives 5.1, and 0.5 is hardly
+better than 0.25 (``python -m scripts.benchmark meta_owners``).
 
 The 1-process BPTT meta-gradient is the mean over the live runs ``L`` (those that did not
 diverge) of their meta-loss gradients; rank ``r`` computes the mean over its own ``L_r``, so the
