@@ -24,6 +24,7 @@ BENCHMARKS = {
     "meta": "scripts.benchmarks.meta",
     "meta_throughput": "scripts.benchmarks.meta_throughput",  # the engines alone (part of meta)
     "meta_mixture": "scripts.benchmarks.meta_mixture",
+    "meta_owners": "scripts.benchmarks.meta_owners",  # groups per rank, 2 processes (a count)
     "rk": "scripts.benchmarks.rk",
 }
 

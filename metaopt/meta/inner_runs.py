@@ -18,9 +18,13 @@ to ``refresh`` and from per-run batch seeds, so ``state_dict`` / ``load_state_di
 bit-exactly.
 
 ``shard=(rank, world)`` (data-parallel meta-training, ``metaopt.meta.distributed``): the pool
-holds only the slots ``rank, rank + world, ...`` of the ``num_runs``-run meta-batch, while
-``refresh`` draws every slot's new task in slot order from the (shared) generator, so the runs
-it holds are those the 1-process pool holds in the same slots.
+holds only the slots of the ``num_runs``-run meta-batch that this rank owns, while ``refresh``
+draws every slot's new task in slot order from the (shared) generator, so the runs it holds are
+those the 1-process pool holds in the same slots. Which rank owns a slot is decided when a new run
+starts there, identically on every rank (``distributed.assign_owners``: with the engine that
+batches same-``batch_key`` runs, the rank already holding that key, within a bound on run counts),
+and kept until the run ends: runs never move. The table (``owners``, and every slot's task seed
+so a resume knows every slot's key) is part of ``state_dict``.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from torch import Tensor
 
 from ..rules.base import State, TensorList
 from ..task import Task, TaskFamily
-from .distributed import shard_slots, wanted_slots
+from .distributed import DEFAULT_IMBALANCE, assign_owners, owner_cap, shard_slots, wanted_slots
 from .learned import LearnedRule, detach_state
 from .meta_losses import MetaLoss
 from .truncation import segment_length
@@ -71,11 +75,16 @@ class SegmentBatch:
 
 class InnerRunPool:
     """``num_runs`` truncated inner runs over ``family`` (see the module docstring); with
-    ``shard=(rank, world)`` only this process's share of them (``runs`` lists those)."""
+    ``shard=(rank, world)`` only this process's share of them (``runs`` lists those, in the order
+    of their meta-batch ``slots``; ``owners`` gives every slot's rank). ``imbalance``: a rank holds
+    at most ``⌈(1 + imbalance)·num_runs / world⌉`` runs (``distributed.owner_cap``)."""
+
+    groups_by_key = False  # whether runs of one batch_key cost less together (vectorised: yes)
 
     def __init__(self, learned: LearnedRule, family: TaskFamily, num_runs: int,
                  truncation_length: int, horizon, meta_loss: MetaLoss, *,
-                 second_order: bool = True, shard: tuple[int, int] = (0, 1)):
+                 second_order: bool = True, shard: tuple[int, int] = (0, 1),
+                 imbalance: float = DEFAULT_IMBALANCE):
         if num_runs < 1:
             raise ValueError(f"num_runs: must be >= 1, got {num_runs!r}")
         if truncation_length < 1:
@@ -87,6 +96,13 @@ class InnerRunPool:
         self.slots = shard_slots(self.num_runs, *self.shard)  # the meta-batch slots held here
         self.runs: list[InnerRun | None] = [None] * len(self.slots)
         self._tasks: dict[int, Task] = {}
+        world = self.shard[1]
+        self.cap = owner_cap(self.num_runs, world, imbalance)
+        # every slot's owner, task seed (-1: unknown) and ownership key (None: no affinity); the
+        # first refresh starts a run in every slot, so these positions are only placeholders
+        self.owners = [slot % world for slot in range(self.num_runs)]
+        self._seeds = [-1] * self.num_runs
+        self._keys: list = [None] * self.num_runs
 
     def _task(self, seed: int) -> Task:
         if seed not in self._tasks:
@@ -112,18 +128,37 @@ class InnerRunPool:
         rank (a collective: every rank calls ``refresh`` together); a rank builds only its own."""
         mine = [run is None or run.step >= run.horizon for run in self.runs]
         wanted = wanted_slots(mine, self.slots, self.num_runs, self.shard[1])
+        draws = {slot: self._draw(generator) for slot, want in enumerate(wanted) if want}
+        if self.shard[1] > 1:
+            self._assign(draws)
         local = {slot: i for i, slot in enumerate(self.slots)}
         started = 0
-        for slot, want in enumerate(wanted):
-            if not want:
-                continue
-            draw = self._draw(generator)
+        for slot, draw in draws.items():
             if slot in local:
                 self.runs[local[slot]] = self._new_run(weights, *draw)
                 started += 1
         live = {run.task_seed for run in self.runs if run is not None}
         self._tasks = {s: t for s, t in self._tasks.items() if s in live}
         return started
+
+    def _ownership_key(self, seed: int) -> Any:
+        """What ``assign_owners`` groups a slot's run by: its task's ``batch_key()`` when this
+        engine batches by key (the task is built, and kept only by its owner), else None."""
+        if seed < 0 or not self.groups_by_key:
+            return None
+        return self._task(seed).batch_key()
+
+    def _assign(self, draws: Mapping[int, tuple[int, int, int]]) -> None:
+        """Owners for the slots of ``draws`` (new runs), the same on every rank; this rank's
+        ``slots`` and ``runs`` follow (its runs that go on keep their place in slot order)."""
+        for slot, (seed, _, _) in draws.items():
+            self._seeds[slot], self._keys[slot] = seed, self._ownership_key(seed)
+        self.owners = assign_owners([None if slot in draws else owner
+                                     for slot, owner in enumerate(self.owners)],
+                                    self._keys, self.shard[1], self.cap)
+        held = dict(zip(self.slots, self.runs))
+        self.slots = [slot for slot, owner in enumerate(self.owners) if owner == self.shard[0]]
+        self.runs = [held.get(slot) for slot in self.slots]
 
     def run_keys(self) -> list[tuple[int, int, int] | None]:
         """Per run ``(task_seed, batch_seed, horizon)`` (None for an empty slot): a run's identity,
@@ -178,13 +213,18 @@ class InnerRunPool:
 
     # -- persistence (weights_only-loadable: ints, lists and tensors) ------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"shard": list(self.shard), "num_runs": self.num_runs,
-                "runs": [None if r is None else
-                         {"task_seed": r.task_seed, "horizon": r.horizon,
-                          "batch_seed": r.batch_seed, "step": r.step, "names": list(r.names),
-                          "params": [p.clone() for p in r.params],
-                          "state": detach_state(r.state)}
-                         for r in self.runs]}
+        """The runs held here; sharded, also the ownership table (``owners``, and every slot's
+        task ``seeds``, from which a resume rebuilds every slot's key), the same on every rank."""
+        state = {"shard": list(self.shard), "num_runs": self.num_runs,
+                 "runs": [None if r is None else
+                          {"task_seed": r.task_seed, "horizon": r.horizon,
+                           "batch_seed": r.batch_seed, "step": r.step, "names": list(r.names),
+                           "params": [p.clone() for p in r.params],
+                           "state": detach_state(r.state)}
+                          for r in self.runs]}
+        if self.shard[1] > 1:
+            state["ownership"] = {"owners": list(self.owners), "seeds": list(self._seeds)}
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved = list(state["runs"])
@@ -193,10 +233,30 @@ class InnerRunPool:
             raise ValueError(f"state: saved by rank {shard[0]} of {shard[1]} processes with "
                              f"{state.get('num_runs', len(saved))} runs, this pool is rank "
                              f"{self.shard[0]} of {self.shard[1]} with {self.num_runs}")
-        if len(saved) != len(self.runs):
-            raise ValueError(f"state: {len(saved)} runs saved, this pool has {len(self.runs)}")
+        owners, seeds = self._saved_ownership(state.get("ownership"))
+        slots = [slot for slot, owner in enumerate(owners) if owner == self.shard[0]]
+        if len(saved) != len(slots):
+            raise ValueError(f"state: {len(saved)} runs saved, this pool has {len(slots)}")
         self._tasks = {}
+        self.owners, self._seeds, self.slots = owners, seeds, slots
         self.runs = [None if r is None else self._restore(r) for r in saved]
+        self._keys = [self._ownership_key(seed) for seed in seeds]
+        live = {run.task_seed for run in self.runs if run is not None}
+        self._tasks = {s: t for s, t in self._tasks.items() if s in live}
+
+    def _saved_ownership(self, saved: Mapping[str, Any] | None) -> tuple[list[int], list[int]]:
+        """The saved table, checked; a sharded state saved before the table existed had slot
+        ``s`` on rank ``s mod world`` (its slots' keys count as unknown, -1, until they end)."""
+        n, world = self.num_runs, self.shard[1]
+        if world == 1:
+            return [0] * n, [-1] * n
+        if saved is None:
+            return [slot % world for slot in range(n)], [-1] * n
+        owners, seeds = [int(x) for x in saved["owners"]], [int(x) for x in saved["seeds"]]
+        if len(owners) != n or len(seeds) != n or not all(0 <= o < world for o in owners):
+            raise ValueError(f"state: an ownership table of {len(owners)} slots (owners "
+                             f"{sorted(set(owners))}), this pool has {n} slots on {world} ranks")
+        return owners, seeds
 
     def _restore(self, saved: Mapping[str, Any]) -> InnerRun:
         # Training state is loaded on the CPU; the run continues on its task's device.

@@ -18,7 +18,9 @@ keep one file, written by rank 0 alone (``gather_training_state``), so the ranks
 be from different meta-steps. The ranks share the controller, Adam's state, the generator and the
 counters (the *shared* part: the file's top level); each owns its runs and its estimator state
 (``shards[r] = {"pool", "estimator", "digest"}``, with rank 0's also at the top level, so the file
-reads as a complete state). ``digest`` is the SHA-256 of the shared part as rank ``r`` held it
+reads as a complete state). The pool's ownership table (which rank owns which slot of the
+meta-batch, and every slot's task seed: ``InnerRunPool.state_dict``) is the same on every rank
+and counts as shared. ``digest`` is the SHA-256 of the shared part as rank ``r`` held it
 (``shared_digest``): the file is refused unless every shard's digest is that of the top level
 (ranks that drifted apart, or a file pieced together from several runs), and saving refuses when
 the ranks' digests differ. ``rank_state(state, r)`` is what rank ``r``'s trainer loads.
@@ -116,8 +118,9 @@ def _check_shards(state: Mapping[str, Any], world: int, path: Any) -> None:
         if shard["digest"] != expected:
             raise TrainingStateError(
                 f"{path}: the ranks' states disagree: rank {rank}'s part was saved with other "
-                "controller weights, Adam state, generator or counters than rank 0's (a file "
-                "pieced together from different runs or steps); train into a new out_dir")
+                "controller weights, Adam state, generator, counters or slot owners than rank "
+                "0's (a file pieced together from different runs or steps); train into a new "
+                "out_dir")
 
 
 def _digest_update(digest, value: Any) -> None:
@@ -141,11 +144,17 @@ def _digest_update(digest, value: Any) -> None:
 
 
 def shared_digest(state: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the part of a training state every rank holds alike (``SHARED_KEYS``)."""
+    """SHA-256 (hex) of the part of a training state every rank holds alike (``SHARED_KEYS``,
+    and the pool's ownership table where it has one: states saved before it existed keep their
+    digest)."""
     digest = hashlib.sha256()
     for key in SHARED_KEYS:
         digest.update(key.encode())
         _digest_update(digest, state.get(key))
+    pool = state.get("pool")
+    if isinstance(pool, Mapping) and "ownership" in pool:
+        digest.update(b"ownership")
+        _digest_update(digest, pool["ownership"])
     return digest.hexdigest()
 
 

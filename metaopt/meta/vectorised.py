@@ -87,6 +87,8 @@ class VectorisedPool(InnerRunPool):
             meta``; off by default: on CPU the unrolled graphs are too small to pay for it).
     """
 
+    groups_by_key = True  # sharded, a new run goes to the rank holding its batch_key's group
+
     def __init__(self, *args, compile: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.compile = bool(compile)

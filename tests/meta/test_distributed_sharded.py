@@ -2,10 +2,10 @@
 1-process meta-gradient of the same runs, float64, under both engines.
 
 The oracle is one process unrolling the whole meta-batch (no torch.distributed at all). The batch
-has 5 runs (3 on rank 0, 2 on rank 1) of a mixture of two shape groups (quadratics, noisy
-quadratics; log-uniform horizons) and a controller that makes some runs diverge, so the ranks'
-live counts differ: a plain mean of the ranks' gradients would not be the 1-process mean over the
-live runs.
+has 5 runs (split between the ranks by ``assign_owners``) of a mixture of two shape groups
+(quadratics, noisy quadratics; log-uniform horizons) and a controller that makes some runs
+diverge, so the ranks' live counts differ: a plain mean of the ranks' gradients would not be the
+1-process mean over the live runs.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 import tasks
 from metaopt.meta import leave_process_group
+from metaopt.meta.distributed import owner_cap
 
 STEPS, RUNS = 4, 5
 
@@ -89,7 +90,8 @@ def _relative(a: dict, b: dict) -> float:
 def test_two_processes_give_the_one_process_meta_gradient(sharded, engine):
     alone = _train(engine)
     ranks = [result[engine] for result in sharded]
-    assert ranks[0]["local_runs"] == 3 and ranks[1]["local_runs"] == 2
+    held = [rank["local_runs"] for rank in ranks]  # (the vectorised engine groups by key)
+    assert sum(held) == RUNS and min(held) >= 1 and max(held) <= owner_cap(RUNS, 2)
     assert alone["metrics"][-1]["resets"] > 0  # runs diverged and were reset mid-batch
     lives = list(zip(ranks[0]["local_live"], ranks[1]["local_live"]))
     assert any(a != b for a, b in lives)  # so a plain mean of the ranks' means would be wrong

@@ -118,3 +118,38 @@ def test_non_finite_outer_update_is_undone_and_counted():
     for index, entry in adam["state"].items():
         for key, value in entry.items():
             assert torch.equal(after[index][key], value), (index, key)
+
+
+def _two_ranks(state: dict, owners: list[int], tables: list[list[int]] | None = None) -> dict:
+    """A 2-process state of a 1-process one: slot ``s``'s run on rank ``owners[s]``; rank r's
+    pool saved with the owners ``tables[r]`` (default: ``owners``)."""
+    from metaopt.meta.training_state import shared_digest
+
+    runs, seeds = state["pool"]["runs"], [r["task_seed"] for r in state["pool"]["runs"]]
+    shards = []
+    for rank, table in enumerate(tables or [owners, owners]):
+        pool = {"shard": [rank, 2], "num_runs": len(runs),
+                "runs": [run for run, o in zip(runs, owners) if o == rank],
+                "ownership": {"owners": list(table), "seeds": seeds}}
+        shards.append({"pool": pool, "estimator": {},
+                       "digest": shared_digest({**state, "pool": pool})})
+    return {**state, "world_size": 2, "pool": shards[0]["pool"], "shards": shards}
+
+
+def test_the_slot_owners_are_part_of_the_shared_digest(trained):
+    """A file whose ranks saved different ownership tables is refused like one whose ranks saved
+    different weights; a state without a table (saved before it existed) keeps its digest."""
+    import hashlib
+
+    from metaopt.meta.training_state import SHARED_KEYS, _digest_update, shared_digest
+
+    state = {**trained.state_dict(), "format_version": STATE_FORMAT_VERSION}
+    check_training_state(_two_ranks(state, [1, 0]))
+    with pytest.raises(TrainingStateError, match="disagree"):
+        check_training_state(_two_ranks(state, [1, 0], tables=[[1, 0], [0, 1]]))
+    old = hashlib.sha256()  # the digest as it was computed before the table existed
+    for key in SHARED_KEYS:
+        old.update(key.encode())
+        _digest_update(old, state.get(key))
+    assert shared_digest(state) == old.hexdigest()
+    assert shared_digest(_two_ranks(state, [1, 0])) != old.hexdigest()

@@ -49,25 +49,30 @@ class PersistentES(GradientEstimator):
         if not sigma > 0 or not math.isfinite(sigma):
             raise ValueError(f"sigma: must be finite and > 0, got {sigma!r}")
         self.num_pairs, self.sigma = int(num_pairs), float(sigma)
-        # Per run slot: the run's key, and per pair [plus, minus] particles ((params, state) or
-        # None = "at the run's own state") and ξ (None = 0).
+        # Per run of the pool (in its order): the run's key, and per pair [plus, minus]
+        # particles ((params, state) or None = "at the run's own state") and ξ (None = 0).
         self._keys: list = []
         self._particles: list[list[list]] = []
         self._xi: list[list[dict[str, Tensor] | None]] = []
         self._loaded = False  # particles loaded on the CPU move to φ's device on the next estimate
 
     def _sync(self, pool: InnerRunPool) -> None:
-        """Restart the particles of every slot whose run changed since the last call."""
+        """Follow the pool's runs: a run keeps its particles and ξ wherever it now stands in the
+        list (matched by ``run_keys()``: a sharded pool re-lists the runs it holds when it is
+        given new ones), a new run gets fresh ones."""
         keys = pool.run_keys()
-        if len(self._keys) != len(keys):
-            self._keys, self._particles, self._xi = [None] * len(keys), [], []
-            self._particles = [[[None, None] for _ in range(self.num_pairs)] for _ in keys]
-            self._xi = [[None] * self.num_pairs for _ in keys]
-        for i, key in enumerate(keys):
-            if key != self._keys[i]:
-                self._keys[i] = key
-                self._particles[i] = [[None, None] for _ in range(self.num_pairs)]
-                self._xi[i] = [None] * self.num_pairs
+        if keys == self._keys:
+            return
+        kept = {key: (particles, xi) for key, particles, xi in
+                zip(self._keys, self._particles, self._xi) if key is not None}
+        self._keys, self._particles, self._xi = list(keys), [], []
+        for key in keys:
+            particles, xi = kept.pop(key, (None, None)) if key is not None else (None, None)
+            if particles is None:
+                particles = [[None, None] for _ in range(self.num_pairs)]
+                xi = [None] * self.num_pairs
+            self._particles.append(particles)
+            self._xi.append(xi)
 
     def estimate(self, pool: InnerRunPool, weights: Mapping[str, Tensor],
                  generator: torch.Generator) -> MetaGradient:
