@@ -33,6 +33,7 @@ meta-loss (``unroll_segment`` calls it), with the relaxed gate's *expected* eval
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -106,6 +107,44 @@ class HybridLearnedRule:
         spent = (end["evaluations"] - start["evaluations"]).mean() / length
         return self.compute_cost * (spent - 1.0)
 
+    def batched_form(self) -> BatchedHybrid:
+        """This rule stepping stacked runs itself (``BatchedHybrid``): the vectorised engine's
+        native batched path (``metaopt.meta.native_batched``)."""
+        return BatchedHybrid(self)
+
+
+class BatchedHybrid:
+    """``learned.step`` for ``B`` stacked runs, every run's step its own: ``HybridRule(batched=
+    True)`` (per-run norms, features, gates, modes, step counters, stability caps, evaluation
+    counts and undo of a non-finite step; both modules evaluated, the gate selecting) and, for
+    ``HybridGAROLearnedRule``, ``GAROModule(batched=True)`` (each run's GARO step through
+    ``torch.func.vmap``).
+
+    ``step(θ, grad_fn, s, φ)``: ``θ`` ``(B, ...)`` per tensor; ``grad_fn(points)`` returns the
+    ``(B,)`` losses and the runs' own gradients at any stacked points (the Runge–Kutta stages'
+    are away from θ); ``s`` the runs' states stacked along a leading dimension (their step
+    counters as ``(B,)`` tensors), and so is the state returned. Equal to the runs' own steps
+    (``tests/meta/test_vectorised_hybrid.py``): a hard decision that skips the ODE module in
+    a run's own step changes nothing the batch selects (its evaluations are charged by the
+    gate, 0; the ODE state of a Runge–Kutta rule is empty).
+    """
+
+    native = True
+
+    def __init__(self, learned: HybridLearnedRule):
+        rule = learned.rule
+        if isinstance(rule.gd, GAROModule):
+            rule = dataclasses.replace(rule, gd=dataclasses.replace(rule.gd, batched=True))
+        self.learned = copy.copy(learned)
+        self.learned.rule = dataclasses.replace(rule, batched=True)  # (refuses Lanczos probes)
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
+        # the loss window is run-last in HybridRule(batched=True), run-first when stacked
+        state = dict(state, losses=state["losses"].transpose(0, 1))
+        params, state = self.learned.step(params, grad_fn, state, weights)
+        return params, dict(state, losses=state["losses"].transpose(0, 1))
+
 
 class HybridGAROLearnedRule(HybridLearnedRule):
     """Policy and GARO trained jointly: φ = {``policy.*``, ``garo.*``} (see module docstring).
@@ -143,8 +182,12 @@ class HybridGAROLearnedRule(HybridLearnedRule):
              horizon: int | None = None) -> State:
         _, controller = self._split(weights)
         params = list(params)
-        return self.rule.init(params, gd_state=GAROModule(self.garo, controller, horizon)
-                              .init(params))
+        gd_state = GAROModule(self.garo, controller, horizon).init(params)
+        # the tensors' element counts, recorded (GARORule.init's RUN_CONSTANTS): n of ρ and of
+        # a scale-free GARO then survive a vectorised meta-batch's zero padding
+        gd_state["tensor_numel"] = gd_state["hidden"].new_tensor([float(p.numel())
+                                                                  for p in params])
+        return self.rule.init(params, gd_state=gd_state)
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
@@ -152,8 +195,10 @@ class HybridGAROLearnedRule(HybridLearnedRule):
         params = list(params)
         gate = PolicyGate(self.module["policy"], policy, hard=not self.relaxed,
                           straight_through=self.straight_through)
-        hyper = garo_hyper(self.rule.gd, state, controller, gate,
-                           sum(p.numel() for p in params), ode_scale=self.ode_scale,
+        counts = state["gd"].get("tensor_numel")  # (absent from states saved before)
+        numel = counts.sum(-1) if counts is not None else sum(
+            p[0].numel() if self.rule.batched else p.numel() for p in params)
+        hyper = garo_hyper(self.rule.gd, state, controller, gate, numel, ode_scale=self.ode_scale,
                            extra_features=self.module["policy"].extra_features)
         return self.rule.step(params, grad_fn, state, hyper)
 
