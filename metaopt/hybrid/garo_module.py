@@ -29,6 +29,9 @@ GD module is a GARO controller (``metaopt.garo``), typically scale-free GARO
   ``prodigy_d`` for Prodigy's), lr₀ its untrained rate; both are scale-free. The GD guard's
   momentum is μ_{t−1}.
 
+The GARO state's entries hold one value per segment (``[..., 0]`` is segment 0), for one run or
+for stacked runs (``GAROModule(batched=True)``), and n may be a count per run (a tensor: the
+counts ``GARORule.init`` records, which survive a vectorised meta-batch's zero padding).
 ``garo_hyper`` builds the hyper of one step from the state, and both the runtime
 (``HybridGDODE(gd="garo")``) and meta-training (``metaopt.meta.hybrid_learned``) call it, so the
 two run the same math. ``HybridControllers`` holds both trained modules (policy and GARO) in one

@@ -45,8 +45,12 @@ Every step evaluates ``(L_t, g_t)`` at θ_t once, then
    gate this is the expected count, differentiable, so a meta-loss can charge it.
 
 ``batched=True`` treats the leading dimension of every tensor as independent runs (the study's
-grid of starts): norms, losses, gates and modes become per-run ``(R,)`` and the update is
-branchless. Everything is pure: inputs are never mutated.
+grid of starts, or a meta-batch's runs on the vectorised engine): norms, losses, gates, modes,
+step sizes, step counters (an int shared by the runs, or one per run as an ``(R,)`` tensor when
+the runs started at different steps), stability caps and gradient-evaluation counts (a re-taken
+ODE step re-takes every run, and a run within its limit is re-taken unchanged and not charged)
+are per run, the update is branchless and a non-finite step is undone per run
+(``metaopt.hybrid.per_run``). Everything is pure: inputs are never mutated.
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ Two questions decide it (``metaopt.meta.vectorised``):
    times by the rule; exact when the padded coordinates stay exactly 0 and the real updates
    ``θ_T − θ_0`` agree to rounding (a rule that does not move the probe counts as not exact).
    A probe, not a declaration: it follows the rule when the rule changes.
+   A rule that steps stacked runs itself (``metaopt.meta.native_batched``) is probed as a
+   runs' own rule, since its batched step is the runs' own steps side by side.
 2. **Which runs are left alone?** Tasks without a ``batch_key`` and runs whose group has one
    member take the loop. ``loop_report`` samples probe tasks from the family (seeds above the
    training range, so the training stream is untouched), groups them as the engine would in

@@ -6,8 +6,11 @@
     g = ∂ Σ_b L_b / ∂θ                            every run's own gradient (tasks are independent)
     θ', s' = vmap(learned.step)(θ, (L, g), s, φ)   the SAME rule code, one program for B runs
 
-with the meta-loss terms, truncation, divergence test and batch streams of ``unroll_segment``,
-run for run. Runs leave the batch when their segment ends (per-run lengths) or when they diverge
+with the meta-loss terms, truncation, divergence test, batch streams and the rule's own compute
+charge (``segment_penalty``) of ``unroll_segment``, run for run. A ``step`` marked ``native``
+(``metaopt.meta.native_batched``) is the rule stepping the stacked runs itself; it is also given
+``evaluate(points)``, the group's loss and gradients anywhere on this step's minibatch.
+Runs leave the batch when their segment ends (per-run lengths) or when they diverge
 (one host sync per step of the group); a diverged run's terms are replaced by exact zeros through
 a double ``where`` and its inputs to the rule by finite stand-ins, so its zero cotangent never
 meets a NaN. The stacking helpers put per-run rule states (dicts / lists of tensors; entries with

@@ -25,6 +25,13 @@ trajectories, so its own validation, −0.61, overstates it), straight-through B
 (5.8 s/step), ES with 4 antithetic pairs 0.716 (15.2 s/step). Straight-through BPTT is the
 default: the best deployed result at the lowest cost.
 
+**Vectorised engine**: ``batched_form()`` is the rule stepping a meta-batch's stacked runs
+itself (``BatchedHybrid``: ``HybridRule(batched=True)``, GARO through ``GAROModule(batched=
+True)``), which the vectorised engine calls with a ``grad_fn`` that evaluates every run at its
+own Runge–Kutta stage points (``metaopt.meta.native_batched``); the runs' states keep the
+loop's format. The GARO rule's state records the tensors' element counts (n of ρ and of GARO's
+scale), so zero-padded runs of different sizes share a batch exactly.
+
 **Compute charge** (``compute_cost`` = c ≥ 0), in gradient evaluations (an RK4 step is
 four: θ's gradient and three more stages; the guard's re-taken steps count theirs):
 ``segment_penalty`` adds c·(gradient evaluations per inner step − 1) to the segment's

@@ -30,6 +30,12 @@ starts.
 
 The learned rule is called through ``torch.func.vmap`` generically; its ``grad_fn`` returns the
 precomputed ``(L_b, g_b)`` and must only be evaluated at the current parameters (GARO's is).
+A rule that evaluates the gradient elsewhere and can step stacked runs itself (``batched_form``:
+the hybrid GD–ODE optimizer's rules, whose Runge–Kutta stages need each run's gradient at its own
+stage points) is called once per group step instead, with a ``grad_fn`` that evaluates the group
+wherever it asks (``metaopt.meta.native_batched``); its groups are padded when it pads exactly,
+never share flat buckets, and a rule's own compute charge (``segment_penalty``) is added run by
+run as the loop adds it.
 ``aten::gru_cell`` has no vmap batching rule in PyTorch (a per-sample fallback loop); this module
 registers its decomposition (PyTorch's own GRU-cell formula) for vmap, at import, when missing.
 """

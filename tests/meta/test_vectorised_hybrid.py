@@ -29,6 +29,7 @@ from metaopt.meta import (
     AntitheticES,
     InnerRunPool,
     MetaLoss,
+    PersistentES,
     TruncatedBPTT,
     VectorisedPool,
     make_horizon,
@@ -147,11 +148,13 @@ def test_runs_that_diverge_mid_segment_are_reset_as_by_the_loop(make):
     assert_engines_agree(results)
 
 
+@pytest.mark.parametrize("estimator", [lambda: AntitheticES(2, 0.01),
+                                       lambda: PersistentES(2, 0.01)], ids=["es", "pes"])
 @pytest.mark.parametrize("make", [plain, joint], ids=["hybrid", "hybrid_garo"])
-def test_hard_decisions_under_es_equal_the_loop(make):
+def test_hard_decisions_under_es_equal_the_loop(make, estimator):
     """The loop's hard gate runs only the chosen module; the batch runs both and selects:
     the same values (the unchosen ODE step is charged 0 evaluations; RK4 keeps no state)."""
-    results, _, _, _ = run_both(make("hard"), lambda: AntitheticES(2, 0.01), steps=2)
+    results, _, _, _ = run_both(make("hard"), estimator, steps=2)
     for (loop, vectorised), (loop_params, vec_params) in results:
         assert abs(loop.loss - vectorised.loss) <= 1e-11 * abs(loop.loss)
         # (M⁺ − M⁻)/2σ amplifies the losses' rounding by 1/σ
