@@ -319,8 +319,9 @@ class HybridRule:
                 stage = stage_curvature(counted.stage[0], counted.stage[1], params, grads,
                                         lambda t: run_norms(t, self.batched))
                 stage_kappa = stage if attempt == 0 else stage_kappa
-                over: list = []
-                capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched, over)
+                over: list = []  # (the runs capped: only a batch needs them)
+                capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched,
+                                  over if self.batched else None)
                 if capped is None:
                     break
                 ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
@@ -328,7 +329,7 @@ class HybridRule:
                 ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
                 # batched: a run within its limit is re-taken unchanged, and not counted
                 spent = spent + (counted.count - before) * (
-                    over[0].to(kappa.dtype) if self.batched else 1)
+                    over[0].to(kappa.dtype) if over else 1)
         else:
             ode_params, ode_state = None, None
         if branch:
