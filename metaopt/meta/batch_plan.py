@@ -164,6 +164,11 @@ def rule_batch_error(learned, weights: Mapping[str, Tensor]) -> str | None:
     params = [torch.full(s, 0.5, dtype=dtype) for s in _PROBE_SHAPES]
     names = [str(i) for i in range(len(params))]
     native = native_form(learned)
+    if native is None and hasattr(learned, "batched_form"):
+        try:  # a rule with a batched form in general, not in this configuration: say why
+            learned.batched_form()
+        except (ValueError, TypeError) as error:
+            return str(error)
     try:
         with torch.no_grad():
             state = learned.init(params, weights, horizon=10)

@@ -29,8 +29,11 @@ default: the best deployed result at the lowest cost.
 itself (``BatchedHybrid``: ``HybridRule(batched=True)``, GARO through ``GAROModule(batched=
 True)``), which the vectorised engine calls with a ``grad_fn`` that evaluates every run at its
 own Runge–Kutta stage points (``metaopt.meta.native_batched``); the runs' states keep the
-loop's format. The GARO rule's state records the tensors' element counts (n of ρ and of GARO's
-scale), so zero-padded runs of different sizes share a batch exactly.
+loop's format. It takes a fixed-step Runge–Kutta ODE module and an SGD, RMSprop or GARO GD
+module (an adaptive or flow ODE module, Adam's step count and the Lanczos probe are not per run:
+those rules take the loop, and the engine's start-up report says why). The GARO rule's state
+records the tensors' element counts (n of ρ and of GARO's scale), so zero-padded runs of
+different sizes share a batch exactly.
 
 **Compute charge** (``compute_cost`` = c ≥ 0), in gradient evaluations (an RK4 step is
 four: θ's gradient and three more stages; the guard's re-taken steps count theirs):
@@ -55,6 +58,9 @@ from ..hybrid.policy import PolicyGate, SwitchingPolicy
 from ..hybrid.rule import HybridRule, trace
 from ..rules.base import GradFn, State, TensorList
 from ..rules.hyper import GDHyper, ODEHyper
+from ..rules.rmsprop import RMSpropRule
+from ..rules.runge_kutta import RungeKuttaRule
+from ..rules.sgd import SGDRule
 
 
 def _scalar(value: Tensor) -> Tensor:
@@ -140,6 +146,14 @@ class BatchedHybrid:
 
     def __init__(self, learned: HybridLearnedRule):
         rule = learned.rule
+        # modules whose steps are the runs' own side by side (an adaptive or flow ODE module keeps
+        # a step size or clock, Adam a step count, that would be shared by the runs)
+        if type(rule.ode) is not RungeKuttaRule:
+            raise ValueError(f"the hybrid's batched form takes a fixed-step Runge-Kutta ODE "
+                             f"module, not {type(rule.ode).__name__}")
+        if not isinstance(rule.gd, (SGDRule, RMSpropRule, GAROModule)):
+            raise ValueError(f"the hybrid's batched form takes an SGD, RMSprop or GARO GD "
+                             f"module, not {type(rule.gd).__name__}")
         if isinstance(rule.gd, GAROModule):
             rule = dataclasses.replace(rule, gd=dataclasses.replace(rule.gd, batched=True))
         self.learned = copy.copy(learned)

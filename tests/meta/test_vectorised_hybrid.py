@@ -36,8 +36,10 @@ from metaopt.meta import (
 )
 from metaopt.meta.batch_plan import rule_pads_exactly
 from metaopt.meta.hybrid_learned import HybridGAROLearnedRule, HybridLearnedRule
+from metaopt.rules.adam import AdamRule
 from metaopt.rules.runge_kutta import RungeKuttaRule
 from metaopt.rules.sgd import SGDRule
+from metaopt.rules.step_size_control import AdaptiveRungeKuttaRule
 
 from .test_vectorised import mixture
 from .test_vectorised_families import assert_engines_agree, relative_error
@@ -193,7 +195,11 @@ def test_the_start_up_report_says_the_hybrid_is_batched():
         assert "steps stacked runs itself" in text and "pads exactly" in text, text
         batched = re.search(r"(\d+)/16 probe runs batched", text)
         assert "cannot advance" not in text and int(batched.group(1)) >= 14, text
-    lanczos = plain()
-    lanczos.rule = HybridRule(SGDRule(), RungeKuttaRule("rk4"), curvature="lanczos")
-    text = pools(lanczos)[1].describe(lanczos.meta_parameters(), probe=16)
-    assert "cannot advance stacked runs" in text, text
+    for rule, why in [(HybridRule(SGDRule(), RungeKuttaRule("rk4"), curvature="lanczos"),
+                       "Lanczos probe"),
+                      (HybridRule(SGDRule(), AdaptiveRungeKuttaRule("dopri5")), "Runge-Kutta"),
+                      (HybridRule(AdamRule(), RungeKuttaRule("rk4")), "not AdamRule")]:
+        learned = plain()
+        learned.rule = rule  # no batched form: every run takes the loop, and the report says why
+        text = pools(learned)[1].describe(learned.meta_parameters(), probe=16)
+        assert "cannot advance stacked runs" in text and why in text, text
