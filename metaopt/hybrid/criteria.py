@@ -76,11 +76,15 @@ def lanczos_curvature(grad_fn: GradFn, params: Sequence[Tensor], grads: Sequence
     return result.eigenvalues[0].abs().to(theta[0].dtype)
 
 
-def relative_progress(losses: Tensor, seen: int) -> Tensor:
+def relative_progress(losses: Tensor, seen: int | Tensor) -> Tensor:
     """(L_{t−W} − L_t)/(|L_{t−W}| + |L_t|) ∈ [−1, 1] over the window ``losses`` (oldest first);
-    1 (progressing) until the window is full or when no loss is known."""
+    1 (progressing) until the window is full or when no loss is known. ``seen``: the losses
+    seen, an int, or one per run (runs of a meta-batch at different steps)."""
     newest, oldest = losses[-1], losses[0]
     value = (oldest - newest) / (oldest.abs() + newest.abs() + _TINY)
+    if isinstance(seen, Tensor):
+        return torch.where((seen < losses.shape[0]) | ~torch.isfinite(value),
+                           torch.ones_like(value), value)
     if seen < losses.shape[0]:
         return torch.ones_like(value)
     return torch.where(torch.isfinite(value), value, torch.ones_like(value))

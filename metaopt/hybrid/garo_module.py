@@ -29,6 +29,9 @@ GD module is a GARO controller (``metaopt.garo``), typically scale-free GARO
   ``prodigy_d`` for Prodigy's), lr₀ its untrained rate; both are scale-free. The GD guard's
   momentum is μ_{t−1}.
 
+The GARO state's entries hold one value per segment (``[..., 0]`` is segment 0), for one run or
+for stacked runs (``GAROModule(batched=True)``), and n may be a count per run (a tensor: the
+counts ``GARORule.init`` records, which survive a vectorised meta-batch's zero padding).
 ``garo_hyper`` builds the hyper of one step from the state, and both the runtime
 (``HybridGDODE(gd="garo")``) and meta-training (``metaopt.meta.hybrid_learned``) call it, so the
 two run the same math. ``HybridControllers`` holds both trained modules (policy and GARO) in one
@@ -36,6 +39,7 @@ checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from ..garo.controller import GAROController
 from ..garo.features import TENSOR_OPS, distance_step_size
@@ -71,14 +76,23 @@ class GAROModule:
 
     ``controller``: the module ``init`` reads the initial recurrent state from (a step's hyper
     may bring another binding of it, e.g. meta-parameters); ``horizon``: the run's planned length
-    for relative-feature controllers (None: unknown).
+    for relative-feature controllers (None: unknown); ``batched``: the leading dimension of every
+    tensor (parameters, gradients, loss, state) is an independent run, as for
+    ``HybridRule(batched=True)``: each run's GARO step is its own ``GARORule.apply`` through
+    ``torch.func.vmap`` (the GARO step reads only its run's parameters, gradients and state), and
+    the state is the per-run states stacked.
     """
 
     rule: GARORule
     controller: Any
     horizon: int | None = None
+    batched: bool = False
 
     def init(self, params: Sequence[Tensor]) -> State:
+        if self.batched:  # the runs' own states, stacked
+            states = [dataclasses.replace(self, batched=False).init([p[b] for p in params])
+                      for b in range(params[0].shape[0])]
+            return tree_map(lambda *values: torch.stack(values), *states)
         state = self.rule.init(list(params), self.controller, horizon=self.horizon)
         state.pop("tensor_numel", None)  # (the hybrid never pads; GARO then counts its tensors)
         return state
@@ -86,7 +100,14 @@ class GAROModule:
     def apply(self, params, grads, state, hyper, loss=None) -> tuple[TensorList, State]:
         if isinstance(hyper, Mapping) and "controller" not in hyper:
             hyper = {**hyper, "controller": self.controller}
-        return self.rule.apply(params, grads, state, GAROHyper.coerce(hyper), loss=loss)
+        hyper = GAROHyper.coerce(hyper)
+        if not self.batched:
+            return self.rule.apply(params, grads, state, hyper, loss=loss)
+
+        def one(p, g, s, f):
+            return self.rule.apply(p, g, s, hyper, loss=f)
+        return torch.func.vmap(one, in_dims=(0, 0, 0, None if loss is None else 0))(
+            list(params), list(grads), state, loss)
 
     @property
     def normalised(self) -> bool:
@@ -102,11 +123,12 @@ def _safe_ratio(num, den: Tensor) -> Tensor:
                        torch.zeros_like(den))
 
 
-def flow_time_factor(rule: GARORule, numel: int, grad_norm: Tensor) -> Tensor | float:
+def flow_time_factor(rule: GARORule, numel: int | Tensor, grad_norm: Tensor) -> Tensor | float:
     """ρ = √n/‖g‖ for the adam direction (0 where g = 0), 1 for sgd (module docstring)."""
     if rule.direction == "sgd":
         return 1.0
-    return _safe_ratio(math.sqrt(numel), grad_norm.detach())
+    root = numel.sqrt() if isinstance(numel, Tensor) else math.sqrt(numel)  # (a count per run)
+    return _safe_ratio(root, grad_norm.detach())
 
 
 def garo_features(gd_state: State, rule: GARORule, controller,
@@ -115,20 +137,20 @@ def garo_features(gd_state: State, rule: GARORule, controller,
     module = _controller_module(controller)
     step = gd_state["step"]
     started = step > 0
-    momentum = gd_state["momentum"][0].detach()
-    size = gd_state["lr"][0].detach()
+    momentum = gd_state["momentum"][..., 0].detach()
+    size = gd_state["lr"][..., 0].detach()
     if rule.scale == "distance":  # m = a/d, d = r̄/√t (the state's d of its last step)
-        d = distance_step_size(1.0, gd_state["distance_max"][0].detach(),
+        d = distance_step_size(1.0, gd_state["distance_max"][..., 0].detach(),
                                (step - 1).clamp_min(0).to(size.dtype), TENSOR_OPS)
         size = _safe_ratio(size, d)
     elif rule.scale == "prodigy":  # m = a/d, Prodigy's d of the last step
-        size = _safe_ratio(size, gd_state["prodigy_d"][0].detach())
+        size = _safe_ratio(size, gd_state["prodigy_d"][..., 0].detach())
     log_lr = torch.log(size.clamp_min(_TINY) / module.init_lr)
     values = {"garo_momentum": torch.where(started, momentum,
                                            torch.full_like(momentum, module.init_momentum)),
               "garo_log_lr": torch.where(started, log_lr, torch.zeros_like(log_lr))
               .clamp(-30, 30)}
-    return torch.stack([values[name] for name in names])
+    return torch.stack([values[name] for name in names], dim=-1)
 
 
 class AugmentedGate:
@@ -155,22 +177,22 @@ def garo_hyper(module: GAROModule, state: State, controller, gate, numel: int, *
     number of parameter elements (n of ρ).
     """
     gd_state, rule = state["gd"], module.rule
-    last_size = gd_state["lr"][0].detach()
+    last_size = gd_state["lr"][..., 0].detach()
     stability_lr = last_size * flow_time_factor(rule, numel, state["prev_grad_norm"])
     if extra_features:
         gate = AugmentedGate(gate, garo_features(gd_state, rule, controller, extra_features))
 
     def ode_lr(new_gd_state: State, grad_norm: Tensor) -> list:
-        size = new_gd_state["lr"][0] * flow_time_factor(rule, numel, grad_norm)
+        size = new_gd_state["lr"][..., 0] * flow_time_factor(rule, numel, grad_norm)
         n = len(new_gd_state["momentum_buffer"])
         return [c * m * size for c, m in zip(per_tensor(ode_scale, n), per_tensor(lr, n))]
 
-    decay = gd_state["weight_decay"][0].detach()  # the ODE's L2 term: GARO's last wd_t
+    decay = gd_state["weight_decay"][..., 0].detach()  # the ODE's L2 term: GARO's last wd_t
     return HybridHyper(
         gd=GAROHyper(controller, lr_scale=lr, weight_decay_scale=weight_decay), gd_rule=module,
         ode=ODEHyper(ode_lr, [w * decay for w in weight_decay]
                      if isinstance(weight_decay, (list, tuple)) else weight_decay * decay),
-        policy=gate, stability_lr=stability_lr, gd_momentum=gd_state["momentum"][0].detach())
+        policy=gate, stability_lr=stability_lr, gd_momentum=gd_state["momentum"][..., 0].detach())
 
 
 class HybridControllers(nn.Module):

@@ -45,8 +45,12 @@ Every step evaluates ``(L_t, g_t)`` at θ_t once, then
    gate this is the expected count, differentiable, so a meta-loss can charge it.
 
 ``batched=True`` treats the leading dimension of every tensor as independent runs (the study's
-grid of starts): norms, losses, gates and modes become per-run ``(R,)`` and the update is
-branchless. Everything is pure: inputs are never mutated.
+grid of starts, or a meta-batch's runs on the vectorised engine): norms, losses, gates, modes,
+step sizes, step counters (an int shared by the runs, or one per run as an ``(R,)`` tensor when
+the runs started at different steps), stability caps and gradient-evaluation counts (a re-taken
+ODE step re-takes every run, and a run within its limit is re-taken unchanged and not charged)
+are per run, the update is branchless and a non-finite step is undone per run
+(``metaopt.hybrid.per_run``). Everything is pure: inputs are never mutated.
 """
 from __future__ import annotations
 
@@ -59,7 +63,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..adapters.non_finite import all_finite
 from ..rules.base import GradFn, Scalar, State, TensorList, per_tensor
 from .criteria import (
     _TINY,
@@ -77,6 +80,7 @@ from .criteria import (
 )
 from .handoff import _expand, blend, gd_handoff, observe_motion
 from .hyper import HybridHyper
+from .per_run import finite_runs, keep_runs
 from .stability import (
     GD_STABILITY_BOUND,
     SAFETY,
@@ -112,13 +116,17 @@ class _Counted:
 _RETRIES = 8
 
 
-def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched: bool):
+def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched: bool,
+             runs: list | None = None):
     """The step sizes capped at c/κ̂ (``metaopt.hybrid.stability``), or None where every one is
-    within the limit (then the caller keeps the originals: bit-identical steps)."""
+    within the limit (then the caller keeps the originals: bit-identical steps). ``runs``: a
+    list that receives which runs were capped (``(R,)`` when batched)."""
     # per-run step sizes may already be expanded against their tensor: back to (R,)
     lrs = [h.reshape(-1) if batched and isinstance(h, Tensor) and h.dim() > 0 else h
            for h in lrs]
     scales = [cap_scale(h, kappa, c) for h in lrs]
+    if runs is not None:
+        runs.append(torch.stack([(s < 1).expand_as(kappa) for s in scales]).any(dim=0))
     if not any(bool((s < 1).any()) for s in scales):
         return None
     return [_expand(torch.as_tensor(h, dtype=p.dtype, device=p.device) * s.to(p.dtype), p,
@@ -132,30 +140,6 @@ def _gd_momentum(hyper) -> Scalar:
         return hyper.gd_momentum
     gd = hyper.gd
     return gd.get("momentum", 0.0) if isinstance(gd, Mapping) else getattr(gd, "momentum", 0.0)
-
-
-def _finite(tensors: Sequence[Tensor], batched: bool) -> Tensor:
-    """Every entry finite: a bool, per run ``(R,)`` when batched."""
-    if not batched:  # one fused norm, not an elementwise pass per tensor (``all_finite``)
-        return torch.tensor(all_finite([t.detach() for t in tensors]))
-    with torch.no_grad():
-        flags = [torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(dim=1) if batched
-                 else torch.isfinite(t.detach()).all() for t in tensors]
-        return torch.stack(flags).all(dim=0)
-
-
-def _keep_runs(ok: Tensor, new, old):
-    """Per run: ``new`` where ``ok``, ``old`` elsewhere, over nested dicts / lists of tensors
-    whose leading dimension is the run (the loss window, run-last, is handled by the caller);
-    other values (step counters, float clocks) are shared by the runs and taken from ``new``."""
-    if isinstance(new, dict):
-        return {k: _keep_runs(ok, v, old[k]) if k in old else v for k, v in new.items()}
-    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
-        return [_keep_runs(ok, a, b) for a, b in zip(new, old)]
-    if (isinstance(new, Tensor) and isinstance(old, Tensor) and new.shape == old.shape
-            and new.dim() >= 1 and new.shape[0] == ok.shape[0]):
-        return torch.where(_expand(ok, new, True), new, old.to(new.dtype))
-    return new
 
 
 @dataclass(frozen=True)
@@ -230,8 +214,10 @@ class HybridRule:
         with contextlib.nullcontext() if keep else torch.no_grad():
             grads = list(grads) if keep else [g.detach() for g in grads]
             gnorm = run_norms(grads, self.batched)
-            first = state["step"] == 0
-            norm0 = gnorm if first else state["grad_norm0"]
+            step = state["step"]  # an int, or one per run (runs of a meta-batch)
+            first = step == 0
+            norm0 = torch.where(first, gnorm, state["grad_norm0"]) if isinstance(step, Tensor) \
+                else gnorm if first else state["grad_norm0"]
             ratio = torch.log(gnorm + _TINY) - torch.log(norm0 + _TINY)
             probes = 0
             if self.curvature == "secant":
@@ -249,7 +235,8 @@ class HybridRule:
             lr = lr.detach() if isinstance(lr, Tensor) else lr
             stability = torch.log(kappa * lr + _TINY)
             losses = state["losses"]
-            seen = min(state["step"], self.window)
+            seen = step.clamp(max=self.window) if isinstance(step, Tensor) \
+                else min(step, self.window)
             if loss is not None:
                 value = (loss if keep else loss.detach()).to(losses.dtype) \
                     .reshape(losses.shape[1:])
@@ -305,6 +292,12 @@ class HybridRule:
                                              limit), p, self.batched)
                        for h, p in zip(ode_lrs, params)]
             ode_hyper = ode_hyper.replace(lr=ode_lrs)
+        if self.batched:  # per-run step sizes and decays (GARO's): against their tensors
+            ode_lrs = [_expand(h, p, True) if isinstance(h, Tensor) and h.dim() == 1 else h
+                       for h, p in zip(ode_lrs, params)]
+            ode_hyper = ode_hyper.replace(lr=ode_lrs, weight_decay=[
+                _expand(w, p, True) if isinstance(w, Tensor) and w.dim() == 1 else w
+                for w, p in zip(per_tensor(ode_hyper.weight_decay, len(params)), params)])
         limit = ode_stability_limit(self.ode)
         capped = None if limit is None else _cap_lrs(ode_lrs, kappa, limit, params, self.batched)
         if capped is not None:
@@ -312,8 +305,10 @@ class HybridRule:
         counted = _Counted(grad_fn, params, (loss, grads))
         stage_kappa = torch.zeros_like(kappa)
         branch = self.branchless or self.batched or not hard
+        spent = 0  # the ODE's evaluations beyond θ's: per run when batched (re-taken steps)
         if branch or bool(gate > 0.5):
             ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
+            spent = counted.count
             # Before the first step κ̂ is unknown, and a chord underestimates a steepening
             # curvature: the secant between θ and the first stage point checks every step, and
             # a step past the limit is re-taken at h = c/κ̂ (its stages counted), at most
@@ -324,12 +319,17 @@ class HybridRule:
                 stage = stage_curvature(counted.stage[0], counted.stage[1], params, grads,
                                         lambda t: run_norms(t, self.batched))
                 stage_kappa = stage if attempt == 0 else stage_kappa
-                capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched)
+                over: list = []  # (the runs capped: only a batch needs them)
+                capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched,
+                                  over if self.batched else None)
                 if capped is None:
                     break
                 ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
-                counted.stage = None
+                counted.stage, before = None, counted.count
                 ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
+                # batched: a run within its limit is re-taken unchanged, and not counted
+                spent = spent + (counted.count - before) * (
+                    over[0].to(kappa.dtype) if over else 1)
         else:
             ode_params, ode_state = None, None
         if branch:
@@ -346,7 +346,7 @@ class HybridRule:
             ode_state = gd_handoff(state["ode"], [a - p for a, p in zip(gd_params, params)],
                                    ode_lrs)
         gd_state = observe_motion(gd_state, proposed, new_params)
-        ok = _finite(list(new_params) + list(grads)
+        ok = finite_runs(list(new_params) + list(grads)
                      + ([] if loss is None else [loss.reshape(-1) if not self.batched
                                                  else loss.reshape(loss.shape[0], -1)]),
                      self.batched)
@@ -358,7 +358,7 @@ class HybridRule:
             dwell = same * state["dwell"] + 1
         with contextlib.nullcontext() if self.feature_gradients else torch.no_grad():
             moved = run_norms([a - p for a, p in zip(new_params, params)], self.batched)
-        evaluations = state["evaluations"] + 1 + memory["probes"] + gate * counted.count
+        evaluations = state["evaluations"] + 1 + memory["probes"] + gate * spent
         new_state = {
             "gd": gd_state, "ode": ode_state, "step": state["step"] + 1, "mode": mode,
             "dwell": dwell, "gate": gate, "probability": probability.to(feats.dtype),
@@ -371,7 +371,7 @@ class HybridRule:
         if not self.batched or bool(ok.all()):
             return new_params, new_state
         # Undo the non-finite runs only: their θ and state stay those of the last finite step.
-        kept = _keep_runs(ok, dict(new_state, losses=None), dict(state, losses=None))
+        kept = keep_runs(ok, dict(new_state, losses=None), dict(state, losses=None))
         kept["losses"] = torch.where(ok, memory["losses"], state["losses"].to(feats.dtype))
         return [torch.where(_expand(ok, a, True), a, p) for a, p in zip(new_params, params)], kept
 

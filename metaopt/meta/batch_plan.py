@@ -13,6 +13,8 @@ Two questions decide it (``metaopt.meta.vectorised``):
    times by the rule; exact when the padded coordinates stay exactly 0 and the real updates
    ``θ_T − θ_0`` agree to rounding (a rule that does not move the probe counts as not exact).
    A probe, not a declaration: it follows the rule when the rule changes.
+   A rule that steps stacked runs itself (``metaopt.meta.native_batched``) is probed as a
+   runs' own rule, since its batched step is the runs' own steps side by side.
 2. **Which runs are left alone?** Tasks without a ``batch_key`` and runs whose group has one
    member take the loop. ``loop_report`` samples probe tasks from the family (seeds above the
    training range, so the training stream is untouched), groups them as the engine would in
@@ -30,6 +32,7 @@ from torch import Tensor
 from ..task import TaskFamily
 from .batched_unroll import SameShapes, batched_step, stack_tree
 from .flat_buckets import flat_row, flatten_state, unflatten_state
+from .native_batched import encode_ints, native_form, native_step
 
 __all__ = ["loop_report", "rule_batch_error", "rule_flattens_exactly", "rule_pads_exactly",
            "task_label"]
@@ -153,20 +156,37 @@ def rule_flattens_exactly(learned, weights: Mapping[str, Tensor], *, steps: int 
 def rule_batch_error(learned, weights: Mapping[str, Tensor]) -> str | None:
     """Why ``learned`` cannot advance stacked runs (its state does not stack, or its step fails
     under ``vmap``, e.g. it evaluates the gradient away from the current point or reads a value
-    on the host), or None when it can: one batched step of two copies of the probe."""
+    on the host), or None when it can: one batched step of two copies of the probe (for a rule
+    that steps stacked runs itself, ``metaopt.meta.native_batched``, that step, on the probe's
+    quadratic ``f(θ) = ½‖θ‖²`` evaluated wherever it asks)."""
     weights = {k: v.detach() for k, v in weights.items()}
     dtype = next(iter(weights.values())).dtype if weights else torch.float64
     params = [torch.full(s, 0.5, dtype=dtype) for s in _PROBE_SHAPES]
     names = [str(i) for i in range(len(params))]
+    native = native_form(learned)
+    if native is None and hasattr(learned, "batched_form"):
+        try:  # a rule with a batched form in general, not in this configuration: say why
+            learned.batched_form()
+        except (ValueError, TypeError) as error:
+            return str(error)
     try:
         with torch.no_grad():
             state = learned.init(params, weights, horizon=10)
+            if native is not None:
+                state, _ = encode_ints(state)
             shapes = [[p.shape for p in params]] * 2
             stacked = stack_tree([state, state], SameShapes(), names, shapes)
-            batched_step(learned, weights)([torch.stack([p, p]) for p in params],
-                                           torch.ones(2, dtype=dtype),
-                                           [torch.stack([p, p]) for p in params], stacked)
-    except (TypeError, RuntimeError, NotImplementedError) as error:
+            stacked_params = [torch.stack([p, p]) for p in params]
+            if native is None:
+                batched_step(learned, weights)(stacked_params, torch.ones(2, dtype=dtype),
+                                               stacked_params, stacked)
+            else:
+                def evaluate(points):
+                    return (sum(0.5 * p.square().flatten(1).sum(1) for p in points),
+                            list(points))
+                native_step(native, weights)(stacked_params, evaluate(stacked_params)[0],
+                                             stacked_params, stacked, evaluate)
+    except (TypeError, RuntimeError, NotImplementedError, ValueError) as error:
         return str(error).splitlines()[0].removeprefix("vectorised engine: ")
     return None
 

@@ -6,8 +6,11 @@
     g = ∂ Σ_b L_b / ∂θ                            every run's own gradient (tasks are independent)
     θ', s' = vmap(learned.step)(θ, (L, g), s, φ)   the SAME rule code, one program for B runs
 
-with the meta-loss terms, truncation, divergence test and batch streams of ``unroll_segment``,
-run for run. Runs leave the batch when their segment ends (per-run lengths) or when they diverge
+with the meta-loss terms, truncation, divergence test, batch streams and the rule's own compute
+charge (``segment_penalty``) of ``unroll_segment``, run for run. A ``step`` marked ``native``
+(``metaopt.meta.native_batched``) is the rule stepping the stacked runs itself; it is also given
+``evaluate(points)``, the group's loss and gradients anywhere on this step's minibatch.
+Runs leave the batch when their segment ends (per-run lengths) or when they diverge
 (one host sync per step of the group); a diverged run's terms are replaced by exact zeros through
 a double ``where`` and its inputs to the rule by finite stand-ins, so its zero cotangent never
 meets a NaN. The stacking helpers put per-run rule states (dicts / lists of tensors; entries with
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from ..rules.base import State, TensorList
 from ..task import TaskBatch
+from .native_batched import evaluator
 
 
 # -- stacking run states along a leading run dimension ---------------------------------------------
@@ -86,6 +90,15 @@ def take_rows(tree, index: Tensor):
     return type(tree)(take_rows(v, index) for v in tree)
 
 
+def take_row(tree, row: int):
+    """Row ``row`` of every tensor of a pytree (one run's state, as the loop holds it)."""
+    if isinstance(tree, Tensor):
+        return tree[row]
+    if isinstance(tree, dict):
+        return {k: take_row(v, row) for k, v in tree.items()}
+    return type(tree)(take_row(v, row) for v in tree)
+
+
 def _flatten(tree, leaves: list):
     """Tensors of a dict/list/tuple tree appended to ``leaves``; returns the tree's structure.
     (vmap over a flat tuple: torch's generic pytree handling costs more than the rule's ops.)"""
@@ -141,6 +154,7 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
     ``(runs, params, state)`` chunks, stacked, in which the surviving runs ended the segment.
     """
     step = step or batched_step(learned, weights)
+    start = state
     count, train = len(batch), meta_loss.split == "train"
     every = meta_loss.needs_every_term
     rows, sub = list(range(count)), batch                 # the runs still in the batch
@@ -172,9 +186,10 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
             stepping = [k < lengths[b] for b in rows]     # else: the final train term only
             points = [p if differentiable and p.requires_grad else p.detach().requires_grad_()
                       for p in params]
+            data = sub.train_batch([generators[b] for b in rows])
             with torch.enable_grad():
                 loss, grads = sub.loss_and_grads(
-                    dict(zip(names, points)), sub.train_batch([generators[b] for b in rows]),
+                    dict(zip(names, points)), data,
                     grad=any(stepping), retain_graph=differentiable,
                     create_graph=differentiable and second_order)
             if not differentiable:
@@ -194,12 +209,15 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
                 grads_in = [torch.where(finite.view(-1, *[1] * (g.dim() - 1)), g,
                                         torch.ones_like(g)) for g in grads]
                 inner = [i for i, s in enumerate(stepping) if s]
-                if len(inner) == len(rows):
-                    new = step(list(params), loss_in, grads_in, state)
+                at = None if len(inner) == len(rows) else torch.tensor(inner, device=device)
+                native = () if not getattr(step, "native", False) else (evaluator(
+                    sub, names, data, points, at, differentiable=differentiable,
+                    second_order=second_order),)  # (the rule evaluates away from θ itself)
+                if at is None:
+                    new = step(list(params), loss_in, grads_in, state, *native)
                 else:  # train split: runs at their final term do not step
-                    at = torch.tensor(inner, device=device)
                     new = step(take_rows(list(params), at), take_rows(loss_in, at),
-                               take_rows(grads_in, at), take_rows(state, at))
+                               take_rows(grads_in, at), take_rows(state, at), *native)
                 if not train:  # every run in the batch steps: held-out terms at θ_{k+1}
                     wanted = [every or k == lengths[b] - 1 for b in rows]
                     test = sub.test_batch([generators[b] if w else None
@@ -239,4 +257,10 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
         counts = torch.tensor([max(t, 1) for t in terms], dtype=total.dtype, device=total.device)
         combined = total / counts
         losses = [combined[b] if alive[b] else None for b in range(count)]
+        penalty = getattr(learned, "segment_penalty", None)
+        for members, _, end in ends if penalty is not None else ():
+            for j, b in enumerate(members):  # a rule's own charge (the hybrid's evaluations),
+                if losses[b] is not None:    # run by run as unroll_segment adds it
+                    losses[b] = losses[b] + penalty(take_row(start, b), take_row(end, j),
+                                                    lengths[b])
     return losses, ends

@@ -25,6 +25,16 @@ trajectories, so its own validation, −0.61, overstates it), straight-through B
 (5.8 s/step), ES with 4 antithetic pairs 0.716 (15.2 s/step). Straight-through BPTT is the
 default: the best deployed result at the lowest cost.
 
+**Vectorised engine**: ``batched_form()`` is the rule stepping a meta-batch's stacked runs
+itself (``BatchedHybrid``: ``HybridRule(batched=True)``, GARO through ``GAROModule(batched=
+True)``), which the vectorised engine calls with a ``grad_fn`` that evaluates every run at its
+own Runge–Kutta stage points (``metaopt.meta.native_batched``); the runs' states keep the
+loop's format. It takes a fixed-step Runge–Kutta ODE module and an SGD, RMSprop or GARO GD
+module (an adaptive or flow ODE module, Adam's step count and the Lanczos probe are not per run:
+those rules take the loop, and the engine's start-up report says why). The GARO rule's state
+records the tensors' element counts (n of ρ and of GARO's scale), so zero-padded runs of
+different sizes share a batch exactly.
+
 **Compute charge** (``compute_cost`` = c ≥ 0), in gradient evaluations (an RK4 step is
 four: θ's gradient and three more stages; the guard's re-taken steps count theirs):
 ``segment_penalty`` adds c·(gradient evaluations per inner step − 1) to the segment's
@@ -33,6 +43,7 @@ meta-loss (``unroll_segment`` calls it), with the relaxed gate's *expected* eval
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -47,6 +58,9 @@ from ..hybrid.policy import PolicyGate, SwitchingPolicy
 from ..hybrid.rule import HybridRule, trace
 from ..rules.base import GradFn, State, TensorList
 from ..rules.hyper import GDHyper, ODEHyper
+from ..rules.rmsprop import RMSpropRule
+from ..rules.runge_kutta import RungeKuttaRule
+from ..rules.sgd import SGDRule
 
 
 def _scalar(value: Tensor) -> Tensor:
@@ -106,6 +120,52 @@ class HybridLearnedRule:
         spent = (end["evaluations"] - start["evaluations"]).mean() / length
         return self.compute_cost * (spent - 1.0)
 
+    def batched_form(self) -> BatchedHybrid:
+        """This rule stepping stacked runs itself (``BatchedHybrid``): the vectorised engine's
+        native batched path (``metaopt.meta.native_batched``)."""
+        return BatchedHybrid(self)
+
+
+class BatchedHybrid:
+    """``learned.step`` for ``B`` stacked runs, every run's step its own: ``HybridRule(batched=
+    True)`` (per-run norms, features, gates, modes, step counters, stability caps, evaluation
+    counts and undo of a non-finite step; both modules evaluated, the gate selecting) and, for
+    ``HybridGAROLearnedRule``, ``GAROModule(batched=True)`` (each run's GARO step through
+    ``torch.func.vmap``).
+
+    ``step(θ, grad_fn, s, φ)``: ``θ`` ``(B, ...)`` per tensor; ``grad_fn(points)`` returns the
+    ``(B,)`` losses and the runs' own gradients at any stacked points (the Runge–Kutta stages'
+    are away from θ); ``s`` the runs' states stacked along a leading dimension (their step
+    counters as ``(B,)`` tensors), and so is the state returned. Equal to the runs' own steps
+    (``tests/meta/test_vectorised_hybrid.py``): a hard decision that skips the ODE module in
+    a run's own step changes nothing the batch selects (its evaluations are charged by the
+    gate, 0; the ODE state of a Runge–Kutta rule is empty).
+    """
+
+    native = True
+
+    def __init__(self, learned: HybridLearnedRule):
+        rule = learned.rule
+        # modules whose steps are the runs' own side by side (an adaptive or flow ODE module keeps
+        # a step size or clock, Adam a step count, that would be shared by the runs)
+        if type(rule.ode) is not RungeKuttaRule:
+            raise ValueError(f"the hybrid's batched form takes a fixed-step Runge-Kutta ODE "
+                             f"module, not {type(rule.ode).__name__}")
+        if not isinstance(rule.gd, (SGDRule, RMSpropRule, GAROModule)):
+            raise ValueError(f"the hybrid's batched form takes an SGD, RMSprop or GARO GD "
+                             f"module, not {type(rule.gd).__name__}")
+        if isinstance(rule.gd, GAROModule):
+            rule = dataclasses.replace(rule, gd=dataclasses.replace(rule.gd, batched=True))
+        self.learned = copy.copy(learned)
+        self.learned.rule = dataclasses.replace(rule, batched=True)  # (refuses Lanczos probes)
+
+    def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
+             weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
+        # the loss window is run-last in HybridRule(batched=True), run-first when stacked
+        state = dict(state, losses=state["losses"].transpose(0, 1))
+        params, state = self.learned.step(params, grad_fn, state, weights)
+        return params, dict(state, losses=state["losses"].transpose(0, 1))
+
 
 class HybridGAROLearnedRule(HybridLearnedRule):
     """Policy and GARO trained jointly: φ = {``policy.*``, ``garo.*``} (see module docstring).
@@ -143,8 +203,12 @@ class HybridGAROLearnedRule(HybridLearnedRule):
              horizon: int | None = None) -> State:
         _, controller = self._split(weights)
         params = list(params)
-        return self.rule.init(params, gd_state=GAROModule(self.garo, controller, horizon)
-                              .init(params))
+        gd_state = GAROModule(self.garo, controller, horizon).init(params)
+        # the tensors' element counts, recorded (GARORule.init's RUN_CONSTANTS): n of ρ and of
+        # a scale-free GARO then survive a vectorised meta-batch's zero padding
+        gd_state["tensor_numel"] = gd_state["hidden"].new_tensor([float(p.numel())
+                                                                  for p in params])
+        return self.rule.init(params, gd_state=gd_state)
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
@@ -152,8 +216,10 @@ class HybridGAROLearnedRule(HybridLearnedRule):
         params = list(params)
         gate = PolicyGate(self.module["policy"], policy, hard=not self.relaxed,
                           straight_through=self.straight_through)
-        hyper = garo_hyper(self.rule.gd, state, controller, gate,
-                           sum(p.numel() for p in params), ode_scale=self.ode_scale,
+        counts = state["gd"].get("tensor_numel")  # (absent from states saved before)
+        numel = counts.sum(-1) if counts is not None else sum(
+            p[0].numel() if self.rule.batched else p.numel() for p in params)
+        hyper = garo_hyper(self.rule.gd, state, controller, gate, numel, ode_scale=self.ode_scale,
                            extra_features=self.module["policy"].extra_features)
         return self.rule.step(params, grad_fn, state, hyper)
 

@@ -30,6 +30,12 @@ starts.
 
 The learned rule is called through ``torch.func.vmap`` generically; its ``grad_fn`` returns the
 precomputed ``(L_b, g_b)`` and must only be evaluated at the current parameters (GARO's is).
+A rule that evaluates the gradient elsewhere and can step stacked runs itself (``batched_form``:
+the hybrid GD–ODE optimizer's rules, whose Runge–Kutta stages need each run's gradient at its own
+stage points) is called once per group step instead, with a ``grad_fn`` that evaluates the group
+wherever it asks (``metaopt.meta.native_batched``); its groups are padded when it pads exactly,
+never share flat buckets, and a rule's own compute charge (``segment_penalty``) is added run by
+run as the loop adds it.
 ``aten::gru_cell`` has no vmap batching rule in PyTorch (a per-sample fallback loop); this module
 registers its decomposition (PyTorch's own GRU-cell formula) for vmap, at import, when missing.
 """
@@ -54,6 +60,7 @@ from .batched_unroll import batched_step, stack_tree, unroll_group, unstack_tree
 from .flat_unroll import unroll_flat
 from .inner_runs import InnerRunPool, SegmentBatch
 from .learned import detach_state
+from .native_batched import decode_ints, encode_ints, native_form, native_step
 from .truncation import segment_length
 from .unroll import batch_generator, unroll_segment
 
@@ -96,6 +103,7 @@ class VectorisedPool(InnerRunPool):
         self.fallback: str | None = None  # why the rule took the loop, once it could not vmap
         self._pads_exactly: bool | None = None  # rule_pads_exactly, probed at the first segment
         self._flat: bool | None = None  # rule_flattens_exactly (then runs share flat buckets)
+        self._native = native_form(self.learned)  # the rule steps stacked runs itself
 
     def group_key(self, task, shapes=None):
         """The key runs are grouped by: ``task.batch_key()``, refined by the exact parameter
@@ -112,7 +120,8 @@ class VectorisedPool(InnerRunPool):
         if self._pads_exactly is None:
             try:
                 self._pads_exactly = rule_pads_exactly(self.learned, weights)
-                self._flat = self._pads_exactly and rule_flattens_exactly(self.learned, weights)
+                self._flat = self._pads_exactly and self._native is None and \
+                    rule_flattens_exactly(self.learned, weights)
             except Exception:  # noqa: BLE001 (a rule the probe cannot drive: do not pad)
                 self._pads_exactly = self._flat = False
 
@@ -127,6 +136,8 @@ class VectorisedPool(InnerRunPool):
             return (f"vectorised engine: {rule} cannot advance stacked runs ({error}): every run "
                     f"takes the loop")
         lines = [f"vectorised engine: {rule} " + (
+            "steps stacked runs itself (each run's gradient evaluated at its own points, "
+            "Runge-Kutta stages included), and " if self._native is not None else "") + (
             "steps a run's tensors as one flat vector, so runs of every family share its steps "
             "(flat buckets by size)" if self._flat else
             "pads exactly, so tasks of different sizes share a padded batch" if self._pads_exactly
@@ -159,6 +170,8 @@ class VectorisedPool(InnerRunPool):
         return batched, sorted(alone)
 
     def _step_fn(self, weights):
+        if self._native is not None:  # (its steps hold host decisions: not compiled)
+            return native_step(self._native, weights)
         step = batched_step(self.learned, weights)
         if not self.compile:
             return step
@@ -251,8 +264,13 @@ class VectorisedPool(InnerRunPool):
         shapes = [[p.shape for p in begin[i][0]] for i in group]
         params = [batch.stack_values(n, [begin[i][0][j] for i in group])
                   for j, n in enumerate(names)]
+        ints: list = []
         try:
-            state = stack_tree([begin[i][1] for i in group], batch, names, shapes)
+            states = [begin[i][1] for i in group]
+            if self._native is not None:  # its step counters: (B,) tensors
+                states, ints = zip(*(encode_ints(s) for s in states))
+                ints = ints[0]
+            state = stack_tree(list(states), batch, names, shapes)
         except (TypeError, RuntimeError) as error:
             name = type(runs[0].task).__name__
             if name not in self._noticed:
@@ -273,5 +291,6 @@ class VectorisedPool(InnerRunPool):
             per_state = unstack_tree(end_state, chunk, names, end_params)
             for b, member in enumerate(members):
                 if losses[group[member]] is not None:
-                    finals[group[member]] = ([p[b] for p in per_params], per_state[b])
+                    finals[group[member]] = ([p[b] for p in per_params],
+                                             decode_ints(per_state[b], ints))
         return True
