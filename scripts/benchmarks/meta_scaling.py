@@ -2,27 +2,28 @@
 
     python -m scripts.benchmark meta_throughput --mode scaling
 
-For each config (``configs/garo.yaml``, the quick start, and ``configs/garo_general.yaml``),
-engine (``unroll.engine`` = loop | vectorised), meta-batch (``unroll.num_tasks`` = 8, 64) and
-number of processes P (1: ``python scripts/meta_train.py``; 2: ``torchrun --standalone
---nproc_per_node 2 scripts/meta_train.py``, each rank unrolling half the runs), the command runs
-twice into fresh run directories, for M and for N meta-steps, and
+For each config (``configs/garo.yaml``, the quick start, and the shipped checkpoints' configs
+``configs/garo_general.yaml`` and ``configs/hybrid_general.yaml``), engine (``unroll.engine`` =
+loop | vectorised), meta-batch (``unroll.num_tasks`` = 8, 64) and number of processes P (1:
+``python scripts/meta_train.py``; 2: ``torchrun --standalone --nproc_per_node 2
+scripts/meta_train.py``, each rank unrolling half the runs), the command runs twice into fresh
+run directories, for M and for N meta-steps, and
 
     s/meta-step = (wall(N) − wall(M)) / (N − M)
 
 so start-up, imports, the process group, the first meta-step's task construction and the final
 validation and export (the same in both runs) cancel. N − M is chosen per config so that the
-difference is tens of seconds of work (quick start: M, N = 5, 45; garo_general: 3, 19): the
-start-up of a process varies by seconds on a busy machine, which a few fast meta-steps would not
-outweigh. With ``METAOPT_BENCH_REPEATS=k`` each pair runs k times and the median is reported.
-W&B is off (``wandb.mode=disabled``), validation is reduced to one short held-out task (only
-at the start and the end, which cancel), the evaluation table is off. ``cpu s/step`` is the
-same difference of the CPU time of the command's whole process tree (``RUSAGE_CHILDREN``): with
-P processes on P free cores the wall time per step approaches it divided by P. ``speedup`` =
-s/step with 1 process / with 2 (target ≥ 1.7). ``peak_rss_mib``: the peak resident memory of
-the N-step command's largest process (one rank under torchrun), start-up included. ``load`` is
-``os.getloadavg()``'s 1-minute figure before → after the pair of runs: a machine whose load
-exceeds its free cores makes the 2-process figure meaningless.
+difference is tens of seconds of work (quick start: M, N = 5, 45; garo_general: 3, 19;
+hybrid_general: 2, 6): the start-up of a process varies by seconds on a busy machine, which a
+few fast meta-steps would not outweigh. With ``METAOPT_BENCH_REPEATS=k`` each pair runs k times
+and the median is reported. W&B is off (``wandb.mode=disabled``), validation is reduced to one
+short held-out task (only at the start and the end, which cancel), the evaluation table is off.
+``cpu s/step`` is the same difference of the CPU time of the command's whole process tree
+(``RUSAGE_CHILDREN``): with P processes on P free cores the wall time per step approaches it
+divided by P. ``speedup`` = s/step with 1 process / with 2 (target ≥ 1.7). ``peak_rss_mib``: the
+peak resident memory of the N-step command's largest process (one rank under torchrun), start-up
+included. ``load`` is ``os.getloadavg()``'s 1-minute figure before → after the pair of runs: a
+machine whose load exceeds its free cores makes the 2-process figure meaningless.
 
 Knobs (environment): ``METAOPT_BENCH_STEPS="M,N"`` (every config), ``METAOPT_BENCH_CONFIGS``
 (comma-separated config paths), ``METAOPT_BENCH_ENGINES``, ``METAOPT_BENCH_SIZES`` (default
@@ -41,8 +42,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ("configs/garo.yaml", "configs/garo_general.yaml")
-STEPS = {"garo.yaml": (5, 45), "garo_general.yaml": (3, 19)}  # (M, N); other configs: (3, 11)
+CONFIGS = ("configs/garo.yaml", "configs/garo_general.yaml", "configs/hybrid_general.yaml")
+# (M, N); other configs: (3, 11). hybrid_general's meta-steps cost seconds each (RK4 stages)
+STEPS = {"garo.yaml": (5, 45), "garo_general.yaml": (3, 19), "hybrid_general.yaml": (2, 6)}
 QUIET = ["wandb.mode=disabled", "progress=false", "evaluation.enabled=false",
          "validation.every=1000000", "validation.num_tasks=1", "validation.horizon=10",
          "checkpoint_every=1000000"]
