@@ -277,8 +277,8 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         new["distance_max"] = None
     if not prodigy:
         new["prodigy_d"] = new["prodigy_numerator"] = None
-    active = set(ids)
-    if len(active) < S:  # segments without tensors this step keep theirs
+    active = set(ids) if S > 1 else None
+    if S > 1 and len(active) < S:  # segments without tensors this step keep theirs
         idle = [s not in active for s in range(S)]
         for key, value in new.items():
             old = prev_ratio if key == "prev_update_ratio" else getattr(host, key)

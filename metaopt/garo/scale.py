@@ -129,6 +129,8 @@ def norm_list(tensors: Sequence[Tensor]) -> list[Tensor]:
 def host_segment_norms(squares: Sequence[float], ids: Sequence[int],
                        num_segments: int) -> list[float]:
     """Segment 2-norms from per-tensor squared norms (host floats)."""
+    if num_segments == 1:  # (the same additions, in the same order: 0 + s_0 + s_1 + …)
+        return [math.sqrt(sum(squares, 0.0))]
     total = [0.0] * num_segments
     for s, sq in zip(ids, squares):
         total[s] += sq
