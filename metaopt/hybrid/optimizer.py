@@ -218,18 +218,22 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
     def _active(self):
         params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr",
                                              "ode_scale")}
+        lrs, moms, decays, ode_lrs, scales = hyper.values()
         decay_key = self._decay_key
         for group in self.param_groups:  # (per group: the runtime paths' steps are short)
             chosen = [p for p in group["params"] if p.grad is not None]
-            if any(p.grad.is_sparse for p in chosen):
+            if not chosen:
+                continue
+            if any([p.grad.is_sparse for p in chosen]):
                 raise RuntimeError("HybridGDODE does not support sparse gradients")
             params += chosen
             n = len(chosen)
-            for key, value in (("lr", group["lr"]), ("momentum", group["momentum"]),
-                               ("ode_scale", group["ode_scale"]),
-                               ("weight_decay", group[decay_key]),
-                               ("ode_lr", group["lr"] * group["ode_scale"])):
-                hyper[key] += [value] * n
+            lr, scale = group["lr"], group["ode_scale"]
+            lrs += [lr] * n
+            moms += [group["momentum"]] * n
+            scales += [scale] * n
+            decays += [group[decay_key]] * n
+            ode_lrs += [lr * scale] * n
         return params, hyper
 
     @without_grad
