@@ -9,10 +9,12 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the recurrent state stays on the host between steps (``HostState``: floats rounded to the
   state's dtype, the hidden state one array); tensors are built only when the state is read;
 * one foreach norm call per step for the gradients, the parameters and the previous step's
-  update directions (``scale.norm_list``: a BLAS dot for large tensors), and one host
-  read of the results: a step leaves its update norm to the next one (``PendingUpdateNorm``)
-  when its directions are the momentum buffers or the model is small (``_DEFER_NUMEL``), and
-  reads it itself otherwise, so keeping them never costs a large model memory;
+  update directions (``scale.norm_list``: a BLAS dot for large tensors), and one host read of
+  the results (``scale.host_floats``: one stacked read on a GPU; on the CPU each value where it
+  lies, which waits for nothing and costs less than the stack): a step leaves its update norm
+  to the next one (``PendingUpdateNorm``) when its directions are the momentum buffers or the
+  model is small (``_DEFER_NUMEL``), and reads it itself otherwise, so keeping them never costs
+  a large model memory;
 * the features, step embedding, validity mask, progress, the relative features' references,
   the ε scale and Adam's bias correction are host floats, and a non-finite gradient or loss
   skips the step before the controller runs;
@@ -169,7 +171,7 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     scaled, prodigy = rule.scale == "distance", rule.scale == "prodigy"
     displacements = list(r_buffers["displacement"]) if scaled else []
     tensors = r_params + displacements + (pending.directions if pending is not None else [])
-    # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one stack and one host read)
+    # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one host read)
     extra_reads = switch.reads(r_grads) if switch is not None else []
     reads = norm_list(tensors if grad_norms is not None else r_grads + tensors) + \
         (prodigy_reads(r_grads, r_buffers) if prodigy else []) + extra_reads
