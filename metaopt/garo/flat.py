@@ -62,9 +62,14 @@ def one_bucket(params: Sequence[Tensor], hyper, num_segments: int,
     ``‖Δθ‖`` (one step size), Prodigy's ``Σ_i ⟨g_i, δ_i⟩`` and ``Σ_i ‖s_i‖₁`` are one reduction
     each over the concatenation, which the flat buffers hold already, instead of one per tensor
     (the same sums, added in another order)."""
-    return num_segments == 1 and _uniform(hyper.lr_scale) and \
+    if flat is not None and flat.bucket_key == (hyper, num_segments):
+        return flat.bucket  # (this hyper's answer, kept: the optimizer reuses its hyper)
+    whole = num_segments == 1 and _uniform(hyper.lr_scale) and \
         _uniform(hyper.weight_decay_scale) and (flat.small if flat is not None
                                                 else small_model(params))
+    if flat is not None:
+        flat.bucket_key, flat.bucket = (hyper, num_segments), whole
+    return whole
 
 
 def small_model(params: Sequence[Tensor]) -> bool:
@@ -99,6 +104,9 @@ class FlatBuffers:
         self.params, self.keys = list(params), tuple(keys)
         self.sizes = [p.numel() for p in params]
         self.dtype, self.small = params[0].dtype, small_model(params)
+        # ``one_bucket``'s last answer and what it was for: (the hyper, the segment count)
+        self.bucket_key: tuple | None = None
+        self.bucket = False
         # u = m + wd·θ when wd ≠ 0: one buffer (and its views) reused by every step; the next
         # step reads its norm before overwriting it
         self.direction: Tensor | None = None
@@ -166,10 +174,12 @@ class FlatBuffers:
                 self.direction_views
         else:
             direction, views = m, self.views["momentum_buffer"]
-        if len(params) == 1:  # (one tensor: its plain op)
+        # θ ← θ − a·u and δ ← δ − a·u in one call (each tensor's own add_, as before)
+        if "displacement" in buffers:
+            torch._foreach_add_([*params, buffers["displacement"]], [*views, direction],
+                                alpha=-lr)
+        elif len(params) == 1:  # (one tensor: its plain op)
             params[0].add_(views[0], alpha=-lr)
         else:
             torch._foreach_add_(list(params), views, alpha=-lr)
-        if "displacement" in buffers:
-            buffers["displacement"].add_(direction, alpha=-lr)
         return direction

@@ -230,18 +230,23 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         per_group, per_tensor = self.granularity == "group", self.granularity == "tensor"
         base_lr, tensor_index = self.base_lr, 0
         for group_index, group in enumerate(self.param_groups):
-            group_lr, group_wd = group["lr"] / base_lr, group["weight_decay_scale"]
-            for p in group["params"]:
-                grad = p.grad
-                if grad is not None:
-                    if grad.is_sparse:
-                        raise RuntimeError("GARO does not support sparse gradients")
-                    params.append(p)
-                    grads.append(grad)
-                    lr.append(group_lr)
-                    wd.append(group_wd)
-                    ids.append(tensor_index if per_tensor else group_index if per_group else 0)
-                tensor_index += 1
+            group_params = group["params"]
+            # (list comprehensions: a step on a small model is dispatch-bound)
+            chosen = [p for p in group_params if p.grad is not None]
+            if chosen:
+                chosen_grads = [p.grad for p in chosen]
+                if any(g.is_sparse for g in chosen_grads):
+                    raise RuntimeError("GARO does not support sparse gradients")
+                params += chosen
+                grads += chosen_grads
+                lr += [group["lr"] / base_lr] * len(chosen)
+                wd += [group["weight_decay_scale"]] * len(chosen)
+                if per_tensor:
+                    ids += [tensor_index + k for k, p in enumerate(group_params)
+                            if p.grad is not None]
+                else:
+                    ids += [group_index if per_group else 0] * len(chosen)
+            tensor_index += len(group_params)
         return params, grads, lr, wd, ids
 
     @_without_grad

@@ -9,10 +9,12 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the recurrent state stays on the host between steps (``HostState``: floats rounded to the
   state's dtype, the hidden state one array); tensors are built only when the state is read;
 * one foreach norm call per step for the gradients, the parameters and the previous step's
-  update directions (``scale.norm_list``: a BLAS dot for large tensors), and one host
-  read of the results: a step leaves its update norm to the next one (``PendingUpdateNorm``)
-  when its directions are the momentum buffers or the model is small (``_DEFER_NUMEL``), and
-  reads it itself otherwise, so keeping them never costs a large model memory;
+  update directions (``scale.norm_list``: a BLAS dot for large tensors), and one host read of
+  the results (``scale.host_floats``: one stacked read on a GPU; on the CPU each value where it
+  lies, which waits for nothing and costs less than the stack): a step leaves its update norm
+  to the next one (``PendingUpdateNorm``) when its directions are the momentum buffers or the
+  model is small (``_DEFER_NUMEL``), and reads it itself otherwise, so keeping them never costs
+  a large model memory;
 * the features, step embedding, validity mask, progress, the relative features' references,
   the ε scale and Adam's bias correction are host floats, and a non-finite gradient or loss
   skips the step before the controller runs;
@@ -73,6 +75,7 @@ from .pending import (  # noqa: F401  (settle, update_ratios: public names kept 
 from .scale import (
     fused_norms,
     host_distance_max,
+    host_floats,
     host_prodigy_d,
     host_segment_norms,
     norm_list,
@@ -168,13 +171,15 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     scaled, prodigy = rule.scale == "distance", rule.scale == "prodigy"
     displacements = list(r_buffers["displacement"]) if scaled else []
     tensors = r_params + displacements + (pending.directions if pending is not None else [])
-    # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one stack and one host read)
+    # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one host read)
     extra_reads = switch.reads(r_grads) if switch is not None else []
-    values = torch.stack(norm_list(tensors if grad_norms is not None else r_grads + tensors) +
-                         (prodigy_reads(r_grads, r_buffers) if prodigy else []) + extra_reads)
+    reads = norm_list(tensors if grad_norms is not None else r_grads + tensors) + \
+        (prodigy_reads(r_grads, r_buffers) if prodigy else []) + extra_reads
     if grad_norms is not None:
-        values = torch.cat([torch.stack(list(grad_norms)).to(values.dtype), values])
-    norms = values.tolist()
+        values = torch.stack(reads)
+        norms = torch.cat([torch.stack(list(grad_norms)).to(values.dtype), values]).tolist()
+    else:
+        norms = host_floats(reads)
     extra = norms[len(norms) - len(extra_reads):]
     norms = norms[:len(norms) - len(extra_reads)]
     if prodigy:
@@ -257,28 +262,25 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         ratios = ratios_of(host, update_norm, pending)
         pending = None
     # every new float rounded to the state's dtype at once (what a checkpoint would hold)
-    stats = [v for rows in (out.feature_mean, out.feature_var) for row in rows for v in row]
-    zeros = [0.0] * S
-    rounded = host.rounded([*log_g, *sym, *lrs, *out.momentum, *out.weight_decay, *ratios,
-                         *refs, *(distance_max or zeros), *(prodigy_d or zeros),
-                         *(numerator or zeros), *stats])
-    keys = ("prev_log_grad_norm", "prev_symlog_loss", "lr", "momentum", "weight_decay",
-            "prev_update_ratio", "ref_log_grad_norm", "distance_max", "prodigy_d",
-            "prodigy_numerator")
-    new = {key: rounded[k * S:(k + 1) * S] for k, key in enumerate(keys)}
-    F = len(stats) // (2 * S)
-    stats = rounded[len(keys) * S:]
-    new["feature_mean"] = [stats[s * F:(s + 1) * F] for s in range(S)]
-    new["feature_var"] = [stats[(S + s) * F:(S + s + 1) * F] for s in range(S)]
-    new["hidden"] = out.hidden
-    if not relative:
-        new["ref_log_grad_norm"] = None
-    if not scaled:
-        new["distance_max"] = None
-    if not prodigy:
-        new["prodigy_d"] = new["prodigy_numerator"] = None
-    active = set(ids)
-    if len(active) < S:  # segments without tensors this step keep theirs
+    new = {"prev_log_grad_norm": log_g, "prev_symlog_loss": sym, "lr": lrs,
+           "momentum": out.momentum, "weight_decay": out.weight_decay,
+           "prev_update_ratio": ratios}
+    if relative:
+        new["ref_log_grad_norm"] = refs
+    if scaled:
+        new["distance_max"] = distance_max
+    if prodigy:
+        new["prodigy_d"], new["prodigy_numerator"] = prodigy_d, numerator
+    statistics = [*out.feature_mean, *out.feature_var]  # (the entries left out stay None)
+    rounded = host.rounded([v for part in (*new.values(), *statistics) for v in part])
+    k = 0
+    for key in new:
+        new[key], k = rounded[k:k + S], k + S
+    F = len(statistics[0])
+    rows = [rounded[k + r * F:k + (r + 1) * F] for r in range(2 * S)]
+    new["feature_mean"], new["feature_var"], new["hidden"] = rows[:S], rows[S:], out.hidden
+    active = set(ids) if S > 1 else None
+    if S > 1 and len(active) < S:  # segments without tensors this step keep theirs
         idle = [s not in active for s in range(S)]
         for key, value in new.items():
             old = prev_ratio if key == "prev_update_ratio" else getattr(host, key)

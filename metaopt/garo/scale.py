@@ -126,9 +126,20 @@ def norm_list(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 
 
+def host_floats(values: Sequence[Tensor]) -> list[float]:
+    """0-d tensors as host floats, in one host read: ``torch.stack(values).tolist()`` (a GPU
+    waits once), or on the CPU each value read where it lies (the same floats — stacking only
+    widens, exactly — without the stack, which costs more than the reads on a small model)."""
+    if values and values[0].device.type == "cpu":
+        return [v.item() for v in values]
+    return torch.stack(list(values)).tolist() if values else []
+
+
 def host_segment_norms(squares: Sequence[float], ids: Sequence[int],
                        num_segments: int) -> list[float]:
     """Segment 2-norms from per-tensor squared norms (host floats)."""
+    if num_segments == 1:  # (the same additions, in the same order: 0 + s_0 + s_1 + …)
+        return [math.sqrt(sum(squares, 0.0))]
     total = [0.0] * num_segments
     for s, sq in zip(ids, squares):
         total[s] += sq

@@ -191,7 +191,7 @@ class GARORuntime:
         sw, module = self.switch, opt.rule.gd
         if sw.values["mode"] > 0.5:
             return False
-        if params[0].dtype != sw.dtype or any(p.shape != g.shape for p, g in zip(params, grads)):
+        if params[0].dtype != sw.dtype or [p.shape for p in params] != [g.shape for g in grads]:
             return False
         found = self._buffers(opt, params, self._keys(module.rule))
         if found is None:

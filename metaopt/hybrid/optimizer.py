@@ -218,18 +218,19 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
     def _active(self):
         params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr",
                                              "ode_scale")}
+        lrs, moms, decays, ode_lrs, scales = hyper.values()
         decay_key = self._decay_key
         for group in self.param_groups:  # (per group: the runtime paths' steps are short)
             chosen = [p for p in group["params"] if p.grad is not None]
-            if any(p.grad.is_sparse for p in chosen):
+            if any([p.grad.is_sparse for p in chosen]):
                 raise RuntimeError("HybridGDODE does not support sparse gradients")
             params += chosen
-            n = len(chosen)
-            for key, value in (("lr", group["lr"]), ("momentum", group["momentum"]),
-                               ("ode_scale", group["ode_scale"]),
-                               ("weight_decay", group[decay_key]),
-                               ("ode_lr", group["lr"] * group["ode_scale"])):
-                hyper[key] += [value] * n
+            n, lr, scale = len(chosen), group["lr"], group["ode_scale"]
+            lrs += [lr] * n
+            moms += [group["momentum"]] * n
+            decays += [group[decay_key]] * n
+            ode_lrs += [lr * scale] * n
+            scales += [scale] * n
         return params, hyper
 
     @without_grad
@@ -239,9 +240,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
                 "HybridGDODE.step() needs a closure (zero the grads, recompute the loss, call "
                 "backward, return the loss) because an ODE step may run and evaluates gradients "
                 "at its stage points; only policy='gd' steps from p.grad alone")
-        loss = None
-        if closure is not None:
-            loss = check_loss(call_with_grad(closure), "HybridGDODE.step")
+        loss = None if closure is None else check_loss(call_with_grad(closure),
+                                                      "HybridGDODE.step")
         self.gradient_evaluations += 1  # the closure's, or the caller's backward into p.grad
         params, h = self._active()
         if not params:

@@ -167,3 +167,32 @@ def test_a_one_tensor_model_steps_as_the_functional_rule_float64():
     assert (live[0] - ps[0]).abs().max().item() < 1e-12
     for key, value in opt.garo_state.items():
         assert (value.double() - state[key].double()).abs().max().item() < 1e-12, key
+
+
+def test_a_step_follows_its_buckets_when_a_group_lr_changes_float64():
+    """Whether a step has one update bucket (``one_bucket``, whose answer the optimizer keeps
+    while its hyper stays) follows the groups: a group whose lr changes mid-run (two buckets,
+    then one again) steps as the functional rule with those multipliers."""
+    params, loss_fn = regression(dtype=torch.float64)
+    controller = awake_controller(dtype=torch.float64, features="relative", lr_schedule="cosine")
+    live = [p.clone().requires_grad_() for p in params]
+    opt = GARO([{"params": live[:2]}, {"params": live[2:]}], controller=controller,
+               direction="adam", scale="prodigy", num_training_steps=40)
+    rule, reference = GARORule(direction="adam", scale="prodigy"), copy.deepcopy(opt.controller)
+    ps = [p.clone() for p in params]
+    state = rule.init(ps, reference, 1, horizon=40)
+    base = opt.param_groups[0]["lr"]
+    for factor in (1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 0.5, 1.0):
+        opt.param_groups[1]["lr"] = base * factor
+        _run(opt, live, loss_fn, 1)
+        tracked = [p.clone().requires_grad_() for p in ps]
+        loss = loss_fn(tracked)
+        grads = torch.autograd.grad(loss, tracked)
+        ps, state = rule.apply(ps, list(grads), state,
+                               GAROHyper(reference, lr_scale=[1.0, 1.0, factor]),
+                               loss=loss.detach())
+    assert opt._flat.flat is not None
+    error = max((a - b).abs().max().item() for a, b in zip(live, ps))
+    for key, value in opt.garo_state.items():
+        error = max(error, (value.double() - state[key].double()).abs().max().item())
+    assert error < 1e-12

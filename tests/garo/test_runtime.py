@@ -183,3 +183,20 @@ def test_update_norm_read_by_the_next_step_equals_reading_it_at_once(monkeypatch
         assert torch.equal(deferred[1]["garo"]["state"][key], value), key
     assert torch.equal(deferred[2][0], now[2][0])
     assert torch.isfinite(now[1]["garo"]["state"]["prev_update_ratio"]).all()
+
+
+def test_host_floats_reads_what_one_stacked_read_gives():
+    """The step's reads as host floats (``scale.host_floats``): on the CPU each value read
+    where it lies, the same floats as the one stacked read of a GPU (which widens mixed
+    dtypes, exactly)."""
+    from metaopt.garo.scale import host_floats
+
+    g = torch.Generator().manual_seed(0)
+    values = [torch.randn((), generator=g, dtype=dtype) * 1e3 for dtype in
+              (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.float32)]
+    values.append(torch.tensor(float("nan")))
+    got = host_floats(values)
+    expected = torch.stack(values).tolist()
+    assert all(type(v) is float for v in got)
+    assert [repr(v) for v in got] == [repr(v) for v in expected]
+    assert host_floats([]) == []
