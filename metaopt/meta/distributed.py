@@ -28,10 +28,11 @@ ranks' gradients are combined weighted by their live counts (``reduce_estimate``
 
     ĝ = Σ_r |L_r| · ĝ_r / Σ_r |L_r| = (1/|L|) Σ_{i ∈ L} ∇M_i
 
-which is the 1-process meta-gradient up to summation order (``tests/meta/test_distributed.py``
-checks it in float64). For ES / PES, ``ĝ_r`` averages each antithetic pair over the runs that
-survived both probes; weighting by ``|L_r|`` is exact when no run diverges under a probe only.
-The reported meta-loss and traces are combined with the same weights, counts are summed.
+which is the 1-process meta-gradient up to summation order
+(``tests/meta/test_distributed_sharded.py`` checks it in float64). For ES / PES, ``ĝ_r``
+averages each antithetic pair over the runs that survived both probes; weighting by ``|L_r|`` is
+exact when no run diverges under a probe only. The reported meta-loss and traces are combined
+with the same weights, counts are summed.
 """
 from __future__ import annotations
 
