@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..rules.base import State, TensorList
 from ..task import TaskBatch
+from .flat_buckets import row_of
 from .native_batched import evaluator
 
 
@@ -88,15 +89,6 @@ def take_rows(tree, index: Tensor):
     if isinstance(tree, dict):
         return {k: take_rows(v, index) for k, v in tree.items()}
     return type(tree)(take_rows(v, index) for v in tree)
-
-
-def take_row(tree, row: int):
-    """Row ``row`` of every tensor of a pytree (one run's state, as the loop holds it)."""
-    if isinstance(tree, Tensor):
-        return tree[row]
-    if isinstance(tree, dict):
-        return {k: take_row(v, row) for k, v in tree.items()}
-    return type(tree)(take_row(v, row) for v in tree)
 
 
 def _flatten(tree, leaves: list):
@@ -261,6 +253,6 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
         for members, _, end in ends if penalty is not None else ():
             for j, b in enumerate(members):  # a rule's own charge (the hybrid's evaluations),
                 if losses[b] is not None:    # run by run as unroll_segment adds it
-                    losses[b] = losses[b] + penalty(take_row(start, b), take_row(end, j),
+                    losses[b] = losses[b] + penalty(row_of(start, b), row_of(end, j),
                                                     lengths[b])
     return losses, ends
