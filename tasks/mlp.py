@@ -3,7 +3,7 @@
 Model: ``depth`` hidden layers of ``width`` units with a sampled activation, then a linear
 read-out; loss = mean softmax cross-entropy + ``(l2/2) sum ||W||^2`` (no penalty by default).
 The family samples width log-uniformly in 8..128, depth in 1..3, the activation from
-{tanh, relu, gelu}, the batch size and a training subset, as the issue asks.
+{tanh, relu, gelu}, the batch size and a training subset.
 """
 
 from __future__ import annotations

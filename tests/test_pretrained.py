@@ -97,7 +97,7 @@ def test_garo_general_is_scale_invariant_adam_direction_with_progress():
 def test_garo_general_does_not_diverge_on_rosenbrock_where_garo_quadratics_does():
     # garo_quadratics steps lr_t ≈ 1.3 from step 0 whatever ‖g‖ (≈ 155 here) and overflows at
     # step 2; the general controller reads scale-free features and moves by Adam-normalised steps.
-    losses = _rosenbrock_run(  # the first 300 of the 2,000 steps (12.5 -> 4.5 by 100)
+    losses = _rosenbrock_run(  # the first 300 of a 2,000-step run (12.5 -> 4.5 by 100)
         lambda ps: metaopt.load_optimizer("garo_general", ps, num_training_steps=2000), 300)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0]  # slow (2.94 after all 2,000 steps), but no blow-up

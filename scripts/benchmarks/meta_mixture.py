@@ -1,4 +1,4 @@
-"""Costs of the issue-9 meta-training ingredients, side by side in one process.
+"""Costs of the broad mixture's meta-training ingredients, side by side in one process.
 
 1. ``family``: one training step of each task family (minibatch + functional loss + gradient,
    first order) at the family's defaults, and its parameter count; ratio to the digits MLP

@@ -21,8 +21,9 @@ from .helpers import learned_rule, pool, quadratic_family
 
 
 def test_untrained_unroll_is_sgd():
-    """The untrained controller is SGD(lr=0.01) (DESIGN idea 6): torch.optim.SGD is the oracle
-    of the meta path's inner trajectory (same minibatches, float64)."""
+    """The untrained controller is SGD(lr=0.01) (its output heads' initial values):
+    torch.optim.SGD is the oracle of the meta path's inner trajectory (same minibatches,
+    float64)."""
     import tasks
     family = tasks.get("noisy_quadratic", dim=(5, 5), dtype=torch.float64)
     task = family.sample_seed(0)

@@ -21,7 +21,7 @@ import torch
 import metaopt.optim as mo
 
 FACTOR, STEPS = 10.0, 30
-#: float16 joins the three the issue names: GradientFlow's float16 path was a known defect
+#: float16 joins float32, float64 and bfloat16: GradientFlow's float16 path was a known defect
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: constructor arguments per class (default: lr 0.01); comments say why a class differs
 SETTINGS = {
