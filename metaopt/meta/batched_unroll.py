@@ -11,11 +11,13 @@ charge (``segment_penalty``) of ``unroll_segment``, run for run. A ``step`` mark
 (``metaopt.meta.native_batched``) is the rule stepping the stacked runs itself; it is also given
 ``evaluate(points)``, the group's loss and gradients anywhere on this step's minibatch.
 Runs leave the batch when their segment ends (per-run lengths) or when they diverge
-(one host sync per step of the group); a diverged run's terms are replaced by exact zeros through
-a double ``where`` and its inputs to the rule by finite stand-ins, so its zero cotangent never
-meets a NaN. The stacking helpers put per-run rule states (dicts / lists of tensors; entries with
-one tensor per parameter go through ``TaskBatch.stack_values``, which may pad) along a leading
-run dimension and back.
+(two host reads per step of the group: the gradients' finiteness, then the divergence flags); a
+diverged run's terms are replaced by exact zeros through a double ``where``, a run whose loss or
+gradient is not finite does not step, and the cotangents of a dropped run's rows are set to exact
+zeros where they reach its parameters (``_fence``), so the infinite derivatives of a run that
+overflowed never turn its zero cotangent into a NaN. The stacking helpers put per-run rule states
+(dicts / lists of tensors; entries with one tensor per parameter go through
+``TaskBatch.stack_values``, which may pad) along a leading run dimension and back.
 """
 from __future__ import annotations
 
@@ -89,6 +91,21 @@ def take_rows(tree, index: Tensor):
     if isinstance(tree, dict):
         return {k: take_rows(v, index) for k, v in tree.items()}
     return type(tree)(take_rows(v, index) for v in tree)
+
+
+def _fence(tensors: Sequence[Tensor], dropped: Sequence[bool]) -> None:
+    """Exact zeros for the cotangents of the ``dropped`` rows of ``tensors``.
+
+    A dropped run gives no loss, so every cotangent of its rows is zero, but the backward passes
+    of the losses evaluated at a run that overflowed multiply those zeros by infinite
+    derivatives (``0·∞ = NaN``, e.g. a quartic's Hessian at |θ| ≈ 1e100); replacing the rows by
+    zeros at its parameters keeps the NaN out of every other run's and the meta-parameters'
+    gradient, as the loop, which never backpropagates a diverged run, does."""
+    mask = torch.tensor(dropped)
+    for t in tensors:
+        if t.requires_grad:
+            rows = mask.to(t.device).view(-1, *[1] * (t.dim() - 1))
+            t.register_hook(lambda g, rows=rows: torch.where(rows, torch.zeros_like(g), g))
 
 
 def _flatten(tree, leaves: list):
@@ -196,29 +213,35 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
                 squares = sum(g.detach().square().flatten(1).sum(1) for g in grads)
                 finite = torch.isfinite(loss.detach()) & torch.isfinite(squares)
                 bad = bad | (torch.tensor(stepping, device=device) & ~finite)
-                # a non-finite run is dropped below; finite stand-ins keep its backward finite
-                loss_in = torch.where(finite, loss, torch.ones_like(loss))
-                grads_in = [torch.where(finite.view(-1, *[1] * (g.dim() - 1)), g,
-                                        torch.ones_like(g)) for g in grads]
+                # a non-finite run does not step: the rule's backward never meets its values
+                stepping = [s and f for s, f in zip(stepping, finite.tolist())]
                 inner = [i for i, s in enumerate(stepping) if s]
                 at = None if len(inner) == len(rows) else torch.tensor(inner, device=device)
                 native = () if not getattr(step, "native", False) else (evaluator(
                     sub, names, data, points, at, differentiable=differentiable,
                     second_order=second_order),)  # (the rule evaluates away from θ itself)
                 if at is None:
-                    new = step(list(params), loss_in, grads_in, state, *native)
-                else:  # train split: runs at their final term do not step
-                    new = step(take_rows(list(params), at), take_rows(loss_in, at),
-                               take_rows(grads_in, at), take_rows(state, at), *native)
-                if not train:  # every run in the batch steps: held-out terms at θ_{k+1}
-                    wanted = [every or k == lengths[b] - 1 for b in rows]
-                    test = sub.test_batch([generators[b] if w else None
-                                           for b, w in zip(rows, wanted)])
-                    term = sub.normalized_loss(sub.loss(dict(zip(names, new[0])), test))
-                    add(term, rows, wanted)
-                    bad = bad | (torch.tensor(wanted, device=device)
-                                 & meta_loss.is_divergent(term.detach()))
-            flags = bad.tolist()  # the one host sync of a group step
+                    new = step(list(params), loss, list(grads), state, *native)
+                elif inner:  # train split: runs at their final term do not step
+                    new = step(take_rows(list(params), at), take_rows(loss, at),
+                               take_rows(list(grads), at), take_rows(state, at), *native)
+                if not train and inner:  # every finite run steps: held-out terms at θ_{k+1}
+                    members = [rows[i] for i in inner]
+                    part = sub if at is None else batch.select(members)
+                    wanted = [every or k == lengths[b] - 1 for b in members]
+                    test = part.test_batch([generators[b] if w else None
+                                            for b, w in zip(members, wanted)])
+                    term = part.normalized_loss(part.loss(dict(zip(names, new[0])), test))
+                    add(term, members, wanted)
+                    diverged = torch.tensor(wanted, device=device) & \
+                        meta_loss.is_divergent(term.detach())
+                    bad = bad | (diverged if at is None else torch.zeros_like(bad).index_copy(
+                        0, at, diverged))
+            flags = bad.tolist()  # the group step's host sync (with the finiteness read above)
+            if differentiable and any(flags):
+                _fence(points, flags)
+                if new is not None and not train:
+                    _fence(new[0], [flags[i] for i, s in enumerate(stepping) if s])
             inner_of = {i: j for j, i in enumerate(i for i, s in enumerate(stepping) if s)}
             keep, finished = [], []
             for i, b in enumerate(rows):
