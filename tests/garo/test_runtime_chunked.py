@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaopt.garo import GARORule
+from metaopt.garo import GAROHyper, GARORule
 from metaopt.garo import chunked as garo_chunked
-from metaopt.garo import runtime as garo_runtime
+from metaopt.garo import update as garo_update
 
 from .helpers import awake_controller, regression
 from .test_runtime import _compare
@@ -64,8 +64,42 @@ def test_chunked_adam_update_equals_whole_tensor_update_and_the_rule(monkeypatch
 
 def test_chunked_path_is_taken(monkeypatch):
     calls = []
-    original = garo_runtime.adam_chunked
-    monkeypatch.setattr(garo_runtime, "adam_chunked",
+    original = garo_update.adam_chunked
+    monkeypatch.setattr(garo_update, "adam_chunked",
                         lambda *args: calls.append(args[1].numel()) or original(*args))
     run(monkeypatch, "distance", chunk_from=12, chunk=5, steps=2)
     assert sorted(set(calls)) == [12, 24]
+
+
+@pytest.mark.parametrize("segments", [None, [0, 1, 2]])
+def test_chunk_reads_of_prodigy_scale_equal_the_rule(monkeypatch, segments):
+    # A tensor updated in chunks reads ‖θ‖², ⟨g, δ⟩ in its update and ‖s‖₁ chunk by chunk
+    # (``chunked.l1_norm``). Prodigy's estimate must move here (d_t ≫ d_0 = 1e-4 by the end),
+    # so every one of those reads reaches the step size: wrong ones fail the comparison.
+    monkeypatch.setattr(garo_chunked, "_CHUNK_FROM", 12)
+    monkeypatch.setattr(garo_chunked, "_CHUNK", 5)
+    params, loss_fn = regression()
+    controller = awake_controller(features="relative", scale=1.0)
+    rule = GARORule(direction="adam", scale="prodigy")
+    S = 1 if segments is None else 3
+    hyper = GAROHyper(controller, segment_ids=segments, lr_scale=[1.0, 0.5, 1.0],
+                      weight_decay_scale=[1.0, 0.0, 3.0])
+    live, ps = [p.clone() for p in params], [p.clone() for p in params]
+    runtime = rule.init(live, controller, S, horizon=15)
+    functional = rule.init(ps, controller, S, horizon=15)
+    calls = []
+    original = garo_update.adam_chunked
+    monkeypatch.setattr(garo_update, "adam_chunked",
+                        lambda *args: calls.append(args[1].numel()) or original(*args))
+    for _ in range(20):
+        for source, is_runtime in ((live, True), (ps, False)):
+            tracked = [p.detach().clone().requires_grad_() for p in source]
+            loss = loss_fn(tracked)
+            grads = list(torch.autograd.grad(loss, tracked))
+            if is_runtime:
+                runtime = rule.apply_(live, grads, runtime, hyper, loss=loss.detach())
+            else:
+                ps, functional = rule.apply(ps, grads, functional, hyper, loss=loss.detach())
+    assert sorted(set(calls)) == [12, 24]
+    assert functional["prodigy_d"].max() > 1e-2
+    assert _compare(runtime, functional, live, ps) < 1e-12
