@@ -264,10 +264,11 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # ``update_`` already read some of them).
     pending = PendingUpdateNorm(directions, step_sizes, r_ids, pnorms)
     ratios, update_norm = [math.nan] * S, None  # (until read: ``settle``)
-    tensors = [d for d in directions if isinstance(d, Tensor)]
-    if len(tensors) < len(directions) or not (
-            all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
-            sum(d.numel() for d in directions) <= _DEFER_NUMEL):
+    tensors = directions if whole else [d for d in directions if isinstance(d, Tensor)]
+    if directions[0].numel() > _DEFER_NUMEL if whole else (  # (one bucket: one tensor)
+            len(tensors) < len(directions) or not (
+                all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
+                sum(d.numel() for d in directions) <= _DEFER_NUMEL)):
         read = iter(fused_norms(tensors).tolist() if tensors else [])
         update_norm = segment_update_norms(pending, [next(read) if isinstance(d, Tensor) else d
                                                      for d in directions], S)
