@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .controller import GAROController
-from .features import HOST_OPS, NUM_SIGNAL_FEATURES, ema_normalise, lr_prior, step_frequencies
+from .features import HOST_OPS, NUM_SIGNAL_FEATURES, VARIANCE_GUARD, lr_prior, step_frequencies
 from .host_state import host_array
 
 # controller -> (its weights_generation, the weights read, their versions, fused host copies);
@@ -144,12 +144,9 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
     tail = host_schedule(controller, valid, step, progress)
     hidden = np.asarray(hidden, gru.dtype)
     inputs, new_means, new_vars = [], [], []
+    present = [k for k, v in enumerate(valid) if v > 0]  # (frozen where a feature is missing)
     for row, mean, var, h in zip(signal, feature_mean, feature_var, hidden.tolist()):
-        z = [0.0] * NUM_SIGNAL_FEATURES
-        mean, var = list(mean), list(var)
-        for k, (x, v) in enumerate(zip(row, valid)):
-            if v > 0:  # the statistics are frozen where the feature is missing
-                z[k], mean[k], var[k] = ema_normalise(x, mean[k], var[k], beta, clip, HOST_OPS)
+        z, mean, var = _normalised(row, mean, var, present, beta, clip)
         inputs.append([*z, *tail, *h, 1.0])
         new_means.append(mean)
         new_vars.append(var)
@@ -174,6 +171,21 @@ def host_step(controller: GAROController, signal: Sequence[Sequence[float]],
                       momentum=[math.tanh(p[1]) for p in pre],
                       weight_decay=[_softplus(p[2]) for p in pre], hidden=h,
                       feature_mean=new_means, feature_var=new_vars)
+
+
+def _normalised(row, mean, var, present, beta: float, clip: float):
+    """``features.ema_normalise`` of the ``present`` features of one segment, inlined (the same
+    float64 operations in the same order: ``tests/garo/test_controller_host.py``): the
+    normalised row and the new statistics, which stay as they were elsewhere (z = 0 there)."""
+    z, mean, var = [0.0] * NUM_SIGNAL_FEATURES, list(mean), list(var)
+    keep = 1 - beta
+    for k in present:
+        x = row[k]
+        delta = x - mean[k]
+        m = mean[k] = mean[k] + keep * delta
+        v = var[k] = beta * (var[k] + keep * delta * delta)
+        z[k] = min(max((x - m) / math.sqrt(v + VARIANCE_GUARD), -clip), clip)
+    return z, mean, var
 
 
 def module_step(controller, rows, valid, progress, state) -> HostOutput:

@@ -11,7 +11,7 @@ runs on the flat tensors, one kernel per op, with the gradients and parameters g
 ``torch.cat`` each and written back by one foreach add::
 
     s ← β₃ s + λ g,   v ← β₂ v + (1 − β₂) g²,   m ← μ m + √c · g / (√v + ε√c)
-    u = m + wd·θ,     θ ← θ − a·u,   δ ← δ − a·u          (the ops of ``runtime._update``)
+    u = m + wd·θ,     θ ← θ − a·u,   δ ← δ − a·u          (the ops of ``update.update_``)
 
 A one-tensor model (a test function such as Rosenbrock) takes this path too, its flat tensor
 a view of the tensor itself: one plain op costs less than a foreach op over one tensor, and its

@@ -21,7 +21,9 @@ than its arithmetic), so this path runs as little code per step as it can:
 * the controller runs on the host (``metaopt.garo.controller_host``: NumPy, fused GRU and
   heads) when it is a stock ``GAROController``, through its own ``forward`` otherwise;
 * then foreach updates with Python scalars, tensors grouped by equal hyperparameters
-  (``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU tensors chunk by chunk);
+  (``metaopt.garo.update``: ``torch.optim.SGD``'s fused kernel for sgd; adam's on large CPU
+  tensors chunk by chunk, each chunk's update also reading ``‖θ‖²`` and Prodigy's ``⟨g, δ⟩``
+  while it is in cache, so the reads before the controller are ``‖g‖`` and Prodigy's ``‖s‖₁``);
 * a small model's step with one update bucket (``metaopt.garo.flat``) reads each reduction
   over the concatenated tensors (one kernel each), and the optimizer's adam update runs on
   flat buffers whose slices are the per-parameter state (one kernel per op).
@@ -47,8 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..rules.base import State, per_tensor
-from .chunked import adam_chunked, chunkable
+from ..rules.base import State
 from .controller import GAROController
 from .controller_host import HostOutput, host_dtype, host_step, module_step
 from .features import (
@@ -81,19 +82,11 @@ from .scale import (
     norm_list,
     prodigy_reads,
 )
+from .update import chunked_ids, update_
 
 # up to here (elements in all), the update directions of a step are kept until the next one reads
 # their norms with its own: one norm call and one host read per step instead of two
 _DEFER_NUMEL = 1 << 20
-
-
-def _fusable(*lists: Sequence[Tensor]) -> bool:
-    """Whether ``torch._fused_sgd_`` takes these lists: dense floating tensors of one dtype and
-    device (the kernel's own requirements)."""
-    first = lists[0][0]
-    return all(t.dtype == first.dtype and t.device == first.device and not t.is_sparse
-               for ts in lists for t in ts) and first.is_floating_point() and \
-        first.device.type in ("cpu", "cuda")
 
 
 def apply_inplace(rule, params: Sequence[Tensor], grads: Sequence[Tensor], state: State,
@@ -169,12 +162,20 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # last step's directions, when it left them to be read here: ``PendingUpdateNorm``)
     pending = host.pending
     scaled, prodigy = rule.scale == "distance", rule.scale == "prodigy"
+    # ‖θ_i‖ and Prodigy's ⟨g_i, δ_i⟩ of a tensor updated in chunks are read by its update, in
+    # cache (``metaopt.garo.chunked``); ‖θ_i‖ here where the first step's size or a switch
+    # needs it before
+    chunked = chunked_ids(rule, params, grads, buffers, whole)
+    late = chunked if grad_norms is None and switch is None and (step > 0 or not (
+        scaled or prodigy)) else []
+    early = [i for i in range(r_n) if i not in late] if late else list(range(r_n))
     displacements = list(r_buffers["displacement"]) if scaled else []
-    tensors = r_params + displacements + (pending.directions if pending is not None else [])
+    tensors = [r_params[i] for i in early] + displacements + \
+        (pending.directions if pending is not None else [])
     # (⟨g_i, δ_i⟩ and ‖s_i‖₁ for Prodigy's scale: all in one host read)
     extra_reads = switch.reads(r_grads) if switch is not None else []
     reads = norm_list(tensors if grad_norms is not None else r_grads + tensors) + \
-        (prodigy_reads(r_grads, r_buffers) if prodigy else []) + extra_reads
+        (prodigy_reads(r_grads, r_buffers, chunked) if prodigy else []) + extra_reads
     if grad_norms is not None:
         values = torch.stack(reads)
         norms = torch.cat([torch.stack(list(grad_norms)).to(values.dtype), values]).tolist()
@@ -183,11 +184,13 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     extra = norms[len(norms) - len(extra_reads):]
     norms = norms[:len(norms) - len(extra_reads)]
     if prodigy:
-        norms, dots, l1s = norms[:-2 * r_n], norms[-2 * r_n:-r_n], norms[-r_n:]
-    squares = [v * v for v in norms[:2 * r_n]]
+        m = 2 * r_n - len(chunked)
+        norms, dots, l1s = norms[:-m], norms[-m:-r_n], norms[-r_n:]
+    ne = len(early)
+    squares = [v * v for v in norms[:r_n + ne]]
     gnorms = host_segment_norms(squares[:r_n], r_ids, S)
-    pnorms = host_segment_norms(squares[r_n:], r_ids, S)
-    k = (3 if scaled else 2) * r_n
+    pnorms = None if late else host_segment_norms(squares[r_n:], r_ids, S)
+    k = r_n + ne + (r_n if scaled else 0)
     prev_norms = host.update_norm if pending is None else segment_update_norms(pending, norms[k:],
                                                                                S)
     prev_ratio = host.prev_update_ratio if pending is None else ratios_of(host, prev_norms)
@@ -225,7 +228,7 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         else [1.0] * S
     lrs, distance_max, prodigy_d, numerator = out.lr, None, None, None
     if scaled:  # scale-free GARO: lr_t multiplies DoG's d_t = r̄_t / √(t+1)
-        distance_max = host_distance_max(host, r_params, r_ids, pnorms, norms[2 * r_n:3 * r_n])
+        distance_max = host_distance_max(host, r_params, r_ids, pnorms, norms[r_n + ne:k])
         lrs = [distance_step_size(c, r, step, HOST_OPS) for c, r in zip(out.lr, distance_max)]
     elif prodigy:  # lr_t multiplies Prodigy's d_t
         prodigy_d = host_prodigy_d(host, r_params, r_ids, pnorms, l1s)
@@ -236,8 +239,17 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
         return None
 
     # 3. the updates, foreach over tensors with equal (lr, momentum, decay, eps)
-    directions, step_sizes = _update(rule, params, grads, buffers, hyper, ids, lrs, out,
-                                     eps_scales, step, prodigy_d, flat, r_grads, r_params, whole)
+    directions, step_sizes, chunk_reads = update_(
+        rule, params, grads, buffers, hyper, ids, lrs, out, eps_scales, step, prodigy_d, flat,
+        r_grads, r_params, chunked)
+    if late:  # the segment norms ‖θ‖_s, with the chunks' reads
+        read = iter(squares[r_n:])
+        pnorms = host_segment_norms([chunk_reads[i].param_square if i in chunk_reads else
+                                     next(read) for i in range(r_n)], r_ids, S)
+    if chunked and prodigy:
+        read = iter(dots)
+        dots = [chunk_reads[i].grad_dot_displacement if i in chunk_reads else next(read)
+                for i in range(r_n)]
     if whole:  # (one bucket: one step size; the directions as one tensor)
         directions, step_sizes = [gather(directions) if len(directions) > 1 else directions[0]], \
             step_sizes[:1]
@@ -249,13 +261,14 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     # 4. the new global state. ‖Δθ_i‖ = |a_i|·‖direction_i‖ feeds the next update-ratio feature:
     # read by the next step with its own norms where keeping the directions costs no memory
     # (they are the momentum buffers) or little (a small model); now otherwise (and where
-    # ``_update`` already read some of them).
+    # ``update_`` already read some of them).
     pending = PendingUpdateNorm(directions, step_sizes, r_ids, pnorms)
     ratios, update_norm = [math.nan] * S, None  # (until read: ``settle``)
-    tensors = [d for d in directions if isinstance(d, Tensor)]
-    if len(tensors) < len(directions) or not (
-            all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
-            sum(d.numel() for d in directions) <= _DEFER_NUMEL):
+    tensors = directions if whole else [d for d in directions if isinstance(d, Tensor)]
+    if directions[0].numel() > _DEFER_NUMEL if whole else (  # (one bucket: one tensor)
+            len(tensors) < len(directions) or not (
+                all(d is b for d, b in zip(directions, buffers["momentum_buffer"])) or
+                sum(d.numel() for d in directions) <= _DEFER_NUMEL)):
         read = iter(fused_norms(tensors).tolist() if tensors else [])
         update_norm = segment_update_norms(pending, [next(read) if isinstance(d, Tensor) else d
                                                      for d in directions], S)
@@ -302,98 +315,3 @@ class SwitchReads(NamedTuple):
     prev_direction_norms: list[float] | None  # its directions' norms, where read now
     out: HostOutput                         # the controller's outputs
     step_sizes: list[float]                 # a_t (lr_t·d_t when scale-free)
-
-
-def _update(rule, params, grads, buffers, hyper, ids, lrs, out: HostOutput, eps_scales, step,
-            prodigy_d=None, flat=None, r_grads=None, r_params=None, whole=False):
-    """Step 3 in place (``lrs``: the step sizes per segment; ``prodigy_d``: Prodigy's d_t per
-    segment, or None; ``flat``: one bucket on flat buffers, ``r_grads``/``r_params`` the
-    gathered tensors; ``whole``: one bucket, no chunks); returns (directions, step sizes |a_i|)
-    for the update norms (``flat``: the one flat direction); a tensor updated in chunks gives
-    its direction's norm."""
-    n = len(params)
-    moms, wds = out.momentum, out.weight_decay
-    lr_mult = per_tensor(hyper.lr_scale, n)
-    wd_mult = per_tensor(hyper.weight_decay_scale, n)
-    sqrt_bias_correction2 = math.sqrt(1 - rule.beta2 ** (step + 1))
-    if flat is not None:  # one bucket (host_apply): the same ops on the flat buffers
-        lr, wd = lrs[0] * float(lr_mult[0]), wds[0] * float(wd_mult[0])
-        return [flat.adam_update(rule, params, r_grads[0], r_params[0], moms[0], wd, lr,
-                                 rule.eps * eps_scales[0], sqrt_bias_correction2,
-                                 prodigy_d[0] if prodigy_d else None)], [abs(lr)]
-    buckets: dict[tuple, list[int]] = {}
-    for i, s_i in enumerate(ids):
-        key = (lrs[s_i] * float(lr_mult[i]), moms[s_i], wds[s_i] * float(wd_mult[i]),
-               rule.eps * eps_scales[s_i], prodigy_d[s_i] if prodigy_d else 0.0)
-        buckets.setdefault(key, []).append(i)
-    directions: list[Tensor | None] = [None] * n
-    step_sizes = [0.0] * n
-    momentum_buffers = buffers["momentum_buffer"]
-    for (lr, mom, wd, eps, d), index in buckets.items():
-        ps = [params[i] for i in index]
-        gs = [grads[i] for i in index]
-        bufs = [momentum_buffers[i] for i in index]
-        sums = [buffers["prodigy_sum"][i] for i in index] if prodigy_d else None
-        if rule.direction == "sgd":
-            _prodigy_sum(rule, sums, gs, lr * d)
-            if mom != 0.0 and _fusable(ps, gs, bufs):
-                # torch.optim.SGD's fused kernel is this step exactly (zero-started buffers):
-                # b ← μ·b + (g + λ·θ), θ ← θ − a·b, one pass, one call
-                torch._fused_sgd_(ps, gs, bufs, weight_decay=wd, momentum=mom, lr=lr,
-                                  dampening=0.0, nesterov=False, maximize=False,
-                                  is_first_step=False)
-                _displace(buffers, index, bufs, lr)
-                for i, b in zip(index, bufs):
-                    directions[i], step_sizes[i] = b, abs(lr)
-                continue
-            if mom == 0.0:  # (the fused kernel then keeps no buffer) b ← g
-                torch._foreach_copy_(bufs, gs)
-            else:  # b ← g + μ·b in one pass (out= may alias an elementwise input)
-                for g, b in zip(gs, bufs):
-                    torch.add(g, b, alpha=mom, out=b)
-            if wd != 0.0:
-                torch._foreach_add_(bufs, ps, alpha=wd)
-            dirs = bufs
-        else:
-            vs = [buffers["exp_avg_sq"][i] for i in index]
-            chunked = [] if whole else [k for k in range(len(index)) if chunkable(
-                ps[k], gs[k], vs[k], bufs[k], *([sums[k]] if sums else []))]
-            for k in chunked:  # large CPU tensors: the same ops, a cache-sized chunk at a time
-                i = index[k]
-                directions[i], step_sizes[i] = adam_chunked(
-                    rule, ps[k], gs[k], vs[k], bufs[k], buffers.get("displacement", [None] * n)[i],
-                    mom, wd, lr, eps, sqrt_bias_correction2,
-                    sums[k] if sums else None, lr * d), abs(lr)
-            if chunked:
-                keep = [k for k in range(len(index)) if k not in set(chunked)]
-                index, ps, gs, bufs, vs = ([x[k] for k in keep] for x in (index, ps, gs, bufs, vs))
-                sums = [sums[k] for k in keep] if sums else None
-                if not index:
-                    continue
-            _prodigy_sum(rule, sums, gs, lr * d)
-            torch._foreach_mul_(vs, rule.beta2)
-            torch._foreach_addcmul_(vs, gs, gs, value=1 - rule.beta2)
-            # g / (√(v / c) + ε) = √c · g / (√v + ε√c), c = 1 − β₂^{t+1}: one op fewer
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_add_(denom, eps * sqrt_bias_correction2)
-            torch._foreach_mul_(bufs, mom)
-            torch._foreach_addcdiv_(bufs, gs, denom, value=sqrt_bias_correction2)
-            dirs = torch._foreach_add(bufs, ps, alpha=wd) if wd != 0.0 else bufs
-        torch._foreach_add_(ps, dirs, alpha=-lr)
-        _displace(buffers, index, dirs, lr)
-        for i, direction in zip(index, dirs):
-            directions[i], step_sizes[i] = direction, abs(lr)
-    return directions, step_sizes
-
-
-def _prodigy_sum(rule, sums, grads, weight: float) -> None:
-    """s_i ← β₃ s_i + λ_i g_i, λ_i = a_i·d_t (Prodigy's weighted sum; ``sums`` None: no scale)."""
-    if sums:
-        torch._foreach_mul_(sums, prodigy_beta(rule.beta2))
-        torch._foreach_add_(sums, grads, alpha=weight)
-
-
-def _displace(buffers, index, directions, lr: float) -> None:
-    """δ_i ← δ_i − a·direction_i: the displacement the scale-free step size reads."""
-    if "displacement" in buffers:
-        torch._foreach_add_([buffers["displacement"][i] for i in index], directions, alpha=-lr)

@@ -8,11 +8,12 @@ two equal in float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import Tensor
 
+from .chunked import l1_norm
 from .features import HOST_OPS, TENSOR_OPS, distance_floor, prodigy_estimate
 from .host_state import HostState
 
@@ -160,10 +161,17 @@ def host_distance_max(host: HostState, params, ids, pnorms, displacement_norms) 
     return host.rounded([max(prev, x) for prev, x in zip(host.distance_max, rms)])
 
 
-def prodigy_reads(grads, buffers) -> list[Tensor]:
-    """2n 0-d tensors, ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read."""
-    dots = [torch.dot(_flat(g), _flat(d)) for g, d in zip(grads, buffers["displacement"])]
-    return dots + list(torch._foreach_norm(list(buffers["prodigy_sum"]), 1))
+def prodigy_reads(grads, buffers, chunked: Collection[int] = ()) -> list[Tensor]:
+    """0-d tensors, ``⟨g_i, δ_i⟩`` then ``‖s_i‖₁``: what Prodigy's ``d_t`` and ``r_t`` read
+    (the dots of the tensors updated in chunks, ``chunked``, are read by their update)."""
+    dots = [torch.dot(_flat(g), _flat(d)) for i, (g, d) in
+            enumerate(zip(grads, buffers["displacement"])) if i not in chunked]
+    sums = list(buffers["prodigy_sum"])
+    if not chunked:
+        return dots + list(torch._foreach_norm(sums, 1))
+    small = [i for i in range(len(sums)) if i not in chunked]
+    l1 = dict(zip(small, torch._foreach_norm([sums[i] for i in small], 1))) if small else {}
+    return dots + [l1[i] if i in l1 else l1_norm(sums[i]) for i in range(len(sums))]
 
 
 def _flat(t: Tensor) -> Tensor:
