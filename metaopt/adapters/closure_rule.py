@@ -134,8 +134,6 @@ class ClosureRuleOptimizer(GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
         return state
 
     def _store_rule_state(self, params: list[Tensor], state: dict) -> None:
-        if not state:  # a stateless rule (the fixed-step Runge–Kutta ones): nothing to write
-            return
         for i, p in enumerate(params):
             self.state[p].update({k: v[i] for k, v in state.items() if isinstance(v, list)})
         # Scalars (step scale, counters) go to every param, so whichever param is active next

@@ -1,17 +1,31 @@
 """One Runge–Kutta step vs the cost of its gradient evaluations (target: RK4 ≤ 1.05×).
 
 Time of one ``opt.step(closure)`` divided by ``stages`` × the time of one closure (zero_grad +
-forward + backward), measured side by side (interleaved medians, ``common.time_side_by_side``):
+forward + backward), measured side by side (interleaved medians, ``common.time_side_by_side``;
+on the CPU this process's CPU time, as the benchmark shares its core).
 
 * ``mlp_1m``: the ~1M-parameter MLP at batch 256, where the step's cost beyond its closures is
-  its passes over memory (θ's snapshot, the stage points, the weighted sum of slopes, the
-  finiteness reads). Each pass costs about 4–6% of a closure on one CPU core, so RK4's three
-  stage points and final point alone are ~4% of its four closures, and θ's snapshot and the
-  two finiteness reads of the non-finite policy another ~2%;
+  its passes over memory. Measured on one core of a loaded 2-core Xeon VM (1-minute load
+  3.2–3.7): RK4 1.13–1.19×, Heun 1.15–1.22×, Ralston 1.18–1.20×. A pass costs about twice as
+  much right after a closure as back to back (the closure evicts the parameters and slopes:
+  an in-place ``y += c·k`` 0.40 → 0.90 ms, ``out = θ + c·k`` 0.61 → 1.28 ms, a copy
+  0.39 → 0.91 ms, a norm 0.22 → 0.58 ms, a closure 12.5 ms), so each of RK4's passes is
+  1–2.5% of its four closures: five in-place adds (stage 1's point, the weighted sum's start
+  and two folds, the final point; 7.6–8.8%), two stage points written from θ (4.9–5.1%), θ's
+  snapshot (1.7–1.9%) and the two finiteness norms (1.8–2.1%): 16–18 of the 17–24 points the
+  step cost in two instrumented runs, the rest Python and noise. Eight two-operand passes are
+  the fewest that give RK4's three stage points, keep θ for a refused step and fold four
+  slopes into θ_next (Heun, Ralston: four, and their two closures carry them): the schedule
+  takes exactly those. A version whose passes torch.compile (inductor) fused into one loop per
+  stage was no faster (1.17–1.25× against 1.17–1.21×, side by side), nor was one that tiles
+  the passes to keep each chunk in L2, so 1.05× is out of reach on this machine;
 * ``digits_mlp``: the 64-64-10 tanh MLP on digits at batch 64 (4,810 parameters, 4 tensors),
-  where it is the per-step dispatch and Python cost (more rounds: its step is ~100× shorter).
+  where it is the per-step dispatch and Python cost (more rounds: its step is ~100× shorter):
+  RK4 1.19–1.22×, Heun 1.33–1.35×, Ralston 1.31–1.32× (the same runs).
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -58,7 +72,11 @@ def _rows(model_name, make_model, closure_for, rounds, args) -> list[dict]:
         candidates[name] = (lambda o=opt, c=closure: o.step(c))
     model = make_model()
     candidates["gradient"] = closure_for(model, torch.optim.SGD(model.parameters(), lr=1e-3))
-    times = time_side_by_side(candidates, rounds=rounds, device=args.device)
+    # On the CPU, this process's CPU time: the benchmark shares its core, and a wall-clock median
+    # charges the longer candidate (a whole step) for the other processes' time slices.
+    cpu = torch.device(args.device).type == "cpu"
+    times = time_side_by_side(candidates, rounds=rounds, device=args.device,
+                              clock=time.process_time if cpu else time.perf_counter)
     n_params = sum(p.numel() for p in model.parameters())
     return [{"model": model_name, "method": name, "params": n_params,
              "step_ms": 1e3 * times[name], "gradient_ms": 1e3 * times["gradient"],
