@@ -6,7 +6,7 @@ the gradient flow, slopes ``k_i = ∇L(y_i) + wd·y_i``, step h = lr)::
     y_i = θ − h · Σ_{j<i} a_ij k_j,      θ_next = θ − h · Σ_i b_i k_i
 
 with the live parameters as the stage points, in as few passes over memory as the tableau
-allows (on the 1M-parameter benchmark MLP a pass right after a closure costs 4–10% of that
+allows (on the 1M-parameter benchmark MLP a pass right after a closure costs 3–9% of that
 closure on one CPU core: ``scripts/benchmarks/rk.py``):
 
 * the caller snapshots θ (the base of the stage points, and what a failed or refused step
