@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", default=None,
                         help="a benchmark's variant (meta_throughput: engines, the default, or "
                              "scaling: 1 vs 2 processes on the user's commands; hybrid: garo, "
-                             "the shipped hybrid_general vs garo_general and Adam)")
+                             "the shipped hybrid_general vs garo_general and Adam; rk: passes, "
+                             "each pass over the 1M parameters hot and after a closure)")
     parser.add_argument("--config", type=Path, default=None,
                         help="a YAML config for benchmarks that take one (learned)")
     args = parser.parse_args(argv)

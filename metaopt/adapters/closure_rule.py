@@ -69,7 +69,8 @@ class ClosureGradient:
         self.evaluations += 1
         grads = []
         for p in self.params:
-            grads.append(p.grad if p.grad is not None else torch.zeros_like(p))
+            g = p.grad
+            grads.append(g if g is not None else torch.zeros_like(p))
             p.grad = None
         return loss, grads
 

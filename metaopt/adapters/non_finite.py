@@ -33,13 +33,21 @@ DEFAULT_MAX_CONSECUTIVE_SKIPS = 20
 
 
 def all_finite(tensors: Sequence[Tensor]) -> bool:
-    """True when every entry of every tensor is finite (one host read)."""
+    """True when every entry of every tensor is finite (one fused norm kernel; on an
+    accelerator, one host read)."""
     tensors = [t for t in tensors if t is not None and t.numel() > 0]
     if not tensors:
         return True
+    norms = torch._foreach_norm(tensors)
     # The norms' float64 sum is finite exactly when they all are (unless it overflows, which the
-    # exact re-check below settles): one host read and fewer kernels than isfinite/all.
-    if math.isfinite(torch.stack(torch._foreach_norm(tensors)).sum(dtype=torch.float64).item()):
+    # exact re-check below settles). On the CPU each norm is read as a Python float and summed
+    # there (two ops fewer than stack + sum: about a third of the check on a small model); on an
+    # accelerator they are summed on the device first, so the host waits once.
+    if tensors[0].is_cpu:
+        total = sum(n.item() for n in norms)
+    else:
+        total = torch.stack(norms).sum(dtype=torch.float64).item()
+    if math.isfinite(total):
         return True
     # A non-finite 2-norm is either a non-finite entry or an overflowed sum of large finite ones.
     return _norms_finite(torch._foreach_norm(tensors, math.inf))

@@ -1,23 +1,38 @@
 """One Runge–Kutta step vs the cost of its gradient evaluations (target: RK4 ≤ 1.05×).
 
 Time of one ``opt.step(closure)`` divided by ``stages`` × the time of one closure (zero_grad +
-forward + backward), measured side by side (interleaved medians, ``common.time_side_by_side``):
+forward + backward), measured side by side (interleaved medians, ``common.time_side_by_side``;
+on the CPU this process's CPU time, as the benchmark shares its core).
 
-* ``mlp_1m``: the ~1M-parameter MLP at batch 256, where the step's cost beyond its closures is
-  its passes over memory (θ's snapshot, the stage points, the weighted sum of slopes, the
-  finiteness reads). Each pass costs about 4–6% of a closure on one CPU core, so RK4's three
-  stage points and final point alone are ~4% of its four closures, and θ's snapshot and the
-  two finiteness reads of the non-finite policy another ~2%;
+* ``mlp_1m``: the ~1M-parameter MLP at batch 256, where the step's cost beyond its closures is its
+  passes over memory. Measured on one core of a loaded 2-core Xeon VM (1-minute load 3.2–3.7): RK4
+  1.13–1.19×, Heun 1.15–1.22×, Ralston 1.18–1.20×. A pass costs up to twice as much right after a
+  closure as back to back (the closure evicts the parameters and slopes; ``--mode passes``, three
+  runs, as shares of a closure: an in-place ``y += c·k`` 4–5% → 5–7%, ``y = θ + c·k`` 4–5% → 7–9%,
+  a copy 3% → 6%, a norm 1.5–2% → 3.4–4.3%), so each of RK4's passes is 1–2.5% of its four
+  closures: five in-place adds (stage 1's point, the weighted sum's start and two folds, the final
+  point; 7.6–8.8%), two stage points written from θ (4.9–5.1%), θ's snapshot (1.7–1.9%) and the
+  two finiteness norms (1.8–2.1%): 16–18 of the 17–24 points the step cost in two instrumented
+  runs, the rest Python and noise. Eight two-operand passes are the fewest that give RK4's three
+  stage points, keep θ for a refused step and fold four slopes into θ_next (Heun, Ralston: four,
+  and their two closures carry them): the schedule takes exactly those (``--mode passes`` times
+  each kind of pass both ways). A version whose passes torch.compile (inductor) fused into one
+  loop per stage was no faster (1.17–1.25× against 1.17–1.21×, side by side), nor was one that
+  tiles the passes to keep each chunk in L2, so 1.05× is out of reach on this machine;
 * ``digits_mlp``: the 64-64-10 tanh MLP on digits at batch 64 (4,810 parameters, 4 tensors),
-  where it is the per-step dispatch and Python cost (more rounds: its step is ~100× shorter).
+  where it is the per-step dispatch and Python cost (more rounds: its step is ~100× shorter):
+  RK4 1.19–1.22×, Heun 1.33–1.35×, Ralston 1.31–1.32× (the same runs).
 """
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 
 import metaopt.optim as mo
 
-from .common import batch, make_closure, mlp_1m, time_side_by_side
+from .common import batch, make_closure, mlp_1m, synchronize, time_side_by_side
 
 METHODS = [("rk4", mo.RK4, 4), ("heun", mo.Heun, 2), ("ralston", mo.Ralston, 2)]
 SMALL_BATCH = 64
@@ -58,7 +73,11 @@ def _rows(model_name, make_model, closure_for, rounds, args) -> list[dict]:
         candidates[name] = (lambda o=opt, c=closure: o.step(c))
     model = make_model()
     candidates["gradient"] = closure_for(model, torch.optim.SGD(model.parameters(), lr=1e-3))
-    times = time_side_by_side(candidates, rounds=rounds, device=args.device)
+    # On the CPU, this process's CPU time: the benchmark shares its core, and a wall-clock median
+    # charges the longer candidate (a whole step) for the other processes' time slices.
+    cpu = torch.device(args.device).type == "cpu"
+    times = time_side_by_side(candidates, rounds=rounds, device=args.device,
+                              clock=time.process_time if cpu else time.perf_counter)
     n_params = sum(p.numel() for p in model.parameters())
     return [{"model": model_name, "method": name, "params": n_params,
              "step_ms": 1e3 * times[name], "gradient_ms": 1e3 * times["gradient"],
@@ -66,7 +85,53 @@ def _rows(model_name, make_model, closure_for, rounds, args) -> list[dict]:
             for name, _, stages in METHODS]
 
 
+def _pass_rows(args) -> list[dict]:
+    """``--mode passes``: each kind of pass over the 1M parameters, timed back to back (``hot``)
+    and right after a closure (``after_closure``), as a share of that closure."""
+    make_model, closure_for = _mlp_1m(args.seed, args.device)
+    model = make_model()
+    closure = closure_for(model, torch.optim.SGD(model.parameters(), lr=1e-3))
+    g = torch.Generator().manual_seed(args.seed)
+    y, x, z = ([torch.randn(p.shape, generator=g).to(p) for p in model.parameters()]
+               for _ in range(3))
+
+    def out_of_place():
+        for o, a, b in zip(y, x, z):
+            torch.add(a, b, alpha=1e-3, out=o)
+    passes = {"y += c*k": lambda: torch._foreach_add_(y, x, alpha=1e-3),
+              "y = theta + c*k": out_of_place, "copy": lambda: torch._foreach_copy_(y, x),
+              "norm": lambda: torch._foreach_norm(x)}
+    clock = time.process_time if torch.device(args.device).type == "cpu" else time.perf_counter
+    samples = {(name, when): [] for name in passes for when in ("hot", "after_closure")}
+    samples["closure"] = []
+    for _ in range(args.rounds + 3):
+        for name, fn in passes.items():
+            fn()  # back to back: the pass's data was just touched
+            synchronize(args.device)
+            start = clock()
+            fn()
+            synchronize(args.device)
+            samples[name, "hot"].append(clock() - start)
+            start = clock()
+            closure()
+            synchronize(args.device)
+            samples["closure"].append(clock() - start)
+            start = clock()
+            fn()
+            synchronize(args.device)
+            samples[name, "after_closure"].append(clock() - start)
+    closure_s = statistics.median(samples.pop("closure"))
+    return [{"model": "mlp_1m", "pass": name, "when": when,
+             "ms": 1e3 * statistics.median(times), "closure_ms": 1e3 * closure_s,
+             "share_of_closure": statistics.median(times) / closure_s}
+            for (name, when), times in samples.items()]
+
+
 def run(args) -> list[dict]:
+    if args.mode == "passes":
+        return _pass_rows(args)
+    if args.mode is not None:
+        raise ValueError(f"rk: unknown mode {args.mode!r}; choose passes (or none)")
     return (_rows("mlp_1m", *_mlp_1m(args.seed, args.device), args.rounds, args)
             + _rows("digits_mlp", *_digits_mlp(args.seed, args.device),
                     args.rounds * SMALL_ROUNDS_FACTOR, args))

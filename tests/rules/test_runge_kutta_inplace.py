@@ -57,10 +57,18 @@ def run_schedule(tab, loss, params, lrs, wds, steps):
     return live
 
 
+#: per-tensor step sizes and decays (the per-tensor loops), one step size with and without
+#: decay (the foreach ops with one alpha; without decay the first gradient is the slope itself)
+HYPERS = {"per_tensor": ([0.15, 0.15, 0.04, 0.04], [1e-2, 0.0, 3e-2, 0.0]),
+          "one_lr_decay": ([0.15] * 4, [1e-2, 0.0, 3e-2, 0.0]),
+          "one_lr": ([0.15] * 4, [0.0] * 4)}
+
+
+@pytest.mark.parametrize("hyper", sorted(HYPERS))
 @pytest.mark.parametrize("tab", SYNTHETIC + FIXED, ids=lambda t: t.name)
-def test_schedule_equals_the_pure_rule(tab):
+def test_schedule_equals_the_pure_rule(tab, hyper):
     loss, params = make_tanh_mlp(seed=3)
-    lrs, wds = [0.15, 0.15, 0.04, 0.04], [1e-2, 0.0, 3e-2, 0.0]
+    lrs, wds = HYPERS[hyper]
     pure = [p.clone() for p in params]
     slope_fn = gradient_slope(grad_fn_for(loss), wds)
     for _ in range(5):
