@@ -2,7 +2,7 @@
 
 Time of one ``opt.step(closure)`` divided by ``stages`` × the time of one closure (zero_grad +
 forward + backward), measured side by side (interleaved medians, ``common.time_side_by_side``;
-on the CPU this process's CPU time, as the benchmark shares its core).
+wall clock: run it on an otherwise idle machine).
 
 * ``mlp_1m``: the ~1M-parameter MLP at batch 256, where the step's cost beyond its closures is its
   passes over memory. Measured on one core of a loaded 2-core Xeon VM (1-minute load 3.2–3.7): RK4
@@ -73,11 +73,7 @@ def _rows(model_name, make_model, closure_for, rounds, args) -> list[dict]:
         candidates[name] = (lambda o=opt, c=closure: o.step(c))
     model = make_model()
     candidates["gradient"] = closure_for(model, torch.optim.SGD(model.parameters(), lr=1e-3))
-    # On the CPU, this process's CPU time: the benchmark shares its core, and a wall-clock median
-    # charges the longer candidate (a whole step) for the other processes' time slices.
-    cpu = torch.device(args.device).type == "cpu"
-    times = time_side_by_side(candidates, rounds=rounds, device=args.device,
-                              clock=time.process_time if cpu else time.perf_counter)
+    times = time_side_by_side(candidates, rounds=rounds, device=args.device)
     n_params = sum(p.numel() for p in model.parameters())
     return [{"model": model_name, "method": name, "params": n_params,
              "step_ms": 1e3 * times[name], "gradient_ms": 1e3 * times["gradient"],
@@ -101,7 +97,7 @@ def _pass_rows(args) -> list[dict]:
     passes = {"y += c*k": lambda: torch._foreach_add_(y, x, alpha=1e-3),
               "y = theta + c*k": out_of_place, "copy": lambda: torch._foreach_copy_(y, x),
               "norm": lambda: torch._foreach_norm(x)}
-    clock = time.process_time if torch.device(args.device).type == "cpu" else time.perf_counter
+    clock = time.perf_counter
     samples = {(name, when): [] for name in passes for when in ("hot", "after_closure")}
     samples["closure"] = []
     for _ in range(args.rounds + 3):
