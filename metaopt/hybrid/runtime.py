@@ -10,24 +10,34 @@ momentum-SGD module, computed in place.
     guard:     shorten the step when η·κ̂ > 1.9,  η = max(lr, (1 − μ)·‖Δθ_gd‖/‖g‖)
     refusal:   loss, gradient or new θ not finite → nothing changes
 
-Here it runs in few memory passes and one host read. Pass 1 reads g and g_prev once: the
-per-tensor ‖g_i‖ and the exact ‖g − g_prev‖ (large CPU tensors a cache-sized chunk at a time,
-through one chunk of scratch, as ``metaopt.garo.chunked`` does). The features, the gate and the
-checks below are tensors; one read of their verdict says whether this is a GD step this path may
-take. The guard and the finiteness of the new θ are decided before anything moves, from bounds:
-the triangle inequality ‖b_new,i‖ ≤ μ_i‖b_i‖ + ‖g_i‖ + λ_i‖θ‖ (‖b_i‖ left by the previous step,
-‖θ‖ exact where a decay reads it, else bounded by its last exact value plus the steps since,
-against overflow only) bounds η and every |θ_new|. Where a bound cannot rule out the guard, an
-overflow, a non-finite value or an ODE step, the optimizer takes the reference path, which
-decides exactly; nothing was mutated before the read. Pass 2: ``torch._fused_sgd_``
-(``torch.optim.SGD``'s fused kernel: b and θ in one pass), the new ‖b_i‖ (‖Δθ‖ for the next
-secant, ‖b‖ for the next bound) and the copy of g into the previous-gradient buffer, chunk by
-chunk while each chunk is in cache. (After a step of the reference path the mode it left is
-read first: an ODE phase skips this path without computing its features.)
+Here it is two memory passes (``metaopt.hybrid.gd_passes``) and one host read. Pass 1 reads g
+and g_prev once: the per-tensor ‖g_i‖ and the exact ‖g − g_prev‖. One read brings them to the
+host with the loss, the last ‖Δθ‖ and the momentum buffers' norms ‖b_i‖ (left by the previous
+step); the features, the gate and the checks are host floats from there (the switch's twins
+in ``metaopt.hybrid.switch_host``: a stock learned policy in NumPy, a learned gate within
+rounding of 0.5 left undecided), as the GARO path does. The guard and the finiteness of the new
+θ are decided before anything moves, from bounds: the triangle inequality
+‖b_new,i‖ ≤ μ_i‖b_i‖ + ‖g_i‖ + λ_i‖θ‖ (‖θ‖ exact where a decay reads it, else bounded by its
+last exact value plus the steps since, against overflow only) bounds η and every |θ_new|. Where
+a bound cannot rule out the guard, an overflow, a non-finite value or an ODE step, the optimizer
+takes the reference path, which decides exactly; nothing was mutated before the read. Pass 2:
+``torch._fused_sgd_`` (``torch.optim.SGD``'s fused kernel: b and θ in one pass) and the new
+‖b_i‖ (‖Δθ‖ for the next secant, ‖b‖ for the next bound). g_prev ← g is no copy on the CPU: the
+previous-gradient entry becomes a copy-on-write share of g (``gd_passes.keep_gradient``), so a
+closure that sets the gradients to None (``zero_grad``'s default) never pays for it, and one
+that writes into ``p.grad`` in place copies it first, as the memory is shared; elsewhere (or
+where a storage cannot be shared) g is copied.
+
+The switch's memories (dwell, evaluations, the loss window, ‖g₀‖) stay on the host between
+steps of this path, rounded to the state's dtype, valid while the optimizer holds the
+``hybrid_state`` dict this path wrote (a reference step or a load replaces it: then they are
+read again, and an ODE phase the reference path left is recognised before any pass). Each step
+writes the state's tensors (one tensor, its entries views).
 
 It equals the reference up to rounding (``tests/hybrid/test_runtime.py``, float64): the fused
 kernel rounds θ − lr·b once (as ``torch.optim.SGD`` does), the secant's numerator is always the
-exact ‖g − g_prev‖ (the reference uses the dot-product identity where it does not cancel), and
+exact ‖g − g_prev‖ (the reference uses the dot-product identity where it does not cancel), the
+features and the gate are computed in float64 on the host and rounded to the state's dtype, and
 ‖Δθ‖ is read from lr·‖b‖ (the motion before θ's rounding; where a step is below θ's rounding
 the reference's measured motion, and so its guard, can differ). Every decision is a function of
 the optimizer's state and the norms computed alike from it, so a run resumed from a state_dict
