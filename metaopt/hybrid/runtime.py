@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..garo.host_state import round_to
 from ..rules.sgd import SGDRule
+from .gd_memory import Memory, displacement, read_memory, settle
 from .gd_passes import (
     CHUNK,
     can_keep,
@@ -123,43 +123,19 @@ def applies(rule, gate) -> bool:
 
 
 
-@dataclass
-class _Memory:
-    """The switch's memories on the host, as ``state`` (the ``hybrid_state`` dict they were
-    read from or written to: valid while the optimizer still holds that very dict) holds them,
-    rounded to its dtype. Its displacement norm stays a tensor: read with the next step's."""
-    state: dict
-    dwell: float
-    evaluations: float
-    grad_norm0: float
-    stage_curvature: float
-    losses: list[float]
-
-
-def _read_memory(hs: dict) -> _Memory | None:
-    """The memories of a state the reference path left (or a load); None in an ODE phase (the
-    gate very likely keeps it: no passes spent on it)."""
-    head = torch.stack([hs[k].reshape(()) for k in ("mode", "dwell", "evaluations",
-                                                     "grad_norm0", "stage_curvature")])
-    mode, dwell, evaluations, norm0, stage = torch.cat([head, hs["losses"].reshape(-1).to(
-        head.dtype)]).tolist()[:5]
-    if not mode <= 0.5:
-        return None
-    return _Memory(hs, dwell, evaluations, norm0, stage, hs["losses"].tolist())
-
-
 class GDRuntime:
-    """Caches of the runtime path (never state: rebuilt from the state when they do not match
-    it): the switch's memories on the host, scratch for g − g_prev, the momentum buffers' last
-    norms, a bound on ‖θ‖, the gate's host twin."""
+    """The runtime path's host memories (``metaopt.hybrid.gd_memory``: the state while
+    ``dirty``) and caches (never state: rebuilt when they do not match it): scratch for
+    g − g_prev, the momentum buffers' last norms, a bound on ‖θ‖, the gate's host twin, the
+    parameters' state entries."""
 
     def __init__(self):
-        self.memory: _Memory | None = None
+        self.memory: Memory | None = None  # the switch's memories (gd_memory)
         self.scratch: Tensor | None = None  # one chunk of g − g_prev
         self.buffer_norms: tuple | None = None  # (buffers, their versions, per-tensor norms)
         self.theta_bound: tuple | None = None   # (params, their versions, bound on ‖θ‖)
-        self.constants: tuple | None = None     # (lrs, dtype, device), their tensor
         self.gate: HostGate | None = None
+        self.layout: tuple | None = None  # (opt.state, params, sizes, (their states, chunks))
 
     @staticmethod
     def _cached(cached, tensors: list[Tensor]):
@@ -169,29 +145,61 @@ class GDRuntime:
             return cached[2]
         return None
 
+    def _layout(self, opt, params: list[Tensor]):
+        """(the parameters' state dicts, ``chunks``), cached while the parameters, their sizes
+        and ``opt.state`` (a load rebinds it) stay."""
+        cached = self.layout
+        if cached is not None and cached[0] is opt.state and len(cached[1]) == len(params) \
+                and all(map(operator.is_, cached[1], params)) \
+                and cached[2] == [p.numel() for p in params]:
+            return cached[3]
+        states = [opt.state[p] for p in params]
+        self.layout = (opt.state, params, [p.numel() for p in params], (states, chunks(params)))
+        return self.layout[3]
+
+    # -- the state ---------------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        """The host memories are ahead of the optimizer's ``hybrid_state`` tensors."""
+        return self.memory is not None and self.memory.dirty
+
+    def settle(self, hybrid_state: dict) -> dict:
+        """``hybrid_state`` with the host memories written in (the rule's tensors)."""
+        return settle(self.memory) if self.dirty else hybrid_state
+
+    def forget(self) -> None:
+        """The optimizer's state was replaced: the host memories are stale."""
+        self.memory = None
+
+    # -- the step ----------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, opt, params: list[Tensor], grads: list[Tensor], loss,
              lrs: list[float], moms: list[float], decays: list[float]) -> bool:
         """One GD step in place; False (nothing changed) where the reference path must run.
         ``loss``: the closure's (a one-element tensor or a number) or None."""
-        rule, hs = opt.rule, opt.hybrid_state
+        hs = opt._hybrid_state  # (as the fast steps left it: the memories are ahead)
         if not _REQUIRED <= hs.keys() or hs["step"] < 1 or not all(m > 0 for m in moms):
             return False
         memory = self.memory
         if memory is None or memory.state is not hs:
-            memory = self.memory = _read_memory(hs)
+            memory = self.memory = read_memory(hs)
             if memory is None:
                 return False
+        layout = self._layout(opt, params)
+        if layout is None:
+            return False
+        states, parts = layout
         try:
-            bufs = [opt.state[p]["gd.momentum_buffer"] for p in params]
-            prev = [opt.state[p]["prev_grads"] for p in params]
+            bufs = [s["gd.momentum_buffer"] for s in states]
+            prev = [s["prev_grads"] for s in states]
         except KeyError:
             return False
         if not fusable(params + grads + bufs + prev) or any(
                 a.shape != b.shape for a, b in zip(params, prev)):
             return False
         dtype, device = params[0].dtype, params[0].device
-        parts = chunks(params)
+        if dtype != memory.dtype:
+            return False
         if parts and (self.scratch is None or self.scratch.dtype != dtype):
             self.scratch = params[0].new_empty(CHUNK)
         bnorms = self._cached(self.buffer_norms, bufs)
@@ -201,25 +209,28 @@ class GDRuntime:
         # so a resumed run decides as the original); else a bound, only against overflow
         theta = None if any(decays) else self._cached(self.theta_bound, params)
         gnorms, diff = difference_pass(grads, prev, parts, self.scratch)
-        extra = [diff, hs["displacement_norm"].reshape(()).to(dtype)]
+        read = [gnorms, bnorms, diff.reshape(1)]
+        if memory.pending is not None:
+            read.append(memory.pending[0])
         if theta is None:
-            extra.append(torch.linalg.vector_norm(norms(params, parts)))
-        host_loss = None
+            read.append(torch.linalg.vector_norm(norms(params, parts)).reshape(1))
         if isinstance(loss, Tensor):
-            extra.append(loss.detach().reshape(()).to(device, dtype))
-        elif loss is not None:
-            host_loss = round_to(dtype, [float(loss)])[0]
-        values = torch.cat([gnorms, bnorms, torch.stack(extra)]).tolist()  # the one host read
+            read.append(loss.detach().reshape(1).to(device, dtype))
+        values = torch.cat(read).tolist()  # the one host read
         k = len(params)
+        at = 2 * k + 1
+        if memory.pending is not None:
+            memory.displacement = displacement(dtype, values[at:at + k], memory.pending[1])
+            memory.pending = None
+            at += k
         if theta is None:
-            theta = values[2 * k + 2]
-        if isinstance(loss, Tensor):
-            host_loss = values[-1]
-        diff, disp = values[2 * k], values[2 * k + 1]
+            theta = values[at]
+        host_loss = None if loss is None else values[-1] if isinstance(loss, Tensor) else \
+            round_to(dtype, [float(loss)])[0]
         if not math.isfinite(sum(values) + theta + (host_loss or 0.0)):
             return False  # (a non-finite loss or gradient: the reference refuses the step)
-        decided = self._decide(opt, rule, hs["step"], memory, values[:k], values[k:2 * k], diff,
-                               disp, theta, host_loss, lrs, moms, decays, dtype, device)
+        decided = self._decide(opt, opt.rule, memory, values[:k], values[k:2 * k],
+                               values[2 * k], theta, host_loss, lrs, moms, decays, dtype, device)
         if decided is None:
             return False
         keep = can_keep(grads)
@@ -227,39 +238,30 @@ class GDRuntime:
                                  decays)
         kept = keep_gradient(grads) if keep else None
         if kept is not None:  # g_prev ← g, shared copy-on-write (gd_passes.keep_gradient)
-            for p, g in zip(params, kept):
-                opt.state[p]["prev_grads"] = g
+            for state, g in zip(states, kept):
+                state["prev_grads"] = g
         elif keep:
             torch._foreach_copy_(prev, grads)
-        key = (lrs, dtype, device)
-        if self.constants is None or self.constants[0] != key:
-            self.constants = (key, torch.tensor(lrs, dtype=dtype, device=device))
-        displacement = torch.linalg.vector_norm(self.constants[1] * new_bnorms)
         self.buffer_norms = (bufs, [b._version for b in bufs], new_bnorms)
-        step_bound, scalars, losses, features = decided
+        step_bound, dwell, evaluations, losses, last = decided
         self.theta_bound = (params, [p._version for p in params],
                             (theta + step_bound) * _GROW)
-        new = torch.tensor(scalars + losses + features, dtype=dtype, device=device)
-        mode, dwell, gate, probability, evaluations, kappa, gnorm, stage = new[:8].unbind()
-        w = len(losses)
-        opt.hybrid_state = hs = dict(hs)
-        hs.update(step=hs["step"] + 1, mode=mode, dwell=dwell, gate=gate,
-                  probability=probability, evaluations=evaluations,
-                  displacement_norm=displacement.to(hs["displacement_norm"].dtype),
-                  curvature=kappa, prev_grad_norm=gnorm, losses=new[8:8 + w],
-                  features=new[8 + w:], stage_curvature=stage)
-        self.memory = _Memory(hs, scalars[1], scalars[4], memory.grad_norm0, 0.0, losses)
+        memory.step += 1
+        memory.dwell, memory.evaluations, memory.stage_curvature = dwell, evaluations, 0.0
+        memory.losses, memory.last, memory.pending = losses, last, (new_bnorms, lrs)
+        memory.displacement, memory.dirty = None, True
         return True
 
-    def _decide(self, opt, rule, step: int, memory: _Memory, gnorms, bnorms, diff, disp, theta,
-                loss, lrs, moms, decays, dtype, device):
+    def _decide(self, opt, rule, memory: Memory, gnorms, bnorms, diff, theta, loss, lrs, moms,
+                decays, dtype, device):
         """The features, the gate and the guard's bounds on host floats (module docstring):
         None unless this is a GD step that this path may take; else the bound on ‖Δθ‖ and the
         new memories (rounded to ``dtype``)."""
+        disp = memory.displacement
         gnorm, kappa = round_to(dtype, [math.sqrt(sum(g * g for g in gnorms)),
                                         diff / disp if disp > 0 else 0.0])
         stability_lr = float(max(lrs))
-        losses, seen = memory.losses, min(step, rule.window)
+        losses, seen = memory.losses, min(memory.step, rule.window)
         if loss is not None:
             losses = [*losses[1:], loss]
             seen += 1
@@ -280,5 +282,5 @@ class GDRuntime:
         if not (eta * max(kappa, memory.stage_curvature) * _GROW <= _GD_LIMIT
                 and theta + step_bound <= _limit(dtype)):
             return None  # the guard may shorten this step, or θ might overflow
-        scalars = [0.0, memory.dwell + 1, 0.0, p, memory.evaluations + 1, kappa, gnorm, 0.0]
-        return step_bound, round_to(dtype, scalars), losses, features
+        dwell, evaluations, p = round_to(dtype, [memory.dwell + 1, memory.evaluations + 1, p])
+        return step_bound, dwell, evaluations, losses, [p, kappa, gnorm, *features]

@@ -230,6 +230,32 @@ def test_gradients_written_in_place_leave_the_kept_gradient_intact(pattern, big)
     assert max(float(r["curvature"]) for r in got) > 0
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_memories_kept_on_the_host_between_reads_equal_the_reference(big):
+    # nothing reads hybrid_state between the steps: the runtime path's memories (dwell, loss
+    # window, the pending ‖Δθ‖) stay on the host and become tensors only at the final read
+    def run(fast):
+        params, loss_fn = problem(big)
+        opt = make(params, True, lr=0.01, policy=Alternating().double(), min_dwell=1)
+        if not fast:
+            opt._runtime = None
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+        for _ in range(17):
+            opt.step(closure)
+        dirty = getattr(opt._gd_runtime(), "dirty", False)
+        return snapshot(opt, params), dirty
+    (reference, _), (got, dirty) = run(False), run(True)
+    assert dirty  # the last step was the runtime path's, its memories not yet tensors
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key], rtol=1e-10, atol=1e-13,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+
+
 def test_loading_an_earlier_state_into_a_running_optimizer_resets_the_host_memories():
     # the runtime path keeps the switch's memories on the host between its steps; a load must
     # replace them (a stale dwell or loss window would decide and record differently)
