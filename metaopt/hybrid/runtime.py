@@ -28,11 +28,11 @@ closure that sets the gradients to None (``zero_grad``'s default) never pays for
 that writes into ``p.grad`` in place copies it first, as the memory is shared; elsewhere (or
 where a storage cannot be shared) g is copied.
 
-The switch's memories (dwell, evaluations, the loss window, ‖g₀‖) stay on the host between
-steps of this path, rounded to the state's dtype, valid while the optimizer holds the
-``hybrid_state`` dict this path wrote (a reference step or a load replaces it: then they are
-read again, and an ODE phase the reference path left is recognised before any pass). Each step
-writes the state's tensors (one tensor, its entries views).
+The switch's memories (dwell, evaluations, the loss window, ‖g₀‖, the last ‖Δθ‖, the last
+step's features) stay on the host between steps of this path (``metaopt.hybrid.gd_memory``,
+rounded to the state's dtype) and become the rule's tensors when ``hybrid_state`` is read (the
+reference path, ``state_dict``, traces). A reference step or a load replaces that dict: then
+they are read again, and an ODE phase the reference path left is recognised before any pass.
 
 It equals the reference up to rounding (``tests/hybrid/test_runtime.py``, float64): the fused
 kernel rounds θ − lr·b once (as ``torch.optim.SGD`` does), the secant's numerator is always the
