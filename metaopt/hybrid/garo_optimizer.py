@@ -82,10 +82,11 @@ class GAROGDSupport:
     @property
     def hybrid_state(self) -> dict[str, Any]:
         """The rule's optimizer-wide state (the switch's memories, GARO's recurrent state):
-        where GARO's runtime GD path keeps it on the host, written into the rule's tensors
-        when read (``GARORuntime.settle``). Replace it whole, never edit it in place."""
+        where a runtime GD path keeps it on the host, written into the rule's tensors when read
+        (``GARORuntime.settle``, ``GDRuntime.settle``). Replace it whole, never edit it in
+        place."""
         runtime = self.__dict__.get("_runtime")
-        if isinstance(runtime, GARORuntime) and runtime.dirty:
+        if runtime is not None and runtime.dirty:
             self._hybrid_state = runtime.settle(self._hybrid_state)
         return self._hybrid_state
 
@@ -93,7 +94,7 @@ class GAROGDSupport:
     def hybrid_state(self, state: dict[str, Any]) -> None:
         self._hybrid_state = state
         runtime = self.__dict__.get("_runtime")
-        if isinstance(runtime, GARORuntime):
+        if runtime is not None:
             runtime.forget()
 
     def __setstate__(self, state: dict[str, Any]) -> None:

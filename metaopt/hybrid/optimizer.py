@@ -201,7 +201,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
     def mode(self) -> str:
         """The mode of the last step (``"gd"`` before the first)."""
         if getattr(self.__dict__.get("_runtime"), "dirty", False):
-            return "gd"  # (a step of GARO's runtime GD path: no need to settle its state)
+            return "gd"  # (a step of a runtime GD path: no need to settle its state)
         mode = self.hybrid_state.get("mode")
         return "ode" if mode is not None and float(mode) > 0.5 else "gd"
 

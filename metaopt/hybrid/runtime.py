@@ -10,24 +10,34 @@ momentum-SGD module, computed in place.
     guard:     shorten the step when η·κ̂ > 1.9,  η = max(lr, (1 − μ)·‖Δθ_gd‖/‖g‖)
     refusal:   loss, gradient or new θ not finite → nothing changes
 
-Here it runs in few memory passes and one host read. Pass 1 reads g and g_prev once: the
-per-tensor ‖g_i‖ and the exact ‖g − g_prev‖ (large CPU tensors a cache-sized chunk at a time,
-through one chunk of scratch, as ``metaopt.garo.chunked`` does). The features, the gate and the
-checks below are tensors; one read of their verdict says whether this is a GD step this path may
-take. The guard and the finiteness of the new θ are decided before anything moves, from bounds:
-the triangle inequality ‖b_new,i‖ ≤ μ_i‖b_i‖ + ‖g_i‖ + λ_i‖θ‖ (‖b_i‖ left by the previous step,
-‖θ‖ exact where a decay reads it, else bounded by its last exact value plus the steps since,
-against overflow only) bounds η and every |θ_new|. Where a bound cannot rule out the guard, an
-overflow, a non-finite value or an ODE step, the optimizer takes the reference path, which
-decides exactly; nothing was mutated before the read. Pass 2: ``torch._fused_sgd_``
-(``torch.optim.SGD``'s fused kernel: b and θ in one pass), the new ‖b_i‖ (‖Δθ‖ for the next
-secant, ‖b‖ for the next bound) and the copy of g into the previous-gradient buffer, chunk by
-chunk while each chunk is in cache. (After a step of the reference path the mode it left is
-read first: an ODE phase skips this path without computing its features.)
+Here it is two memory passes (``metaopt.hybrid.gd_passes``) and one host read. Pass 1 reads g
+and g_prev once: the per-tensor ‖g_i‖ and the exact ‖g − g_prev‖. One read brings them to the
+host with the loss, the last ‖Δθ‖ and the momentum buffers' norms ‖b_i‖ (left by the previous
+step); the features, the gate and the checks are host floats from there (the switch's twins
+in ``metaopt.hybrid.switch_host``: a stock learned policy in NumPy, a learned gate within
+rounding of 0.5 left undecided), as the GARO path does. The guard and the finiteness of the new
+θ are decided before anything moves, from bounds: the triangle inequality
+‖b_new,i‖ ≤ μ_i‖b_i‖ + ‖g_i‖ + λ_i‖θ‖ (‖θ‖ exact where a decay reads it, else bounded by its
+last exact value plus the steps since, against overflow only) bounds η and every |θ_new|. Where
+a bound cannot rule out the guard, an overflow, a non-finite value or an ODE step, the optimizer
+takes the reference path, which decides exactly; nothing was mutated before the read. Pass 2:
+``torch._fused_sgd_`` (``torch.optim.SGD``'s fused kernel: b and θ in one pass) and the new
+‖b_i‖ (‖Δθ‖ for the next secant, ‖b‖ for the next bound). g_prev ← g is no copy on the CPU: the
+previous-gradient entry becomes a copy-on-write share of g (``gd_passes.keep_gradient``), so a
+closure that sets the gradients to None (``zero_grad``'s default) never pays for it, and one
+that writes into ``p.grad`` in place copies it first, as the memory is shared; elsewhere (or
+where a storage cannot be shared) g is copied.
+
+The switch's memories (dwell, evaluations, the loss window, ‖g₀‖, the last ‖Δθ‖, the last
+step's features) stay on the host between steps of this path (``metaopt.hybrid.gd_memory``,
+rounded to the state's dtype) and become the rule's tensors when ``hybrid_state`` is read (the
+reference path, ``state_dict``, traces). A reference step or a load replaces that dict: then
+they are read again, and an ODE phase the reference path left is recognised before any pass.
 
 It equals the reference up to rounding (``tests/hybrid/test_runtime.py``, float64): the fused
 kernel rounds θ − lr·b once (as ``torch.optim.SGD`` does), the secant's numerator is always the
-exact ‖g − g_prev‖ (the reference uses the dot-product identity where it does not cancel), and
+exact ‖g − g_prev‖ (the reference uses the dot-product identity where it does not cancel), the
+features and the gate are computed in float64 on the host and rounded to the state's dtype, and
 ‖Δθ‖ is read from lr·‖b‖ (the motion before θ's rounding; where a step is below θ's rounding
 the reference's measured motion, and so its guard, can differ). Every decision is a function of
 the optimizer's state and the norms computed alike from it, so a run resumed from a state_dict
@@ -35,21 +45,39 @@ takes the same path as the original.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import operator
 
 import torch
 from torch import Tensor
 
+from ..garo.host_state import round_to
 from ..rules.sgd import SGDRule
-from .criteria import _TINY, relative_progress, switch_features
+from .gd_memory import Memory, displacement, read_memory, settle
+from .gd_passes import (
+    CHUNK,
+    can_keep,
+    chunks,
+    difference_pass,
+    fusable,
+    keep_gradient,
+    norms,
+    update_pass,
+)
 from .stability import GD_STABILITY_BOUND, SAFETY
+from .switch_host import HostGate, host_features, host_progress
 
 __all__ = ["GDRuntime", "applies", "join_state", "own_copy", "split_state"]
 
 _REQUIRED = frozenset(("step", "mode", "dwell", "evaluations", "displacement_norm", "grad_norm0",
                        "prev_grad_norm", "losses", "stage_curvature"))
-_MARGIN = 1e-4  # relative slack of the bounds against rounding (they decide, never the values)
+_GROW = 1 + 1e-4  # relative slack of the bounds against rounding (they decide, never the values)
 _GD_LIMIT = SAFETY * GD_STABILITY_BOUND
+_LIMITS: dict = {}  # dtype -> a quarter of its largest finite value (the overflow bound)
+
+
+def _limit(dtype: torch.dtype) -> float:
+    return _LIMITS.get(dtype) or _LIMITS.setdefault(dtype, torch.finfo(dtype).max / 4)
 
 
 def split_state(state: dict) -> tuple[dict, dict]:
@@ -94,203 +122,165 @@ def applies(rule, gate) -> bool:
             and not {"ode.velocity", "ode.time"} & set(ode_keys))
 
 
-def _fusable(tensors: Sequence[Tensor]) -> bool:
-    first = tensors[0]
-    return first.is_floating_point() and first.device.type in ("cpu", "cuda") and all(
-        t.dtype == first.dtype and t.device == first.device and not t.is_sparse
-        and t.is_contiguous() for t in tensors)
-
-
-_CHUNK_FROM, _CHUNK = 1 << 18, 1 << 17  # large CPU tensors: cache-sized chunks (below)
-_FUSED = dict(dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
-
-
-def _chunks(tensors: Sequence[Tensor]) -> list[tuple[int, int, int]]:
-    """(tensor, start, stop) of the large CPU tensors' chunks: a chunk's operands stay in cache
-    from one op to the next (on a ~1M-parameter CPU model the passes are the step's cost, as in
-    ``metaopt.garo.chunked``)."""
-    return [(i, a, min(a + _CHUNK, t.numel())) for i, t in enumerate(tensors)
-            if t.device.type == "cpu" and t.numel() >= _CHUNK_FROM
-            for a in range(0, t.numel(), _CHUNK)]
-
-
-def _chunked_norm(dots: list[Tensor]) -> Tensor:
-    return torch.stack(dots).sum().sqrt()
-
-
-def _norms(tensors: Sequence[Tensor], chunks) -> Tensor:
-    """Per-tensor 2-norms, large tensors summed chunk by chunk: the same values the update pass
-    leaves in its cache, so a rebuilt cache (after a copy or a load) decides alike."""
-    big = {i for i, _, _ in chunks}
-    small = [i for i in range(len(tensors)) if i not in big]
-    norms: list = [None] * len(tensors)
-    for i, n in zip(small, torch._foreach_norm([tensors[i] for i in small]) if small else []):
-        norms[i] = n
-    parts: dict[int, list[Tensor]] = {}
-    for i, a, b in chunks:
-        c = tensors[i].view(-1)[a:b]
-        parts.setdefault(i, []).append(torch.dot(c, c))
-    for i, dots in parts.items():
-        norms[i] = _chunked_norm(dots)
-    return torch.stack(norms)
-
-
-def _difference_pass(grads, prev, chunks, scratch) -> tuple[Tensor, Tensor]:
-    """Per-tensor ‖g_i‖ and the total ‖g − g_prev‖, reading g and g_prev once."""
-    big = {i for i, _, _ in chunks}
-    small = [i for i in range(len(grads)) if i not in big]
-    norms: list = [None] * len(grads)
-    squares = []
-    if small:
-        gs = [grads[i] for i in small]
-        for i, n in zip(small, torch._foreach_norm(gs)):
-            norms[i] = n
-        squares += [n.square() for n in torch._foreach_norm(
-            torch._foreach_sub(gs, [prev[i] for i in small]))]
-    parts: dict[int, list[Tensor]] = {}
-    for i, a, b in chunks:
-        g, s = grads[i].view(-1)[a:b], scratch[:b - a]
-        parts.setdefault(i, []).append(torch.dot(g, g))
-        torch.sub(g, prev[i].view(-1)[a:b], out=s)
-        squares.append(torch.dot(s, s))
-    for i, dots in parts.items():
-        norms[i] = _chunked_norm(dots)
-    return torch.stack(norms), _chunked_norm(squares)
-
-
-def _update_pass(params, grads, bufs, prev, chunks, lrs, moms, decays) -> Tensor:
-    """b ← μ·b + (g + λ·θ), θ ← θ − lr·b (``torch._fused_sgd_``), g_prev ← g; returns the
-    new ‖b_i‖."""
-    big = {i for i, _, _ in chunks}
-    norms: list = [None] * len(params)
-    buckets: dict[tuple, list[int]] = {}
-    for i, key in enumerate(zip(lrs, moms, decays)):
-        if i not in big:
-            buckets.setdefault(key, []).append(i)
-    for (lr, mom, wd), index in buckets.items():
-        torch._fused_sgd_([params[i] for i in index], [grads[i] for i in index],
-                          [bufs[i] for i in index], weight_decay=wd, momentum=mom, lr=lr,
-                          **_FUSED)
-    small = [i for key in buckets.values() for i in key]
-    if small:
-        for i, n in zip(small, torch._foreach_norm([bufs[i] for i in small])):
-            norms[i] = n
-        torch._foreach_copy_([prev[i] for i in small], [grads[i] for i in small])
-    parts: dict[int, list[Tensor]] = {}
-    for i, a, b in chunks:
-        g, buf = grads[i].view(-1)[a:b], bufs[i].view(-1)[a:b]
-        torch._fused_sgd_([params[i].view(-1)[a:b]], [g], [buf], weight_decay=decays[i],
-                          momentum=moms[i], lr=lrs[i], **_FUSED)
-        parts.setdefault(i, []).append(torch.dot(buf, buf))
-        prev[i].view(-1)[a:b].copy_(g)
-    for i, dots in parts.items():
-        norms[i] = _chunked_norm(dots)
-    return torch.stack(norms)
-
 
 class GDRuntime:
-    """Caches of the runtime path (never state: rebuilt from the state when they do not match
-    it): scratch buffers for g − g_prev, the momentum buffers' last norms, a bound on ‖θ‖."""
+    """The runtime path's host memories (``metaopt.hybrid.gd_memory``: the state while
+    ``dirty``) and caches (never state: rebuilt when they do not match it): scratch for
+    g − g_prev, the momentum buffers' last norms, a bound on ‖θ‖, the gate's host twin, the
+    parameters' state entries."""
 
     def __init__(self):
+        self.memory: Memory | None = None  # the switch's memories (gd_memory)
         self.scratch: Tensor | None = None  # one chunk of g − g_prev
         self.buffer_norms: tuple | None = None  # (buffers, their versions, per-tensor norms)
         self.theta_bound: tuple | None = None   # (params, their versions, bound on ‖θ‖)
-        self.after_fast = False  # the last step was taken here (then its mode was GD)
-        self.constants: tuple | None = None     # (hyperparameters, their tensors)
+        self.gate: HostGate | None = None
+        self.layout: tuple | None = None  # (opt.state, params, sizes, (their states, chunks))
 
-    def _norms_of(self, cached, tensors: list[Tensor]):
+    @staticmethod
+    def _cached(cached, tensors: list[Tensor]):
         if cached is not None and len(cached[0]) == len(tensors) and all(
-                a is b for a, b in zip(cached[0], tensors)) and cached[1] == [
+                map(operator.is_, cached[0], tensors)) and cached[1] == [
                 t._version for t in tensors]:
             return cached[2]
         return None
 
+    def _layout(self, opt, params: list[Tensor]):
+        """(the parameters' state dicts, ``chunks``), cached while the parameters, their sizes
+        and ``opt.state`` (a load rebinds it) stay."""
+        cached = self.layout
+        if cached is not None and cached[0] is opt.state and len(cached[1]) == len(params) \
+                and all(map(operator.is_, cached[1], params)) \
+                and cached[2] == [p.numel() for p in params]:
+            return cached[3]
+        states = [opt.state[p] for p in params]
+        self.layout = (opt.state, params, [p.numel() for p in params], (states, chunks(params)))
+        return self.layout[3]
+
+    # -- the state ---------------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        """The host memories are ahead of the optimizer's ``hybrid_state`` tensors."""
+        return self.memory is not None and self.memory.dirty
+
+    def settle(self, hybrid_state: dict) -> dict:
+        """``hybrid_state`` with the host memories written in (the rule's tensors)."""
+        return settle(self.memory) if self.dirty else hybrid_state
+
+    def forget(self) -> None:
+        """The optimizer's state was replaced: the host memories are stale."""
+        self.memory = None
+
+    # -- the step ----------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, opt, params: list[Tensor], grads: list[Tensor], loss: Tensor | None,
+    def step(self, opt, params: list[Tensor], grads: list[Tensor], loss,
              lrs: list[float], moms: list[float], decays: list[float]) -> bool:
         """One GD step in place; False (nothing changed) where the reference path must run.
         ``loss``: the closure's (a one-element tensor or a number) or None."""
-        rule, hs = opt.rule, opt.hybrid_state
-        loss = None if loss is None else torch.as_tensor(loss).detach().to(params[0])
+        hs = opt._hybrid_state  # (as the fast steps left it: the memories are ahead)
         if not _REQUIRED <= hs.keys() or hs["step"] < 1 or not all(m > 0 for m in moms):
             return False
-        # after a step of the reference path: the mode it left (no read after a GD step here)
-        after_fast, self.after_fast = self.after_fast, False
-        if not after_fast and float(hs["mode"]) > 0.5:
-            return False  # an ODE phase: the gate very likely keeps it
+        memory = self.memory
+        if memory is None or memory.state is not hs:
+            memory = self.memory = read_memory(hs)
+            if memory is None:
+                return False
+        layout = self._layout(opt, params)
+        if layout is None:
+            return False
+        states, parts = layout
         try:
-            bufs = [opt.state[p]["gd.momentum_buffer"] for p in params]
-            prev = [opt.state[p]["prev_grads"] for p in params]
+            bufs = [s["gd.momentum_buffer"] for s in states]
+            prev = [s["prev_grads"] for s in states]
         except KeyError:
             return False
-        tensors = params + grads + bufs + prev
-        if not _fusable(tensors) or any(a.shape != b.shape for a, b in zip(params, prev)):
+        if not fusable(params + grads + bufs + prev) or any(
+                a.shape != b.shape for a, b in zip(params, prev)):
             return False
-        chunks = _chunks(params)
-        if chunks and (self.scratch is None or self.scratch.numel() < _CHUNK
-                       or self.scratch.dtype != params[0].dtype):
-            self.scratch = params[0].new_empty(_CHUNK)
-        bnorms = self._norms_of(self.buffer_norms, bufs)
+        dtype, device = params[0].dtype, params[0].device
+        if dtype != memory.dtype:
+            return False
+        if parts and (self.scratch is None or self.scratch.dtype != dtype):
+            self.scratch = params[0].new_empty(CHUNK)
+        bnorms = self._cached(self.buffer_norms, bufs)
         if bnorms is None:
-            bnorms = _norms(bufs, chunks)
+            bnorms = norms(bufs, parts)
         # ‖θ‖ itself where a decay reads it (then the guard's bound is a function of the state,
         # so a resumed run decides as the original); else a bound, only against overflow
-        theta = None if any(decays) else self._norms_of(self.theta_bound, params)
+        theta = None if any(decays) else self._cached(self.theta_bound, params)
+        gnorms, diff = difference_pass(grads, prev, parts, self.scratch)
+        read = [gnorms, bnorms, diff.reshape(1)]
+        if memory.pending is not None:
+            read.append(memory.pending[0])
         if theta is None:
-            theta = torch.linalg.vector_norm(_norms(params, chunks))
-        dtype, device = params[0].dtype, params[0].device
-        # features (HybridRule.features), as tensors in the state's dtype
-        gnorms, diff = _difference_pass(grads, prev, chunks, self.scratch)
-        gnorm = torch.linalg.vector_norm(gnorms)
-        disp = hs["displacement_norm"]
-        kappa = torch.where(disp > 0, diff / disp, 0.0)  # (0/0 and x/0 are not selected)
-        ratio = torch.log(gnorm + _TINY) - torch.log(hs["grad_norm0"] + _TINY)
-        stability_lr = float(max(lrs))
-        stability = torch.log(kappa * stability_lr + _TINY)
-        losses, seen = hs["losses"], min(hs["step"], rule.window)
-        if loss is not None:
-            value = loss.detach().to(losses.dtype).reshape(losses.shape[1:])
-            losses = torch.cat([losses[1:], value.unsqueeze(0)])
-            seen += 1
-        progress = relative_progress(losses, seen if loss is not None else 0)
-        feats = switch_features(ratio, stability, progress, hs["mode"], hs["dwell"])
-        raw = opt.gate.gate(feats)
-        probability = raw.detach() if isinstance(raw, Tensor) else torch.as_tensor(raw)
-        locked = (hs["dwell"] < rule.min_dwell).to(raw.dtype)
-        gate = locked * hs["mode"] + (1 - locked) * (raw > 0.5).to(feats.dtype)
-        # bounds: ‖b_new,i‖ ≤ μ_i‖b_i‖ + ‖g_i‖ + λ_i‖θ‖, ‖Δθ_gd‖ ≤ ‖(lr_i·bound_i)‖
-        grow = 1 + _MARGIN
-        key = (lrs, moms, decays, dtype, device)
-        if self.constants is None or self.constants[0] != key:
-            self.constants = (key, torch.tensor([lrs, moms, decays], dtype=dtype, device=device))
-        lr_t, mom_t, decay_t = self.constants[1]
-        bound_b = (mom_t * bnorms + gnorms + decay_t * theta) * grow
-        step_bound = torch.linalg.vector_norm(lr_t * bound_b) * grow
-        discount = 1.0 - min(max(max(moms), 0.0), 1.0)
-        eta = torch.where(gnorm > 0, step_bound / gnorm, 0.0).mul_(discount).clamp_(
-            min=stability_lr)
-        gd_kappa = torch.maximum(kappa, hs["stage_curvature"].to(kappa.dtype))
-        # every check ≤ 0 (NaN fails it): a GD step, the guard cleared, no overflow, all finite
-        checks = torch.stack([gate - 0.5, eta * gd_kappa * grow - _GD_LIMIT,
-                              theta + step_bound - torch.finfo(dtype).max / 4,
-                              gnorm * 0, diff * 0, bound_b.sum() * 0]
-                             + ([] if loss is None else [loss.detach().sum().to(dtype) * 0]))
-        if not bool((checks <= 0).all()):  # the one host read
+            read.append(torch.linalg.vector_norm(norms(params, parts)).reshape(1))
+        if isinstance(loss, Tensor):
+            read.append(loss.detach().reshape(1).to(device, dtype))
+        values = torch.cat(read).tolist()  # the one host read
+        k = len(params)
+        at = 2 * k + 1
+        if memory.pending is not None:
+            memory.displacement = displacement(dtype, values[at:at + k], memory.pending[1])
+            memory.pending = None
+            at += k
+        if theta is None:
+            theta = values[at]
+        host_loss = None if loss is None else values[-1] if isinstance(loss, Tensor) else \
+            round_to(dtype, [float(loss)])[0]
+        if not math.isfinite(sum(values) + theta + (host_loss or 0.0)):
+            return False  # (a non-finite loss or gradient: the reference refuses the step)
+        decided = self._decide(opt, opt.rule, memory, values[:k], values[k:2 * k],
+                               values[2 * k], theta, host_loss, lrs, moms, decays, dtype, device)
+        if decided is None:
             return False
-        new_bnorms = _update_pass(params, grads, bufs, prev, chunks, lrs, moms, decays)
-        displacement = torch.linalg.vector_norm(lr_t * new_bnorms)
+        keep = can_keep(grads)
+        new_bnorms = update_pass(params, grads, bufs, None if keep else prev, parts, lrs, moms,
+                                 decays)
+        kept = keep_gradient(grads) if keep else None
+        if kept is not None:  # g_prev ← g, shared copy-on-write (gd_passes.keep_gradient)
+            for state, g in zip(states, kept):
+                state["prev_grads"] = g
+        elif keep:
+            torch._foreach_copy_(prev, grads)
         self.buffer_norms = (bufs, [b._version for b in bufs], new_bnorms)
-        self.theta_bound = (params, [p._version for p in params], (theta + displacement) * grow)
-        mode = (gate > 0.5).to(feats.dtype)
-        same = (mode == hs["mode"]).to(feats.dtype)
-        self.after_fast = True
-        opt.hybrid_state = hs = dict(hs)
-        hs.update(step=hs["step"] + 1, mode=mode, dwell=same * hs["dwell"] + 1, gate=gate,
-                  probability=probability.to(feats.dtype),
-                  evaluations=hs["evaluations"] + 1,  # (+ probes + gate·stages: 0)
-                  displacement_norm=displacement.to(disp.dtype), curvature=kappa,
-                  prev_grad_norm=gnorm, losses=losses, features=feats,
-                  stage_curvature=torch.zeros_like(kappa) * mode)
+        step_bound, dwell, evaluations, losses, last = decided
+        self.theta_bound = (params, [p._version for p in params],
+                            (theta + step_bound) * _GROW)
+        memory.step += 1
+        memory.dwell, memory.evaluations, memory.stage_curvature = dwell, evaluations, 0.0
+        memory.losses, memory.last, memory.pending = losses, last, (new_bnorms, lrs)
+        memory.displacement, memory.dirty = None, True
         return True
 
+    def _decide(self, opt, rule, memory: Memory, gnorms, bnorms, diff, theta, loss, lrs, moms,
+                decays, dtype, device):
+        """The features, the gate and the guard's bounds on host floats (module docstring):
+        None unless this is a GD step that this path may take; else the bound on ‖Δθ‖ and the
+        new memories (rounded to ``dtype``)."""
+        disp = memory.displacement
+        gnorm, kappa = round_to(dtype, [math.sqrt(sum(g * g for g in gnorms)),
+                                        diff / disp if disp > 0 else 0.0])
+        stability_lr = float(max(lrs))
+        losses, seen = memory.losses, min(memory.step, rule.window)
+        if loss is not None:
+            losses = [*losses[1:], loss]
+            seen += 1
+        progress = host_progress(losses, seen if loss is not None else 0)
+        features = round_to(dtype, host_features(gnorm, memory.grad_norm0, kappa, stability_lr,
+                                                 progress, 0.0, memory.dwell))
+        if self.gate is None or self.gate.gate is not opt.gate or self.gate.dtype != dtype:
+            self.gate = HostGate(opt.gate, dtype, device)
+        p = self.gate(features, ())
+        if p is None or (p > 0.5 and memory.dwell >= rule.min_dwell):
+            return None  # a learned gate within rounding of 0.5, or an ODE step (once the
+            # mode may change: min_dwell)
+        # bounds: ‖b_new,i‖ ≤ μ_i‖b_i‖ + ‖g_i‖ + λ_i‖θ‖, ‖Δθ_gd‖ ≤ ‖(lr_i·bound_i)‖
+        step_bound = math.sqrt(sum((lr * (m * b + g + wd * theta) * _GROW) ** 2 for lr, m, b, g, wd
+                                   in zip(lrs, moms, bnorms, gnorms, decays))) * _GROW
+        discount = 1.0 - min(max(max(moms), 0.0), 1.0)
+        eta = max(discount * step_bound / gnorm if gnorm > 0 else 0.0, stability_lr)
+        if not (eta * max(kappa, memory.stage_curvature) * _GROW <= _GD_LIMIT
+                and theta + step_bound <= _limit(dtype)):
+            return None  # the guard may shorten this step, or θ might overflow
+        dwell, evaluations, p = round_to(dtype, [memory.dwell + 1, memory.evaluations + 1, p])
+        return step_bound, dwell, evaluations, losses, [p, kappa, gnorm, *features]

@@ -35,8 +35,10 @@ from ..garo.host_state import HostState, round_to
 from ..garo.runtime import SwitchReads
 from .criteria import _LOG_CLIP, _TINY, ConstantSwitch
 from .garo_module import AugmentedGate
+from .gd_passes import CHUNK as _CHUNK
+from .gd_passes import chunked_norm as _chunked_norm
+from .gd_passes import chunks as _chunks
 from .policy import PolicyGate, SwitchingPolicy
-from .runtime import _CHUNK, _chunked_norm, _chunks
 from .stability import GD_STABILITY_BOUND, SAFETY
 
 __all__ = ["MARGIN", "HostGate", "SwitchDecision", "host_features", "host_garo_inputs",

@@ -1,5 +1,7 @@
-"""HybridGDODE's step memory: the secant's previous gradient is the optimizer's own copy (a
-closure that zeroes ``p.grad`` in place must not reach it), kept in one buffer across steps."""
+"""HybridGDODE's step memory: the secant's previous gradient is the optimizer's own (a closure
+that zeroes ``p.grad`` in place must not reach it), kept without a copy per step: on the runtime
+GD path as a copy-on-write share of the gradient (``metaopt.hybrid.gd_passes.keep_gradient``),
+on the reference path in one buffer across steps."""
 from __future__ import annotations
 
 import torch
@@ -45,16 +47,38 @@ def test_in_place_zeroing_closure_gives_the_same_trajectory():
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
-def test_previous_gradient_is_an_owned_copy_in_a_reused_buffer():
+def test_previous_gradient_is_owned_and_kept_without_a_copy():
     params, loss_fn = make_problem(dtype=D)
     opt = mo.HybridGDODE(params, lr=0.01, policy="gd")
-    closure_losses = []
 
     def closure():
         opt.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
-        closure_losses.append(loss)
+        return loss
+    opt.step(closure)
+    for _ in range(3):
+        opt.step(closure)
+        for p in params:
+            prev = opt.state[p]["prev_grads"]
+            assert prev is not p.grad and torch._C._is_cow_tensor(prev)  # (no copy made)
+            torch.testing.assert_close(prev, p.grad, rtol=0, atol=0)
+    kept = [opt.state[p]["prev_grads"].clone() for p in params]
+    for p in params:  # a write into p.grad must not reach the optimizer's g_prev
+        p.grad.mul_(-3.0)
+    for p, value in zip(params, kept):
+        torch.testing.assert_close(opt.state[p]["prev_grads"], value, rtol=0, atol=0)
+
+
+def test_reference_path_reuses_its_previous_gradient_buffer():
+    params, loss_fn = make_problem(dtype=D)
+    opt = mo.HybridGDODE(params, lr=0.01, policy="gd")
+    opt._runtime = None  # every step through HybridRule.step
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
         return loss
     opt.step(closure)
     buffers = [opt.state[p]["prev_grads"] for p in params]
@@ -62,6 +86,5 @@ def test_previous_gradient_is_an_owned_copy_in_a_reused_buffer():
         opt.step(closure)
         for p, buffer in zip(params, buffers):
             prev = opt.state[p]["prev_grads"]
-            assert prev is not p.grad and prev.data_ptr() != p.grad.data_ptr()
-            assert prev is buffer  # written in place: no allocation per step
+            assert prev is buffer and prev is not p.grad  # written in place: no allocation
             torch.testing.assert_close(prev, p.grad, rtol=0, atol=0)

@@ -167,8 +167,8 @@ def test_non_finite_step_is_refused_as_by_the_reference(closure):
             assert torch.equal(got[4][key], got[5][key]), key
 
 
-def test_buffers_are_updated_in_place():
-    params, loss_fn = problem()
+def test_buffers_are_updated_in_place_and_the_gradient_is_kept_without_a_copy():
+    params, loss_fn = problem(big=True)
     opt = mo.HybridGDODE(params, lr=0.01, policy="gd")
     assert isinstance(opt._gd_runtime(), GDRuntime)
 
@@ -178,11 +178,116 @@ def test_buffers_are_updated_in_place():
         loss.backward()
         return loss
     opt.step(closure)
-    buffers = {k: [opt.state[p][k] for p in params] for k in ("gd.momentum_buffer", "prev_grads")}
+    buffers = [opt.state[p]["gd.momentum_buffer"] for p in params]
     for _ in range(3):
         opt.step(closure)
-        for key, tensors in buffers.items():
-            assert all(opt.state[p][key] is t for p, t in zip(params, tensors)), key
+        assert all(opt.state[p]["gd.momentum_buffer"] is b for p, b in zip(params, buffers))
+        for p in params:  # g_prev: the gradient's own memory, shared copy-on-write
+            prev = opt.state[p]["prev_grads"]
+            assert prev is not p.grad and torch._C._is_cow_tensor(prev)
+            assert torch.equal(prev, p.grad)
+
+
+def _pattern_run(fast: bool, pattern: str, big: bool, steps: int = 12):
+    """A momentum-SGD hybrid whose gradients are zeroed in place (``zero_grad(set_to_none=
+    False)`` in the closure) or accumulated (no zeroing, steps from ``p.grad``): both write into
+    the gradient the previous-gradient memory shares."""
+    params, loss_fn = problem(big)
+    policy = "gd" if pattern == "accumulate" else Alternating().double()
+    opt = mo.HybridGDODE(params, lr=0.01, momentum=0.9, policy=policy, min_dwell=1)
+    if not fast:
+        opt._runtime = None
+    records, shared = [], 0
+    for _ in range(steps):
+        if pattern == "accumulate":
+            loss_fn().backward()
+            opt.step()
+        else:
+            def closure():
+                opt.zero_grad(set_to_none=False)
+                loss = loss_fn()
+                loss.backward()
+                return loss
+            opt.step(closure)
+        shared += torch._C._is_cow_tensor(opt.state[params[2]]["prev_grads"])
+        records.append(snapshot(opt, params))
+    return records, opt, shared
+
+
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("pattern", ["zero_in_place", "accumulate"])
+def test_gradients_written_in_place_leave_the_kept_gradient_intact(pattern, big):
+    # the runtime keeps g_prev as a copy-on-write view of p.grad: an in-place write into p.grad
+    # (zeroing, accumulation) must copy it first, or the secant reads the wrong g_prev
+    reference, ref_opt, _ = _pattern_run(False, pattern, big)
+    got, opt, shared = _pattern_run(True, pattern, big)
+    assert shared > 0  # the runtime path kept gradients without a copy
+    assert [h for h in opt.history] == [h for h in ref_opt.history]
+    for step, (a, b) in enumerate(zip(reference, got)):
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-10, atol=1e-13,
+                                       msg=lambda m, key=key, step=step: f"{key}@{step}: {m}")
+    assert max(float(r["curvature"]) for r in got) > 0
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_memories_kept_on_the_host_between_reads_equal_the_reference(big):
+    # nothing reads hybrid_state between the steps: the runtime path's memories (dwell, loss
+    # window, the pending ‖Δθ‖) stay on the host and become tensors only at the final read
+    def run(fast):
+        params, loss_fn = problem(big)
+        opt = make(params, True, lr=0.01, policy=Alternating().double(), min_dwell=1)
+        if not fast:
+            opt._runtime = None
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+        for _ in range(17):
+            opt.step(closure)
+        dirty = getattr(opt._gd_runtime(), "dirty", False)
+        return snapshot(opt, params), dirty
+    (reference, _), (got, dirty) = run(False), run(True)
+    assert dirty  # the last step was the runtime path's, its memories not yet tensors
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key], rtol=1e-10, atol=1e-13,
+                                   msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_loading_an_earlier_state_into_a_running_optimizer_resets_the_host_memories():
+    # the runtime path keeps the switch's memories on the host between its steps; a load must
+    # replace them (a stale dwell or loss window would decide and record differently)
+    def start():
+        params, loss_fn = problem()
+        opt = mo.HybridGDODE(params, lr=0.01, policy=Alternating().double(), min_dwell=1)
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+        return params, opt, closure
+    params, opt, closure = start()
+    for _ in range(6):
+        opt.step(closure)
+    saved = weights_only_round_trip(opt.state_dict())
+    theta = [p.detach().clone() for p in params]
+    for _ in range(3):
+        opt.step(closure)
+    twin_params, twin, twin_closure = start()
+    with torch.no_grad():
+        for p, q, t in zip(params, twin_params, theta):
+            p.copy_(t)
+            q.copy_(t)
+    opt.load_state_dict(saved)
+    twin.load_state_dict(weights_only_round_trip(saved))  # (its own tensors)
+    for _ in range(6):
+        opt.step(closure)
+        twin.step(twin_closure)
+        for key, value in snapshot(twin, twin_params).items():
+            assert torch.equal(snapshot(opt, params)[key], value), key
 
 
 def test_runtime_path_applies_to_momentum_sgd_only():
