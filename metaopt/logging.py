@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,56 +115,22 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
 class WandbLogger(Logger):
     """A W&B run. ``mode`` is ``"offline"`` (default: written under ``directory``, synced later
     with ``wandb sync``) or ``"online"``. ``run_id`` makes a resumed training run continue the
-    same W&B run.
-
-    An offline run starts in a background thread: importing wandb and starting its service take
-    about a second and a half, which would otherwise delay the first meta-step, and an offline
-    start needs no answer from anyone before work begins. The first call that needs the run
-    waits for it and re-raises anything its start raised. An online run starts here, so a login
-    or network failure is reported before any work."""
+    same W&B run."""
 
     def __init__(self, directory: str | os.PathLike, *, mode: str = "offline",
                  project: str = "metaopt", entity: str | None = None,
                  name: str | None = None, tags: Sequence[str] = (),
                  config: Mapping[str, Any] | None = None, run_id: str | None = None):
+        import wandb
         if mode not in ("offline", "online"):
             raise ValueError(f"mode: must be 'offline' or 'online', got {mode!r}")
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        kwargs = dict(dir=str(directory), mode=mode, project=project, entity=entity, name=name,
-                      tags=list(tags), config=dict(config or {}), id=run_id,
-                      resume="allow" if run_id else None,
-                      # wandb >= 0.19: a bool is deprecated; a new run per logger
-                      reinit="finish_previous")
-        self._start_error: BaseException | None = None
-        self._starting: threading.Thread | None = None
-        if mode == "online":
-            self._start(kwargs)
-        else:
-            self._starting = threading.Thread(target=self._start_quietly, args=(kwargs,),
-                                              name="wandb-init")
-            self._starting.start()
-
-    def _start(self, kwargs: dict) -> None:
-        import wandb
         self._wandb = wandb
-        self._run = wandb.init(**kwargs)
-
-    def _start_quietly(self, kwargs: dict) -> None:
-        try:
-            self._start(kwargs)
-        except BaseException as error:  # re-raised in the caller's thread by ``run``
-            self._start_error = error
-
-    @property
-    def run(self):
-        """The ``wandb`` run, once its start has finished."""
-        if self._starting is not None:
-            self._starting.join()
-            self._starting = None
-        if self._start_error is not None:
-            raise RuntimeError(f"W&B run failed to start: {self._start_error}") \
-                from self._start_error
-        return self._run
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(dir=str(directory), mode=mode, project=project, entity=entity,
+                              name=name, tags=list(tags), config=dict(config or {}),
+                              id=run_id, resume="allow" if run_id else None,
+                              # wandb >= 0.19: a bool is deprecated; a new run per logger
+                              reinit="finish_previous")
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         values = {k: v for k, v in _json_safe(dict(metrics)).items() if v is not None}
@@ -175,27 +140,23 @@ class WandbLogger(Logger):
         keys = list(series)
         ys = [list(map(float, series[k])) for k in keys]
         xs = list(range(max(len(y) for y in ys))) if ys else []
-        run = self.run
         plot = self._wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=name, xname="inner step")
-        run.log({name: plot}, step=int(step))
+        self.run.log({name: plot}, step=int(step))
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
         if not rows:
             return
         columns = list(rows[0])
         data = [[_json_safe(row.get(c)) for c in columns] for row in rows]
-        run = self.run
-        run.log({name: self._wandb.Table(columns=columns, data=data)}, step=int(step))
+        self.run.log({name: self._wandb.Table(columns=columns, data=data)}, step=int(step))
 
     def log_artifact(self, path: str | os.PathLike, name: str, type: str) -> None:
-        run = self.run
         artifact = self._wandb.Artifact(name, type=type)
         artifact.add_file(str(path))
-        run.log_artifact(artifact)
+        self.run.log_artifact(artifact)
 
     def log_image(self, name: str, path: str | os.PathLike, step: int) -> None:
-        run = self.run
-        run.log({name: self._wandb.Image(str(path))}, step=int(step))
+        self.run.log({name: self._wandb.Image(str(path))}, step=int(step))
 
     def close(self) -> None:
         self.run.finish()

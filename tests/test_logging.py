@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
 from metaopt.logging import JSONLLogger, Logger, make_logger, truncate_jsonl
 
 
@@ -75,39 +73,3 @@ def test_log_image_reaches_jsonl_and_the_offline_wandb_run(tmp_path):
     assert record == {"step": 3, "image": "plot", "path": str(tmp_path / "plot.png")}
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*imagerun01")
     assert list(run.rglob("plot_*.png"))  # the image was copied into the W&B run's media
-
-
-def test_offline_wandb_starts_in_the_background_and_waits_at_first_use(tmp_path, monkeypatch):
-    """The constructor returns while ``wandb.init`` is still running; the first call that needs
-    the run waits for it, so nothing logged is lost."""
-    import threading
-
-    import wandb
-    release, started = threading.Event(), threading.Event()
-    real_init = wandb.init
-
-    def slow_init(**kwargs):
-        started.set()
-        assert release.wait(10)
-        return real_init(**kwargs)
-
-    monkeypatch.setattr(wandb, "init", slow_init)
-    logger = make_logger(tmp_path, wandb_mode="offline", run_id="background01")
-    assert started.wait(10)  # init is running, and the constructor has already returned
-    threading.Timer(0.2, release.set).start()
-    logger.log({"meta_loss": 0.5}, step=1)  # waits for the start
-    logger.close()
-    (run,) = (tmp_path / "wandb").glob("offline-run-*background01")
-    assert any(run.rglob("*.wandb"))
-
-
-def test_a_failed_background_start_is_reported_at_first_use(tmp_path, monkeypatch):
-    import wandb
-
-    def failing_init(**kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(wandb, "init", failing_init)
-    logger = make_logger(tmp_path, wandb_mode="offline")
-    with pytest.raises(RuntimeError, match="W&B run failed to start: disk full"):
-        logger.log({"a": 1.0}, step=0)
