@@ -1,17 +1,16 @@
 """A full GARO training step vs its torch.optim counterpart, side by side (targets: GARO's adam
 direction ≤ 1.05× ``Adam(foreach=True)`` on the 1M MLP, ≤ 1.15× on the small models).
 
-Measured (two runs, one thread, 1-minute load 3.3–3.7 from other jobs on the machine, so
-ranges; against ``adam_foreach``, single / steady; mlp_1m by step_ms): ``garo_adam`` 0.95–1.08 /
-1.00–1.10, ``garo_general`` 1.10–1.30 / 1.18–1.39; small models, ``garo_general``: residual MLP
-1.01–1.10 / 1.03–1.05, CNN 1.01–1.03 / 1.06–1.07, char_mlp 1.15–1.29 / 0.96–1.29, digits
-1.13–1.17 / 1.25–1.38, iris 1.18–1.34 / 1.38–1.52, Rosenbrock 1.31 / 1.68–1.77. The same
-runs of the code before large tensors read ‖θ‖ and ⟨g, δ⟩ in their chunked update gave the
-same ranges: at that load the wall clock cannot resolve a few percent. By thread CPU time
-(``time_side_by_side(clock=time.thread_time)``, one thread, both versions in one process) the
-1M ``garo_general`` step went from 1.21–1.22× Adam's to 1.14–1.20×, ``garo_adam`` 0.96–1.01×;
-what remains on ``garo_general`` is Prodigy's own state (s and δ, read and written every step;
-‖s‖₁ and ‖g‖ read before the controller), on the small models the fixed host work.
+Measured (two runs on one core of an otherwise idle machine, one thread, 1-minute load 0.9–1.0;
+against ``adam_foreach``, single / steady; mlp_1m by step_ms): ``garo_adam`` 1.00–1.06 /
+1.03–1.07, ``garo_general`` 1.15–1.22 / 1.24–1.44; small models, ``garo_general``: residual MLP
+0.93–0.98 / 1.03–1.07, CNN 1.03–1.04 / 1.11–1.12, char_mlp 1.12–1.14 / 1.33–1.34, digits
+1.12–1.16 / 1.42, iris 1.21–1.22 / 1.54–1.58, Rosenbrock 1.32 / 1.60–1.63. By thread CPU time
+(``time_side_by_side(clock=time.thread_time)``, both versions in one process, under load) the
+1M ``garo_general`` step went from 1.21–1.22× Adam's to 1.14–1.20× when its large tensors
+began reading ‖θ‖ and ⟨g, δ⟩ in their chunked update; what remains on ``garo_general`` is
+Prodigy's own state (s and δ, read and written every step; ‖s‖₁ and ‖g‖ read before the
+controller), on the small models the fixed host work.
 
 Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in one process.
 

@@ -16,18 +16,18 @@ On the CPU the candidates are timed twice: by the wall clock (``ratio_to_sgd_ste
 this process's CPU time (``cpu_ratio_to_sgd_step``, ``time.process_time``), which a loaded
 machine disturbs less (a wall-clock median penalises the candidate that is preempted more).
 
-Measured on the 2-core development machine with both cores shared (``uptime`` 1-minute load
-3.2–4.9), one core, in CPU time: ``hybrid_gd_step`` 1.09–1.15× ``sgd_step`` (before the
-host-float switch and the copy-on-write g_prev, side by side under the same load: 1.20–1.25×);
-the wall-clock ratio swung 1.03–1.21 there. ``policy_learned`` / ``policy_heuristic``:
+Measured on one core of an otherwise idle machine (1-minute load 0.9–1.0, two runs):
+``hybrid_gd_step`` 1.10× ``sgd_step`` by the wall clock, 1.11× in CPU time (1.27× before the
+host-float switch and the copy-on-write g_prev). ``policy_learned`` / ``policy_heuristic``:
 0.11–0.16 / 0.08–0.12 of an SGD step; their cost is the reference's feature passes over the 1M
 parameters (‖g‖, the secant's dot products, ~30 tensor ops and a host read: 1.1–1.2 ms), not
 the net (0.18 ms as torch ops; the runtime path evaluates it in NumPy, ~0.02 ms). What the
 hybrid step still pays over SGD is pass 1 of the runtime path (reading g and g_prev for ‖g_i‖
 and ‖g − g_prev‖: 1.2–2.4 ms after a forward and backward, g_prev cold): with it taken away the
 step costs 0.98–1.05× SGD's (the fused update with the buffers' norms, the host work), with the
-norms also left out 0.96–1.00×. The dot-product identity ‖g‖² + ‖g_prev‖² − 2⟨g, g_prev⟩
-instead of the exact difference would save 0.35–0.5 ms (1.09–1.10×), not the target either.
+norms also left out 0.96–1.00× (these pieces timed in CPU time under load 3.2–4.9). The
+dot-product identity ‖g‖² + ‖g_prev‖² − 2⟨g, g_prev⟩ instead of the exact difference would save
+0.35–0.5 ms, not the target either.
 
 ``--mode garo``: the shipped ``hybrid_general`` (GARO as its GD module) against that GD module
 alone, the shipped ``garo_general``, and ``torch.optim.Adam(foreach=True)``, on the residual

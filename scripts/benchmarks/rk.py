@@ -5,23 +5,24 @@ forward + backward), measured side by side (interleaved medians, ``common.time_s
 wall clock: run it on an otherwise idle machine).
 
 * ``mlp_1m``: the ~1M-parameter MLP at batch 256, where the step's cost beyond its closures is its
-  passes over memory. Measured on one core of a loaded 2-core Xeon VM (1-minute load 3.2–3.7): RK4
-  1.13–1.19×, Heun 1.15–1.22×, Ralston 1.18–1.20×. A pass costs up to twice as much right after a
-  closure as back to back (the closure evicts the parameters and slopes; ``--mode passes``, three
-  runs, as shares of a closure: an in-place ``y += c·k`` 4–5% → 5–7%, ``y = θ + c·k`` 4–5% → 7–9%,
-  a copy 3% → 6%, a norm 1.5–2% → 3.4–4.3%), so each of RK4's passes is 1–2.5% of its four
-  closures: five in-place adds (stage 1's point, the weighted sum's start and two folds, the final
-  point; 7.6–8.8%), two stage points written from θ (4.9–5.1%), θ's snapshot (1.7–1.9%) and the
-  two finiteness norms (1.8–2.1%): 16–18 of the 17–24 points the step cost in two instrumented
-  runs, the rest Python and noise. Eight two-operand passes are the fewest that give RK4's three
-  stage points, keep θ for a refused step and fold four slopes into θ_next (Heun, Ralston: four,
-  and their two closures carry them): the schedule takes exactly those (``--mode passes`` times
-  each kind of pass both ways). A version whose passes torch.compile (inductor) fused into one
-  loop per stage was no faster (1.17–1.25× against 1.17–1.21×, side by side), nor was one that
-  tiles the passes to keep each chunk in L2, so 1.05× is out of reach on this machine;
+  passes over memory. Measured on one core of an otherwise idle 2-core Xeon VM (1-minute load
+  0.9–1.0, two runs): RK4 1.12–1.13×, Heun 1.15–1.16×, Ralston 1.14–1.16×. A pass costs up to twice
+  as much right after a closure as back to back (the closure evicts the parameters and slopes;
+  ``--mode passes``, three runs under load, as shares of a closure: an in-place ``y += c·k`` 4–5% →
+  5–7%, ``y = θ + c·k`` 4–5% → 7–9%, a copy 3% → 6%, a norm 1.5–2% → 3.4–4.3%), so each of RK4's
+  passes is 1–2.5% of its four closures: five in-place adds (stage 1's point, the weighted sum's
+  start and two folds, the final point; 7.6–8.8%), two stage points written from θ (4.9–5.1%), θ's
+  snapshot (1.7–1.9%) and the two finiteness norms (1.8–2.1%): 16–18 of the 17–24 points the step
+  cost in two instrumented runs, the rest Python and noise. Eight two-operand passes are the fewest
+  that give RK4's three stage points, keep θ for a refused step and fold four slopes into θ_next
+  (Heun, Ralston: four, and their two closures carry them): the schedule takes exactly those
+  (``--mode passes`` times each kind of pass both ways). A version whose passes torch.compile
+  (inductor) fused into one loop per stage was no faster (1.17–1.25× against 1.17–1.21×, side by
+  side), nor was one that tiles the passes to keep each chunk in L2, so 1.05× is out of reach on
+  this machine;
 * ``digits_mlp``: the 64-64-10 tanh MLP on digits at batch 64 (4,810 parameters, 4 tensors),
   where it is the per-step dispatch and Python cost (more rounds: its step is ~100× shorter):
-  RK4 1.19–1.22×, Heun 1.33–1.35×, Ralston 1.31–1.32× (the same runs).
+  RK4 1.18–1.19×, Heun 1.35–1.37×, Ralston 1.32–1.33× (the same runs).
 """
 from __future__ import annotations
 
