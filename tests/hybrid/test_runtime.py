@@ -87,6 +87,19 @@ class _nothing:
         return False
 
 
+def alternating(big: bool = False, groups: bool = False):
+    """``(params, optimizer, closure)``: the hybrid switching every step on ``problem(big)``."""
+    params, loss_fn = problem(big)
+    opt = make(params, groups, lr=0.01, policy=Alternating().double(), min_dwell=1)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+    return params, opt, closure
+
+
 def snapshot(opt, params):
     out = {f"param{i}": p.detach().clone() for i, p in enumerate(params)}
     for i, p in enumerate(params):
@@ -259,24 +272,14 @@ def test_memories_kept_on_the_host_between_reads_equal_the_reference(big):
 def test_loading_an_earlier_state_into_a_running_optimizer_resets_the_host_memories():
     # the runtime path keeps the switch's memories on the host between its steps; a load must
     # replace them (a stale dwell or loss window would decide and record differently)
-    def start():
-        params, loss_fn = problem()
-        opt = mo.HybridGDODE(params, lr=0.01, policy=Alternating().double(), min_dwell=1)
-
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-        return params, opt, closure
-    params, opt, closure = start()
+    params, opt, closure = alternating()
     for _ in range(6):
         opt.step(closure)
     saved = weights_only_round_trip(opt.state_dict())
     theta = [p.detach().clone() for p in params]
     for _ in range(3):
         opt.step(closure)
-    twin_params, twin, twin_closure = start()
+    twin_params, twin, twin_closure = alternating()
     with torch.no_grad():
         for p, q, t in zip(params, twin_params, theta):
             p.copy_(t)
@@ -301,25 +304,15 @@ def test_runtime_path_applies_to_momentum_sgd_only():
 @pytest.mark.parametrize("big", [False, True])
 def test_resume_through_a_weights_only_state_dict_is_bit_exact(big):
     # the runtime path's caches are rebuilt after the load: it must decide and compute alike
-    def start():
-        params, loss_fn = problem(big)
-        opt = make(params, True, lr=0.01, policy=Alternating().double(), min_dwell=1)
-
-        def closure():
-            opt.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-        return params, opt, closure
-    params, opt, closure = start()
+    params, opt, closure = alternating(big, groups=True)
     for _ in range(14):
         opt.step(closure)
-    twin_params, twin, twin_closure = start()
+    twin_params, twin, twin_closure = alternating(big, groups=True)
     for _ in range(7):
         twin.step(twin_closure)
     saved = weights_only_round_trip(twin.state_dict())
     snapshot_params = [p.detach().clone() for p in twin_params]
-    twin_params, twin, twin_closure = start()
+    twin_params, twin, twin_closure = alternating(big, groups=True)
     with torch.no_grad():  # the model's own state travels separately
         for p, q in zip(twin_params, snapshot_params):
             p.copy_(q)
