@@ -220,7 +220,7 @@ class InnerRunPool:
                           {"task_seed": r.task_seed, "horizon": r.horizon,
                            "batch_seed": r.batch_seed, "step": r.step, "names": list(r.names),
                            "params": [p.clone() for p in r.params],
-                           "state": detach_state(r.state)}
+                           "state": _owned(r.state)}
                           for r in self.runs]}
         if self.shard[1] > 1:
             state["ownership"] = {"owners": list(self.owners), "seeds": list(self._seeds)}
@@ -265,6 +265,21 @@ class InnerRunPool:
                         int(saved["step"]), list(saved["names"]),
                         _to_device(list(saved["params"]), task.device),
                         _to_device(dict(saved["state"]), task.device), task)
+
+
+def _owned(value: Any) -> Any:
+    """``value`` with every tensor inside detached and copied into storage of its own.
+
+    Why: the vectorised engine leaves a run's state as views of its group's stacked tensors, and
+    pickling a view writes its whole storage: a 64-run state gathered from another rank
+    (``torch.distributed.gather_object``) pickled to 144 MB instead of about 2 MB."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _owned(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_owned(v) for v in value)
+    return value
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

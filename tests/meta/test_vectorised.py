@@ -263,3 +263,20 @@ def test_a_compiler_that_fails_on_the_rule_leaves_the_eager_vectorised_step(monk
     assert results[0].loss == results[1].loss
     for k in results[0].grads:
         torch.testing.assert_close(results[1].grads[k], results[0].grads[k], rtol=0, atol=0)
+
+
+def test_saved_run_states_own_their_storage():
+    """A run's state after a batched segment is a view of its group's stacked tensors; the pool's
+    state_dict copies it out, so pickling it (torch.distributed.gather_object) writes the run's
+    own values, not every run's of the group."""
+    learned = rule(-2.0)
+    weights = learned.meta_parameters()
+    _, vectorised = pools(learned, mixture())
+    generator = torch.Generator().manual_seed(3)
+    vectorised.refresh(weights, generator)
+    TruncatedBPTT().estimate(vectorised, weights, generator)
+    tensors = [t for run in vectorised.state_dict()["runs"] if run is not None
+               for t in torch.utils._pytree.tree_leaves([run["params"], run["state"]])
+               if isinstance(t, torch.Tensor)]
+    assert tensors and all(
+        t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors)
