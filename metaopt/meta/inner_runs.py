@@ -38,7 +38,7 @@ from torch import Tensor
 from ..rules.base import State, TensorList
 from ..task import Task, TaskFamily
 from .distributed import DEFAULT_IMBALANCE, assign_owners, owner_cap, shard_slots, wanted_slots
-from .learned import LearnedRule, detach_state
+from .learned import LearnedRule, detach_state, map_tensors
 from .meta_losses import MetaLoss
 from .truncation import segment_length
 from .unroll import initial_run, unroll_segment
@@ -273,21 +273,9 @@ def _owned(value: Any) -> Any:
     Why: the vectorised engine leaves a run's state as views of its group's stacked tensors, and
     pickling a view writes its whole storage: a 64-run state gathered from another rank
     (``torch.distributed.gather_object``) pickled to 144 MB instead of about 2 MB."""
-    if isinstance(value, Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _owned(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_owned(v) for v in value)
-    return value
+    return map_tensors(lambda t: t.detach().clone(), value)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
     """``value`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
+    return map_tensors(lambda t: t.to(device), value)

@@ -101,19 +101,24 @@ class GAROLearnedRule:
                 "init_feature_var": sum(s["feature_var"].detach().mean(0) for s in states)}
 
 
+def map_tensors(fn, value):
+    """``value`` (nested dicts / lists / tuples) with ``fn`` applied to every tensor inside."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(fn, v) for v in value)
+    return value
+
+
 def detach_state(value):
     """A copy of a (nested dict / list of) tensor state with every tensor detached.
 
     Between truncations the inner parameters and optimizer state keep their values but drop the
     graph, so memory is bounded by one segment and the meta-gradient is truncated there.
     """
-    if isinstance(value, Tensor):
-        return value.detach()
-    if isinstance(value, dict):
-        return {k: detach_state(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(detach_state(v) for v in value)
-    return value
+    return map_tensors(Tensor.detach, value)
 
 
 def perturbed(weights: Mapping[str, Tensor], noise: Mapping[str, Tensor],
