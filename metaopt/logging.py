@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,9 @@ class JSONLLogger(Logger):
             self._file.close()
 
 
-def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
-    """Drop records with ``step > max_step`` (a resumed run rewrites what followed its
-    checkpoint)."""
+def filter_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSON-lines file (atomically) with the records ``keep`` accepts; a line cut
+    short by a crash, or a record without an integer ``step``, is dropped."""
     path = Path(path)
     if not path.exists():
         return
@@ -105,11 +105,18 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
+            int(record.get("step", 0))
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
             continue
-        if int(record.get("step", 0)) <= max_step:
+        if keep(record):
             kept.append(line)
     atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
+
+
+def truncate_jsonl(path: str | os.PathLike, max_step: int) -> None:
+    """Drop records with ``step > max_step`` (a resumed run rewrites what followed its
+    checkpoint)."""
+    filter_jsonl(path, lambda record: int(record.get("step", 0)) <= max_step)
 
 
 class WandbLogger(Logger):

@@ -21,7 +21,6 @@ saved-config reading and graceful interrupts.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import signal
@@ -35,7 +34,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metaopt.atomic import atomic_write
+from metaopt.logging import filter_jsonl
 
 __all__ = ["GracefulStop", "Interrupted", "RunDirError", "check_resume_agreement", "cut_metrics",
            "lock", "read_config", "release_all", "remove_stale_temp_files"]
@@ -136,18 +135,10 @@ def check_resume_agreement(reports: list[dict], file_name: str, out_dir: Path) -
 
 def cut_metrics(path: Path, step: int, is_final: Callable[[dict], bool]) -> None:
     """Keep records with ``step`` < the checkpoint's, and its own step's non-final ones."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            record_step = int(record.get("step", 0))
-        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-            continue  # a line cut short by a crash
-        if record_step < step or (record_step == step and not is_final(record)):
-            kept.append(line)
-    atomic_write(path, lambda f: f.write("".join(k + "\n" for k in kept).encode("utf-8")))
+    def keep(record: dict) -> bool:
+        record_step = int(record.get("step", 0))
+        return record_step < step or (record_step == step and not is_final(record))
+    filter_jsonl(path, keep)
 
 
 class GracefulStop:

@@ -25,6 +25,7 @@ A refusal is a ``StateDictError`` (a ``ValueError``) whose one line names the of
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CheckedStateLoad", "StateDictError", "check_counter", "check_tensor_like"]
+__all__ = ["CheckedStateLoad", "StateDictError", "check_counter", "check_tensor_like",
+           "checked_module_state"]
 
 
 class StateDictError(ValueError):
@@ -64,6 +66,22 @@ def check_counter(where: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise StateDictError(f"{where}: must be an int >= 0, got {value!r}")
     return value
+
+
+def checked_module_state(module: torch.nn.Module, saved: Any, where: str,
+                         what: str) -> dict[str, Any]:
+    """``saved`` loaded into a copy of ``module`` (the live one is untouched) and read back: the
+    state dict ``module.load_state_dict`` then takes without failing. A misfit is a
+    ``StateDictError`` naming ``where`` and ``what`` the module is ("controller", "policy")."""
+    twin = copy.deepcopy(module)
+    try:
+        twin.load_state_dict(saved)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else ""
+        raise StateDictError(f"{where}: does not fit this optimizer's {what} "
+                             f"({type(error).__name__}: {first})") from None
+    return twin.state_dict()
 
 
 def _check_entry(where: str, value: Any, template: Any) -> None:

@@ -30,6 +30,7 @@ from ..adapters.state_loading import (
     StateDictError,
     check_counter,
     check_tensor_like,
+    checked_module_state,
 )
 from ..hub_mixin import PretrainedOptimizerMixin
 from .controller import GAROController
@@ -348,17 +349,12 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         except (RuntimeError, TypeError, ValueError) as error:
             raise StateDictError(f"{where}['state']: unusable recurrent state "
                                  f"({type(error).__name__}: {error})") from None
-        twin = copy.deepcopy(self.controller)
-        try:  # on a twin: a refused load leaves the live controller as it was
-            twin.load_state_dict(garo["controller"])
-        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise StateDictError(f"{where}['controller']: does not fit this optimizer's "
-                                 f"controller ({type(error).__name__}: {first})") from None
+        weights = checked_module_state(self.controller, garo["controller"],
+                                       f"{where}['controller']", "controller")
         skipped = check_counter(f"{where}['skipped_steps']", garo.get("skipped_steps", 0))
         consecutive = check_counter(f"{where}['consecutive_skips']",
                                     garo.get("consecutive_skips", 0))
-        return twin.state_dict(), host, skipped, consecutive
+        return weights, host, skipped, consecutive
 
     def _apply_extra_state(self, prepared) -> None:
         weights, host, self.skipped_steps, self.consecutive_skips = prepared

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..adapters.state_loading import StateDictError
+from ..adapters.state_loading import StateDictError, checked_module_state
 from ..garo.controller import GAROController
 from ..garo.rule import GARORule
 from .garo_module import GAROModule, HybridControllers, garo_hyper
@@ -22,11 +22,6 @@ from .policy import SwitchingPolicy
 from .runtime import GDRuntime, applies
 
 __all__ = ["GAROGDSupport"]
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
 
 
 class GAROGDSupport:
@@ -123,14 +118,8 @@ class GAROGDSupport:
         if self.garo_controller is None:
             raise StateDictError(f"{where}['garo_controller']: GARO controller weights, but "
                                  f"this optimizer's GD module is not 'garo'")
-        twin = copy.deepcopy(self.garo_controller)
-        try:
-            twin.load_state_dict(hybrid["garo_controller"])
-        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
-            raise StateDictError(f"{where}['garo_controller']: does not fit this optimizer's "
-                                 f"controller ({type(error).__name__}: {_first_line(error)})"
-                                 ) from None
-        return twin.state_dict()
+        return checked_module_state(self.garo_controller, hybrid["garo_controller"],
+                                    f"{where}['garo_controller']", "controller")
 
     def _checkpoint_parts(self) -> tuple[Any, dict[str, Any]]:
         """``(module, options)`` of ``save_pretrained``: with a GARO GD module, both trained

@@ -12,7 +12,6 @@ the GD directions in
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from operator import is_not
@@ -30,6 +29,7 @@ from ..adapters.state_loading import (
     StateDictError,
     check_counter,
     check_tensor_like,
+    checked_module_state,
 )
 from ..hub_mixin import PretrainedOptimizerMixin
 from ..rules.hyper import GDHyper, ODEHyper
@@ -374,14 +374,8 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             if self.policy_module is None:
                 raise StateDictError(f"{where}['policy']: switching-policy weights, but this "
                                      f"optimizer's policy is {self.policy_name!r}")
-            twin = copy.deepcopy(self.policy_module)
-            try:  # on a twin: a refused load leaves the live policy as it was
-                twin.load_state_dict(hybrid["policy"])
-            except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as error:
-                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise StateDictError(f"{where}['policy']: does not fit this optimizer's policy "
-                                     f"({type(error).__name__}: {first})") from None
-            policy = twin.state_dict()
+            policy = checked_module_state(self.policy_module, hybrid["policy"],
+                                          f"{where}['policy']", "policy")
         return state, evaluations, policy, self._check_garo_weights(hybrid, where)
 
     def _apply_extra_state(self, prepared) -> None:

@@ -165,6 +165,15 @@ class InnerRunPool:
         which changes whenever ``refresh`` gives the slot a new task."""
         return [None if r is None else (r.task_seed, r.batch_seed, r.horizon) for r in self.runs]
 
+    def _check_starts(self, starts, advance: bool) -> None:
+        """``segment``'s ``starts``: only without ``advance``, one entry per run."""
+        if starts is not None:
+            if advance:
+                raise ValueError("starts: only with advance=False (the runs keep their own state)")
+            if len(starts) != len(self.runs):
+                raise ValueError(f"starts: {len(starts)} given, "
+                                 f"this pool has {len(self.runs)} runs")
+
     def segment(self, weights: Mapping[str, Tensor], *, differentiable: bool, advance: bool,
                 starts: Sequence[tuple[TensorList, State] | None] | None = None) -> SegmentBatch:
         """One truncation of every run at meta-parameters ``weights``.
@@ -173,12 +182,7 @@ class InnerRunPool:
         instead of the run's stored one (None: the stored one). The segment's length, batches and
         inner-step count are the run's own, so a particle started from the run stays in step.
         """
-        if starts is not None:
-            if advance:
-                raise ValueError("starts: only with advance=False (the runs keep their own state)")
-            if len(starts) != len(self.runs):
-                raise ValueError(f"starts: {len(starts)} given, "
-                                 f"this pool has {len(self.runs)} runs")
+        self._check_starts(starts, advance)
         losses, ends, resets, emitted = [], [], 0, {}
         for i, run in enumerate(self.runs):
             if run is None:

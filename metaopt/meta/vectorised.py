@@ -194,12 +194,7 @@ class VectorisedPool(InnerRunPool):
     def segment(self, weights: Mapping[str, Tensor], *, differentiable: bool, advance: bool,
                 starts: Sequence[tuple[TensorList, State] | None] | None = None) -> SegmentBatch:
         """One truncation of every run at meta-parameters ``weights`` (``InnerRunPool.segment``)."""
-        if starts is not None:
-            if advance:
-                raise ValueError("starts: only with advance=False (the runs keep their own state)")
-            if len(starts) != len(self.runs):
-                raise ValueError(f"starts: {len(starts)} given, "
-                                 f"this pool has {len(self.runs)} runs")
+        self._check_starts(starts, advance)
         if any(run is None for run in self.runs):
             raise RuntimeError("InnerRunPool.segment: call refresh() first")
         begin = [(run.params, run.state) if starts is None or starts[i] is None else starts[i]
