@@ -38,7 +38,7 @@ __all__ = ["PAD_BUDGET", "FlatBatch", "GroupLayout", "flat_row", "flatten_state"
 # A rule step's fixed cost (~300 dispatched ops under vmap, ~2.9 ms forward and backward) is
 # worth about this many padded elements of its elementwise work (~75 ns each, forward and
 # backward), on CPU. configs/garo_general.yaml, CPU time per meta-step, budgets run side by side
-# on one core (mean of meta-steps 3-30): 2^16 and 2^17 alike, 3-8% under 2^15 at 16 and 64 runs
+# on one core (mean of meta-steps 3-30): 2^16 and 2^17 alike, 2-8% under 2^15 at 16 and 64 runs
 # (at 16 runs the largest network no longer takes a rule call of its own), equal at 8 and 32
 # runs; 2^18 and 2^19 6% and 15% over 2^16-2^17 at 64.
 PAD_BUDGET = 1 << 16
