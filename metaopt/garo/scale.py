@@ -20,9 +20,8 @@ from .host_state import HostState
 
 def safe_sqrt(x: Tensor) -> Tensor:
     """√x for x ≥ 0 whose derivative at 0 is 0 instead of ∞ (the double-``where`` trick)."""
-    positive = x > 0
-    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(),
-                       torch.zeros_like(x))
+    positive = x > 0  # (scalar branches: no filled tensors, forward or backward)
+    return torch.where(positive, torch.where(positive, x, 1.0).sqrt(), 0.0)
 
 
 def tensor_norms(tensors: Sequence[Tensor]) -> list[Tensor]:

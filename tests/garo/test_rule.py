@@ -238,3 +238,38 @@ def test_detached_features_drop_only_the_feature_path():
     assert results[0][0] == results[1][0]
     assert not torch.allclose(results[0][1], results[1][1])
     assert results[0][1].abs().sum() > 0
+
+
+def test_safe_sqrt_is_the_square_root_with_a_zero_slope_at_zero():
+    from metaopt.garo.scale import safe_sqrt
+    x = torch.tensor([0.0, 1e-300, 0.25, 4.0], dtype=torch.float64, requires_grad=True)
+    y = safe_sqrt(x)
+    (slope,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(y.detach(), x.detach().sqrt())
+    assert slope[0] == 0.0
+    assert torch.equal(slope[1:], 0.5 / x.detach()[1:].sqrt())
+
+
+def test_adam_meta_gradient_is_finite_where_a_gradient_was_always_zero():
+    # the last coordinate meets a zero input (a constant-zero pixel): its gradient is 0 at every
+    # step, yet in the graph, so its second moment stays 0, where √v's slope is infinite and the
+    # meta-gradient would be 0·∞ = NaN
+    controller = awake_controller()
+    weights = dict(controller.named_parameters())
+    bound = BoundController(controller, weights)
+    rule = GARORule(direction="adam")
+    ps = [torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)]
+    state = rule.init(ps, bound)
+
+    inputs = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+
+    def loss_fn(qs):
+        return ((qs[0] * inputs).sum() - 1.0) ** 2
+    total = 0.0
+    for _ in range(3):
+        ps, state = rule.step(ps, functional_grad_fn(loss_fn, create_graph=True), state,
+                              {"controller": bound})
+        total = total + loss_fn(ps)
+    meta = torch.autograd.grad(total, list(weights.values()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in meta)
+    assert all(g is None or torch.isfinite(g).all() for g in meta)
