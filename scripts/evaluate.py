@@ -52,6 +52,7 @@ from metaopt.evaluation import (
 )
 from metaopt.evaluation.traces import TracingFactory
 from metaopt.factory import NamedOptimizerFactory
+from scripts.meta_train_config import WandbConfig as TrainWandbConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,12 +85,8 @@ class TuningConfig:
 
 
 @dataclass
-class WandbConfig:
-    mode: str = "disabled"  # disabled | offline | online
-    project: str = "metaopt"
-    entity: str | None = None
-    run_name: str | None = None
-    tags: list[str] = field(default_factory=list)
+class WandbConfig(TrainWandbConfig):
+    mode: str = "disabled"  # an evaluation logs to W&B only when asked
 
 
 @dataclass
