@@ -9,6 +9,7 @@ import torch
 import metaopt.optim as mo
 from tests.optim.specs import HYBRID_SWITCHING
 from tests.optim.test_conformance import make_problem
+from tests.rules.objectives import closure_over
 
 D = torch.float64
 
@@ -50,12 +51,7 @@ def test_in_place_zeroing_closure_gives_the_same_trajectory():
 def test_previous_gradient_is_owned_and_kept_without_a_copy():
     params, loss_fn = make_problem(dtype=D)
     opt = mo.HybridGDODE(params, lr=0.01, policy="gd")
-
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        return loss
+    closure = closure_over(opt, lambda _: loss_fn(), params)
     opt.step(closure)
     for _ in range(3):
         opt.step(closure)
@@ -74,12 +70,7 @@ def test_reference_path_reuses_its_previous_gradient_buffer():
     params, loss_fn = make_problem(dtype=D)
     opt = mo.HybridGDODE(params, lr=0.01, policy="gd")
     opt._runtime = None  # every step through HybridRule.step
-
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        return loss
+    closure = closure_over(opt, lambda _: loss_fn(), params)
     opt.step(closure)
     buffers = [opt.state[p]["prev_grads"] for p in params]
     for _ in range(3):
