@@ -202,10 +202,13 @@ class GAROController(nn.Module):
         }
 
     def step_embedding(self, step: Tensor, num_segments: int) -> Tensor:
-        """``[sin(ω_k log1p t), cos(ω_k log1p t)]_k``: bounded, resolves early steps finely."""
-        phase = torch.log1p(step.to(self.step_frequencies.dtype)) * self.step_frequencies
-        emb = torch.cat([torch.sin(phase), torch.cos(phase)]).to(self.head_lr.weight.dtype)
-        return emb.expand(num_segments, -1)
+        """``[sin(ω_k log1p t), cos(ω_k log1p t)]_k``: bounded, resolves early steps finely.
+        ``step``: one count (0-d), or one per segment (``(S,)``: stacked runs, one segment each,
+        ``metaopt.garo.stacked``)."""
+        phase = torch.log1p(step.to(self.step_frequencies.dtype))
+        phase = (phase.unsqueeze(-1) if phase.dim() else phase) * self.step_frequencies
+        emb = torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1)
+        return emb.to(self.head_lr.weight.dtype).expand(num_segments, -1)
 
     def forward(self, signal: Tensor, valid: Tensor, step: Tensor, hidden: Tensor,
                 feature_mean: Tensor, feature_var: Tensor,
@@ -217,7 +220,8 @@ class GAROController(nn.Module):
             valid: (S, NUM_SIGNAL_FEATURES) 1 where the feature exists this step (no loss without a
                 closure, no change at the first step); invalid features neither update the
                 statistics nor reach the GRU (they enter as 0, flagged by the mask).
-            step: scalar tensor, the number of steps taken before this one.
+            step: the number of steps taken before this one: a 0-d tensor, or ``(S,)`` one per
+                segment (stacked runs of one segment each).
             hidden, feature_mean, feature_var: the previous recurrent state.
             progress: (S, NUM_PROGRESS_INPUTS) ``[min(t/T, 1), T known]``; required (and only
                 read) with ``features="relative"``.

@@ -6,7 +6,8 @@ segment: its features are global norms and sums, its update elementwise; probed 
 
     θ_b = [vec θ_b,1, …, vec θ_b,K_b, 0, …, 0] ∈ ℝᴺ     run b's own tensors, zero-padded
     L_b = task_b.loss(θ_b as the group's tensors)      one ``loss`` call per same-key group
-    θ', s' = vmap(learned.step)(θ, (L, ∂L/∂θ), s)      ONE rule call for the whole bucket
+    θ', s' = learned.stacked_step(θ, (L, ∂L/∂θ), s)    ONE rule call for the whole bucket
+                                                       (vmap(learned.step) for another rule)
 
 ``FlatBatch`` is that bucket as a ``TaskBatch`` with a single parameter ``"flat"`` of shape
 ``(R, N)``; ``unroll_group`` advances it unchanged (truncation, divergence, meta-loss terms).
@@ -35,12 +36,13 @@ from ..task import TaskBatch
 __all__ = ["PAD_BUDGET", "FlatBatch", "GroupLayout", "flat_row", "flatten_state", "plan_buckets",
            "row_of", "split_row", "unflatten_state"]
 
-# A rule step's fixed cost (~300 dispatched ops under vmap, ~2.9 ms forward and backward) is
-# worth about this many padded elements of its elementwise work (~75 ns each, forward and
-# backward), on CPU. configs/garo_general.yaml, CPU time per meta-step, budgets run side by side
-# on one core (mean of meta-steps 3-30): 2^16 and 2^17 alike, 2-8% under 2^15 at 16 and 64 runs
-# (at 16 runs the largest network no longer takes a rule call of its own), equal at 8 and 32
-# runs; 2^18 and 2^19 6% and 15% over 2^16-2^17 at 64.
+# A rule step's fixed cost is worth about this many padded elements of its elementwise work,
+# on CPU: under vmap ~2.9 ms forward and backward against ~75 ns an element, GARO's stacked step
+# ~2.3 ms against ~55 ns (a slower machine). configs/garo_general.yaml, CPU time per meta-step,
+# budgets run side by side on one core (mean of meta-steps 3-30): under vmap 2^16 and 2^17
+# alike, 2-8% under 2^15 at 16 and 64 runs (at 16 runs the largest network no longer takes a
+# rule call of its own), equal at 8 and 32 runs, 2^18 and 2^19 6% and 15% over 2^16-2^17 at 64;
+# with the stacked step 2^14, 2^15 and 2^16 alike at 64 runs.
 PAD_BUDGET = 1 << 16
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..garo.controller import BoundController, GAROController
 from ..garo.hyper import GAROHyper
 from ..garo.rule import GARORule
+from ..garo.stacked import stacked_step
 from ..rules.base import GradFn, State, TensorList
 
 
@@ -80,6 +81,17 @@ class GAROLearnedRule:
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              weights: Mapping[str, Tensor]) -> tuple[TensorList, State]:
         return self.rule.step(params, grad_fn, state, GAROHyper(self._bound(weights)))
+
+    def stacked_step(self, weights: Mapping[str, Tensor]):
+        """``(θ, L, g, s) -> (θ', s')`` for the stacked runs of a flat bucket (one tensor and one
+        segment per run, ``metaopt.meta.flat_buckets``): ``step`` without ``vmap``
+        (``metaopt.garo.stacked``)."""
+        controller = self._bound(weights)
+
+        def step(params, loss, grads, state):
+            new, state = stacked_step(self.rule, controller, params[0], grads[0], loss, state)
+            return [new], state
+        return step
 
     def trace(self, state: State) -> dict[str, Tensor]:
         """The hyperparameters emitted by the last step: ``lr_t``, ``momentum_t``, ``wd_t``."""

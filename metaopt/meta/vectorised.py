@@ -25,8 +25,9 @@ different parameter sizes share a zero-padded batch only when the rule pads exac
 When the rule also steps a run's tensors exactly as one flat vector (GARO with one segment;
 ``rule_flattens_exactly``), groups of every family, groups of one included, share the rule's
 steps: each group's loss is one call, and the rule runs once per bucket of runs of similar size
-(``metaopt.meta.flat_buckets``). ``describe`` says all this in plain words before training
-starts.
+(``metaopt.meta.flat_buckets``). A learned rule with a ``stacked_step`` (GARO's,
+``metaopt.garo.stacked``) takes those rows in its own step, without vmap's per-operation
+dispatch. ``describe`` says all this in plain words before training starts.
 
 The learned rule is called through ``torch.func.vmap`` generically; its ``grad_fn`` returns the
 precomputed ``(L_b, g_b)`` and must only be evaluated at the current parameters (GARO's is).
@@ -169,10 +170,13 @@ class VectorisedPool(InnerRunPool):
         alone += [g[0] for g in groups.values() if len(g) == 1 and not self._flat]
         return batched, sorted(alone)
 
-    def _step_fn(self, weights):
+    def _step_fn(self, weights, *, flat: bool = False):
+        """The rule's step on stacked runs; ``flat``: on flat buckets' rows (one tensor and one
+        segment per run), where a rule's own ``stacked_step`` saves vmap's dispatch."""
         if self._native is not None:  # (its steps hold host decisions: not compiled)
             return native_step(self._native, weights)
-        step = batched_step(self.learned, weights)
+        stacked = getattr(self.learned, "stacked_step", None) if flat else None
+        step = batched_step(self.learned, weights) if stacked is None else stacked(weights)
         if not self.compile:
             return step
         compiled = torch.compile(step, dynamic=True)
@@ -215,7 +219,8 @@ class VectorisedPool(InnerRunPool):
             flat = flat if len(flat) > 1 else []
             if flat:
                 unroll_flat(self, flat, begin, weights, differentiable=differentiable,
-                            step=step, losses=losses, finals=finals)
+                            step=self._step_fn(weights, flat=True), losses=losses,
+                            finals=finals)
             for group in [g for g in groups if g not in flat]:
                 if not self._group(group, begin, weights, differentiable, step, losses, finals):
                     alone += group

@@ -205,6 +205,8 @@ def test_probes_leave_the_runs_and_return_their_ends():
 class _HostSyncRule:
     """GARO that reads the loss on the host each step: it cannot run under vmap."""
 
+    stacked_step = None  # (steps are this class's own, not the inner rule's stacked form)
+
     def __init__(self, inner):
         self.inner, self.module = inner, inner.module
 
