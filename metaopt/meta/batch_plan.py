@@ -102,7 +102,8 @@ def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3)
 def _leaves(tree) -> list[Tensor]:
     if isinstance(tree, Tensor):
         return [tree]
-    values = tree.values() if isinstance(tree, dict) else tree
+    # (entries by key: a step may return its state's entries in another order)
+    values = [tree[k] for k in sorted(tree, key=str)] if isinstance(tree, dict) else tree
     return [leaf for value in values for leaf in _leaves(value)]
 
 

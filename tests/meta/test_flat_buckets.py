@@ -108,6 +108,25 @@ def test_the_probe_refuses_a_rule_that_does_not_flatten_and_the_oracle_sees_it()
     assert max(relative_error(loop.grads, vec.grads) for (loop, vec), _ in forced) > 1e-6
 
 
+class _Reordered:
+    """GARO whose step returns its state's entries in reverse order: the same rule."""
+
+    def __init__(self, inner):
+        self.inner, self.module = inner, inner.module
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, params, grad_fn, state, weights):
+        params, state = self.inner.step(params, grad_fn, state, weights)
+        return params, dict(reversed(state.items()))
+
+
+def test_the_probe_compares_state_entries_by_name_not_by_order():
+    rule = _Reordered(learned("prodigy"))
+    assert rule_flattens_exactly(rule, rule.meta_parameters())
+
+
 def test_buckets_merge_groups_by_size_within_the_padding_budget():
     lengths = [[100], [2, 2], [3], [90, 95]]
     assert plan_buckets(lengths, budget=5) == [[1, 2], [3], [0]]
