@@ -11,9 +11,11 @@ the runs' ``(S,)`` entries lays them out), its per-tensor buffers the rows of ``
 It is ``GARORule.apply`` (``metaopt.garo.rule`` states the formulas) built from the same
 definitions — ``signal_row``, ``validity``, ``progress``, ``prodigy_estimate``,
 ``distance_step_size``, ``distance_floor``, ``safe_sqrt``, the controller's own ``forward`` —
-with the same operations in the same order, each reduction taken over a row as vmap takes it,
-so the two agree to rounding in float64 (``tests/garo/test_stacked.py``: values, new states and
-meta-gradients against ``vmap`` of the rule, in every direction, scale and feature set).
+with the same operations in the same order, each reduction taken over a row (the norms as the
+rule's differentiable path takes them; without a graph the rule's per-tensor norms are dot
+products, equal to rounding), so the two agree to rounding in float64
+(``tests/garo/test_stacked.py``: values, new states and meta-gradients against ``vmap`` of the
+rule, in every direction, scale and feature set).
 The zero padding stays exact: a padded coordinate has g = θ = 0, so every buffer stays 0 there.
 """
 from __future__ import annotations

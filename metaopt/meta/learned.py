@@ -10,6 +10,10 @@ look inside a controller::
     state  = learned.init(params, φ)
     params, state = learned.step(params, grad_fn, state, φ)
 
+A rule may also offer ``stacked_step(φ)``: its step on the vectorised engine's flat buckets,
+runs stacked as rows of one tensor (GARO's, ``metaopt.garo.stacked``, proven equal to ``vmap``
+of ``step``); the engine otherwise vmaps ``step``.
+
 ``step`` calls the SAME rule code as the runtime optimizer (``metaopt.garo.rule.GARORule``), with
 the controller evaluated at ``φ`` by ``torch.func.functional_call`` (``BoundController``), so a
 gradient w.r.t. ``φ`` flows through the emitted hyperparameters into the whole unroll, and an
