@@ -41,15 +41,16 @@ Every step evaluates ``(L_t, g_t)`` at θ_t once, then
    A step whose loss, gradient or new parameters are not finite is undone: θ and the whole state
    (mode, dwell, loss window, both modules) are returned unchanged — the same object, so a
    caller can tell (per run when ``batched``).
-5. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first)``; with a soft
-   gate this is the expected count, differentiable, so a meta-loss can charge it.
+5. **compute**: ``evaluations += 1 + probe + p_t·(ODE stages beyond the first + the guard's
+   refused probes)``; with a soft gate this is the expected count, differentiable, so a
+   meta-loss can charge it.
 
 ``batched=True`` treats the leading dimension of every tensor as independent runs (the study's
 grid of starts, or a meta-batch's runs on the vectorised engine): norms, losses, gates, modes,
 step sizes, step counters (an int shared by the runs, or one per run as an ``(R,)`` tensor when
-the runs started at different steps), stability caps and gradient-evaluation counts (a re-taken
-ODE step re-takes every run, and a run within its limit is re-taken unchanged and not charged)
-are per run, the update is branchless and a non-finite step is undone per run
+the runs started at different steps), stability caps and gradient-evaluation counts (a probe at
+a shorter step probes every run, and a run within its limit is probed again unchanged and not
+charged) are per run, the update is branchless and a non-finite step is undone per run
 (``metaopt.hybrid.per_run``). Everything is pure: inputs are never mutated.
 """
 from __future__ import annotations
@@ -78,6 +79,7 @@ from .criteria import (
     secant_curvature,
     switch_features,
 )
+from .evaluations import CountedGradFn
 from .handoff import _expand, blend, gd_handoff, observe_motion
 from .hyper import HybridHyper
 from .per_run import finite_runs, keep_runs
@@ -94,23 +96,6 @@ from .stability import (
 __all__ = ["CRITERIA", "FEATURES", "NUM_FEATURES", "ConstantSwitch", "HeuristicSwitch",
            "HybridRule", "blend", "difference_norm", "gd_handoff", "lanczos_curvature",
            "relative_progress", "run_norms", "secant_curvature", "switch_features", "trace"]
-
-
-class _Counted:
-    """``grad_fn`` that returns the cached first evaluation at θ and counts the others."""
-
-    def __init__(self, grad_fn: GradFn, params: Sequence[Tensor], first):
-        self.grad_fn, self.params, self.first, self.count = grad_fn, params, first, 0
-        self.stage = None  # (point, grads) of the first evaluation away from θ
-
-    def __call__(self, points):
-        if points is self.params:
-            return self.first
-        self.count += 1
-        out = self.grad_fn(points)
-        if self.stage is None:
-            self.stage = (points, out[1])
-        return out
 
 
 _RETRIES = 8
@@ -224,7 +209,7 @@ class HybridRule:
                 kappa = secant_curvature(grads, state["prev_grads"], state["displacement_norm"],
                                          self.batched, gnorm, state["prev_grad_norm"])
             elif state["step"] % self.probe_every == 0:
-                counted = _Counted(grad_fn, None, None)
+                counted = CountedGradFn(grad_fn, None, None)
                 kappa = lanczos_curvature(counted, params, grads, self.probe_iters,
                                           hyper.generator or torch.Generator()
                                           .manual_seed(state["step"]))
@@ -302,34 +287,46 @@ class HybridRule:
         capped = None if limit is None else _cap_lrs(ode_lrs, kappa, limit, params, self.batched)
         if capped is not None:
             ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
-        counted = _Counted(grad_fn, params, (loss, grads))
+        counted = CountedGradFn(grad_fn, params, (loss, grads))
         stage_kappa = torch.zeros_like(kappa)
         branch = self.branchless or self.batched or not hard
-        spent = 0  # the ODE's evaluations beyond θ's: per run when batched (re-taken steps)
+        spent = 0  # the ODE's evaluations beyond θ's: per run when batched (probes included)
         if branch or bool(gate > 0.5):
-            ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
-            spent = counted.count
             # Before the first step κ̂ is unknown, and a chord underestimates a steepening
-            # curvature: the secant between θ and the first stage point checks every step, and
-            # a step past the limit is re-taken at h = c/κ̂ (its stages counted), at most
-            # _RETRIES times.
+            # curvature: the secant between θ and the first stage point checks every step
+            # before it is taken, and a step past the limit is probed again at h = c/κ̂, at most
+            # _RETRIES times; the step is then taken from its last probe's stage. A probe costs
+            # one evaluation; batched, a run within its limit is probed again unchanged and not
+            # charged (``charge``: the runs the last check capped).
+            def take():
+                return self.ode.step(params, counted, state["ode"], ode_hyper)
+            taken, charge, reused = None, 1, False
             for attempt in range(_RETRIES if limit is not None else 0):
-                if counted.stage is None:
+                before = counted.count
+                taken = counted.probe(take)
+                spent = spent + (counted.count - before) * charge
+                if taken is not None:  # (one stage: nothing to probe, the step is taken)
                     break
-                stage = stage_curvature(counted.stage[0], counted.stage[1], params, grads,
+                stage = stage_curvature(counted.stage[0], counted.stage[1][1], params, grads,
                                         lambda t: run_norms(t, self.batched))
                 stage_kappa = stage if attempt == 0 else stage_kappa
                 over: list = []  # (the runs capped: only a batch needs them)
                 capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched,
                                   over if self.batched else None)
                 if capped is None:
+                    counted.reuse()
+                    reused = True
                     break
                 ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
-                counted.stage, before = None, counted.count
-                ode_params, ode_state = self.ode.step(params, counted, state["ode"], ode_hyper)
-                # batched: a run within its limit is re-taken unchanged, and not counted
-                spent = spent + (counted.count - before) * (
-                    over[0].to(kappa.dtype) if over else 1)
+                charge = over[0].to(kappa.dtype) if over else 1
+            if taken is None:
+                before = counted.count
+                ode_params, ode_state = take()
+                # unless reused, the first stage is new only to the runs the last check capped
+                extra = counted.count - before
+                spent = spent + (extra if reused or extra == 0 else extra - 1 + charge)
+            else:
+                ode_params, ode_state = taken
         else:
             ode_params, ode_state = None, None
         if branch:

@@ -38,8 +38,11 @@ Polyak's heavy ball is stable up to lr·λ < 2(1 + μ), so c = 1.9 is conservati
 For a Runge–Kutta step the secant along the last step is complemented by the secant between θ
 and the step's first stage point, θ − h·a₂₁·g (the curvature along the gradient, free: the
 stage is evaluated anyway), so the guard holds from the very first step, before any secant
-exists; a step past the limit is re-taken at h = c/κ̂ (its stages are charged; up to 8 times,
-since on a steepening landscape the shorter chord sees a larger curvature). The larger of
+exists. The guard reads it before the step is taken: the step is probed, only its first stage
+evaluated; a probe past the limit is probed again at h = c/κ̂ (one evaluation each, charged; up
+to 8 times, since on a steepening landscape the shorter chord sees a larger curvature), and the
+step is then taken once at the last h, from its last probe's stage (an RK4 step refused once
+costs 1 + 1 + 1 + 2 evaluations, where taking every attempt in full cost 1 + 3 + 3). The larger of
 the two secants also guards the GD step that follows an ODE step, whose motion along the flow
 can miss the stiff direction.
 

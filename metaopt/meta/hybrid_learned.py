@@ -36,7 +36,7 @@ records the tensors' element counts (n of ρ and of GARO's scale), so zero-padde
 different sizes share a batch exactly.
 
 **Compute charge** (``compute_cost`` = c ≥ 0), in gradient evaluations (an RK4 step is
-four: θ's gradient and three more stages; the guard's re-taken steps count theirs):
+four: θ's gradient and three more stages; each of the guard's refused probes counts one):
 ``segment_penalty`` adds c·(gradient evaluations per inner step − 1) to the segment's
 meta-loss (``unroll_segment`` calls it), with the relaxed gate's *expected* evaluations
 1 + p·(ODE stages − 1), so the policy learns when an ODE step pays for its extra stages.

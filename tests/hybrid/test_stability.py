@@ -80,7 +80,48 @@ def test_rk4_first_step_past_the_limit_is_re_taken_at_c_over_kappa():
     z = -ode_stability_limit(RungeKuttaRule("rk4"))  # h_eff·κ = c
     assert float(xs[1]) == pytest.approx(1 + z + z ** 2 / 2 + z ** 3 / 6 + z ** 4 / 24,
                                          rel=1e-12)  # R(z) of RK4
-    assert float(state["evaluations"]) == 1 + 3 + 3  # the rejected attempt is charged
+    # θ, the probe at h (refused), the probe at h_eff, whose stage the step reuses, two stages
+    assert float(state["evaluations"]) == 1 + 1 + 1 + 2
+
+
+@pytest.mark.parametrize("slope, x0, h, retakes", [
+    (torch.atan, 0.1, 3.4, 2),   # the shorter chord sees more curvature: probed three times
+    (torch.sinh, 0.5, 3.0, 8),   # h·κ̂ → c from above: every probe refused, the last h taken
+])
+def test_a_refused_step_is_probed_at_its_first_stage_and_taken_once(slope, x0, h, retakes):
+    """The guard's oracle written out for one coordinate (θ' = −g(θ)): probe the first stage
+    y = x − h/2·g(x), κ̂ = |g(y) − g(x)|/|y − x|, h ← c/κ̂ while h·κ̂ > c (at most 8 times), then
+    one RK4 step at the last h; each refused probe costs one evaluation, the step two more (it
+    reuses its probe's stage) or three after the last refusal."""
+    c = ode_stability_limit(RungeKuttaRule("rk4"))
+    g = lambda x: float(slope(torch.tensor(x, dtype=D)))  # noqa: E731
+    step, refused = h, 0
+    for _ in range(8):
+        y = x0 - step / 2 * g(x0)
+        curvature = abs(g(y) - g(x0)) / abs(y - x0)
+        if step * curvature <= c:
+            break
+        step, refused = c / curvature, refused + 1
+    assert refused == retakes
+    k1 = g(x0)
+    k2 = g(x0 - step / 2 * k1)
+    k3 = g(x0 - step / 2 * k2)
+    k4 = g(x0 - step * k3)
+    want = x0 - step / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    calls = []
+
+    def grad_fn(points):
+        (x,) = points
+        calls.append(1)
+        return x.square().sum(), [slope(x)]  # (the loss is not read by a constant switch)
+    rule = HybridRule(SGDRule(), RungeKuttaRule("rk4"))
+    x = torch.tensor([x0], dtype=D)
+    params, state = rule.step([x], grad_fn, rule.init([x]),
+                              hyper(ConstantSwitch(1.0), 0.1, ode_lr=h))
+    assert float(params[0]) == pytest.approx(want, rel=1e-13)
+    probes = retakes + (retakes < 8)
+    assert len(calls) == float(state["evaluations"]) == 1 + probes + (2 if retakes < 8 else 3)
 
 
 @pytest.mark.parametrize("policy, ode_lr", [(0.0, None), (1.0, 0.05)])
