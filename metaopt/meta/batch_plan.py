@@ -99,8 +99,8 @@ def rule_pads_exactly(learned, weights: Mapping[str, Tensor], *, steps: int = 3)
     return True
 
 
-def _leaves(tree) -> list[Tensor]:
-    if isinstance(tree, Tensor):
+def _leaves(tree) -> list:
+    if isinstance(tree, (Tensor, bool, int, float)):  # (numbers: a rule's step counters)
         return [tree]
     # (entries by key: a step may return its state's entries in another order)
     values = [tree[k] for k in sorted(tree, key=str)] if isinstance(tree, dict) else tree
@@ -147,7 +147,10 @@ def rule_flattens_exactly(learned, weights: Mapping[str, Tensor], *, steps: int 
             float((moved[:count] - wanted).abs().max()) > tolerance * scale:
         return False
     for got, want in zip(_leaves(back), _leaves(end_state), strict=True):
-        if got.shape != want.shape or (want.is_floating_point() and not torch.allclose(
+        if not isinstance(want, Tensor):
+            if got != want:
+                return False
+        elif got.shape != want.shape or (want.is_floating_point() and not torch.allclose(
                 got, want, rtol=tolerance, atol=tolerance * 1e-3)) or \
                 (not want.is_floating_point() and not torch.equal(got, want)):
             return False

@@ -67,11 +67,18 @@ def _is_param_list(value, shapes) -> bool:
             all(isinstance(t, Tensor) and t.shape == s for t, s in zip(value, shapes)))
 
 
+def _is_plain(value) -> bool:
+    """A number in a rule state (the hybrid's step counters): the same in either form."""
+    return isinstance(value, (bool, int, float))
+
+
 def flatten_state(state, shapes: Sequence[torch.Size], flat_init, width: int):
     """A run's rule state -> its flat form (module docstring); ``flat_init``: ``learned.init``
     of the run as one flat tensor (its run constants)."""
     if _is_param_list(state, shapes):
         return type(state)([flat_row(list(state), width)])
+    if _is_plain(state):
+        return state
     if isinstance(state, Tensor):
         return state if state.shape == flat_init.shape else flat_init
     if isinstance(state, dict):
@@ -89,6 +96,8 @@ def unflatten_state(flat, start, shapes: Sequence[torch.Size]):
     at the segment's start, whose run constants it gives back)."""
     if _is_param_list(start, shapes):
         return type(start)(split_row(flat[0], shapes))
+    if _is_plain(start):
+        return flat
     if isinstance(start, Tensor):
         return flat if flat.shape == start.shape else start
     if isinstance(start, dict):

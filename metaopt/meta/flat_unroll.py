@@ -17,6 +17,7 @@ from .flat_buckets import (
     split_row,
     unflatten_state,
 )
+from .native_batched import decode_ints, encode_ints
 from .truncation import segment_length
 from .unroll import batch_generator
 
@@ -59,13 +60,16 @@ def _unroll_bucket(pool, groups, begin, weights, inits, differentiable, step, lo
     width = max([max(real) + 1] + [layout.size for layout in layouts if layout.identity])
     layouts = [layout.place(width) for layout in layouts]
     flat = FlatBatch(batches, names, layouts, width)
-    states = []
+    states, ints = [], []
     for i, run, run_shapes, n in zip(indices, runs, shapes, real):
         key = (n, run.horizon)
         if key not in inits:
             with torch.no_grad():
                 inits[key] = learned.init([first.new_zeros(n)], weights, horizon=run.horizon)
         states.append(flatten_state(begin[i][1], run_shapes, inits[key], width))
+    if getattr(step, "native", False):  # its step counters: (B,) tensors (native_batched)
+        states, ints = zip(*(encode_ints(s) for s in states))
+        ints = ints[0]
     params = torch.stack([flat_row(begin[i][0], width) for i in indices])
     state = stack_tree(states, SameShapes(), ["flat"], [[torch.Size([width])]] * len(indices))
     lengths = [segment_length(pool.truncation_length, run.step, run.horizon) for run in runs]
@@ -79,5 +83,5 @@ def _unroll_bucket(pool, groups, begin, weights, inits, differentiable, step, lo
         for k, b in enumerate(members):
             i = indices[b]
             if losses[i] is not None:
-                finals[i] = (split_row(end_params[k], shapes[b]),
-                             unflatten_state(row_of(end_state, k), begin[i][1], shapes[b]))
+                finals[i] = (split_row(end_params[k], shapes[b]), decode_ints(
+                    unflatten_state(row_of(end_state, k), begin[i][1], shapes[b]), ints))

@@ -34,9 +34,10 @@ precomputed ``(L_b, g_b)`` and must only be evaluated at the current parameters 
 A rule that evaluates the gradient elsewhere and can step stacked runs itself (``batched_form``:
 the hybrid GD–ODE optimizer's rules, whose Runge–Kutta stages need each run's gradient at its own
 stage points) is called once per group step instead, with a ``grad_fn`` that evaluates the group
-wherever it asks (``metaopt.meta.native_batched``); its groups are padded when it pads exactly,
-never share flat buckets, and a rule's own compute charge (``segment_penalty``) is added run by
-run as the loop adds it.
+wherever it asks (``metaopt.meta.native_batched``; on a flat bucket, the whole bucket at its
+rows' points); its groups are padded when it pads exactly, share flat buckets when it flattens
+exactly (its step counters, Python ints, ride along as ``(B,)`` tensors), and a rule's own
+compute charge (``segment_penalty``) is added run by run as the loop adds it.
 ``aten::gru_cell`` has no vmap batching rule in PyTorch (a per-sample fallback loop); this module
 registers its decomposition (PyTorch's own GRU-cell formula) for vmap, at import, when missing.
 """
@@ -121,8 +122,8 @@ class VectorisedPool(InnerRunPool):
         if self._pads_exactly is None:
             try:
                 self._pads_exactly = rule_pads_exactly(self.learned, weights)
-                self._flat = self._pads_exactly and self._native is None and \
-                    rule_flattens_exactly(self.learned, weights)
+                self._flat = self._pads_exactly and rule_flattens_exactly(self.learned,
+                                                                          weights)
             except Exception:  # noqa: BLE001 (a rule the probe cannot drive: do not pad)
                 self._pads_exactly = self._flat = False
 

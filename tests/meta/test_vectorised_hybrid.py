@@ -192,7 +192,7 @@ def test_resume_is_bit_exact_and_checkpoints_cross_engines():
 def test_the_start_up_report_says_the_hybrid_is_batched():
     for learned in (plain(), joint()):
         text = pools(learned)[1].describe(learned.meta_parameters(), probe=16)
-        assert "steps stacked runs itself" in text and "pads exactly" in text, text
+        assert "steps stacked runs itself" in text and "one flat vector" in text, text
         batched = re.search(r"(\d+)/16 probe runs batched", text)
         assert "cannot advance" not in text and int(batched.group(1)) >= 14, text
     for rule, why in [(HybridRule(SGDRule(), RungeKuttaRule("rk4"), curvature="lanczos"),
