@@ -1,7 +1,8 @@
 """Runs of different families through one rule step: each run's parameters as one flat vector.
 
 A rule whose step on a run's tensors equals its step on their concatenation (GARO with one
-segment: its features are global norms and sums, its update elementwise; probed by
+segment, and the hybrid's rules: their features are global norms and sums, their updates
+elementwise; probed by
 ``metaopt.meta.batch_plan.rule_flattens_exactly``) can advance runs of *any* families together:
 
     θ_b = [vec θ_b,1, …, vec θ_b,K_b, 0, …, 0] ∈ ℝᴺ     run b's own tensors, zero-padded
