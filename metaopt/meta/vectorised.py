@@ -212,7 +212,6 @@ class VectorisedPool(InnerRunPool):
         if self.fallback is not None:
             groups, alone = [], list(range(count))
         try:
-            step = self._step_fn(weights) if groups else None
             # a run whose tensors differ in dtype or device keeps them (its group is not flat);
             # one group is a bucket already
             flat = [g for g in groups if self._flat and len({
@@ -222,7 +221,9 @@ class VectorisedPool(InnerRunPool):
                 unroll_flat(self, flat, begin, weights, differentiable=differentiable,
                             step=self._step_fn(weights, flat=True), losses=losses,
                             finals=finals)
-            for group in [g for g in groups if g not in flat]:
+            rest = [g for g in groups if g not in flat]
+            step = self._step_fn(weights) if rest else None
+            for group in rest:
                 if not self._group(group, begin, weights, differentiable, step, losses, finals):
                     alone += group
         except RuntimeError as error:  # the rule cannot run under vmap (a host sync, ...)
