@@ -300,10 +300,10 @@ class HybridRule:
             # charged (``charge``: the runs the last check capped).
             def take():
                 return self.ode.step(params, counted, state["ode"], ode_hyper)
-            taken, charge, reused = None, 1, False
+            taken, charge, reused, moved = None, 1, False, None
             for attempt in range(_RETRIES if limit is not None else 0):
                 before = counted.count
-                taken = counted.probe(take)
+                taken = counted.probe(take, moved)
                 spent = spent + (counted.count - before) * charge
                 if taken is not None:  # (one stage: nothing to probe, the step is taken)
                     break
@@ -319,8 +319,12 @@ class HybridRule:
                     break
                 ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
                 charge = over[0].to(kappa.dtype) if over else 1
+                moved = over[0].nonzero().flatten() if over else None  # (the others' stage
+                # point did not move: batched, only these runs are evaluated again)
             if taken is None:
                 before = counted.count
+                if moved is not None and not reused:
+                    counted.reuse(moved)
                 ode_params, ode_state = take()
                 # unless reused, the first stage is new only to the runs the last check capped
                 extra = counted.count - before

@@ -152,6 +152,23 @@ def batched_step(learned, weights: Mapping[str, Tensor]) -> Callable:
     return step
 
 
+def _redraw(batch: TaskBatch, generators: Sequence[torch.Generator]) -> Callable:
+    """``redraw(rows) -> (batch.select(rows), its minibatch)``: the minibatch
+    ``batch.train_batch(generators)`` is about to draw, for those runs alone (each run's batch
+    comes from its own generator: from a copy of its state now, the same draws)."""
+    states = [g.get_state() for g in generators]
+
+    def redraw(rows: Sequence[int]):
+        copies = []
+        for r in rows:
+            copy = torch.Generator(device=generators[r].device)
+            copy.set_state(states[r])
+            copies.append(copy)
+        part = batch.select(rows)
+        return part, part.train_batch(copies)
+    return redraw
+
+
 # -- one group of runs through one segment ---------------------------------------------------------
 def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], params: TensorList,
                  state: State, lengths: Sequence[int], generators: Sequence[torch.Generator],
@@ -195,7 +212,9 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
             stepping = [k < lengths[b] for b in rows]     # else: the final train term only
             points = [p if differentiable and p.requires_grad else p.detach().requires_grad_()
                       for p in params]
-            data = sub.train_batch([generators[b] for b in rows])
+            drawn = [generators[b] for b in rows]
+            redraw = _redraw(sub, drawn) if getattr(step, "native", False) else None
+            data = sub.train_batch(drawn)
             with torch.enable_grad():
                 loss, grads = sub.loss_and_grads(
                     dict(zip(names, points)), data,
@@ -217,9 +236,9 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
                 stepping = [s and f for s, f in zip(stepping, finite.tolist())]
                 inner = [i for i, s in enumerate(stepping) if s]
                 at = None if len(inner) == len(rows) else torch.tensor(inner, device=device)
-                native = () if not getattr(step, "native", False) else (evaluator(
+                native = () if redraw is None else (evaluator(
                     sub, names, data, points, at, differentiable=differentiable,
-                    second_order=second_order),)  # (the rule evaluates away from θ itself)
+                    second_order=second_order, redraw=redraw),)  # (it evaluates away from θ)
                 if at is None:
                     new = step(list(params), loss, list(grads), state, *native)
                 elif inner:  # train split: runs at their final term do not step

@@ -16,6 +16,12 @@ so every run's stages get its own gradients on its own minibatch, as in ``unroll
 do not), their points are written into the others' θ and the whole batch is evaluated: the
 others' rows are those of θ (finite, discarded), so no minibatch is drawn twice.
 
+``grad_fn.evaluate_rows(points, rows)`` evaluates the runs ``rows`` alone (``(L, g)`` of those
+rows): the hybrid's stability guard probes again only the runs whose step it shortened. Their
+minibatch is drawn again from their generators' states before this step's draw
+(``TaskBatch.train_batch`` draws each run's batch from its own generator alone), so it is the
+batch the whole group was evaluated on.
+
 The runs' states are stacked as the vmap path stacks them, except that a Python int (the
 hybrid's step counter) becomes a ``(B,)`` tensor on the way in and an int again on the way out
 (``encode_ints`` / ``decode_ints``), so the runs' states keep the loop's format and a checkpoint
@@ -57,33 +63,47 @@ def native_step(form, weights: Mapping[str, Tensor]) -> Callable:
                                     and all(p is q for p, q in zip(points, params))):
                 return first
             return evaluate(points)
+        if getattr(evaluate, "rows", None) is not None:
+            grad_fn.evaluate_rows = evaluate.rows
         return form.step(params, grad_fn, state, weights)
     step.native = True
     return step
 
 
 def evaluator(batch: TaskBatch, names: Sequence[str], data, params: Sequence[Tensor],
-              rows: Tensor | None, *, differentiable: bool, second_order: bool) -> Callable:
+              rows: Tensor | None, *, differentiable: bool, second_order: bool,
+              redraw: Callable | None = None) -> Callable:
     """``evaluate(points) -> (L, g)`` of the runs ``rows`` of ``batch`` (None: all) at
     ``points``, on the drawn minibatch ``data``, with the gradient graph of ``unroll_segment``'s
-    ``grad_fn`` (module docstring)."""
+    ``grad_fn`` (module docstring). ``redraw(batch_rows)``: ``batch.select(batch_rows)`` and its
+    runs' minibatch drawn again; given, ``evaluate.rows(points, subset)`` evaluates the runs
+    ``subset`` (positions in ``points``) alone."""
+    def graph(points):
+        if differentiable:
+            return [p if p.requires_grad else p.detach().requires_grad_() for p in points]
+        return [p.detach().requires_grad_() for p in points]
+
+    def on(part, part_data, points):
+        with torch.enable_grad():
+            loss, grads = part.loss_and_grads(
+                dict(zip(names, graph(points))), part_data, grad=True,
+                retain_graph=differentiable, create_graph=differentiable and second_order)
+        return (loss if differentiable else loss.detach()), list(grads)
+
     def evaluate(points):
         if rows is not None:  # the others at their own θ, discarded below
             points = [p.index_copy(0, rows, q.to(p.dtype)) for p, q in zip(params, points)]
-        if differentiable:
-            points = [p if p.requires_grad else p.detach().requires_grad_() for p in points]
-        else:
-            points = [p.detach().requires_grad_() for p in points]
-        with torch.enable_grad():
-            loss, grads = batch.loss_and_grads(
-                dict(zip(names, points)), data, grad=True, retain_graph=differentiable,
-                create_graph=differentiable and second_order)
-        if not differentiable:
-            loss = loss.detach()
-        grads = list(grads)
+        loss, grads = on(batch, data, points)
         if rows is not None:
             loss, grads = loss.index_select(0, rows), [g.index_select(0, rows) for g in grads]
         return loss, grads
+
+    def evaluate_rows(points, subset: Tensor):
+        at = subset if rows is None else rows.index_select(0, subset)
+        part, part_data = redraw(at.tolist())
+        return on(part, part_data,
+                  [q.index_select(0, subset).to(p.dtype) for p, q in zip(params, points)])
+    evaluate.rows = evaluate_rows if redraw is not None else None
     return evaluate
 
 

@@ -22,6 +22,7 @@ import torch
 import tasks
 from metaopt.garo.controller import GAROController
 from metaopt.garo.rule import GARORule
+from metaopt.hybrid.evaluations import CountedGradFn
 from metaopt.hybrid.garo_module import GARO_FEATURES
 from metaopt.hybrid.policy import SwitchingPolicy
 from metaopt.hybrid.rule import HybridRule
@@ -136,6 +137,20 @@ def test_bptt_meta_gradient_equals_the_loop(make, gate, monkeypatch):
     assert rule_pads_exactly(learned, learned.meta_parameters())
     results, _, mixed, alone = run_both(learned, monkeypatch=monkeypatch)
     assert mixed and alone <= 2  # padded groups of several families, batched
+    assert_engines_agree(results)
+
+
+@pytest.mark.parametrize("gate", ["straight_through", "hard"])
+def test_a_group_probes_again_only_the_runs_whose_step_was_shortened(gate, monkeypatch):
+    """The stability guard's later probes of a group evaluate only the runs whose step it
+    shortened (``CountedGradFn``'s ``rows``); the others keep their last probe's stage. (The
+    long GD steps of ``plain`` make the guard probe again; ``joint``'s shorter ones rarely.)"""
+    partial = []
+    merged = CountedGradFn._merged
+    monkeypatch.setattr(CountedGradFn, "_merged", lambda self, points: partial.append(
+        (len(self._rows), len(self.stage[1][0]))) or merged(self, points))
+    results, _, _, _ = run_both(plain(gate))
+    assert partial and all(evaluated < runs for evaluated, runs in partial), partial
     assert_engines_agree(results)
 
 
