@@ -296,8 +296,9 @@ class HybridRule:
             # curvature: the secant between θ and the first stage point checks every step
             # before it is taken, and a step past the limit is probed again at h = c/κ̂, at most
             # _RETRIES times; the step is then taken from its last probe's stage. A probe costs
-            # one evaluation; batched, a run within its limit is probed again unchanged and not
-            # charged (``charge``: the runs the last check capped).
+            # one evaluation; batched, a run within its limit is not charged (``charge``: the
+            # runs the last check capped) and keeps its stage: only the capped runs (``moved``)
+            # are probed again where the grad_fn can evaluate some runs alone, else all are.
             def take():
                 return self.ode.step(params, counted, state["ode"], ode_hyper)
             taken, charge, reused, moved = None, 1, False, None
