@@ -53,6 +53,7 @@ from ..garo.controller import GAROController
 from ..garo.features import TENSOR_OPS, distance_step_size
 from ..garo.hyper import GAROHyper
 from ..garo.rule import GARORule
+from ..garo.stacked import stacked_step
 from ..rules.base import State, TensorList, per_tensor
 from ..rules.hyper import ODEHyper
 from .hyper import HybridHyper
@@ -80,7 +81,9 @@ class GAROModule:
     tensor (parameters, gradients, loss, state) is an independent run, as for
     ``HybridRule(batched=True)``: each run's GARO step is its own ``GARORule.apply`` through
     ``torch.func.vmap`` (the GARO step reads only its run's parameters, gradients and state), and
-    the state is the per-run states stacked.
+    the state is the per-run states stacked. Runs of one ``(R, N)`` tensor each (the vectorised
+    engine's flat buckets) with the multipliers at 1 take ``metaopt.garo.stacked`` instead: the
+    same step over the leading run dimension, without vmap's dispatch.
     """
 
     rule: GARORule
@@ -104,10 +107,16 @@ class GAROModule:
         if not self.batched:
             return self.rule.apply(params, grads, state, hyper, loss=loss)
 
+        params, grads = list(params), list(grads)
+        if _stacks(params, hyper, loss, state):
+            new, state = stacked_step(self.rule, hyper.controller, params[0], grads[0], loss,
+                                      state)
+            return [new], state
+
         def one(p, g, s, f):
             return self.rule.apply(p, g, s, hyper, loss=f)
         return torch.func.vmap(one, in_dims=(0, 0, 0, None if loss is None else 0))(
-            list(params), list(grads), state, loss)
+            params, grads, state, loss)
 
     @property
     def normalised(self) -> bool:
@@ -115,6 +124,15 @@ class GAROModule:
         curvature, |Δθ_i| ≤ a·|b_i| with |u_i| ≲ 1: the hybrid's GD stability guard leaves its
         steps alone (``metaopt.hybrid.stability``)."""
         return self.rule.direction == "adam"
+
+
+def _stacks(params: Sequence[Tensor], hyper: GAROHyper, loss, state: State) -> bool:
+    """Whether stacked runs fit ``stacked_step``: one ``(R, N)`` tensor and one segment each,
+    a loss, the recorded element counts, the lr and decay multipliers 1."""
+    return (len(params) == 1 and params[0].dim() == 2 and loss is not None
+            and "tensor_numel" in state and hyper.segment_ids is None
+            and all(isinstance(m, (int, float)) and m == 1
+                    for m in (hyper.lr_scale, hyper.weight_decay_scale)))
 
 
 def _safe_ratio(num, den: Tensor) -> Tensor:

@@ -154,6 +154,18 @@ def test_a_group_probes_again_only_the_runs_whose_step_was_shortened(gate, monke
     assert_engines_agree(results)
 
 
+def test_garo_steps_the_runs_of_a_flat_bucket_without_vmap(monkeypatch):
+    """The GD module's GARO steps a flat bucket's rows as ``metaopt.garo.stacked`` does (one
+    ``(R, N)`` tensor a run), and the result is still the loop's."""
+    import metaopt.hybrid.garo_module as garo_module
+    stacked, inner = [], garo_module.stacked_step
+    monkeypatch.setattr(garo_module, "stacked_step",
+                        lambda *a, **k: stacked.append(a[2].shape) or inner(*a, **k))
+    results, _, _, _ = run_both(joint())
+    assert stacked and all(len(shape) == 2 for shape in stacked)
+    assert_engines_agree(results)
+
+
 @pytest.mark.parametrize("make", [plain, joint], ids=["hybrid", "hybrid_garo"])
 def test_runs_that_diverge_mid_segment_are_reset_as_by_the_loop(make):
     """(The stability guard keeps these rules' steps stable: runs diverge by the meta-loss's
