@@ -6,6 +6,8 @@ import torch
 import tasks
 from metaopt.task import generator_from_seed
 
+from .training import adam_trained
+
 F64 = torch.float64
 
 
@@ -31,14 +33,7 @@ def test_loss_is_the_mse_of_a_hand_written_forward_and_targets_are_inputs():
 
 def test_adam_reconstructs_better_than_the_mean():
     task = tasks.get("autoencoder_digits").sample_seed(0)
-    module = task.module()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
-    generator = generator_from_seed(0)
-    for _ in range(150):
-        optimizer.zero_grad()
-        task.module_loss(module, task.train_batch(generator)).backward()
-        optimizer.step()
-    final = float(task.normalized_loss(task.module_loss(module, task.eval_batch("test")).detach()))
+    _, final = adam_trained(task, lr=1e-2, steps=150)
     assert final < 0.7, final
 
 

@@ -10,6 +10,8 @@ import torch
 import tasks
 from metaopt.task import generator_from_seed
 
+from .training import adam_trained
+
 F64 = torch.float64
 
 
@@ -126,15 +128,7 @@ def test_attention_is_causal():
 
 def test_attention_learns_to_copy():
     task = tasks.get("attention", kinds=["copy"], heads=[1]).sample_seed(0)
-    module = task.module()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
-    generator = generator_from_seed(0)
-    for _ in range(200):
-        optimizer.zero_grad()
-        task.module_loss(module, task.train_batch(generator)).backward()
-        optimizer.step()
-    with torch.no_grad():
-        final = float(task.normalized_loss(task.module_loss(module, task.eval_batch("test"))))
+    _, final = adam_trained(task, lr=1e-2, steps=200)
     assert final < 0.3, final
 
 

@@ -12,6 +12,8 @@ import tasks
 from metaopt.task import generator_from_seed
 from tasks.char_mlp import NEWLINE, OTHER, VOCAB_SIZE, encode, source_text
 
+from .training import adam_trained
+
 F64 = torch.float64
 
 
@@ -53,15 +55,7 @@ def test_targets_are_the_next_character_and_the_loss_a_hand_written_forward():
 
 def test_adam_learns_character_statistics():
     task = tasks.get("char_mlp", hidden=32, eval_windows=1024).sample_seed(0)
-    module = task.module()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
-    generator = generator_from_seed(0)
-    before = float(task.normalized_loss(task.module_loss(module, task.eval_batch("test")).detach()))
-    for _ in range(100):
-        optimizer.zero_grad()
-        task.module_loss(module, task.train_batch(generator)).backward()
-        optimizer.step()
-    after = float(task.normalized_loss(task.module_loss(module, task.eval_batch("test")).detach()))
+    before, after = adam_trained(task, lr=1e-2, steps=100)
     assert before == pytest.approx(1.0, abs=0.05) and after < 0.75, (before, after)
 
 

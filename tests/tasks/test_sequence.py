@@ -10,6 +10,8 @@ import tasks
 from metaopt.task import generator_from_seed
 from tasks.sequence import SequenceTask, make_sequences
 
+from .training import adam_trained
+
 F64 = torch.float64
 
 
@@ -80,16 +82,7 @@ def test_models_are_causal(model):
 @pytest.mark.parametrize("kind, model, target", [("copy", "conv", 0.15), ("parity", "gru", 0.5)])
 def test_adam_learns_the_task(kind, model, target):
     """Normalised test loss falls well below 1 (the uniform guess) with torch.optim.Adam."""
-    task = _task(kind, model)
-    module = task.module()
-    optimizer = torch.optim.Adam(module.parameters(), lr=3e-2)
-    generator = generator_from_seed(0)
-    for _ in range(150):
-        optimizer.zero_grad()
-        task.module_loss(module, task.train_batch(generator)).backward()
-        optimizer.step()
-    with torch.no_grad():
-        final = float(task.normalized_loss(task.module_loss(module, task.eval_batch("test"))))
+    _, final = adam_trained(_task(kind, model), lr=3e-2, steps=150)
     assert final < target, final
 
 
