@@ -32,6 +32,7 @@ from .distributed import all_reduce_mean, distributed_world, reduce_estimate
 from .estimators import GradientEstimator
 from .inner_runs import InnerRunPool
 from .learned import LearnedRule
+from .outer_adam import OuterAdam
 from .training_state import load_training_state, save_training_state  # noqa: F401 (re-export)
 
 __all__ = ["MetaTrainer", "all_reduce_mean", "distributed_world", "load_training_state",
@@ -69,7 +70,7 @@ class MetaTrainer:
         # a sharded meta-batch is drawn by every rank alike; unsharded pools draw their own tasks
         offset = 0 if shard[1] > 1 else 1_000_003 * rank
         self.generator = torch.Generator().manual_seed(int(seed) + offset)
-        self.optimizer = torch.optim.Adam(  # (a frozen part of the module is not trained)
+        self.optimizer = OuterAdam(  # (a frozen part of the module is not trained)
             [p for p in learned.module.parameters() if p.requires_grad], lr=outer_lr, betas=betas)
         self.statistics_decay = float(statistics_decay)
         self.step_count, self.resets, self.skipped_updates = 0, 0, 0
