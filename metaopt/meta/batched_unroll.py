@@ -152,11 +152,15 @@ def batched_step(learned, weights: Mapping[str, Tensor]) -> Callable:
     return step
 
 
-def _redraw(batch: TaskBatch, generators: Sequence[torch.Generator]) -> Callable:
+def _redraw(batch: TaskBatch, generators: Sequence[torch.Generator],
+            selected: dict | None = None) -> Callable:
     """``redraw(rows) -> (batch.select(rows), its minibatch)``: the minibatch
     ``batch.train_batch(generators)`` is about to draw, for those runs alone (each run's batch
-    comes from its own generator: from a copy of its state now, the same draws)."""
+    comes from its own generator: from a copy of its state now, the same draws). ``selected``
+    keeps the selections of ``batch`` made so far (the same runs are often probed again at later
+    steps)."""
     states = [g.get_state() for g in generators]
+    selected = {} if selected is None else selected
 
     def redraw(rows: Sequence[int]):
         copies = []
@@ -164,8 +168,10 @@ def _redraw(batch: TaskBatch, generators: Sequence[torch.Generator]) -> Callable
             copy = torch.Generator(device=generators[r].device)
             copy.set_state(states[r])
             copies.append(copy)
-        part = batch.select(rows)
-        return part, part.train_batch(copies)
+        key = tuple(rows)
+        if key not in selected:
+            selected[key] = batch.select(rows)
+        return selected[key], selected[key].train_batch(copies)
     return redraw
 
 
@@ -184,6 +190,7 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
     count, train = len(batch), meta_loss.split == "train"
     every = meta_loss.needs_every_term
     rows, sub = list(range(count)), batch                 # the runs still in the batch
+    selected: dict = {}                                   # sub's selections (_redraw)
     alive, ends = [True] * count, []
     terms = [0] * count                                   # terms taken per run
     total = None                                          # (B,) running sum of (log-)terms
@@ -213,7 +220,7 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
             points = [p if differentiable and p.requires_grad else p.detach().requires_grad_()
                       for p in params]
             drawn = [generators[b] for b in rows]
-            redraw = _redraw(sub, drawn) if getattr(step, "native", False) else None
+            redraw = _redraw(sub, drawn, selected) if getattr(step, "native", False) else None
             data = sub.train_batch(drawn)
             with torch.enable_grad():
                 loss, grads = sub.loss_and_grads(
@@ -285,7 +292,7 @@ def unroll_group(learned, weights, batch: TaskBatch, names: Sequence[str], param
                 params, state = take_rows(list(params), at), take_rows(state, at)
             if len(keep) != len(rows):
                 rows = [rows[i] for i in keep]
-                sub = batch.select(rows)
+                sub, selected = batch.select(rows), {}
     losses: list[Tensor | None] = [None] * count
     if total is not None:
         counts = torch.tensor([max(t, 1) for t in terms], dtype=total.dtype, device=total.device)

@@ -75,3 +75,22 @@ def test_some_stepping_runs_evaluated_alone():
     torch.testing.assert_close(part_loss, loss[1:], rtol=1e-12, atol=1e-14)
     for g, part in zip(grads, part_grads):
         torch.testing.assert_close(part, g[1:], rtol=1e-12, atol=1e-14)
+
+
+def test_a_selection_kept_across_steps_is_evaluated_on_each_step_s_draw():
+    """``_redraw`` keeps a batch's selections across steps (``selected``); the minibatch is
+    still each step's own."""
+    batch, names, params = stacked(groups("mlp")[0])
+    generators = [torch.Generator().manual_seed(30 + i) for i in range(len(batch))]
+    selected, subset = {}, torch.tensor([0, 2])
+    for _ in range(3):
+        redraw = _redraw(batch, generators, selected)
+        data = batch.train_batch(generators)
+        evaluate = evaluator(batch, names, data, params, None, differentiable=False,
+                             second_order=False, redraw=redraw)
+        loss, grads = evaluate(params)
+        part_loss, part_grads = evaluate.rows(params, subset)
+        torch.testing.assert_close(part_loss, loss[subset], rtol=1e-12, atol=1e-14)
+        for g, part in zip(grads, part_grads):
+            torch.testing.assert_close(part, g[subset], rtol=1e-12, atol=1e-14)
+    assert list(selected) == [(0, 2)]
