@@ -5,7 +5,10 @@ Measured (two runs on one core of an otherwise idle machine, one thread, 1-minut
 against ``adam_foreach``, single / steady; mlp_1m by step_ms): ``garo_adam`` 1.00–1.06 /
 1.03–1.07, ``garo_general`` 1.15–1.22 / 1.24–1.44; small models, ``garo_general``: residual MLP
 0.93–0.98 / 1.03–1.07, CNN 1.03–1.04 / 1.11–1.12, char_mlp 1.12–1.14 / 1.33–1.34, digits
-1.12–1.16 / 1.42, iris 1.21–1.22 / 1.54–1.58, Rosenbrock 1.32 / 1.60–1.63. By thread CPU time
+1.12–1.16 / 1.42, iris 1.21–1.22 / 1.54–1.58, Rosenbrock 1.32 / 1.60–1.63; ``garo_adam`` (GARO's
+adam direction with the specification's controller; two later runs, load 1.0–1.3): residual MLP
+0.95–0.96 / 0.99, CNN 1.01–1.02 / 1.08–1.09, char_mlp 1.07–1.08 / 1.15–1.19, digits
+1.07–1.09 / 1.21, iris 1.14–1.19 / 1.36–1.39, Rosenbrock 1.15–1.20 / 1.36–1.40. By thread CPU time
 (``time_side_by_side(clock=time.thread_time)``, both versions in one process, under load) the
 1M ``garo_general`` step went from 1.21–1.22× Adam's to 1.14–1.20× when its large tensors
 began reading ‖θ‖ and ⟨g, δ⟩ in their chunked update; what remains on ``garo_general`` is
@@ -27,8 +30,9 @@ Every row times zero_grad + forward + backward + ``opt.step()``, interleaved in 
   ``rosenbrock`` (one 2-element tensor), where the step is
   dispatch-bound: the shipped
   ``garo_general`` (adam direction, relative features, ``num_training_steps`` set,
-  ``step(loss=loss)``) and GARO-sgd with the GARO specification's controller (``step(loss=loss)``),
-  against ``torch.optim.Adam(foreach=True)``; SGD-momentum for reference. There GARO's cost is its
+  ``step(loss=loss)``), GARO-sgd and GARO-adam with the GARO specification's controller
+  (``step(loss=loss)``), against ``torch.optim.Adam(foreach=True)``; SGD-momentum for
+  reference. There GARO's cost is its
   fixed per-step cost (controller + features), not the parameter traffic.
 
 Each row is timed twice, round-robin over the candidates both times (wall clock, medians):
@@ -121,6 +125,8 @@ def _small_rows(args) -> list[dict]:
                                                                 num_training_steps=horizon),
                              True),
             "garo_sgd": (lambda ps, lr=sgd_lr: mo.GARO(ps, lr=lr), True),
+            # GARO's adam direction (the specification's controller): the issue's own figure
+            "garo_adam": (lambda ps: mo.GARO(ps, direction="adam"), True),
         }
         candidates, n_params = {}, 0
         for name, (build, pass_loss) in builders.items():
