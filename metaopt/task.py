@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 Params = dict[str, Tensor]
 Batch = Any  # a tuple of tensors, or None for deterministic objectives
@@ -316,6 +317,21 @@ class TaskBatch(ABC):
         return out
 
 
+class _MetaInitSkipped(TorchFunctionMode):
+    """``torch.nn.init``'s initialisers leave a meta tensor as it is: a module built on the meta
+    device is a template whose values ``to_empty`` throws away, and torch's meta ``normal_`` is
+    a Python reference whose wrapper imports ``torch._dynamo`` (about a second) the first time
+    it runs (``nn.Embedding``'s initialisation, e.g.)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
 class _ModuleObjective(nn.Module):
     """Wraps ``model`` so that ``forward(batch) == task.module_loss(model, batch)``; this lets
     ``torch.func.functional_call`` substitute parameters in the *whole* loss, including penalty
@@ -366,7 +382,7 @@ class ModuleTask(Task):
         return template
 
     def _materialize(self) -> nn.Module:
-        with torch.device("meta"):
+        with torch.device("meta"), _MetaInitSkipped():
             module = self.build_module()
         return module.to_empty(device=self.device).to(self.dtype)
 
