@@ -2,15 +2,14 @@
 heavy optional packages, and task families come through ``metaopt.task_registry``."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from metaopt import task_registry
 
-ROOT = Path(__file__).resolve().parents[1]
+from .fresh_python import ROOT, run_fresh
+
 HEAVY = ("tasks", "scripts", "wandb", "matplotlib", "sklearn", "omegaconf", "torchdiffeq", "scipy")
 
 
@@ -20,9 +19,7 @@ HEAVY = ("tasks", "scripts", "wandb", "matplotlib", "sklearn", "omegaconf", "tor
 def test_import_pulls_in_nothing_above_the_library(statement):
     code = (f"{statement}; import sys; "
             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT).stdout.strip()
-    assert out == ""
+    assert run_fresh(code).strip() == ""
 
 
 def test_listing_and_loading_checkpoints_pulls_in_no_compiler():
@@ -32,9 +29,7 @@ def test_listing_and_loading_checkpoints_pulls_in_no_compiler():
     code = ("import sys, metaopt.cli; metaopt.cli.main(['list']); "
             "print('MODULES', ' '.join(m for m in ('torch._dynamo', 'pytorch_optimizer') "
             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT).stdout
-    assert out.strip().splitlines()[-1].strip() == "MODULES"
+    assert run_fresh(code).strip().splitlines()[-1].strip() == "MODULES"
 
 
 def test_no_sys_path_edits_in_the_library_or_scripts():
@@ -87,7 +82,6 @@ def test_no_import_cycle_between_subpackages():
     """Module-level imports between metaopt's subpackages form no cycle (lazy imports inside
     functions are allowed: they run after every module is loaded)."""
     import ast
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "metaopt"
 

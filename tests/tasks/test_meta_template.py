@@ -3,13 +3,11 @@ skipped (``metaopt.task``): its parameters still come from the task's own initia
 building it never imports ``torch._dynamo`` (torch's meta ``normal_`` would, ~1 s)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
 
 import tasks
 
+from ..fresh_python import NO_DYNAMO, run_fresh
 from .conftest import FAST_KWARGS
 
 
@@ -33,9 +31,5 @@ def test_building_every_family_s_modules_never_imports_dynamo():
         "    task = tasks.get(name, **FAST_KWARGS.get(name, {})).sample_seed(0)\n"
         "    if isinstance(task, ModuleTask):\n"
         "        task.init_params(); task.module(); built.append(name)\n"
-        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n"
-        "print(len(built))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert int(done.stdout.split()[-1]) >= 8  # the module families were built
+        + NO_DYNAMO + "print(len(built))\n")
+    assert int(run_fresh(code).split()[-1]) >= 8  # the module families were built
