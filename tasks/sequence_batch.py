@@ -17,8 +17,13 @@ padding is exact:
   output, and padded positions and minibatch rows have mask 0 in
   ``L_b = Σ_{n,t} m_nt CE_nt / Σ_{n,t} m_nt`` (``masked_token_loss``).
 
-The activation of the conv model is per-task data (``tasks.dense.select_activation``); one
-``vmap`` over the tasks of the functional model evaluates the batch.
+The activation of the conv model is per-task data (``tasks.dense.select_activation``). Both
+models run on the task dimension directly, every product one batched matrix product over the tasks
+(``baddbmm`` / ``einsum``; the convolutions over unfolded windows). Under ``vmap`` every
+operation, and its first and second derivatives in meta-training, paid the batching rules'
+dispatch again: loss, gradient and second-order backward of 1 / 4 / 16 tasks on one core
+(float32) took 4.03 / 5.60 / 12.1 ms (GRU) and 2.37 / 4.44 / 13.2 ms (conv) that way, 2.99 /
+5.00 / 11.8 and 1.27 / 2.65 / 12.3 ms this way.
 """
 from __future__ import annotations
 
@@ -72,7 +77,6 @@ class PaddedSequenceBatch(TaskBatch):
                          < torch.tensor([t.vocab_out for t in self.tasks],
                                         device=self.device).unsqueeze(1))
         self._present()
-        self._forward = torch.func.vmap(self._gru if self.model == "gru" else self._conv)
 
     def _present(self) -> None:
         self.activations = sorted({int(a) for a in self.act.tolist()})
@@ -119,33 +123,51 @@ class PaddedSequenceBatch(TaskBatch):
         return (tokens.unsqueeze(-1) == torch.arange(self.vocab_in,
                                                      device=tokens.device)).to(dtype)
 
-    def _gru(self, params: Mapping[str, Tensor], tokens: Tensor, code: Tensor) -> Tensor:
+    @staticmethod
+    def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Task ``b``'s ``x_b W_bᵀ + β_b``: ``x`` ``(B, ..., in)``, ``weight`` ``(B, out, in)``."""
+        out = torch.baddbmm(bias.unsqueeze(1), x.flatten(1, -2), weight.transpose(1, 2))
+        return out.view(*x.shape[:-1], -1)
+
+    def _gru(self, params: Mapping[str, Tensor], tokens: Tensor) -> Tensor:
+        """``GRUModel.forward`` of every task: ``tokens`` ``(B, N, L)`` -> logits
+        ``(B, N, L, V)``."""
         x = self._one_hot(tokens, params["input.weight"].dtype)
-        gates_x = F.linear(x, params["input.weight"], params["input.bias"])
-        h = x.new_zeros(tokens.shape[0], self.hidden)
-        weight, bias, two = params["recurrent.weight"], params["recurrent.bias"], 2 * self.hidden
+        gates_x = self._linear(x, params["input.weight"], params["input.bias"])
+        h = x.new_zeros(*tokens.shape[:2], self.hidden)
+        weight, bias = params["recurrent.weight"].transpose(1, 2), params["recurrent.bias"]
+        two = 2 * self.hidden
         outputs = []
-        for t in range(tokens.shape[1]):  # GRUModel.forward, step for step
-            gx, gh = gates_x[:, t], F.linear(h, weight, bias)
-            r, z = torch.sigmoid(gx[:, :two] + gh[:, :two]).chunk(2, dim=1)
-            n = torch.tanh(gx[:, two:] + r * gh[:, two:])
+        for t in range(tokens.shape[2]):  # GRUModel.forward, step for step
+            gx, gh = gates_x[:, :, t], torch.baddbmm(bias.unsqueeze(1), h, weight)
+            r, z = torch.sigmoid(gx[..., :two] + gh[..., :two]).chunk(2, dim=-1)
+            n = torch.tanh(gx[..., two:] + r * gh[..., two:])
             h = n + z * (h - n)
             outputs.append(h)
-        return F.linear(torch.stack(outputs, dim=1), params["readout.weight"],
-                        params["readout.bias"])
+        return self._linear(torch.stack(outputs, dim=2), params["readout.weight"],
+                            params["readout.bias"])
 
-    def _conv(self, params: Mapping[str, Tensor], tokens: Tensor, code: Tensor) -> Tensor:
-        def act(h):
-            return select_activation(h.unsqueeze(0), code.view(1), self.activations)[0]
-        x = self._one_hot(tokens, params["conv1.weight"].dtype).transpose(1, 2)
-        x = act(F.conv1d(F.pad(x, (2, 0)), params["conv1.weight"], params["conv1.bias"]))
-        x = act(F.conv1d(F.pad(x, (4, 0)), params["conv2.weight"], params["conv2.bias"],
-                         dilation=2))
-        return F.conv1d(x, params["readout.weight"], params["readout.bias"]).transpose(1, 2)
+    def _causal_conv(self, x: Tensor, weight: Tensor, bias: Tensor, dilation: int) -> Tensor:
+        """Task ``b``'s causal ``Conv1d(k=3, dilation)`` of ``x`` ``(B, N, L, C_in)`` (positions
+        first): the windows ``x_{t−2d}, x_{t−d}, x_t`` (zeros before the start) times ``W_b``."""
+        padded = F.pad(x, (0, 0, 2 * dilation, 0))
+        windows = padded.unfold(2, 2 * dilation + 1, 1)[..., ::dilation]  # (B, N, L, C_in, 3)
+        return torch.einsum("bnlck,bock->bnlo", windows, weight) + bias[:, None, None, :]
+
+    def _conv(self, params: Mapping[str, Tensor], tokens: Tensor) -> Tensor:
+        """``CausalConvModel.forward`` of every task: ``tokens`` ``(B, N, L)`` -> logits
+        ``(B, N, L, V)``."""
+        x = self._one_hot(tokens, params["conv1.weight"].dtype)
+        for layer, dilation in (("conv1", 1), ("conv2", 2)):
+            x = select_activation(self._causal_conv(x, params[f"{layer}.weight"],
+                                                    params[f"{layer}.bias"], dilation),
+                                  self.act, self.activations)
+        return self._linear(x, params["readout.weight"].squeeze(-1), params["readout.bias"])
 
     def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         tokens, targets, mask = batch
-        logits = self._forward(dict(params), tokens, self.act)          # (B, m, L, V)
+        forward = self._gru if self.model == "gru" else self._conv
+        logits = forward(params, tokens)                                 # (B, m, L, V)
         logits = logits.masked_fill(~self.out_mask[:, None, None, :], _MASKED_LOGIT)
         ce = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
         weights = mask.flatten(1).to(ce.dtype)

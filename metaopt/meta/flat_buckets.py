@@ -185,11 +185,11 @@ class GroupLayout:
     def tensors(self, rows: Tensor) -> list[Tensor]:
         """The group's stacked tensors from its rows."""
         padded = rows[:, :self.size] if self.index is None else rows.gather(1, self.index)
-        out, start = [], 0
-        for shape in self.padded:
-            out.append(padded[:, start:start + shape.numel()].view(len(rows), *shape))
-            start += shape.numel()
-        return out
+        # one split, not a slice per tensor: its backward is one concatenation, where each
+        # slice's would allocate a zero gradient of the whole row (and the BPTT meta-gradient
+        # goes through these backward passes again)
+        parts = padded.split([shape.numel() for shape in self.padded], dim=1)
+        return [part.view(len(rows), *shape) for part, shape in zip(parts, self.padded)]
 
     def rows(self, tensors: Sequence[Tensor], width: int) -> Tensor:
         """The inverse of ``tensors``, for the tensors' gradients."""
