@@ -132,7 +132,7 @@ def starts(name: str, grid: int) -> torch.Tensor:
 
 
 def batched_grad_fn(name: str):
-    f = torch.func.vmap(TEST_FUNCTIONS_2D[name].function)
+    f = TEST_FUNCTIONS_2D[name].function  # (R, 2) -> (R,): written over the last dimension
 
     def grad_fn(points):
         (x,) = points
@@ -176,7 +176,7 @@ def run_baseline(name, x0, kind, lr, steps):
 
 def gaps(name, path):
     fn = TEST_FUNCTIONS_2D[name]
-    values = torch.func.vmap(torch.func.vmap(fn.function))(path)
+    values = fn.function(path)
     return torch.nan_to_num(values - fn.minimum_value, nan=math.inf)
 
 
@@ -280,8 +280,7 @@ def plot_function(name, paths, modes, out: Path, every: int = 41):
     low, high = fn.init_box
     axis = torch.linspace(low, high, 200, dtype=torch.float64)
     xs, ys = torch.meshgrid(axis, axis, indexing="xy")
-    zs = torch.func.vmap(fn.function)(torch.stack([xs.reshape(-1), ys.reshape(-1)], 1))
-    zs = zs.reshape(xs.shape)
+    zs = fn.function(torch.stack([xs, ys], -1))
     fig, axes = plt.subplots(1, len(paths), figsize=(3.2 * len(paths), 3.2), squeeze=False)
     for ax, (method, path) in zip(axes[0], paths.items()):
         ax.contour(xs, ys, zs - zs.min(), levels=25, linewidths=0.4, cmap="viridis")

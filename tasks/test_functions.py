@@ -5,6 +5,10 @@ studies: Rosenbrock trajectories, saddle escape, the (-1.5, 2.0) divergence).
 Each family samples the initial point uniformly from the function's customary box, or uses a fixed
 ``initial_point`` (e.g. ``tasks.get("rosenbrock", initial_point=(-1.5, 2.0))``). Minimisers are
 given to float64 precision (refined by Newton's method; gradients there are < 1e-13).
+
+Every function is written over the last dimension of its argument, ``(..., n) -> (...)``: a stack
+of points (the runs of a vectorised meta-batch, a grid of a landscape plot) is evaluated in one
+call, the same values as point by point.
 """
 
 from __future__ import annotations
@@ -26,25 +30,25 @@ __all__ = ["TEST_FUNCTIONS_2D", "FunctionPart", "TestFunction", "TestFunctionFam
 
 def rosenbrock(v: Tensor) -> Tensor:
     """``(1 - x)^2 + 100 (y - x^2)^2``; minimum 0 at (1, 1), a curved ill-conditioned valley."""
-    x, y = v[0], v[1]
+    x, y = v[..., 0], v[..., 1]
     return (1 - x) ** 2 + 100 * (y - x**2) ** 2
 
 
 def beale(v: Tensor) -> Tensor:
     """``(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2``; minimum 0 at (3, 0.5)."""
-    x, y = v[0], v[1]
+    x, y = v[..., 0], v[..., 1]
     return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
 
 
 def himmelblau(v: Tensor) -> Tensor:
     """``(x^2 + y - 11)^2 + (x + y^2 - 7)^2``; four global minima, all with value 0."""
-    x, y = v[0], v[1]
+    x, y = v[..., 0], v[..., 1]
     return (x**2 + y - 11) ** 2 + (x + y**2 - 7) ** 2
 
 
 def rastrigin(v: Tensor) -> Tensor:
     """``10 n + sum (x_i^2 - 10 cos(2 pi x_i))``; minimum 0 at the origin, many local minima."""
-    return 10 * v.numel() + (v**2 - 10 * torch.cos(2 * math.pi * v)).sum()
+    return 10 * v.shape[-1] + (v**2 - 10 * torch.cos(2 * math.pi * v)).sum(-1)
 
 
 def ackley(v: Tensor) -> Tensor:
@@ -52,31 +56,31 @@ def ackley(v: Tensor) -> Tensor:
 
     The function has a cone-shaped kink at 0; the radius is ``sqrt(max(r^2, tiny))`` so autograd
     returns the subgradient 0 there instead of NaN (the value changes by < 1e-18)."""
-    mean_square = (v**2).mean()
+    mean_square = (v**2).mean(-1)
     radius = torch.sqrt(torch.clamp(mean_square, min=torch.finfo(v.dtype).tiny))
-    return (-20 * torch.exp(-0.2 * radius) - torch.exp(torch.cos(2 * math.pi * v).mean())
+    return (-20 * torch.exp(-0.2 * radius) - torch.exp(torch.cos(2 * math.pi * v).mean(-1))
             + math.e + 20)
 
 
 def six_hump_camel(v: Tensor) -> Tensor:
     """``(4 - 2.1 x^2 + x^4/3) x^2 + x y + (-4 + 4 y^2) y^2``; two global minima, value -1.0316."""
-    x, y = v[0], v[1]
+    x, y = v[..., 0], v[..., 1]
     return (4 - 2.1 * x**2 + x**4 / 3) * x**2 + x * y + (-4 + 4 * y**2) * y**2
 
 
 def styblinski_tang(v: Tensor) -> Tensor:
     """``1/2 sum (x_i^4 - 16 x_i^2 + 5 x_i)``; minimum -39.166... * n at x_i = -2.9035..."""
-    return 0.5 * (v**4 - 16 * v**2 + 5 * v).sum()
+    return 0.5 * (v**4 - 16 * v**2 + 5 * v).sum(-1)
 
 
 def saddle(v: Tensor) -> Tensor:
     """``x^2 - y^2``: a strict saddle at the origin, unbounded below (the saddle-escape study)."""
-    return v[0] ** 2 - v[1] ** 2
+    return v[..., 0] ** 2 - v[..., 1] ** 2
 
 
 def monkey_saddle(v: Tensor) -> Tensor:
     """``x^3 - 3 x y^2``: a degenerate (zero-Hessian) saddle at the origin, unbounded below."""
-    return v[0] ** 3 - 3 * v[0] * v[1] ** 2
+    return v[..., 0] ** 3 - 3 * v[..., 0] * v[..., 1] ** 2
 
 
 STYBLINSKI_TANG_ARGMIN = -2.903534027771177
@@ -89,7 +93,7 @@ class TestFunction:
     minimum value (None if unbounded), other known critical points, and its customary box."""
 
     name: str
-    function: Callable[[Tensor], Tensor]
+    function: Callable[[Tensor], Tensor]  # (..., n) -> (...)
     minimizers: tuple[tuple[float, ...], ...]
     minimum_value: float | None
     init_box: tuple[float, float]
@@ -181,15 +185,15 @@ class TestFunctionTask(PointTask):
 
 class FunctionPart(TaskBatch):
     """Tasks of one test function and dimension ``width`` inside a ``PointBatch``:
-    ``L_b = f(x_b)``, one ``vmap`` of ``f``; deterministic (its batch is None)."""
+    ``L_b = f(x_b)``, one call of ``f`` on the stacked points (written over the last dimension);
+    deterministic (its batch is None)."""
 
     def __init__(self, tasks: Sequence[TestFunctionTask]):
         super().__init__(tasks)
         self.width = self.tasks[0].dim
-        self._loss = torch.func.vmap(self.tasks[0].function)
 
     def loss(self, params, batch: Batch) -> Tensor:
-        return self._loss(params["x"])
+        return self.tasks[0].function(params["x"])
 
     def train_batch(self, generators) -> Batch:
         return None

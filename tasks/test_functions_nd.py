@@ -21,7 +21,8 @@ __all__ = ["NDTestFunctionFamily", "rosenbrock_nd"]
 
 def rosenbrock_nd(v: Tensor) -> Tensor:
     """The chained N-D Rosenbrock function (n >= 2)."""
-    return (100 * (v[1:] - v[:-1] ** 2) ** 2 + (1 - v[:-1]) ** 2).sum()
+    head, tail = v[..., :-1], v[..., 1:]  # over the last dimension, as the 2-D functions
+    return (100 * (tail - head**2) ** 2 + (1 - head) ** 2).sum(-1)
 
 
 _ND = {

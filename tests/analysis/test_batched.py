@@ -96,7 +96,18 @@ def test_bad_optimizer_is_named(name, options, key):
         BatchedOptimizer(name, options)
 
 
-def test_columnwise_fast_path_only_for_coordinate_functions():
-    from metaopt.analysis.batched import _columnwise_ok
-    assert _columnwise_ok(himmelblau, 2) and _columnwise_ok(six_hump_camel, 2)
-    assert not _columnwise_ok(rastrigin, 2)  # sums over v: must go through vmap
+def test_the_stacked_form_is_taken_only_where_it_equals_vmap():
+    from metaopt.analysis.batched import _stacked_form
+    for function in (himmelblau, six_hump_camel, rastrigin):  # over the last dimension
+        assert _stacked_form(function, 2) is function
+
+    def coordinates(v):  # written on coordinates: evaluated on X.T
+        return v[0] ** 2 + 3 * v[1]
+
+    def reducing(v):  # sums over v written for one point: only vmap evaluates it per row
+        return v.sum() ** 2
+    x = torch.tensor([[1.0, 2.0], [-0.5, 0.25], [3.0, -1.0]], dtype=torch.float64)
+    for function in (coordinates, reducing):
+        form = _stacked_form(function, 2)
+        assert form is not function
+        torch.testing.assert_close(form(x), torch.func.vmap(function)(x), rtol=0, atol=0)
