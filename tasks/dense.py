@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from metaopt.task import Batch, RowPartition, TaskBatch
 
@@ -81,12 +82,10 @@ def weighted_rows(indices: Sequence[Tensor], dtype, device) -> tuple[Tensor, Ten
     """Rows ``indices[b]`` of task ``b``'s stacked set, padded to the longest: the ``(B, m)``
     gather index (padding: row 0), the row weights (``1/n_b`` on task ``b``'s own ``n_b`` rows,
     0 on the padding, so a weighted sum is task ``b``'s mean) and the ``(B, 1)`` task index."""
-    size = max(len(i) for i in indices)
-    index = torch.zeros(len(indices), size, dtype=torch.long)
-    weights = torch.zeros(len(indices), size, dtype=dtype)
-    for b, rows in enumerate(indices):
-        index[b, :len(rows)] = rows
-        weights[b, :len(rows)] = 1.0 / len(rows)
+    index = pad_sequence(list(indices), batch_first=True)
+    counts = torch.tensor([len(i) for i in indices], dtype=torch.float64).unsqueeze(1)
+    real = torch.arange(index.shape[1]) < counts
+    weights = torch.where(real, 1.0 / counts, 0.0).to(dtype)  # 1/n_b as the float64 it was
     rows = torch.arange(len(indices), device=device).unsqueeze(1)
     return index.to(device), weights.to(device), rows
 

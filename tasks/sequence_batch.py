@@ -137,11 +137,14 @@ class PaddedSequenceBatch(TaskBatch):
         h = x.new_zeros(*tokens.shape[:2], self.hidden)
         weight, bias = params["recurrent.weight"].transpose(1, 2), params["recurrent.bias"]
         two = 2 * self.hidden
+        # the input halves of the gates, position by position, in two ops (per-position slices
+        # would each add a full-size zero gradient to the backward passes)
+        gx_rz, gx_n = gates_x[..., :two].unbind(2), gates_x[..., two:].unbind(2)
         outputs = []
         for t in range(tokens.shape[2]):  # GRUModel.forward, step for step
-            gx, gh = gates_x[:, :, t], torch.baddbmm(bias.unsqueeze(1), h, weight)
-            r, z = torch.sigmoid(gx[..., :two] + gh[..., :two]).chunk(2, dim=-1)
-            n = torch.tanh(gx[..., two:] + r * gh[..., two:])
+            gh = torch.baddbmm(bias.unsqueeze(1), h, weight)
+            r, z = torch.sigmoid(gx_rz[t] + gh[..., :two]).chunk(2, dim=-1)
+            n = torch.tanh(gx_n[t] + r * gh[..., two:])
             h = n + z * (h - n)
             outputs.append(h)
         return self._linear(torch.stack(outputs, dim=2), params["readout.weight"],
