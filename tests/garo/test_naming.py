@@ -4,9 +4,15 @@ checkpoints step exactly as before the multiplier was renamed.
 ``RECORDED`` holds six steps of ``garo_general`` (float32 and float64) and ``garo_quadratics``
 (float64) computed by the code *before* the rename (group key ``weight_decay``), with a StepLR
 schedule halving ``lr`` every two steps and a second group with its own ``lr`` and no decay: the
-same run today must give the same numbers to the last bit. ``garo_general`` here is the
-checkpoint shipped under that name when they were recorded (DoG's scale,
-``configs/garo_general_dog.yaml``), kept in ``data/``.
+same run today must give the same numbers. ``garo_general`` here is the checkpoint shipped under
+that name when they were recorded (DoG's scale, ``configs/garo_general_dog.yaml``), kept in
+``data/``.
+
+To the last bit on the CPU that recorded them, and in float32 on every CPU tried. In float64 the
+vectorised kernels of another CPU family round differently, and the controllers amplify it: on
+an AMD EPYC the trajectories sit 3.3e-10 (``garo_general``) and 5.1e-6 (``garo_quadratics``) away,
+relatively. ``TOLERANCE`` is ~30x those and ~50-100x below what a 0.1% larger ``lr`` moves them
+(9.7e-7 and 7.8e-3).
 """
 import copy
 import math
@@ -86,6 +92,17 @@ RECORDED = {
     ],
 }
 
+TOLERANCE = {("garo_general", "float32"): 0.0, ("garo_general", "float64"): 1e-8,
+             ("garo_quadratics", "float64"): 1.5e-4}  # relative (module docstring)
+
+
+def assert_recorded(name, dtype, trajectory):
+    key = (name, str(dtype).split(".")[1])
+    for step, ((w, b), (w_old, b_old)) in enumerate(zip(trajectory, RECORDED[key], strict=True)):
+        for got, old, label in ((w, w_old, "w"), (b, b_old, "b")):
+            torch.testing.assert_close(got, torch.tensor(old, dtype=dtype), rtol=TOLERANCE[key],
+                                       atol=0, msg=lambda m: f"step {step + 1}: {label}: {m}")
+
 
 def problem(dtype):
     g = torch.Generator().manual_seed(0)
@@ -118,10 +135,7 @@ def run(name, dtype, steps=6, **second_group):
 def test_shipped_checkpoints_step_bit_identically_to_before_the_rename(name, dtype):
     dtype = getattr(torch, dtype)
     trajectory, _ = run(name, dtype, weight_decay_scale=0.0)
-    for step, ((w, b), (w_old, b_old)) in enumerate(zip(trajectory, RECORDED[name, str(dtype)
-                                                                             .split(".")[1]])):
-        assert torch.equal(w, torch.tensor(w_old, dtype=dtype)), f"step {step + 1}: w"
-        assert torch.equal(b, torch.tensor(b_old, dtype=dtype)), f"step {step + 1}: b"
+    assert_recorded(name, dtype, trajectory)
 
 
 def test_the_old_group_key_still_works_with_a_deprecation_warning():
@@ -130,8 +144,7 @@ def test_the_old_group_key_still_works_with_a_deprecation_warning():
         old, opt = run("garo_quadratics", torch.float64, weight_decay=0.0)
     assert [sorted(k for k in g if k != "params") for g in opt.param_groups] == \
         [["initial_lr", "lr", "weight_decay_scale"]] * 2
-    for (w, b), (w_old, b_old) in zip(old, RECORDED["garo_quadratics", "float64"]):
-        assert w.tolist() == w_old and b.tolist() == b_old
+    assert_recorded("garo_quadratics", torch.float64, old)
 
 
 def test_the_old_keyword_warns_and_sets_the_multiplier_both_names_are_refused():
