@@ -211,6 +211,12 @@ class Task(ABC):
         """
         return None
 
+    def batch_label(self) -> Hashable | None:
+        """The label by which a ``TaskBatch`` of this task's key splits its rows
+        (``RowPartition``: an MLP's activation, a point task's function): the engine places
+        same-label runs next to each other, so the batch cuts its rows into contiguous blocks."""
+        return None
+
     @classmethod
     def stack(cls, tasks: Sequence[Task]) -> TaskBatch:
         """A ``TaskBatch`` of ``tasks`` (all with this task's ``batch_key``)."""
@@ -220,16 +226,25 @@ class Task(ABC):
 
 class RowPartition:
     """The rows of a batch split by a per-row label (activation, loss kind): each label's rows are
-    computed on their own (``take``), then put back in row order (``merge``). Computing every
-    activation on every row and selecting by ``torch.where`` costs each activation, and its first
-    and second derivatives in meta-training, on all rows."""
+    computed on their own (``take`` or ``split``), then put back in row order (``merge``).
+    Computing every activation on every row and selecting by ``torch.where`` costs each
+    activation, and its first and second derivatives in meta-training, on all rows.
+
+    Where each label's rows are one block (the engine orders a group's runs by
+    ``Task.batch_label``), ``split`` cuts the rows and ``merge`` concatenates them: no gather,
+    whose backward would scatter into a zero tensor of all the rows (for one part after another,
+    and again in the second-order pass)."""
 
     def __init__(self, labels: Sequence[Hashable], device, order: Sequence | None = None):
         """``order``: the labels' order in ``parts`` (default: first appearance)."""
+        labels = list(labels)
         order = dict.fromkeys(labels) if order is None else order
         rows = {label: [r for r, have in enumerate(labels) if have == label] for label in order}
-        self.parts = [(label, torch.tensor(r, device=device)) for label, r in rows.items() if r]
+        rows = {label: r for label, r in rows.items() if r}
+        self.parts = [(label, torch.tensor(r, device=device)) for label, r in rows.items()]
         self.single = len(self.parts) == 1
+        self.sizes = [len(r) for r in rows.values()]
+        self.blocks = [r for block in rows.values() for r in block] == list(range(len(labels)))
         index = torch.cat([r for _, r in self.parts])
         self.inverse = torch.empty_like(index)
         self.inverse[index] = torch.arange(len(index), device=device)
@@ -237,8 +252,19 @@ class RowPartition:
     def take(self, value: Tensor, rows: Tensor) -> Tensor:
         return value if self.single else value.index_select(0, rows)
 
+    def split(self, value: Tensor) -> list[Tensor]:
+        """Every part's rows of ``value``, in ``parts``' order."""
+        if self.single:
+            return [value]
+        if self.blocks:
+            return list(value.split(self.sizes))
+        return [value.index_select(0, rows) for _, rows in self.parts]
+
     def merge(self, values: Sequence[Tensor]) -> Tensor:
-        return values[0] if self.single else torch.cat(list(values)).index_select(0, self.inverse)
+        if self.single:
+            return values[0]
+        out = torch.cat(list(values))
+        return out if self.blocks else out.index_select(0, self.inverse)
 
 
 class TaskBatch(ABC):

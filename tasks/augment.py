@@ -119,6 +119,9 @@ class AugmentedTask(Task):
         key = self.base.batch_key()
         return None if key is None else ("augmented", key)
 
+    def batch_label(self):
+        return self.base.batch_label()
+
     @classmethod
     def stack(cls, tasks: Sequence[AugmentedTask]) -> AugmentedBatch:
         return AugmentedBatch(tasks)

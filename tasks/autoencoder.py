@@ -52,6 +52,9 @@ class AutoencoderTask(SupervisedTask):
                                                       self.hidden, d),
                            self.activation, "mse", mse_coefficient=1.0 / d)
 
+    def batch_label(self):
+        return self.activation  # DenseBatch applies each activation to its own rows
+
     def batch_key(self):
         return dense_key(self, self.dense_layout())
 

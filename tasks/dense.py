@@ -162,8 +162,7 @@ class DenseBatch(TaskBatch):
         # masked logits, zero errors), e.g. ten digit classes beside the autoencoder's 64 pixels
         self.kind_widths = [max(self.layouts[r].sizes[-1] for r in rows.tolist())
                             for _, rows in self.kinds.parts]
-        self.activations = RowPartition(self.act.tolist(), self.device,
-                                        range(len(ACTIVATION_CODES)))
+        self.activations = RowPartition(self.act.tolist(), self.device)
         self.penalties = (bool(self.l2.any()), bool(self.l1.any()))
 
     def select(self, rows):
@@ -195,8 +194,8 @@ class DenseBatch(TaskBatch):
             h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             if k < last:
                 acts = self.activations
-                h = acts.merge([_FUNCTIONAL[_ACTIVATION_NAMES[code]](acts.take(h, rows))
-                                for code, rows in acts.parts])
+                h = acts.merge([_FUNCTIONAL[_ACTIVATION_NAMES[code]](part)
+                                for (code, _), part in zip(acts.parts, acts.split(h))])
         parts, kinds = [], self.kinds
         for (kind, rows), width in zip(kinds.parts, self.kind_widths):
             out, mask = (kinds.take(t, rows)[..., :width] for t in (h, self.out_mask))

@@ -52,6 +52,9 @@ class MLPTask(ClassificationTask):
                            (self.num_features, *[self.width] * self.depth, self.num_classes),
                            self.activation, "ce")
 
+    def batch_label(self):
+        return self.activation  # DenseBatch applies each activation to its own rows
+
     def batch_key(self):
         """With ``padding`` (the default): every MLP of this depth, whatever its width,
         activation, data set, penalty and minibatch size (``DenseBatch`` pads them exactly, and

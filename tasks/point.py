@@ -88,6 +88,9 @@ class PointTask(ModuleTask):
     def stack(cls, tasks: Sequence[PointTask]) -> PointBatch:
         return PointBatch(tasks)
 
+    def batch_label(self) -> Hashable | None:
+        return self.point_part_key()  # a PointBatch evaluates each part on its own rows
+
     def point_part_key(self) -> Hashable | None:
         """Tasks of one part key are evaluated by one ``stack_part`` batch inside a
         ``PointBatch``; None (this default): the task has no batched form, so no ``batch_key``
@@ -139,9 +142,8 @@ class PointBatch(TaskBatch):
         return [row[:task.dim] for row, task in zip(value.unbind(0), self.tasks)]
 
     def loss(self, params, batch: Batch) -> Tensor:
-        x = params["x"]
-        return self.rows.merge([part.loss({"x": x.index_select(0, rows)[:, :part.width]}, data)
-                                for (rows, part), data in zip(self.parts, batch)])
+        return self.rows.merge([part.loss({"x": x[:, :part.width]}, data) for (_, part), x, data
+                                in zip(self.parts, self.rows.split(params["x"]), batch)])
 
     def train_batch(self, generators) -> Batch:
         return [part.train_batch([generators[r] for r in rows])

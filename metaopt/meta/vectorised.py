@@ -167,9 +167,17 @@ class VectorisedPool(InnerRunPool):
                 alone.append(i)
             else:
                 groups.setdefault(key, []).append(i)
-        batched = [g for g in groups.values() if len(g) > 1 or self._flat]
+        batched = [self._by_label(g) for g in groups.values() if len(g) > 1 or self._flat]
         alone += [g[0] for g in groups.values() if len(g) == 1 and not self._flat]
         return batched, sorted(alone)
+
+    def _by_label(self, group: list[int]) -> list[int]:
+        """The runs of ``group``, same-``batch_label`` runs next to each other (labels in order
+        of first appearance, runs in slot order within a label): the batch splits its rows by
+        that label in contiguous blocks (``metaopt.task.RowPartition``)."""
+        labels = [self.runs[i].task.batch_label() for i in group]
+        order = {label: k for k, label in enumerate(dict.fromkeys(labels))}
+        return [i for _, i in sorted(zip((order[label] for label in labels), group))]
 
     def _step_fn(self, weights, *, flat: bool = False):
         """The rule's step on stacked runs; ``flat``: on flat buckets' rows (one tensor and one

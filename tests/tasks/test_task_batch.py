@@ -184,3 +184,47 @@ def test_a_point_task_without_a_batched_part_takes_the_loop():
     assert task.batch_key() is None  # so the vectorised engine never stacks it
     with pytest.raises(TypeError, match="no batched form"):  # the base class's default
         PointTask.stack_part([task])
+
+
+@pytest.mark.parametrize("labels", [["a", "a", "b", "c", "c"], ["a", "b", "a", "c", "b"]])
+def test_a_row_partition_splits_and_merges_rows_by_label(labels):
+    from metaopt.task import RowPartition
+    partition = RowPartition(labels, "cpu")
+    assert partition.blocks == (labels == sorted(labels))
+    scale = {"a": 1.0, "b": -2.0, "c": 3.0}
+    value = torch.randn(len(labels), 3, dtype=DT, requires_grad=True)
+    out = partition.merge([torch.tanh(scale[label] * part) for (label, _), part
+                           in zip(partition.parts, partition.split(value))])
+    expected = torch.stack([torch.tanh(scale[label] * row) for label, row in zip(labels, value)])
+    assert torch.equal(out, expected)
+    weights = torch.randn_like(value)
+    got, = torch.autograd.grad((out * weights).sum(), value)
+    want, = torch.autograd.grad((expected * weights).sum(), value)
+    assert torch.equal(got, want)
+
+
+def test_the_engine_puts_same_label_runs_next_to_each_other():
+    # MLPs of three activations, test functions of several kinds: every group's batch finds
+    # each label's rows in one block (no gather in its forward or backward passes)
+    from metaopt.meta import MetaLoss, VectorisedPool, make_horizon
+    from tests.meta.helpers import learned_rule
+    family = tasks.get("mixture", dtype=DT, components={
+        "mlp": {"datasets": ["synthetic"], "width": [3, 6], "depth": [1, 1],
+                "activations": ["tanh", "relu", "gelu"], "synthetic_examples": 40,
+                "synthetic_features": 3, "synthetic_classes": 2},
+        "himmelblau": {}, "beale": {}, "rastrigin_nd": {"dim": [2, 3]}})
+    pool = VectorisedPool(learned_rule(hidden_size=4), family, 16, 3,
+                          make_horizon("log_uniform", min_length=2, max_length=8),
+                          MetaLoss("mean", "train", divergence_threshold=100.0))
+    weights = pool.learned.meta_parameters()
+    pool.refresh(weights, torch.Generator().manual_seed(0))
+    pool._check_padding(weights)  # (as segment() does first)
+    groups, _ = pool._groups(range(16))
+    assert sorted(i for g in groups for i in g) == list(range(16))
+    for group in groups:
+        labels = [pool.runs[i].task.batch_label() for i in group]
+        assert len(set(labels)) > 1
+        assert all(labels.index(x) == k or labels[k - 1] == x for k, x in enumerate(labels))
+        batch = type(pool.runs[group[0]].task).stack([pool.runs[i].task for i in group])
+        partition = batch.activations if hasattr(batch, "activations") else batch.rows
+        assert partition.blocks
