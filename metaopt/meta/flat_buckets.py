@@ -35,7 +35,7 @@ from torch import Tensor
 from ..task import TaskBatch
 
 __all__ = ["PAD_BUDGET", "FlatBatch", "GroupLayout", "flat_row", "flatten_state", "plan_buckets",
-           "row_of", "split_row", "unflatten_state"]
+           "row_of", "rows_of", "split_row", "unflatten_state"]
 
 # A rule step's fixed cost is worth about this many padded elements of its elementwise work,
 # on CPU: under vmap ~2.9 ms forward and backward against ~75 ns an element, GARO's stacked step
@@ -113,6 +113,18 @@ def row_of(tree, b: int):
     if isinstance(tree, dict):
         return {k: row_of(v, b) for k, v in tree.items()}
     return type(tree)(row_of(v, b) for v in tree)
+
+
+def rows_of(tree, count: int) -> list:
+    """``[row_of(tree, b) for b in range(count)]``, each tensor unbound once: one walk of the
+    tree for all its rows (a walk per run cost ~3% of a 64-run meta-step)."""
+    if isinstance(tree, Tensor):
+        return list(tree.unbind(0))
+    if isinstance(tree, dict):
+        parts = {k: rows_of(v, count) for k, v in tree.items()}
+        return [{k: part[b] for k, part in parts.items()} for b in range(count)]
+    parts = [rows_of(v, count) for v in tree]
+    return [type(tree)(part[b] for part in parts) for b in range(count)]
 
 
 def plan_buckets(lengths: Sequence[Sequence[int]], budget: int = PAD_BUDGET) -> list[list[int]]:

@@ -13,10 +13,11 @@ from .flat_buckets import (
     flat_row,
     flatten_state,
     plan_buckets,
-    row_of,
+    rows_of,
     split_row,
     unflatten_state,
 )
+from .learned import detach_state
 from .native_batched import decode_ints, encode_ints
 from .truncation import segment_length
 from .unroll import batch_generator
@@ -79,9 +80,11 @@ def _unroll_bucket(pool, groups, begin, weights, inits, differentiable, step, lo
         differentiable=differentiable, second_order=pool.second_order, step=step)
     for b, i in enumerate(indices):
         losses[i] = bucket_losses[b]
-    for members, (end_params,), end_state in ends:
+    for members, (end_params,), end_state in ends:  # detached (the finals' contract)
+        param_rows = end_params.detach().unbind(0)
+        state_rows = rows_of(detach_state(end_state), len(members))
         for k, b in enumerate(members):
             i = indices[b]
             if losses[i] is not None:
-                finals[i] = (split_row(end_params[k], shapes[b]), decode_ints(
-                    unflatten_state(row_of(end_state, k), begin[i][1], shapes[b]), ints))
+                finals[i] = (split_row(param_rows[k], shapes[b]), decode_ints(
+                    unflatten_state(state_rows[k], begin[i][1], shapes[b]), ints))

@@ -247,18 +247,18 @@ class VectorisedPool(InnerRunPool):
                 batch_seed=run.batch_seed, inner_step=run.step, differentiable=differentiable,
                 second_order=self.second_order)
             losses[i] = result.loss
-            finals[i] = None if result.diverged else (list(result.params), result.state)
+            finals[i] = None if result.diverged else (detach_state(list(result.params)),
+                                                      detach_state(result.state))
+        # every path leaves its finals detached (the flat path unbinds each stacked tensor once)
         if not advance:
-            ends = [None if f is None else (detach_state(list(f[0])), detach_state(f[1]))
-                    for f in finals]
-            return SegmentBatch(losses, 0, {}, ends)
+            return SegmentBatch(losses, 0, {}, finals)
         resets, emitted = 0, {}
         for i, run in enumerate(self.runs):
             if finals[i] is None:
                 self.runs[i] = None  # reset: the next refresh() starts a new task here
                 resets += 1
                 continue
-            run.params, run.state = detach_state(list(finals[i][0])), detach_state(finals[i][1])
+            run.params, run.state = list(finals[i][0]), finals[i][1]
             run.step += segment_length(self.truncation_length, run.step, run.horizon)
             for key, value in self.learned.trace(run.state).items():
                 emitted.setdefault(key, []).append(float(value))
@@ -297,6 +297,7 @@ class VectorisedPool(InnerRunPool):
             losses[i] = group_losses[b]
         for members, end_params, end_state in ends:
             chunk = batch.select(members)
+            end_params, end_state = detach_state(list(end_params)), detach_state(end_state)
             per_params = [chunk.unstack_values(n, p) for n, p in zip(names, end_params)]
             per_state = unstack_tree(end_state, chunk, names, end_params)
             for b, member in enumerate(members):
