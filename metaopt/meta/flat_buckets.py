@@ -17,7 +17,8 @@ group whose tasks differ in shape (``TaskBatch.stack_values`` pads them) reads i
 tensors from the rows by one ``gather`` whose padding entries point at the row's last column,
 which every row keeps at 0 (``N`` = the longest run + 1; the rule pads exactly), or, for a
 group padded only at the end of one tensor, straight from the row's own zero tail. Its gradient
-comes back by the inverse ``gather``. The rule's state is flattened the same way, run by run:
+is taken with respect to the rows themselves (the gather's backward puts it back in place). The
+rule's state is flattened the same way, run by run:
 per-parameter lists become one padded vector, global entries stay as they are, and entries whose
 shape depends on the number of tensors are run constants (GARO's element counts), taken from
 ``learned.init`` of the flat run (``flatten_state``) and given back from the run's own state
@@ -146,8 +147,7 @@ def plan_buckets(lengths: Sequence[Sequence[int]], budget: int = PAD_BUDGET) -> 
 
 class GroupLayout:
     """Where a group's stacked (padded) tensors sit in its runs' rows (module docstring):
-    ``index`` (B, P) reads them from the rows (None: they are the rows' first P columns), and
-    ``inverse`` (B, N) reads the rows' coordinates back from them (P: a zero appended).
+    ``index`` (B, P) reads them from the rows (None: they are the rows' first P columns).
 
     Derived from the group's own ``stack_values``: each run's coordinate numbers 1, 2, … are
     stacked like its parameters, so wherever the group pads (at the end of each dimension, or
@@ -175,7 +175,7 @@ class GroupLayout:
         positions = torch.arange(self.size, device=device).expand_as(self._numbers)
         real = self._numbers >= 0
         self.identity = torch.equal(self._numbers[real], positions[real])
-        self.index = self.inverse = None
+        self.index = None
 
     def place(self, width: int) -> GroupLayout:
         """The gather indices for rows ``width`` long (none for an ``identity`` layout)."""
@@ -184,14 +184,7 @@ class GroupLayout:
             if width < self.size:
                 raise ValueError(f"width: {width} < this group's {self.size} columns")
             return self
-        rows = torch.arange(len(index), device=index.device).unsqueeze(1).expand_as(index)
-        real = index >= 0
-        inverse = torch.full((len(index), width), self.size, dtype=torch.long,
-                             device=index.device)
-        inverse[rows[real], index[real]] = torch.arange(
-            self.size, device=index.device).expand_as(index)[real]
-        self.index = torch.where(real, index, width - 1)
-        self.inverse = inverse
+        self.index = torch.where(index >= 0, index, width - 1)
         return self
 
     def tensors(self, rows: Tensor) -> list[Tensor]:
@@ -203,20 +196,12 @@ class GroupLayout:
         parts = padded.split([shape.numel() for shape in self.padded], dim=1)
         return [part.view(len(rows), *shape) for part, shape in zip(parts, self.padded)]
 
-    def rows(self, tensors: Sequence[Tensor], width: int) -> Tensor:
-        """The inverse of ``tensors``, for the tensors' gradients."""
-        padded = torch.cat([t.reshape(len(t), -1) for t in tensors], dim=1)
-        if self.index is None:
-            return F.pad(padded, (0, width - self.size))
-        return F.pad(padded, (0, 1)).gather(1, self.inverse)
-
     def select(self, local: Sequence[int]) -> GroupLayout:
         out = GroupLayout.__new__(GroupLayout)
         out.padded, out.size, out.identity = self.padded, self.size, self.identity
-        out.index = out.inverse = None
+        out.index = None
         if self.index is not None:
-            at = torch.tensor(list(local), device=self.index.device)
-            out.index, out.inverse = self.index[at], self.inverse[at]
+            out.index = self.index[torch.tensor(list(local), device=self.index.device)]
         return out
 
 
@@ -235,9 +220,11 @@ class FlatBatch(TaskBatch):
             self.offsets.append(self.offsets[-1] + len(group))
 
     def _parts(self, flat: Tensor, batch):
-        for i, (group, part) in enumerate(zip(self.groups, batch)):
-            tensors = self.layouts[i].tensors(flat[self.offsets[i]:self.offsets[i + 1]])
-            yield group, part, tensors
+        # one split (its backward one concatenation), not a slice per group
+        sizes = [b - a for a, b in zip(self.offsets, self.offsets[1:])]
+        for layout, group, part, rows in zip(self.layouts, self.groups, batch,
+                                             flat.split(sizes)):
+            yield group, part, layout.tensors(rows)
 
     def loss(self, params, batch) -> Tensor:
         return torch.cat([group.loss(dict(zip(names, tensors)), part) for names, (
@@ -245,23 +232,16 @@ class FlatBatch(TaskBatch):
 
     def loss_and_grads(self, params, batch, *, grad: bool, retain_graph: bool = False,
                        create_graph: bool = False):
-        """``(L, (∂ Σ L / ∂ flat,))`` (None when ``grad`` is False), each group's gradient taken
-        with respect to its own tensors and placed back by its layout."""
+        """``(L, (∂ Σ L / ∂ flat,))`` (None when ``grad`` is False): the gradient taken with
+        respect to the rows themselves, so autograd places each group's gradients back through
+        its layout's gather (exactly: every real coordinate is read once, and the padding the
+        gather reads from a row's zero column has exactly zero gradient)."""
         flat = params["flat"]
-        losses, inputs = [], []
-        for names, (group, part, tensors) in zip(self.names, self._parts(flat, batch)):
-            losses.append(group.loss(dict(zip(names, tensors)), part))
-            inputs.append(tensors)
-        loss = torch.cat(losses)
+        loss = self.loss(params, batch)
         if not grad:
             return loss, None
-        grads = torch.autograd.grad(loss.sum(), [t for ts in inputs for t in ts],
-                                    retain_graph=retain_graph, create_graph=create_graph)
-        rows, at = [], 0
-        for layout, tensors in zip(self.layouts, inputs):
-            rows.append(layout.rows(grads[at:at + len(tensors)], self.width))
-            at += len(tensors)
-        return loss, (torch.cat(rows),)
+        return loss, torch.autograd.grad(loss.sum(), [flat], retain_graph=retain_graph,
+                                         create_graph=create_graph)
 
     def _split(self, generators):
         return [generators[a:b] for a, b in zip(self.offsets, self.offsets[1:])]
