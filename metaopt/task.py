@@ -329,6 +329,18 @@ class TaskBatch(ABC):
         """The inverse of ``stack_values``: one tensor per task."""
         return list(value.unbind(0))
 
+    def tensor_scales(self) -> Mapping[str, Tensor] | None:
+        """Per parameter name a ``(B,)`` scale ``s`` when this batch's loss reads its tensors
+        rescaled, ``loss(θ) = rescaled_loss(s ⊙ θ)`` (one scale per task and tensor: the
+        augmented tasks' reparametrisation); None otherwise. An engine that holds a run's tensors
+        as one flat row then rescales the rows with one multiply instead of a multiply per
+        tensor (and per tensor again in each backward pass)."""
+        return None
+
+    def rescaled_loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """``loss`` of tensors already multiplied by ``tensor_scales()``."""
+        raise NotImplementedError(f"{type(self).__name__}: its loss reads no rescaled tensors")
+
     def normalized_loss(self, losses: Tensor) -> Tensor:
         """``(L_b − offset_b) / scale_b`` for every task (``Task.normalized_loss`` row-wise)."""
         return (losses - self.loss_offset.to(losses.dtype)) / self.loss_scale.to(losses.dtype)

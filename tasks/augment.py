@@ -148,7 +148,14 @@ class AugmentedBatch(TaskBatch):
 
     def loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         scaled = {k: self.scales[k].view(-1, *[1] * (v.dim() - 1)) * v for k, v in params.items()}
-        return self.c * self.base.loss(scaled, batch)
+        return self.rescaled_loss(scaled, batch)
+
+    def tensor_scales(self) -> dict[str, Tensor]:
+        return self.scales
+
+    def rescaled_loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """``c_b · L_b(θ)`` of the base tensors ``θ = s_b ⊙ θ'_b``."""
+        return self.c * self.base.loss(params, batch)
 
     def train_batch(self, generators):
         return self.base.train_batch(generators)

@@ -17,8 +17,10 @@ group whose tasks differ in shape (``TaskBatch.stack_values`` pads them) reads i
 tensors from the rows by one ``gather`` whose padding entries point at the row's last column,
 which every row keeps at 0 (``N`` = the longest run + 1; the rule pads exactly), or, for a
 group padded only at the end of one tensor, straight from the row's own zero tail. Its gradient
-is taken with respect to the rows themselves (the gather's backward puts it back in place). The
-rule's state is flattened the same way, run by run:
+is taken with respect to the rows themselves (the gather's backward puts it back in place). A
+group whose loss reads its tensors rescaled (``TaskBatch.tensor_scales``: the augmented tasks'
+``θ = s ⊙ θ'``) has its rows rescaled by one multiply of the bucket by a per-coordinate scale, the
+same products as a multiply per tensor. The rule's state is flattened the same way, run by run:
 per-parameter lists become one padded vector, global entries stay as they are, and entries whose
 shape depends on the number of tensors are run constants (GARO's element counts), taken from
 ``learned.init`` of the flat run (``flatten_state``) and given back from the run's own state
@@ -160,6 +162,8 @@ class GroupLayout:
     def __init__(self, batch: TaskBatch, names: Sequence[str],
                  shapes: Sequence[Sequence[torch.Size]], device):
         numbers, starts, self.padded = [], [0] * len(shapes), []
+        self.device = device
+        self.numels = [[shape.numel() for shape in run] for run in shapes]
         for j, name in enumerate(names):
             values = []
             for b, run in enumerate(shapes):
@@ -196,9 +200,18 @@ class GroupLayout:
         parts = padded.split([shape.numel() for shape in self.padded], dim=1)
         return [part.view(len(rows), *shape) for part, shape in zip(parts, self.padded)]
 
+    def tensor_numbers(self, width: int) -> Tensor:
+        """``(B, width)``: which of a run's tensors each column of its row holds (the number of
+        tensors, K, past its end)."""
+        K = len(self.padded)
+        counts = [c for run in self.numels for c in (*run, width - sum(run))]
+        numbers = torch.arange(K + 1, device=self.device).repeat(len(self.numels))
+        return numbers.repeat_interleave(torch.tensor(counts, device=self.device)).view(-1, width)
+
     def select(self, local: Sequence[int]) -> GroupLayout:
         out = GroupLayout.__new__(GroupLayout)
         out.padded, out.size, out.identity = self.padded, self.size, self.identity
+        out.device, out.numels = self.device, [self.numels[i] for i in local]
         out.index = None
         if self.index is not None:
             out.index = self.index[torch.tensor(list(local), device=self.index.device)]
@@ -211,13 +224,31 @@ class FlatBatch(TaskBatch):
     ``layouts[i]``."""
 
     def __init__(self, groups: Sequence[TaskBatch], names: Sequence[Sequence[str]],
-                 layouts: Sequence[GroupLayout], width: int):
+                 layouts: Sequence[GroupLayout], width: int, row_scales: Tensor | None = None):
         super().__init__([task for group in groups for task in group.tasks])
         self.groups, self.names, self.layouts = list(groups), list(names), list(layouts)
         self.width = int(width)
         self.offsets = [0]
         for group in self.groups:
             self.offsets.append(self.offsets[-1] + len(group))
+        self.rescaled = [group.tensor_scales() is not None for group in self.groups]
+        self.row_scales = row_scales if row_scales is not None or not any(self.rescaled) \
+            else self._row_scales()
+
+    def _row_scales(self) -> Tensor:
+        """``(R, N)``: each coordinate's scale ``s`` in the groups that rescale their tensors
+        (``TaskBatch.tensor_scales``), 1 elsewhere; the rows are rescaled by one multiply."""
+        rows = []
+        for group, names, layout in zip(self.groups, self.names, self.layouts):
+            scales = group.tensor_scales()
+            if scales is None:
+                rows.append(torch.ones(len(group), self.width, dtype=self.dtype,
+                                       device=self.device))
+                continue
+            per_tensor = F.pad(torch.stack([scales[name] for name in names], dim=1), (0, 1),
+                               value=1.0)  # (B, K + 1): the last, past a run's tensors
+            rows.append(per_tensor.gather(1, layout.tensor_numbers(self.width)))
+        return torch.cat(rows)
 
     def _parts(self, flat: Tensor, batch):
         # one split (its backward one concatenation), not a slice per group
@@ -227,8 +258,13 @@ class FlatBatch(TaskBatch):
             yield group, part, layout.tensors(rows)
 
     def loss(self, params, batch) -> Tensor:
-        return torch.cat([group.loss(dict(zip(names, tensors)), part) for names, (
-            group, part, tensors) in zip(self.names, self._parts(params["flat"], batch))])
+        flat = params["flat"]
+        if self.row_scales is not None:
+            flat = flat * self.row_scales
+        return torch.cat([
+            (group.rescaled_loss if rescaled else group.loss)(dict(zip(names, tensors)), part)
+            for names, rescaled, (group, part, tensors) in zip(self.names, self.rescaled,
+                                                               self._parts(flat, batch))])
 
     def loss_and_grads(self, params, batch, *, grad: bool, retain_graph: bool = False,
                        create_graph: bool = False):
@@ -260,5 +296,7 @@ class FlatBatch(TaskBatch):
                      if self.offsets[i] <= r < self.offsets[i + 1]]
             if local:
                 kept.append((group.select(local), self.names[i], self.layouts[i].select(local)))
+        scales = None if self.row_scales is None else self.row_scales.index_select(
+            0, torch.tensor(list(rows), device=self.device))
         return FlatBatch([k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept],
-                         self.width)
+                         self.width, scales)

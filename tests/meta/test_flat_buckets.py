@@ -17,7 +17,7 @@ import metaopt.meta.flat_unroll as flat_unroll
 import tasks
 from metaopt.meta import InnerRunPool, MetaLoss, TruncatedBPTT, VectorisedPool, make_horizon
 from metaopt.meta.batch_plan import rule_flattens_exactly, task_label
-from metaopt.meta.flat_buckets import plan_buckets
+from metaopt.meta.flat_buckets import FlatBatch, GroupLayout, flat_row, plan_buckets
 
 from .test_vectorised_families import (
     DT,
@@ -149,3 +149,47 @@ def test_the_start_up_report_says_the_groups_share_the_rule_steps():
                           MetaLoss("mean", "train"))
     text = pool.describe(rule.meta_parameters(), probe=16)
     assert "pads exactly" in text and "alone in their group" in text and "flat" not in text
+
+
+def test_rescaled_groups_take_one_row_multiply_and_keep_their_scales_when_selected():
+    """An augmented group (θ = s ⊙ θ', one s per run and tensor) and a plain one in one bucket:
+    the rows rescaled by one multiply give every run its own loss and gradient (float64, each
+    task on its own tensors), zero beyond its coordinates, and a selection keeps each row's
+    scales."""
+    augmented = tasks.get("augmented", dtype=DT, loss_scale=[0.1, 10.0], param_scale=[0.5, 2.0],
+                          family={"name": "mlp", "kwargs": {
+                              "width": [4, 12], "depth": [1, 1], "activations": ["tanh"],
+                              "datasets": ["synthetic"], "batch_sizes": [16]}})
+    plain = tasks.get("quadratic", dtype=DT, dim=[2, 6])
+    groups = [[augmented.sample_seed(s) for s in (1, 2, 3)], [plain.sample_seed(s) for s in (4, 5)]]
+    runs = [(task, task.init_params(torch.Generator().manual_seed(7)))
+            for g in groups for task in g]
+    batches = [type(g[0]).stack(g) for g in groups]
+    names = [list(g[0].init_params()) for g in groups]
+    layouts = [GroupLayout(batch, n, [[v.shape for v in p.values()] for t, p in runs if t in g],
+                           "cpu") for batch, n, g in zip(batches, names, groups)]
+    real = [sum(v.numel() for v in p.values()) for _, p in runs]
+    width = max([max(real) + 1] + [layout.size for layout in layouts if layout.identity])
+    flat = FlatBatch(batches, names, [layout.place(width) for layout in layouts], width)
+    assert flat.rescaled == [True, False] and flat.row_scales is not None
+    rows = torch.stack([flat_row(list(p.values()), width) for _, p in runs]).requires_grad_()
+    seeds = [torch.Generator().manual_seed(b) for b in range(len(runs))]
+    loss, (grad,) = flat.loss_and_grads({"flat": rows}, flat.train_batch(seeds), grad=True)
+    for b, ((task, params), n) in enumerate(zip(runs, real)):
+        own = {k: v.clone().requires_grad_() for k, v in params.items()}
+        expected = task.loss(own, task.train_batch(torch.Generator().manual_seed(b)))
+        expected_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            expected, list(own.values()))])
+        assert _relative(loss[b], expected) < 1e-13
+        assert _relative(grad[b, :n], expected_grad) < 1e-13
+        assert torch.count_nonzero(grad[b, n:]) == 0
+    kept = flat.select([1, 3])
+    seeds = [torch.Generator().manual_seed(b) for b in (1, 3)]
+    assert torch.equal(kept.row_scales, flat.row_scales[[1, 3]])
+    assert _relative(kept.loss({"flat": rows[[1, 3]]}, kept.train_batch(seeds)),
+                     loss[[1, 3]]) < 1e-13
+
+
+def _relative(a, b) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
