@@ -43,18 +43,13 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import tasks
-from metaopt.atomic import atomic_write
 from metaopt.checkpoint import SUFFIX, save_checkpoint
 from metaopt.evaluation import (
     SUMMARY_COLUMNS,
-    evaluate,
     format_table,
     make_optimizer,
-    summarize,
-    tune_lr,
 )
 from metaopt.garo.controller import GAROController
-from metaopt.garo.optimizer import GARO
 from metaopt.garo.rule import GARORule
 from metaopt.logging import Logger, make_logger
 from metaopt.meta import (
@@ -63,29 +58,21 @@ from metaopt.meta import (
     MetaLoss,
     MetaTrainer,
     distributed_world,
-    held_out_seeds,
     leave_process_group,
-    load_training_state,
     make_estimator,
     make_horizon,
-    validate,
 )
-from metaopt.meta.training_state import TrainingStateError, rank_state
+from metaopt.meta.training_state import TrainingStateError
 from metaopt.meta.vectorised import VectorisedPool
 from metaopt.meta.warm_start import load_controller_weights, provenance
 from scripts import distributed_run, hybrid_train, run_dir
-from scripts.meta_train_config import (
-    ConfigError,
-    MetaTrainConfig,
-    load_config,
-    training_differences,
-)
+from scripts.meta_train_config import ConfigError, MetaTrainConfig, load_config
+from scripts.meta_train_eval import EVAL_COLUMNS, evaluation_table, run_validation
+from scripts.meta_train_resume import STATE_FILE, prepare_run_dir, read_run_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-STATE_FILE, EXPORT_FILE = "state.pt", "optimizer.safetensors"
-EVAL_COLUMNS = ("optimizer", "runs", "diverged", "final_norm_loss_median", "final_test_loss_mean",
-                "reached_target", "steps_to_target_median", "ms_per_step")
+EXPORT_FILE = "optimizer.safetensors"
 
 
 def init_distributed(device: str) -> tuple[int, int, str]:
@@ -176,113 +163,6 @@ def build(cfg: MetaTrainConfig, device: str | None = None,
     trainer = MetaTrainer(learned, pool, estimator, outer_lr=cfg.outer.lr,
                           clip_norm=cfg.outer.clip_norm, seed=cfg.seed)
     return held_out, learned, trainer
-
-
-def run_validation(cfg: MetaTrainConfig, learned, family, weights=None) -> dict:
-    v = cfg.validation
-    return validate(learned, weights if weights is not None else learned.meta_parameters(),
-                    family, held_out_seeds(v.num_tasks), v.horizon,
-                    MetaLoss(v.kind, v.split, cfg.meta_loss.log_eps,
-                             cfg.meta_loss.divergence_threshold))
-
-
-def garo_factory(controller: GAROController, rule: GARORule, label: str):
-    """A harness factory: a fresh ``GARO`` on a private copy of ``controller`` per run."""
-    def factory(params):
-        return GARO(params, controller=copy.deepcopy(controller), direction=rule.direction,
-                    scale=rule.scale)
-    factory.label = label
-    return factory
-
-
-def evaluation_table(cfg: MetaTrainConfig, learned, family, untrained: GAROController):
-    """Learned vs untrained GARO vs tuned baselines on the held-out tasks, via the harness."""
-    e = cfg.evaluation
-    optimizers = {"garo_learned": garo_factory(learned.module, learned.rule,
-                                               "garo_learned"),
-                  "garo_untrained": garo_factory(untrained, learned.rule,
-                                                 "garo_untrained")} \
-        if cfg.controller.kind == "garo" else \
-        hybrid_train.evaluation_factories(cfg, learned, untrained)
-    for spec in e.baselines:
-        factory = make_optimizer(spec.name, **OmegaConf.to_container(spec.hyperparameters))
-        label = spec.name
-        if spec.tune_lr:
-            tuned = tune_lr(factory, family, e.tuning_steps, lrs=list(e.tuning_lrs))
-            factory, label = factory.with_hyperparameters(lr=tuned.best_lr), \
-                f"{spec.name}(lr={tuned.best_lr:.3g})"
-        optimizers[label] = factory
-    results = evaluate({family.name: family}, optimizers, e.steps,
-                       task_seeds=held_out_seeds(e.num_tasks), track_memory=False,
-                       target=e.target, target_kind="relative")
-    return summarize(results)
-
-
-def read_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: int | None = 1,
-                 trainer: MetaTrainer | None = None) -> dict | None:
-    """A resumed run's saved state, validated without writing anything (None for a new run):
-    the saved config must be readable and match, the state file readable, of a known version,
-    complete and finite (every rank's part of it), written by ``world`` processes (None: any)
-    and (given ``trainer``) rank ``rank``'s part loadable into it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"invalid config key 'out_dir': {str(out_dir)!r} is not a directory")
-    path = out_dir / STATE_FILE
-    legacy = sorted(p.name for p in out_dir.glob("state.rank*.pt")) if out_dir.is_dir() else []
-    if legacy:  # one file per rank: an older layout whose ranks could disagree
-        raise TrainingStateError(f"{out_dir}: {', '.join(legacy)} from an older metaopt that "
-                                 "kept one state file per rank; resume with that version or "
-                                 "train into a new out_dir")
-    if not path.exists():
-        return None
-    saved = run_dir.read_config(out_dir / "config.yaml")
-    differ = training_differences(saved, OmegaConf.to_container(cfg, resolve=True))
-    if differ:
-        raise ConfigError(f"{out_dir} holds a run with a different config ({', '.join(differ)}"
-                          f" differ); use another out_dir or the same settings to resume")
-    state = load_training_state(path)
-    if world is not None and int(state.get("world_size", 1)) != world:
-        raise ConfigError(f"{out_dir} was trained with {state.get('world_size', 1)} "
-                          f"processes; resume it with the same number (got {world})")
-    if trainer is not None:
-        try:
-            trainer.load_state_dict(rank_state(state, rank))
-        except Exception as error:  # noqa: BLE001 (a state from other code: shapes, pool…)
-            raise TrainingStateError(f"{path}: does not fit this run's trainer "
-                                     f"({type(error).__name__}: {error})") from None
-    return state
-
-
-def prepare_run_dir(cfg: MetaTrainConfig, out_dir: Path, rank: int = 0, world: int = 1,
-                    trainer: MetaTrainer | None = None) -> dict | None:
-    """Validate a resume (``read_run_dir``, nothing written), then lock ``out_dir`` (rank 0),
-    remove stale temp files, cut ``metrics.jsonl`` back to the checkpoint and write
-    ``config.yaml``; return the saved state (or None)."""
-    try:
-        if rank == 0 and out_dir.is_dir():
-            run_dir.lock(out_dir)  # before reading: another process may be training into it
-        state, failure = read_run_dir(cfg, out_dir, rank, world, trainer), None
-    except Exception as error:  # noqa: BLE001 (under torchrun any failure must reach every rank,
-        if world == 1:          # or the others wait for it in the gather below for ever)
-            raise
-        state, failure = None, error  # reported after the other ranks heard of it
-    if world > 1:  # (the gather is also the barrier: every rank has read the old config.yaml
-        # before rank 0 replaces it)
-        distributed_run.agree_on_resume(state, failure, out_dir / STATE_FILE, out_dir, world)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        run_dir.lock(out_dir)
-        run_dir.remove_stale_temp_files(out_dir)
-        if state is not None:
-            run_dir.cut_metrics(out_dir / "metrics.jsonl", int(state["step"]), _is_final_record)
-        yaml = OmegaConf.to_yaml(cfg).encode("utf-8")
-        atomic_write(out_dir / "config.yaml", lambda f: f.write(yaml))
-    return state
-
-
-def _is_final_record(record: dict) -> bool:
-    """Records written once when a run finishes (rewritten by a re-run, so dropped on resume)."""
-    return "table" in record or "image" in record or \
-        any(k.startswith(("eval/", "held_out_meta_loss")) for k in record)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
