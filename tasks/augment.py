@@ -31,7 +31,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from metaopt.task import Batch, Params, Task, TaskBatch, TaskFamily, sample_log_uniform
+from metaopt.task import Batch, Params, Task, TaskFamily, sample_log_uniform
+from metaopt.task_batch import TaskBatch
 
 __all__ = ["AugmentedBatch", "AugmentedFamily", "AugmentedTask", "check_scale_range"]
 

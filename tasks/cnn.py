@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaopt.task import TaskBatch, TaskFamily, sample_choice, sample_int_log_uniform
+from metaopt.task import TaskFamily, sample_choice, sample_int_log_uniform
+from metaopt.task_batch import TaskBatch
 
 from .data import load_real, split_and_standardize
 from .dense import ACTIVATION_CODES, draw_rows, select_activation, weighted_rows

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from metaopt.task import Batch, RowPartition, TaskBatch
+from metaopt.task import Batch
+from metaopt.task_batch import RowPartition, TaskBatch
 
 from .data import minibatch
 

@@ -12,7 +12,8 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
-from metaopt.task import Batch, ModuleTask, Params, RowPartition, TaskBatch
+from metaopt.task import Batch, ModuleTask, Params
+from metaopt.task_batch import RowPartition, TaskBatch
 
 __all__ = ["PointBatch", "PointModule", "PointTask"]
 

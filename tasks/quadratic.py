@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaopt.task import Batch, TaskBatch, TaskFamily, sample_int_log_uniform, sample_log_uniform
+from metaopt.task import Batch, TaskFamily, sample_int_log_uniform, sample_log_uniform
+from metaopt.task_batch import TaskBatch
 
 from .point import PointTask
 

@@ -34,11 +34,11 @@ from torch import Tensor, nn
 from metaopt.task import (
     Batch,
     ModuleTask,
-    TaskBatch,
     TaskFamily,
     sample_choice,
     sample_int_log_uniform,
 )
+from metaopt.task_batch import TaskBatch
 
 from .data import minibatch
 from .mlp import ACTIVATIONS

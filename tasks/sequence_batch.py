@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metaopt.task import Batch, TaskBatch
+from metaopt.task import Batch
+from metaopt.task_batch import TaskBatch
 
 from .dense import ACTIVATION_CODES, draw_rows, select_activation, weighted_rows
 

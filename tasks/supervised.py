@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from metaopt.task import (
     Batch,
     ModuleTask,
-    TaskBatch,
 )
+from metaopt.task_batch import TaskBatch
 
 from .data import SplitData, minibatch
 

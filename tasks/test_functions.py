@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metaopt.task import Batch, TaskBatch, TaskFamily
+from metaopt.task import Batch, TaskFamily
+from metaopt.task_batch import TaskBatch
 
 from .point import PointTask
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..rules.base import State, TensorList
-from ..task import TaskBatch
+from ..task_batch import TaskBatch
 from .flat_buckets import row_of
 from .native_batched import evaluator
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..task import TaskBatch
+from ..task_batch import TaskBatch
 
 __all__ = ["PAD_BUDGET", "FlatBatch", "GroupLayout", "flat_row", "flatten_state", "plan_buckets",
            "row_of", "rows_of", "split_row", "unflatten_state"]

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..task import TaskBatch
+from ..task_batch import TaskBatch
 
 __all__ = ["decode_ints", "encode_ints", "evaluator", "native_form", "native_step"]
 

@@ -188,7 +188,7 @@ def test_a_point_task_without_a_batched_part_takes_the_loop():
 
 @pytest.mark.parametrize("labels", [["a", "a", "b", "c", "c"], ["a", "b", "a", "c", "b"]])
 def test_a_row_partition_splits_and_merges_rows_by_label(labels):
-    from metaopt.task import RowPartition
+    from metaopt.task_batch import RowPartition
     partition = RowPartition(labels, "cpu")
     assert partition.blocks == (labels == sorted(labels))
     scale = {"a": 1.0, "b": -2.0, "c": 3.0}
