@@ -134,8 +134,9 @@ class TaskBatch(ABC):
         return None
 
     def rescaled_loss(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        """``loss`` of tensors already multiplied by ``tensor_scales()``."""
-        raise NotImplementedError(f"{type(self).__name__}: its loss reads no rescaled tensors")
+        """``loss`` of tensors already multiplied by ``tensor_scales()`` (``loss`` itself where
+        there are none: every scale is 1)."""
+        return self.loss(params, batch)
 
     def normalized_loss(self, losses: Tensor) -> Tensor:
         """``(L_b − offset_b) / scale_b`` for every task (``Task.normalized_loss`` row-wise)."""

@@ -231,8 +231,8 @@ class FlatBatch(TaskBatch):
         self.offsets = [0]
         for group in self.groups:
             self.offsets.append(self.offsets[-1] + len(group))
-        self.rescaled = [group.tensor_scales() is not None for group in self.groups]
-        self.row_scales = row_scales if row_scales is not None or not any(self.rescaled) \
+        rescaled = any(group.tensor_scales() is not None for group in self.groups)
+        self.row_scales = row_scales if row_scales is not None or not rescaled \
             else self._row_scales()
 
     def _row_scales(self) -> Tensor:
@@ -261,10 +261,8 @@ class FlatBatch(TaskBatch):
         flat = params["flat"]
         if self.row_scales is not None:
             flat = flat * self.row_scales
-        return torch.cat([
-            (group.rescaled_loss if rescaled else group.loss)(dict(zip(names, tensors)), part)
-            for names, rescaled, (group, part, tensors) in zip(self.names, self.rescaled,
-                                                               self._parts(flat, batch))])
+        return torch.cat([group.rescaled_loss(dict(zip(names, tensors)), part) for names, (
+            group, part, tensors) in zip(self.names, self._parts(flat, batch))])
 
     def loss_and_grads(self, params, batch, *, grad: bool, retain_graph: bool = False,
                        create_graph: bool = False):

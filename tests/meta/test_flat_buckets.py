@@ -171,7 +171,8 @@ def test_rescaled_groups_take_one_row_multiply_and_keep_their_scales_when_select
     real = [sum(v.numel() for v in p.values()) for _, p in runs]
     width = max([max(real) + 1] + [layout.size for layout in layouts if layout.identity])
     flat = FlatBatch(batches, names, [layout.place(width) for layout in layouts], width)
-    assert flat.rescaled == [True, False] and flat.row_scales is not None
+    assert [g.tensor_scales() is not None for g in flat.groups] == [True, False]
+    assert flat.row_scales is not None
     rows = torch.stack([flat_row(list(p.values()), width) for _, p in runs]).requires_grad_()
     seeds = [torch.Generator().manual_seed(b) for b in range(len(runs))]
     loss, (grad,) = flat.loss_and_grads({"flat": rows}, flat.train_batch(seeds), grad=True)
