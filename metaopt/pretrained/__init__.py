@@ -9,8 +9,8 @@ user should pick; then anything else alphabetically; ``FIXTURES`` last, their on
 descriptions prefixed with what they are for); ``describe=True`` gives each one's line:
     ``garo_general``: GARO (global GRU, hidden 16, adam direction, loss-scale invariant relative
     features + training progress) whose lr_t multiplies Prodigy's distance estimate and a cosine
-    annealing over ``num_training_steps``, meta-trained by ``configs/garo_general.yaml`` (seed 0,
-    1,000 outer steps, truncated second-order BPTT, 16 runs x 20-step truncations of
+    annealing over ``num_training_steps``, meta-trained by ``configs/garo_general.yaml`` (seeds 0
+    and 1, 1,000 outer steps each, truncated second-order BPTT, 16 runs x 20-step truncations of
     100..2000-step horizons) on an augmented mixture of 13 task families; the validation-best
     snapshot of two seeds (seed 1, step 800). Pass ``num_training_steps``. Measured against
     tuned Adam and the tuning-free optimizers by ``scripts/benchmark.py learned`` (README card).
