@@ -5,10 +5,12 @@ emits ``lr_t, momentum_t, weight_decay_t`` every step.
 * ``controller``: the GRU (``GAROController``) and its functional binding (``BoundController``);
 * ``rule``: the pure, differentiable step (``GARORule``) of meta-training unrolls and ``higher``,
   and ``hyper``: what it reads each step (``GAROHyper``: the controller and its multipliers);
+* ``recurrence``: that step's controller side (features, controller, the state it carries);
 * ``runtime`` (with ``controller_host`` and ``host_state``): the same step computed in place with
   the recurrent state on the host, the runtime optimizer's fast path, proven equal to ``rule``
   in float64;
-* ``optimizer``: the ``torch.optim`` adapter (``GARO`` / ``GlobalAdaptiveSGD``).
+* ``optimizer``: the ``torch.optim`` adapter (``GARO`` / ``GlobalAdaptiveSGD``), and
+  ``persistence``: its recurrent state's view, ``state_dict`` and checked load.
 
 ``docs/architecture.md`` shows how the pieces connect and how to add a controller input.
 """

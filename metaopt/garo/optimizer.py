@@ -2,7 +2,8 @@
 
 GARO (Global Adaptive Recurrent Optimizer). A thin torch.optim adapter
 over ``metaopt.garo.rule.GARORule`` (the update math lives there, once); the controller
-weights are given to it, not owned by it (docs/architecture.md)::
+weights are given to it, not owned by it (docs/architecture.md); its recurrent state's view and
+persistence are the mixin ``metaopt.garo.persistence.GAROPersistence``::
 
     opt = GlobalAdaptiveSGD(model.parameters())      # untrained controller: SGD, lr 0.01
     loss.backward(); opt.step()                      # a closure is optional
@@ -13,8 +14,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,29 +25,23 @@ from ..adapters.closure_rule import check_non_negative
 from ..adapters.grad_evals import GradEvalCounter
 from ..adapters.grad_mode import without_grad
 from ..adapters.non_finite import NonFiniteSteps
-from ..adapters.state_loading import (
-    CheckedStateLoad,
-    StateDictError,
-    check_counter,
-    check_tensor_like,
-    checked_module_state,
-)
+from ..adapters.state_loading import CheckedStateLoad
 from ..hub_mixin import PretrainedOptimizerMixin
 from .controller import GAROController
 from .flat import FlatBuffers
-from .host_state import HostState
 from .hyper import GAROHyper
+from .persistence import GAROPersistence
 from .renames import _caller_level, renamed_weight_decay
 from .rule import GARORule
-from .runtime import host_apply, settle
+from .runtime import host_apply
 
 GRANULARITIES = ("global", "group", "tensor")
 _without_grad = without_grad  # (metaopt.adapters.grad_mode; the name kept)
 HyperparamHook = Callable[["GARO", dict[str, Any]], None]
 
 
-class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimizerMixin,
-           torch.optim.Optimizer):
+class GARO(GAROPersistence, GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
+           PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Global Adaptive Recurrent Optimizer: a GRU emits ``lr_t, mom_t, wd_t`` every step.
 
     For tensor ``θ_i`` in a group with learning rate ``lr`` and weight-decay multiplier
@@ -156,21 +150,6 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         """The optimizer options a checkpoint needs to rebuild this optimizer."""
         return dict(direction=self.rule.direction, granularity=self.granularity,
                     beta2=self.rule.beta2, eps=self.rule.eps, scale=self.rule.scale)
-
-    @property
-    def garo_state(self) -> Mapping[str, Tensor]:
-        """The recurrent state as a read-only dict of (host) tensors: ``GARORule.init_global``'s
-        entries. The optimizer works on a host copy (``HostState``); this view is built from it
-        when read. Assign a whole dict to replace the state."""
-        if self._garo_tensors is None:
-            self._host = settle(self._host)
-            self._garo_tensors = MappingProxyType(self._host.to_tensors())
-        return self._garo_tensors
-
-    @garo_state.setter
-    def garo_state(self, state: Mapping[str, Tensor]) -> None:
-        self._host = HostState.from_tensors(dict(state))
-        self._garo_tensors = None
 
     @property
     def base_lr(self) -> float:
@@ -309,68 +288,6 @@ class GARO(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, PretrainedOptimize
         if self._flat is None or not self._flat.matches(params, states):
             self._flat = FlatBuffers.build(self.rule, params, states)
         return self._flat
-
-    # -- persistence -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict plus ``"garo"``: controller weights, recurrent state,
-        counters."""
-        out = super().state_dict()
-        out["garo"] = {"controller": {k: v.clone() for k, v in
-                                      self.controller.state_dict().items()},
-                       "state": {k: v.clone() for k, v in self.garo_state.items()},
-                       "skipped_steps": self.skipped_steps,
-                       "consecutive_skips": self.consecutive_skips}
-        return out
-
-    # validate-then-apply load_state_dict (CheckedStateLoad): every buffer of a non-empty entry
-    _extra_state_keys = {"garo": True}
-    _renamed_group_keys = {"weight_decay": "weight_decay_scale"}  # state dicts saved before
-    _param_state_complete = True
-
-    def _param_state_template(self, param: Tensor) -> dict[str, Any]:
-        return {key: param for key in self.rule.per_tensor_keys}
-
-    def _check_extra_state(self, extra: dict[str, Any]):
-        garo, where = extra["garo"], "state_dict['garo']"
-        if not isinstance(garo, dict) or not {"controller", "state"} <= set(garo):
-            raise StateDictError(f"{where}: must be a dict with 'controller' and 'state'")
-        current = self.garo_state
-        state = garo["state"]
-        if not isinstance(state, dict) or set(state) != set(current):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise StateDictError(f"{where}['state']: keys {got} differ from this optimizer's "
-                                 f"{sorted(current)}")
-        for key, value in state.items():
-            # (hidden rows: one per segment, so granularity / number of groups must agree)
-            check_tensor_like(f"{where}['state'][{key!r}]", value, current[key])
-        device = current["hidden"].device
-        try:
-            host = HostState.from_tensors({k: v.to(device) for k, v in state.items()})
-        except (RuntimeError, TypeError, ValueError) as error:
-            raise StateDictError(f"{where}['state']: unusable recurrent state "
-                                 f"({type(error).__name__}: {error})") from None
-        weights = checked_module_state(self.controller, garo["controller"],
-                                       f"{where}['controller']", "controller")
-        skipped = check_counter(f"{where}['skipped_steps']", garo.get("skipped_steps", 0))
-        consecutive = check_counter(f"{where}['consecutive_skips']",
-                                    garo.get("consecutive_skips", 0))
-        return weights, host, skipped, consecutive
-
-    def _apply_extra_state(self, prepared) -> None:
-        weights, host, self.skipped_steps, self.consecutive_skips = prepared
-        self.controller.load_state_dict(weights)  # same architecture as the twin: cannot fail
-        self._host, self._garo_tensors = host, None
-
-    def __getstate__(self):
-        # torch.optim pickles only defaults/state/param_groups; the rest is part of this optimizer.
-        return {**super().__getstate__(), "rule": self.rule, "granularity": self.granularity,
-                "controller": self.controller, "_host": settle(self._host), "_garo_tensors": None,
-                "skipped_steps": self.skipped_steps, "_expects_loss": self._expects_loss,
-                "consecutive_skips": self.consecutive_skips,
-                "max_consecutive_skips": self.max_consecutive_skips,
-                "num_training_steps": self.num_training_steps,
-                "_hyperparam_hooks": self._hyperparam_hooks, "_flat": None,
-                "_last_hyper": None}
 
 
 GlobalAdaptiveSGD = GARO

@@ -64,6 +64,9 @@ With the controller frozen at constants (lr, μ, λ) the first is exactly
 ``torch.optim.SGD(lr, momentum=μ, weight_decay=λ)`` and, for μ = 0, the second is
 ``torch.optim.AdamW(lr, betas=(0, β₂), eps=ε, weight_decay=λ)``; the tests use both as oracles.
 
+Steps 1–2 and the recurrent state the step leaves are ``metaopt.garo.recurrence``'s; step 3, the
+update, is ``GARORule.apply``'s.
+
 Nothing here mutates its inputs and every operation is differentiable, so a meta-trainer can call
 ``step`` with a ``create_graph=True`` ``grad_fn`` and backpropagate into the controller weights.
 By default the controller's *inputs* are detached (``feature_gradients=False``): the meta-gradient
@@ -78,38 +81,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..rules.base import GradFn, State, TensorList, per_tensor
-from .features import (
-    SCALE_BUFFERS,
-    SCALE_KEYS,
-    TENSOR_OPS,
-    TINY,
-    TINY_LOSS,
-    distance_step_size,
-    prodigy_beta,
-    progress,
-    signal_row,
-    symlog,
-    validity,
-)
+from ..rules.base import GradFn, State, TensorList
+from .features import SCALE_BUFFERS, SCALE_KEYS, prodigy_beta
 from .hyper import GAROHyper
-from .scale import (
-    distance_max,
-    prodigy_d,
-    prodigy_numerator,
-    safe_sqrt,
-    segment_norms,
-    tensor_norms,
-)
+from .recurrence import _relative, control, next_global_state
+from .scale import prodigy_numerator, safe_sqrt, tensor_norms
 
 DIRECTIONS = ("sgd", "adam")
 #: ``"none"``: lr_t is the step size (the seed); ``"distance"``: lr_t multiplies DoG's d_t;
 #: ``"prodigy"``: lr_t multiplies Prodigy's d_t
 SCALES = tuple(SCALE_KEYS)
-
-
-def _relative(controller) -> bool:
-    return getattr(controller, "features", "seed") == "relative"
 
 
 @dataclass(frozen=True)
@@ -210,7 +191,7 @@ class GARORule:
 
         Pure and differentiable: the path of meta-training unrolls and of higher.
         """
-        ctx = self._control(params, grads, state, hyper, loss, grad_norms)
+        ctx = control(self, params, grads, state, hyper, loss, grad_norms)
         params, grads, out, ids = ctx["params"], ctx["grads"], ctx["out"], ctx["ids"]
 
         def pick(values: Tensor, i: int) -> Tensor:
@@ -253,7 +234,7 @@ class GARORule:
                                                                   ctx["ids_t"], beta3)
         # ‖Δθ_i‖ = |a_i|·‖direction_i‖, read by the next step's update-ratio feature
         step_norms = [a * d for a, d in zip(step_sizes, tensor_norms(directions))]
-        result = self._finish(ctx, state, step_norms)
+        result = next_global_state(self, ctx, state, step_norms)
         result.update(new_state)
         return new_params, result
 
@@ -277,114 +258,3 @@ class GARORule:
         """
         from .runtime import apply_inplace  # (it imports this module's constants)
         return apply_inplace(self, params, grads, state, hyper, loss, grad_norms)
-
-    # -- shared by both paths ----------------------------------------------------------------------
-    def _control(self, params, grads, state, hyper, loss, grad_norms) -> dict:
-        """Features and the controller step (steps 1–2 of the module docstring)."""
-        params, grads = list(params), list(grads)
-        n = len(params)
-        if n == 0:
-            raise ValueError("params: GARORule.apply needs at least one tensor")
-        hyper = GAROHyper.coerce(hyper)
-        controller = hyper.controller
-        hidden = state["hidden"]
-        num_segments = hidden.shape[0]
-        ids = list(hyper.segment_ids or [0] * n)
-        if len(ids) != n:
-            raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
-        ids_t = None if num_segments == 1 else torch.tensor(ids, device=hidden.device)
-        step = state["step"]
-
-        if grad_norms is None:
-            grad_norms = tensor_norms(grads)
-        gnorm = segment_norms(grad_norms, ids_t, num_segments)
-        pnorm = segment_norms(tensor_norms(params), ids_t, num_segments)
-        if not self.feature_gradients:
-            gnorm, pnorm = gnorm.detach(), pnorm.detach()
-        ctrl_dtype = hidden.dtype
-        relative = _relative(controller)
-        log_gnorm = torch.log(gnorm.to(ctrl_dtype) + TINY)
-        started = (step > 0).to(ctrl_dtype).expand(num_segments)
-        ones = torch.ones_like(log_gnorm)
-        extra = {}
-        if relative:  # log ‖g‖ − log ‖g_0‖: the first step sets the reference
-            extra["ref_log_grad_norm"] = torch.where(started > 0, state["ref_log_grad_norm"],
-                                                     log_gnorm)
-        if loss is not None:
-            loss_value = (loss if self.feature_gradients else loss.detach()).reshape(())
-            loss_value = loss_value.to(ctrl_dtype)
-            if relative:  # symlog(L / |L_0|): the first loss seen sets the reference
-                extra["ref_loss"] = torch.where(state["loss_seen"] > 0, state["ref_loss"],
-                                                loss_value.detach().abs() + TINY_LOSS)
-                loss_value = loss_value / extra["ref_loss"]
-            sym = symlog(loss_value).expand(num_segments)
-            has_loss, had_loss = ones, state["loss_seen"].expand(num_segments)
-        else:
-            sym = state["prev_symlog_loss"]
-            has_loss, had_loss = torch.zeros_like(ones), torch.zeros_like(ones)
-        ref = extra["ref_log_grad_norm"] if relative else torch.zeros_like(log_gnorm)
-        signal = torch.stack(signal_row(log_gnorm, ref, state["prev_log_grad_norm"], sym,
-                                        state["prev_symlog_loss"], state["prev_update_ratio"],
-                                        TENSOR_OPS), dim=1)
-        valid = torch.stack(validity(ones, started, has_loss, had_loss), dim=1)
-        args = (signal, valid, step, hidden, state["feature_mean"], state["feature_var"])
-        if relative:
-            horizon = state["horizon"]
-            inputs = progress(step.to(ctrl_dtype), horizon, (horizon > 0).to(ctrl_dtype),
-                              TENSOR_OPS)
-            args += (torch.stack(inputs).expand(num_segments, 2),)
-        out = controller(*args)
-        # ε relative to the first gradient norm keeps the adam direction scale-free (module doc)
-        eps_scale = extra["ref_log_grad_norm"].exp() if relative else torch.ones_like(log_gnorm)
-        step_size = out.lr
-        if self.scale == "distance":
-            extra["distance_max"] = distance_max(params, state, ids_t, num_segments,
-                                                       pnorm, started)
-            step_size = distance_step_size(out.lr, extra["distance_max"], step.to(ctrl_dtype),
-                                           TENSOR_OPS)
-        elif self.scale == "prodigy":
-            extra["prodigy_d"] = prodigy_d(params, state, ids_t, num_segments, pnorm, started)
-            step_size = out.lr * extra["prodigy_d"]
-        return dict(params=params, grads=grads, ids=ids, ids_t=ids_t, out=out,
-                    step_size=step_size,
-                    lr_mult=per_tensor(hyper.lr_scale, n),
-                    wd_mult=per_tensor(hyper.weight_decay_scale, n),
-                    log_gnorm=log_gnorm, sym=sym, has_loss=has_loss, pnorm=pnorm, extra=extra,
-                    eps_scale=eps_scale.detach())
-
-    def _finish(self, ctx: dict, state: State, step_norms: Sequence[Tensor]) -> State:
-        """The new global state (step 4); segments without tensors this step keep theirs."""
-        out, ids_t, hidden = ctx["out"], ctx["ids_t"], state["hidden"]
-        num_segments = hidden.shape[0]
-        update_norm = segment_norms(step_norms, ids_t, num_segments)
-        if not self.feature_gradients:
-            update_norm = update_norm.detach()
-        active = None
-        if num_segments > 1:
-            active = torch.zeros(num_segments, dtype=torch.bool, device=hidden.device)
-            active[ids_t] = True
-
-        def keep(new: Tensor, old: Tensor) -> Tensor:
-            if num_segments == 1:  # the one segment is always active
-                return new
-            mask = active.view(-1, *([1] * (new.dim() - 1)))
-            return torch.where(mask, new, old)
-
-        ctrl_dtype = hidden.dtype
-        ratio = update_norm.to(ctrl_dtype) / (ctx["pnorm"].to(ctrl_dtype) + TINY)
-        result = dict(state)
-        result.update(
-            step=state["step"] + 1,
-            hidden=keep(out.hidden, hidden),
-            feature_mean=keep(out.feature_mean, state["feature_mean"]),
-            feature_var=keep(out.feature_var, state["feature_var"]),
-            prev_log_grad_norm=keep(ctx["log_gnorm"], state["prev_log_grad_norm"]),
-            prev_symlog_loss=keep(ctx["sym"], state["prev_symlog_loss"]),
-            loss_seen=torch.maximum(state["loss_seen"], ctx["has_loss"].max()),
-            prev_update_ratio=keep(ratio, state["prev_update_ratio"]),
-            lr=keep(ctx["step_size"], state["lr"]),
-            momentum=keep(out.momentum, state["momentum"]),
-            weight_decay=keep(out.weight_decay, state["weight_decay"]))
-        for key, value in ctx["extra"].items():  # the relative features' references
-            result[key] = keep(value, state[key]) if value.dim() else value
-        return result
