@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,69 +33,26 @@ import tasks
 from metaopt.checkpoint import load_checkpoint, resolve
 from metaopt.evaluation import evaluate, format_table, make_optimizer, summarize
 from metaopt.evaluation.tuning import tune_lr_interior
-from metaopt.hybrid.hyper import HybridHyper
-from metaopt.hybrid.optimizer import HybridGDODE, make_gd_rule, make_ode_rule
+from metaopt.hybrid.optimizer import HybridGDODE
 from metaopt.hybrid.policy import PolicyGate, SwitchingPolicy
-from metaopt.hybrid.rule import ConstantSwitch, HeuristicSwitch, HybridRule
+from metaopt.hybrid.rule import ConstantSwitch, HeuristicSwitch
 from metaopt.logging import WANDB_MODES, make_logger
-from metaopt.rules.adam import AdamRule
-from metaopt.rules.hyper import GDHyper, ODEHyper
-from metaopt.rules.sgd import SGDRule
 from scripts.config_checks import check_values
-from tasks.test_functions import TEST_FUNCTIONS_2D
+from scripts.hybrid_study_config import FUNCTIONS, HybridSettings, StudyConfig
+from scripts.hybrid_study_plots import plot_function
+from scripts.hybrid_study_runs import (  # noqa: F401  (BASIN_GAP, gaps, ...: public names kept here)
+    BASIN_GAP,
+    batched_grad_fn,
+    gaps,
+    metrics,
+    run_baseline,
+    run_hybrid,
+    runtime_cost,
+    starts,
+    tune,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-FUNCTIONS = ("rastrigin", "ackley", "himmelblau", "six_hump_camel", "styblinski_tang")
-#: final gap f − f* below which a start ended in the global basin: half the gap of the best
-#: non-global local minimum (Rastrigin ≈ 0.99, Ackley ≈ 2.6, six-hump camel 0.816 (−0.2155),
-#: Styblinski–Tang 14.1 (−64.2); Himmelblau's four minima are all global: its saddles/maximum
-#: have gaps ≥ 13)
-BASIN_GAP = {"rastrigin": 0.5, "ackley": 1.0, "himmelblau": 0.5, "six_hump_camel": 0.4,
-             "styblinski_tang": 7.0}
-
-
-@dataclass
-class HybridSettings:
-    gd: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    ode: str = "rk4"
-    ode_scale: float = 5.0  # ODE step = lr · ode_scale (capped at ode_cfl / curvature)
-    ode_cfl: float = 1.0
-    min_dwell: int = 5
-    window: int = 10
-    criteria: list[str] = field(default_factory=lambda: ["gradient", "curvature", "stagnation"])
-    grad_threshold: float = 0.01
-    curvature_threshold: float = 2.0
-    stagnation_threshold: float = 0.001
-    hysteresis: float = 2.0
-
-
-@dataclass
-class StudyConfig:
-    out_dir: str = "results/hybrid_study"
-    functions: list[str] = field(default_factory=lambda: list(FUNCTIONS))
-    grid: int = 20  # grid × grid starts (≥ 400 with the default)
-    steps: int = 150
-    target: float = 1e-3  # the target gap f − f*
-    learned: str = ""  # a switch-only HybridGDODE checkpoint (path or shipped name); "" skips
-    hybrid: HybridSettings = field(default_factory=HybridSettings)
-    tuning_low: float = 1e-3  # initial log grid of the Adam / SGD-momentum lr, widened until
-    tuning_high: float = 1.0  # the best lr (mean final gap) is interior
-    tuning_per_decade: int = 2
-    timing_steps: int = 10
-    mlp_tasks: int = 3  # MLP tasks from tasks.get("mlp") (0: skip)
-    mlp_steps: int = 150
-    plots: bool = True
-    seed: int = 0
-    wandb_mode: str = "disabled"  # disabled | offline | online (results.jsonl is always written)
-    hybrid_adam: bool = True  # also the heuristic hybrid with tuned Adam as its GD module
-    sweep: bool = False  # instead of the study: each heuristic criterion alone and combined,
-    # over the threshold grids below (how the HeuristicSwitch defaults were measured)
-    sweep_grad: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
-    sweep_curvature: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
-    sweep_stagnation: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])
 
 
 def load(argv) -> tuple[StudyConfig, argparse.Namespace]:
@@ -123,125 +78,7 @@ def load(argv) -> tuple[StudyConfig, argparse.Namespace]:
     return cfg, args
 
 
-# -- batched runs over the grid of starts ---------------------------------------------------------
-def starts(name: str, grid: int) -> torch.Tensor:
-    low, high = TEST_FUNCTIONS_2D[name].init_box
-    axis = torch.linspace(low, high, grid + 2, dtype=torch.float64)[1:-1]  # interior lattice
-    xs, ys = torch.meshgrid(axis, axis, indexing="xy")
-    return torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
-
-
-def batched_grad_fn(name: str):
-    f = TEST_FUNCTIONS_2D[name].function  # (R, 2) -> (R,): written over the last dimension
-
-    def grad_fn(points):
-        (x,) = points
-        with torch.enable_grad():
-            x = x.detach().requires_grad_()
-            values = f(x)
-            (g,) = torch.autograd.grad(values.sum(), x)
-        return values.detach(), [g]
-    return grad_fn
-
-
-def run_hybrid(name, x0, policy, h: HybridSettings, steps):
-    rule = HybridRule(make_gd_rule(h.gd), make_ode_rule(h.ode), min_dwell=h.min_dwell,
-                      window=h.window, ode_cfl=h.ode_cfl, batched=True)
-    grad_fn = batched_grad_fn(name)
-    hyper = HybridHyper(gd=GDHyper(h.lr, h.momentum), ode=ODEHyper(h.lr * h.ode_scale),
-                        policy=policy, stability_lr=h.lr)
-    params, state = [x0.clone()], rule.init([x0])
-    path, evals, modes = [x0.clone()], [], []
-    with torch.no_grad():
-        for _ in range(steps):
-            params, state = rule.step(params, grad_fn, state, hyper)
-            path.append(params[0].clone())
-            evals.append(state["evaluations"].clone())
-            modes.append(state["mode"].clone())
-    return torch.stack(path), torch.stack(evals), torch.stack(modes)
-
-
-def run_baseline(name, x0, kind, lr, steps):
-    rule = AdamRule() if kind == "adam" else SGDRule()
-    hyper = GDHyper(lr) if kind == "adam" else GDHyper(lr, momentum=0.9)
-    grad_fn = batched_grad_fn(name)
-    params, state, path = [x0.clone()], rule.init([x0]), [x0.clone()]
-    with torch.no_grad():
-        for _ in range(steps):
-            params, state = rule.step(params, grad_fn, state, hyper)
-            path.append(torch.nan_to_num(params[0], nan=1e6).clamp(-1e6, 1e6))
-    evals = torch.arange(1, steps + 1, dtype=torch.float64)[:, None].expand(-1, x0.shape[0])
-    return torch.stack(path), evals, None
-
-
-def gaps(name, path):
-    fn = TEST_FUNCTIONS_2D[name]
-    values = fn.function(path)
-    return torch.nan_to_num(values - fn.minimum_value, nan=math.inf)
-
-
-def metrics(name, path, evals, target) -> dict:
-    gap = gaps(name, path)  # (steps + 1, R)
-    final = gap[-1]
-    reached = gap[1:] < target
-    hit = reached.any(0)
-    first = reached.float().argmax(0)
-    iters = (first + 1)[hit].double()
-    ev = evals.gather(0, first[None])[0][hit] if hit.any() else torch.empty(0)
-    def med(t):
-        return float(t.median()) if t.numel() else math.nan
-
-    return {"global_basin": float((final < BASIN_GAP[name]).double().mean()),
-            "reached_target": float(hit.double().mean()), "iters_to_target": med(iters),
-            "evals_to_target": med(ev.double()), "final_gap_median": float(final.median()),
-            "evals_total_mean": float(evals[-1].double().mean())}
-
-
-def tune(name, x0, kind, cfg) -> float:
-    """lr with the lowest mean final gap on a log grid widened until the best is interior."""
-    per = cfg.tuning_per_decade
-    lo, hi = math.log10(cfg.tuning_low), math.log10(cfg.tuning_high)
-    scores: dict[float, float] = {}
-    for _ in range(8):
-        n = int(round((hi - lo) * per)) + 1
-        for e in torch.linspace(lo, hi, n).tolist():
-            lr = float(f"{10 ** e:.4g}")
-            if lr not in scores:
-                path, _, _ = run_baseline(name, x0, kind, lr, cfg.steps)
-                final = gaps(name, path[-1:])[0]
-                scores[lr] = float(final.clamp(max=1e6).mean())
-        best = min(scores, key=scores.get)
-        ordered = sorted(scores)
-        if best == ordered[0]:
-            lo -= 1
-        elif best == ordered[-1]:
-            hi += 1
-        else:
-            return best
-    return best
-
-
-# -- runtime cost on one start ---------------------------------------------------------------------
-def runtime_cost(name, factory, steps) -> tuple[float, float]:
-    """(ms per iteration, optimizer-state floats per parameter) of a torch.optim optimizer."""
-    fn = TEST_FUNCTIONS_2D[name].function
-    x = starts(name, 3)[4].clone().float().requires_grad_()
-    opt = factory([x])
-
-    def closure():
-        opt.zero_grad()
-        loss = fn(x)
-        loss.backward()
-        return loss
-    started = time.perf_counter()
-    for _ in range(steps):
-        opt.step(closure)
-    ms = 1e3 * (time.perf_counter() - started) / steps
-    floats = sum(v.numel() for s in opt.state.values() for v in s.values()
-                 if isinstance(v, torch.Tensor))
-    return ms, floats / x.numel()
-
-
+# -- the methods compared -------------------------------------------------------------------------
 def hybrid_kwargs(h: HybridSettings) -> dict:
     return dict(lr=h.lr, gd=h.gd, momentum=h.momentum, ode=h.ode, ode_scale=h.ode_scale,
                 ode_cfl=h.ode_cfl, min_dwell=h.min_dwell, window=h.window,
@@ -269,45 +106,6 @@ def methods(cfg, learned):
         out["hybrid_learned"] = (PolicyGate(copy.deepcopy(policy).double(), hard=True),
                                  {"policy": policy.float(), **options}, settings)
     return out
-
-
-# -- plots ---------------------------------------------------------------------------------------
-def plot_function(name, paths, modes, out: Path, every: int = 41):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fn = TEST_FUNCTIONS_2D[name]
-    low, high = fn.init_box
-    axis = torch.linspace(low, high, 200, dtype=torch.float64)
-    xs, ys = torch.meshgrid(axis, axis, indexing="xy")
-    zs = fn.function(torch.stack([xs, ys], -1))
-    fig, axes = plt.subplots(1, len(paths), figsize=(3.2 * len(paths), 3.2), squeeze=False)
-    for ax, (method, path) in zip(axes[0], paths.items()):
-        ax.contour(xs, ys, zs - zs.min(), levels=25, linewidths=0.4, cmap="viridis")
-        for r in range(0, path.shape[1], every):
-            p = path[:, r].clamp(low, high)
-            ax.plot(p[:, 0], p[:, 1], lw=0.7)
-            ax.plot(p[-1, 0], p[-1, 1], "k.", ms=3)
-        for m in fn.minimizers:
-            ax.plot(*m, "r*", ms=8)
-        ax.set_title(method, fontsize=8)
-        ax.set_xlim(low, high)
-        ax.set_ylim(low, high)
-    fig.suptitle(f"{name}: trajectories from every {every}th start (spread over the lattice)")
-    fig.tight_layout()
-    fig.savefig(out / f"{name}_trajectories.png", dpi=110)
-    plt.close(fig)
-    if modes:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        for method, m in modes.items():
-            ax.plot(m.double().mean(1), label=method)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("fraction of starts in ODE mode")
-        ax.set_title(f"{name}: mode over time")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"{name}_modes.png", dpi=110)
-        plt.close(fig)
 
 
 # -- MLP tasks -------------------------------------------------------------------------------------

@@ -24,13 +24,7 @@ from ..adapters.closure_rule import ClosureGradient, check_non_negative, check_p
 from ..adapters.grad_evals import GradEvalCounter
 from ..adapters.grad_mode import call_with_grad, without_grad
 from ..adapters.non_finite import NonFiniteSteps, all_finite, check_loss, loss_is_finite
-from ..adapters.state_loading import (
-    CheckedStateLoad,
-    StateDictError,
-    check_counter,
-    check_tensor_like,
-    checked_module_state,
-)
+from ..adapters.state_loading import CheckedStateLoad
 from ..hub_mixin import PretrainedOptimizerMixin
 from ..rules.hyper import GDHyper, ODEHyper
 from .criteria import run_norms
@@ -43,15 +37,16 @@ from .modules import (  # noqa: F401  (GD_METHODS, ODE_METHODS: public names kep
     make_gd_rule,
     make_ode_rule,
 )
+from .optimizer_state import HybridStateSupport
 from .policy import PolicyGate, SwitchingPolicy
-from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule, trace
+from .rule import CRITERIA, ConstantSwitch, HeuristicSwitch, HybridRule
 from .runtime import join_state as _join
 from .runtime import own_copy as _own_copy
 from .runtime import split_state as _split
 
 
-class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSupport,
-                  PretrainedOptimizerMixin, torch.optim.Optimizer):
+class HybridGDODE(HybridStateSupport, GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
+                  GAROGDSupport, PretrainedOptimizerMixin, torch.optim.Optimizer):
     r"""Chooses per step between a GD module and an ODE module (``metaopt.hybrid.rule``).
 
     Args:
@@ -83,7 +78,7 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
     ``num_grad_evals`` (alias ``gradient_evaluations``) counts closure calls (one per step from
     ``p.grad``). ``state_dict()`` carries both modules' state and the switch's memories (mode,
     dwell, loss window), so a resume is bit-exact; ``load_state_dict`` validates all of it
-    before it changes anything.
+    before it changes anything (``metaopt.hybrid.optimizer_state``).
 
     Stability guard (``metaopt.hybrid.stability``, inside the rule, whatever the policy): a GD
     or fixed-step Runge–Kutta step whose secant curvature κ̂ puts it past the method's linear
@@ -196,24 +191,6 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
             raise ValueError(f"momentum: must lie in [0, 1), got {param_group['momentum']!r}")
         super().add_param_group(param_group)
 
-    # -- observability -------------------------------------------------------------------------
-    @property
-    def mode(self) -> str:
-        """The mode of the last step (``"gd"`` before the first)."""
-        if getattr(self.__dict__.get("_runtime"), "dirty", False):
-            return "gd"  # (a step of a runtime GD path: no need to settle its state)
-        mode = self.hybrid_state.get("mode")
-        return "ode" if mode is not None and float(mode) > 0.5 else "gd"
-
-    @property
-    def last_trace(self) -> dict[str, float]:
-        """Mode, gate probability, criterion values and gradient evaluations of the last step."""
-        if not self.hybrid_state:
-            return {}
-        out = {k: float(v) for k, v in trace(_join(self.hybrid_state)).items()}
-        out["gradient_evaluations"] = float(self.gradient_evaluations)
-        return out
-
     # -- the step ------------------------------------------------------------------------------
     def _active(self):
         params, hyper = [], {k: [] for k in ("lr", "momentum", "weight_decay", "ode_lr",
@@ -310,85 +287,3 @@ class HybridGDODE(GradEvalCounter, CheckedStateLoad, NonFiniteSteps, GAROGDSuppo
         if self.record_trace:
             self.history.append(self.last_trace)
         return loss
-
-    def _rule_state(self, params: list[Tensor]) -> dict:
-        """The rule's state for ``params`` in ``_split`` form: each param's own entries, the
-        optimizer-wide ones from ``hybrid_state``; the rule's fresh state only where an entry is
-        missing (the first step, a new param), so a running step allocates no zeros."""
-        probe = params[0].new_zeros(1)  # the state's keys, at no cost
-        list_keys, shared_keys = (set(part) for part in _split(self.rule.init([probe])))
-        complete = all(key in self.hybrid_state for key in shared_keys) and all(
-            key in self.state[p] for p in params for key in list_keys)
-        if complete:
-            return {**{k: [self.state[p][k] for p in params] for k in list_keys},
-                    **{k: self.hybrid_state[k] for k in shared_keys}}
-        fresh_lists, fresh_shared = _split(self.rule.init(params))
-        per_param = {k: [self.state[p].get(k, v) for p, v in zip(params, fresh)]
-                     for k, fresh in fresh_lists.items()}
-        return {**per_param, **{k: self.hybrid_state.get(k, v) for k, v in fresh_shared.items()}}
-
-    # -- persistence -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        out = super().state_dict()
-        out["hybrid"] = {"state": {k: v.clone() if isinstance(v, Tensor) else v
-                                   for k, v in self.hybrid_state.items()},
-                         "gradient_evaluations": self.gradient_evaluations}
-        if self.policy_module is not None:
-            out["hybrid"]["policy"] = {k: v.clone()
-                                       for k, v in self.policy_module.state_dict().items()}
-        if self.garo_controller is not None:
-            out["hybrid"]["garo_controller"] = self._garo_state_entry()
-        return out
-
-    # validate-then-apply load_state_dict (CheckedStateLoad)
-    _extra_state_keys = {"hybrid": True}
-
-    def _param_state_template(self, param: Tensor) -> dict:
-        return {k: v[0] for k, v in _split(self.rule.init([param]))[0].items()}
-
-    def _check_extra_state(self, extra: dict):
-        hybrid, where = extra["hybrid"], "state_dict['hybrid']"
-        if not isinstance(hybrid, dict) or not isinstance(hybrid.get("state"), dict):
-            raise StateDictError(f"{where}: must be a dict with a 'state' dict")
-        evaluations = check_counter(f"{where}['gradient_evaluations']",
-                                    hybrid.get("gradient_evaluations"))
-        params = [p for group in self.param_groups for p in group["params"]]
-        template = _split(self.rule.init(params[:1]))[1]
-        unknown = sorted(map(str, set(hybrid["state"]) - set(template)))
-        if unknown:
-            raise StateDictError(f"{where}['state']: unknown keys {unknown} (the state of a "
-                                 f"HybridGDODE with other gd / ode modules?)")
-        device = params[0].device
-        state = {}
-        for key, value in hybrid["state"].items():
-            if isinstance(template[key], Tensor):
-                check_tensor_like(f"{where}['state'][{key!r}]", value, template[key])
-                value = value.to(device)
-            elif isinstance(value, Tensor) or not (value is None or isinstance(value, (int,
-                                                                                       float))):
-                raise StateDictError(f"{where}['state'][{key!r}]: expected a number, got "
-                                     f"{type(value).__name__}")
-            state[key] = value
-        policy = None
-        if "policy" in hybrid:
-            if self.policy_module is None:
-                raise StateDictError(f"{where}['policy']: switching-policy weights, but this "
-                                     f"optimizer's policy is {self.policy_name!r}")
-            policy = checked_module_state(self.policy_module, hybrid["policy"],
-                                          f"{where}['policy']", "policy")
-        return state, evaluations, policy, self._check_garo_weights(hybrid, where)
-
-    def _apply_extra_state(self, prepared) -> None:
-        self.hybrid_state, self.gradient_evaluations, policy, garo = prepared
-        if policy is not None:
-            self.policy_module.load_state_dict(policy)
-        if garo is not None:
-            self.garo_controller.load_state_dict(garo)
-
-    def __getstate__(self):
-        settled = self.hybrid_state  # (the runtime path's host copy written into the tensors)
-        return {"_hybrid_state": settled, **super().__getstate__(), **{
-            k: getattr(self, k) for k in (
-            "rule", "gate", "policy_name", "policy_module", "garo_controller", "needs_closure",
-            "config", "gradient_evaluations", "record_trace", "history",
-            "skipped_steps", "consecutive_skips", "max_consecutive_skips")}}

@@ -57,14 +57,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..rules.base import GradFn, Scalar, State, TensorList, per_tensor
+from ..rules.base import GradFn, State, TensorList, per_tensor
 from .criteria import (
     _TINY,
     CRITERIA,
@@ -83,9 +83,12 @@ from .evaluations import CountedGradFn
 from .handoff import _expand, blend, gd_handoff, observe_motion
 from .hyper import HybridHyper
 from .per_run import finite_runs, keep_runs
+from .rule_state import HybridRuleState, trace
 from .stability import (
     GD_STABILITY_BOUND,
     SAFETY,
+    _cap_lrs,
+    _gd_momentum,
     cap_scale,
     gd_step_size,
     ode_stability_limit,
@@ -101,34 +104,8 @@ __all__ = ["CRITERIA", "FEATURES", "NUM_FEATURES", "ConstantSwitch", "HeuristicS
 _RETRIES = 8
 
 
-def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched: bool,
-             runs: list | None = None):
-    """The step sizes capped at c/κ̂ (``metaopt.hybrid.stability``), or None where every one is
-    within the limit (then the caller keeps the originals: bit-identical steps). ``runs``: a
-    list that receives which runs were capped (``(R,)`` when batched)."""
-    # per-run step sizes may already be expanded against their tensor: back to (R,)
-    lrs = [h.reshape(-1) if batched and isinstance(h, Tensor) and h.dim() > 0 else h
-           for h in lrs]
-    scales = [cap_scale(h, kappa, c) for h in lrs]
-    if runs is not None:
-        runs.append(torch.stack([(s < 1).expand_as(kappa) for s in scales]).any(dim=0))
-    if not any(bool((s < 1).any()) for s in scales):
-        return None
-    return [_expand(torch.as_tensor(h, dtype=p.dtype, device=p.device) * s.to(p.dtype), p,
-                    batched) for h, s, p in zip(lrs, scales, like)]
-
-
-def _gd_momentum(hyper) -> Scalar:
-    """The GD module's momentum: ``hyper.gd_momentum`` if given (GARO's last mom_t), else its
-    hyper's ``momentum`` (0 for a rule without one)."""
-    if hyper.gd_momentum is not None:
-        return hyper.gd_momentum
-    gd = hyper.gd
-    return gd.get("momentum", 0.0) if isinstance(gd, Mapping) else getattr(gd, "momentum", 0.0)
-
-
 @dataclass(frozen=True)
-class HybridRule:
+class HybridRule(HybridRuleState):
     """Composes a GD rule (``apply(params, grads, state, hyper, loss)``: ``SGDRule``,
     ``AdamRule``, ``RMSpropRule``, ``GARORule``) and an ODE rule (``step``: ``RungeKuttaRule``,
     ``AdaptiveRungeKuttaRule``, ``GradientFlowRule``, ``NesterovFlowRule``).
@@ -148,6 +125,8 @@ class HybridRule:
     ``stability_lr`` (the lr of the stability feature), optional ``gd_momentum`` (the GD module's
     momentum for the stability estimate, default its hyper's), ``gd_rule`` (a GD rule bound per
     step, e.g. GARO with controller weights) and ``generator`` (Lanczos start vectors).
+
+    Its state (``init``) and switching features (``features``): ``metaopt.hybrid.rule_state``.
     """
 
     gd: Any
@@ -174,64 +153,6 @@ class HybridRule:
             raise ValueError(f"curvature: must be 'secant' or 'lanczos', got {self.curvature!r}")
         if self.batched and self.curvature == "lanczos":
             raise ValueError("curvature: the Lanczos probe is not available for batched runs")
-
-    def init(self, params: Sequence[Tensor], gd_state: State | None = None) -> State:
-        ref = params[0]
-        shape = (ref.shape[0],) if self.batched else ()
-        zeros = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
-        # dwell starts at min_dwell: the first decision is free (an ODE-only policy steps ODE).
-        return {"gd": self.gd.init(params) if gd_state is None else gd_state,
-                "ode": self.ode.init(params), "step": 0, "mode": zeros,
-                "dwell": zeros + self.min_dwell,
-                "gate": zeros.clone(), "probability": zeros.clone(), "evaluations": zeros.clone(),
-                "prev_grads": [torch.zeros_like(p) for p in params],
-                "displacement_norm": zeros.clone(), "grad_norm0": zeros.clone(),
-                "prev_grad_norm": zeros.clone(),
-                "curvature": zeros.clone(), "stage_curvature": zeros.clone(),
-                "losses": zeros.expand(self.window, *shape).clone(),
-                "features": torch.zeros(*shape, NUM_FEATURES, dtype=ref.dtype,
-                                        device=ref.device)}
-
-    def features(self, params, grads, loss, state, hyper, grad_fn) -> tuple[Tensor, dict]:
-        """``FEATURES`` at this step and the memories they update (detached unless
-        ``feature_gradients``)."""
-        keep = self.feature_gradients
-        with contextlib.nullcontext() if keep else torch.no_grad():
-            grads = list(grads) if keep else [g.detach() for g in grads]
-            gnorm = run_norms(grads, self.batched)
-            step = state["step"]  # an int, or one per run (runs of a meta-batch)
-            first = step == 0
-            norm0 = torch.where(first, gnorm, state["grad_norm0"]) if isinstance(step, Tensor) \
-                else gnorm if first else state["grad_norm0"]
-            ratio = torch.log(gnorm + _TINY) - torch.log(norm0 + _TINY)
-            probes = 0
-            if self.curvature == "secant":
-                kappa = secant_curvature(grads, state["prev_grads"], state["displacement_norm"],
-                                         self.batched, gnorm, state["prev_grad_norm"])
-            elif state["step"] % self.probe_every == 0:
-                counted = CountedGradFn(grad_fn, None, None)
-                kappa = lanczos_curvature(counted, params, grads, self.probe_iters,
-                                          hyper.generator or torch.Generator()
-                                          .manual_seed(state["step"]))
-                probes = counted.count
-            else:
-                kappa = state["curvature"]
-            lr = hyper.stability_lr
-            lr = lr.detach() if isinstance(lr, Tensor) else lr
-            stability = torch.log(kappa * lr + _TINY)
-            losses = state["losses"]
-            seen = step.clamp(max=self.window) if isinstance(step, Tensor) \
-                else min(step, self.window)
-            if loss is not None:
-                value = (loss if keep else loss.detach()).to(losses.dtype) \
-                    .reshape(losses.shape[1:])
-                losses = torch.cat([losses[1:], value.unsqueeze(0)])
-                seen += 1
-            progress = relative_progress(losses, seen if loss is not None else 0)
-            feats = switch_features(ratio, stability, progress, state["mode"], state["dwell"])
-        return feats, {"grad_norm0": norm0, "curvature": kappa, "losses": losses,
-                       "prev_grad_norm": gnorm,
-                       "prev_grads": grads, "probes": probes}
 
     def step(self, params: Sequence[Tensor], grad_fn: GradFn, state: State,
              hyper: HybridHyper) -> tuple[TensorList, State]:
@@ -376,13 +297,3 @@ class HybridRule:
         kept = keep_runs(ok, dict(new_state, losses=None), dict(state, losses=None))
         kept["losses"] = torch.where(ok, memory["losses"], state["losses"].to(feats.dtype))
         return [torch.where(_expand(ok, a, True), a, p) for a, p in zip(new_params, params)], kept
-
-
-def trace(state: State) -> dict[str, Tensor]:
-    """The per-step record: mode, applied gate, the policy's P(ODE), criterion values,
-    gradient evaluations so far."""
-    f = state["features"].detach()
-    return {"mode": state["mode"], "gate": state["gate"].detach(),
-            "probability": state["probability"],
-            "log_grad_ratio": f[..., 0], "log_stability": f[..., 1], "progress": f[..., 2],
-            "curvature": state["curvature"], "evaluations": state["evaluations"].detach()}

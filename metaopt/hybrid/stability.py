@@ -62,12 +62,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from ..rules.base import Scalar
 from ..rules.tableaus import ButcherTableau
+from .handoff import _expand
 
 __all__ = ["GD_STABILITY_BOUND", "SAFETY", "cap_scale", "ode_stability_limit",
            "gd_step_size", "real_stability_bound", "shorten", "stage_curvature"]
@@ -124,6 +126,23 @@ def cap_scale(eta: Tensor | float, kappa: Tensor, c: float) -> Tensor:
                        torch.ones_like(product))
 
 
+def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched: bool,
+             runs: list | None = None):
+    """The step sizes capped at c/κ̂ (module docstring), or None where every one is
+    within the limit (then the caller keeps the originals: bit-identical steps). ``runs``: a
+    list that receives which runs were capped (``(R,)`` when batched)."""
+    # per-run step sizes may already be expanded against their tensor: back to (R,)
+    lrs = [h.reshape(-1) if batched and isinstance(h, Tensor) and h.dim() > 0 else h
+           for h in lrs]
+    scales = [cap_scale(h, kappa, c) for h in lrs]
+    if runs is not None:
+        runs.append(torch.stack([(s < 1).expand_as(kappa) for s in scales]).any(dim=0))
+    if not any(bool((s < 1).any()) for s in scales):
+        return None
+    return [_expand(torch.as_tensor(h, dtype=p.dtype, device=p.device) * s.to(p.dtype), p,
+                    batched) for h, s, p in zip(lrs, scales, like)]
+
+
 def _largest(value) -> float:
     if isinstance(value, (list, tuple)):
         return max((_largest(v) for v in value), default=0.0)
@@ -142,6 +161,15 @@ def gd_step_size(displacement: Sequence[Tensor], grad_norm: Tensor, norms, lr=0.
     lr = torch.as_tensor(lr.detach() if isinstance(lr, Tensor) else lr, dtype=moved.dtype,
                          device=moved.device)
     return torch.maximum(lr, per_gradient * discount)
+
+
+def _gd_momentum(hyper) -> Scalar:
+    """The GD module's momentum: ``hyper.gd_momentum`` if given (GARO's last mom_t), else its
+    hyper's ``momentum`` (0 for a rule without one)."""
+    if hyper.gd_momentum is not None:
+        return hyper.gd_momentum
+    gd = hyper.gd
+    return gd.get("momentum", 0.0) if isinstance(gd, Mapping) else getattr(gd, "momentum", 0.0)
 
 
 def shorten(params: Sequence[Tensor], proposed: Sequence[Tensor], scale: Tensor,
