@@ -29,6 +29,7 @@ from ..adapters.state_loading import CheckedStateLoad
 from ..hub_mixin import PretrainedOptimizerMixin
 from .controller import GAROController
 from .flat import FlatBuffers
+from .host_state import HostState
 from .hyper import GAROHyper
 from .persistence import GAROPersistence
 from .renames import _caller_level, renamed_weight_decay
@@ -135,8 +136,9 @@ class GARO(GAROPersistence, GradEvalCounter, CheckedStateLoad, NonFiniteSteps,
                           "the progress input is 'unknown' (pass num_training_steps=the run's "
                           "total steps)", stacklevel=2)
         # the recurrent state lives on the host, where the controller runs (host_apply)
-        self.garo_state = rule.init_global(self.controller, self._num_segments(),
-                                           torch.device("cpu"), num_training_steps)
+        self._host = HostState.from_tensors(rule.init_global(
+            self.controller, self._num_segments(), torch.device("cpu"), num_training_steps))
+        self._garo_tensors = None
         self._init_non_finite(max_consecutive_skips)
         self._flat: FlatBuffers | None = None  # (built by the first step)
         self._hyperparam_hooks: OrderedDict[int, HyperparamHook] = OrderedDict()
