@@ -23,6 +23,8 @@ its string metadata says everything needed to rebuild the runtime optimizer from
 Loading never executes code: safetensors holds raw tensors and JSON, and this module refuses
 pickles and ``torch.save`` archives outright instead of handing them to ``pickle``.
 Writes are atomic: a temporary file in the target directory, fsync'ed, then ``os.replace``.
+Which file a name means (shipped name, local path, Hub repo id), the shipped list and the
+one-line descriptions are ``metaopt.checkpoint_names``, importable from here as well.
 """
 from __future__ import annotations
 
@@ -33,7 +35,6 @@ import os
 import struct
 import subprocess
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,14 @@ from safetensors import safe_open
 from safetensors.torch import save as _safetensors_bytes
 
 from .atomic import atomic_write
+from .checkpoint_names import (  # noqa: F401  (all but resolve: public names kept here)
+    SUFFIX,
+    _pretrained_dir,
+    describe_checkpoint,
+    list_pretrained,
+    looks_like_path,
+    resolve,
+)
 from .garo.controller import GAROController
 from .hub_mixin import PretrainedCheckpointMixin
 from .hybrid.garo_module import HybridControllers
@@ -49,7 +58,6 @@ from .hybrid.policy import SwitchingPolicy
 
 FORMAT = "metaopt.garo"
 FORMAT_VERSION = 1
-SUFFIX = ".safetensors"
 #: the ``GARO`` constructor options a checkpoint may store
 OPTIMIZER_CONFIG_KEYS = frozenset({"lr", "weight_decay_scale", "weight_decay", "direction",
                                    "granularity", "beta2", "eps", "scale"})
@@ -245,95 +253,6 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     _check_optimizer_options(optimizer_config, path)
     return Checkpoint(controller=controller.to(map_location), optimizer_config=optimizer_config,
                       metadata=metadata, training=_json_field(metadata, "training", path))
-
-
-def _pretrained_dir() -> Path:
-    return Path(str(resources.files("metaopt.pretrained")))
-
-
-def list_pretrained(describe: bool = False) -> list[str] | dict[str, str]:
-    """Names of the checkpoints shipped in ``metaopt/pretrained`` (for ``load_optimizer``), what a
-    user should pick first (``metaopt.pretrained.RECOMMENDED``), pipeline fixtures last
-    (``metaopt.pretrained.FIXTURES``); with ``describe=True`` a ``{name: one-line description}``
-    dict in that order (``describe_checkpoint``; a fixture's line says it is one)."""
-    from .pretrained import FIXTURES, RECOMMENDED
-
-    def rank(name: str) -> tuple[int, int, str]:
-        if name in RECOMMENDED:
-            return 0, RECOMMENDED.index(name), name
-        return (2 if name in FIXTURES else 1), 0, name
-
-    names = sorted((p.name[: -len(SUFFIX)] for p in _pretrained_dir().glob(f"*{SUFFIX}")),
-                   key=rank)
-    if not describe:
-        return names
-    lines = {name: describe_checkpoint(_pretrained_dir() / f"{name}{SUFFIX}") for name in names}
-    return {name: f"{FIXTURES[name]}: {line}" if name in FIXTURES else line
-            for name, line in lines.items()}
-
-
-def describe_checkpoint(path: PathLike) -> str:
-    """One line about a checkpoint: its provenance's ``description`` when it has one, else what
-    the metadata says (optimizer, controller options, training task and steps)."""
-    ckpt = load_checkpoint(resolve(path))
-    if ckpt.training.get("description"):
-        return str(ckpt.training["description"])
-    config = json.loads(ckpt.metadata.get("controller_config", "{}"))
-    config = config.get("garo", config)  # a hybrid's HybridControllers: GARO's options
-    options = ", ".join(f"{k}={v}" for k, v in sorted(ckpt.optimizer_config.items()))
-    trained = ", ".join(f"{k} {ckpt.training[k]}" for k in ("task", "steps") if k in ckpt.training)
-    return (f"{ckpt.metadata.get('optimizer_class', 'GARO')} ({options}; features "
-            f"{config.get('features', 'seed')}) meta-trained on {trained or 'unknown tasks'}")
-
-
-def looks_like_path(name: PathLike) -> bool:
-    """Written as a path: a ``PathLike``, or text with a path separator, a leading ``.`` or
-    ``~``, or a checkpoint file suffix."""
-    if not isinstance(name, str):
-        return True
-    separators = (os.sep, "/") + ((os.altsep,) if os.altsep else ())
-    return any(s in name for s in separators) or name.startswith((".", "~")) \
-        or name.lower().endswith(SUFFIX)
-
-
-def resolve(name_or_path: PathLike) -> Path:
-    """The checkpoint file ``name_or_path`` names, by one rule:
-
-    1. a bare shipped name (``garo_general``: no separator, no leading ``.``) is the shipped
-       checkpoint, whatever lies in the current directory — write ``./garo_general`` for a
-       local file or folder of that name;
-    2. an existing file is itself, an existing directory its ``save_pretrained`` checkpoint;
-    3. ``owner/name`` that is not a local path (``metaopt.hub.is_repo_id``) is a Hub repo,
-       downloaded with ``huggingface_hub`` when installed;
-    4. anything else is a ``FileNotFoundError`` naming it (a mistyped path never goes to the
-       Hub).
-    """
-    shipped = list_pretrained()
-    if isinstance(name_or_path, str) and name_or_path in shipped:
-        return _pretrained_dir() / f"{name_or_path}{SUFFIX}"
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():  # Hub-style directory (metaopt.hub): config.json + model.safetensors
-        from .hub import checkpoint_file
-        return checkpoint_file(path)
-    if path.exists() or os.path.lexists(path):  # a file (FIFOs and devices: load_checkpoint)
-        return path
-    from .hub import download, is_repo_id
-    if is_repo_id(name_or_path):
-        if _hub_available():
-            return download(str(name_or_path))
-        raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped "
-                                f"checkpoint of that name; as a Hub repo id it needs "
-                                f'huggingface_hub (pip install "metaopt[hub]")')
-    if looks_like_path(name_or_path):
-        raise FileNotFoundError(f"{os.fspath(name_or_path)!r}: no such checkpoint file or "
-                                "directory")
-    raise FileNotFoundError(f"no checkpoint file {str(name_or_path)!r} and no shipped checkpoint "
-                            f"of that name (shipped: {shipped or 'none yet'})")
-
-
-def _hub_available() -> bool:
-    from importlib.util import find_spec
-    return find_spec("huggingface_hub") is not None
 
 
 def load_optimizer(name_or_path: PathLike, params, **overrides):

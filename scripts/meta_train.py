@@ -8,7 +8,8 @@ controller: ``metaopt.load_optimizer(path, model.parameters())``), plus the W&B 
 default). Re-running the same command resumes from ``state.pt``; a larger ``steps`` trains further.
 At the end it prints the held-out meta-loss of the untrained and the trained controller and an
 evaluation table (harness) of the learned optimizer vs the untrained one vs tuned baselines.
-The typed config is ``scripts/meta_train_config.py``.
+The typed config is ``scripts/meta_train_config.py``; what it builds is
+``scripts/meta_train_build.py`` and the run itself ``scripts/meta_train_run.py``.
 
 Reliability (``scripts/run_dir.py``): the whole config is validated first (every float finite,
 ranges, choices; ``--check`` stops there and also validates a resume, writing nothing). A resume
@@ -29,140 +30,31 @@ written (``scripts/distributed_run.py``).
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
-import hashlib
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
-from tqdm import tqdm
+from omegaconf import OmegaConf  # noqa: F401  (reached through this module by the tests)
 
-import tasks
-from metaopt.checkpoint import SUFFIX, save_checkpoint
-from metaopt.evaluation import (
-    SUMMARY_COLUMNS,
-    format_table,
-    make_optimizer,
-)
-from metaopt.garo.controller import GAROController
-from metaopt.garo.rule import GARORule
-from metaopt.logging import Logger, make_logger
-from metaopt.meta import (
-    GAROLearnedRule,
-    InnerRunPool,
-    MetaLoss,
-    MetaTrainer,
-    distributed_world,
-    leave_process_group,
-    make_estimator,
-    make_horizon,
-)
+from metaopt.meta import leave_process_group
 from metaopt.meta.training_state import TrainingStateError
-from metaopt.meta.vectorised import VectorisedPool
-from metaopt.meta.warm_start import load_controller_weights, provenance
-from scripts import distributed_run, hybrid_train, run_dir
+from scripts import distributed_run, run_dir
+from scripts.meta_train_build import build
 from scripts.meta_train_config import ConfigError, MetaTrainConfig, load_config
-from scripts.meta_train_eval import EVAL_COLUMNS, evaluation_table, run_validation
-from scripts.meta_train_resume import STATE_FILE, prepare_run_dir, read_run_dir
+from scripts.meta_train_resume import (  # noqa: F401  (prepare_run_dir: a name kept here)
+    prepare_run_dir,
+    read_run_dir,
+)
+from scripts.meta_train_run import TrainingFailed, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-EXPORT_FILE = "optimizer.safetensors"
 
 
 def init_distributed(device: str) -> tuple[int, int, str]:
     """Under torchrun (``WORLD_SIZE`` > 1) join the process group: gloo on CPU, nccl on CUDA,
     one GPU per process. Returns ``(rank, world_size, device)``."""
     return distributed_run.init_distributed(device, ConfigError)[:3]
-
-
-def _key_error(section: str, error: Exception, names) -> ConfigError:
-    """A library error as a ConfigError naming ``section.<argument>`` when its message starts
-    with one of ``names`` (library ValueErrors read "argument: why"), else ``section``."""
-    head = str(error).split(":", 1)[0].strip()
-    key = f"{section}.{head}" if head in list(names) else section
-    return ConfigError(f"invalid config key {key!r}: {error}")
-
-
-def build(cfg: MetaTrainConfig, device: str | None = None,
-          shard: tuple[int, int] | None = None):
-    """Validation family, learned rule and trainer from the config (plain arguments below).
-
-    The training family lives in the trainer's pool; the returned family is the one validation
-    and the final table use (``validation.task``, else the training family's held-out seeds).
-    ``shard=(rank, world)``: the pool holds that rank's share of the meta-batch (default: this
-    process's place in ``torch.distributed``, the whole meta-batch outside it).
-    """
-    kwargs = OmegaConf.to_container(cfg.task.kwargs, resolve=True)
-    device = device or cfg.device
-    try:
-        family = tasks.get(cfg.task.name, device=device, dtype=cfg.dtype, **kwargs)
-    except (TypeError, ValueError) as error:  # TypeError: an unknown keyword
-        section = "task.name" if cfg.task.name not in tasks.names() else "task.kwargs"
-        raise _key_error(section, error, kwargs) from error
-    held_out = family
-    if cfg.validation.task:  # families never seen in training (held-out validation)
-        try:
-            held_out = tasks.get(cfg.validation.task, device=device, dtype=cfg.dtype,
-                                 **OmegaConf.to_container(cfg.validation.task_kwargs,
-                                                          resolve=True))
-        except (TypeError, ValueError) as error:
-            raise _key_error("validation.task", error, ()) from error
-    c = cfg.controller
-    # Library constructors validate their own arguments; their ValueErrors name the argument,
-    # and the section is added here so the message names the full config key.
-    try:
-        controller = GAROController(
-            hidden_size=c.hidden_size, num_step_frequencies=c.num_step_frequencies,
-            init_lr=c.init_lr, init_momentum=c.init_momentum,
-            init_weight_decay=c.init_weight_decay, features=c.features,
-            lr_schedule=c.lr_schedule, generator=torch.Generator().manual_seed(cfg.seed),
-        ).to(device=device, dtype=getattr(torch, cfg.dtype))
-        rule = GARORule(direction=c.direction, feature_gradients=c.feature_gradients,
-                        scale=c.scale)
-    except ValueError as error:
-        raise _key_error("controller", error, c) from error
-    if c.init_from is not None:  # fine-tuning (a resume then loads its own weights over these)
-        try:
-            load_controller_weights(controller, rule, c.init_from)
-        except (ValueError, FileNotFoundError) as error:
-            raise ConfigError(f"invalid config key 'controller.init_from': {error}") from error
-    if c.kind == "garo":
-        learned = GAROLearnedRule(controller, rule)
-    else:  # the GD/ODE switching policy, alone or with GARO (scripts/hybrid_train.py)
-        try:
-            learned = hybrid_train.build_learned(cfg, controller, rule, device,
-                                                 getattr(torch, cfg.dtype))
-        except ValueError as error:
-            raise _key_error("hybrid", error, cfg.hybrid) from error
-    u, m = cfg.unroll, cfg.meta_loss
-    try:
-        meta_loss = MetaLoss(m.kind, m.split, m.log_eps, m.divergence_threshold)
-    except ValueError as error:
-        raise _key_error("meta_loss", error, m) from error
-    for i, spec in enumerate(cfg.evaluation.baselines):  # fail now, not after training
-        try:
-            make_optimizer(spec.name, **OmegaConf.to_container(spec.hyperparameters))
-        except (TypeError, ValueError) as error:
-            raise _key_error(f"evaluation.baselines[{i}].hyperparameters", error,
-                             spec.hyperparameters) from error
-    horizon = make_horizon(u.schedule, u.horizon, u.min_horizon, u.max_horizon)
-    engine = {"vectorised": functools.partial(VectorisedPool, compile=u.compile)}.get(
-        u.engine, InnerRunPool)  # same runs and numbers; vectorised: one program per task shape
-    try:
-        pool = engine(learned, family, u.num_tasks, u.truncation_length, horizon, meta_loss,
-                      second_order=u.second_order, shard=shard or distributed_world())
-    except ValueError as error:  # fewer runs than processes
-        raise ConfigError(f"invalid config key 'unroll.num_tasks': {error}") from error
-    estimator = make_estimator(cfg.estimator.name, cfg.estimator.num_pairs, cfg.estimator.sigma)
-    trainer = MetaTrainer(learned, pool, estimator, outer_lr=cfg.outer.lr,
-                          clip_norm=cfg.outer.clip_norm, seed=cfg.seed)
-    return held_out, learned, trainer
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -236,161 +128,6 @@ def _help_epilog(argv: list[str] | None) -> str:
         except ConfigError as error:
             return f"({known.config}: {error})\n" + describe_keys(MetaTrainConfig)
     return describe_keys(MetaTrainConfig)
-
-
-def train(cfg: MetaTrainConfig, rank: int, world: int, device: str) -> dict[str, Any]:
-    """Meta-train, checkpoint, export and evaluate (rank 0 alone logs, exports and evaluates)."""
-    family, learned, trainer = build(cfg, device)
-    if rank == 0 and isinstance(trainer.pool, VectorisedPool):  # once: what takes the loop, why
-        print(trainer.pool.describe(learned.meta_parameters()), flush=True)
-    untrained = copy.deepcopy(learned.module)
-    out_dir = Path(cfg.out_dir)
-    prepare_run_dir(cfg, out_dir, rank, world, trainer)
-    run_id = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:12]
-    logger = Logger() if rank > 0 else make_logger(
-        out_dir, wandb_mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
-        name=cfg.wandb.run_name, tags=cfg.wandb.tags,
-        config=OmegaConf.to_container(cfg, resolve=True), run_id=run_id)
-    started = time.perf_counter()
-    before = run_validation(cfg, learned, family, dict(untrained.named_parameters())) \
-        if rank == 0 else None
-    if rank == 0 and trainer.step_count == 0:
-        logger.log({"val/meta_loss": before["meta_loss"], "val/diverged": before["diverged"]}, 0)
-        logger.log_series("hyperparameters_untrained", _named(before["traces"]), 0)
-        if cfg.controller.init_from is not None:  # the starting point is a candidate too
-            _export(cfg, learned, out_dir / "snapshots" / f"step_{0:06d}{SUFFIX}",
-                    {"steps": 0, "val_meta_loss": before["meta_loss"]})
-
-    def checkpoint():  # a collective under torchrun: rank 0 writes every rank's part
-        distributed_run.save_state(trainer.state_dict(), out_dir / STATE_FILE, world)
-
-    bar = tqdm(total=cfg.steps, initial=min(trainer.step_count, cfg.steps), desc="meta-train",
-               disable=not cfg.progress or rank > 0, dynamic_ncols=True)
-    stop = run_dir.GracefulStop()
-    try:
-        with stop:
-            _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, rank, world)
-    except BaseException:
-        bar.close()
-        logger.close()
-        raise
-    bar.close()
-    checkpoint()
-    if trainer.step_count > 0 and trainer.skipped_updates >= trainer.step_count:
-        # Exporting now would ship the untrained controller as if it had been trained.
-        logger.close()
-        raise TrainingFailed(
-            f"all {trainer.step_count} meta-updates were skipped (non-finite meta-gradients, "
-            f"non-finite updates or every inner run diverged); {out_dir / EXPORT_FILE} not "
-            f"written, {out_dir / STATE_FILE} kept for inspection")
-    if rank > 0:  # the controllers are identical on every rank: rank 0 reports for all
-        return {"trainer": trainer, "out_dir": out_dir}
-    return _finish(cfg, trainer, learned, family, untrained, logger, before, started, out_dir,
-                   run_id)
-
-
-class TrainingFailed(RuntimeError):
-    """Training produced nothing worth exporting (the message says why)."""
-
-
-def _train_loop(cfg, trainer, logger, bar, checkpoint, stop, learned, family, rank, world):
-    while trainer.step_count < cfg.steps:
-        if _stop_requested(stop, world):
-            checkpoint()
-            name = signal.Signals(stop.signum or signal.SIGTERM).name
-            raise run_dir.Interrupted(
-                f"{name}: stopped at meta-step {trainer.step_count}, checkpoint saved to "
-                f"{Path(cfg.out_dir) / STATE_FILE}; re-run the same command to resume",
-                stop.signum or signal.SIGTERM)
-        metrics = trainer.step()
-        step = trainer.step_count
-        logger.log(metrics, step)
-        bar.set_postfix(meta_loss=f"{metrics['meta_loss']:.4g}",
-                        lr_t=f"{metrics.get('lr_t', float('nan')):.3g}")
-        bar.update(1)
-        if rank == 0 and (step % cfg.validation.every == 0 or step == cfg.steps):
-            val = run_validation(cfg, learned, family)
-            logger.log({"val/meta_loss": val["meta_loss"], "val/diverged": val["diverged"],
-                        "val/final_normalized_loss": val["final_normalized_loss"]}, step)
-            logger.log_series("hyperparameters", _named(val["traces"]), step)
-            _export(cfg, learned, Path(cfg.out_dir) / "snapshots" / f"step_{step:06d}{SUFFIX}",
-                    {"steps": step, "val_meta_loss": val["meta_loss"]})  # selection candidates
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint()
-
-
-def _export(cfg: MetaTrainConfig, learned, path: Path, training: dict) -> Path:
-    """The trained controller(s) as a ``load_optimizer`` checkpoint: GARO's, or a hybrid's."""
-    if cfg.controller.kind == "garo":
-        return _export_garo(cfg, learned, path, training)
-    return hybrid_train.export(cfg, learned, path, training)
-
-
-def _export_garo(cfg: MetaTrainConfig, learned, path: Path, training: dict) -> Path:
-    """The trained controller as a ``load_optimizer`` checkpoint with its GARO options."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(
-        path, learned.module,
-        optimizer_config={"direction": cfg.controller.direction, "granularity": "global",
-                          "scale": cfg.controller.scale},
-        training=training)
-
-
-def _stop_requested(stop: run_dir.GracefulStop, world: int) -> bool:
-    """Every rank stops at the same meta-step (a rank alone would hang in the all-reduce)."""
-    flag = stop.signum is not None
-    if world > 1:
-        agreed = torch.tensor([stop.signum or 0])
-        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
-        stop.signum = int(agreed) or None
-        flag = stop.signum is not None
-    return flag
-
-
-def _finish(cfg, trainer, learned, family, untrained, logger, before, started, out_dir, run_id):
-    """Rank 0: held-out validation, export, evaluation table, final log records."""
-    after = run_validation(cfg, learned, family)
-    training = {"steps": trainer.step_count, "task": cfg.task.name, "seed": cfg.seed,
-                "meta_loss": f"{cfg.meta_loss.kind}/{cfg.meta_loss.split}",
-                "estimator": cfg.estimator.name,
-                "held_out_meta_loss": {"untrained": before["meta_loss"],
-                                       "trained": after["meta_loss"]},
-                # the Hub model card's "training mixture" and "compute" (metaopt.hub)
-                "task_kwargs": OmegaConf.to_container(cfg.task.kwargs, resolve=True),
-                "seconds": round(time.perf_counter() - started, 1),
-                "hardware": f"{cfg.device}, {torch.get_num_threads()} threads"}
-    if cfg.controller.init_from is not None:  # fine-tuned: the card names the starting point
-        training.update(provenance(cfg.controller.init_from))
-    export = _export(cfg, learned, out_dir / EXPORT_FILE, training)
-    logger.log_artifact(export, name=f"garo-{run_id}", type="model")
-    train_seconds = time.perf_counter() - started
-    print(f"held-out meta-loss ({cfg.validation.kind}/{cfg.validation.split}, "
-          f"{cfg.validation.num_tasks} tasks x {cfg.validation.horizon} steps): "
-          f"untrained {before['meta_loss']:.4g} -> trained {after['meta_loss']:.4g} "
-          f"after {trainer.step_count} meta-steps ({train_seconds:.0f}s); "
-          f"inner runs reset: {trainer.resets}, skipped updates: {trainer.skipped_updates}")
-    summary = []
-    if cfg.evaluation.enabled:
-        summary = evaluation_table(cfg, learned, family, untrained)
-        print(format_table(summary, [c for c in EVAL_COLUMNS if c in SUMMARY_COLUMNS]))
-        logger.log_table("evaluation", summary, trainer.step_count)
-        for row in summary:
-            logger.log({f"eval/{row['optimizer']}/final_norm_loss_median":
-                        row["final_norm_loss_median"]}, trainer.step_count)
-    logger.log({"held_out_meta_loss_untrained": before["meta_loss"],
-                "held_out_meta_loss_trained": after["meta_loss"]}, trainer.step_count)
-    from scripts.plots import meta_training_curve  # scripts/plots.py; None without matplotlib
-    curve = meta_training_curve(out_dir / "metrics.jsonl", out_dir / "meta_training.png")
-    if curve is not None:
-        logger.log_image("meta_training", curve, trainer.step_count)
-    logger.close()
-    print(f"wrote {out_dir}/{EXPORT_FILE}, {STATE_FILE}, config.yaml, metrics.jsonl", flush=True)
-    return {"before": before["meta_loss"], "after": after["meta_loss"], "summary": summary,
-            "trainer": trainer, "out_dir": out_dir}
-
-
-def _named(traces: dict) -> dict:
-    return {f"{k}_t": v for k, v in traces.items()}
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -103,7 +103,7 @@ def test_repo_id_without_huggingface_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails, as if not installed
     with pytest.raises(ImportError, match=r"metaopt\[hub\]"):
         from_pretrained("someone/some-optimizer")
-    monkeypatch.setattr("metaopt.checkpoint._hub_available", lambda: False)
+    monkeypatch.setattr("metaopt.checkpoint_names._hub_available", lambda: False)
     with pytest.raises(FileNotFoundError, match="no shipped checkpoint"):
         metaopt.load_optimizer("someone/some-optimizer", [torch.zeros(1, requires_grad=True)])
 

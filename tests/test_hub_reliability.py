@@ -138,7 +138,7 @@ def test_a_mistyped_local_path_is_one_line_naming_it_and_never_goes_to_the_hub(
     def no_network(*args, **kwargs):
         raise AssertionError("sent to the Hub")
     monkeypatch.setattr("metaopt.hub.download", no_network)
-    monkeypatch.setattr("metaopt.checkpoint._hub_available", lambda: True)
+    monkeypatch.setattr("metaopt.checkpoint_names._hub_available", lambda: True)
     for attempt in (lambda: resolve(typo),
                     lambda: metaopt.load_optimizer(typo, [torch.zeros(2, requires_grad=True)])):
         with pytest.raises(FileNotFoundError) as error:
