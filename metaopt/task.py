@@ -23,7 +23,6 @@ families live in ``tasks/``, depend on this file and register themselves by name
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,10 +31,18 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .task_sampling import (
+    Params,
+    fan_in_uniform_init,
+    generator_from_seed,
+    sample_choice,
+    sample_int_log_uniform,
+    sample_log_uniform,
+)
+
 if TYPE_CHECKING:
     from .task_batch import TaskBatch
 
-Params = dict[str, Tensor]
 Batch = Any  # a tuple of tensors, or None for deterministic objectives
 
 __all__ = [
@@ -50,63 +57,6 @@ __all__ = [
     "sample_int_log_uniform",
     "sample_log_uniform",
 ]
-
-
-def generator_from_seed(seed: int) -> torch.Generator:
-    """A fresh CPU ``torch.Generator`` seeded with ``seed`` (the only way tasks draw randomness)."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(int(seed))
-    return generator
-
-
-def sample_log_uniform(generator: torch.Generator, low: float, high: float) -> float:
-    """``exp(U(log low, log high))``: scale parameters (condition numbers, widths) vary by
-    decades."""
-    if not 0 < low <= high:
-        raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
-    u = torch.rand((), generator=generator, dtype=torch.float64).item()
-    return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-
-
-def sample_int_log_uniform(generator: torch.Generator, low: int, high: int) -> int:
-    """An integer in ``[low, high]``, log-uniform (rounded), e.g. a layer width in 8..128."""
-    return int(min(high, max(low, round(sample_log_uniform(generator, low, high)))))
-
-
-def sample_choice(generator: torch.Generator, options: tuple | list) -> Any:
-    """One element of ``options``, uniformly."""
-    if len(options) == 0:
-        raise ValueError("cannot choose from an empty list of options")
-    index = int(torch.randint(len(options), (), generator=generator).item())
-    return options[index]
-
-
-def fan_in_uniform_init(module: nn.Module, generator: torch.Generator) -> Params:
-    """Parameters for ``module`` drawn like PyTorch's default Linear/Conv init, from ``generator``.
-
-    Every ``weight`` of shape ``(out, in, *kernel)`` and its ``bias`` are drawn from
-    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = in * prod(kernel)``: this is what
-    ``kaiming_uniform_(a=sqrt(5))`` reduces to, so tasks train like stock PyTorch models, but the
-    draw is reproducible from the generator instead of the global RNG. Numbers are drawn in float64
-    on the CPU and cast, so the same seed gives the same initial point in every dtype/device.
-    """
-    params: Params = {}
-    for module_name, submodule in module.named_modules():
-        weight = getattr(submodule, "weight", None)
-        if not isinstance(weight, nn.Parameter):
-            continue
-        fan_in = weight[0].numel()
-        bound = 1.0 / math.sqrt(fan_in)
-        prefix = f"{module_name}." if module_name else ""
-        for leaf in ("weight", "bias"):
-            tensor = getattr(submodule, leaf, None)
-            if isinstance(tensor, nn.Parameter):
-                draw = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
-                params[prefix + leaf] = (2.0 * draw - 1.0) * bound
-    missing = {name for name, _ in module.named_parameters()} - set(params)
-    if missing:
-        raise ValueError(f"fan_in_uniform_init does not know how to initialise {sorted(missing)}")
-    return params
 
 
 class Task(ABC):
