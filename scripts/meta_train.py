@@ -8,7 +8,8 @@ controller: ``metaopt.load_optimizer(path, model.parameters())``), plus the W&B 
 default). Re-running the same command resumes from ``state.pt``; a larger ``steps`` trains further.
 At the end it prints the held-out meta-loss of the untrained and the trained controller and an
 evaluation table (harness) of the learned optimizer vs the untrained one vs tuned baselines.
-The typed config is ``scripts/meta_train_config.py``; what it builds is
+The typed config is ``scripts/meta_train_schema.py`` (loaded and checked by
+``scripts/meta_train_config.py``); what it builds is
 ``scripts/meta_train_build.py`` and the run itself ``scripts/meta_train_run.py``.
 
 Reliability (``scripts/run_dir.py``): the whole config is validated first (every float finite,
