@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import tasks
+from scripts.meta_train_schema import ControllerConfig, EstimatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GARO = str(ROOT / "configs" / "garo.yaml")
@@ -60,8 +61,8 @@ def test_controller_and_estimator_groups_reset_to_schema_then_file(cfgmod, tmp_p
                       "estimator: {name: es, sigma: 0.5}\n")
     cfg = cfgmod.load_config(str(config), ["controller=adam", "estimator=bptt"])
     assert cfg.controller.direction == "adam" and cfg.controller.hidden_size == 16
-    assert cfg.controller.init_lr == cfgmod.ControllerConfig().init_lr  # replaced, not merged
-    assert cfg.estimator.name == "bptt" and cfg.estimator.sigma == cfgmod.EstimatorConfig().sigma
+    assert cfg.controller.init_lr == ControllerConfig().init_lr  # replaced, not merged
+    assert cfg.estimator.name == "bptt" and cfg.estimator.sigma == EstimatorConfig().sigma
     # keys refine the selected group, whatever their order on the command line
     cfg = cfgmod.load_config(str(config), ["controller.init_lr=0.2", "controller=adam"])
     assert cfg.controller.init_lr == 0.2 and cfg.controller.direction == "adam"
