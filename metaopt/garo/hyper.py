@@ -32,3 +32,17 @@ class GAROHyper(Hyper):
     lr_scale: Any = 1.0
     weight_decay_scale: Any = 1.0
     segment_ids: Any = None
+
+
+def step_inputs(params, grads, hyper) -> tuple[list, list, GAROHyper, list[int]]:
+    """One GARO step's tensors, its ``GAROHyper`` and each tensor's segment, checked (the
+    differentiable rule and the runtime take the same inputs)."""
+    params, grads = list(params), list(grads)
+    n = len(params)
+    if n == 0:
+        raise ValueError("params: GARORule.apply needs at least one tensor")
+    hyper = GAROHyper.coerce(hyper)
+    ids = list(hyper.segment_ids or [0] * n)
+    if len(ids) != n:
+        raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
+    return params, grads, hyper, ids

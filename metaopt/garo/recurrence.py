@@ -37,7 +37,7 @@ from .features import (
     symlog,
     validity,
 )
-from .hyper import GAROHyper
+from .hyper import step_inputs
 from .scale import distance_max, prodigy_d, segment_norms, tensor_norms
 
 
@@ -47,17 +47,11 @@ def _relative(controller) -> bool:
 
 def control(rule, params, grads, state, hyper, loss, grad_norms) -> dict:
     """Features and the controller step (steps 1–2 of ``metaopt.garo.rule``'s docstring)."""
-    params, grads = list(params), list(grads)
+    params, grads, hyper, ids = step_inputs(params, grads, hyper)
     n = len(params)
-    if n == 0:
-        raise ValueError("params: GARORule.apply needs at least one tensor")
-    hyper = GAROHyper.coerce(hyper)
     controller = hyper.controller
     hidden = state["hidden"]
     num_segments = hidden.shape[0]
-    ids = list(hyper.segment_ids or [0] * n)
-    if len(ids) != n:
-        raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
     ids_t = None if num_segments == 1 else torch.tensor(ids, device=hidden.device)
     step = state["step"]
 

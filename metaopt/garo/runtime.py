@@ -66,7 +66,7 @@ from .features import (
 )
 from .flat import FlatBuffers, gather, one_bucket
 from .host_state import HostState, PendingUpdateNorm
-from .hyper import GAROHyper
+from .hyper import GAROHyper, step_inputs
 from .pending import (  # noqa: F401  (settle, update_ratios: public names kept here)
     ratios_of,
     segment_update_norms,
@@ -122,16 +122,9 @@ def host_apply(rule, params: Sequence[Tensor], grads: Sequence[Tensor],
     anything moves — gets them with this step's norms and outputs (``SwitchReads``); False: the
     step returns None, touching nothing.
     """
-    params, grads = list(params), list(grads)
-    n = len(params)
-    if n == 0:
-        raise ValueError("params: GARORule.apply needs at least one tensor")
-    hyper = GAROHyper.coerce(hyper)
+    params, grads, hyper, ids = step_inputs(params, grads, hyper)
     controller = hyper.controller
     S = host.num_segments
-    ids = list(hyper.segment_ids or [0] * n)
-    if len(ids) != n:
-        raise ValueError(f"segment_ids: expected {n} entries, got {len(ids)}")
     relative = host.ref_log_grad_norm is not None
     if relative != (getattr(controller, "features", "seed") == "relative"):
         raise ValueError("state: made for a controller with other features (init it again)")
