@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 quickstart: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m scripts.meta_train --config configs/garo.yaml
 
-# The shipped garo_general from scratch, one command: meta-training (configs/garo_general.yaml,
-# resumable), then the validation-best snapshot by the benchmark's protocol, copied to
-# runs/garo_general/selected.safetensors (configs/select_garo_general.yaml).
+# garo_general's recipe from scratch, one command (the shipped weights are one draw of it:
+# README): meta-training (configs/garo_general.yaml, resumable), then the validation-best
+# snapshot by the benchmark's protocol, copied to runs/garo_general/selected.safetensors
+# (configs/select_garo_general.yaml).
 garo_general: setup
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m scripts.meta_train --config configs/garo_general.yaml
 	$(PY) -m scripts.select_checkpoint runs/garo_general --config configs/select_garo_general.yaml
