@@ -41,7 +41,7 @@ from .hyper import step_inputs
 from .scale import distance_max, prodigy_d, segment_norms, tensor_norms
 
 
-def _relative(controller) -> bool:
+def reads_relative_features(controller) -> bool:
     return getattr(controller, "features", "seed") == "relative"
 
 
@@ -62,7 +62,7 @@ def control(rule, params, grads, state, hyper, loss, grad_norms) -> dict:
     if not rule.feature_gradients:
         gnorm, pnorm = gnorm.detach(), pnorm.detach()
     ctrl_dtype = hidden.dtype
-    relative = _relative(controller)
+    relative = reads_relative_features(controller)
     log_gnorm = torch.log(gnorm.to(ctrl_dtype) + TINY)
     started = (step > 0).to(ctrl_dtype).expand(num_segments)
     ones = torch.ones_like(log_gnorm)

@@ -84,7 +84,7 @@ from torch import Tensor
 from ..rules.base import GradFn, State, TensorList
 from .features import SCALE_BUFFERS, SCALE_KEYS, prodigy_beta
 from .hyper import GAROHyper
-from .recurrence import _relative, control, next_global_state
+from .recurrence import control, next_global_state, reads_relative_features
 from .scale import prodigy_numerator, safe_sqrt, tensor_norms
 
 DIRECTIONS = ("sgd", "adam")
@@ -154,7 +154,7 @@ class GARORule:
                      prev_log_grad_norm=zeros, prev_symlog_loss=zeros.clone(),
                      loss_seen=ref.new_zeros(()), prev_update_ratio=zeros.clone(),
                      lr=zeros.clone(), momentum=zeros.clone(), weight_decay=zeros.clone())
-        if _relative(controller):
+        if reads_relative_features(controller):
             state.update(ref_log_grad_norm=zeros.clone(), ref_loss=ref.new_ones(()),
                          horizon=ref.new_tensor(float(horizon or 0)))
         state.update({key: zeros.clone() for key in SCALE_KEYS[self.scale]})

@@ -87,9 +87,9 @@ from .rule_state import HybridRuleState, trace
 from .stability import (
     GD_STABILITY_BOUND,
     SAFETY,
-    _cap_lrs,
-    _gd_momentum,
     cap_scale,
+    capped_step_sizes,
+    gd_module_momentum,
     gd_step_size,
     ode_stability_limit,
     shorten,
@@ -181,7 +181,7 @@ class HybridRule(HybridRuleState):
         with torch.no_grad():  # η of the GD step (metaopt.hybrid.stability.gd_step_size)
             gd_lr = gd_step_size([a - p for a, p in zip(gd_params, params)],
                                  memory["prev_grad_norm"], lambda t: run_norms(t, self.batched),
-                                 hyper.stability_lr, _gd_momentum(hyper))
+                                 hyper.stability_lr, gd_module_momentum(hyper))
         proposed = gd_params  # (the GD module's own, before the guard: observe_motion)
         if not getattr(gd_rule, "normalised", False):  # (normalised steps: stability docstring)
             gd_params = shorten(params, gd_params,
@@ -205,7 +205,8 @@ class HybridRule(HybridRuleState):
                 _expand(w, p, True) if isinstance(w, Tensor) and w.dim() == 1 else w
                 for w, p in zip(per_tensor(ode_hyper.weight_decay, len(params)), params)])
         limit = ode_stability_limit(self.ode)
-        capped = None if limit is None else _cap_lrs(ode_lrs, kappa, limit, params, self.batched)
+        capped = None if limit is None else \
+            capped_step_sizes(ode_lrs, kappa, limit, params, self.batched)
         if capped is not None:
             ode_lrs, ode_hyper = capped, ode_hyper.replace(lr=capped)
         counted = CountedGradFn(grad_fn, params, (loss, grads))
@@ -233,8 +234,8 @@ class HybridRule(HybridRuleState):
                                         lambda t: run_norms(t, self.batched))
                 stage_kappa = stage if attempt == 0 else stage_kappa
                 over: list = []  # (the runs capped: only a batch needs them)
-                capped = _cap_lrs(ode_lrs, stage, limit, params, self.batched,
-                                  over if self.batched else None)
+                capped = capped_step_sizes(ode_lrs, stage, limit, params, self.batched,
+                                           over if self.batched else None)
                 if capped is None:
                     counted.reuse()
                     reused = True

@@ -71,8 +71,9 @@ from ..rules.base import Scalar
 from ..rules.tableaus import ButcherTableau
 from .handoff import _expand
 
-__all__ = ["GD_STABILITY_BOUND", "SAFETY", "cap_scale", "ode_stability_limit",
-           "gd_step_size", "real_stability_bound", "shorten", "stage_curvature"]
+__all__ = ["GD_STABILITY_BOUND", "SAFETY", "cap_scale", "capped_step_sizes", "gd_module_momentum",
+           "ode_stability_limit", "gd_step_size", "real_stability_bound", "shorten",
+           "stage_curvature"]
 
 GD_STABILITY_BOUND = 2.0  # forward Euler: |1 − lr·λ| ≤ 1
 SAFETY = 0.95
@@ -126,8 +127,8 @@ def cap_scale(eta: Tensor | float, kappa: Tensor, c: float) -> Tensor:
                        torch.ones_like(product))
 
 
-def _cap_lrs(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor], batched: bool,
-             runs: list | None = None):
+def capped_step_sizes(lrs: list, kappa: Tensor, c: float, like: Sequence[Tensor],
+                      batched: bool, runs: list | None = None):
     """The step sizes capped at c/κ̂ (module docstring), or None where every one is
     within the limit (then the caller keeps the originals: bit-identical steps). ``runs``: a
     list that receives which runs were capped (``(R,)`` when batched)."""
@@ -163,7 +164,7 @@ def gd_step_size(displacement: Sequence[Tensor], grad_norm: Tensor, norms, lr=0.
     return torch.maximum(lr, per_gradient * discount)
 
 
-def _gd_momentum(hyper) -> Scalar:
+def gd_module_momentum(hyper) -> Scalar:
     """The GD module's momentum: ``hyper.gd_momentum`` if given (GARO's last mom_t), else its
     hyper's ``momentum`` (0 for a rule without one)."""
     if hyper.gd_momentum is not None:
