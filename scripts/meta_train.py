@@ -36,17 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf  # noqa: F401  (reached through this module by the tests)
 
 from metaopt.meta import leave_process_group
 from metaopt.meta.training_state import TrainingStateError
 from scripts import distributed_run, run_dir
 from scripts.meta_train_build import build
 from scripts.meta_train_config import ConfigError, MetaTrainConfig, load_config
-from scripts.meta_train_resume import (  # noqa: F401  (prepare_run_dir: a name kept here)
-    prepare_run_dir,
-    read_run_dir,
-)
+from scripts.meta_train_resume import read_run_dir
 from scripts.meta_train_run import TrainingFailed, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -11,14 +11,17 @@ import json
 import os
 import shutil
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from omegaconf import OmegaConf
 
 from metaopt.meta import leave_process_group
 from metaopt.meta.training_state import shared_digest
+from scripts.meta_train_resume import prepare_run_dir
 
 from .test_meta_train import ROOT, TINY, _load_script
 from .test_meta_train_reliability import snapshot
@@ -134,7 +137,7 @@ def _refusal_worker(rank, world, init_file, root, cases):
             cfg = script.load_config(CONFIG, [f"out_dir={run}", *SMALL, "steps=4"])
             try:
                 _, _, trainer = script.build(cfg)
-                script.prepare_run_dir(cfg, script.Path(run), rank, world, trainer)
+                prepare_run_dir(cfg, Path(run), rank, world, trainer)
                 message = "accepted"
             except Exception as error:  # noqa: BLE001
                 message = f"{type(error).__name__}: {error}"
@@ -158,7 +161,7 @@ def refusals(tmp_path_factory):
     for _ in range(2):
         trainer.step()
     finished.mkdir()
-    (finished / "config.yaml").write_text(script.OmegaConf.to_yaml(cfg))
+    (finished / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (finished / "metrics.jsonl").write_text('{"step": 1, "meta_loss": 0.5}\n')
     state = {**trainer.state_dict(), "world_size": 1, "format_version": 1}
     before = {}
