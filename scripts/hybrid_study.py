@@ -40,10 +40,7 @@ from metaopt.logging import WANDB_MODES, make_logger
 from scripts.config_checks import check_values
 from scripts.hybrid_study_config import FUNCTIONS, HybridSettings, StudyConfig
 from scripts.hybrid_study_plots import plot_function
-from scripts.hybrid_study_runs import (  # noqa: F401  (BASIN_GAP, gaps, ...: public names kept here)
-    BASIN_GAP,
-    batched_grad_fn,
-    gaps,
+from scripts.hybrid_study_runs import (
     metrics,
     run_baseline,
     run_hybrid,

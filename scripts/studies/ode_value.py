@@ -31,7 +31,8 @@ from types import SimpleNamespace
 import torch
 
 import metaopt
-from scripts.hybrid_study import BASIN_GAP, FUNCTIONS, starts, tune
+from scripts.hybrid_study_config import FUNCTIONS
+from scripts.hybrid_study_runs import BASIN_GAP, starts, tune
 from tasks.test_functions import TEST_FUNCTIONS_2D
 
 from .common import markdown_table, save_figure, write_csv, write_report
