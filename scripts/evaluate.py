@@ -52,7 +52,7 @@ from metaopt.evaluation import (
 )
 from metaopt.evaluation.traces import TracingFactory
 from metaopt.factory import NamedOptimizerFactory
-from scripts.meta_train_config import WandbConfig as TrainWandbConfig
+from scripts.meta_train_schema import WandbConfig as TrainWandbConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scripts.config_checks import check_values, one_line, schema_int_keys
-from scripts.meta_train_schema import MetaTrainConfig, WandbConfig  # noqa: F401  (imported from here)
+from scripts.meta_train_schema import MetaTrainConfig
 
 # Keys that may change between a run and its resumption (everything else must match).
 RESUMABLE_CHANGES = ("unroll.engine", "unroll.compile",  # same numbers, same state format
